@@ -1,0 +1,46 @@
+"""Encoder backends, one module per backend (clip-as-service style).
+
+    enc = load_encoder("minilm")            # offline default, 384-d text
+    enc = load_encoder("clip", "/models/clip-vit-base-patch32")
+    vectors = enc.encode_texts(["a light dress for a summer wedding"])
+"""
+
+from __future__ import annotations
+
+from whisperlite.encoders.base import Encoder, resolve_device
+
+BACKENDS = ("minilm", "clip")
+DEFAULT_BACKEND = "minilm"
+
+__all__ = ["BACKENDS", "DEFAULT_BACKEND", "Encoder", "item_text", "load_encoder"]
+
+
+def load_encoder(backend: str = DEFAULT_BACKEND, model: str | None = None, device: str = "auto") -> Encoder:
+    """Load an encoder backend.
+
+    backend: "minilm" (bundled all-MiniLM-L6-v2 unless `model` names another BERT-style
+    sentence model) or "clip" (`model` required: a local directory or a hub name already in the
+    local Hugging Face cache). device: "auto" (cuda:0 with fp16 when present, else cpu fp32),
+    "cpu", "cuda" or "cuda:N".
+    """
+    torch_device = resolve_device(device)
+    if backend == "minilm":
+        from whisperlite.encoders.minilm import MiniLMEncoder
+
+        return MiniLMEncoder(model, torch_device)
+    if backend == "clip":
+        from whisperlite.encoders.clip import ClipEncoder
+
+        if not model:
+            raise ValueError("model: the clip backend needs a local path or hub name, e.g. openai/clip-vit-base-patch32")
+        return ClipEncoder(model, torch_device)
+    raise ValueError(f"backend: must be one of {', '.join(BACKENDS)}, got {backend!r}")
+
+
+def item_text(title: str, text: str | None = None) -> str:
+    """The one string an item is embedded from, shared by the catalog, the trainer and ingest."""
+    title = (title or "").strip()
+    text = (text or "").strip()
+    if title and text:
+        return f"{title}. {text}"
+    return title or text

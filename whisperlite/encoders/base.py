@@ -1,0 +1,99 @@
+"""What every encoder backend shares: device choice, batching with progress, normalization."""
+
+from __future__ import annotations
+
+import abc
+import os
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+T = TypeVar("T")
+
+
+def resolve_device(device: str) -> torch.device:
+    """Turn "auto" into cuda:0 when a GPU is visible, else cpu; validate explicit choices."""
+    if device == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {device!r} requested but CUDA is not available")
+    if resolved.type == "cuda" and resolved.index is None:
+        resolved = torch.device("cuda:0")
+    return resolved
+
+
+def dtype_for(device: torch.device) -> torch.dtype:
+    # fp16 halves GPU memory and roughly doubles throughput; on CPU fp16 kernels are slow or missing.
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
+def is_local_path(model: str) -> bool:
+    return os.path.isdir(os.path.expanduser(model))
+
+
+def l2_normalize(vectors: torch.Tensor) -> np.ndarray:
+    """Normalize in fp32 (fp16 norms lose precision) and return a float32 numpy array."""
+    vectors = torch.nn.functional.normalize(vectors.float(), p=2, dim=1)
+    return vectors.cpu().numpy().astype(np.float32, copy=False)
+
+
+class Encoder(abc.ABC):
+    """Embeds texts (and, for some backends, images) into L2-normalized float32 vectors."""
+
+    backend: str
+    name: str
+    dimension: int
+    supports_images: bool = False
+
+    def __init__(self, device: torch.device):
+        self._device = device
+
+    @property
+    def device(self) -> str:
+        return str(self._device)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return dtype_for(self._device)
+
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
+        """Embed texts; returns float32 (len(texts), dimension), each row of unit length."""
+        return self._batched(list(texts), batch_size, progress, "texts", self._encode_text_batch)
+
+    def encode_images(self, images: Sequence[bytes], batch_size: int = 32, progress: bool = False) -> np.ndarray:
+        """Embed encoded images (PNG, JPEG...); only backends with supports_images accept them."""
+        if not self.supports_images:
+            raise NotImplementedError(f"the {self.backend} backend embeds text only")
+        return self._batched(list(images), batch_size, progress, "images", self._encode_image_batch)
+
+    def _batched(
+        self,
+        inputs: list[T],
+        batch_size: int,
+        progress: bool,
+        unit: str,
+        encode_batch: Callable[[list[T], int], np.ndarray],
+    ) -> np.ndarray:
+        if batch_size < 1:
+            raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
+        if not inputs:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        parts = []
+        with tqdm(total=len(inputs), unit=unit, desc=f"embedding {unit}", disable=not progress) as bar:
+            for start in range(0, len(inputs), batch_size):
+                chunk = inputs[start : start + batch_size]
+                with torch.inference_mode():
+                    parts.append(encode_batch(chunk, start))
+                bar.update(len(chunk))
+        return np.concatenate(parts, axis=0)
+
+    @abc.abstractmethod
+    def _encode_text_batch(self, texts: list[str], start: int) -> np.ndarray:
+        """Embed one batch; `start` is the batch's offset in the caller's list (for error messages)."""
+
+    def _encode_image_batch(self, images: list[bytes], start: int) -> np.ndarray:
+        raise NotImplementedError(f"the {self.backend} backend embeds text only")

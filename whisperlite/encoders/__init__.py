@@ -19,8 +19,9 @@ def load_encoder(backend: str = DEFAULT_BACKEND, model: str | None = None, devic
     """Load an encoder backend.
 
     backend: "minilm" (bundled all-MiniLM-L6-v2 unless `model` names another BERT-style
-    sentence model) or "clip" (`model` required: a local directory or a hub name already in the
-    local Hugging Face cache). device: "auto" (cuda:0 with fp16 when present, else cpu fp32),
+    sentence model) or "clip" (`model` required). `model` is a local directory (never reaches a
+    hub) or a hub name (the local Hugging Face cache first; the hub only if missing there and
+    HF_HUB_OFFLINE is not set). device: "auto" (cuda:0 with fp16 when present, else cpu fp32),
     "cpu", "cuda" or "cuda:N".
     """
     torch_device = resolve_device(device)

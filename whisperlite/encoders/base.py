@@ -31,8 +31,27 @@ def dtype_for(device: torch.device) -> torch.dtype:
     return torch.float16 if device.type == "cuda" else torch.float32
 
 
-def is_local_path(model: str) -> bool:
-    return os.path.isdir(os.path.expanduser(model))
+def _looks_like_path(model: str) -> bool:
+    return model.startswith(("/", "./", "../", "~")) or model.count("/") > 1 or os.sep != "/" and os.sep in model
+
+
+def from_pretrained(loader: Callable[..., T], model: str, **kwargs) -> T:
+    """Load from a local directory without touching a hub; a hub name from the local cache first.
+
+    Only a hub name that is missing from the cache goes to the network, and not even then when
+    HF_HUB_OFFLINE=1 (transformers then raises an error naming the model).
+    """
+    path = os.path.expanduser(model)
+    if os.path.isdir(path):
+        return loader(path, local_files_only=True, **kwargs)
+    if _looks_like_path(model):
+        raise FileNotFoundError(f"model: directory {model!r} does not exist")
+    try:
+        return loader(model, local_files_only=True, **kwargs)
+    except OSError:
+        if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+            raise
+        return loader(model, **kwargs)
 
 
 def l2_normalize(vectors: torch.Tensor) -> np.ndarray:

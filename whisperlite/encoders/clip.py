@@ -1,8 +1,8 @@
 """CLIP encoder (text and image towers) through transformers' CLIPModel.
 
 `model` is a local directory (save_pretrained layout: config, weights, tokenizer and
-preprocessor config) or a hub name such as openai/clip-vit-base-patch32 that is already in
-the local Hugging Face cache; a local directory never touches a hub.
+preprocessor config) or a hub name such as openai/clip-vit-base-patch32, looked up in the local
+Hugging Face cache first; a local directory never touches a hub.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
-from whisperlite.encoders.base import Encoder, is_local_path, l2_normalize
+from whisperlite.encoders.base import Encoder, from_pretrained, l2_normalize
 
 
 class ImageDecodeError(ValueError):
@@ -41,11 +41,10 @@ class ClipEncoder(Encoder):
     def __init__(self, model: str, device: torch.device):
         super().__init__(device)
         self.name = model
-        local_only = is_local_path(model)
-        self._tokenizer = AutoTokenizer.from_pretrained(model, local_files_only=local_only)
+        self._tokenizer = from_pretrained(AutoTokenizer.from_pretrained, model)
         # The PIL backend needs no torchvision and matches the original CLIP preprocessing.
-        self._image_processor = AutoImageProcessor.from_pretrained(model, local_files_only=local_only, backend="pil")
-        self._model = CLIPModel.from_pretrained(model, dtype=self.dtype, local_files_only=local_only)
+        self._image_processor = from_pretrained(AutoImageProcessor.from_pretrained, model, backend="pil")
+        self._model = from_pretrained(CLIPModel.from_pretrained, model, dtype=self.dtype)
         self._model.to(device).eval()
         self.dimension = int(self._model.config.projection_dim)
         self._max_tokens = int(self._model.config.text_config.max_position_embeddings)

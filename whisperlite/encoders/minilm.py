@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from whisperlite.encoders.base import Encoder, is_local_path, l2_normalize
+from whisperlite.encoders.base import Encoder, from_pretrained, l2_normalize
 
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 # sentence_bert_config.json of the model: longer inputs are truncated, as sentence-transformers does.
@@ -36,14 +36,11 @@ class MiniLMEncoder(Encoder):
 
     def __init__(self, model: str | None, device: torch.device):
         super().__init__(device)
-        if model is None:
-            path, self.name = str(bundled_model_dir()), MODEL_NAME
-        else:
-            # An explicit path names itself; a hub name only resolves from the local HF cache.
-            path, self.name = model, model
-        local_only = model is None or is_local_path(model)
-        self._tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local_only)
-        self._model = AutoModel.from_pretrained(path, dtype=self.dtype, local_files_only=local_only)
+        # The bundled weights keep the upstream name: it identifies the vector space to the
+        # catalog and the trained model, whichever machine's site-packages they came from.
+        path, self.name = (str(bundled_model_dir()), MODEL_NAME) if model is None else (model, model)
+        self._tokenizer = from_pretrained(AutoTokenizer.from_pretrained, path)
+        self._model = from_pretrained(AutoModel.from_pretrained, path, dtype=self.dtype)
         self._model.to(device).eval()
         self.dimension = int(self._model.config.hidden_size)
 

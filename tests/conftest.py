@@ -1,0 +1,54 @@
+"""Session-wide fixtures: the three real services on loopback over a real milvus-lite store."""
+
+from pathlib import Path
+
+import pytest
+
+from tests.servers import start_service
+
+DATASETS = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets"
+
+
+@pytest.fixture(scope="session")
+def datasets_dir() -> Path:
+    if not DATASETS.is_dir():
+        pytest.fail(f"{DATASETS} is missing: CI runs with ../shared beside the clone")
+    return DATASETS
+
+
+@pytest.fixture(scope="session")
+def encoder_service(tmp_path_factory):
+    service = start_service("query-encoder", tmp_path_factory.mktemp("logs"))
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def catalog_service(tmp_path_factory, encoder_service):
+    service = start_service(
+        "catalog",
+        tmp_path_factory.mktemp("logs"),
+        "--data-dir",
+        str(tmp_path_factory.mktemp("catalog")),
+        "--query-encoder-addr",
+        encoder_service.address,
+    )
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def text_only_ranker(tmp_path_factory, encoder_service, catalog_service):
+    """A ranker without a trained model: every request takes the text-only (or recent-items) path."""
+    service = start_service(
+        "ranker",
+        tmp_path_factory.mktemp("logs"),
+        "--model-dir",
+        str(tmp_path_factory.mktemp("no-model")),
+        "--query-encoder-addr",
+        encoder_service.address,
+        "--catalog-addr",
+        catalog_service.address,
+    )
+    yield service
+    service.stop()

@@ -1,0 +1,70 @@
+"""Real service processes on loopback for tests: `whisperlite serve NAME` with free ports."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from whisperlite.health import wait_until_serving
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    port: int
+    metrics_port: int
+    log_path: Path
+    process: subprocess.Popen = field(repr=False)
+
+    @property
+    def address(self) -> str:
+        return f"localhost:{self.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://localhost:{self.metrics_port}/metrics"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def start_service(
+    name: str, log_dir: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 180.0
+) -> ServiceProcess:
+    """Starts `whisperlite serve name` and waits until its health check says SERVING."""
+    port, metrics_port = free_port(), free_port()
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{name}-{port}.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "whisperlite", "serve", name, "--port", str(port), "--metrics-port", str(metrics_port), *args],
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=log_path.open("wb"),
+    )
+    service = ServiceProcess(name, port, metrics_port, log_path, process)
+    if not wait_until_serving(service.address, timeout, alive=lambda: process.poll() is None):
+        service.stop()
+        raise RuntimeError(f"{name} did not become healthy:\n{service.log()[-3000:]}")
+    return service

@@ -1,0 +1,29 @@
+"""gRPC health probing: `whisperlite health ADDR` (Docker HEALTHCHECK) and `whisperlite up` use it."""
+
+import time
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+def is_serving(address: str, service: str = "", timeout_seconds: float = 2.0) -> bool:
+    try:
+        with grpc.insecure_channel(address) as channel:
+            response = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout_seconds
+            )
+    except grpc.RpcError:
+        return False
+    return response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def wait_until_serving(address: str, timeout_seconds: float, alive=lambda: True, interval_seconds: float = 0.5) -> bool:
+    """Polls until SERVING; gives up early when `alive()` turns false (the process died)."""
+    deadline = time.monotonic() + timeout_seconds
+    while time.monotonic() < deadline:
+        if is_serving(address):
+            return True
+        if not alive():
+            return False
+        time.sleep(interval_seconds)
+    return False

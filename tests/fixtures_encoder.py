@@ -73,3 +73,13 @@ def build_tiny_clip(directory: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     CLIPModel(config).save_pretrained(directory)
     return directory
+
+
+def png_bytes(color: tuple[int, int, int], size: tuple[int, int] = (48, 40)) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -8,7 +8,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 TINY_CLIP_DIM = 32
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory) -> Path:
+    """Import into a test module to use: one tiny CLIP checkpoint per test session."""
+    return build_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
 
 
 def _byte_alphabet() -> list[str]:

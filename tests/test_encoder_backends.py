@@ -4,16 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from tests.fixtures_encoder import TINY_CLIP_DIM, build_tiny_clip, png_bytes
+from tests.fixtures_encoder import TINY_CLIP_DIM, png_bytes, tiny_clip_dir  # noqa: F401 - fixture
 from whisperlite.encoders import item_text, load_encoder
 from whisperlite.encoders.clip import ImageDecodeError
 
 TEXTS = ["a light dress for a summer wedding", "black leather boots", "warm wool scarf", "b"]
-
-
-@pytest.fixture(scope="module")
-def tiny_clip_dir(tmp_path_factory):
-    return build_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
 
 
 @pytest.fixture(scope="module", params=["minilm", "clip"])

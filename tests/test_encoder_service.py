@@ -9,18 +9,13 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.fixtures_encoder import TINY_CLIP_DIM, build_tiny_clip, png_bytes
+from tests.fixtures_encoder import TINY_CLIP_DIM, png_bytes, tiny_clip_dir  # noqa: F401 - fixture
 from tests.servers import REPO, start_service
 from whisperlite.encoders import load_encoder
 from whisperlite.v1 import query_encoder_pb2, query_encoder_pb2_grpc
 
 MAX_TEXT_CHARS = 300
 MAX_INPUTS = 40
-
-
-@pytest.fixture(scope="module")
-def tiny_clip_dir(tmp_path_factory):
-    return build_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
 
 
 @pytest.fixture(scope="module", params=["minilm", "clip"])

@@ -21,6 +21,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from whisperlite.data.canonical import ITEM_TEXT_METADATA, REQUESTS_NONE, PreparedDataset
+from whisperlite.data.sources.common import strictly_increasing
 from whisperlite.data.text import clean_text
 
 RAW_FILES = ["train.csv", "test.csv", "id2name4Rec.json"]
@@ -82,20 +83,23 @@ def prepare(raw_dir: Path, progress: bool = True) -> PreparedDataset:
             [(json.loads(ids), ts) for ids, ts in zip(group["item_ids"], group["timestamp"])]
         )
         seen: set[int] = set()
-        previous_day, offset = None, 0
         for item, day, timed in zip(sequence, days, timed_flags):
             if item in seen:
                 n_repeats += 1
                 continue
             seen.add(item)
             n_untimed += not timed
-            offset = offset + 1 if day == previous_day else 0
-            previous_day = day
             users.append(user)
             item_ids.append(str(item))
-            timestamps.append(day + offset)
+            timestamps.append(day)
+    users_column = pd.Series(users, dtype=str)
     interactions = pd.DataFrame(
-        {"user_id": users, "item_id": item_ids, "timestamp": pd.array(timestamps, dtype="int64"), "request": ""}
+        {
+            "user_id": users_column,
+            "item_id": item_ids,
+            "timestamp": strictly_increasing(users_column, pd.Series(timestamps, dtype="int64")),
+            "request": "",
+        }
     )
     return PreparedDataset(
         items=items,
@@ -103,8 +107,8 @@ def prepare(raw_dir: Path, progress: bool = True) -> PreparedDataset:
         request_source=REQUESTS_NONE,
         item_text_source=ITEM_TEXT_METADATA,
         timestamp_source=(
-            "window target day (UTC midnight) + position within the day in seconds; items that are "
-            "never a target take the day of the next target in the user's sequence"
+            "window target day (UTC midnight); items that are never a target take the day of the next "
+            "target in the user's sequence; same-day items one second apart in sequence order"
         ),
         notes=[
             "user sequences rebuilt by chaining each user's train.csv and test.csv windows (longest overlap)",

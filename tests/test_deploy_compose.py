@@ -1,0 +1,246 @@
+"""Deployment files, checked statically (no Docker engine here) with the real tools.
+
+`deploy/check.sh` (what `make compose-check` runs) must pass on the repository and fail on broken
+copies; the compose model as the real `docker-compose` binary resolves it must wire the services
+as docs/deploy.md describes; every env var compose sets must be one the service reads.
+"""
+
+import importlib
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+CHECK = REPO / "deploy" / "check.sh"
+SERVICES = {  # compose service -> (server module, env prefix, metrics port)
+    "query-encoder": ("services.query_encoder.server", "QUERY_ENCODER", 9101),
+    "catalog": ("services.catalog.server", "CATALOG", 9102),
+    "ranker": ("services.ranker.server", "RANKER", 9100),
+}
+# Set by Docker for the NVIDIA container toolkit and by the images themselves, not read by WhisperLite code.
+NON_SERVICE_ENV = {"NVIDIA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "PYTHONUNBUFFERED", "PATH"}
+
+
+def compose_binary() -> Path:
+    import compose
+
+    return Path(compose.__file__).parent / "docker-compose"
+
+
+def compose_model(*files: str, project: Path = REPO) -> dict:
+    """The compose model as the real binary resolves it (defaults only: an empty env file, no overrides)."""
+    env_file = project / ".check.env"
+    env_file.write_text("")
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
+        args = [str(compose_binary()), "--env-file", str(env_file), "--project-directory", str(project)]
+        for name in files:
+            args += ["-f", str(project / name)]
+        result = subprocess.run([*args, "config", "--format", "json"], capture_output=True, text=True, env=env, check=True)
+    finally:
+        env_file.unlink()
+    return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def base() -> dict:
+    return compose_model("docker-compose.yml")
+
+
+@pytest.fixture(scope="module")
+def cpu() -> dict:
+    return compose_model("docker-compose.yml", "docker-compose.cpu.yml")
+
+
+def run_check(project: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(CHECK), str(project)], capture_output=True, text=True, timeout=120)
+
+
+def test_compose_check_passes_on_the_repository():
+    result = run_check(REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "docker-compose 2.40.3" in result.stdout
+    for name in ("docker-compose.yml", "docker-compose.cpu.yml", "prometheus.yml", "PromQL", "Dockerfiles"):
+        assert re.search(rf"^ok .*{re.escape(name)}", result.stdout, re.M), result.stdout
+
+
+BREAKAGES = {
+    # file, text replaced, replacement, the check line that must fail
+    "unknown depends_on condition": ("docker-compose.yml", "condition: service_completed_successfully", "condition: service_done", "docker-compose.yml"),
+    "depends on a missing service": ("docker-compose.yml", "      bootstrap:\n        condition:", "      bootstrapper:\n        condition:", "docker-compose.yml"),
+    "override with a wrong type": ("docker-compose.cpu.yml", "target: cpu", "target: [cpu]", "docker-compose.cpu.yml"),
+    "bad prometheus duration": ("deploy/prometheus/prometheus.yml", "refresh_interval: 15s", "refresh_interval: soon", "prometheus.yml"),
+    "dashboard query does not parse": (
+        "deploy/grafana/dashboards/whisperlite.json", '"max(whisperlite_catalog_items)"', '"max(whisperlite_catalog_items"', "PromQL"
+    ),
+    "Dockerfile running as root": ("deploy/docker/catalog.Dockerfile", "USER 10001:10001", "USER root", "Dockerfiles"),
+}
+
+
+@pytest.mark.parametrize("breakage", BREAKAGES, ids=list(BREAKAGES))
+def test_compose_check_fails_on_a_broken_copy(tmp_path, breakage):
+    path, old, new, failing_check = BREAKAGES[breakage]
+    for name in ("docker-compose.yml", "docker-compose.cpu.yml"):
+        shutil.copy(REPO / name, tmp_path / name)
+    shutil.copytree(REPO / "deploy", tmp_path / "deploy")
+    target = tmp_path / path
+    text = target.read_text()
+    assert old in text, f"{path} no longer contains {old!r}: update this test"
+    target.write_text(text.replace(old, new, 1))
+
+    result = run_check(tmp_path)
+
+    assert result.returncode == 1, result.stdout
+    assert re.search(rf"^FAIL .*{re.escape(failing_check)}", result.stdout, re.M), result.stdout
+
+
+def test_images_are_pinned(base, cpu):
+    for model in (base, cpu):
+        for name, service in model["services"].items():
+            image = service["image"]
+            repository, _, tag = image.rpartition(":")
+            assert repository and tag and tag != "latest" and "/" not in tag, f"{name}: image {image!r} has no pinned tag"
+    for dockerfile in (REPO / "deploy" / "docker").glob("*.Dockerfile"):
+        for base_image in re.findall(r"^ARG PYTHON_IMAGE=(\S+)", dockerfile.read_text(), re.M):
+            assert re.fullmatch(r"python:3\.11\.\d+-slim-\w+", base_image), f"{dockerfile.name}: {base_image}"
+
+
+def test_every_long_running_service_has_a_healthcheck(base):
+    dockerfiles = {p.name.removesuffix(".Dockerfile"): p.read_text() for p in (REPO / "deploy" / "docker").glob("*.Dockerfile")}
+    for name, service in base["services"].items():
+        if name == "bootstrap":
+            assert service["healthcheck"] == {"disable": True}
+            continue
+        assert "healthcheck" in service, name
+        if name in SERVICES:
+            # Compose tunes the timing; the probe is the image's HEALTHCHECK over the gRPC health protocol.
+            assert "test" not in service["healthcheck"]
+            assert re.search(r'HEALTHCHECK .*\n\s+CMD \["sh", "-c", "whisperlite health 127\.0\.0\.1:\$\{' + SERVICES[name][1], dockerfiles[name]), name
+        else:
+            assert service["healthcheck"]["test"][0] == "CMD", name
+
+
+def test_dockerfiles_are_multi_stage_and_run_as_non_root():
+    for dockerfile in (REPO / "deploy" / "docker").glob("*.Dockerfile"):
+        text = dockerfile.read_text()
+        assert len(re.findall(r"^FROM ", text, re.M)) >= 2, f"{dockerfile.name} is not multi-stage"
+        users = re.findall(r"^USER (\S+)", text, re.M)
+        assert users and all(u.split(":")[0] not in ("0", "root") for u in users), dockerfile.name
+        assert "COPY --from=build" in text
+    encoder = (REPO / "deploy" / "docker" / "query-encoder.Dockerfile").read_text()
+    assert re.search(r"^FROM runtime AS cuda$", encoder, re.M) and re.search(r"^FROM runtime AS cpu$", encoder, re.M)
+    assert "download.pytorch.org/whl/${TORCH_CUDA}" in encoder and 'torch==${TORCH_VERSION}' in encoder
+
+
+def test_torch_in_images_matches_the_project_pin():
+    pyproject = (REPO / "pyproject.toml").read_text()
+    pinned = re.search(r'"torch==([^"]+)"', pyproject).group(1)
+    for dockerfile in (REPO / "deploy" / "docker").glob("*.Dockerfile"):
+        versions = set(re.findall(r"^ARG TORCH_VERSION=(\S+)", dockerfile.read_text(), re.M))
+        assert versions == {pinned}, f"{dockerfile.name}: torch {versions} but pyproject pins {pinned}"
+
+
+def test_services_start_in_dependency_order(base):
+    services = base["services"]
+
+    def conditions(name):
+        return {dep: spec["condition"] for dep, spec in services[name].get("depends_on", {}).items()}
+
+    assert conditions("milvus") == {"etcd": "service_healthy", "minio": "service_healthy"}
+    assert conditions("catalog") == {"milvus": "service_healthy", "query-encoder": "service_healthy"}
+    assert conditions("bootstrap") == {"catalog": "service_healthy"}
+    assert conditions("ranker") == {
+        "query-encoder": "service_healthy",
+        "catalog": "service_healthy",
+        "bootstrap": "service_completed_successfully",
+    }
+
+
+def test_catalog_uses_the_milvus_server_and_ranker_balances_over_encoder_replicas(base):
+    services = base["services"]
+    assert services["catalog"]["environment"]["CATALOG_MILVUS_URI"] == "http://milvus:19530"
+    ranker_env = services["ranker"]["environment"]
+    # A bare service name: create_channel resolves it through DNS (one A record per replica) round-robin.
+    assert ranker_env["QUERY_ENCODER_ADDR"] == "query-encoder:50051"
+    assert ranker_env["CATALOG_ADDR"] == "catalog:50052"
+    assert services["query-encoder"]["deploy"]["replicas"] >= 2
+    assert services["ranker"]["deploy"]["replicas"] >= 2
+
+
+def test_gpu_reservation_and_cpu_override(base, cpu):
+    gpu_encoder, cpu_encoder = base["services"]["query-encoder"], cpu["services"]["query-encoder"]
+    devices = gpu_encoder["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"capabilities": ["gpu"], "driver": "nvidia", "count": 1}]
+    assert gpu_encoder["build"]["target"] == "cuda" and gpu_encoder["environment"]["QUERY_ENCODER_DEVICE"] == "cuda"
+
+    assert not cpu_encoder["deploy"]["resources"].get("reservations", {}).get("devices")
+    assert cpu_encoder["build"]["target"] == "cpu" and cpu_encoder["environment"]["QUERY_ENCODER_DEVICE"] == "cpu"
+    assert cpu_encoder["image"] != gpu_encoder["image"]
+    assert cpu_encoder["deploy"]["replicas"] == gpu_encoder["deploy"]["replicas"]
+    # Nothing but the encoder differs between the two.
+    for name in base["services"]:
+        if name != "query-encoder":
+            assert base["services"][name] == cpu["services"][name], name
+
+
+def test_state_lives_in_named_volumes(base):
+    volumes = set(base["volumes"])
+    expected = {"etcd": "/etcd", "minio": "/minio_data", "milvus": "/var/lib/milvus", "prometheus": "/prometheus", "grafana": "/var/lib/grafana"}
+    for name, target in expected.items():
+        mounts = {m["target"]: m for m in base["services"][name]["volumes"]}
+        assert mounts[target]["type"] == "volume" and mounts[target]["source"] in volumes, name
+    ranker_models = {m["target"]: m for m in base["services"]["ranker"]["volumes"]}["/models"]
+    bootstrap_models = {m["target"]: m for m in base["services"]["bootstrap"]["volumes"]}["/models"]
+    assert ranker_models["source"] == bootstrap_models["source"] == "models"
+    assert ranker_models.get("read_only") and not bootstrap_models.get("read_only")
+
+
+def _env_vars_read_by(module_name: str) -> set[str]:
+    """Env vars a service reads: its parser's help names each one as "(env NAME)"."""
+    parser = importlib.import_module(module_name).build_parser()
+    return set(re.findall(r"env ([A-Z][A-Z0-9_]+)", " ".join(parser.format_help().split())))
+
+
+@pytest.mark.parametrize("service", sorted(SERVICES))
+def test_compose_sets_only_env_vars_the_service_reads(base, service):
+    module_name, prefix, metrics_port = SERVICES[service]
+    read = _env_vars_read_by(module_name)
+    assert f"{prefix}_PORT" in read and f"{prefix}_METRICS_PORT" in read
+
+    set_by_compose = set(base["services"][service]["environment"])
+    dockerfile = (REPO / "deploy" / "docker" / f"{service}.Dockerfile").read_text()
+    set_by_image = set(re.findall(r"^\s+([A-Z][A-Z0-9_]+)=", dockerfile, re.M)) - {"PIP_NO_CACHE_DIR", "PIP_DISABLE_PIP_VERSION_CHECK"}
+    unknown = (set_by_compose | set_by_image) - read - NON_SERVICE_ENV
+    assert not unknown, f"{service} does not read {sorted(unknown)}"
+    assert f"{prefix}_METRICS_PORT={metrics_port}" in dockerfile
+
+
+def test_prometheus_discovers_every_replica_of_every_service(base):
+    config = yaml.safe_load((REPO / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    for service, (_, _, metrics_port) in SERVICES.items():
+        assert service in base["services"]
+        (sd,) = jobs[service]["dns_sd_configs"]
+        assert sd["names"] == [service] and sd["type"] == "A" and sd["port"] == metrics_port
+    assert jobs["milvus"]["static_configs"] == [{"targets": ["milvus:9091"]}]
+    prometheus_mounts = {m["target"]: m["source"] for m in base["services"]["prometheus"]["volumes"]}
+    assert prometheus_mounts["/etc/prometheus/prometheus.yml"] == str(REPO / "deploy" / "prometheus" / "prometheus.yml")
+
+
+def test_grafana_is_provisioned_with_the_datasource_and_dashboard(base):
+    grafana = REPO / "deploy" / "grafana"
+    (datasource,) = yaml.safe_load((grafana / "provisioning" / "datasources" / "prometheus.yml").read_text())["datasources"]
+    assert datasource["url"] == "http://prometheus:9090" and datasource["uid"] == "prometheus"
+    (provider,) = yaml.safe_load((grafana / "provisioning" / "dashboards" / "whisperlite.yml").read_text())["providers"]
+    mounts = {m["target"]: m["source"] for m in base["services"]["grafana"]["volumes"]}
+    assert mounts[provider["options"]["path"]] == str(grafana / "dashboards")
+    assert mounts["/etc/grafana/provisioning"] == str(grafana / "provisioning")
+    dashboard = json.loads((grafana / "dashboards" / "whisperlite.json").read_text())
+    datasources = {t["datasource"]["uid"] for p in dashboard["panels"] for t in p.get("targets", [])}
+    assert datasources == {"prometheus"}

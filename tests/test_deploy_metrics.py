@@ -1,0 +1,108 @@
+"""Every metric the Grafana dashboard queries is exported by a real service.
+
+The three services run as real processes on loopback (tests/conftest.py), one Recommend call goes
+through them so that labelled series exist, then each /metrics page is scraped. The dashboard's
+PromQL is read for metric names (and the labels it groups or filters by), which must all appear
+in what the services export.
+"""
+
+import json
+import re
+import urllib.request
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from whisperlite.client import RankerClient
+
+DASHBOARD = Path(__file__).resolve().parent.parent / "deploy" / "grafana" / "dashboards" / "whisperlite.json"
+# Series Prometheus itself attaches or creates while scraping, not exported by the services.
+SCRAPE_SERIES = {"up"}
+SCRAPE_LABELS = {"job", "instance"}
+
+_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless", "offset", "inf", "nan"}
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_MATCHERS = re.compile(r"\{([^}]*)\}")
+_GROUPING = re.compile(r"\b(?:by|without|on|ignoring)\s*\(([^)]*)\)")
+_IDENTIFIER = re.compile(r"(?<![\w:.])([a-zA-Z_:][\w:]*)(\s*\()?")
+
+
+def promql_names(expr: str) -> tuple[set[str], set[str]]:
+    """(metric names, label names) used by a PromQL expression; Grafana's $__ variables are durations."""
+    expr = _STRING.sub('""', expr.replace("$__rate_interval", "5m"))
+    labels = {m.split("=")[0].split("!")[0].strip() for block in _MATCHERS.findall(expr) for m in block.split(",") if m.strip()}
+    labels |= {name.strip() for group in _GROUPING.findall(expr) for name in group.split(",") if name.strip()}
+    expr = _GROUPING.sub(" ", _MATCHERS.sub(" ", re.sub(r"\[[^\]]*\]", " ", expr)))
+    metrics = {name for name, call in _IDENTIFIER.findall(expr) if not call and name not in _KEYWORDS}
+    return metrics, labels
+
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    return [(panel["title"], target["expr"]) for panel in panels for target in panel.get("targets", [])]
+
+
+def test_promql_names_reads_metrics_and_labels():
+    metrics, labels = promql_names(
+        'histogram_quantile(0.99, sum by (job, le) (rate(grpc_server_handling_seconds_bucket{grpc_service!="a.b(c)",grpc_code=~"x|y"}[$__rate_interval])))'
+        " / on (job) group_left count by (job) (up == 1) or vector(0)"
+    )
+    assert metrics == {"grpc_server_handling_seconds_bucket", "up"}
+    assert labels == {"job", "le", "grpc_service", "grpc_code"}
+
+
+def scrape(url: str) -> dict[str, set[str]]:
+    """Sample name -> label names seen on it (histograms expose _bucket/_sum/_count, counters _total)."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    exported: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            exported.setdefault(sample.name, set()).update(sample.labels)
+    return exported
+
+
+@pytest.fixture(scope="module")
+def exported(encoder_service, catalog_service, text_only_ranker) -> dict[str, dict[str, set[str]]]:
+    with RankerClient(text_only_ranker.address, timeout_seconds=60) as ranker:
+        ranker.recommend(user_id="metrics-test-user", query="black leather boots", top_k=5)
+    return {service.name: scrape(service.metrics_url) for service in (encoder_service, catalog_service, text_only_ranker)}
+
+
+def test_every_service_exports_the_common_rpc_metrics(exported):
+    for service, samples in exported.items():
+        for name in ("grpc_server_handled_total", "grpc_server_started_total", "grpc_server_handling_seconds_bucket"):
+            assert name in samples, f"{service} does not export {name}"
+        assert {"grpc_service", "grpc_method", "grpc_code"} <= samples["grpc_server_handled_total"]
+
+
+@pytest.mark.parametrize(("panel", "expr"), dashboard_queries(), ids=[f"{t}:{e[:40]}" for t, e in dashboard_queries()])
+def test_dashboard_query_uses_only_exported_metrics(exported, panel, expr):
+    metrics, labels = promql_names(expr)
+    assert metrics, f"{panel}: no metric in {expr!r}"
+    union: dict[str, set[str]] = {}
+    for samples in exported.values():
+        for name, sample_labels in samples.items():
+            union.setdefault(name, set()).update(sample_labels)
+    missing = metrics - set(union) - SCRAPE_SERIES
+    assert not missing, f"panel {panel!r} queries {sorted(missing)}, which no service exports"
+    available = set().union(*(union.get(m, set()) for m in metrics)) | SCRAPE_LABELS
+    assert labels <= available, f"panel {panel!r} uses labels {sorted(labels - available)} that {sorted(metrics)} do not carry"
+
+
+def test_dashboard_covers_what_operators_watch():
+    """Request rate, errors, latency, encoder batching and cache, catalog size and ranker stages are all on it."""
+    used = set().union(*(promql_names(expr)[0] for _, expr in dashboard_queries()))
+    assert {
+        "grpc_server_handled_total",
+        "grpc_server_handling_seconds_bucket",
+        "whisperlite_encoder_batch_size_bucket",
+        "whisperlite_encoder_cache_hits_total",
+        "whisperlite_encoder_cache_misses_total",
+        "whisperlite_catalog_items",
+        "whisperlite_ranker_stage_seconds_bucket",
+    } <= used
+    errors = [expr for _, expr in dashboard_queries() if 'grpc_code!="OK"' in expr]
+    quantiles = {q for _, expr in dashboard_queries() for q in re.findall(r"histogram_quantile\((0\.\d+)", expr)}
+    assert errors and {"0.5", "0.99"} <= quantiles

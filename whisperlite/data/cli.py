@@ -7,7 +7,9 @@ import argparse
 import json
 import sys
 
+from whisperlite.data.canonical import read_interactions, read_items
 from whisperlite.data.prepare import DATASETS_ROOT_ENV, prepare_dataset
+from whisperlite.data.requests import ambiguity, fill_missing_requests
 from whisperlite.data.sources import CONVERTERS
 
 
@@ -20,6 +22,23 @@ def _prepare(args: argparse.Namespace) -> int:
     summary = {k: info[k] for k in ("name", "n_items", "n_users", "n_interactions", "n_interactions_with_request")}
     print(json.dumps(summary))
     print(f"wrote {args.out}/items.csv, interactions.csv, dataset.json")
+    return 0
+
+
+def _requests(args: argparse.Namespace) -> int:
+    """Simulate requests for a sample of a prepared dataset's interactions; print examples and
+    how many catalog items each request matches."""
+    try:
+        items, interactions = read_items(args.data), read_interactions(args.data)
+    except FileNotFoundError as err:
+        print(f"error: data: {err}", file=sys.stderr)
+        return 2
+    sample = interactions.sample(min(args.sample, len(interactions)), random_state=args.seed).assign(request="")
+    filled = fill_missing_requests(sample, items, seed=args.seed, progress=not args.quiet)
+    titles = items.set_index("item_id")["title"]
+    for row in filled.head(args.examples).itertuples():
+        print(f"{titles[row.item_id]!r} -> {row.request!r}")
+    print(json.dumps(ambiguity(filled["request"].tolist(), items)))
     return 0
 
 
@@ -42,6 +61,19 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     prepare.add_argument("--name", default=None, help="dataset name written to dataset.json (default: SOURCE)")
     prepare.add_argument("--quiet", action="store_true", help="no progress bars")
     prepare.set_defaults(func=_prepare)
+
+    requests = data_sub.add_parser(
+        "requests",
+        help="show simulated requests for a prepared dataset and measure their ambiguity",
+        description="Simulate requests for sampled interactions of a prepared dataset (whatever their own "
+        "request), print examples and the number of catalog items whose title/category holds every request word.",
+    )
+    requests.add_argument("--data", required=True, help="prepared dataset folder")
+    requests.add_argument("--seed", type=int, default=0, help="simulator and sampling seed (default 0)")
+    requests.add_argument("--sample", type=int, default=5000, help="interactions to sample (default 5000)")
+    requests.add_argument("--examples", type=int, default=10, help="examples to print (default 10)")
+    requests.add_argument("--quiet", action="store_true", help="no progress bars")
+    requests.set_defaults(func=_requests)
     return data
 
 

@@ -46,7 +46,7 @@ _MULTI_VALUE_SEP = "|"
 _PATH_SEP = re.compile(r"\s*(?:/|>)\s*")
 
 STOPWORDS = frozenset(
-    "a an and or of the for with without in on at by to from as is it its this that".split()
+    "a an and or of the for with without in on at by to from as is it its this that non".split()
 )
 # Size, fit-range and unit words: a shopper asks for a size separately from the request.
 SIZE_WORDS = frozenset(
@@ -59,14 +59,14 @@ SIZE_WORDS = frozenset(
 AUDIENCE_WORDS = frozenset(
     """men's mens men man's women's womens women woman's ladies ladies' lady's boys boys' boy's
     girls girls' girl's kids kids' kid's children children's child's baby babies toddler toddlers
-    infant infants juniors juniors' junior's unisex adult adults youth""".split()
+    infant infants junior juniors juniors' junior's unisex adult adults youth""".split()
 )
 # Words that describe the listing rather than the product.
 FILLER_WORDS = frozenset(
     """new collection series edition style styles fashion design designer brand model
     variation parent assorted color colors colour colours genuine authentic official
     licensed quality premium deluxe classic original best great perfect gift gifts hot sale
-    free shipping item multiple various made boxed ii iii iv""".split()
+    free shipping item multiple various made boxed up ii iii iv""".split()
 )
 
 
@@ -75,8 +75,11 @@ def tokenize(text: str) -> list[str]:
     return _TOKEN.findall(clean_text(text).lower().replace("\u2019", "'"))
 
 
+_DIGIT = re.compile(r"\d")
+
+
 def _is_word(token: str) -> bool:
-    return len(token) > 1 and not any(ch.isdigit() for ch in token) and token not in STOPWORDS
+    return len(token) > 1 and token not in STOPWORDS and not _DIGIT.search(token)
 
 
 @dataclass(frozen=True)
@@ -190,10 +193,12 @@ def _main_phrase_tokens(title: str) -> list[str]:
 
 @dataclass(frozen=True)
 class RequestParts:
-    """The words a request for one item may use: one product type, attribute candidates."""
+    """The words a request for one item may use: the product type (or, for facet lists, the
+    facets any one of which may serve as the type) and attribute candidates."""
 
     product_type: str
     attributes: tuple[str, ...]
+    type_choices: tuple[str, ...] = ()
 
 
 def _generic_tokens(text: str, vocabulary: TitleVocabulary | None) -> list[str]:
@@ -202,6 +207,12 @@ def _generic_tokens(text: str, vocabulary: TitleVocabulary | None) -> list[str]:
         # Without catalog statistics the opening word is taken as the brand.
         return [t for t in tokens[1:] if _is_product_word(t)]
     return [t for t in tokens if vocabulary.is_generic(t)]
+
+
+def _decade(title: str) -> tuple[str, ...]:
+    """("1990s",) for a "Toy Story (1995)" title, else ()."""
+    year = _MOVIE_YEAR.search(title)
+    return (f"{year.group(1)[:3]}0s",) if year else ()
 
 
 def _dedupe(words: Iterable[str], exclude: Iterable[str] = ()) -> tuple[str, ...]:
@@ -218,12 +229,11 @@ def request_parts(title: str, category: str = "", vocabulary: TitleVocabulary | 
     """Split an item's metadata into a product type and attribute candidates (no randomness)."""
     title = clean_text(title)
     facets = [f for f in (clean_text(x) for x in clean_text(category).split(_MULTI_VALUE_SEP)) if f]
-    if len(facets) > 1:
-        words = [f.lower() for f in facets]
-        year = _MOVIE_YEAR.search(title)
-        if year:
-            words.append(f"{year.group(1)[:3]}0s")
-        return RequestParts(product_type=words[0], attributes=tuple(words[1:]))
+    decade = _decade(title)
+    if len(facets) > 1 or (facets and decade):
+        # A facet list, or a dated work ("Crumb (1994)") whose title is a name, not a description.
+        words = tuple(f.lower() for f in facets)
+        return RequestParts(product_type=words[0], attributes=decade + words[1:], type_choices=words)
 
     title_words = _generic_tokens(title, vocabulary)
     if facets:
@@ -233,11 +243,12 @@ def request_parts(title: str, category: str = "", vocabulary: TitleVocabulary | 
     main_phrase = _main_phrase_tokens(title)
     product_type = vocabulary.product_type(main_phrase) if vocabulary is not None else None
     if product_type is None:
-        # No head noun recognised: the last generic word, from the main phrase when there is
-        # no vocabulary to say which words are generic.
-        pool = [t for t in title_words if t not in AUDIENCE_WORDS]
-        if vocabulary is None:
-            pool = [t for t in main_phrase[1:] if _is_product_word(t) and t not in AUDIENCE_WORDS] or pool
+        # No head noun recognised: the last generic word of the title; failing that (a title
+        # of brand-only words, "iPlay Just Born Sunhat") the main phrase's last word after the
+        # brand; failing that (a title that is a brand and model codes) "item", never a brand.
+        main_words = [t for t in main_phrase[1:] if _is_product_word(t) and t not in AUDIENCE_WORDS]
+        generic = [t for t in title_words if t not in AUDIENCE_WORDS]
+        pool = (main_words or generic) if vocabulary is None else (generic or main_words)
         pool = pool or title_words
         product_type = pool[-1] if pool else "item"
     return RequestParts(product_type=product_type, attributes=_dedupe(title_words, exclude=product_type.split()))
@@ -245,15 +256,19 @@ def request_parts(title: str, category: str = "", vocabulary: TitleVocabulary | 
 
 def compose_request(parts: RequestParts, rng: random.Random | np.random.Generator, max_attributes: int = 2) -> str:
     """Product type plus 0..max_attributes attributes (uniform count, uniform choice), the
-    attributes kept in the order the metadata lists them."""
-    n_max = min(max_attributes, len(parts.attributes))
+    attributes kept in the order the metadata lists them. With several type choices (facets)
+    the type is drawn first and the attributes from the rest."""
+    product_type, attributes = parts.product_type, parts.attributes
     if isinstance(rng, np.random.Generator):
-        n = int(rng.integers(0, n_max + 1))
-        chosen = sorted(rng.choice(len(parts.attributes), size=n, replace=False).tolist()) if n else []
+        draw, pick = (lambda n: int(rng.integers(0, n + 1))), (lambda n, k: rng.choice(n, size=k, replace=False).tolist())
     else:
-        n = rng.randint(0, n_max)
-        chosen = sorted(rng.sample(range(len(parts.attributes)), n))
-    return " ".join([parts.attributes[i] for i in chosen] + [parts.product_type])
+        draw, pick = (lambda n: rng.randint(0, n)), (lambda n, k: rng.sample(range(n), k))
+    if len(parts.type_choices) > 1:
+        product_type = parts.type_choices[draw(len(parts.type_choices) - 1)]
+        attributes = tuple(a for a in attributes if a != product_type)
+    n = draw(min(max_attributes, len(attributes)))
+    chosen = sorted(pick(len(attributes), n)) if n else []
+    return " ".join([attributes[i] for i in chosen] + [product_type])
 
 
 def simulate_request(
@@ -271,9 +286,10 @@ def simulate_request(
     return compose_request(request_parts(title, category, vocabulary), rng)
 
 
-def _pair_rng(seed: int, user_id: object, item_id: object) -> random.Random:
-    # str seeds are hashed with SHA-512 by random.Random: stable across runs and platforms.
-    return random.Random(f"{seed}\x1f{user_id}\x1f{item_id}")
+def _seed_for_pair(rng: random.Random, seed: int, user_id: object, item_id: object) -> random.Random:
+    # A str seed is hashed with SHA-512 by random.Random: stable across runs and platforms.
+    rng.seed(f"{seed}\x1f{user_id}\x1f{item_id}")
+    return rng
 
 
 def fill_missing_requests(
@@ -292,20 +308,22 @@ def fill_missing_requests(
     missing = requests.str.strip() == ""
     if vocabulary is None:
         vocabulary = TitleVocabulary.from_titles(items["title"].fillna("").astype(str))
-    meta = items.set_index(items["item_id"].astype(str))
-    categories = meta["category"].fillna("").astype(str) if "category" in meta else pd.Series("", index=meta.index)
+    item_ids = items["item_id"].astype(str)
+    titles = dict(zip(item_ids, items["title"].fillna("").astype(str)))
+    categories = dict(zip(item_ids, items["category"].fillna("").astype(str))) if "category" in items else {}
     parts_cache: dict[str, RequestParts] = {}
     filled = requests.to_numpy(dtype=object, copy=True)
     rows = np.flatnonzero(missing.to_numpy())
     users = out["user_id"].astype(str).to_numpy()
-    item_ids = out["item_id"].astype(str).to_numpy()
+    row_items = out["item_id"].astype(str).to_numpy()
+    rng = random.Random()
     for row in tqdm(rows, desc="simulating requests", unit="req", disable=not progress, mininterval=1.0):
-        item_id = item_ids[row]
+        item_id = row_items[row]
         parts = parts_cache.get(item_id)
         if parts is None:
-            parts = request_parts(str(meta.at[item_id, "title"]), categories.at[item_id], vocabulary)
+            parts = request_parts(titles[item_id], categories.get(item_id, ""), vocabulary)
             parts_cache[item_id] = parts
-        filled[row] = compose_request(parts, _pair_rng(seed, users[row], item_id))
+        filled[row] = compose_request(parts, _seed_for_pair(rng, seed, users[row], item_id))
     out["request"] = filled
     out["request_simulated"] = missing.to_numpy()
     return out
@@ -316,12 +334,12 @@ class MatchIndex:
     measure of a request's ambiguity."""
 
     def __init__(self, items: pd.DataFrame):
-        text = items["title"].fillna("").astype(str)
-        if "category" in items:
-            text = text + " " + items["category"].fillna("").astype(str).str.replace(_MULTI_VALUE_SEP, " ")
+        titles = items["title"].fillna("").astype(str)
+        categories = items["category"].fillna("").astype(str) if "category" in items else [""] * len(items)
         postings: dict[str, set[int]] = defaultdict(set)
-        for row, value in enumerate(text):
-            for token in tokenize(value):
+        for row, (title, category) in enumerate(zip(titles, categories)):
+            words = tokenize(f"{title} {category.replace(_MULTI_VALUE_SEP, ' ')}") + list(_decade(title))
+            for token in words:
                 postings[token].add(row)
         self._postings = postings
         self.n_items = len(items)

@@ -16,15 +16,17 @@ REQUEST_MAX_WORDS = 50
 
 
 def clean_text(value: object) -> str:
-    """Unescape HTML entities (twice: some sources double-escape, e.g. ``&amp;quot;``) and
-    collapse whitespace. ``None``/NaN become the empty string."""
+    """Unescape HTML entities until none is left (sources escape repeatedly: the women's
+    clothing reviews hold ``&amp;amp;amp;amp;#39;`` for an apostrophe) and collapse
+    whitespace. ``None``/NaN become the empty string."""
     if value is None or (isinstance(value, float) and value != value):
         return ""
     text = str(value)
-    for _ in range(2):
-        if "&" not in text:
+    while "&" in text:
+        unescaped = html.unescape(text)
+        if unescaped == text:
             break
-        text = html.unescape(text)
+        text = unescaped
     return _WHITESPACE.sub(" ", text).strip()
 
 

@@ -138,15 +138,19 @@ def test_dockerfiles_are_multi_stage_and_run_as_non_root():
         assert "COPY --from=build" in text
     encoder = (REPO / "deploy" / "docker" / "query-encoder.Dockerfile").read_text()
     assert re.search(r"^FROM runtime AS cuda$", encoder, re.M) and re.search(r"^FROM runtime AS cpu$", encoder, re.M)
-    assert "download.pytorch.org/whl/${TORCH_CUDA}" in encoder and 'torch==${TORCH_VERSION}' in encoder
+    assert "download.pytorch.org/whl/${TORCH_CUDA}" in encoder
 
 
-def test_torch_in_images_matches_the_project_pin():
-    pyproject = (REPO / "pyproject.toml").read_text()
-    pinned = re.search(r'"torch==([^"]+)"', pyproject).group(1)
+def test_images_install_the_pinned_torch_and_constraints():
+    pinned = re.search(r'"torch==([^"]+)"', (REPO / "pyproject.toml").read_text()).group(1)
+    assert re.search(rf"^torch=={re.escape(pinned)}\+cpu$", (REPO / "constraints.txt").read_text(), re.M)
     for dockerfile in (REPO / "deploy" / "docker").glob("*.Dockerfile"):
-        versions = set(re.findall(r"^ARG TORCH_VERSION=(\S+)", dockerfile.read_text(), re.M))
-        assert versions == {pinned}, f"{dockerfile.name}: torch {versions} but pyproject pins {pinned}"
+        text = dockerfile.read_text()
+        assert "--extra-index-url https://download.pytorch.org/whl/cpu --constraint constraints.txt ." in text, dockerfile.name
+    encoder = (REPO / "deploy" / "docker" / "query-encoder.Dockerfile").read_text()
+    # The CUDA image swaps only torch's local version label (+cpu -> +cuXYZ), same version.
+    assert re.findall(r"^ARG TORCH_VERSION=(\S+)", encoder, re.M) == [pinned]
+    assert 's/^torch==.*/torch==${TORCH_VERSION}+${TORCH_CUDA}/' in encoder
 
 
 def test_services_start_in_dependency_order(base):

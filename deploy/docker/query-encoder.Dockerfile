@@ -16,12 +16,10 @@ COPY whisperlite whisperlite
 COPY services services
 COPY trainer trainer
 
-# PyPI's Linux torch wheel is the CUDA build (several GB): the CPU image takes the same version
-# from the PyTorch CPU index. constraints.txt pins every other transitive dependency.
+# constraints.txt pins every transitive dependency, torch as its CPU build (2.13.0+cpu), which only
+# the PyTorch index serves: PyPI's Linux wheel of the same version is the multi-GB CUDA build.
 FROM build-base AS build-cpu
-ARG TORCH_VERSION=2.13.0
-RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch==${TORCH_VERSION}" \
- && pip install --constraint constraints.txt .
+RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu --constraint constraints.txt .
 
 # The CUDA wheel of the same torch version carries the CUDA runtime, cuBLAS and cuDNN as
 # nvidia-* wheels, so the image needs only the host's NVIDIA driver (container toolkit).
@@ -29,9 +27,8 @@ RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch==${TORCH
 FROM build-base AS build-cuda
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_CUDA=cu130
-RUN pip install --index-url "https://download.pytorch.org/whl/${TORCH_CUDA}" "torch==${TORCH_VERSION}" \
- && grep -v '^torch==' constraints.txt > /tmp/constraints-cuda.txt \
- && pip install --constraint /tmp/constraints-cuda.txt .
+RUN sed "s/^torch==.*/torch==${TORCH_VERSION}+${TORCH_CUDA}/" constraints.txt > /tmp/constraints-cuda.txt \
+ && pip install --extra-index-url "https://download.pytorch.org/whl/${TORCH_CUDA}" --constraint /tmp/constraints-cuda.txt .
 
 # ---- runtime: slim, non-root, health-checked over the gRPC health protocol ------------------------
 FROM ${PYTHON_IMAGE} AS runtime

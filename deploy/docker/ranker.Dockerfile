@@ -8,7 +8,6 @@ ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 
 # ---- build: a virtual environment with the project and its pinned dependencies -------------------
 FROM ${PYTHON_IMAGE} AS build
-ARG TORCH_VERSION=2.13.0
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
 RUN python -m venv /opt/venv
 WORKDIR /src
@@ -16,10 +15,9 @@ COPY pyproject.toml constraints.txt README.md ./
 COPY whisperlite whisperlite
 COPY services services
 COPY trainer trainer
-# The personalization network runs on the CPU: take the CPU wheel (PyPI's Linux wheel is the
-# multi-GB CUDA build).
-RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch==${TORCH_VERSION}" \
- && pip install --constraint constraints.txt .
+# constraints.txt pins every transitive dependency, torch as its CPU build (2.13.0+cpu), which only
+# the PyTorch index serves: PyPI's Linux wheel of the same version is the multi-GB CUDA build.
+RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu --constraint constraints.txt .
 
 # ---- runtime: slim, non-root, health-checked over the gRPC health protocol ------------------------
 FROM ${PYTHON_IMAGE}

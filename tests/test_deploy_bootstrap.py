@@ -1,0 +1,115 @@
+"""The compose bootstrap job (deploy/bootstrap.sh) run as a plain process, as its container runs it.
+
+On the smallest real dataset (amazon_fashion_5core_2018) against a fresh catalog: it prepares the
+data, trains a model, ingests the catalog, and a ranker started on its model directory serves
+personalized recommendations, as the ranker service of docker-compose.yml does after the job.
+A second run finds everything done and changes nothing.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.servers import start_service
+from whisperlite.client import RankerClient
+from whisperlite.stack import catalog_item_count
+
+SCRIPT = Path(__file__).resolve().parent.parent / "deploy" / "bootstrap.sh"
+DATASET = "amazon_fashion_5core_2018"
+
+
+def bootstrap(datasets: Path, data: Path, models: Path, catalog: str, **env: str) -> subprocess.CompletedProcess:
+    environment = {
+        **os.environ,
+        # the image puts the project's console scripts on PATH
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "WHISPERLITE_DATASET": DATASET,
+        "DATASETS_DIR": str(datasets),
+        "DATA_DIR": str(data),
+        "MODELS_DIR": str(models),
+        "CATALOG_ADDR": catalog,
+        **env,
+    }
+    return subprocess.run(["sh", str(SCRIPT)], capture_output=True, text=True, env=environment, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def fresh_catalog(tmp_path_factory, encoder_service):
+    service = start_service(
+        "catalog",
+        tmp_path_factory.mktemp("logs"),
+        "--data-dir",
+        str(tmp_path_factory.mktemp("bootstrap-catalog")),
+        "--query-encoder-addr",
+        encoder_service.address,
+    )
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, datasets_dir, fresh_catalog):
+    root = tmp_path_factory.mktemp("bootstrap")
+    data, models = root / "data", root / "models"
+    models.mkdir()
+    result = bootstrap(datasets_dir, data, models, fresh_catalog.address)
+    return result, data, models
+
+
+def test_prepares_trains_and_ingests(first_run, fresh_catalog):
+    result, data, models = first_run
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (data / DATASET / "items.csv").is_file() and (data / DATASET / "dataset.json").is_file()
+    (model_dir,) = models.glob(f"{DATASET}-*")
+    assert (model_dir / "manifest.json").is_file()
+    items = sum(1 for _ in (data / DATASET / "items.csv").open()) - 1
+    assert items > 0 and catalog_item_count(fresh_catalog.address) == items
+    assert "bootstrap: done" in result.stdout
+
+
+def test_ranker_serves_the_bootstrapped_model(first_run, encoder_service, fresh_catalog, tmp_path):
+    _, data, models = first_run
+    user = (data / DATASET / "interactions.csv").read_text().splitlines()[1].split(",")[0]
+    ranker = start_service(
+        "ranker", tmp_path, "--model-dir", str(models),
+        "--query-encoder-addr", encoder_service.address, "--catalog-addr", fresh_catalog.address,
+    )
+    try:
+        with RankerClient(ranker.address, timeout_seconds=60) as client:
+            response = client.recommend(user_id=user, query="a comfortable summer dress", top_k=3)
+    finally:
+        ranker.stop()
+    assert response.model_version.startswith(f"{DATASET}-")
+    assert len(response.items) == 3
+
+
+def test_second_run_finds_everything_done(first_run, fresh_catalog, datasets_dir):
+    _, data, models = first_run
+    items_before = catalog_item_count(fresh_catalog.address)
+    models_before = sorted(p.name for p in models.iterdir())
+
+    result = bootstrap(datasets_dir, data, models, fresh_catalog.address)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "prepared data present" in result.stdout
+    assert "model present" in result.stdout
+    assert f"already holds {items_before} items: not ingesting" in result.stdout
+    assert sorted(p.name for p in models.iterdir()) == models_before
+    assert catalog_item_count(fresh_catalog.address) == items_before
+
+
+@pytest.mark.parametrize(("variable", "value"), [("WHISPERLITE_TRAIN", "sometimes"), ("WHISPERLITE_INGEST", "maybe")])
+def test_bad_step_setting_is_refused(first_run, fresh_catalog, datasets_dir, variable, value):
+    _, data, models = first_run
+    result = bootstrap(datasets_dir, data, models, fresh_catalog.address, **{variable: value})
+    assert result.returncode == 2
+    assert f"{variable} must be" in result.stderr and value in result.stderr
+
+
+def test_missing_raw_data_says_what_to_mount(tmp_path, fresh_catalog):
+    result = bootstrap(tmp_path / "no-datasets", tmp_path / "data", tmp_path / "models", fresh_catalog.address)
+    assert result.returncode == 1
+    assert "not found: mount the datasets folder" in result.stderr

@@ -35,6 +35,20 @@ class EmbedderSettings:
     max_inputs: int = 2_048
 
 
+def warm_up(encoder: Encoder, max_batch_size: int) -> None:
+    """Run the first forward passes before SERVING instead of on callers' time.
+
+    On CUDA, kernels load lazily and cuBLAS chooses algorithms per shape, so the first batch of
+    each size stalls (measured on an H100: p99 876 ms under load without this, see
+    docs/encoder.md); warm every batch size up to the maximum, short and long. On CPU one pass
+    is enough.
+    """
+    sizes = range(1, max_batch_size + 1) if encoder.device != "cpu" else [1]
+    for size in sizes:
+        for words in (4, 48):
+            encoder.encode_texts(["warm up " * words] * size, batch_size=size)
+
+
 class Embedder:
     """Loads one encoder and serves embeddings of validated texts and images.
 
@@ -64,8 +78,7 @@ class Embedder:
             encoder = await loop.run_in_executor(self._executor, lambda: load_encoder(s.backend, s.model, s.device))
         except (OSError, ValueError) as error:
             raise ModelLoadError(f"cannot load the {s.backend} encoder (model {s.model or 'default'}): {error}") from error
-        # The first forward pass pays for lazy initialisation (kernels, allocator); pay it before SERVING.
-        await loop.run_in_executor(self._executor, lambda: encoder.encode_texts(["warm-up"]))
+        await loop.run_in_executor(self._executor, warm_up, encoder, s.max_batch_size)
         # One batch per model call: the batcher already sized it.
         self._texts = MicroBatcher(
             lambda texts: encoder.encode_texts(texts, batch_size=s.max_batch_size),

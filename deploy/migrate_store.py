@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from pymilvus import CollectionSchema, MilvusClient
 from tqdm import tqdm
@@ -102,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--index-params", type=json.loads, default=None, help='JSON, e.g. \'{"M": 16, "efConstruction": 200}\'')
     args = parser.parse_args(argv)
 
+    if not Path(args.source).is_file() and "://" not in args.source:
+        parser.error(f"--source: {args.source} is neither a milvus-lite file nor a server URI")
+    if "://" not in args.target:  # a milvus-lite file: its folder may not exist yet
+        Path(args.target).parent.mkdir(parents=True, exist_ok=True)
     source = MilvusClient(uri=args.source, token=args.source_token)
     target = MilvusClient(uri=args.target, token=args.target_token)
     names = args.collection or source.list_collections()

@@ -1,14 +1,20 @@
-"""deploy/migrate_store.py copies collections between real milvus-lite stores, vectors and index included."""
+"""deploy/migrate_store.py copies collections between real milvus-lite stores, vectors and index included,
+and a real catalog serves the copy exactly as it served the original."""
 
 import subprocess
 import sys
 from contextlib import contextmanager
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 from milvus_lite.server_manager import server_manager_instance
 from pymilvus import DataType, MilvusClient
+
+from tests.servers import start_service
+from whisperlite.ingest import ingest
+from whisperlite.v1 import catalog_pb2, catalog_pb2_grpc
 
 SCRIPT = Path(__file__).resolve().parent.parent / "deploy" / "migrate_store.py"
 ROWS = 2500  # more than two of the script's 1,000-row batches
@@ -115,3 +121,52 @@ def test_unknown_collection_is_a_usage_error(source, tmp_path):
     result = migrate("--source", str(source), "--target", str(tmp_path / "t.db"), "--collection", "nope")
     assert result.returncode == 2
     assert "--collection: nope not in" in result.stderr
+
+
+def test_a_real_catalog_store_moves_and_serves_the_same(tmp_path, encoder_service, datasets_dir):
+    """The documented move: stop the catalog, copy its store, start a catalog on the copy."""
+    def catalog_on(data_dir: Path):
+        return start_service("catalog", tmp_path / "logs", "--data-dir", str(data_dir), "--query-encoder-addr", encoder_service.address)
+
+    def stats_and_search(address: str):
+        with grpc.insecure_channel(address) as channel:
+            stub = catalog_pb2_grpc.CatalogServiceStub(channel)
+            stats = stub.GetStats(catalog_pb2.GetStatsRequest(), timeout=30)
+            first = stub.GetItems(catalog_pb2.GetItemsRequest(item_ids=[first_id], include_vectors=True), timeout=30).items[0]
+            hits = stub.Search(catalog_pb2.SearchRequest(vector=first.vector, top_k=5), timeout=30).hits
+        return stats, first, [hit.item.item_id for hit in hits]
+
+    prepared = tmp_path / "prepared"
+    subprocess.run(
+        [sys.executable, "-m", "whisperlite", "data", "prepare", "--source", "amazon_fashion_5core_2018",
+         "--raw", str(datasets_dir / "amazon_fashion_5core_2018" / "raw"), "--out", str(prepared), "--quiet"],
+        check=True, capture_output=True, timeout=300,
+    )
+    first_id = (prepared / "items.csv").read_text().splitlines()[1].split(",")[0]
+    old = catalog_on(tmp_path / "old")
+    try:
+        ingest(prepared, old.address)
+        before = stats_and_search(old.address)
+    finally:
+        assert old.stop() == 0
+
+    result = migrate("--source", str(tmp_path / "old" / "catalog.db"), "--target", str(tmp_path / "new" / "catalog.db"))
+    assert result.returncode == 0, result.stderr
+
+    new = catalog_on(tmp_path / "new")
+    try:
+        after = stats_and_search(new.address)
+    finally:
+        new.stop()
+    (stats_before, item_before, hits_before), (stats_after, item_after, hits_after) = before, after
+    assert stats_before.item_count > 0
+    assert stats_after == stats_before  # count, dimension, encoder model, collection
+    assert item_after == item_before
+    assert hits_after == hits_before and hits_after[0] == first_id
+
+
+def test_missing_source_file_is_a_usage_error(tmp_path):
+    result = migrate("--source", str(tmp_path / "absent.db"), "--target", str(tmp_path / "t.db"))
+    assert result.returncode == 2
+    assert "is neither a milvus-lite file nor a server URI" in result.stderr
+    assert not (tmp_path / "absent.db").exists()

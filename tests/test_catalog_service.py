@@ -1,0 +1,225 @@
+"""The catalog service over real gRPC on loopback, on a real milvus-lite store (and a real encoder)."""
+
+import math
+import urllib.request
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.servers import start_service
+from whisperlite.encoders import item_text
+from whisperlite.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2, query_encoder_pb2, query_encoder_pb2_grpc
+
+DIM = 8
+INJECTION = 'x" or category != "'
+
+
+def catalog_args(data_dir, *extra: str) -> list[str]:
+    return ["--data-dir", str(data_dir), "--collection", "items", *extra]
+
+
+@pytest.fixture(scope="module")
+def vector_catalog(tmp_path_factory):
+    """A catalog without an encoder: callers send vectors."""
+    service = start_service(
+        "catalog",
+        tmp_path_factory.mktemp("logs"),
+        *catalog_args(tmp_path_factory.mktemp("store"), "--dimension", str(DIM), "--encoder-model", "test/vectors",
+                      "--query-encoder-addr", "", "--max-top-k", "50", "--max-batch", "100"),
+    )
+    yield service
+    assert service.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def stub(vector_catalog):
+    with grpc.insecure_channel(vector_catalog.address) as channel:
+        yield catalog_pb2_grpc.CatalogServiceStub(channel)
+
+
+def vec(*head: float) -> list[float]:
+    return [*head, *([0.01] * (DIM - len(head)))]
+
+
+ITEMS = [
+    common_pb2.Item(item_id="boots", title="Black leather boots", category="Shoes", price=120.0, attributes={"colour": "black"}, vector=vec(1, 0)),
+    common_pb2.Item(item_id="sneakers", title="White sneakers", category="Shoes", price=60.0, vector=vec(0.9, 0.1)),
+    common_pb2.Item(item_id="dress", title="Red summer dress", category="Dresses", price=40.0, vector=vec(0, 1)),
+    common_pb2.Item(item_id="gown", title="Evening gown", category="Dresses", vector=vec(0.1, 0.9)),  # no price
+    common_pb2.Item(item_id="odd", title="Odd category", category=INJECTION, price=5.0, vector=vec(0.5, 0.5)),
+]
+
+
+@pytest.fixture(scope="module")
+def stocked(stub):
+    response = stub.UpsertItems(catalog_pb2.UpsertItemsRequest(items=ITEMS), timeout=30)
+    assert (response.upserted_count, response.embedded_count) == (len(ITEMS), 0)
+    return ITEMS
+
+
+def status_of(call, request) -> tuple[grpc.StatusCode, str]:
+    try:
+        call(request, timeout=30)
+    except grpc.RpcError as error:
+        return error.code(), error.details()
+    return grpc.StatusCode.OK, ""
+
+
+def search_ids(stub, vector, top_k=10, **filter_fields) -> list[str]:
+    request = catalog_pb2.SearchRequest(vector=vector, top_k=top_k, filter=common_pb2.ItemFilter(**filter_fields))
+    return [hit.item.item_id for hit in stub.Search(request, timeout=30).hits]
+
+
+def test_upsert_get_search_delete_round_trip(stub, stocked):
+    stats = stub.GetStats(catalog_pb2.GetStatsRequest(), timeout=10)
+    assert (stats.item_count, stats.dimension, stats.encoder_model, stats.collection) == (5, DIM, "test/vectors", "items")
+
+    got = stub.GetItems(catalog_pb2.GetItemsRequest(item_ids=["gown", "nope", "boots"], include_vectors=True), timeout=10)
+    assert [i.item_id for i in got.items] == ["gown", "boots"] and list(got.missing_item_ids) == ["nope"]
+    gown, boots = got.items
+    assert not gown.HasField("price") and boots.price == 120.0 and dict(boots.attributes) == {"colour": "black"}
+    np.testing.assert_allclose(boots.vector, np.asarray(vec(1, 0)) / np.linalg.norm(vec(1, 0)), rtol=1e-5)
+
+    hits = stub.Search(catalog_pb2.SearchRequest(vector=vec(1, 0), top_k=3), timeout=10).hits
+    assert [h.item.item_id for h in hits] == ["boots", "sneakers", "odd"]
+    assert hits[0].score == pytest.approx(1.0, abs=1e-5) and not hits[0].item.vector
+    assert hits[0].item.title == "Black leather boots"
+
+    # Upserting the same items again changes nothing.
+    stub.UpsertItems(catalog_pb2.UpsertItemsRequest(items=ITEMS), timeout=30)
+    assert stub.GetStats(catalog_pb2.GetStatsRequest(), timeout=10).item_count == 5
+
+    extra = common_pb2.Item(item_id="temp", title="to delete", vector=vec(1, 1))
+    stub.UpsertItems(catalog_pb2.UpsertItemsRequest(items=[extra]), timeout=30)
+    deleted = stub.DeleteItems(catalog_pb2.DeleteItemsRequest(item_ids=["temp", "temp", "never-there"]), timeout=10)
+    assert deleted.deleted_count == 1
+    assert stub.GetStats(catalog_pb2.GetStatsRequest(), timeout=10).item_count == 5
+
+
+def test_filters_over_grpc(stub, stocked):
+    assert search_ids(stub, vec(1, 0), categories=["Dresses"]) == ["gown", "dress"]
+    assert search_ids(stub, vec(1, 0), min_price=50) == ["boots", "sneakers"]
+    assert search_ids(stub, vec(0, 1), max_price=1000) == ["dress", "odd", "sneakers", "boots"]  # gown has no price
+    assert search_ids(stub, vec(1, 0), categories=["Shoes"], exclude_item_ids=["boots"]) == ["sneakers"]
+    assert search_ids(stub, vec(1, 0), categories=["Unknown"]) == []  # unknown category: empty, not an error
+    assert search_ids(stub, vec(1, 0), categories=[INJECTION]) == ["odd"]  # a value, never expression syntax
+    assert search_ids(stub, vec(1, 0), exclude_item_ids=['x" or item_id != "']) == ["boots", "sneakers", "odd", "gown", "dress"]
+
+
+@pytest.mark.parametrize(
+    ("request_", "field"),
+    [
+        (catalog_pb2.SearchRequest(vector=vec(1), top_k=0), "top_k"),
+        (catalog_pb2.SearchRequest(vector=vec(1), top_k=51), "top_k"),
+        (catalog_pb2.SearchRequest(vector=[1.0, 2.0], top_k=5), "vector"),
+        (catalog_pb2.SearchRequest(vector=[math.nan] * DIM, top_k=5), "vector"),
+        (catalog_pb2.SearchRequest(vector=[math.inf] * DIM, top_k=5), "vector"),
+        (catalog_pb2.SearchRequest(vector=vec(1), top_k=5, filter=common_pb2.ItemFilter(min_price=50, max_price=10)), "min_price"),
+    ],
+)
+def test_bad_searches_are_invalid_argument(stub, stocked, request_, field):
+    code, details = status_of(stub.Search, request_)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and field in details
+
+
+@pytest.mark.parametrize(
+    ("bad", "field"),
+    [
+        (common_pb2.Item(item_id="", vector=vec(1)), "items[1].item_id"),
+        (common_pb2.Item(item_id="new", vector=vec(1)), "items[1].item_id: duplicate"),
+        (common_pb2.Item(item_id="x", vector=[1.0, 2.0]), "items[1].vector"),
+        (common_pb2.Item(item_id="x", vector=[math.nan, *vec(1)[1:]]), "items[1].vector"),
+        (common_pb2.Item(item_id="x", vector=[-math.inf, *vec(1)[1:]]), "items[1].vector"),
+        (common_pb2.Item(item_id="x", title="no vector and no encoder"), "vector"),
+    ],
+)
+def test_bad_upserts_change_nothing(stub, stocked, bad, field):
+    good = common_pb2.Item(item_id="new", title="valid but in a bad request", vector=vec(1))
+    replace_boots = common_pb2.Item(item_id="boots", title="overwritten", vector=vec(0, 0, 1))
+    code, details = status_of(stub.UpsertItems, catalog_pb2.UpsertItemsRequest(items=[good, bad, replace_boots]))
+    expected = grpc.StatusCode.FAILED_PRECONDITION if "no encoder" in bad.title else grpc.StatusCode.INVALID_ARGUMENT
+    assert code == expected and field in details, details
+    got = stub.GetItems(catalog_pb2.GetItemsRequest(item_ids=["new", "boots"]), timeout=10)
+    assert list(got.missing_item_ids) == ["new"] and got.items[0].title == "Black leather boots"
+    assert stub.GetStats(catalog_pb2.GetStatsRequest(), timeout=10).item_count == 5
+
+
+def test_get_and_delete_limits(stub, stocked):
+    for call, request in (
+        (stub.GetItems, catalog_pb2.GetItemsRequest(item_ids=["boots", ""])),
+        (stub.GetItems, catalog_pb2.GetItemsRequest(item_ids=[f"i{i}" for i in range(101)])),
+        (stub.DeleteItems, catalog_pb2.DeleteItemsRequest(item_ids=[""])),
+        (stub.DeleteItems, catalog_pb2.DeleteItemsRequest(item_ids=[f"i{i}" for i in range(101)])),
+        (stub.UpsertItems, catalog_pb2.UpsertItemsRequest(items=[common_pb2.Item(item_id=f"i{i}", vector=vec(1)) for i in range(101)])),
+    ):
+        code, details = status_of(call, request)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and ("item_ids" in details or "items" in details), details
+    assert stub.GetStats(catalog_pb2.GetStatsRequest(), timeout=10).item_count == 5
+
+
+def test_health_and_metrics(vector_catalog, stub, stocked):
+    with grpc.insecure_channel(vector_catalog.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "whisperlite.v1.CatalogService"):
+            assert health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10).status == health_pb2.HealthCheckResponse.SERVING
+    search_ids(stub, vec(1, 0))
+    search_ids(stub, vec(1, 0), categories=["Shoes"])
+    status_of(stub.Search, catalog_pb2.SearchRequest(vector=vec(1), top_k=0))
+    text = urllib.request.urlopen(vector_catalog.metrics_url, timeout=10).read().decode()
+    assert "whisperlite_catalog_items 5.0" in text
+    assert 'whisperlite_catalog_search_seconds_count{strategy="ann"}' in text
+    assert 'whisperlite_catalog_search_seconds_count{strategy="exact"}' in text
+    assert 'grpc_server_handled_total{grpc_code="INVALID_ARGUMENT",grpc_method="Search",grpc_service="whisperlite.v1.CatalogService"}' in text
+
+
+def test_items_survive_a_restart(tmp_path):
+    data_dir = tmp_path / "store"
+    args = catalog_args(data_dir, "--dimension", str(DIM), "--encoder-model", "test/vectors", "--query-encoder-addr", "")
+    first = start_service("catalog", tmp_path / "logs", *args)
+    with grpc.insecure_channel(first.address) as channel:
+        catalog_pb2_grpc.CatalogServiceStub(channel).UpsertItems(catalog_pb2.UpsertItemsRequest(items=ITEMS[:2]), timeout=30)
+    assert first.stop() == 0  # SIGTERM: drains, closes the store and unlocks the file
+    second = start_service("catalog", tmp_path / "logs", *args)
+    try:
+        with grpc.insecure_channel(second.address) as channel:
+            restarted = catalog_pb2_grpc.CatalogServiceStub(channel)
+            assert restarted.GetStats(catalog_pb2.GetStatsRequest(), timeout=10).item_count == 2
+            assert search_ids(restarted, vec(1, 0), top_k=1) == ["boots"]
+    finally:
+        assert second.stop() == 0
+
+
+def test_catalog_embeds_items_with_the_query_encoder(tmp_path, encoder_service):
+    """No vectors sent: the catalog asks the real encoder, records its model and dimension."""
+    catalog = start_service(
+        "catalog", tmp_path / "logs", *catalog_args(tmp_path / "store", "--query-encoder-addr", encoder_service.address)
+    )
+    items = [
+        common_pb2.Item(item_id="boots", title="Black leather boots", text="Ankle boots with a side zip", category="Shoes"),
+        common_pb2.Item(item_id="dress", title="Red summer dress", text="Light cotton, knee length", category="Dresses"),
+        common_pb2.Item(item_id="mug", title="Ceramic coffee mug", category="Kitchen"),
+        common_pb2.Item(item_id="given", title="Brings its own vector", vector=[0.5] * 384),
+    ]
+    try:
+        with grpc.insecure_channel(catalog.address) as channel, grpc.insecure_channel(encoder_service.address) as encoder_channel:
+            stub = catalog_pb2_grpc.CatalogServiceStub(channel)
+            encoder = query_encoder_pb2_grpc.QueryEncoderServiceStub(encoder_channel)
+            info = encoder.GetModelInfo(query_encoder_pb2.GetModelInfoRequest(), timeout=10)
+            response = stub.UpsertItems(catalog_pb2.UpsertItemsRequest(items=items), timeout=120)
+            assert (response.upserted_count, response.embedded_count) == (4, 3)
+            stats = stub.GetStats(catalog_pb2.GetStatsRequest(), timeout=10)
+            assert (stats.dimension, stats.encoder_model) == (info.dimension, info.model_name)
+
+            texts = [item_text(i.title, i.text) for i in items[:3]]
+            expected = encoder.Embed(query_encoder_pb2.EmbedRequest(texts=texts), timeout=60).text_vectors
+            stored = stub.GetItems(catalog_pb2.GetItemsRequest(item_ids=["boots", "dress", "mug"], include_vectors=True), timeout=10)
+            for want, got in zip(expected, stored.items, strict=True):
+                np.testing.assert_allclose(got.vector, want.values, atol=1e-5)
+
+            query = encoder.Embed(query_encoder_pb2.EmbedRequest(texts=["black leather boots"]), timeout=60).text_vectors[0].values
+            assert search_ids(stub, query, top_k=3)[0] == "boots"
+            assert search_ids(stub, query, top_k=3, categories=["Dresses", "Kitchen"])[0] in {"dress", "mug"}
+    finally:
+        assert catalog.stop() == 0

@@ -108,8 +108,9 @@ async def test_filters_categories_price_and_exclusions(catalog, stocked):
     assert len(everything) == 12 and _ids(everything)[0] == "id-0"
     assert [h.score for h in everything] == sorted((h.score for h in everything), reverse=True)
 
-    a_only = await catalog.search(query, 50, SearchFilter(categories=("A",)))
+    a_only = await catalog.search(query, 50, SearchFilter(categories=("A",)), include_vectors=True)
     assert sorted(_ids(a_only)) == ["id-0", "id-3", "id-6", "id-9"]
+    np.testing.assert_allclose(a_only[0].record.vector, query, atol=1e-6)  # vectors come back on the exact path too
 
     priced = await catalog.search(query, 50, SearchFilter(min_price=20, max_price=60))
     # id-3 (30) and id-7 have no price: an item without a price never matches a price bound.

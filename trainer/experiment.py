@@ -1,0 +1,99 @@
+"""Everything a training or evaluation run shares: dataset, split, requests and cached vectors."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from trainer.dataset import DEFAULT_MIN_INTERACTIONS, Dataset, Split, load_dataset, temporal_split
+from trainer.embeddings import EmbeddingCache
+from whisperlite.data.requests import fill_missing_requests
+
+log = logging.getLogger(__name__)
+
+DEFAULT_REQUEST_SEED = 0
+
+
+@dataclass
+class Experiment:
+    dataset: Dataset
+    split: Split
+    encoder_name: str
+    item_vectors: np.ndarray  # (n_items, d) unit rows
+    train_queries: np.ndarray  # (len(split.train), d) request vectors, row-aligned with split.train
+    validation_queries: np.ndarray
+    test_queries: np.ndarray
+    history_means: np.ndarray  # (n_users, d) unit mean of each user's train item vectors
+    request_seed: int
+    simulated_share: float  # share of requests that came from the simulator
+
+    @property
+    def dimension(self) -> int:
+        return int(self.item_vectors.shape[1])
+
+    def settings(self) -> dict:
+        split = self.split
+        return {
+            "dataset": self.dataset.name,
+            "data_hash": self.dataset.data_hash,
+            "encoder": self.encoder_name,
+            "n_items": int(self.dataset.n_items),
+            "n_users": len(split.user_ids),
+            "n_train": len(split.train),
+            "n_validation": len(split.validation),
+            "n_test": len(split.test),
+            "min_interactions": split.min_interactions,
+            "request_seed": self.request_seed,
+            "simulated_request_share": round(self.simulated_share, 4),
+        }
+
+
+def history_means(split: Split, item_vectors: np.ndarray) -> np.ndarray:
+    """Unit mean of each user's train item vectors (zero for a user without train items)."""
+    means = np.zeros((len(split.user_ids), item_vectors.shape[1]), dtype=np.float32)
+    users = split.train["user"].to_numpy()
+    np.add.at(means, users, item_vectors[split.train["item"].to_numpy()])
+    norms = np.linalg.norm(means, axis=1, keepdims=True)
+    return np.divide(means, norms, out=np.zeros_like(means), where=norms > 0)
+
+
+def prepare_experiment(
+    data_dir: str | Path,
+    cache: EmbeddingCache,
+    min_interactions: int = DEFAULT_MIN_INTERACTIONS,
+    request_seed: int = DEFAULT_REQUEST_SEED,
+) -> Experiment:
+    dataset = load_dataset(data_dir)
+    interactions = dataset.interactions
+    if (interactions["request"].str.strip() == "").any():
+        interactions = fill_missing_requests(interactions, dataset.items, seed=request_seed)
+    else:
+        interactions = interactions.assign(request_simulated=False)
+    dataset.interactions = interactions
+    simulated_share = float(interactions["request_simulated"].mean()) if len(interactions) else 0.0
+    split = temporal_split(dataset, min_interactions)
+    item_vectors = cache.items(dataset.items)
+    frames = (split.train, split.validation, split.test)
+    all_requests = np.concatenate([f["request"].to_numpy(dtype=object) for f in frames]).tolist()
+    vectors = cache.requests(all_requests)
+    bounds = np.cumsum([0] + [len(f) for f in frames])
+    log.info(
+        "%s: %d items, %d users, %d train / %d validation / %d test interactions (%.0f%% simulated requests)",
+        dataset.name, dataset.n_items, len(split.user_ids), len(split.train), len(split.validation),
+        len(split.test), 100 * simulated_share,
+    )
+    return Experiment(
+        dataset=dataset,
+        split=split,
+        encoder_name=cache.encoder_name,
+        item_vectors=item_vectors,
+        train_queries=vectors[bounds[0] : bounds[1]],
+        validation_queries=vectors[bounds[1] : bounds[2]],
+        test_queries=vectors[bounds[2] : bounds[3]],
+        history_means=history_means(split, item_vectors),
+        request_seed=request_seed,
+        simulated_share=simulated_share,
+    )

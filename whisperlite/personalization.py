@@ -250,3 +250,19 @@ def resolve_version_dir(path: str | Path) -> Path:
     if not versions:
         raise FileNotFoundError(f"no model version (a directory with {MANIFEST}) under {path}")
     return max(versions, key=lambda d: (json.loads((d / MANIFEST).read_text()).get("created", ""), d.name))
+
+
+def text_plus_history_query(
+    query_vector: np.ndarray, recent_item_vectors: np.ndarray | None, weight: float = 1.0
+) -> PersonalizedQuery:
+    """Training-free personalization (the `text_plus_history_mean` baseline), served before any model is trained.
+
+    p = normalize(q + weight * normalize(mean of recent items)); cosine with p is the score.
+    """
+    query = np.asarray(query_vector, dtype=np.float32)
+    if recent_item_vectors is None or len(recent_item_vectors) == 0:
+        return PersonalizedQuery(vector=query, taste=None, path=PATH_TEXT)
+    mean = np.asarray(recent_item_vectors, dtype=np.float32).mean(axis=0)
+    taste = mean / max(float(np.linalg.norm(mean)), 1e-12)
+    fused = query + weight * taste
+    return PersonalizedQuery(vector=fused / max(float(np.linalg.norm(fused)), 1e-12), taste=taste, path=PATH_RECENT)

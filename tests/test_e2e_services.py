@@ -1,0 +1,187 @@
+"""End to end over real gRPC: encoder -> catalog (milvus-lite) -> ranker, with bad input at every door."""
+
+import asyncio
+import json
+import re
+import urllib.request
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+from whisperlite.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2, query_encoder_pb2, query_encoder_pb2_grpc, ranker_pb2, ranker_pb2_grpc
+
+CATEGORY_WORDS = {"Shoes": ("boot", "shoe", "sandal", "sneaker"), "Watches": ("watch",), "Dresses": ("dress",)}
+
+
+def _category(title: str) -> str:
+    lowered = title.lower()
+    return next((category for category, words in CATEGORY_WORDS.items() if any(w in lowered for w in words)), "Other")
+
+
+@pytest.fixture(scope="module")
+def catalog_items(datasets_dir) -> list[common_pb2.Item]:
+    """400 real Amazon clothing titles; categories from title words, deterministic prices."""
+    titles = json.loads((datasets_dir / "amazon_clothing_2014_msl" / "raw" / "id2name4Rec.json").read_text())
+    chosen = sorted(titles.items(), key=lambda kv: int(kv[0]))[:400]
+    return [
+        common_pb2.Item(item_id=f"amz-{item_id}", title=title, category=_category(title), price=float(10 + int(item_id) % 90))
+        for item_id, title in chosen
+    ]
+
+
+@pytest.fixture(scope="module")
+def catalog(catalog_service):
+    with grpc.insecure_channel(catalog_service.address) as channel:
+        yield catalog_pb2_grpc.CatalogServiceStub(channel)
+
+
+@pytest.fixture(scope="module")
+def ranker(text_only_ranker):
+    with grpc.insecure_channel(text_only_ranker.address) as channel:
+        yield ranker_pb2_grpc.RankerServiceStub(channel)
+
+
+@pytest.fixture(scope="module")
+def ingested(catalog, catalog_items):
+    response = catalog.UpsertItems(catalog_pb2.UpsertItemsRequest(items=catalog_items), timeout=300)
+    assert response.upserted_count == len(catalog_items)
+    assert response.embedded_count == len(catalog_items)  # no vectors given: the catalog asked the encoder
+    return catalog_items
+
+
+def _status(call, request):
+    with pytest.raises(grpc.RpcError) as caught:
+        call(request, timeout=30)
+    return caught.value.code(), caught.value.details()
+
+
+def test_round_trip_upsert_search_recommend(catalog, ranker, ingested, encoder_service):
+    stats = catalog.GetStats(catalog_pb2.GetStatsRequest(), timeout=10)
+    assert stats.item_count == len(ingested)
+    with grpc.insecure_channel(encoder_service.address) as channel:
+        encoder = query_encoder_pb2_grpc.QueryEncoderServiceStub(channel)
+        info = encoder.GetModelInfo(query_encoder_pb2.GetModelInfoRequest(), timeout=10)
+        assert stats.dimension == info.dimension == 384
+        assert stats.encoder_model == info.model_name
+        boots = encoder.Embed(query_encoder_pb2.EmbedRequest(texts=["black leather boots"]), timeout=10).text_vectors[0]
+
+    hits = catalog.Search(catalog_pb2.SearchRequest(vector=boots.values, top_k=5), timeout=10).hits
+    assert len(hits) == 5 and "boot" in hits[0].item.title.lower()
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+    response = ranker.Recommend(ranker_pb2.RecommendRequest(user_id="nobody", query="black leather boots", top_k=5), timeout=30)
+    assert response.request_id and response.model_version == ""
+    assert response.path == ranker_pb2.PERSONALIZATION_PATH_TEXT_ONLY
+    assert [r.item.item_id for r in response.items] == [h.item.item_id for h in hits]
+    top = response.items[0]
+    assert top.query_match == pytest.approx(hits[0].score, abs=1e-4)
+    assert top.personal_affinity == 0.0 and not top.item.vector
+
+
+def test_filters_through_the_ranker(ranker, ingested):
+    request = ranker_pb2.RecommendRequest(
+        user_id="u", query="comfortable shoes", top_k=10, filter=common_pb2.ItemFilter(categories=["Shoes"], max_price=50.0)
+    )
+    items = ranker.Recommend(request, timeout=30).items
+    assert items and all(r.item.category == "Shoes" and r.item.price <= 50.0 for r in items)
+
+    excluded = items[0].item.item_id
+    request.filter.exclude_item_ids.append(excluded)
+    assert excluded not in {r.item.item_id for r in ranker.Recommend(request, timeout=30).items}
+
+    request.filter.categories[:] = ["No Such Category"]
+    assert list(ranker.Recommend(request, timeout=30).items) == []
+
+
+def test_unknown_user_with_recent_items_takes_the_recent_items_path(ranker, ingested):
+    dresses = [item.item_id for item in ingested if item.category == "Dresses"][:3]
+    response = ranker.Recommend(
+        ranker_pb2.RecommendRequest(user_id="new-user", query="something for a party", top_k=5, recent_item_ids=dresses), timeout=30
+    )
+    assert response.path == ranker_pb2.PERSONALIZATION_PATH_RECENT_ITEMS
+    assert all(r.personal_affinity != 0.0 for r in response.items)
+    # Taste pulls towards the recent items: a dress-heavy history surfaces dresses for an open request.
+    assert sum(r.item.category == "Dresses" for r in response.items) >= 2
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "field"),
+    [
+        ({"query": "", "top_k": 5}, "query"),
+        ({"query": "   \t ", "top_k": 5}, "query"),
+        ({"query": "x" * 5000, "top_k": 5}, "query"),
+        ({"query": "boots", "top_k": 0}, "top_k"),
+        ({"query": "boots", "top_k": -3}, "top_k"),
+        ({"query": "boots", "top_k": 100_000}, "top_k"),
+        ({"query": "boots", "top_k": 5, "filter": common_pb2.ItemFilter(min_price=50, max_price=10)}, "price"),
+        ({"query": "boots", "top_k": 5, "recent_item_ids": [""]}, "recent_item_ids"),
+    ],
+)
+def test_ranker_rejects_bad_requests(ranker, ingested, request_fields, field):
+    code, details = _status(ranker.Recommend, ranker_pb2.RecommendRequest(user_id="u", **request_fields))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in details
+
+
+def _vector(value: float, dimension: int = 384) -> list[float]:
+    return [value] * dimension
+
+
+@pytest.mark.parametrize(
+    ("items", "field"),
+    [
+        ([common_pb2.Item(item_id="", title="no id")], "item_id"),
+        ([common_pb2.Item(item_id="dup", title="a"), common_pb2.Item(item_id="dup", title="b")], "dup"),
+        ([common_pb2.Item(item_id="short", title="a", vector=[0.1, 0.2])], "vector"),
+        ([common_pb2.Item(item_id="nan", title="a", vector=[float("nan")] + _vector(0.1)[1:])], "vector"),
+        ([common_pb2.Item(item_id="inf", title="a", vector=[float("inf")] + _vector(0.1)[1:])], "vector"),
+    ],
+)
+def test_catalog_rejects_bad_upserts_and_keeps_what_is_stored(catalog, ingested, items, field):
+    good = common_pb2.Item(item_id="would-be-written", title="A valid item in the same request", vector=_vector(0.05))
+    before = catalog.GetStats(catalog_pb2.GetStatsRequest(), timeout=10).item_count
+    code, details = _status(catalog.UpsertItems, catalog_pb2.UpsertItemsRequest(items=[good, *items]))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and field in details
+    assert catalog.GetStats(catalog_pb2.GetStatsRequest(), timeout=10).item_count == before
+    assert list(catalog.GetItems(catalog_pb2.GetItemsRequest(item_ids=["would-be-written"]), timeout=10).missing_item_ids) == [
+        "would-be-written"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("vector", "field"),
+    [([0.1, 0.2, 0.3], "vector"), ([float("nan")] * 384, "vector"), ([float("-inf")] * 384, "vector")],
+)
+def test_catalog_rejects_bad_search_vectors(catalog, ingested, vector, field):
+    code, details = _status(catalog.Search, catalog_pb2.SearchRequest(vector=vector, top_k=5))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and field in details
+
+
+def test_oversized_message_is_refused(ranker):
+    code, _ = _status(ranker.Recommend, ranker_pb2.RecommendRequest(user_id="u", query="q" * (20 * 1024 * 1024), top_k=5))
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_health_reflection_and_metrics(encoder_service, catalog_service, text_only_ranker, ranker, ingested):
+    ranker.Recommend(ranker_pb2.RecommendRequest(user_id="u", query="red dress", top_k=3), timeout=30)
+    expected = [
+        (encoder_service, "whisperlite.v1.QueryEncoderService",
+         ["whisperlite_encoder_batch_size", "whisperlite_encoder_cache_hits_total", "whisperlite_encoder_cache_misses_total"]),
+        (catalog_service, "whisperlite.v1.CatalogService", ["whisperlite_catalog_items", "whisperlite_catalog_search_seconds"]),
+        (text_only_ranker, "whisperlite.v1.RankerService", ["whisperlite_ranker_stage_seconds", "whisperlite_ranker_recommendations_total"]),
+    ]
+    for service, full_name, metric_names in expected:
+        with grpc.insecure_channel(service.address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            for name in ("", full_name):
+                assert health.Check(health_pb2.HealthCheckRequest(service=name), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+            assert full_name in set(ProtoReflectionDescriptorDatabase(channel).get_services())
+        text = urllib.request.urlopen(service.metrics_url, timeout=5).read().decode()
+        for metric in ["grpc_server_handled_total", "grpc_server_handling_seconds", *metric_names]:
+            assert re.search(rf"^{metric}(_bucket|_count)?[{{ ]", text, re.MULTILINE), f"{service.name} lacks {metric}"
+        assert re.search(rf'grpc_server_handled_total{{.*grpc_service="{re.escape(full_name)}"', text)
+    ranker_metrics = urllib.request.urlopen(text_only_ranker.metrics_url, timeout=5).read().decode()
+    for stage in ("encode", "personalize", "search", "score"):
+        assert f'whisperlite_ranker_stage_seconds_count{{stage="{stage}"}}' in ranker_metrics

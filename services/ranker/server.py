@@ -3,7 +3,10 @@
 import argparse
 import asyncio
 import logging
+import time
 from pathlib import Path
+
+import grpc
 
 from services.common.channels import create_channel
 from services.common.config import add_server_flags, env_float, env_int, env_str
@@ -16,6 +19,7 @@ from whisperlite.personalization import PersonalizationModel
 from whisperlite.v1 import ranker_pb2_grpc
 
 log = logging.getLogger("whisperlite.ranker")
+_STARTING = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=env_float("RANKER_DEADLINE_SECONDS", 5.0),
         help="deadline of each downstream call (env RANKER_DEADLINE_SECONDS)",
     )
+    parser.add_argument(
+        "--startup-timeout-seconds",
+        type=float,
+        default=env_float("RANKER_STARTUP_TIMEOUT_SECONDS", 120.0),
+        help="how long start-up waits for the encoder and catalog to answer (env RANKER_STARTUP_TIMEOUT_SECONDS)",
+    )
     defaults = RankerLimits()
     parser.add_argument("--max-top-k", type=int, default=env_int("RANKER_MAX_TOP_K", defaults.max_top_k), help="env RANKER_MAX_TOP_K")
     parser.add_argument(
@@ -61,6 +71,19 @@ def load_model(model_dir: str) -> PersonalizationModel | None:
     return PersonalizationModel.load(path)
 
 
+async def _downstream_facts(encoder: QueryEncoderClient, catalog: CatalogClient, timeout_seconds: float):
+    """The encoder's model and the catalog's stats, waiting while either is still starting."""
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        try:
+            return await encoder.model_info(), await catalog.stats()
+        except grpc.aio.AioRpcError as error:
+            if error.code() not in _STARTING or time.monotonic() > deadline:
+                raise SystemExit(f"ranker: downstream service not ready after {timeout_seconds:.0f} s: {error.code().name} {error.details()}")
+            log.info("waiting for downstream services", extra={"reason": error.details()})
+            await asyncio.sleep(1.0)
+
+
 async def run(args: argparse.Namespace) -> None:
     encoder_channel = create_channel(args.query_encoder_addr, max_message_bytes=args.max_message_bytes)
     catalog_channel = create_channel(args.catalog_addr, max_message_bytes=args.max_message_bytes)
@@ -71,9 +94,8 @@ async def run(args: argparse.Namespace) -> None:
 
     async def startup() -> None:
         model = await asyncio.to_thread(load_model, args.model_dir)
+        encoder_info, stats = await _downstream_facts(encoder, catalog, args.startup_timeout_seconds)
         # Vectors from different encoders live in different spaces: refuse to mix them rather than rank garbage.
-        encoder_info = await encoder.model_info()
-        stats = await catalog.stats()
         if stats.encoder_model and stats.encoder_model != encoder_info.model_name:
             raise SystemExit(f"catalog vectors come from {stats.encoder_model!r} but the query encoder serves {encoder_info.model_name!r}")
         if model is not None and model.encoder_name != encoder_info.model_name:

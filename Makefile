@@ -7,6 +7,8 @@ DATASETS ?= ../shared/datasets
 DEMO := amazon_clothing_2014_msl
 DEMO_DATA := data/$(DEMO)
 MODELS := models
+# promtool (and the prometheus binary a deploy test scrapes with) come from Debian's package.
+PROMTOOL := /usr/bin/promtool
 
 .PHONY: run test install lint protos compose-check demo-data demo-model lock
 
@@ -18,7 +20,10 @@ run: install demo-data demo-model
 test: install lint compose-check
 	$(BIN)/pytest
 
-install: $(BIN)/.installed node_modules/.installed
+install: $(BIN)/.installed node_modules/.installed $(PROMTOOL)
+
+$(PROMTOOL):
+	command -v promtool >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
 
 # constraints.txt pins every transitive dependency (regenerate with `make lock`).
 $(BIN)/.installed: pyproject.toml constraints.txt

@@ -21,7 +21,8 @@ def create_channel(address: str, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.keepalive_time_ms", 30_000),
             ("grpc.keepalive_timeout_ms", 10_000),
-            # A new replica behind the DNS name is picked up within this interval.
+            # DNS is re-resolved on reconnect, at most this often; servers cap connection age
+            # (services.common.server) so clients reconnect and find replicas added by scaling up.
             ("grpc.dns_min_time_between_resolutions_ms", 10_000),
         ],
     )

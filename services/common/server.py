@@ -17,6 +17,8 @@ from services.common.interceptors import ObservabilityInterceptor
 log = logging.getLogger("whisperlite.server")
 
 # (add_XServicer_to_server, servicer, full service name)
+MAX_CONNECTION_AGE_MS = 5 * 60 * 1000
+
 ServicerBinding = tuple[Callable[[Any, grpc.aio.Server], None], Any, str]
 
 
@@ -46,6 +48,10 @@ async def serve(
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.so_reuseport", 0),
+            # Clients reconnect (and re-resolve DNS) when a connection reaches this age, so a scaled-up
+            # service gets traffic without restarting its callers; the grace lets in-flight calls finish.
+            ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS),
+            ("grpc.max_connection_age_grace_ms", 30_000),
         ],
     )
     for add_to_server, servicer, _ in servicers:

@@ -2,8 +2,8 @@
 
 For each store: ingest rate (1,000-row calls), build (end of ingest until the first search answers),
 search p50/p99 and recall@10 against exact search, the same with a category filter, start-up (reopen an
-existing store until the first search answers) and memory (RSS of the process and its children, i.e.
-the milvus-lite or Milvus server process too). One query per call; medians and 99th percentiles in ms.
+existing store until the first search answers) and memory (what the store adds: the benchmark process's
+RSS growth after the data exists, plus the milvus-lite or Milvus server process). One query per call; medians and 99th percentiles in ms.
 
     python benchmarks/catalog_stores.py                 # every variant, then the table with ratios vs numpy
     python benchmarks/catalog_stores.py --variants numpy,lite25-autoindex --n 20000
@@ -71,9 +71,20 @@ def exact_top_k(vectors: np.ndarray, queries: np.ndarray, mask: np.ndarray | Non
     return np.argsort(-scores, axis=1)[:, :K]
 
 
-def rss_tree_mb(pid: int | None = None) -> float:
-    """Resident memory of a process and all its descendants (Linux /proc)."""
-    pid = pid or os.getpid()
+def _rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def store_rss_mb(baseline_mb: float) -> float:
+    """Memory the store adds: this process's growth since `baseline_mb` (in-process stores: numpy,
+    milvus-lite 3.2.2) plus every descendant process (the milvus-lite 2.5.1 binary, the Milvus server)."""
+    pid = os.getpid()
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -83,17 +94,12 @@ def rss_tree_mb(pid: int | None = None) -> float:
                 children.setdefault(ppid, []).append(int(entry))
             except (OSError, IndexError, ValueError):
                 continue
-    total, stack = 0, [pid]
+    descendants, stack = 0.0, list(children.get(pid, []))
     while stack:
         current = stack.pop()
-        try:
-            for line in Path(f"/proc/{current}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
-            pass
+        descendants += _rss_mb(current)
         stack.extend(children.get(current, []))
-    return total / 1024
+    return max(_rss_mb(pid) - baseline_mb, 0.0) + descendants
 
 
 def percentiles(latencies: list[float]) -> tuple[float, float]:
@@ -126,7 +132,7 @@ def measure_searches(search, query_vectors: np.ndarray, truth: np.ndarray, truth
 # ---- variants ----------------------------------------------------------------------------------------
 
 
-def run_numpy(vectors, categories, query_vectors, truth, truth_filtered, work: Path) -> dict:
+def run_numpy(vectors, categories, query_vectors, truth, truth_filtered, work: Path, baseline_mb: float) -> dict:
     started = time.perf_counter()
     np.save(work / "vectors.npy", vectors)
     np.save(work / "categories.npy", categories)
@@ -134,17 +140,16 @@ def run_numpy(vectors, categories, query_vectors, truth, truth_filtered, work: P
     started = time.perf_counter()
     matrix = np.load(work / "vectors.npy")
     cats = np.load(work / "categories.npy")
-    by_category = {c: np.flatnonzero(cats == c) for c in range(CATEGORIES)}
+    # Per category a contiguous copy of its rows (what an in-process filtered index would keep).
+    rows_of = {c: np.flatnonzero(cats == c) for c in range(CATEGORIES)}
+    matrix_of = {c: np.ascontiguousarray(matrix[rows]) for c, rows in rows_of.items()}
 
     def search(q, category):
-        if category is None:
-            scores = matrix @ q
-            top = np.argpartition(-scores, K)[:K]
-            return top[np.argsort(-scores[top])].tolist()
-        rows = by_category[category]
-        scores = matrix[rows] @ q
+        rows, block = (None, matrix) if category is None else (rows_of[category], matrix_of[category])
+        scores = block @ q
         top = np.argpartition(-scores, K)[:K]
-        return rows[top[np.argsort(-scores[top])]].tolist()
+        top = top[np.argsort(-scores[top])]
+        return (top if rows is None else rows[top]).tolist()
 
     search(query_vectors[0], None)
     startup = time.perf_counter() - started
@@ -153,7 +158,7 @@ def run_numpy(vectors, categories, query_vectors, truth, truth_filtered, work: P
         "build_s": 0.0,
         "startup_s": startup,
         **measure_searches(search, query_vectors, truth, truth_filtered),
-        "rss_mb": rss_tree_mb(),
+        "rss_mb": store_rss_mb(baseline_mb),
     }
 
 
@@ -168,7 +173,7 @@ def _orm_search(collection, param: dict):
     return search
 
 
-def run_orm(variant: str, vectors, categories, query_vectors, truth, truth_filtered, work: Path) -> dict:
+def run_orm(variant: str, vectors, categories, query_vectors, truth, truth_filtered, work: Path, baseline_mb: float) -> dict:
     """milvus-lite 2.5.1 / 3.2.2 and the `milvus` 2.3.5 server through the pymilvus ORM (in every version)."""
     from pymilvus import Collection, CollectionSchema, DataType, FieldSchema, connections, utility
 
@@ -226,7 +231,7 @@ def run_orm(variant: str, vectors, categories, query_vectors, truth, truth_filte
     search(query_vectors[0], None)
     build = time.perf_counter() - started
     results = measure_searches(search, query_vectors, truth, truth_filtered)
-    rss = rss_tree_mb()
+    rss = store_rss_mb(baseline_mb)
     stop()
     started = time.perf_counter()
     connections.connect("bench", uri=start())
@@ -238,7 +243,7 @@ def run_orm(variant: str, vectors, categories, query_vectors, truth, truth_filte
     return {"ingest_rows_s": len(vectors) / ingest_seconds, "build_s": build, "startup_s": startup, **results, "rss_mb": rss}
 
 
-def run_catalog(vectors, categories, query_vectors, truth, truth_filtered, work: Path) -> dict:
+def run_catalog(vectors, categories, query_vectors, truth, truth_filtered, work: Path, baseline_mb: float) -> dict:
     """The catalog's own store code and collection layout, as `whisperlite serve catalog` creates it."""
     sys.path.insert(0, str(REPO))
     from services.catalog.filters import SearchFilter
@@ -264,7 +269,7 @@ def run_catalog(vectors, categories, query_vectors, truth, truth_filtered, work:
     make_search(store)(query_vectors[0], None)
     build = time.perf_counter() - started
     results = measure_searches(make_search(store), query_vectors, truth, truth_filtered)
-    rss = rss_tree_mb()
+    rss = store_rss_mb(baseline_mb)
     store.close()
     started = time.perf_counter()
     store = MilvusStore(uri, "items", timeout_seconds=120)
@@ -279,14 +284,17 @@ def run_variant(variant: str, n: int, dim: int, queries: int) -> dict:
     truth = exact_top_k(vectors, query_vectors)
     masks = np.stack([categories == (i % CATEGORIES) for i in range(queries)])
     truth_filtered = exact_top_k(vectors, query_vectors, masks)
+    del masks
     work = Path(tempfile.mkdtemp(prefix=f"wl-bench-{variant}-"))
+    baseline_mb = _rss_mb(os.getpid())
+    data = (vectors, categories, query_vectors, truth, truth_filtered, work, baseline_mb)
     try:
         if variant == "numpy":
-            result = run_numpy(vectors, categories, query_vectors, truth, truth_filtered, work)
+            result = run_numpy(*data)
         elif variant == "catalog":
-            result = run_catalog(vectors, categories, query_vectors, truth, truth_filtered, work)
+            result = run_catalog(*data)
         else:
-            result = run_orm(variant, vectors, categories, query_vectors, truth, truth_filtered, work)
+            result = run_orm(variant, *data)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {"variant": variant, "n": n, "dim": dim, "queries": queries, **result}
@@ -311,10 +319,10 @@ def table(results: list[dict]) -> str:
     def ratio(r: dict, key: str) -> str:
         if base is None or r is base or "error" in r:
             return ""
-        return f" ({base[key]['p50_ms'] / r[key]['p50_ms']:.1f}x)"
+        return f" ({base[key]['p50_ms'] / r[key]['p50_ms']:.2f}x)"
 
     lines = [
-        "| store | ingest rows/s | build s | search p50 / p99 ms (x numpy) | recall@10 | filtered p50 / p99 ms (x numpy) | filtered recall@10 | start-up s | RSS MB |",
+        "| store | ingest rows/s | build s | search p50 / p99 ms (x numpy) | recall@10 | filtered p50 / p99 ms (x numpy) | filtered recall@10 | start-up s | store RSS MB |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:

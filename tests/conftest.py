@@ -6,6 +6,9 @@ import pytest
 
 from tests.servers import start_service
 
+# Fixture modules shared by several test files.
+pytest_plugins = ["tests.fixtures_data", "tests.fixtures_encoder"]
+
 DATASETS = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets"
 
 

@@ -13,7 +13,6 @@ import zipfile
 import pandas as pd
 import pytest
 
-from tests.fixtures_data import prepared  # noqa: F401 - fixture
 from whisperlite.data.canonical import INTERACTION_COLUMNS, ITEM_COLUMNS
 from whisperlite.data.item_text import items_with_request_text
 from whisperlite.data.sources import CONVERTERS

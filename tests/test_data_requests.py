@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.fixtures_data import prepared  # noqa: F401 - fixture
 from whisperlite.data.requests import (
     SIZE_WORDS,
     TitleVocabulary,

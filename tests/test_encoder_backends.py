@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.fixtures_encoder import TINY_CLIP_DIM, png_bytes, tiny_clip_dir  # noqa: F401 - fixture
+from tests.fixtures_encoder import TINY_CLIP_DIM, png_bytes
 from whisperlite.encoders import item_text, load_encoder
 from whisperlite.encoders.clip import ImageDecodeError
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.fixtures_encoder import TINY_CLIP_DIM, png_bytes, tiny_clip_dir  # noqa: F401 - fixture
+from tests.fixtures_encoder import TINY_CLIP_DIM, png_bytes
 from tests.servers import REPO, start_service
 from whisperlite.encoders import load_encoder
 from whisperlite.v1 import query_encoder_pb2, query_encoder_pb2_grpc

@@ -1,0 +1,113 @@
+"""A trained model served by the ranker: known users are personalized, and online scores equal offline ones."""
+
+import subprocess
+import sys
+
+import grpc
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.servers import REPO, start_service
+from trainer.embeddings import EmbeddingCache
+from trainer.evaluate import score_items
+from whisperlite.ingest import ingest
+from whisperlite.personalization import PersonalizationModel
+from whisperlite.v1 import ranker_pb2, ranker_pb2_grpc
+
+QUERY = "women's black leather boots"
+
+
+@pytest.fixture(scope="module")
+def subset(tmp_path_factory, prepared):
+    """The 150 most active users of amazon_clothing_2014_msl and the items they touched."""
+    amazon = prepared("amazon_clothing_2014_msl")
+    users = amazon.interactions["user_id"].value_counts().index[:150]
+    interactions = amazon.interactions[amazon.interactions["user_id"].isin(users)]
+    items = amazon.items[amazon.items["item_id"].isin(interactions["item_id"])]
+    directory = tmp_path_factory.mktemp("amazon-subset")
+    items.to_csv(directory / "items.csv", index=False)
+    interactions.to_csv(directory / "interactions.csv", index=False)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def embedding_cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("embedding-cache")
+
+
+@pytest.fixture(scope="module")
+def model_dir(subset, embedding_cache_dir, tmp_path_factory):
+    models = tmp_path_factory.mktemp("models")
+    subprocess.run(
+        [sys.executable, "-m", "whisperlite", "train", "--data", str(subset), "--out", str(models), "--max-epochs", "3",
+         "--cache-dir", str(embedding_cache_dir), "--quiet"],
+        cwd=REPO, check=True, timeout=900,
+    )
+    return models
+
+
+@pytest.fixture(scope="module")
+def trained_ranker(subset, model_dir, encoder_service, tmp_path_factory):
+    logs = tmp_path_factory.mktemp("logs")
+    catalog = start_service(
+        "catalog", logs, "--data-dir", str(tmp_path_factory.mktemp("catalog")), "--query-encoder-addr", encoder_service.address
+    )
+    ingest(subset, catalog.address)
+    ranker = start_service(
+        "ranker", logs, "--model-dir", str(model_dir), "--query-encoder-addr", encoder_service.address,
+        "--catalog-addr", catalog.address,
+    )
+    with grpc.insecure_channel(ranker.address) as channel:
+        yield ranker_pb2_grpc.RankerServiceStub(channel)
+    ranker.stop()
+    catalog.stop()
+
+
+@pytest.fixture(scope="module")
+def model(model_dir):
+    return PersonalizationModel.load(model_dir)
+
+
+def test_known_user_is_served_from_the_trained_model(trained_ranker, model, subset):
+    user = next(u for u in _subset_users(subset) if model.knows_user(u))
+    response = trained_ranker.Recommend(ranker_pb2.RecommendRequest(user_id=user, query=QUERY, top_k=10), timeout=30)
+    assert response.path == ranker_pb2.PERSONALIZATION_PATH_USER_EMBEDDING
+    assert response.model_version == model.version
+    assert len(response.items) == 10
+    assert all(r.personal_affinity != 0.0 for r in response.items)
+    assert [r.score for r in response.items] == sorted((r.score for r in response.items), reverse=True)
+
+
+def test_unknown_user_with_recent_items_uses_the_model_taste_path(trained_ranker, subset):
+    recent = _subset_items(subset)[:3]
+    response = trained_ranker.Recommend(
+        ranker_pb2.RecommendRequest(user_id="never-seen", query=QUERY, top_k=5, recent_item_ids=recent), timeout=30
+    )
+    assert response.path == ranker_pb2.PERSONALIZATION_PATH_RECENT_ITEMS
+    no_evidence = trained_ranker.Recommend(ranker_pb2.RecommendRequest(user_id="never-seen", query=QUERY, top_k=5), timeout=30)
+    assert no_evidence.path == ranker_pb2.PERSONALIZATION_PATH_TEXT_ONLY
+
+
+def test_online_scores_equal_offline_evaluation_scores(trained_ranker, model, subset, embedding_cache_dir):
+    """The ranker over gRPC and `evaluate`'s scoring path give the same ranking and scores."""
+    items = pd.read_csv(subset / "items.csv", dtype=str, keep_default_na=False)
+    cache = EmbeddingCache(cache_dir=embedding_cache_dir)
+    item_vectors = cache.items(items)
+    query_vector = cache.encoder.encode_texts([QUERY])[0]
+    users = [u for u in _subset_users(subset) if model.knows_user(u)][:5]
+    for user in users:
+        offline = score_items(model, query_vector, user, item_vectors)
+        order = np.argsort(-offline, kind="stable")[:10]
+        response = trained_ranker.Recommend(ranker_pb2.RecommendRequest(user_id=user, query=QUERY, top_k=10), timeout=30)
+        online_ids = [r.item.item_id for r in response.items]
+        assert online_ids == items["item_id"].to_numpy()[order].tolist()
+        np.testing.assert_allclose([r.score for r in response.items], offline[order], atol=1e-3)
+
+
+def _subset_users(subset) -> list[str]:
+    return pd.read_csv(subset / "interactions.csv", dtype=str)["user_id"].drop_duplicates().tolist()
+
+
+def _subset_items(subset) -> list[str]:
+    return pd.read_csv(subset / "items.csv", dtype=str)["item_id"].tolist()

@@ -55,6 +55,12 @@ def main() -> None:
             f"Recommend, known user ({ranker_pb2.PersonalizationPath.Name(path)})": timed(
                 lambda i: ranker.Recommend(ranker_pb2.RecommendRequest(user_id=user, query=QUERIES[i % len(QUERIES)], top_k=10)), args.n
             ),
+            "Recommend, known user, new query text (encoder cache miss)": timed(
+                lambda i: ranker.Recommend(
+                    ranker_pb2.RecommendRequest(user_id=user, query=f"{QUERIES[i % len(QUERIES)]} {uuid.uuid4().hex[:6]}", top_k=10)
+                ),
+                args.n,
+            ),
             "Recommend, unknown user (text only)": timed(
                 lambda i: ranker.Recommend(ranker_pb2.RecommendRequest(user_id="", query=QUERIES[i % len(QUERIES)], top_k=10)), args.n
             ),
@@ -62,6 +68,9 @@ def main() -> None:
                 lambda i: encoder.Embed(query_encoder_pb2.EmbedRequest(texts=[f"{QUERIES[i % 5]} {uuid.uuid4().hex[:6]}"])), args.n
             ),
             "Embed, cache hit": timed(lambda i: encoder.Embed(query_encoder_pb2.EmbedRequest(texts=[QUERIES[0]])), args.n),
+            "Search 50 candidates with vectors (the ranker's default)": timed(
+                lambda i: catalog.Search(catalog_pb2.SearchRequest(vector=vector, top_k=50, include_vectors=True)), args.n
+            ),
             "Search 200 candidates with vectors": timed(
                 lambda i: catalog.Search(catalog_pb2.SearchRequest(vector=vector, top_k=200, include_vectors=True)), args.n
             ),

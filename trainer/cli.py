@@ -13,7 +13,7 @@ from pathlib import Path
 
 from trainer.dataset import DEFAULT_MIN_INTERACTIONS
 from trainer.experiment import DEFAULT_REQUEST_SEED
-from trainer.train import SAMPLERS, TrainConfig
+from trainer.train import SAMPLERS, USER_TABLE_MODES, TrainConfig
 
 DEFAULT_MODELS_DIR = os.environ.get("WHISPERLITE_MODELS", "models")
 
@@ -63,13 +63,16 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--negatives", default=",".join(defaults["negatives"]),
                        help=f"BCE negative samplers, comma separated, from {', '.join(SAMPLERS)} (default %(default)s)")
     group.add_argument("--fixed-temperature", action="store_true", help="keep the InfoNCE temperature fixed")
+    group.add_argument("--user-table", default=defaults["user_table"], choices=list(USER_TABLE_MODES),
+                       help="learned: train the user embedding table; off: taste = mean of the user's items; "
+                       "auto: train both, keep the better on validation Recall@10 (default %(default)s)")
 
 
 def _train_config(args: argparse.Namespace) -> TrainConfig:
     values = {name: getattr(args, name) for name in TRAIN_FLAGS}
     negatives = tuple(s.strip() for s in args.negatives.split(",") if s.strip())
     return TrainConfig(**values, negatives=negatives, learn_temperature=not args.fixed_temperature,
-                       device=args.device)
+                       user_table=args.user_table, device=args.device)
 
 
 def _experiment(args: argparse.Namespace, data_dir: str | Path):

@@ -126,7 +126,7 @@ def temporal_split(dataset: Dataset, min_interactions: int = DEFAULT_MIN_INTERAC
     user_ids = sorted(train["user_id"].unique())
     user_index = pd.Series(np.arange(len(user_ids)), index=user_ids)
     frame["user"] = frame["user_id"].map(user_index).fillna(-1).astype(np.int64)
-    columns = ["user", "user_id", "item", "timestamp", "request"]
+    columns = ["user", "user_id", "item", "item_id", "timestamp", "request"]
     train = frame.loc[frame["role"] == "train", columns].reset_index(drop=True)
     validation = frame.loc[frame["role"] == "validation", columns].reset_index(drop=True)
     test = frame.loc[frame["role"] == "test", columns].reset_index(drop=True)

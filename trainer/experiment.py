@@ -10,6 +10,8 @@ import numpy as np
 
 from trainer.dataset import DEFAULT_MIN_INTERACTIONS, Dataset, Split, load_dataset, temporal_split
 from trainer.embeddings import EmbeddingCache
+from whisperlite.data.canonical import ITEM_TEXT_TRAIN_REQUESTS
+from whisperlite.data.item_text import items_with_request_text
 from whisperlite.data.requests import fill_missing_requests
 
 log = logging.getLogger(__name__)
@@ -75,6 +77,10 @@ def prepare_experiment(
     dataset.interactions = interactions
     simulated_share = float(interactions["request_simulated"].mean()) if len(interactions) else 0.0
     split = temporal_split(dataset, min_interactions)
+    if dataset.info.get("item_text_source") == ITEM_TEXT_TRAIN_REQUESTS:
+        # Items described by what users wrote about them: training rows only, so no held-out
+        # request leaks into its own target's text.
+        dataset.items = items_with_request_text(dataset.items, split.train)
     item_vectors = cache.items(dataset.items)
     frames = (split.train, split.validation, split.test)
     all_requests = np.concatenate([f["request"].to_numpy(dtype=object) for f in frames]).tolist()

@@ -12,6 +12,7 @@ from typing import Protocol
 
 import numpy as np
 import scipy.sparse as sp
+from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from trainer.experiment import Experiment
@@ -41,7 +42,7 @@ def rank_cases(
     frame = {"validation": split.validation, "test": split.test}[case]
     queries = {"validation": experiment.validation_queries, "test": experiment.test_queries}[case]
     rows = np.arange(len(frame))
-    if limit is not None and limit < len(rows):
+    if limit and limit < len(rows):  # None or 0: every case
         rows = np.sort(np.random.default_rng(0).choice(rows, size=limit, replace=False))
     users = frame["user"].to_numpy()[rows]
     targets = frame["item"].to_numpy()[rows]
@@ -117,10 +118,9 @@ class CollaborativeFiltering:
         split = experiment.split
         n_users, n_items = len(split.user_ids), experiment.dataset.n_items
         data = np.ones(len(split.train), dtype=np.float32)
-        self._user_items = sp.csr_matrix(
+        self._user_items = sp.coo_matrix(
             (data, (split.train["user"].to_numpy(), split.train["item"].to_numpy())), shape=(n_users, n_items)
-        )
-        self._user_items.sum_duplicates()
+        ).tocsr()
         self._seed = seed
         candidates = candidates or self.default_candidates()
         best, self.selection = None, []
@@ -151,7 +151,8 @@ class CollaborativeFiltering:
 
         if model == "als":
             als = AlternatingLeastSquares(iterations=20, random_state=self._seed, **params)
-            als.fit(self._user_items, show_progress=False)
+            with threadpool_limits(1, "blas"):  # implicit's own threads; nested BLAS threads slow it down
+                als.fit(self._user_items, show_progress=False)
             self._factors = (np.asarray(als.user_factors), np.asarray(als.item_factors))
             self._similarity = None
         else:

@@ -41,6 +41,7 @@ from whisperlite.personalization import PersonalizationModel, PersonalizationNet
 log = logging.getLogger(__name__)
 
 SAMPLERS = ("uniform", "popularity", "in_batch", "hard")
+USER_TABLE_MODES = ("auto", "learned", "off")
 
 
 @dataclass
@@ -53,23 +54,25 @@ class TrainConfig:
     temperature: float = 0.05
     learn_temperature: bool = True
     # loss
-    bce_weight: float = 1.0
+    bce_weight: float = 0.25
     contrastive_weight: float = 1.0
-    negatives: tuple[str, ...] = ("uniform", "hard")
+    negatives: tuple[str, ...] = ("uniform",)
     negatives_per_sampler: int = 4
     hard_pool: int = 50
     popularity_power: float = 0.75
     contrastive_sampled_negatives: bool = False
-    # users
+    # users: "learned" trains the table, "off" keeps the taste = history mean, "auto" trains
+    # both and keeps the one with the better validation Recall@10
+    user_table: str = "auto"
+    user_lr: float = 1e-3
     user_dropout: float = 0.2
     no_user_rate: float = 0.05
     residual_l2: float = 1e-3
     # optimisation
-    batch_size: int = 512
-    lr: float = 1e-3
-    user_lr: float = 5e-3
+    batch_size: int = 1024
+    lr: float = 5e-3
     weight_decay: float = 1e-4
-    max_epochs: int = 30
+    max_epochs: int = 20
     patience: int = 3
     validation_cases: int = 10000
     seed: int = 0
@@ -82,6 +85,8 @@ class TrainConfig:
             raise ValueError(f"negatives: unknown sampler(s) {unknown}; choose from {', '.join(SAMPLERS)}")
         if self.bce_weight < 0 or self.contrastive_weight < 0 or self.bce_weight + self.contrastive_weight == 0:
             raise ValueError("bce_weight, contrastive_weight: must be >= 0 and not both 0")
+        if self.user_table not in USER_TABLE_MODES:
+            raise ValueError(f"user_table: must be one of {', '.join(USER_TABLE_MODES)}, got {self.user_table!r}")
         if self.bce_weight > 0 and not self.negatives:
             raise ValueError("negatives: BCE needs at least one negative sampler")
 
@@ -202,7 +207,24 @@ def export_model(network: PersonalizationNetwork, experiment: Experiment, config
 
 
 def train_model(experiment: Experiment, config: TrainConfig, name: str | None = None, progress: bool = True) -> TrainResult:
-    """Train on the experiment's train split, early-stopped on validation Recall@10."""
+    """Train on the train split, early-stopped on validation Recall@10; with user_table="auto"
+    train with and without the learned user table and keep the better on validation."""
+    if config.user_table != "auto":
+        return _train(experiment, config, name, progress)
+    results = {mode: _train(experiment, config.replace(user_table=mode), name, progress) for mode in ("learned", "off")}
+    if results["learned"].model is None:  # not rank 0 of a distributed run
+        return results["learned"]
+    recall = {mode: r.model.manifest["metrics"]["validation"]["recall@10"] for mode, r in results.items()}
+    chosen = max(recall, key=recall.get)
+    log.info("user table chosen on validation: %s (recall@10 learned %.4f, off %.4f)", chosen, recall["learned"], recall["off"])
+    result = results[chosen]
+    result.model.manifest["metrics"]["user_table_selection"] = {"chosen": chosen, "validation_recall@10": recall}
+    result.model.manifest["metrics"]["train_seconds_all_candidates"] = round(sum(r.seconds for r in results.values()), 1)
+    result.model.manifest["config"]["train"]["user_table"] = chosen
+    return result
+
+
+def _train(experiment: Experiment, config: TrainConfig, name: str | None, progress: bool) -> TrainResult:
     started = time.perf_counter()
     seed_everything(config.seed)
     distributed = dist.is_initialized()
@@ -213,8 +235,8 @@ def train_model(experiment: Experiment, config: TrainConfig, name: str | None = 
     n_users, dim = len(split.user_ids), experiment.dimension
 
     items = torch.from_numpy(experiment.item_vectors).to(device)
-    users = torch.from_numpy(split.train["user"].to_numpy()).to(device)
-    targets = torch.from_numpy(split.train["item"].to_numpy()).to(device)
+    users = torch.as_tensor(split.train["user"].to_numpy(dtype=np.int64, copy=True), device=device)
+    targets = torch.as_tensor(split.train["item"].to_numpy(dtype=np.int64, copy=True), device=device)
     queries = torch.from_numpy(np.ascontiguousarray(experiment.train_queries)).to(device)
     sums = torch.zeros(n_users, dim, device=device).index_add_(0, users, items[targets])
 
@@ -230,7 +252,9 @@ def train_model(experiment: Experiment, config: TrainConfig, name: str | None = 
         weights = torch.from_numpy(split.item_counts.astype(np.float64)).clamp(min=0) ** config.popularity_power
         popularity = (weights / weights.sum()).float().to(device)
 
-    network = PersonalizationNetwork(dim, n_users, **config.network_kwargs()).to(device)
+    # Sparse table gradients make a step's cost independent of the number of users; DDP's
+    # all-reduce wants dense ones.
+    network = PersonalizationNetwork(dim, n_users, sparse_users=not distributed, **config.network_kwargs()).to(device)
     step = TrainingStep(network, config)
     if distributed:
         unused = config.bce_weight == 0 or config.contrastive_weight == 0
@@ -239,12 +263,13 @@ def train_model(experiment: Experiment, config: TrainConfig, name: str | None = 
         )
     residual_params = [network.user_residuals.weight]
     other_params = [p for n, p in network.named_parameters() if n != "user_residuals.weight"]
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": residual_params, "lr": config.user_lr, "weight_decay": 0.0},
-            {"params": other_params, "lr": config.lr, "weight_decay": config.weight_decay},
-        ]
-    )
+    optimizers = [torch.optim.AdamW(other_params, lr=config.lr, weight_decay=config.weight_decay)]
+    if config.user_table == "off" or config.user_lr <= 0:  # taste = history mean only
+        network.user_residuals.weight.requires_grad_(False)
+    elif distributed:
+        optimizers.append(torch.optim.Adam(residual_params, lr=config.user_lr))
+    else:
+        optimizers.append(torch.optim.SparseAdam(residual_params, lr=config.user_lr))
     generator = torch.Generator(device="cpu").manual_seed(config.seed + rank)
 
     def sample_negatives(batch: torch.Tensor) -> torch.Tensor:
@@ -279,9 +304,11 @@ def train_model(experiment: Experiment, config: TrainConfig, name: str | None = 
             negatives = sample_negatives(batch)
             negative_mask = (negatives != i[:, None]).float()
             loss, parts = step(queries[batch], base, user_index, drop_taste, pos, items[negatives], negative_mask, i)
-            optimizer.zero_grad(set_to_none=True)
+            for optimizer in optimizers:
+                optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            for optimizer in optimizers:
+                optimizer.step()
             parts["loss"] = float(loss.detach())
             for key, value in parts.items():
                 totals[key] = totals.get(key, 0.0) + value
@@ -294,7 +321,7 @@ def train_model(experiment: Experiment, config: TrainConfig, name: str | None = 
             model = export_model(network, experiment, config, name)
             metrics = validation_metrics(WhisperLite(model, experiment), experiment, limit=config.validation_cases)
             row.update({f"val_{k}": v for k, v in metrics.items()})
-            row["temperature"] = float(network.temperature())
+            row["temperature"] = float(network.temperature().detach())
             row["seconds"] = round(time.perf_counter() - started, 2)
             log.info(
                 "%s epoch %d: loss %.4f, validation recall@10 %.4f ndcg@10 %.4f",
@@ -314,7 +341,7 @@ def train_model(experiment: Experiment, config: TrainConfig, name: str | None = 
             break
 
     seconds = time.perf_counter() - started
-    if rank != 0:
+    if rank != 0 or best["state"] is None:
         return TrainResult(model=None, history=history, seconds=seconds)
     network.load_state_dict(best["state"])
     metrics = {"validation": best["metrics"], "best_epoch": best["epoch"], "epochs": len(history), "train_seconds": round(seconds, 1)}

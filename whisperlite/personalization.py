@@ -61,10 +61,12 @@ class PersonalizationNetwork(nn.Module):
         logit_scale: float = 20.0,
         temperature: float = 0.05,
         learn_temperature: bool = True,
+        sparse_users: bool = False,
     ):
         super().__init__()
         self.dimension = dimension
-        self.user_residuals = nn.Embedding(n_users, dimension)
+        # sparse_users: gradients touch only the batch's rows (SparseAdam), not the whole table.
+        self.user_residuals = nn.Embedding(n_users, dimension, sparse=sparse_users)
         nn.init.zeros_(self.user_residuals.weight)
         self.fuse = nn.Sequential(
             nn.Linear(3 * dimension, hidden),
@@ -148,7 +150,7 @@ class PersonalizationModel:
 
     def user_taste(self, user_id: str) -> np.ndarray | None:
         i = self._user_index.get(user_id)
-        return None if i is None else np.asarray(self._user_tastes[i], dtype=np.float32)
+        return None if i is None else np.array(self._user_tastes[i], dtype=np.float32)  # a copy, not the mmap
 
     # ---- inference ------------------------------------------------------------------------
     def personalize(
@@ -181,7 +183,7 @@ class PersonalizationModel:
         if tastes is None:
             t = torch.zeros_like(q)
         else:
-            t = torch.from_numpy(np.ascontiguousarray(tastes, dtype=np.float32)).reshape(q.shape)
+            t = torch.from_numpy(np.array(tastes, dtype=np.float32)).reshape(q.shape)
             t = torch.nan_to_num(t, nan=0.0)
         with torch.inference_mode():
             return self.network(q, t).numpy()

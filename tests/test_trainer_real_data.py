@@ -1,0 +1,158 @@
+"""`whisperlite train` / `evaluate` on small subsets of real prepared data with the real MiniLM encoder."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.servers import REPO
+from trainer.dataset import temporal_split
+from trainer.embeddings import EmbeddingCache
+from trainer.experiment import prepare_experiment
+from whisperlite.encoders import item_text
+from whisperlite.personalization import PersonalizationModel
+
+
+def _subset(prepared, name: str, n_users: int, directory, min_interactions: int = 3):
+    """`n_users` users (a seeded sample of those with min_interactions..10 interactions) and the
+    items they touched: small enough to embed in seconds."""
+    data = prepared(name)
+    counts = data.interactions["user_id"].value_counts()
+    eligible = counts[(counts >= min_interactions) & (counts <= 10)].index.sort_values()
+    users = pd.Series(eligible).sample(n=n_users, random_state=0)
+    interactions = data.interactions[data.interactions["user_id"].isin(users)]
+    items = data.items[data.items["item_id"].isin(interactions["item_id"])]
+    items.to_csv(directory / "items.csv", index=False)
+    interactions.to_csv(directory / "interactions.csv", index=False)
+    (directory / "dataset.json").write_text(json.dumps({**data.info, "name": f"{name}_subset"}))
+    return directory
+
+
+@pytest.fixture(scope="module")
+def amazon(prepared, tmp_path_factory):
+    return _subset(prepared, "amazon_clothing_2014_msl", 60, tmp_path_factory.mktemp("amazon-subset"))
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("embedding-cache")
+
+
+class CountingEncoder:
+    """The real encoder, counting the texts it is asked to embed."""
+
+    def __init__(self, encoder):
+        self._encoder = encoder
+        self.embedded = 0
+
+    def __getattr__(self, name):
+        return getattr(self._encoder, name)
+
+    def encode_texts(self, texts, **kwargs):
+        self.embedded += len(texts)
+        return self._encoder.encode_texts(texts, **kwargs)
+
+
+def test_embeddings_are_cached_by_encoder_and_data(amazon, cache_dir):
+    encoder = CountingEncoder(EmbeddingCache(cache_dir=cache_dir).encoder)
+    first = prepare_experiment(amazon, EmbeddingCache(cache_dir=cache_dir, encoder=encoder))
+    assert encoder.embedded > 0
+    embedded = encoder.embedded
+    again = prepare_experiment(amazon, EmbeddingCache(cache_dir=cache_dir, encoder=encoder))
+    assert encoder.embedded == embedded  # second run: no encoder call at all
+    np.testing.assert_array_equal(first.item_vectors, again.item_vectors)
+    # Item vectors are the catalog's: the encoder on item_text(title, text).
+    row = first.dataset.items.iloc[0]
+    direct = encoder.encode_texts([item_text(row["title"], row["text"])])[0]
+    np.testing.assert_allclose(first.item_vectors[0], direct, atol=1e-5)
+    files = sorted(p.name for p in cache_dir.rglob("*.npy"))
+    assert any(f.startswith("items-") for f in files) and any(f.startswith("requests-") for f in files)
+    assert all("all-MiniLM-L6-v2" in str(p.parent) for p in cache_dir.rglob("*.npy"))
+
+
+def test_requests_are_simulated_where_the_data_has_none(amazon, cache_dir):
+    experiment = prepare_experiment(amazon, EmbeddingCache(cache_dir=cache_dir))
+    assert experiment.simulated_share == 1.0
+    requests = experiment.split.test["request"]
+    assert (requests.str.len() > 0).all()
+    # Ambiguous on purpose: short requests, not the item's title.
+    titles = experiment.dataset.items.set_index("item_id")["title"]
+    assert requests.str.split().str.len().median() <= 4
+    assert (requests.to_numpy() != titles.loc[experiment.split.test["item_id"]].to_numpy()).all()
+
+
+def test_train_writes_a_versioned_model_directory_the_ranker_can_load(amazon, cache_dir, tmp_path):
+    models = tmp_path / "models"
+    subprocess.run(
+        [sys.executable, "-m", "trainer", "train", "--data", str(amazon), "--out", str(models), "--max-epochs", "2",
+         "--cache-dir", str(cache_dir), "--user-table", "learned", "--quiet"],
+        cwd=REPO, check=True, timeout=600,
+    )
+    (version_dir,) = list(models.iterdir())
+    manifest = json.loads((version_dir / "manifest.json").read_text())
+    assert manifest["name"] == "amazon_clothing_2014_msl_subset"
+    assert version_dir.name == manifest["version"] and manifest["version"].startswith("amazon_clothing_2014_msl_subset-")
+    assert manifest["encoder"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert len(manifest["data_hash"]) == 16 and manifest["created"]
+    assert set(manifest["metrics"]["validation"]) == {"recall@10", "recall@50", "ndcg@10", "mrr"}
+    assert manifest["config"]["train"]["max_epochs"] == 2 and manifest["config"]["train"]["seed"] == 0
+    assert len(manifest["history"]) in (1, 2)
+    assert (version_dir / "curves.png").stat().st_size > 10_000
+    model = PersonalizationModel.load(models)
+    users = pd.read_csv(amazon / "interactions.csv", dtype=str)["user_id"].unique()
+    assert all(model.knows_user(u) for u in users)
+    assert model.n_users == len(users)
+
+
+def test_evaluate_cli_with_a_given_model(amazon, cache_dir, tmp_path):
+    models, out = tmp_path / "models", tmp_path / "evaluation"
+    common = ["--data", str(amazon), "--cache-dir", str(cache_dir), "--max-epochs", "2", "--user-table", "off", "--quiet"]
+    subprocess.run([sys.executable, "-m", "trainer", "train", "--out", str(models), *common], cwd=REPO, check=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "trainer", "evaluate", "--model", str(models), "--out", str(out),
+         "--methods", "popularity,text_only,text_plus_history_mean,whisperlite", *common],
+        cwd=REPO, check=True, timeout=600, capture_output=True, text=True,
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["dataset"] == "amazon_clothing_2014_msl_subset" and metrics["n_test"] == 60
+    assert list(metrics["methods"]) == ["popularity", "text_only", "text_plus_history_mean", "whisperlite"]
+    assert metrics["details"]["whisperlite"]["trained"] is False
+    assert "| whisperlite |" in done.stdout  # the table is printed
+    assert (out / "metrics.png").is_file() and (out / "results.md").is_file()
+
+
+def test_evaluate_cli_rejects_unknown_methods(amazon, tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "trainer", "evaluate", "--data", str(amazon), "--out", str(tmp_path), "--methods", "magic"],
+        cwd=REPO, timeout=120, capture_output=True, text=True,
+    )
+    assert done.returncode == 2 and "--methods: unknown ['magic']" in done.stderr
+
+
+def test_item_text_from_reviews_uses_training_reviews_only(prepared, tmp_path, cache_dir):
+    """yelp items are described by their reviews: a held-out review must not describe its own target."""
+    yelp = _subset(prepared, "yelp_phoenix_10k", 12, tmp_path, min_interactions=5)
+    experiment = prepare_experiment(yelp, EmbeddingCache(cache_dir=cache_dir))
+    texts = experiment.dataset.items.set_index("item_id")["text"]
+    for frame in (experiment.split.validation, experiment.split.test):
+        for item_id, request in zip(frame["item_id"], frame["request"]):
+            assert request[:60] not in texts[item_id]
+    train = experiment.split.train
+    item_id, request = train["item_id"].iloc[0], train["request"].iloc[0]
+    assert request[:60] in texts[item_id]
+
+
+def test_users_below_the_minimum_only_train(prepared):
+    data = prepared("yelp_phoenix_10k")
+    from trainer.dataset import load_dataset
+
+    dataset = load_dataset(data.directory)
+    split = temporal_split(dataset, min_interactions=5)
+    counts = dataset.interactions["user_id"].value_counts()
+    assert set(split.test["user_id"]) == set(counts[counts >= 5].index)
+    assert len(split.test) == len(split.validation) == 267  # SOURCE.md: 267 users with >= 5 reviews
+    with pytest.raises(ValueError, match="min_interactions: must be >= 3"):
+        temporal_split(dataset, min_interactions=2)

@@ -156,3 +156,18 @@ def test_users_below_the_minimum_only_train(prepared):
     assert len(split.test) == len(split.validation) == 267  # SOURCE.md: 267 users with >= 5 reviews
     with pytest.raises(ValueError, match="min_interactions: must be >= 3"):
         temporal_split(dataset, min_interactions=2)
+
+
+def test_distributed_data_parallel_training_with_two_processes(amazon, cache_dir, tmp_path):
+    """torchrun with two CPU processes (gloo): DDP trains, rank 0 alone writes the model."""
+    models = tmp_path / "models"
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "trainer", "train",
+         "--data", str(amazon), "--out", str(models), "--max-epochs", "1", "--batch-size", "64", "--device", "cpu",
+         "--user-table", "off", "--cache-dir", str(cache_dir), "--quiet"],
+        cwd=REPO, timeout=600, capture_output=True, text=True,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("model directory:") == 1
+    (version_dir,) = list(models.iterdir())
+    assert PersonalizationModel.load(version_dir).n_users == 60

@@ -79,8 +79,7 @@ def _experiment(args: argparse.Namespace, data_dir: str | Path):
     from trainer.embeddings import EmbeddingCache
     from trainer.experiment import prepare_experiment
 
-    device = args.device if args.device != "auto" else "auto"
-    cache = EmbeddingCache(args.encoder_backend, args.encoder_model, device=device, cache_dir=args.cache_dir)
+    cache = EmbeddingCache(args.encoder_backend, args.encoder_model, device=args.device, cache_dir=args.cache_dir)
     return prepare_experiment(data_dir, cache, args.min_interactions, args.request_seed)
 
 

@@ -103,6 +103,11 @@ def evaluate(
         elif name == "history_only":
             scorers[name] = method = CollaborativeFiltering(experiment, validation_limit=limit, seed=config.seed)
             details[name] = {"chosen": method.params, "selection": method.selection}
+        elif name != "whisperlite" and "whisperlite" in scorers and config.user_table == "auto":
+            # The ablations keep the user-table choice made for the full model on validation.
+            chosen = scorers["whisperlite"].model.manifest["config"]["train"]["user_table"]
+            variant_config = config.replace(user_table=chosen, **VARIANTS[name])
+            scorers[name], details[name] = _train_variant(experiment, variant_config, name, out_dir, models_out, progress)
         elif name == "whisperlite" and model is not None:
             if model.manifest.get("data_hash") != experiment.dataset.data_hash:
                 raise ValueError(
@@ -113,18 +118,7 @@ def evaluate(
             details[name] = {"model": model.version, "trained": False, "manifest_metrics": model.manifest.get("metrics")}
         else:
             variant_config = config.replace(**VARIANTS[name])
-            result = train_model(experiment, variant_config, name=f"{experiment.dataset.name}-{name}", progress=progress)
-            scorers[name] = WhisperLite(result.model, experiment, name)
-            plot_training_curves(result.history, out_dir / f"curves_{name}.png", title=f"{experiment.dataset.name}: {name}")
-            details[name] = {
-                "trained": True,
-                "best_epoch": result.best_epoch,
-                "epochs": len(result.history),
-                "train_seconds": round(result.seconds, 1),
-                "history": result.history,
-            }
-            if models_out is not None:
-                details[name]["model_dir"] = str(save_model_dir(result, models_out))
+            scorers[name], details[name] = _train_variant(experiment, variant_config, name, out_dir, models_out, progress)
         details.setdefault(name, {})["fit_seconds"] = round(time.perf_counter() - started, 1)
 
     per_case, test_metrics, val_metrics = {}, {}, {}
@@ -133,6 +127,10 @@ def evaluate(
         test_metrics[name] = summarize(per_case[name])
         val_metrics[name] = validation_metrics(scorer, experiment, limit=limit)
 
+    if "whisperlite" in scorers:
+        # How much of WhisperLite's gain is the learned request transform alone: same model, no taste.
+        without_user = scorers["whisperlite"].without_user()
+        details["whisperlite"]["test_without_user"] = summarize(rank_cases(without_user, experiment, "test", keep_seen=keep_seen))
     report = {
         "dataset": experiment.dataset.name,
         "n_test": len(experiment.split.test),
@@ -152,6 +150,25 @@ def evaluate(
     plot_metric_bars(test_metrics, out_dir / "metrics.png", title=f"{experiment.dataset.name} (n_test={report['n_test']})")
     print(f"\n{experiment.dataset.name}: {report['n_test']} test cases\n{table}\n")
     return report
+
+
+def _train_variant(experiment: Experiment, config: TrainConfig, name: str, out_dir: Path, models_out, progress: bool):
+    result = train_model(experiment, config, name=f"{experiment.dataset.name}-{name}", progress=progress)
+    plot_training_curves(result.history, out_dir / f"curves_{name}.png", title=f"{experiment.dataset.name}: {name}")
+    metrics = result.model.manifest["metrics"]
+    detail = {
+        "trained": True,
+        "best_epoch": result.best_epoch,
+        "epochs": len(result.history),
+        "train_seconds": round(result.seconds, 1),
+        "user_table": result.model.manifest["config"]["train"]["user_table"],
+        "user_table_selection": metrics.get("user_table_selection"),
+        "train_seconds_all_candidates": metrics.get("train_seconds_all_candidates", round(result.seconds, 1)),
+        "history": result.history,
+    }
+    if models_out is not None:
+        detail["model_dir"] = str(save_model_dir(result, models_out))
+    return WhisperLite(result.model, experiment, name), detail
 
 
 def compare(per_case: dict[str, dict[str, np.ndarray]], metrics: dict[str, dict[str, float]]) -> dict:

@@ -189,6 +189,13 @@ class WhisperLite:
     def scores(self, users, queries):
         return self.model.score(self.model.personalize_batch(queries, self._tastes[users]), self._items)
 
+    def without_user(self) -> WhisperLite:
+        """The same model with every taste dropped: the text-only path (a diagnostic)."""
+        copy = object.__new__(WhisperLite)
+        copy.__dict__.update(self.__dict__, name=f"{self.name}_without_user")
+        copy._tastes = np.full_like(self._tastes, np.nan)
+        return copy
+
 
 def _select(method, attribute: str, values, experiment: Experiment, validation_limit: int | None):
     """Pick `attribute` from `values` by validation Recall@10 (ties: the first value)."""

@@ -116,7 +116,20 @@ def write_results_doc(reports: dict, skipped: dict, out_root: Path, docs_path: P
         for variant in ("whisperlite", "whisperlite_bce_only", "whisperlite_contrastive_only"):
             d = details.get(variant, {})
             if d.get("trained"):
-                lines.append(f"- {variant}: best epoch {d['best_epoch']} of {d['epochs']}, trained in {d['train_seconds']} s.")
+                selection = d.get("user_table_selection")
+                chosen = (
+                    f"; user table {selection['chosen']} (validation Recall@10 learned "
+                    f"{selection['validation_recall@10']['learned']:.4f} vs off {selection['validation_recall@10']['off']:.4f}; "
+                    f"both candidates {d['train_seconds_all_candidates']} s)"
+                    if selection else f"; user table {d.get('user_table')}"
+                )
+                lines.append(f"- {variant}: best epoch {d['best_epoch']} of {d['epochs']}, trained in {d['train_seconds']} s{chosen}.")
+        without_user = details.get("whisperlite", {}).get("test_without_user")
+        if without_user:
+            lines.append(
+                f"- Diagnostic: the trained whisperlite model with the user's taste removed (request transform only) scores "
+                f"Recall@10 {without_user['recall@10']:.4f}, NDCG@10 {without_user['ndcg@10']:.4f}."
+            )
         diag = report.get("diagnostics", {})
         if diag:
             lines.append(

@@ -255,6 +255,9 @@ def _train(experiment: Experiment, config: TrainConfig, name: str | None, progre
     # Sparse table gradients make a step's cost independent of the number of users; DDP's
     # all-reduce wants dense ones.
     network = PersonalizationNetwork(dim, n_users, sparse_users=not distributed, **config.network_kwargs()).to(device)
+    learn_table = config.user_table != "off" and config.user_lr > 0
+    if not learn_table:  # taste = history mean only; frozen before DDP registers its parameters
+        network.user_residuals.weight.requires_grad_(False)
     step = TrainingStep(network, config)
     if distributed:
         unused = config.bce_weight == 0 or config.contrastive_weight == 0
@@ -264,12 +267,9 @@ def _train(experiment: Experiment, config: TrainConfig, name: str | None, progre
     residual_params = [network.user_residuals.weight]
     other_params = [p for n, p in network.named_parameters() if n != "user_residuals.weight"]
     optimizers = [torch.optim.AdamW(other_params, lr=config.lr, weight_decay=config.weight_decay)]
-    if config.user_table == "off" or config.user_lr <= 0:  # taste = history mean only
-        network.user_residuals.weight.requires_grad_(False)
-    elif distributed:
-        optimizers.append(torch.optim.Adam(residual_params, lr=config.user_lr))
-    else:
-        optimizers.append(torch.optim.SparseAdam(residual_params, lr=config.user_lr))
+    if learn_table:
+        table_optimizer = torch.optim.Adam if distributed else torch.optim.SparseAdam
+        optimizers.append(table_optimizer(residual_params, lr=config.user_lr))
     generator = torch.Generator(device="cpu").manual_seed(config.seed + rank)
 
     def sample_negatives(batch: torch.Tensor) -> torch.Tensor:

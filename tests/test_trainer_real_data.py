@@ -143,6 +143,18 @@ def test_item_text_from_reviews_uses_training_reviews_only(prepared, tmp_path, c
     train = experiment.split.train
     item_id, request = train["item_id"].iloc[0], train["request"].iloc[0]
     assert request[:60] in texts[item_id]
+    # Training sees each target without the example's own review, as validation and test do.
+    from trainer.dataset import load_dataset
+    from trainer.experiment import leave_one_out_item_texts
+
+    loo = leave_one_out_item_texts(load_dataset(yelp).items, train)
+    assert all(r[:60] not in text for r, text in zip(train["request"], loo))
+    shared = train["item_id"].duplicated(keep=False).to_numpy()
+    if shared.any():  # an item reviewed twice in train keeps the other review
+        row = int(np.flatnonzero(shared)[0])
+        other = train[(train["item_id"] == train["item_id"].iloc[row]) & (train.index != train.index[row])]
+        assert other["request"].iloc[0][:60] in loo[row]
+    assert experiment.train_target_vectors.shape == (len(train), experiment.dimension)
 
 
 def test_users_below_the_minimum_only_train(prepared):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from trainer.dataset import DEFAULT_MIN_INTERACTIONS
 from trainer.experiment import DEFAULT_REQUEST_SEED
-from trainer.train import SAMPLERS, USER_TABLE_MODES, TrainConfig
+from trainer.train import POSITIVES, SAMPLERS, USER_TABLE_MODES, TrainConfig
 
 DEFAULT_MODELS_DIR = os.environ.get("WHISPERLITE_MODELS", "models")
 
@@ -63,6 +63,9 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--negatives", default=",".join(defaults["negatives"]),
                        help=f"BCE negative samplers, comma separated, from {', '.join(SAMPLERS)} (default %(default)s)")
     group.add_argument("--fixed-temperature", action="store_true", help="keep the InfoNCE temperature fixed")
+    group.add_argument("--positives", default=defaults["positives"], choices=list(POSITIVES),
+                       help="where item text is built from training requests: train on targets without the "
+                       "example's own request (leave_one_out) or on the catalog vectors (default %(default)s)")
     group.add_argument("--user-table", default=defaults["user_table"], choices=list(USER_TABLE_MODES),
                        help="learned: train the user embedding table; off: taste = mean of the user's items; "
                        "auto: train both, keep the better on validation Recall@10 (default %(default)s)")
@@ -72,7 +75,7 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
     values = {name: getattr(args, name) for name in TRAIN_FLAGS}
     negatives = tuple(s.strip() for s in args.negatives.split(",") if s.strip())
     return TrainConfig(**values, negatives=negatives, learn_temperature=not args.fixed_temperature,
-                       user_table=args.user_table, device=args.device)
+                       user_table=args.user_table, positives=args.positives, device=args.device)
 
 
 def _experiment(args: argparse.Namespace, data_dir: str | Path):
@@ -148,6 +151,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             methods=methods,
             keep_seen=args.keep_seen,
             progress=not args.quiet,
+            reuse=args.reuse,
+            min_interactions=args.min_interactions,
         )
         return 0
     if not args.data or not args.out:
@@ -195,6 +200,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--all", action="store_true", help="every dataset of ../shared/datasets (prepared on demand); writes --docs")
     evaluate.add_argument("--data-root", default="data", help="with --all: where prepared datasets live (default %(default)s)")
     evaluate.add_argument("--docs", default="docs/results.md", help="with --all: the results document to write (default %(default)s)")
+    evaluate.add_argument("--reuse", action="store_true",
+                          help="with --all: keep a dataset's metrics.json made from the same data, methods and settings")
     evaluate.add_argument("--methods", default=",".join(METHODS), help="comma separated subset of %(default)s")
     evaluate.add_argument("--keep-seen", action="store_true", help="keep items the user already interacted with in the ranking")
     evaluate.add_argument("--models-out", default=None, help="also save the models trained for the comparison here")

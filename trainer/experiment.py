@@ -7,11 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from trainer.dataset import DEFAULT_MIN_INTERACTIONS, Dataset, Split, load_dataset, temporal_split
 from trainer.embeddings import EmbeddingCache
 from whisperlite.data.canonical import ITEM_TEXT_TRAIN_REQUESTS
-from whisperlite.data.item_text import items_with_request_text
+from whisperlite.data.item_text import ITEM_TEXT_MAX_WORDS, items_with_request_text
+from whisperlite.data.text import truncate_words
+from whisperlite.encoders import item_text
 from whisperlite.data.requests import fill_missing_requests
 
 log = logging.getLogger(__name__)
@@ -31,6 +34,12 @@ class Experiment:
     history_means: np.ndarray  # (n_users, d) unit mean of each user's train item vectors
     request_seed: int
     simulated_share: float  # share of requests that came from the simulator
+    # Where item text is built from training requests: each train example's target as it would
+    # look without that example's own request (row-aligned with split.train), else None.
+    train_target_vectors: np.ndarray | None = None
+    # Train rows worth training on (None = all): where the target's text is built from requests,
+    # rows whose target has no other training request (its text would be empty) are left out.
+    train_mask: np.ndarray | None = None
 
     @property
     def dimension(self) -> int:
@@ -77,10 +86,17 @@ def prepare_experiment(
     dataset.interactions = interactions
     simulated_share = float(interactions["request_simulated"].mean()) if len(interactions) else 0.0
     split = temporal_split(dataset, min_interactions)
+    train_target_vectors = train_mask = None
     if dataset.info.get("item_text_source") == ITEM_TEXT_TRAIN_REQUESTS:
         # Items described by what users wrote about them: training rows only, so no held-out
-        # request leaks into its own target's text.
-        dataset.items = items_with_request_text(dataset.items, split.train)
+        # request leaks into its own target's text. A training example's own request is in its
+        # target's text too; training sees the target without it, as validation and test do.
+        original_items = dataset.items
+        dataset.items = items_with_request_text(original_items, split.train)
+        loo_texts = leave_one_out_item_texts(original_items, split.train)
+        train_target_vectors = cache.embed(loo_texts, "train-targets")
+        placeholder = [item_text(title, "") for title in original_items.set_index("item_id").loc[split.train["item_id"], "title"]]
+        train_mask = np.array([text != empty for text, empty in zip(loo_texts, placeholder)])
     item_vectors = cache.items(dataset.items)
     frames = (split.train, split.validation, split.test)
     all_requests = np.concatenate([f["request"].to_numpy(dtype=object) for f in frames]).tolist()
@@ -102,4 +118,22 @@ def prepare_experiment(
         history_means=history_means(split, item_vectors),
         request_seed=request_seed,
         simulated_share=simulated_share,
+        train_target_vectors=train_target_vectors,
+        train_mask=train_mask,
     )
+
+
+def leave_one_out_item_texts(items: pd.DataFrame, train: pd.DataFrame) -> list[str]:
+    """For each train row, its target's `item_text` built from the item's *other* training
+    requests, exactly as `items_with_request_text` builds it from all of them."""
+    titles = items.set_index("item_id")["title"]
+    own_text = items.set_index("item_id")["text"].fillna("")
+    written = train[train["request"].str.strip() != ""].sort_values(["item_id", "timestamp"], kind="stable")
+    by_item = {item_id: list(zip(rows.index, rows["request"])) for item_id, rows in written.groupby("item_id", sort=False)}
+    texts = []
+    for row, item_id in zip(train.index, train["item_id"]):
+        text = own_text[item_id]
+        if not text.strip():
+            text = truncate_words(" ".join(r for i, r in by_item.get(item_id, []) if i != row), ITEM_TEXT_MAX_WORDS)
+        texts.append(item_text(titles[item_id], text))
+    return texts

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from trainer.dataset import DEFAULT_MIN_INTERACTIONS, load_dataset, temporal_split
 from trainer.evaluate import BASELINES, METHODS, evaluate, markdown_table
 from trainer.train import TrainConfig
 
@@ -38,7 +39,11 @@ def evaluate_all(
     methods: tuple[str, ...] = METHODS,
     keep_seen: bool = False,
     progress: bool = True,
+    reuse: bool = False,
+    min_interactions: int = DEFAULT_MIN_INTERACTIONS,
 ) -> dict:
+    """Evaluate every dataset and write `docs_path`. With `reuse`, a dataset whose metrics.json
+    was made from the same data files, methods and settings is not evaluated again."""
     from whisperlite.data.prepare import prepare_dataset
     from whisperlite.data.sources import CONVERTERS
 
@@ -54,20 +59,57 @@ def evaluate_all(
             except (FileNotFoundError, ValueError) as err:
                 skipped[name] = f"not prepared: {err}"
                 continue
-        started = time.perf_counter()
-        experiment = experiment_factory(data_dir)
-        if len(experiment.split.test) == 0:
+        previous = _reusable(out_root / name / "metrics.json", data_dir, config, methods, keep_seen) if reuse else None
+        if previous is not None:
+            log.info("%s: reusing %s", name, out_root / name / "metrics.json")
+            reports[name] = previous
+            continue
+        # The split is cheap, embedding is not: find out first whether there is anything to test.
+        dataset = load_dataset(data_dir)
+        split = temporal_split(dataset, min_interactions)
+        if len(split.test) == 0:
             skipped[name] = (
-                f"no test cases: no user has {experiment.split.min_interactions} or more interactions "
-                f"({experiment.settings()['n_users']} users, {len(experiment.dataset.interactions)} interactions)"
+                f"no test cases: no user has {min_interactions} or more interactions "
+                f"({dataset.interactions['user_id'].nunique()} users, {len(dataset.interactions)} interactions)"
             )
             continue
+        started = time.perf_counter()
+        experiment = experiment_factory(data_dir)
         report = evaluate(experiment, out_root / name, config=config, methods=methods, keep_seen=keep_seen, progress=progress)
         report["seconds"] = round(time.perf_counter() - started, 1)
         (out_root / name / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
         reports[name] = report
     write_results_doc(reports, skipped, out_root, docs_path, config)
     return {"reports": reports, "skipped": skipped}
+
+
+def _reusable(path: Path, data_dir: Path, config: TrainConfig, methods, keep_seen: bool) -> dict | None:
+    from trainer.dataset import file_sha256
+    from trainer.evaluate import _jsonable
+
+    if not path.is_file():
+        return None
+    report = json.loads(path.read_text())
+    settings = report.get("settings", {})
+    same = (
+        settings.get("data_hash") == file_sha256(data_dir / "items.csv", data_dir / "interactions.csv")[:16]
+        and _same_config(settings.get("train_config", {}), _jsonable(config))
+        and settings.get("keep_seen") == keep_seen
+        and list(report.get("methods", {})) == list(methods)
+    )
+    return report if same else None
+
+
+def _same_config(recorded: dict, current: dict) -> bool:
+    """Equal, counting a setting the recorded run predates as its default value."""
+    defaults = _jsonable_defaults()
+    return all(recorded.get(k, defaults.get(k)) == v for k, v in current.items())
+
+
+def _jsonable_defaults() -> dict:
+    from trainer.evaluate import _jsonable
+
+    return _jsonable(TrainConfig())
 
 
 def _fmt_ratio(entry: dict) -> str:

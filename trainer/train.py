@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 SAMPLERS = ("uniform", "popularity", "in_batch", "hard")
 USER_TABLE_MODES = ("auto", "learned", "off")
+POSITIVES = ("leave_one_out", "catalog")
 
 
 @dataclass
@@ -61,6 +62,10 @@ class TrainConfig:
     hard_pool: int = 50
     popularity_power: float = 0.75
     contrastive_sampled_negatives: bool = False
+    # positives where item text is built from training requests (yelp): "catalog" = the catalog
+    # vector (it contains the example's own request), "leave_one_out" = the target without that
+    # request (rows with nothing left are skipped); catalog won on validation (docs/model.md)
+    positives: str = "catalog"
     # users: "learned" trains the table, "off" keeps the taste = history mean, "auto" trains
     # both and keeps the one with the better validation Recall@10
     user_table: str = "auto"
@@ -85,6 +90,8 @@ class TrainConfig:
             raise ValueError(f"negatives: unknown sampler(s) {unknown}; choose from {', '.join(SAMPLERS)}")
         if self.bce_weight < 0 or self.contrastive_weight < 0 or self.bce_weight + self.contrastive_weight == 0:
             raise ValueError("bce_weight, contrastive_weight: must be >= 0 and not both 0")
+        if self.positives not in POSITIVES:
+            raise ValueError(f"positives: must be one of {', '.join(POSITIVES)}, got {self.positives!r}")
         if self.user_table not in USER_TABLE_MODES:
             raise ValueError(f"user_table: must be one of {', '.join(USER_TABLE_MODES)}, got {self.user_table!r}")
         if self.bce_weight > 0 and not self.negatives:
@@ -239,6 +246,10 @@ def _train(experiment: Experiment, config: TrainConfig, name: str | None, progre
     targets = torch.as_tensor(split.train["item"].to_numpy(dtype=np.int64, copy=True), device=device)
     queries = torch.from_numpy(np.ascontiguousarray(experiment.train_queries)).to(device)
     sums = torch.zeros(n_users, dim, device=device).index_add_(0, users, items[targets])
+    # Positives as validation and test see them (see Experiment.train_target_vectors).
+    leave_one_out = config.positives == "leave_one_out" and experiment.train_target_vectors is not None
+    positives = items[targets] if not leave_one_out else torch.from_numpy(
+        np.ascontiguousarray(experiment.train_target_vectors)).to(device)
 
     pools = pool_of_example = None
     if "hard" in config.negatives:
@@ -286,18 +297,18 @@ def _train(experiment: Experiment, config: TrainConfig, name: str | None, progre
 
     history: list[dict] = []
     best = {"recall@10": -1.0, "epoch": 0, "state": None, "metrics": {}}
-    n_train = len(targets)
+    rows = torch.from_numpy(np.flatnonzero(experiment.train_mask)) if leave_one_out else torch.arange(len(targets))
     for epoch in range(1, config.max_epochs + 1):
         step.train()
-        order = torch.randperm(n_train, generator=generator)[rank::world].to(device)
+        order = rows[torch.randperm(len(rows), generator=generator)][rank::world].to(device)
         n_batches = math.ceil(len(order) / config.batch_size)
         totals: dict[str, float] = {}
         bar = tqdm(range(n_batches), desc=f"epoch {epoch}", unit="batch", disable=not progress or rank != 0, leave=False)
         for b in bar:
             batch = order[b * config.batch_size : (b + 1) * config.batch_size]
             u, i = users[batch], targets[batch]
-            pos = items[i]
-            base = sums[u] - pos  # leave-one-out: the target is not part of its own taste
+            pos = positives[batch]
+            base = sums[u] - items[i]  # leave-one-out: the target is not part of its own taste
             draw = torch.rand(len(batch), 2, generator=generator).to(device)
             user_index = torch.where(draw[:, 0] < config.user_dropout, torch.full_like(u, -1), u)
             drop_taste = draw[:, 1] < config.no_user_rate

@@ -63,6 +63,8 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--negatives", default=",".join(defaults["negatives"]),
                        help=f"BCE negative samplers, comma separated, from {', '.join(SAMPLERS)} (default %(default)s)")
     group.add_argument("--fixed-temperature", action="store_true", help="keep the InfoNCE temperature fixed")
+    group.add_argument("--contrastive-sampled-negatives", action="store_true",
+                       help="add the BCE samplers' negatives to the InfoNCE softmax")
     group.add_argument("--positives", default=defaults["positives"], choices=list(POSITIVES),
                        help="where item text is built from training requests: train on targets without the "
                        "example's own request (leave_one_out) or on the catalog vectors (default %(default)s)")
@@ -75,7 +77,8 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
     values = {name: getattr(args, name) for name in TRAIN_FLAGS}
     negatives = tuple(s.strip() for s in args.negatives.split(",") if s.strip())
     return TrainConfig(**values, negatives=negatives, learn_temperature=not args.fixed_temperature,
-                       user_table=args.user_table, positives=args.positives, device=args.device)
+                       user_table=args.user_table, positives=args.positives, device=args.device,
+                       contrastive_sampled_negatives=args.contrastive_sampled_negatives)
 
 
 def _experiment(args: argparse.Namespace, data_dir: str | Path):

@@ -183,3 +183,16 @@ def test_distributed_data_parallel_training_with_two_processes(amazon, cache_dir
     assert done.stdout.count("model directory:") == 1
     (version_dir,) = list(models.iterdir())
     assert PersonalizationModel.load(version_dir).n_users == 60
+
+
+def test_training_with_the_clip_backend(amazon, tiny_clip_dir, tmp_path):
+    """The same trainer on CLIP text features (a tiny random CLIP: the code path, not the weights)."""
+    models = tmp_path / "models"
+    subprocess.run(
+        [sys.executable, "-m", "trainer", "train", "--data", str(amazon), "--out", str(models), "--max-epochs", "1",
+         "--encoder-backend", "clip", "--encoder-model", str(tiny_clip_dir), "--cache-dir", str(tmp_path / "cache"),
+         "--user-table", "off", "--quiet"],
+        cwd=REPO, check=True, timeout=600,
+    )
+    model = PersonalizationModel.load(models)
+    assert model.encoder_name == str(tiny_clip_dir) and model.dimension == 32

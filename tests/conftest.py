@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import start_service
+from tests.servers import start_catalog, start_service
 
 # Fixture modules shared by several test files.
 pytest_plugins = ["tests.fixtures_data", "tests.fixtures_encoder"]
@@ -28,14 +28,7 @@ def encoder_service(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def catalog_service(tmp_path_factory, encoder_service):
-    service = start_service(
-        "catalog",
-        tmp_path_factory.mktemp("logs"),
-        "--data-dir",
-        str(tmp_path_factory.mktemp("catalog")),
-        "--query-encoder-addr",
-        encoder_service.address,
-    )
+    service = start_catalog(tmp_path_factory.mktemp("logs"), tmp_path_factory.mktemp("catalog"), encoder_service.address)
     yield service
     service.stop()
 

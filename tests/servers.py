@@ -68,3 +68,10 @@ def start_service(
         service.stop()
         raise RuntimeError(f"{name} did not become healthy:\n{service.log()[-3000:]}")
     return service
+
+
+def start_catalog(log_dir: Path, data_dir: Path, encoder_address: str, *args: str) -> ServiceProcess:
+    """A catalog with its own milvus-lite store in data_dir, validating vectors against that encoder."""
+    return start_service(
+        "catalog", log_dir, "--data-dir", str(data_dir), "--query-encoder-addr", encoder_address, *args
+    )

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import start_service
+from tests.servers import start_catalog, start_service
 from whisperlite.client import RankerClient
 from whisperlite.stack import catalog_item_count
 
@@ -38,13 +38,8 @@ def bootstrap(datasets: Path, data: Path, models: Path, catalog: str, **env: str
 
 @pytest.fixture(scope="module")
 def fresh_catalog(tmp_path_factory, encoder_service):
-    service = start_service(
-        "catalog",
-        tmp_path_factory.mktemp("logs"),
-        "--data-dir",
-        str(tmp_path_factory.mktemp("bootstrap-catalog")),
-        "--query-encoder-addr",
-        encoder_service.address,
+    service = start_catalog(
+        tmp_path_factory.mktemp("logs"), tmp_path_factory.mktemp("bootstrap-catalog"), encoder_service.address
     )
     yield service
     service.stop()

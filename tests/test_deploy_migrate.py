@@ -12,7 +12,7 @@ import pytest
 from milvus_lite.server_manager import server_manager_instance
 from pymilvus import DataType, MilvusClient
 
-from tests.servers import start_service
+from tests.servers import start_catalog
 from whisperlite.ingest import ingest
 from whisperlite.v1 import catalog_pb2, catalog_pb2_grpc
 
@@ -126,7 +126,7 @@ def test_unknown_collection_is_a_usage_error(source, tmp_path):
 def test_a_real_catalog_store_moves_and_serves_the_same(tmp_path, encoder_service, datasets_dir):
     """The documented move: stop the catalog, copy its store, start a catalog on the copy."""
     def catalog_on(data_dir: Path):
-        return start_service("catalog", tmp_path / "logs", "--data-dir", str(data_dir), "--query-encoder-addr", encoder_service.address)
+        return start_catalog(tmp_path / "logs", data_dir, encoder_service.address)
 
     def stats_and_search(address: str):
         with grpc.insecure_channel(address) as channel:

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.servers import REPO, start_service
+from tests.servers import REPO, start_catalog, start_service
 from trainer.embeddings import EmbeddingCache
 from trainer.evaluate import score_items
 from whisperlite.ingest import ingest
@@ -50,9 +50,7 @@ def model_dir(subset, embedding_cache_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained_ranker(subset, model_dir, encoder_service, tmp_path_factory):
     logs = tmp_path_factory.mktemp("logs")
-    catalog = start_service(
-        "catalog", logs, "--data-dir", str(tmp_path_factory.mktemp("catalog")), "--query-encoder-addr", encoder_service.address
-    )
+    catalog = start_catalog(logs, tmp_path_factory.mktemp("catalog"), encoder_service.address)
     ingest(subset, catalog.address)
     ranker = start_service(
         "ranker", logs, "--model-dir", str(model_dir), "--query-encoder-addr", encoder_service.address,

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from trainer.experiment import Experiment
 from trainer.metrics import MetricAccumulator, summarize
-from whisperlite.personalization import PersonalizationModel
+from whisperlite.personalization import PersonalizationModel, fuse_text_and_taste
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +100,7 @@ class TextPlusHistoryMean:
         self.weight = weight
 
     def scores(self, users, queries):
-        fused = queries + self.weight * self._tastes[users]
-        fused /= np.linalg.norm(fused, axis=1, keepdims=True)
-        return fused @ self._items.T
+        return fuse_text_and_taste(queries, self._tastes[users], self.weight) @ self._items.T
 
 
 class CollaborativeFiltering:
@@ -150,8 +148,9 @@ class CollaborativeFiltering:
         from implicit.nearest_neighbours import BM25Recommender, CosineRecommender
 
         if model == "als":
-            als = AlternatingLeastSquares(iterations=20, random_state=self._seed, **params)
-            with threadpool_limits(1, "blas"):  # implicit's own threads; nested BLAS threads slow it down
+            # implicit runs its own threads; nested BLAS threads slow it down (it checks this when built).
+            with threadpool_limits(1, "blas"):
+                als = AlternatingLeastSquares(iterations=20, random_state=self._seed, **params)
                 als.fit(self._user_items, show_progress=False)
             self._factors = (np.asarray(als.user_factors), np.asarray(als.item_factors))
             self._similarity = None

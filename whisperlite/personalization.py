@@ -254,6 +254,15 @@ def resolve_version_dir(path: str | Path) -> Path:
     return max(versions, key=lambda d: (json.loads((d / MANIFEST).read_text()).get("created", ""), d.name))
 
 
+def fuse_text_and_taste(queries: np.ndarray, tastes: np.ndarray, weight: float) -> np.ndarray:
+    """Rows of normalize(q + weight * taste): the `text_plus_history_mean` fusion, offline and online alike.
+
+    `tastes` are unit vectors (or zero rows for users without history, which leaves q unchanged).
+    """
+    fused = np.asarray(queries, dtype=np.float32) + weight * np.asarray(tastes, dtype=np.float32)
+    return fused / np.maximum(np.linalg.norm(fused, axis=-1, keepdims=True), 1e-12)
+
+
 def text_plus_history_query(
     query_vector: np.ndarray, recent_item_vectors: np.ndarray | None, weight: float = 1.0
 ) -> PersonalizedQuery:
@@ -266,5 +275,4 @@ def text_plus_history_query(
         return PersonalizedQuery(vector=query, taste=None, path=PATH_TEXT)
     mean = np.asarray(recent_item_vectors, dtype=np.float32).mean(axis=0)
     taste = mean / max(float(np.linalg.norm(mean)), 1e-12)
-    fused = query + weight * taste
-    return PersonalizedQuery(vector=fused / max(float(np.linalg.norm(fused)), 1e-12), taste=taste, path=PATH_RECENT)
+    return PersonalizedQuery(vector=fuse_text_and_taste(query, taste, weight), taste=taste, path=PATH_RECENT)

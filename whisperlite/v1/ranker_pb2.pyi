@@ -29,7 +29,9 @@ class _PersonalizationPathEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_P
     PERSONALIZATION_PATH_UNSPECIFIED: _PersonalizationPath.ValueType  # 0
     """Not set."""
     PERSONALIZATION_PATH_USER_EMBEDDING: _PersonalizationPath.ValueType  # 1
-    """The trained model knows the user: its learned user embedding was used."""
+    """The trained model knows the user: their stored taste was used (the mean of their training
+    items, plus the learned per-user residual when the model has a user table).
+    """
     PERSONALIZATION_PATH_RECENT_ITEMS: _PersonalizationPath.ValueType  # 2
     """The user is unknown to the model; the request's recent items stood in for the user."""
     PERSONALIZATION_PATH_TEXT_ONLY: _PersonalizationPath.ValueType  # 3
@@ -41,7 +43,9 @@ class PersonalizationPath(_PersonalizationPath, metaclass=_PersonalizationPathEn
 PERSONALIZATION_PATH_UNSPECIFIED: PersonalizationPath.ValueType  # 0
 """Not set."""
 PERSONALIZATION_PATH_USER_EMBEDDING: PersonalizationPath.ValueType  # 1
-"""The trained model knows the user: its learned user embedding was used."""
+"""The trained model knows the user: their stored taste was used (the mean of their training
+items, plus the learned per-user residual when the model has a user table).
+"""
 PERSONALIZATION_PATH_RECENT_ITEMS: PersonalizationPath.ValueType  # 2
 """The user is unknown to the model; the request's recent items stood in for the user."""
 PERSONALIZATION_PATH_TEXT_ONLY: PersonalizationPath.ValueType  # 3

@@ -37,7 +37,7 @@ def test_metrics_json_has_every_method_on_the_same_cases(report, experiment):
         assert metrics["recall@10"] <= metrics["recall@50"]
 
 
-def test_table_and_plot_are_written(report, capsys):
+def test_table_and_plot_are_written(report):
     _, out = report
     table = (out / "results.md").read_text()
     assert all(f"| {m} |" in table for m in METHODS)

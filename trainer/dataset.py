@@ -35,10 +35,6 @@ class Dataset:
     def n_items(self) -> int:
         return len(self.items)
 
-    @property
-    def has_requests(self) -> bool:
-        return bool((self.interactions["request"].str.len() > 0).any())
-
 
 def file_sha256(*paths: Path) -> str:
     digest = hashlib.sha256()

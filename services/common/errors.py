@@ -15,16 +15,8 @@ class InvalidArgument(ServiceError):
     code = grpc.StatusCode.INVALID_ARGUMENT
 
 
-class NotFound(ServiceError):
-    code = grpc.StatusCode.NOT_FOUND
-
-
 class FailedPrecondition(ServiceError):
     code = grpc.StatusCode.FAILED_PRECONDITION
-
-
-class ResourceExhausted(ServiceError):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 class Unavailable(ServiceError):

@@ -49,11 +49,11 @@ class ServiceProcess:
         return self.process.returncode
 
 
-def start_service(
-    name: str, log_dir: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 180.0
+def launch_service(
+    name: str, log_dir: Path, *args: str, env: dict[str, str] | None = None, port: int | None = None
 ) -> ServiceProcess:
-    """Starts `whisperlite serve name` and waits until its health check says SERVING."""
-    port, metrics_port = free_port(), free_port()
+    """Starts `whisperlite serve name` without waiting for it (to test what happens while it starts)."""
+    port, metrics_port = port or free_port(), free_port()
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}-{port}.log"
     process = subprocess.Popen(
@@ -63,8 +63,15 @@ def start_service(
         stdout=subprocess.DEVNULL,
         stderr=log_path.open("wb"),
     )
-    service = ServiceProcess(name, port, metrics_port, log_path, process)
-    if not wait_until_serving(service.address, timeout, alive=lambda: process.poll() is None):
+    return ServiceProcess(name, port, metrics_port, log_path, process)
+
+
+def start_service(
+    name: str, log_dir: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 180.0, port: int | None = None
+) -> ServiceProcess:
+    """Starts `whisperlite serve name` and waits until its health check says SERVING."""
+    service = launch_service(name, log_dir, *args, env=env, port=port)
+    if not wait_until_serving(service.address, timeout, alive=lambda: service.process.poll() is None):
         service.stop()
         raise RuntimeError(f"{name} did not become healthy:\n{service.log()[-3000:]}")
     return service

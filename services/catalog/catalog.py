@@ -19,7 +19,7 @@ from services.catalog.embedding import ItemEmbedder
 from services.catalog.filters import SearchFilter
 from services.catalog.items import ItemRecord, records_from_request, validate_ids, validate_vector
 from services.catalog.store import CollectionInfo, CollectionSpec, MilvusStore, SearchHit
-from services.common.errors import FailedPrecondition, InvalidArgument
+from services.common.errors import FailedPrecondition, InvalidArgument, Unavailable
 from whisperlite.v1 import common_pb2
 
 log = logging.getLogger("whisperlite.catalog")
@@ -103,7 +103,7 @@ class Catalog:
     @property
     def info(self) -> CollectionInfo:
         if self._info is None:
-            raise FailedPrecondition("the catalog is still opening its collection; retry when health reports SERVING")
+            raise Unavailable("the catalog is still opening its collection; retry when health reports SERVING")
         return self._info
 
     # ---- use cases -------------------------------------------------------------------------------

@@ -10,12 +10,13 @@ import grpc
 
 from services.common.channels import create_channel
 from services.common.config import add_server_flags, env_float, env_int, env_str
+from services.common.errors import FailedPrecondition, ServiceError, Unavailable
 from services.common.logs import configure_logging
 from services.common.server import serve
 from services.ranker.clients import CatalogClient, QueryEncoderClient
 from services.ranker.recommender import RankerLimits, Recommender
 from services.ranker.servicer import RankerServicer
-from whisperlite.personalization import PersonalizationModel
+from whisperlite.personalization import PersonalizationModel, resolve_version_dir
 from whisperlite.v1 import ranker_pb2_grpc
 
 log = logging.getLogger("whisperlite.ranker")
@@ -64,22 +65,39 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_model(model_dir: str) -> PersonalizationModel | None:
-    path = Path(model_dir)
-    if not path.exists() or not any(path.iterdir()):
-        log.warning("no trained model: serving text-only results", extra={"model_dir": model_dir})
+    """The model version in (or newest under) model_dir; None, served text-only, when there is none yet.
+
+    A version that exists but cannot be read stops start-up: serving text-only would hide it.
+    """
+    try:
+        directory = resolve_version_dir(model_dir)
+    except FileNotFoundError as error:
+        log.warning("no trained model: serving text-only results", extra={"model_dir": model_dir, "reason": str(error)})
         return None
-    return PersonalizationModel.load(path)
+    except ValueError as error:  # a version's manifest is not JSON
+        raise _unloadable(model_dir, error) from None
+    try:
+        return PersonalizationModel.load(directory)
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        raise _unloadable(directory, error) from None
+
+
+def _unloadable(path, error: Exception) -> FailedPrecondition:
+    return FailedPrecondition(f"model {path} cannot be loaded: {type(error).__name__}: {error}")
 
 
 async def _downstream_facts(encoder: QueryEncoderClient, catalog: CatalogClient, timeout_seconds: float):
     """The encoder's model and the catalog's stats, waiting while either is still starting."""
-    deadline = time.monotonic() + timeout_seconds
+    started = time.monotonic()
     while True:
         try:
             return await encoder.model_info(), await catalog.stats()
         except grpc.aio.AioRpcError as error:
-            if error.code() not in _STARTING or time.monotonic() > deadline:
-                raise SystemExit(f"ranker: downstream service not ready after {timeout_seconds:.0f} s: {error.code().name} {error.details()}")
+            waited = time.monotonic() - started
+            if error.code() not in _STARTING or waited > timeout_seconds:
+                raise Unavailable(
+                    f"downstream service not ready after {waited:.0f} s: {error.code().name} {error.details()}"
+                ) from None
             log.info("waiting for downstream services", extra={"reason": error.details()})
             await asyncio.sleep(1.0)
 
@@ -97,9 +115,9 @@ async def run(args: argparse.Namespace) -> None:
         encoder_info, stats = await _downstream_facts(encoder, catalog, args.startup_timeout_seconds)
         # Vectors from different encoders live in different spaces: refuse to mix them rather than rank garbage.
         if stats.encoder_model and stats.encoder_model != encoder_info.model_name:
-            raise SystemExit(f"catalog vectors come from {stats.encoder_model!r} but the query encoder serves {encoder_info.model_name!r}")
+            raise FailedPrecondition(f"catalog vectors come from {stats.encoder_model!r} but the query encoder serves {encoder_info.model_name!r}")
         if model is not None and model.encoder_name != encoder_info.model_name:
-            raise SystemExit(f"model {model.version} was trained on {model.encoder_name!r} vectors but the query encoder serves {encoder_info.model_name!r}")
+            raise FailedPrecondition(f"model {model.version} was trained on {model.encoder_name!r} vectors but the query encoder serves {encoder_info.model_name!r}")
         recommender.use_model(model)
         log.info("ranker ready", extra={"model_version": model.version if model else "", "encoder": encoder_info.model_name})
 
@@ -123,4 +141,7 @@ async def run(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level, service="ranker")
-    asyncio.run(run(args))
+    try:
+        asyncio.run(run(args))
+    except ServiceError as error:  # a downstream or model problem start-up cannot serve past: say why, no traceback
+        raise SystemExit(f"ranker: {error}") from None

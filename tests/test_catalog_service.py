@@ -1,6 +1,7 @@
 """The catalog service over real gRPC on loopback, on a real milvus-lite store (and a real encoder)."""
 
 import math
+import re
 import urllib.request
 
 import grpc
@@ -189,6 +190,37 @@ def test_items_survive_a_restart(tmp_path):
             assert search_ids(restarted, vec(1, 0), top_k=1) == ["boots"]
     finally:
         assert second.stop() == 0
+
+
+def test_a_response_over_the_message_limit_is_refused_and_counted(tmp_path):
+    """Allowed requests can ask for more bytes than a message may carry: the caller gets a status saying
+    so, and the failure shows in the metrics (gRPC alone would fail it after the handler, counted as OK)."""
+    limit = 100_000
+    args = catalog_args(tmp_path / "store", "--dimension", str(DIM), "--encoder-model", "test/vectors",
+                        "--query-encoder-addr", "", "--max-message-bytes", str(limit))
+    catalog = start_service("catalog", tmp_path / "logs", *args)
+    long_text = "é" * 15_000  # 30,000 bytes, within the per-item text limit
+    ids = [f"long-{i}" for i in range(6)]
+    try:
+        with grpc.insecure_channel(catalog.address) as channel:
+            stub = catalog_pb2_grpc.CatalogServiceStub(channel)
+            for i, item_id in enumerate(ids):
+                item = common_pb2.Item(item_id=item_id, title="Long", text=long_text, vector=vec(1, i / 10))
+                stub.UpsertItems(catalog_pb2.UpsertItemsRequest(items=[item]), timeout=30)
+            assert [item.item_id for item in stub.GetItems(catalog_pb2.GetItemsRequest(item_ids=ids[:2]), timeout=10).items] == ids[:2]
+            for call, request in (
+                (stub.GetItems, catalog_pb2.GetItemsRequest(item_ids=ids)),
+                (stub.Search, catalog_pb2.SearchRequest(vector=vec(1, 0), top_k=6)),
+            ):
+                code, details = status_of(call, request)
+                assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert re.search(rf"the response would be \d+ bytes, over this server's {limit}-byte message limit", details), details
+            assert stub.GetStats(catalog_pb2.GetStatsRequest(), timeout=10).item_count == 6
+        metrics = urllib.request.urlopen(catalog.metrics_url, timeout=10).read().decode()
+        for method in ("GetItems", "Search"):
+            assert f'grpc_server_handled_total{{grpc_code="RESOURCE_EXHAUSTED",grpc_method="{method}",grpc_service="whisperlite.v1.CatalogService"}} 1.0' in metrics
+    finally:
+        assert catalog.stop() == 0
 
 
 def test_catalog_embeds_items_with_the_query_encoder(tmp_path, encoder_service):

@@ -1,4 +1,4 @@
-"""A small Python client for WhisperLite's entry point (the ranker) and the catalog.
+"""A small Python client for WhisperLite's entry point (the ranker).
 
     from whisperlite.client import RankerClient
     with RankerClient("localhost:50050") as ranker:
@@ -7,12 +7,16 @@
 
 import grpc
 
+from services.common.config import DEFAULT_MAX_MESSAGE_BYTES
 from whisperlite.v1 import common_pb2, ranker_pb2, ranker_pb2_grpc
 
 
 class RankerClient:
-    def __init__(self, address: str = "localhost:50050", timeout_seconds: float = 10.0):
-        self._channel = grpc.insecure_channel(address)
+    def __init__(
+        self, address: str = "localhost:50050", timeout_seconds: float = 10.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    ):
+        # grpc's default 4 MB would refuse large responses the ranker may send (up to its own limit).
+        self._channel = grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", max_message_bytes)])
         self._stub = ranker_pb2_grpc.RankerServiceStub(self._channel)
         self._timeout = timeout_seconds
 

@@ -6,7 +6,7 @@ import time
 import grpc
 from prometheus_client import Counter, Histogram
 
-from services.common.errors import ServiceError
+from services.common.errors import ResourceExhausted, ServiceError
 
 log = logging.getLogger("whisperlite.rpc")
 
@@ -31,6 +31,11 @@ def _split_method(full_method: str) -> tuple[str, str]:
 class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
     """Wraps unary-unary handlers; streaming ones (health Watch, reflection) pass through untouched."""
 
+    def __init__(self, max_response_bytes: int):
+        # gRPC refuses an oversized response only after the handler has returned, past this
+        # interceptor, so the call would be counted OK; checking here fails it with a status that says why.
+        self._max_response_bytes = max_response_bytes
+
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
@@ -43,7 +48,14 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
             start = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
-                return await behavior(request, context)
+                response = await behavior(request, context)
+                size = response.ByteSize()
+                if size > self._max_response_bytes:
+                    raise ResourceExhausted(
+                        f"the response would be {size} bytes, over this server's {self._max_response_bytes}-byte message "
+                        "limit: ask for fewer or smaller results (a lower top_k, fewer ids, no vectors)"
+                    )
+                return response
             except ServiceError as error:
                 code = error.code
                 await context.abort(error.code, str(error))

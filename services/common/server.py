@@ -16,9 +16,9 @@ from services.common.interceptors import ObservabilityInterceptor
 
 log = logging.getLogger("whisperlite.server")
 
-# (add_XServicer_to_server, servicer, full service name)
 MAX_CONNECTION_AGE_MS = 5 * 60 * 1000
 
+# (add_XServicer_to_server, servicer, full service name)
 ServicerBinding = tuple[Callable[[Any, grpc.aio.Server], None], Any, str]
 
 
@@ -43,7 +43,7 @@ async def serve(
     `ready` is set once serving (lets in-process callers such as tests wait without polling).
     """
     server = grpc.aio.server(
-        interceptors=[ObservabilityInterceptor()],
+        interceptors=[ObservabilityInterceptor(max_response_bytes=max_message_bytes)],
         options=[
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),

@@ -223,6 +223,24 @@ def test_a_response_over_the_message_limit_is_refused_and_counted(tmp_path):
         assert catalog.stop() == 0
 
 
+def test_catalog_embeds_within_its_encoders_input_limit(tmp_path):
+    """An encoder that takes 10 inputs per call still embeds an upsert of 25 items without vectors."""
+    logs = tmp_path / "logs"
+    encoder = start_service("query-encoder", logs, "--max-inputs", "10")
+    catalog = start_service("catalog", logs, *catalog_args(tmp_path / "store", "--query-encoder-addr", encoder.address))
+    items = [common_pb2.Item(item_id=f"shirt-{i}", title=f"Shirt number {i}") for i in range(25)]
+    try:
+        with grpc.insecure_channel(catalog.address) as channel:
+            stub = catalog_pb2_grpc.CatalogServiceStub(channel)
+            response = stub.UpsertItems(catalog_pb2.UpsertItemsRequest(items=items), timeout=120)
+            assert (response.upserted_count, response.embedded_count) == (25, 25)
+        embed_calls = [line for line in encoder.log().splitlines() if '"grpc_method": "/whisperlite.v1.QueryEncoderService/Embed"' in line]
+        assert len(embed_calls) == 3 and all('"grpc_code": "OK"' in line for line in embed_calls)
+    finally:
+        assert catalog.stop() == 0
+        assert encoder.stop() == 0
+
+
 def test_catalog_embeds_items_with_the_query_encoder(tmp_path, encoder_service):
     """No vectors sent: the catalog asks the real encoder, records its model and dimension."""
     catalog = start_service(

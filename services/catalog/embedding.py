@@ -14,9 +14,11 @@ from services.common.errors import FailedPrecondition, Unavailable
 from whisperlite.encoders import item_text
 from whisperlite.v1 import query_encoder_pb2, query_encoder_pb2_grpc
 
-# Texts per Embed call: well under the encoder's input limit, and small enough that one call's
-# work fits its deadline on a CPU.
+# Texts per Embed call (fewer when the encoder accepts fewer): small enough that one call's work
+# fits its deadline on a CPU.
 EMBED_BATCH = 128
+# Codes that say the encoder may answer later; any other is a fault retrying will not fix.
+_TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,7 @@ class EncoderModel:
     name: str
     dimension: int
     max_text_chars: int
+    max_inputs: int
 
 
 class ItemEmbedder:
@@ -55,9 +58,9 @@ class ItemEmbedder:
             except grpc.aio.AioRpcError as error:
                 # UNAVAILABLE also covers "model still loading": retry until the deadline.
                 if error.code() != grpc.StatusCode.UNAVAILABLE or remaining <= 0:
-                    raise Unavailable(f"query encoder at {self.address}: GetModelInfo failed: {error.code().name}: {error.details()}") from None
+                    raise self._failure("GetModelInfo", error) from None
                 await asyncio.sleep(min(1.0, max(remaining, 0)))
-        self._model = EncoderModel(info.model_name, info.dimension, info.max_text_chars)
+        self._model = EncoderModel(info.model_name, info.dimension, info.max_text_chars, info.max_inputs)
         return self._model
 
     async def embed_items(self, titles_and_texts: list[tuple[str, str]], expected_model: str) -> np.ndarray:
@@ -72,17 +75,24 @@ class ItemEmbedder:
         # cutting it, so the catalog sends the leading part (the stored text stays whole).
         texts = [item_text(title, text)[: model.max_text_chars or None] for title, text in titles_and_texts]
         vectors = []
-        for start in range(0, len(texts), EMBED_BATCH):
-            batch = texts[start : start + EMBED_BATCH]
+        batch_size = min(EMBED_BATCH, model.max_inputs or EMBED_BATCH)
+        for start in range(0, len(texts), batch_size):
+            batch = texts[start : start + batch_size]
             try:
                 response = await self._client().Embed(query_encoder_pb2.EmbedRequest(texts=batch), timeout=self._timeout)
             except grpc.aio.AioRpcError as error:
-                raise Unavailable(f"query encoder at {self.address}: Embed failed: {error.code().name}: {error.details()}") from None
+                raise self._failure("Embed", error) from None
             if response.model_name != model.name:
                 self._model = None  # the encoder was swapped under us: re-read it next time
                 raise FailedPrecondition(f"the query encoder changed model mid-request ({model.name!r} -> {response.model_name!r})")
             vectors.append(np.asarray([v.values for v in response.text_vectors], dtype=np.float32).reshape(len(batch), -1))
         return np.concatenate(vectors) if vectors else np.zeros((0, model.dimension), dtype=np.float32)
+
+    def _failure(self, method: str, error: grpc.aio.AioRpcError) -> Unavailable | FailedPrecondition:
+        """UNAVAILABLE (retry later) when the encoder may recover; FAILED_PRECONDITION when the catalog and
+        its encoder do not fit together (wrong address, limits), which no retry fixes."""
+        kind = Unavailable if error.code() in _TRANSIENT else FailedPrecondition
+        return kind(f"query encoder at {self.address}: {method} failed: {error.code().name}: {error.details()}")
 
     async def close(self) -> None:
         if self._channel is not None:

@@ -37,4 +37,5 @@ class QueryEncoderServicer(query_encoder_pb2_grpc.QueryEncoderServiceServicer):
             device=encoder.device,
             supports_images=encoder.supports_images,
             max_text_chars=self._embedder.settings.max_text_chars,
+            max_inputs=self._embedder.settings.max_inputs,
         )

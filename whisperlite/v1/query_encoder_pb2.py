@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"whisperlite/v1/query_encoder.proto\x12\x0ewhisperlite.v1\"\x1c\n\x06Vector\x12\x12\n\x06values\x18\x01 \x03(\x02\x42\x02\x10\x01\"-\n\x0c\x45mbedRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x0e\n\x06images\x18\x02 \x03(\x0c\"\x93\x01\n\rEmbedResponse\x12,\n\x0ctext_vectors\x18\x01 \x03(\x0b\x32\x16.whisperlite.v1.Vector\x12-\n\rimage_vectors\x18\x02 \x03(\x0b\x32\x16.whisperlite.v1.Vector\x12\x12\n\nmodel_name\x18\x03 \x01(\t\x12\x11\n\tdimension\x18\x04 \x01(\x05\"\x15\n\x13GetModelInfoRequest\"\x8f\x01\n\x14GetModelInfoResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x11\n\tdimension\x18\x03 \x01(\x05\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\x17\n\x0fsupports_images\x18\x05 \x01(\x08\x12\x16\n\x0emax_text_chars\x18\x06 \x01(\x05\x32\xb6\x01\n\x13QueryEncoderService\x12\x44\n\x05\x45mbed\x12\x1c.whisperlite.v1.EmbedRequest\x1a\x1d.whisperlite.v1.EmbedResponse\x12Y\n\x0cGetModelInfo\x12#.whisperlite.v1.GetModelInfoRequest\x1a$.whisperlite.v1.GetModelInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"whisperlite/v1/query_encoder.proto\x12\x0ewhisperlite.v1\"\x1c\n\x06Vector\x12\x12\n\x06values\x18\x01 \x03(\x02\x42\x02\x10\x01\"-\n\x0c\x45mbedRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x0e\n\x06images\x18\x02 \x03(\x0c\"\x93\x01\n\rEmbedResponse\x12,\n\x0ctext_vectors\x18\x01 \x03(\x0b\x32\x16.whisperlite.v1.Vector\x12-\n\rimage_vectors\x18\x02 \x03(\x0b\x32\x16.whisperlite.v1.Vector\x12\x12\n\nmodel_name\x18\x03 \x01(\t\x12\x11\n\tdimension\x18\x04 \x01(\x05\"\x15\n\x13GetModelInfoRequest\"\xa3\x01\n\x14GetModelInfoResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x11\n\tdimension\x18\x03 \x01(\x05\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\x17\n\x0fsupports_images\x18\x05 \x01(\x08\x12\x16\n\x0emax_text_chars\x18\x06 \x01(\x05\x12\x12\n\nmax_inputs\x18\x07 \x01(\x05\x32\xb6\x01\n\x13QueryEncoderService\x12\x44\n\x05\x45mbed\x12\x1c.whisperlite.v1.EmbedRequest\x1a\x1d.whisperlite.v1.EmbedResponse\x12Y\n\x0cGetModelInfo\x12#.whisperlite.v1.GetModelInfoRequest\x1a$.whisperlite.v1.GetModelInfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,7 +42,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETMODELINFOREQUEST']._serialized_start=281
   _globals['_GETMODELINFOREQUEST']._serialized_end=302
   _globals['_GETMODELINFORESPONSE']._serialized_start=305
-  _globals['_GETMODELINFORESPONSE']._serialized_end=448
-  _globals['_QUERYENCODERSERVICE']._serialized_start=451
-  _globals['_QUERYENCODERSERVICE']._serialized_end=633
+  _globals['_GETMODELINFORESPONSE']._serialized_end=468
+  _globals['_QUERYENCODERSERVICE']._serialized_start=471
+  _globals['_QUERYENCODERSERVICE']._serialized_end=653
 # @@protoc_insertion_point(module_scope)

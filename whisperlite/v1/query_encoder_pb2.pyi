@@ -139,6 +139,7 @@ class GetModelInfoResponse(_message.Message):
     DEVICE_FIELD_NUMBER: _builtins.int
     SUPPORTS_IMAGES_FIELD_NUMBER: _builtins.int
     MAX_TEXT_CHARS_FIELD_NUMBER: _builtins.int
+    MAX_INPUTS_FIELD_NUMBER: _builtins.int
     model_name: _builtins.str
     """Model name or path, e.g. "sentence-transformers/all-MiniLM-L6-v2"."""
     backend: _builtins.str
@@ -151,6 +152,8 @@ class GetModelInfoResponse(_message.Message):
     """Whether Embed accepts images."""
     max_text_chars: _builtins.int
     """Longest accepted text, in characters."""
+    max_inputs: _builtins.int
+    """Most texts plus images accepted in one Embed request."""
     def __init__(
         self,
         *,
@@ -160,10 +163,11 @@ class GetModelInfoResponse(_message.Message):
         device: _builtins.str = ...,
         supports_images: _builtins.bool = ...,
         max_text_chars: _builtins.int = ...,
+        max_inputs: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "device", b"device", "dimension", b"dimension", "max_text_chars", b"max_text_chars", "model_name", b"model_name", "supports_images", b"supports_images"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "device", b"device", "dimension", b"dimension", "max_inputs", b"max_inputs", "max_text_chars", b"max_text_chars", "model_name", b"model_name", "supports_images", b"supports_images"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

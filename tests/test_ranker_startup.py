@@ -134,3 +134,10 @@ def test_an_unreadable_model_stops_start_up(make_model, encoder_service, catalog
     assert returncode != 0
     assert f"ranker: model {model_dir} cannot be loaded: {error_name}" in log, log[-2000:]
     assert "Traceback" not in log
+
+
+def test_refuses_limits_that_would_reject_every_request(tmp_path):
+    ranker = launch_service("ranker", tmp_path / "logs", "--candidates", "0", "--model-dir", str(tmp_path / "no-model"))
+    returncode, log = exit_of(ranker)
+    assert returncode != 0
+    assert "ranker: candidates: must be at least 1, got 0" in log and "Traceback" not in log

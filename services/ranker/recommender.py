@@ -2,7 +2,7 @@
 
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -24,6 +24,11 @@ class RankerLimits:
     # the catalog searches by, so a small margin over top_k only absorbs ANN misses; each candidate
     # costs ~0.1 ms of transfer (benchmarks/recommend_latency.py: 200 candidates 38 ms, 50 16 ms).
     candidates: int = 50
+
+    def __post_init__(self):
+        for name, value in asdict(self).items():
+            if value < 1:
+                raise ValueError(f"{name}: must be at least 1, got {value}")
 
 
 @dataclass(frozen=True)

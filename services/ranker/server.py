@@ -51,9 +51,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long start-up waits for the encoder and catalog to answer (env RANKER_STARTUP_TIMEOUT_SECONDS)",
     )
     defaults = RankerLimits()
-    parser.add_argument("--max-top-k", type=int, default=env_int("RANKER_MAX_TOP_K", defaults.max_top_k), help="env RANKER_MAX_TOP_K")
     parser.add_argument(
-        "--max-query-chars", type=int, default=env_int("RANKER_MAX_QUERY_CHARS", defaults.max_query_chars), help="env RANKER_MAX_QUERY_CHARS"
+        "--max-top-k",
+        type=int,
+        default=env_int("RANKER_MAX_TOP_K", defaults.max_top_k),
+        help="largest top_k a Recommend may ask for; with --candidates, at most the catalog's --max-top-k (env RANKER_MAX_TOP_K)",
+    )
+    parser.add_argument(
+        "--max-query-chars",
+        type=int,
+        default=env_int("RANKER_MAX_QUERY_CHARS", defaults.max_query_chars),
+        help="longest request text accepted, in characters (env RANKER_MAX_QUERY_CHARS)",
     )
     parser.add_argument(
         "--candidates",
@@ -107,7 +115,10 @@ async def run(args: argparse.Namespace) -> None:
     catalog_channel = create_channel(args.catalog_addr, max_message_bytes=args.max_message_bytes)
     encoder = QueryEncoderClient(encoder_channel, args.deadline_seconds)
     catalog = CatalogClient(catalog_channel, args.deadline_seconds)
-    limits = RankerLimits(max_top_k=args.max_top_k, max_query_chars=args.max_query_chars, candidates=args.candidates)
+    try:
+        limits = RankerLimits(max_top_k=args.max_top_k, max_query_chars=args.max_query_chars, candidates=args.candidates)
+    except ValueError as error:
+        raise SystemExit(f"ranker: {error}") from None
     recommender = Recommender(encoder, catalog, limits)
 
     async def startup() -> None:

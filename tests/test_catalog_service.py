@@ -2,6 +2,8 @@
 
 import math
 import re
+import subprocess
+import sys
 import urllib.request
 
 import grpc
@@ -9,7 +11,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.servers import start_service
+from tests.servers import REPO, start_service
 from whisperlite.encoders import item_text
 from whisperlite.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2, query_encoder_pb2, query_encoder_pb2_grpc
 
@@ -173,6 +175,17 @@ def test_health_and_metrics(vector_catalog, stub, stocked):
     assert 'whisperlite_catalog_search_seconds_count{strategy="ann"}' in text
     assert 'whisperlite_catalog_search_seconds_count{strategy="exact"}' in text
     assert 'grpc_server_handled_total{grpc_code="INVALID_ARGUMENT",grpc_method="Search",grpc_service="whisperlite.v1.CatalogService"}' in text
+
+
+def test_a_new_collection_must_name_the_model_behind_its_vectors(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "whisperlite", "serve", "catalog", "--port", "0", "--metrics-port", "0",
+         *catalog_args(tmp_path / "store", "--dimension", str(DIM), "--query-encoder-addr", "")],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode != 0
+    assert "catalog: creating a collection with --dimension needs --encoder-model" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_items_survive_a_restart(tmp_path):

@@ -85,7 +85,7 @@ def test_refuses_a_catalog_holding_another_encoders_vectors(encoder_service, tmp
     finally:
         catalog.stop()
     assert returncode != 0
-    assert "catalog vectors come from 'another/encoder-384' but the query encoder serves" in log, log[-2000:]
+    assert "catalog vectors come from 'another/encoder-384' (384-d) but the query encoder serves" in log, log[-2000:]
     assert "Traceback" not in log
 
 

@@ -89,6 +89,9 @@ class Catalog:
 
     async def _creation_spec(self) -> CollectionSpec:
         if self._creation.dimension > 0:
+            # The recorded model name is what lets the catalog and the ranker refuse vectors from another space.
+            if not self._creation.encoder_model:
+                raise FailedPrecondition("creating a collection with --dimension needs --encoder-model: the model behind its vectors")
             return self._creation
         if self._embedder is None:
             raise FailedPrecondition("the collection does not exist: give its dimension or a query encoder address to read it from")

@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     create.add_argument(
         "--encoder-model", default=env_str(f"{PREFIX}_ENCODER_MODEL", creation.encoder_model),
-        help=f"name of the model behind the vectors, recorded with --dimension (env {PREFIX}_ENCODER_MODEL)",
+        help=f"name of the model behind the vectors, recorded with (and required by) --dimension (env {PREFIX}_ENCODER_MODEL)",
     )
     create.add_argument(
         "--index-type", choices=INDEX_TYPES, default=env_str(f"{PREFIX}_INDEX_TYPE", creation.index_type),

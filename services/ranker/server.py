@@ -125,8 +125,11 @@ async def run(args: argparse.Namespace) -> None:
         model = await asyncio.to_thread(load_model, args.model_dir)
         encoder_info, stats = await _downstream_facts(encoder, catalog, args.startup_timeout_seconds)
         # Vectors from different encoders live in different spaces: refuse to mix them rather than rank garbage.
-        if stats.encoder_model and stats.encoder_model != encoder_info.model_name:
-            raise FailedPrecondition(f"catalog vectors come from {stats.encoder_model!r} but the query encoder serves {encoder_info.model_name!r}")
+        if stats.encoder_model != encoder_info.model_name or stats.dimension != encoder_info.dimension:
+            raise FailedPrecondition(
+                f"catalog vectors come from {stats.encoder_model or 'an unnamed model'!r} ({stats.dimension}-d) but the query "
+                f"encoder serves {encoder_info.model_name!r} ({encoder_info.dimension}-d)"
+            )
         if model is not None and model.encoder_name != encoder_info.model_name:
             raise FailedPrecondition(f"model {model.version} was trained on {model.encoder_name!r} vectors but the query encoder serves {encoder_info.model_name!r}")
         recommender.use_model(model)

@@ -53,7 +53,8 @@ def test_whisperlite_wins_on_planted_taste(report):
     assert comparison["best_baseline"] in ("popularity", "history_only", "text_only", "text_plus_history_mean")
     assert comparison["ratio"] == pytest.approx(methods["whisperlite"]["recall@10"] / comparison["baseline"])
     interval = comparison["difference_95ci"]
-    assert interval["low"] <= interval["diff"] <= interval["high"]
+    assert interval["diff"] == pytest.approx(methods["whisperlite"]["recall@10"] - comparison["baseline"])
+    assert 0 < interval["low"] <= interval["diff"] <= interval["high"]  # a planted gain this large is clear of noise
 
 
 def test_baseline_choices_are_made_on_validation(report):

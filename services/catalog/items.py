@@ -80,10 +80,12 @@ def validate_vector(values: Sequence[float], dimension: int, name: str) -> np.nd
     if not finite.all():
         position = int(np.flatnonzero(~finite)[0])
         raise InvalidArgument(f"{name}: values must be finite, got {vector[position]} at position {position}")
-    norm = float(np.linalg.norm(vector))
-    if norm == 0.0 or not math.isfinite(norm):
+    # In float64: the float32 norm of very large (or tiny) finite values overflows (or underflows to 0).
+    wide = vector.astype(np.float64)
+    norm = float(np.linalg.norm(wide))
+    if norm == 0.0:
         raise InvalidArgument(f"{name}: must not be all zeros (cosine similarity is undefined)")
-    return vector / np.float32(norm)
+    return (wide / norm).astype(np.float32)
 
 
 def _check_text(value: str, limit: int, name: str) -> None:

@@ -78,7 +78,10 @@ class Recommender:
         return self._model.version if self._model is not None else ""
 
     def validate(self, user_id: str, query: str, top_k: int, recent_item_ids: list[str]) -> str:
-        """Checks a request before any downstream call; returns the query as it will be embedded."""
+        """Checks the ranker's own fields before any downstream call; returns the query as it will be embedded.
+
+        The filter is the catalog's to judge (it owns the item fields); its INVALID_ARGUMENT reaches the caller as is.
+        """
         limits = self._limits
         text = query.strip()
         if not text:

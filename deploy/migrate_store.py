@@ -68,14 +68,17 @@ def row_count(client: MilvusClient, collection: str) -> int:
 def copy_collection(
     source: MilvusClient, target: MilvusClient, name: str, index_type: str | None = None, index_params: dict | None = None
 ) -> int:
-    schema = CollectionSchema.construct_from_dict(source.describe_collection(name))
+    description = source.describe_collection(name)
+    schema = CollectionSchema.construct_from_dict(description)
     vector_fields = {field.name for field in schema.fields if "VECTOR" in field.dtype.name}
     indexes = target.prepare_index_params()
     for spec in index_specs(source, name):
         if index_type and spec["field_name"] in vector_fields:
             spec = {**spec, "index_type": index_type, "params": index_params or {}}
         indexes.add_index(**spec)
-    target.create_collection(name, schema=schema, index_params=indexes)
+    # A Milvus server would otherwise default to Bounded: the catalog relies on reading its own writes.
+    consistency = description.get("consistency_level", "Strong")
+    target.create_collection(name, schema=schema, index_params=indexes, consistency_level=consistency)
 
     total = row_count(source, name)
     batches = source.query_iterator(name, batch_size=BATCH_ROWS, output_fields=["*"])

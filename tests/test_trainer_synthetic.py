@@ -2,11 +2,12 @@
 
 import numpy as np
 import pytest
+import torch
 
 from tests.fixtures_model import synthetic_experiment
 from trainer.methods import TextOnly, TextPlusHistoryMean, WhisperLite, rank_cases
 from trainer.metrics import summarize
-from trainer.train import TrainConfig, train_model
+from trainer.train import TrainConfig, epoch_shard, train_model
 
 FAST = TrainConfig(batch_size=64, lr=5e-3, max_epochs=12, patience=3, user_table="off")
 
@@ -85,3 +86,13 @@ def test_every_negative_sampler_trains(experiment, sampler):
     result = train_model(experiment, config, progress=False)
     assert all(np.isfinite(row["train_loss"]) for row in result.history)
     assert result.model.manifest["config"]["train"]["negatives"] == [sampler]
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 4])
+def test_epoch_shards_partition_the_shuffled_examples(world):
+    permutation = torch.randperm(103, generator=torch.Generator().manual_seed(0))
+    shards = [epoch_shard(permutation, rank, world) for rank in range(world)]
+    assert len({len(shard) for shard in shards}) == 1  # same number of batches on every rank
+    joined = torch.cat(shards).tolist()
+    assert len(set(joined)) == len(joined)  # no example on two ranks
+    assert len(permutation) - len(joined) < world

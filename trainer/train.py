@@ -300,7 +300,10 @@ def _train(experiment: Experiment, config: TrainConfig, name: str | None, progre
     rows = torch.from_numpy(np.flatnonzero(experiment.train_mask)) if leave_one_out else torch.arange(len(targets))
     for epoch in range(1, config.max_epochs + 1):
         step.train()
-        order = rows[torch.randperm(len(rows), generator=generator)][rank::world].to(device)
+        permutation = rows[torch.randperm(len(rows), generator=generator)].to(device)
+        if distributed:  # every rank shards rank 0's permutation, so the shards partition the epoch
+            dist.broadcast(permutation, src=0)
+        order = epoch_shard(permutation, rank, world)
         n_batches = math.ceil(len(order) / config.batch_size)
         totals: dict[str, float] = {}
         bar = tqdm(range(n_batches), desc=f"epoch {epoch}", unit="batch", disable=not progress or rank != 0, leave=False)
@@ -369,6 +372,13 @@ def save_model_dir(result: TrainResult, out_root: str | Path) -> Path:
     result.model.save(directory)
     plot_training_curves(result.history, directory / "curves.png", title=result.model.version)
     return directory
+
+
+def epoch_shard(permutation: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    """This rank's part of an epoch's shuffled examples: disjoint across ranks and equal in size, so every
+    rank runs as many batches as the others (DDP pairs their gradient reductions); drops under `world` examples."""
+    per_rank = len(permutation) // world
+    return permutation[rank * per_rank : (rank + 1) * per_rank]
 
 
 def init_distributed() -> bool:

@@ -123,6 +123,16 @@ def test_evaluate_cli_with_a_given_model(amazon, cache_dir, tmp_path):
     assert "| whisperlite |" in done.stdout  # the table is printed
     assert (out / "metrics.png").is_file() and (out / "results.md").is_file()
 
+    # The same model on another split (or simulator seed) could be tested on what it trained on: refused.
+    for flag, value in (("--min-interactions", "4"), ("--request-seed", "1")):
+        refused = subprocess.run(
+            [sys.executable, "-m", "trainer", "evaluate", "--model", str(models), "--out", str(tmp_path / "refused"),
+             "--methods", "whisperlite", *common, flag, value],
+            cwd=REPO, timeout=600, capture_output=True, text=True,
+        )
+        assert refused.returncode == 2, refused.stderr[-2000:]
+        assert "error: model: trained with split settings" in refused.stderr
+
 
 def test_evaluate_cli_rejects_unknown_methods(amazon, tmp_path):
     done = subprocess.run(

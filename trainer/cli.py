@@ -81,12 +81,16 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
                        contrastive_sampled_negatives=args.contrastive_sampled_negatives)
 
 
-def _experiment(args: argparse.Namespace, data_dir: str | Path):
+def _embedding_cache(args: argparse.Namespace):
     from trainer.embeddings import EmbeddingCache
+
+    return EmbeddingCache(args.encoder_backend, args.encoder_model, device=args.device, cache_dir=args.cache_dir)
+
+
+def _experiment(args: argparse.Namespace, data_dir: str | Path, cache=None):
     from trainer.experiment import prepare_experiment
 
-    cache = EmbeddingCache(args.encoder_backend, args.encoder_model, device=args.device, cache_dir=args.cache_dir)
-    return prepare_experiment(data_dir, cache, args.min_interactions, args.request_seed)
+    return prepare_experiment(data_dir, cache or _embedding_cache(args), args.min_interactions, args.request_seed)
 
 
 def _setup_logging() -> None:
@@ -145,17 +149,19 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     if args.all:
         from trainer.report import evaluate_all
 
+        cache = _embedding_cache(args)  # one encoder for every dataset
         evaluate_all(
             data_root=Path(args.data_root),
             out_root=Path(args.out or "docs/results"),
             docs_path=Path(args.docs),
-            experiment_factory=lambda data_dir: _experiment(args, data_dir),
+            experiment_factory=lambda data_dir: _experiment(args, data_dir, cache),
             config=config,
             methods=methods,
             keep_seen=args.keep_seen,
             progress=not args.quiet,
             reuse=args.reuse,
             min_interactions=args.min_interactions,
+            run_settings={"encoder": cache.encoder_name, "min_interactions": args.min_interactions, "request_seed": args.request_seed},
         )
         return 0
     if not args.data or not args.out:

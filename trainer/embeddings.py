@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from whisperlite.encoders import DEFAULT_BACKEND, Encoder, item_text, load_encoder
 
@@ -63,6 +64,10 @@ class EmbeddingCache:
 
     def path_for(self, kind: str, key: str) -> Path:
         slug = re.sub(r"[^A-Za-z0-9._-]+", "_", self.encoder_name)
+        # fp16 (GPU) vectors differ slightly from fp32 (CPU) ones: keep them apart so a run's numbers
+        # do not depend on which machine filled the cache first.
+        if self._encoder.dtype != torch.float32:
+            slug += f"-{str(self._encoder.dtype).removeprefix('torch.')}"
         return self.cache_dir / slug / f"{kind}-{key}.npy"
 
     def embed(self, texts: list[str], kind: str) -> np.ndarray:

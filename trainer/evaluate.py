@@ -72,6 +72,22 @@ def markdown_table(methods: dict[str, dict[str, float]], highlight_best: bool = 
     return "\n".join(lines)
 
 
+def _check_model_fits(model: PersonalizationModel, experiment: Experiment) -> None:
+    """A given model must come from this data, split and encoder: otherwise its stored tastes may hold
+    the very interactions it is tested on, or live in another vector space."""
+    if model.manifest.get("data_hash") != experiment.dataset.data_hash:
+        raise ValueError(
+            f"model: trained on data {model.manifest.get('data_hash')} but {experiment.dataset.directory} "
+            f"hashes to {experiment.dataset.data_hash}; its user table may hold test interactions"
+        )
+    split = {"min_interactions": experiment.split.min_interactions, "request_seed": experiment.request_seed}
+    trained = model.manifest.get("config", {}).get("split")
+    if trained != split:
+        raise ValueError(f"model: trained with split settings {trained} but this evaluation uses {split}")
+    if model.encoder_name != experiment.encoder_name:
+        raise ValueError(f"model: trained on {model.encoder_name!r} vectors but this evaluation embeds with {experiment.encoder_name!r}")
+
+
 def evaluate(
     experiment: Experiment,
     out_dir: str | Path,
@@ -109,11 +125,7 @@ def evaluate(
             variant_config = config.replace(user_table=chosen, **VARIANTS[name])
             scorers[name], details[name] = _train_variant(experiment, variant_config, name, out_dir, models_out, progress)
         elif name == "whisperlite" and model is not None:
-            if model.manifest.get("data_hash") != experiment.dataset.data_hash:
-                raise ValueError(
-                    f"model: trained on data {model.manifest.get('data_hash')} but {experiment.dataset.directory} "
-                    f"hashes to {experiment.dataset.data_hash}; its user table may hold test interactions"
-                )
+            _check_model_fits(model, experiment)
             scorers[name] = WhisperLite(model, experiment, name)
             details[name] = {"model": model.version, "trained": False, "manifest_metrics": model.manifest.get("metrics")}
         else:

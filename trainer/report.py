@@ -41,9 +41,11 @@ def evaluate_all(
     progress: bool = True,
     reuse: bool = False,
     min_interactions: int = DEFAULT_MIN_INTERACTIONS,
+    run_settings: dict | None = None,
 ) -> dict:
     """Evaluate every dataset and write `docs_path`. With `reuse`, a dataset whose metrics.json
-    was made from the same data files, methods and settings is not evaluated again."""
+    was made from the same data files, methods and settings (the training config, and `run_settings`:
+    encoder, split minimum, request seed) is not evaluated again."""
     from whisperlite.data.prepare import prepare_dataset
     from whisperlite.data.sources import CONVERTERS
 
@@ -59,7 +61,9 @@ def evaluate_all(
             except (FileNotFoundError, ValueError) as err:
                 skipped[name] = f"not prepared: {err}"
                 continue
-        previous = _reusable(out_root / name / "metrics.json", data_dir, config, methods, keep_seen) if reuse else None
+        previous = (
+            _reusable(out_root / name / "metrics.json", data_dir, config, methods, keep_seen, run_settings or {}) if reuse else None
+        )
         if previous is not None:
             log.info("%s: reusing %s", name, out_root / name / "metrics.json")
             reports[name] = previous
@@ -83,7 +87,7 @@ def evaluate_all(
     return {"reports": reports, "skipped": skipped}
 
 
-def _reusable(path: Path, data_dir: Path, config: TrainConfig, methods, keep_seen: bool) -> dict | None:
+def _reusable(path: Path, data_dir: Path, config: TrainConfig, methods, keep_seen: bool, run_settings: dict) -> dict | None:
     from trainer.dataset import file_sha256
     from trainer.evaluate import _jsonable
 
@@ -96,6 +100,7 @@ def _reusable(path: Path, data_dir: Path, config: TrainConfig, methods, keep_see
         and _same_config(settings.get("train_config", {}), _jsonable(config))
         and settings.get("keep_seen") == keep_seen
         and list(report.get("methods", {})) == list(methods)
+        and all(settings.get(key) == value for key, value in run_settings.items())
     )
     return report if same else None
 

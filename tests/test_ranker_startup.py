@@ -141,3 +141,14 @@ def test_refuses_limits_that_would_reject_every_request(tmp_path):
     returncode, log = exit_of(ranker)
     assert returncode != 0
     assert "ranker: candidates: must be at least 1, got 0" in log and "Traceback" not in log
+
+
+def test_refuses_a_catalog_address_that_is_another_service(encoder_service, tmp_path):
+    ranker = launch_service(
+        "ranker", tmp_path / "logs", "--model-dir", str(tmp_path / "no-model"),
+        "--query-encoder-addr", encoder_service.address, "--catalog-addr", encoder_service.address,
+    )
+    returncode, log = exit_of(ranker)
+    assert returncode != 0
+    assert "ranker: downstream service refused start-up calls: UNIMPLEMENTED" in log, log[-2000:]
+    assert "Traceback" not in log

@@ -101,11 +101,11 @@ async def _downstream_facts(encoder: QueryEncoderClient, catalog: CatalogClient,
         try:
             return await encoder.model_info(), await catalog.stats()
         except grpc.aio.AioRpcError as error:
+            if error.code() not in _STARTING:  # e.g. UNIMPLEMENTED: the address points at another service
+                raise FailedPrecondition(f"downstream service refused start-up calls: {error.code().name} {error.details()}") from None
             waited = time.monotonic() - started
-            if error.code() not in _STARTING or waited > timeout_seconds:
-                raise Unavailable(
-                    f"downstream service not ready after {waited:.0f} s: {error.code().name} {error.details()}"
-                ) from None
+            if waited > timeout_seconds:
+                raise Unavailable(f"downstream service not ready after {waited:.0f} s: {error.code().name} {error.details()}") from None
             log.info("waiting for downstream services", extra={"reason": error.details()})
             await asyncio.sleep(1.0)
 

@@ -145,7 +145,7 @@ def test_evaluate_cli_rejects_unknown_methods(amazon, tmp_path):
 def test_item_text_from_reviews_uses_training_reviews_only(prepared, tmp_path, cache_dir):
     """yelp items are described by their reviews: a held-out review must not describe its own target."""
     yelp = _subset(prepared, "yelp_phoenix_10k", 12, tmp_path, min_interactions=5)
-    experiment = prepare_experiment(yelp, EmbeddingCache(cache_dir=cache_dir))
+    experiment = prepare_experiment(yelp, EmbeddingCache(cache_dir=cache_dir), leave_one_out_positives=True)
     texts = experiment.dataset.items.set_index("item_id")["text"]
     for frame in (experiment.split.validation, experiment.split.test):
         for item_id, request in zip(frame["item_id"], frame["request"]):

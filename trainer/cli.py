@@ -90,7 +90,10 @@ def _embedding_cache(args: argparse.Namespace):
 def _experiment(args: argparse.Namespace, data_dir: str | Path, cache=None):
     from trainer.experiment import prepare_experiment
 
-    return prepare_experiment(data_dir, cache or _embedding_cache(args), args.min_interactions, args.request_seed)
+    return prepare_experiment(
+        data_dir, cache or _embedding_cache(args), args.min_interactions, args.request_seed,
+        leave_one_out_positives=args.positives == "leave_one_out",
+    )
 
 
 def _setup_logging() -> None:

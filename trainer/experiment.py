@@ -13,9 +13,9 @@ from trainer.dataset import DEFAULT_MIN_INTERACTIONS, Dataset, Split, load_datas
 from trainer.embeddings import EmbeddingCache
 from whisperlite.data.canonical import ITEM_TEXT_TRAIN_REQUESTS
 from whisperlite.data.item_text import ITEM_TEXT_MAX_WORDS, items_with_request_text
+from whisperlite.data.requests import fill_missing_requests
 from whisperlite.data.text import truncate_words
 from whisperlite.encoders import item_text
-from whisperlite.data.requests import fill_missing_requests
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,10 @@ def prepare_experiment(
     cache: EmbeddingCache,
     min_interactions: int = DEFAULT_MIN_INTERACTIONS,
     request_seed: int = DEFAULT_REQUEST_SEED,
+    leave_one_out_positives: bool = False,
 ) -> Experiment:
+    """Loads, splits and embeds a dataset. `leave_one_out_positives` also embeds each training target
+    without the example's own request (only `TrainConfig.positives="leave_one_out"` trains on them)."""
     dataset = load_dataset(data_dir)
     interactions = dataset.interactions
     if (interactions["request"].str.strip() == "").any():
@@ -93,10 +96,11 @@ def prepare_experiment(
         # target's text too; training sees the target without it, as validation and test do.
         original_items = dataset.items
         dataset.items = items_with_request_text(original_items, split.train)
-        loo_texts = leave_one_out_item_texts(original_items, split.train)
-        train_target_vectors = cache.embed(loo_texts, "train-targets")
-        placeholder = [item_text(title, "") for title in original_items.set_index("item_id").loc[split.train["item_id"], "title"]]
-        train_mask = np.array([text != empty for text, empty in zip(loo_texts, placeholder)])
+        if leave_one_out_positives:
+            loo_texts = leave_one_out_item_texts(original_items, split.train)
+            train_target_vectors = cache.embed(loo_texts, "train-targets")
+            titles = original_items.set_index("item_id").loc[split.train["item_id"], "title"]
+            train_mask = np.array([text != item_text(title, "") for text, title in zip(loo_texts, titles)])
     item_vectors = cache.items(dataset.items)
     frames = (split.train, split.validation, split.test)
     all_requests = np.concatenate([f["request"].to_numpy(dtype=object) for f in frames]).tolist()

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from trainer.experiment import Experiment
 from trainer.methods import WhisperLite, validation_metrics
+from whisperlite.data.canonical import ITEM_TEXT_TRAIN_REQUESTS
 from whisperlite.personalization import PersonalizationModel, PersonalizationNetwork
 
 log = logging.getLogger(__name__)
@@ -247,7 +248,9 @@ def _train(experiment: Experiment, config: TrainConfig, name: str | None, progre
     queries = torch.from_numpy(np.ascontiguousarray(experiment.train_queries)).to(device)
     sums = torch.zeros(n_users, dim, device=device).index_add_(0, users, items[targets])
     # Positives as validation and test see them (see Experiment.train_target_vectors).
-    leave_one_out = config.positives == "leave_one_out" and experiment.train_target_vectors is not None
+    leave_one_out = config.positives == "leave_one_out" and experiment.dataset.info.get("item_text_source") == ITEM_TEXT_TRAIN_REQUESTS
+    if leave_one_out and experiment.train_target_vectors is None:
+        raise ValueError("positives: leave_one_out needs an experiment prepared with leave_one_out_positives=True")
     positives = items[targets] if not leave_one_out else torch.from_numpy(
         np.ascontiguousarray(experiment.train_target_vectors)).to(device)
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from trainer.dataset import DEFAULT_MIN_INTERACTIONS, load_dataset, temporal_split
-from trainer.evaluate import BASELINES, METHODS, evaluate, markdown_table
+from trainer.dataset import DEFAULT_MIN_INTERACTIONS, file_sha256, load_dataset, temporal_split
+from trainer.evaluate import BASELINES, METHODS, _jsonable, evaluate, markdown_table
 from trainer.train import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -88,9 +88,6 @@ def evaluate_all(
 
 
 def _reusable(path: Path, data_dir: Path, config: TrainConfig, methods, keep_seen: bool, run_settings: dict) -> dict | None:
-    from trainer.dataset import file_sha256
-    from trainer.evaluate import _jsonable
-
     if not path.is_file():
         return None
     report = json.loads(path.read_text())
@@ -107,14 +104,8 @@ def _reusable(path: Path, data_dir: Path, config: TrainConfig, methods, keep_see
 
 def _same_config(recorded: dict, current: dict) -> bool:
     """Equal, counting a setting the recorded run predates as its default value."""
-    defaults = _jsonable_defaults()
+    defaults = _jsonable(TrainConfig())
     return all(recorded.get(k, defaults.get(k)) == v for k, v in current.items())
-
-
-def _jsonable_defaults() -> dict:
-    from trainer.evaluate import _jsonable
-
-    return _jsonable(TrainConfig())
 
 
 def _fmt_ratio(entry: dict) -> str:
@@ -174,7 +165,7 @@ def write_results_doc(reports: dict, skipped: dict, out_root: Path, docs_path: P
         without_user = details.get("whisperlite", {}).get("test_without_user")
         if without_user:
             lines.append(
-                f"- Diagnostic: the trained whisperlite model with the user's taste removed (request transform only) scores "
+                f"- Diagnostic: the trained whisperlite model with the user's taste removed (its text-only serving path) scores "
                 f"Recall@10 {without_user['recall@10']:.4f}, NDCG@10 {without_user['ndcg@10']:.4f}."
             )
         diag = report.get("diagnostics", {})

@@ -164,7 +164,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             progress=not args.quiet,
             reuse=args.reuse,
             min_interactions=args.min_interactions,
-            run_settings={"encoder": cache.encoder_name, "min_interactions": args.min_interactions, "request_seed": args.request_seed},
+            run_settings={"encoder": cache.encoder_name, "request_seed": args.request_seed},
         )
         return 0
     if not args.data or not args.out:

@@ -44,14 +44,15 @@ def evaluate_all(
     run_settings: dict | None = None,
 ) -> dict:
     """Evaluate every dataset and write `docs_path`. With `reuse`, a dataset whose metrics.json
-    was made from the same data files, methods and settings (the training config, and `run_settings`:
-    encoder, split minimum, request seed) is not evaluated again."""
+    was made from the same data files, methods and settings (the training config, the split minimum
+    and `run_settings`: encoder, request seed) is not evaluated again."""
     from whisperlite.data.prepare import prepare_dataset
     from whisperlite.data.sources import CONVERTERS
 
     config = config or TrainConfig()
     names = [n for n in ORDER if n in CONVERTERS] + sorted(set(CONVERTERS) - set(ORDER))
     reports, skipped = {}, {}
+    expected = {"min_interactions": min_interactions, **(run_settings or {})}
     for name in names:
         data_dir = data_root / name
         if not (data_dir / "items.csv").is_file():
@@ -61,9 +62,7 @@ def evaluate_all(
             except (FileNotFoundError, ValueError) as err:
                 skipped[name] = f"not prepared: {err}"
                 continue
-        previous = (
-            _reusable(out_root / name / "metrics.json", data_dir, config, methods, keep_seen, run_settings or {}) if reuse else None
-        )
+        previous = _reusable(out_root / name / "metrics.json", data_dir, config, methods, keep_seen, expected) if reuse else None
         if previous is not None:
             log.info("%s: reusing %s", name, out_root / name / "metrics.json")
             reports[name] = previous

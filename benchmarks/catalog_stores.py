@@ -246,9 +246,9 @@ def run_orm(variant: str, vectors, categories, query_vectors, truth, truth_filte
 def run_catalog(vectors, categories, query_vectors, truth, truth_filtered, work: Path, baseline_mb: float) -> dict:
     """The catalog's own store code and collection layout, as `whisperlite serve catalog` creates it."""
     sys.path.insert(0, str(REPO))
-    from services.catalog.filters import SearchFilter
-    from services.catalog.items import ItemRecord
-    from services.catalog.store import CollectionSpec, MilvusStore
+    from whisperlite.services.catalog.filters import SearchFilter
+    from whisperlite.services.catalog.items import ItemRecord
+    from whisperlite.services.catalog.store import CollectionSpec, MilvusStore
 
     uri = str(work / "catalog.db")
     store = MilvusStore(uri, "items", timeout_seconds=120)

@@ -23,8 +23,8 @@ import time
 import numpy as np
 import torch
 
-from services.query_encoder.embedder import Embedder, EmbedderSettings
-from whisperlite.encoders import load_encoder
+from whisperlite.services.query_encoder.embedder import Embedder, EmbedderSettings
+from whisperlite.core.encoders import load_encoder
 
 ADJECTIVES = ["light", "warm", "elegant", "casual", "waterproof", "cozy", "slim", "vintage", "sporty", "classic"]
 COLORS = ["black", "red", "navy", "white", "olive", "beige", "pink", "grey"]

@@ -14,7 +14,7 @@ import uuid
 import grpc
 import numpy as np
 
-from whisperlite.stack import example_user
+from whisperlite.core.dataset import most_active_user
 from whisperlite.v1 import catalog_pb2, catalog_pb2_grpc, query_encoder_pb2, query_encoder_pb2_grpc, ranker_pb2, ranker_pb2_grpc
 
 QUERIES = ["black leather boots", "a light dress for a summer wedding", "men's automatic watch", "warm winter coat", "running shoes"]
@@ -38,7 +38,7 @@ def main() -> None:
     parser.add_argument("--user", help="a user the model knows")
     parser.add_argument("-n", type=int, default=100)
     args = parser.parse_args()
-    user = args.user or (example_user(args.data) if args.data else None)
+    user = args.user or (most_active_user(args.data) if args.data else None)
     if user is None:
         raise SystemExit("pass --user or --data")
 

@@ -9,20 +9,18 @@ import os
 import re
 from unittest import mock
 
-SERVICES = {
-    "query-encoder": "services.query_encoder.server",
-    "catalog": "services.catalog.server",
-    "ranker": "services.ranker.server",
-}
+from whisperlite.core.topology import SERVICES
+
 ENV = re.compile(r"\s*\(env ([A-Z_]+)\)")
 
 
 def rows() -> list[str]:
     lines = ["| service | flag | env var | default | meaning |", "|---|---|---|---|---|"]
-    for service, module in SERVICES.items():
+    for spec in SERVICES:
+        service = spec.name
         # Defaults are read from the environment when the parser is built: document the built-in ones.
         with mock.patch.dict(os.environ, clear=True):
-            parser = importlib.import_module(module).build_parser()
+            parser = importlib.import_module(spec.module).build_parser()
         for action in parser._actions:
             if isinstance(action, argparse._HelpAction):
                 continue

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from whisperlite.data.canonical import read_info, read_interactions, read_items
+from whisperlite.core.dataset import read_info, read_interactions, read_items
 from whisperlite.data.prepare import prepare_dataset
 
 

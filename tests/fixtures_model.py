@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from trainer.dataset import Dataset, temporal_split
-from trainer.experiment import Experiment, history_means
+from whisperlite.trainer.split import Dataset, temporal_split
+from whisperlite.trainer.experiment import Experiment, history_means
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

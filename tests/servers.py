@@ -8,7 +8,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from whisperlite.health import wait_until_serving
+from whisperlite.core.clients.health import wait_until_serving
 
 REPO = Path(__file__).resolve().parent.parent
 

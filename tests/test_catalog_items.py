@@ -5,8 +5,8 @@ import re
 import numpy as np
 import pytest
 
-from services.catalog.items import validate_vector
-from services.common.errors import InvalidArgument
+from whisperlite.services.catalog.items import validate_vector
+from whisperlite.core.errors import InvalidArgument
 
 
 @pytest.mark.parametrize("value", [3e38, 1e-30, 1e-44])  # near float32's largest, small, subnormal

@@ -12,7 +12,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.servers import REPO, start_service
-from whisperlite.encoders import item_text
+from whisperlite.core.item_text import item_text
 from whisperlite.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2, query_encoder_pb2, query_encoder_pb2_grpc
 
 DIM = 8

@@ -5,11 +5,11 @@ import math
 import numpy as np
 import pytest
 
-from services.catalog import metrics
-from services.catalog.catalog import Catalog, CatalogLimits
-from services.catalog.filters import SearchFilter, build_expression, quote
-from services.catalog.store import EXACT_VECTOR_FIELD, CollectionSpec, MilvusStore
-from services.common.errors import FailedPrecondition, InvalidArgument
+from whisperlite.services.catalog import metrics
+from whisperlite.services.catalog.catalog import Catalog, CatalogLimits
+from whisperlite.services.catalog.filters import SearchFilter, build_expression, quote
+from whisperlite.services.catalog.store import EXACT_VECTOR_FIELD, CollectionSpec, MilvusStore
+from whisperlite.core.errors import FailedPrecondition, InvalidArgument
 from whisperlite.v1 import common_pb2
 
 DIM = 16

@@ -13,10 +13,10 @@ import zipfile
 import pandas as pd
 import pytest
 
-from whisperlite.data.canonical import INTERACTION_COLUMNS, ITEM_COLUMNS
-from whisperlite.data.item_text import items_with_request_text
+from whisperlite.core.dataset import INTERACTION_COLUMNS, ITEM_COLUMNS
+from whisperlite.core.item_text import items_with_request_text
 from whisperlite.data.sources import CONVERTERS
-from whisperlite.data.text import HTML_ENTITY, REQUEST_MAX_WORDS
+from whisperlite.core.text import HTML_ENTITY, REQUEST_MAX_WORDS
 
 ALL = sorted(CONVERTERS)
 

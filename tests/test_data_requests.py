@@ -20,7 +20,7 @@ from whisperlite.data.requests import (
     simulate_request,
     tokenize,
 )
-from whisperlite.data.text import clean_text, truncate_words, user_request
+from whisperlite.core.text import clean_text, truncate_words, user_request
 
 INVICTA = "Invicta Men's 8926 Pro Diver Collection Automatic Watch"
 # Brands that open many amazon_clothing_2014_msl titles (checked in the catalog below).

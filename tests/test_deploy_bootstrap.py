@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from tests.servers import start_catalog, start_service
-from whisperlite.client import RankerClient
-from whisperlite.stack import catalog_item_count
+from whisperlite.core.clients.ranker import RankerClient
+from whisperlite.shell.up import catalog_item_count
 
 SCRIPT = Path(__file__).resolve().parent.parent / "deploy" / "bootstrap.sh"
 DATASET = "amazon_fashion_5core_2018"

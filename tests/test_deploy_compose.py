@@ -18,11 +18,10 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 CHECK = REPO / "deploy" / "check.sh"
-SERVICES = {  # compose service -> (server module, env prefix, metrics port)
-    "query-encoder": ("services.query_encoder.server", "QUERY_ENCODER", 9101),
-    "catalog": ("services.catalog.server", "CATALOG", 9102),
-    "ranker": ("services.ranker.server", "RANKER", 9100),
-}
+from whisperlite.core.topology import SERVICES as TOPOLOGY
+
+# compose service -> (server module, env prefix, metrics port)
+SERVICES = {service.name: (service.module, service.env_prefix, service.metrics_port) for service in TOPOLOGY}
 # Set by Docker for the NVIDIA container toolkit and by the images themselves, not read by WhisperLite code.
 NON_SERVICE_ENV = {"NVIDIA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "PYTHONUNBUFFERED", "PATH"}
 

@@ -23,7 +23,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.servers import free_port
-from whisperlite.client import RankerClient
+from whisperlite.core.clients.ranker import RankerClient
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "deploy" / "grafana" / "dashboards" / "whisperlite.json"
 # Series Prometheus itself attaches or creates while scraping, not exported by the services.

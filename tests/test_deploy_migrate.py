@@ -13,7 +13,7 @@ from milvus_lite.server_manager import server_manager_instance
 from pymilvus import DataType, MilvusClient
 
 from tests.servers import start_catalog
-from whisperlite.ingest import ingest
+from whisperlite.shell.ingest import ingest
 from whisperlite.v1 import catalog_pb2, catalog_pb2_grpc
 
 SCRIPT = Path(__file__).resolve().parent.parent / "deploy" / "migrate_store.py"

@@ -2,7 +2,7 @@
 
 In docker-compose the ranker dials `query-encoder:50051` and Docker's DNS answers with one address
 per replica; here three real query encoder processes listen on the same port of 127.0.0.1,
-127.0.0.2 and 127.0.0.3, and `services.common.channels.create_channel` gets the same address list
+127.0.0.2 and 127.0.0.3, and `whisperlite.core.channels.create_channel` gets the same address list
 as an `ipv4:` target, which feeds the same round_robin policy that a DNS answer does. Each
 replica's own grpc_server_handled_total tells how many calls it served.
 """
@@ -20,9 +20,9 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.common.channels import create_channel
+from whisperlite.core.channels import create_channel
 from tests.servers import REPO, free_port
-from whisperlite.health import wait_until_serving
+from whisperlite.core.clients.health import wait_until_serving
 from whisperlite.v1 import query_encoder_pb2, query_encoder_pb2_grpc
 
 REPLICA_HOSTS = ("127.0.0.1", "127.0.0.2", "127.0.0.3")

@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 
 from tests.servers import REPO, start_catalog, start_service
-from trainer.embeddings import EmbeddingCache
-from trainer.evaluate import score_items
-from whisperlite.ingest import ingest
-from whisperlite.personalization import PersonalizationModel
+from whisperlite.trainer.embeddings import EmbeddingCache
+from whisperlite.trainer.evaluate import score_items
+from whisperlite.shell.ingest import ingest
+from whisperlite.core.personalization import PersonalizationModel
 from whisperlite.v1 import ranker_pb2, ranker_pb2_grpc
 
 QUERY = "women's black leather boots"

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from tests.fixtures_encoder import TINY_CLIP_DIM, png_bytes
-from whisperlite.encoders import item_text, load_encoder
-from whisperlite.encoders.clip import ImageDecodeError
+from whisperlite.core.encoders import load_encoder
+from whisperlite.core.item_text import item_text
+from whisperlite.core.encoders.clip import ImageDecodeError
 
 TEXTS = ["a light dress for a summer wedding", "black leather boots", "warm wool scarf", "b"]
 

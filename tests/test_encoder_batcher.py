@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 
-from services.query_encoder.batcher import MicroBatcher
+from whisperlite.services.query_encoder.batcher import MicroBatcher
 
 
 def expected(texts: list[str]) -> np.ndarray:

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from services.common.errors import InvalidArgument, Unavailable
-from services.query_encoder.embedder import Embedder, EmbedderSettings, ModelLoadError
+from whisperlite.core.errors import InvalidArgument, Unavailable
+from whisperlite.services.query_encoder.embedder import Embedder, EmbedderSettings, ModelLoadError
 
 
 async def test_requests_before_the_model_is_loaded_are_unavailable():

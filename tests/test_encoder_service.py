@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fixtures_encoder import TINY_CLIP_DIM, png_bytes
 from tests.servers import REPO, start_service
-from whisperlite.encoders import load_encoder
+from whisperlite.core.encoders import load_encoder
 from whisperlite.v1 import query_encoder_pb2, query_encoder_pb2_grpc
 
 MAX_TEXT_CHARS = 300

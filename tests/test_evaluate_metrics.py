@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from trainer.metrics import MetricAccumulator, case_metrics, harmonic, target_ranks
+from whisperlite.trainer.metrics import MetricAccumulator, case_metrics, harmonic, target_ranks
 
 
 def test_rank_one_scores_perfectly():

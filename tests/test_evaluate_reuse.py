@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from trainer.dataset import file_sha256
-from trainer.evaluate import METHODS, _jsonable
-from trainer.report import _reusable
-from trainer.train import TrainConfig
+from whisperlite.core.dataset import data_hash
+from whisperlite.trainer.evaluate import METHODS, _jsonable
+from whisperlite.trainer.report import _reusable
+from whisperlite.trainer.train import TrainConfig
 
 RUN = {"encoder": "sentence-transformers/all-MiniLM-L6-v2", "min_interactions": 3, "request_seed": 0}
 
@@ -19,7 +19,7 @@ def recorded(tmp_path):
     (data / "items.csv").write_text("item_id,title\n1,Red dress\n")
     (data / "interactions.csv").write_text("user_id,item_id,timestamp,request\nu,1,0,\n")
     settings = {
-        "data_hash": file_sha256(data / "items.csv", data / "interactions.csv")[:16],
+        "data_hash": data_hash(data),
         "train_config": _jsonable(TrainConfig()),
         "keep_seen": False,
         **RUN,

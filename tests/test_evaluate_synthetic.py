@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from tests.fixtures_model import synthetic_experiment
-from trainer.evaluate import METHODS, evaluate, score_items
-from trainer.methods import WhisperLite
-from trainer.metrics import METRICS
-from trainer.train import TrainConfig, train_model
+from whisperlite.trainer.evaluate import METHODS, evaluate, score_items
+from whisperlite.trainer.methods import WhisperLite
+from whisperlite.trainer.metrics import METRICS
+from whisperlite.trainer.train import TrainConfig, train_model
 
 FAST = TrainConfig(batch_size=64, lr=5e-3, max_epochs=8, patience=2, user_table="off")
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from whisperlite.personalization import (
+from whisperlite.core.personalization import (
     PATH_RECENT,
     PATH_TEXT,
     PATH_USER,

@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from tests.servers import ServiceProcess, free_port, launch_service, start_service
-from whisperlite.health import wait_until_serving
+from whisperlite.core.clients.health import wait_until_serving
 from whisperlite.v1 import ranker_pb2, ranker_pb2_grpc
 
 
@@ -66,7 +66,7 @@ def test_gives_up_when_the_catalog_never_answers(encoder_service, tmp_path):
     returncode, log = exit_of(ranker)
     assert returncode != 0
     # Calls wait for a connection until their deadline, so the last one ends in either code.
-    assert re.search(r"ranker: downstream service not ready after \d+ s: (UNAVAILABLE|DEADLINE_EXCEEDED)", log), log[-2000:]
+    assert re.search(r"ranker: not ready after \d+ s: catalog at localhost:\d+: GetStats failed: (UNAVAILABLE|DEADLINE_EXCEEDED)", log), log[-2000:]
     assert "Traceback" not in log
 
 
@@ -150,5 +150,5 @@ def test_refuses_a_catalog_address_that_is_another_service(encoder_service, tmp_
     )
     returncode, log = exit_of(ranker)
     assert returncode != 0
-    assert "ranker: downstream service refused start-up calls: UNIMPLEMENTED" in log, log[-2000:]
+    assert f"ranker: catalog at {encoder_service.address}: GetStats failed: UNIMPLEMENTED" in log, log[-2000:]
     assert "Traceback" not in log

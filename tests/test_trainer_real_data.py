@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 
 from tests.servers import REPO
-from trainer.dataset import temporal_split
-from trainer.embeddings import EmbeddingCache
-from trainer.experiment import prepare_experiment
-from whisperlite.encoders import item_text
-from whisperlite.personalization import PersonalizationModel
+from whisperlite.trainer.split import temporal_split
+from whisperlite.trainer.embeddings import EmbeddingCache
+from whisperlite.trainer.experiment import prepare_experiment
+from whisperlite.core.item_text import item_text
+from whisperlite.core.personalization import PersonalizationModel
 
 
 def _subset(prepared, name: str, n_users: int, directory, min_interactions: int = 3):
@@ -87,7 +87,7 @@ def test_requests_are_simulated_where_the_data_has_none(amazon, cache_dir):
 def test_train_writes_a_versioned_model_directory_the_ranker_can_load(amazon, cache_dir, tmp_path):
     models = tmp_path / "models"
     subprocess.run(
-        [sys.executable, "-m", "trainer", "train", "--data", str(amazon), "--out", str(models), "--max-epochs", "2",
+        [sys.executable, "-m", "whisperlite.trainer", "train", "--data", str(amazon), "--out", str(models), "--max-epochs", "2",
          "--cache-dir", str(cache_dir), "--user-table", "learned", "--quiet"],
         cwd=REPO, check=True, timeout=600,
     )
@@ -110,9 +110,9 @@ def test_train_writes_a_versioned_model_directory_the_ranker_can_load(amazon, ca
 def test_evaluate_cli_with_a_given_model(amazon, cache_dir, tmp_path):
     models, out = tmp_path / "models", tmp_path / "evaluation"
     common = ["--data", str(amazon), "--cache-dir", str(cache_dir), "--max-epochs", "2", "--user-table", "off", "--quiet"]
-    subprocess.run([sys.executable, "-m", "trainer", "train", "--out", str(models), *common], cwd=REPO, check=True, timeout=600)
+    subprocess.run([sys.executable, "-m", "whisperlite.trainer", "train", "--out", str(models), *common], cwd=REPO, check=True, timeout=600)
     done = subprocess.run(
-        [sys.executable, "-m", "trainer", "evaluate", "--model", str(models), "--out", str(out),
+        [sys.executable, "-m", "whisperlite.trainer", "evaluate", "--model", str(models), "--out", str(out),
          "--methods", "popularity,text_only,text_plus_history_mean,whisperlite", *common],
         cwd=REPO, check=True, timeout=600, capture_output=True, text=True,
     )
@@ -126,7 +126,7 @@ def test_evaluate_cli_with_a_given_model(amazon, cache_dir, tmp_path):
     # The same model on another split (or simulator seed) could be tested on what it trained on: refused.
     for flag, value in (("--min-interactions", "4"), ("--request-seed", "1")):
         refused = subprocess.run(
-            [sys.executable, "-m", "trainer", "evaluate", "--model", str(models), "--out", str(tmp_path / "refused"),
+            [sys.executable, "-m", "whisperlite.trainer", "evaluate", "--model", str(models), "--out", str(tmp_path / "refused"),
              "--methods", "whisperlite", *common, flag, value],
             cwd=REPO, timeout=600, capture_output=True, text=True,
         )
@@ -136,7 +136,7 @@ def test_evaluate_cli_with_a_given_model(amazon, cache_dir, tmp_path):
 
 def test_evaluate_cli_rejects_unknown_methods(amazon, tmp_path):
     done = subprocess.run(
-        [sys.executable, "-m", "trainer", "evaluate", "--data", str(amazon), "--out", str(tmp_path), "--methods", "magic"],
+        [sys.executable, "-m", "whisperlite.trainer", "evaluate", "--data", str(amazon), "--out", str(tmp_path), "--methods", "magic"],
         cwd=REPO, timeout=120, capture_output=True, text=True,
     )
     assert done.returncode == 2 and "--methods: unknown ['magic']" in done.stderr
@@ -154,8 +154,8 @@ def test_item_text_from_reviews_uses_training_reviews_only(prepared, tmp_path, c
     item_id, request = train["item_id"].iloc[0], train["request"].iloc[0]
     assert request[:60] in texts[item_id]
     # Training sees each target without the example's own review, as validation and test do.
-    from trainer.dataset import load_dataset
-    from trainer.experiment import leave_one_out_item_texts
+    from whisperlite.core.dataset import load_dataset
+    from whisperlite.core.item_text import leave_one_out_item_texts
 
     loo = leave_one_out_item_texts(load_dataset(yelp).items, train)
     assert all(r[:60] not in text for r, text in zip(train["request"], loo))
@@ -169,7 +169,7 @@ def test_item_text_from_reviews_uses_training_reviews_only(prepared, tmp_path, c
 
 def test_users_below_the_minimum_only_train(prepared):
     data = prepared("yelp_phoenix_10k")
-    from trainer.dataset import load_dataset
+    from whisperlite.core.dataset import load_dataset
 
     dataset = load_dataset(data.directory)
     split = temporal_split(dataset, min_interactions=5)
@@ -184,7 +184,7 @@ def test_distributed_data_parallel_training_with_two_processes(amazon, cache_dir
     """torchrun with two CPU processes (gloo): DDP trains, rank 0 alone writes the model."""
     models = tmp_path / "models"
     done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "trainer", "train",
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "whisperlite.trainer", "train",
          "--data", str(amazon), "--out", str(models), "--max-epochs", "1", "--batch-size", "64", "--device", "cpu",
          "--user-table", "off", "--cache-dir", str(cache_dir), "--quiet"],
         cwd=REPO, timeout=600, capture_output=True, text=True,
@@ -199,7 +199,7 @@ def test_training_with_the_clip_backend(amazon, tiny_clip_dir, tmp_path):
     """The same trainer on CLIP text features (a tiny random CLIP: the code path, not the weights)."""
     models = tmp_path / "models"
     subprocess.run(
-        [sys.executable, "-m", "trainer", "train", "--data", str(amazon), "--out", str(models), "--max-epochs", "1",
+        [sys.executable, "-m", "whisperlite.trainer", "train", "--data", str(amazon), "--out", str(models), "--max-epochs", "1",
          "--encoder-backend", "clip", "--encoder-model", str(tiny_clip_dir), "--cache-dir", str(tmp_path / "cache"),
          "--user-table", "off", "--quiet"],
         cwd=REPO, check=True, timeout=600,

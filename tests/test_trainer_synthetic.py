@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from tests.fixtures_model import synthetic_experiment
-from trainer.methods import TextOnly, TextPlusHistoryMean, WhisperLite, rank_cases
-from trainer.metrics import summarize
-from trainer.train import TrainConfig, epoch_shard, train_model
+from whisperlite.trainer.methods import TextOnly, TextPlusHistoryMean, WhisperLite, rank_cases
+from whisperlite.trainer.metrics import summarize
+from whisperlite.trainer.train import TrainConfig, epoch_shard, train_model
 
 FAST = TrainConfig(batch_size=64, lr=5e-3, max_epochs=12, patience=3, user_table="off")
 

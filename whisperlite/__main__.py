@@ -1,3 +1,3 @@
-from whisperlite.cli import main
+from whisperlite.shell.cli import main
 
 main()

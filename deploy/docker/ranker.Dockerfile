@@ -13,8 +13,6 @@ RUN python -m venv /opt/venv
 WORKDIR /src
 COPY pyproject.toml constraints.txt README.md ./
 COPY whisperlite whisperlite
-COPY services services
-COPY trainer trainer
 # constraints.txt pins every transitive dependency, torch as its CPU build (2.13.0+cpu), which only
 # the PyTorch index serves: PyPI's Linux wheel of the same version is the multi-GB CUDA build.
 RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu --constraint constraints.txt .

@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from whisperlite.data.canonical import read_interactions, read_items
+from whisperlite.core.dataset import read_interactions, read_items
 from whisperlite.data.prepare import DATASETS_ROOT_ENV, prepare_dataset
 from whisperlite.data.requests import ambiguity, fill_missing_requests
 from whisperlite.data.sources import CONVERTERS

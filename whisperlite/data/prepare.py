@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from whisperlite.data.canonical import raw_checksums, write_dataset
+from whisperlite.core.dataset import raw_checksums, write_dataset
 from whisperlite.data.sources import CONVERTERS
 
 # ../shared/datasets beside the repository, as DEVELOPERS.md lays it out.

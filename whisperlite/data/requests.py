@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from whisperlite.data.text import clean_text
+from whisperlite.core.text import clean_text
 
 _TOKEN = re.compile(r"[a-z0-9]+(?:['\-][a-z0-9]+)*'?")
 # Where a title's main phrase ends and colour, size, pack count or materials begin.

@@ -20,9 +20,9 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from whisperlite.data.canonical import ITEM_TEXT_METADATA, REQUESTS_NONE, PreparedDataset
+from whisperlite.core.dataset import ITEM_TEXT_METADATA, REQUESTS_NONE, PreparedDataset
 from whisperlite.data.sources.common import strictly_increasing
-from whisperlite.data.text import clean_text
+from whisperlite.core.text import clean_text
 
 RAW_FILES = ["train.csv", "test.csv", "id2name4Rec.json"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from whisperlite.data.canonical import ITEM_COLUMNS
+from whisperlite.core.dataset import ITEM_COLUMNS
 
 
 def day_seconds(dates: pd.Series) -> pd.Series:

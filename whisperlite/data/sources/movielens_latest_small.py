@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from whisperlite.data.canonical import ITEM_TEXT_METADATA, PreparedDataset
+from whisperlite.core.dataset import ITEM_TEXT_METADATA, PreparedDataset
 from whisperlite.data.sources.common import strictly_increasing
-from whisperlite.data.text import clean_text, user_request
+from whisperlite.core.text import clean_text, user_request
 
 RAW_FILES = ["ratings.csv", "tags.csv", "movies.csv"]
 NO_GENRES = "(no genres listed)"

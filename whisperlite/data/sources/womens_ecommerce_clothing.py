@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from whisperlite.data.canonical import ITEM_TEXT_TRAIN_REQUESTS, PreparedDataset
-from whisperlite.data.text import clean_text, user_request
+from whisperlite.core.dataset import ITEM_TEXT_TRAIN_REQUESTS, PreparedDataset
+from whisperlite.core.text import clean_text, user_request
 
 RAW_FILES = ["Womens Clothing E-Commerce Reviews.csv.zip"]
 MEMBER = "Womens Clothing E-Commerce Reviews.csv"

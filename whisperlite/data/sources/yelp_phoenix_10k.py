@@ -3,7 +3,7 @@
 Interactions are the reviews (user, business, review date); the request is the review text,
 cut to whole sentences within the request word limit. The file has no business metadata, so
 items.csv carries the business id as title and no text: item text must come from the
-businesses' *training* reviews (``whisperlite.data.item_text.item_text_from_requests`` on the
+businesses' *training* reviews (``whisperlite.core.item_text.items_with_request_text`` on the
 training split), never from all reviews, or the held-out test review would describe its own
 target. Reviews of one user on one day (rare) are ordered by review id, one second apart.
 """
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from whisperlite.data.canonical import ITEM_TEXT_TRAIN_REQUESTS, PreparedDataset
+from whisperlite.core.dataset import ITEM_TEXT_TRAIN_REQUESTS, PreparedDataset
 from whisperlite.data.sources.common import day_seconds, placeholder_items, strictly_increasing
-from whisperlite.data.text import user_request
+from whisperlite.core.text import user_request
 
 RAW_FILES = ["yelp.csv.zip"]
 
@@ -42,7 +42,7 @@ def prepare(raw_dir: Path, progress: bool = True) -> PreparedDataset:
             "every review is an interaction, whatever its stars (a review means the user went there)",
             "request = review text, whitespace collapsed, cut to whole sentences within the word limit",
             "no business metadata: title is a placeholder with the business id, text is empty; "
-            "build item text from training-split reviews only (item_text_from_requests)",
+            "build item text from training-split reviews only (items_with_request_text)",
         ],
         extra={"n_reviews": int(len(reviews))},
     )

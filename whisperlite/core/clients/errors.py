@@ -1,0 +1,47 @@
+"""How a failed call to another WhisperLite service becomes this service's error: decided once.
+
+- INVALID_ARGUMENT stays the caller's fault: the caller's own input was refused downstream.
+- UNAVAILABLE, DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED (a busy service) may pass: UNAVAILABLE,
+  so the caller retries later.
+- Anything else (UNIMPLEMENTED: an address that points at another service; FAILED_PRECONDITION;
+  INTERNAL...) is a deployment fault no retry fixes: FAILED_PRECONDITION.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+
+from whisperlite.core.errors import FailedPrecondition, InvalidArgument, ServiceError, Unavailable
+
+T = TypeVar("T")
+
+TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED})
+
+
+def downstream_error(service: str, method: str, error: grpc.RpcError) -> ServiceError:
+    code, details = error.code(), error.details()
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return InvalidArgument(details or f"{service} rejected the request")
+    kind = Unavailable if code in TRANSIENT else FailedPrecondition
+    return kind(f"{service}: {method} failed: {code.name}: {details}")
+
+
+async def wait_until_ready(call: Callable[[], Awaitable[T]], wait_seconds: float, on_wait: Callable[[str], None] | None = None) -> T:
+    """`await call()`, again while it raises Unavailable (a service still starting or loading), for
+    up to `wait_seconds`; then the last Unavailable is raised, saying how long it waited."""
+    started = time.monotonic()
+    while True:
+        try:
+            return await call()
+        except Unavailable as error:
+            waited = time.monotonic() - started
+            if waited >= wait_seconds:
+                raise Unavailable(f"not ready after {waited:.0f} s: {error}") from None
+            if on_wait is not None:
+                on_wait(str(error))
+            await asyncio.sleep(min(1.0, wait_seconds - waited))

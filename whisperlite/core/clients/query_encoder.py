@@ -1,0 +1,48 @@
+"""The asyncio client of QueryEncoderService, used by the ranker (requests) and the catalog (items)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+
+from whisperlite.core.clients.errors import downstream_error
+from whisperlite.v1 import query_encoder_pb2, query_encoder_pb2_grpc
+
+
+@dataclass(frozen=True)
+class EncoderModel:
+    name: str
+    dimension: int
+    max_text_chars: int
+    max_inputs: int
+
+
+@dataclass(frozen=True)
+class TextEmbeddings:
+    model_name: str
+    vectors: np.ndarray  # float32 (len(texts), dimension)
+
+
+class QueryEncoderClient:
+    def __init__(self, channel: grpc.aio.Channel, timeout_seconds: float, address: str = ""):
+        self._stub = query_encoder_pb2_grpc.QueryEncoderServiceStub(channel)
+        self._timeout = timeout_seconds
+        self._service = f"query encoder at {address}" if address else "query encoder"
+
+    async def model(self) -> EncoderModel:
+        try:
+            info = await self._stub.GetModelInfo(query_encoder_pb2.GetModelInfoRequest(), timeout=self._timeout, wait_for_ready=True)
+        except grpc.aio.AioRpcError as error:
+            raise downstream_error(self._service, "GetModelInfo", error) from None
+        return EncoderModel(info.model_name, info.dimension, info.max_text_chars, info.max_inputs)
+
+    async def embed_texts(self, texts: Sequence[str]) -> TextEmbeddings:
+        try:
+            response = await self._stub.Embed(query_encoder_pb2.EmbedRequest(texts=list(texts)), timeout=self._timeout)
+        except grpc.aio.AioRpcError as error:
+            raise downstream_error(self._service, "Embed", error) from None
+        vectors = np.asarray([v.values for v in response.text_vectors], dtype=np.float32).reshape(len(texts), -1)
+        return TextEmbeddings(response.model_name, vectors)

@@ -1,0 +1,211 @@
+"""The canonical dataset directory that every WhisperLite command reads.
+
+- ``items.csv``: ``item_id,title,text,category,image_path`` (all but item_id and title may be empty)
+- ``interactions.csv``: ``user_id,item_id,timestamp,request``; ``timestamp`` in unix seconds,
+  ``request`` the text the user wrote for that interaction (empty when the source has none).
+  Rows are sorted by user, then time; rows of one user with equal timestamps are in a fixed
+  order, so a stable sort by timestamp keeps the prepared order.
+- ``dataset.json``: counts, where requests and item text come from, the raw files' sha256 and
+  notes on the quirks that preparation handled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+ITEM_COLUMNS = ["item_id", "title", "text", "category", "image_path"]
+INTERACTION_COLUMNS = ["user_id", "item_id", "timestamp", "request"]
+ITEMS_FILE = "items.csv"
+INTERACTIONS_FILE = "interactions.csv"
+INFO_FILE = "dataset.json"
+FORMAT_VERSION = 1
+
+# Where a dataset's request texts come from (dataset.json "request_source").
+REQUESTS_NONE = "none"  # no user text: fill with whisperlite.data.requests.fill_missing_requests
+# Where item text comes from (dataset.json "item_text_source").
+ITEM_TEXT_METADATA = "metadata"  # items.csv as written
+# items.csv has no usable text: build it from training-split requests only, with
+# whisperlite.core.item_text.items_with_request_text, so that no test request leaks into items.
+ITEM_TEXT_TRAIN_REQUESTS = "train_requests"
+
+
+@dataclass
+class PreparedDataset:
+    """A converter's output before it is written: canonical frames plus facts for dataset.json."""
+
+    items: pd.DataFrame
+    interactions: pd.DataFrame
+    request_source: str
+    item_text_source: str
+    timestamp_source: str
+    notes: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first broken rule of the canonical format."""
+        items, inter = self.items, self.interactions
+        if list(items.columns) != ITEM_COLUMNS:
+            raise ValueError(f"items columns must be {ITEM_COLUMNS}, got {list(items.columns)}")
+        if list(inter.columns) != INTERACTION_COLUMNS:
+            raise ValueError(f"interactions columns must be {INTERACTION_COLUMNS}, got {list(inter.columns)}")
+        if items["item_id"].eq("").any():
+            raise ValueError("items: empty item_id")
+        duplicated = items["item_id"][items["item_id"].duplicated()]
+        if len(duplicated):
+            raise ValueError(f"items: duplicate item_id {duplicated.iloc[0]!r}")
+        if items["title"].eq("").any():
+            raise ValueError(f"items: empty title for item {items.loc[items['title'].eq(''), 'item_id'].iloc[0]!r}")
+        unknown = ~inter["item_id"].isin(items["item_id"])
+        if unknown.any():
+            raise ValueError(f"interactions: item_id {inter.loc[unknown, 'item_id'].iloc[0]!r} is not in items")
+        if inter["user_id"].eq("").any():
+            raise ValueError("interactions: empty user_id")
+        if not pd.api.types.is_integer_dtype(inter["timestamp"]):
+            raise ValueError(f"interactions: timestamp must be integer unix seconds, got {inter['timestamp'].dtype}")
+
+
+def file_sha256(*paths: Path) -> str:
+    """sha256 of the files' bytes, one after the other."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def data_hash(data_dir: str | os.PathLike) -> str:
+    """What a trained model and a metrics.json record of the data they came from (16 hex digits)."""
+    directory = Path(data_dir)
+    return file_sha256(directory / ITEMS_FILE, directory / INTERACTIONS_FILE)[:16]
+
+
+def raw_checksums(raw_dir: Path, names: list[str]) -> dict[str, str]:
+    return {name: file_sha256(raw_dir / name) for name in names}
+
+
+def write_dataset(ds: PreparedDataset, out_dir: Path, name: str, source: str, raw_files: dict[str, str]) -> dict:
+    """Validate and write the three files; each file is written beside and renamed into place
+    so that a reader never sees half a dataset file. Returns the dataset.json content."""
+    ds.validate()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    items = ds.items
+    inter = ds.interactions.sort_values(["user_id", "timestamp"], kind="stable", ignore_index=True)
+    paths = {ITEMS_FILE: out_dir / ITEMS_FILE, INTERACTIONS_FILE: out_dir / INTERACTIONS_FILE}
+    for frame, file_name in ((items, ITEMS_FILE), (inter, INTERACTIONS_FILE)):
+        tmp = paths[file_name].with_suffix(".csv.tmp")
+        frame.to_csv(tmp, index=False)
+        os.replace(tmp, paths[file_name])
+    has_request = inter["request"].str.strip() != ""
+    info = {
+        "name": name,
+        "source": source,
+        "format_version": FORMAT_VERSION,
+        "n_items": int(len(items)),
+        "n_users": int(inter["user_id"].nunique()),
+        "n_interactions": int(len(inter)),
+        "has_requests": bool(has_request.any()),
+        "n_interactions_with_request": int(has_request.sum()),
+        "request_source": ds.request_source,
+        "item_text_source": ds.item_text_source,
+        "timestamp_source": ds.timestamp_source,
+        "time_range": [int(inter["timestamp"].min()), int(inter["timestamp"].max())] if len(inter) else None,
+        **ds.extra,
+        "notes": ds.notes,
+        "raw_sha256": raw_files,
+        "files_sha256": {file_name: file_sha256(path) for file_name, path in paths.items()},
+    }
+    tmp = out_dir / (INFO_FILE + ".tmp")
+    tmp.write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
+    os.replace(tmp, out_dir / INFO_FILE)
+    return info
+
+
+def read_items(data_dir: str | os.PathLike) -> pd.DataFrame:
+    """items.csv with every column as a string (ids stay strings: "0012" is not 12); optional
+    columns a hand-made file leaves out are empty."""
+    path = Path(data_dir) / ITEMS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} missing: prepare the dataset with `whisperlite data prepare`")
+    items = pd.read_csv(path, dtype=str, keep_default_na=False)
+    for column in ITEM_COLUMNS:
+        if column not in items:
+            items[column] = ""
+    return items
+
+
+def read_interactions(data_dir: str | os.PathLike) -> pd.DataFrame:
+    """interactions.csv with string ids and requests and int64 timestamps (unreadable ones 0), in file order."""
+    path = Path(data_dir) / INTERACTIONS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} missing: prepare the dataset with `whisperlite data prepare`")
+    frame = pd.read_csv(path, dtype={"user_id": str, "item_id": str, "request": str}, keep_default_na=False)
+    if "request" not in frame:
+        frame["request"] = ""
+    frame["timestamp"] = pd.to_numeric(frame["timestamp"], errors="coerce").fillna(0).astype("int64")
+    return frame
+
+
+def read_info(data_dir: str | os.PathLike) -> dict:
+    """dataset.json; {} for a hand-made dataset without one."""
+    path = Path(data_dir) / INFO_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+@dataclass
+class Dataset:
+    """A canonical dataset read for training or evaluation: row i of `items` is item index i."""
+
+    name: str
+    directory: Path
+    items: pd.DataFrame  # item_id,title,text,category,image_path
+    interactions: pd.DataFrame  # user_id,item_id,timestamp,request,item (index into items)
+    info: dict
+    data_hash: str
+
+    @property
+    def n_items(self) -> int:
+        return len(self.items)
+
+
+def load_dataset(data_dir: str | os.PathLike) -> Dataset:
+    """The dataset with each interaction's item index; a repeated item id keeps its first row and
+    interactions naming unknown items are dropped with a warning."""
+    directory = Path(data_dir)
+    items = read_items(directory).drop_duplicates("item_id", keep="first").reset_index(drop=True)
+    interactions = read_interactions(directory)
+    info = read_info(directory)
+    index = pd.Series(np.arange(len(items)), index=items["item_id"])
+    interactions["item"] = interactions["item_id"].map(index)
+    unknown = int(interactions["item"].isna().sum())
+    if unknown:
+        log.warning("%s: %d interactions name items missing from items.csv; dropped", directory, unknown)
+        interactions = interactions.dropna(subset=["item"])
+    interactions["item"] = interactions["item"].astype(np.int64)
+    return Dataset(
+        name=info.get("name") or directory.name,
+        directory=directory,
+        items=items,
+        interactions=interactions.reset_index(drop=True),
+        info=info,
+        data_hash=data_hash(directory),
+    )
+
+
+def most_active_user(data_dir: str | os.PathLike) -> str | None:
+    """The user with the most interactions (an example for docs and `whisperlite up`); None without interactions."""
+    if not (Path(data_dir) / INTERACTIONS_FILE).is_file():
+        return None
+    users = read_interactions(data_dir)["user_id"]
+    return users.value_counts().index[0] if len(users) else None

@@ -1,0 +1,27 @@
+"""Domain errors that map onto gRPC status codes.
+
+Domain modules raise these instead of touching a gRPC context, so they stay testable without gRPC;
+`whisperlite.services.common.interceptors` turns them into statuses. Messages name the offending field so a caller can act.
+"""
+
+import grpc
+
+
+class ServiceError(Exception):
+    code = grpc.StatusCode.INTERNAL
+
+
+class InvalidArgument(ServiceError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class FailedPrecondition(ServiceError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class ResourceExhausted(ServiceError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unavailable(ServiceError):
+    code = grpc.StatusCode.UNAVAILABLE

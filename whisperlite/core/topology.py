@@ -1,0 +1,43 @@
+"""The service topology: names, default ports, env prefixes and server modules, written once.
+
+Everything that starts, dials or configures a service (its `server.py`, `whisperlite up`, the CLI,
+the clients, tests of docker-compose and the deploy files) reads it from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Largest gRPC message a service accepts or sends and a client receives: 300 items with text, or
+# 200 candidates with 512-d vectors, fit; grpc's own 4 MB default does not.
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str  # `whisperlite serve NAME`, the docker-compose service and the log's "service" field
+    grpc_service: str  # full protobuf service name (health checks, reflection, metrics labels)
+    module: str  # the module whose main() serves it
+    env_prefix: str  # its flags default from PREFIX_* environment variables
+    port: int  # default gRPC port
+    metrics_port: int  # default Prometheus /metrics port
+
+    @property
+    def address_env(self) -> str:
+        """The env var other processes read this service's address from (e.g. CATALOG_ADDR)."""
+        return f"{self.env_prefix}_ADDR"
+
+    @property
+    def local_address(self) -> str:
+        return f"localhost:{self.port}"
+
+
+QUERY_ENCODER = Service(
+    "query-encoder", "whisperlite.v1.QueryEncoderService", "whisperlite.services.query_encoder.server", "QUERY_ENCODER", 50051, 9101
+)
+CATALOG = Service("catalog", "whisperlite.v1.CatalogService", "whisperlite.services.catalog.server", "CATALOG", 50052, 9102)
+RANKER = Service("ranker", "whisperlite.v1.RankerService", "whisperlite.services.ranker.server", "RANKER", 50050, 9100)
+
+# In start-up order: each one's dependencies come before it.
+SERVICES = (QUERY_ENCODER, CATALOG, RANKER)
+BY_NAME = {service.name: service for service in SERVICES}

@@ -1,0 +1,169 @@
+"""The catalog use cases: validate, embed what has no vector, write or search the store.
+
+Plain async code with no gRPC in it: the servicer maps protos to these calls, tests call them directly.
+Milvus calls block, so each runs in a worker thread; writes are serialized so the item-count gauge and
+the "validate everything, then write" rule hold under concurrent upserts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from whisperlite.services.catalog import metrics
+from whisperlite.services.catalog.embedding import ItemEmbedder
+from whisperlite.services.catalog.filters import SearchFilter
+from whisperlite.services.catalog.items import ItemRecord, records_from_request, validate_ids, validate_vector
+from whisperlite.services.catalog.store import CollectionInfo, CollectionSpec, MilvusStore, SearchHit
+from whisperlite.core.errors import FailedPrecondition, InvalidArgument, Unavailable
+from whisperlite.v1 import common_pb2
+
+log = logging.getLogger("whisperlite.catalog")
+
+
+@dataclass(frozen=True)
+class CatalogLimits:
+    max_top_k: int = 1000
+    max_batch: int = 1000  # items per upsert, ids per get or delete
+
+
+@dataclass(frozen=True)
+class UpsertResult:
+    upserted: int
+    embedded: int
+
+
+@dataclass(frozen=True)
+class Stats:
+    item_count: int
+    dimension: int
+    encoder_model: str
+    collection: str
+
+
+class Catalog:
+    def __init__(
+        self,
+        store: MilvusStore,
+        embedder: ItemEmbedder | None,
+        limits: CatalogLimits = CatalogLimits(),
+        creation: CollectionSpec = CollectionSpec(),
+    ):
+        """`creation` is used only when the collection does not exist; dimension 0 asks the query encoder."""
+        for name in ("max_top_k", "max_batch"):
+            if getattr(limits, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(limits, name)}")
+        self._store = store
+        self._embedder = embedder
+        self._limits = limits
+        self._creation = creation
+        self._write_lock = asyncio.Lock()
+        self._info: CollectionInfo | None = None
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    async def open(self) -> CollectionInfo:
+        spec = None
+        if not await asyncio.to_thread(self._store.exists):
+            spec = await self._creation_spec()
+        self._info = await asyncio.to_thread(self._store.open, spec)
+        count = await asyncio.to_thread(self._store.count)
+        metrics.ITEMS.set(count)
+        log.info(
+            "collection open",
+            extra={
+                "collection": self._info.name,
+                "items": count,
+                "dimension": self._info.dimension,
+                "encoder_model": self._info.encoder_model,
+                "index_type": self._info.index_type,
+                "exact_filtered_search": self._info.exact_filtered_search,
+                "filter_templates": self._store.uses_templates,
+            },
+        )
+        return self._info
+
+    async def _creation_spec(self) -> CollectionSpec:
+        if self._creation.dimension > 0:
+            # The recorded model name is what lets the catalog and the ranker refuse vectors from another space.
+            if not self._creation.encoder_model:
+                raise FailedPrecondition("creating a collection with --dimension needs --encoder-model: the model behind its vectors")
+            return self._creation
+        if self._embedder is None:
+            raise FailedPrecondition("the collection does not exist: give its dimension or a query encoder address to read it from")
+        model = await self._embedder.model()
+        return dataclasses.replace(self._creation, dimension=model.dimension, encoder_model=model.name)
+
+    async def close(self) -> None:
+        if self._embedder is not None:
+            await self._embedder.close()
+        await asyncio.to_thread(self._store.close)
+
+    @property
+    def info(self) -> CollectionInfo:
+        if self._info is None:
+            raise Unavailable("the catalog is still opening its collection; retry when health reports SERVING")
+        return self._info
+
+    # ---- use cases -------------------------------------------------------------------------------
+
+    async def upsert(self, items: Sequence[common_pb2.Item]) -> UpsertResult:
+        records = records_from_request(items, self.info.dimension, self._limits.max_batch)
+        missing = [record for record in records if record.vector is None]
+        if missing:
+            await self._embed(missing)
+        async with self._write_lock:
+            await asyncio.to_thread(self._store.upsert, records)
+            metrics.ITEMS.set(await asyncio.to_thread(self._store.count))
+        return UpsertResult(upserted=len(records), embedded=len(missing))
+
+    async def _embed(self, records: list[ItemRecord]) -> None:
+        if self._embedder is None:
+            raise FailedPrecondition(
+                f"{len(records)} item(s) have no vector and this catalog has no query encoder to embed them; send vectors"
+            )
+        vectors = await self._embedder.embed_items([(r.title, r.text) for r in records], self.info.encoder_model)
+        if vectors.shape != (len(records), self.info.dimension):
+            raise FailedPrecondition(
+                f"the query encoder returned {vectors.shape[1]}-d vectors but the collection holds {self.info.dimension}-d ones"
+            )
+        for record, vector in zip(records, vectors, strict=True):
+            record.vector = validate_vector(vector, self.info.dimension, f"embedding of item {record.item_id!r}")
+
+    async def get(self, item_ids: Sequence[str], include_vectors: bool) -> tuple[list[ItemRecord], list[str]]:
+        """Found records in request order, and the requested ids that are not in the catalog."""
+        ids = validate_ids(item_ids, self._limits.max_batch)
+        found = await asyncio.to_thread(self._store.get, ids, include_vectors) if ids else {}
+        return [found[i] for i in ids if i in found], [i for i in ids if i not in found]
+
+    async def delete(self, item_ids: Sequence[str]) -> int:
+        ids = validate_ids(item_ids, self._limits.max_batch)
+        if not ids:
+            return 0
+        async with self._write_lock:
+            deleted = await asyncio.to_thread(self._store.delete, ids)
+            metrics.ITEMS.set(await asyncio.to_thread(self._store.count))
+        return deleted
+
+    async def search(
+        self, vector: Sequence[float], top_k: int, search_filter: SearchFilter, include_vectors: bool = False
+    ) -> list[SearchHit]:
+        if not 1 <= top_k <= self._limits.max_top_k:
+            raise InvalidArgument(f"top_k: must be between 1 and {self._limits.max_top_k}, got {top_k}")
+        query = validate_vector(vector, self.info.dimension, "vector")
+        strategy = self._store.strategy(search_filter)
+        started = time.perf_counter()
+        hits = await asyncio.to_thread(self._store.search, query, top_k, search_filter, include_vectors)
+        metrics.SEARCH_SECONDS.labels(strategy).observe(time.perf_counter() - started)
+        return hits
+
+    async def stats(self) -> Stats:
+        info = self.info
+        count = await asyncio.to_thread(self._store.count)
+        metrics.ITEMS.set(count)
+        return Stats(item_count=count, dimension=info.dimension, encoder_model=info.encoder_model, collection=info.name)
+

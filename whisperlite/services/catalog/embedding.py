@@ -1,0 +1,64 @@
+"""Embeds items upserted without a vector, through the query encoder, in the collection's vector space."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from whisperlite.core.channels import create_channel
+from whisperlite.core.clients.errors import wait_until_ready
+from whisperlite.core.clients.query_encoder import EncoderModel, QueryEncoderClient
+from whisperlite.core.errors import FailedPrecondition
+from whisperlite.core.item_text import item_text
+from whisperlite.core.vector_space import require_same_encoder
+
+# Texts per Embed call (fewer when the encoder accepts fewer): small enough that one call's work
+# fits its deadline on a CPU.
+EMBED_BATCH = 128
+
+
+class ItemEmbedder:
+    def __init__(self, address: str, timeout_seconds: float = 120.0):
+        self.address = address
+        self._timeout = timeout_seconds
+        self._channel = None
+        self._client: QueryEncoderClient | None = None
+        self._model: EncoderModel | None = None
+
+    def _encoder(self) -> QueryEncoderClient:
+        if self._client is None:
+            self._channel = create_channel(self.address)
+            self._client = QueryEncoderClient(self._channel, self._timeout, self.address)
+        return self._client
+
+    async def model(self) -> EncoderModel:
+        """The encoder's model; waits up to the call timeout for an encoder that is still starting."""
+        if self._model is None:
+            self._model = await wait_until_ready(self._encoder().model, self._timeout)
+        return self._model
+
+    async def embed_items(self, titles_and_texts: list[tuple[str, str]], expected_model: str) -> np.ndarray:
+        """Vectors for the item text of each (title, text), in order; refuses a different model's vectors."""
+        model = await self.model()
+        if expected_model:
+            require_same_encoder(
+                "the catalog's vectors", expected_model, f"the query encoder at {self.address} serves", model.name,
+                hint="send vectors with the items or point the catalog at a matching encoder",
+            )
+        # The encoder refuses input longer than its limit rather than cutting it, so the catalog
+        # sends the leading part (the stored text stays whole).
+        texts = [item_text(title, text, max_chars=model.max_text_chars) for title, text in titles_and_texts]
+        vectors = []
+        batch_size = min(EMBED_BATCH, model.max_inputs or EMBED_BATCH)
+        for start in range(0, len(texts), batch_size):
+            embedded = await self._encoder().embed_texts(texts[start : start + batch_size])
+            if embedded.model_name != model.name:
+                self._model = None  # the encoder was swapped under us: re-read it next time
+                raise FailedPrecondition(f"the query encoder changed model mid-request ({model.name!r} -> {embedded.model_name!r})")
+            vectors.append(embedded.vectors)
+        return np.concatenate(vectors) if vectors else np.zeros((0, model.dimension), dtype=np.float32)
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+            self._client = None

@@ -1,0 +1,122 @@
+"""Search filters: validated from the typed request fields, then turned into a Milvus boolean expression.
+
+Caller text never becomes expression syntax. Two ways of passing values, chosen per store:
+- templates: the expression holds only placeholders (`category in {categories}`) and the values travel
+  separately as pymilvus `filter_params` (Milvus 2.5+ servers);
+- quoting: for stores whose parser has no templates (milvus-lite 2.5.1 rejects `{`), each value is
+  written as a double-quoted literal with `\\` and `"` escaped. Values holding control characters are
+  never written at all: the catalog refuses them on upsert (milvus-lite cannot parse an escaped newline),
+  so such a value cannot match and is dropped from the filter instead.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from whisperlite.services.catalog.items import can_be_stored_category, can_be_stored_id
+from whisperlite.core.errors import InvalidArgument
+from whisperlite.v1 import common_pb2
+
+MAX_FILTER_VALUES = 1000
+
+
+@dataclass(frozen=True)
+class SearchFilter:
+    categories: tuple[str, ...] = ()
+    min_price: float | None = None
+    max_price: float | None = None
+    exclude_item_ids: tuple[str, ...] = ()
+
+    @property
+    def narrows(self) -> bool:
+        """True when the filter keeps a subset small enough that ANN recall suffers (category or price)."""
+        return bool(self.categories) or self.min_price is not None or self.max_price is not None
+
+
+def filter_from_proto(message: common_pb2.ItemFilter | None) -> SearchFilter:
+    if message is None:
+        return SearchFilter()
+    for name in ("categories", "exclude_item_ids"):
+        values = getattr(message, name)
+        if len(values) > MAX_FILTER_VALUES:
+            raise InvalidArgument(f"filter.{name}: at most {MAX_FILTER_VALUES} values, got {len(values)}")
+    bounds = {}
+    for name in ("min_price", "max_price"):
+        if message.HasField(name):
+            value = getattr(message, name)
+            if not math.isfinite(value):
+                raise InvalidArgument(f"filter.{name}: must be a finite number, got {value}")
+            bounds[name] = float(value)
+    low, high = bounds.get("min_price"), bounds.get("max_price")
+    if low is not None and high is not None and low > high:
+        raise InvalidArgument(f"filter.min_price: must not exceed filter.max_price, got min_price {low} > max_price {high}")
+    return SearchFilter(
+        categories=tuple(dict.fromkeys(message.categories)),
+        min_price=low,
+        max_price=high,
+        exclude_item_ids=tuple(dict.fromkeys(message.exclude_item_ids)),
+    )
+
+
+def quote(value: str) -> str:
+    """A double-quoted Milvus string literal that parses back to exactly `value`."""
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+        raise ValueError("control characters cannot be quoted for a Milvus expression")
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def quote_list(values: list[str]) -> str:
+    return "[" + ", ".join(quote(value) for value in values) + "]"
+
+
+@dataclass(frozen=True)
+class Expression:
+    text: str
+    params: dict[str, Any]
+    matches_nothing: bool = False  # e.g. every requested category is one no item can have
+
+
+def id_list_expression(field_name: str, item_ids: list[str], templates: bool) -> Expression:
+    """`field in [ids]` for ids that can be stored at all; others cannot exist and are left out."""
+    ids = [item_id for item_id in item_ids if can_be_stored_id(item_id)]
+    if not ids:
+        return Expression("", {}, matches_nothing=True)
+    if templates:
+        return Expression(f"{field_name} in {{ids}}", {"ids": ids})
+    return Expression(f"{field_name} in {quote_list(ids)}", {})
+
+
+def build_expression(search_filter: SearchFilter, templates: bool) -> Expression:
+    clauses: list[str] = []
+    params: dict[str, Any] = {}
+    if search_filter.categories:
+        categories = [c for c in search_filter.categories if can_be_stored_category(c)]
+        if not categories:
+            return Expression("", {}, matches_nothing=True)
+        if templates:
+            clauses.append("category in {categories}")
+            params["categories"] = categories
+        else:
+            clauses.append(f"category in {quote_list(categories)}")
+    if search_filter.min_price is not None or search_filter.max_price is not None:
+        # Items without a price store has_price = false (and price 0), so they never pass a price bound.
+        clauses.append("has_price == true")
+        for name, operator in (("min_price", ">="), ("max_price", "<=")):
+            value = getattr(search_filter, name)
+            if value is None:
+                continue
+            if templates:
+                clauses.append(f"price {operator} {{{name}}}")
+                params[name] = value
+            else:
+                clauses.append(f"price {operator} {float(value)!r}")
+    excluded = [item_id for item_id in search_filter.exclude_item_ids if can_be_stored_id(item_id)]
+    if excluded:
+        if templates:
+            clauses.append("item_id not in {excluded}")
+            params["excluded"] = excluded
+        else:
+            clauses.append(f"item_id not in {quote_list(excluded)}")
+    return Expression(" and ".join(clauses), params)

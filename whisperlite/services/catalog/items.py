@@ -1,0 +1,174 @@
+"""Catalog items: validation of caller input and conversion between the proto `Item` and stored records.
+
+A request is validated as a whole before anything is written, so a bad item anywhere in an upsert
+leaves the store untouched. Messages name the item's index and field ("items[3].vector: ...").
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from whisperlite.core.errors import InvalidArgument
+from whisperlite.v1 import common_pb2
+
+# Limits in characters. The Milvus VARCHAR fields are sized in bytes at 4x these (UTF-8 needs at most
+# 4 bytes a character), so a value that passes here always fits its field.
+MAX_ID_CHARS = 256
+MAX_TITLE_CHARS = 1024
+MAX_TEXT_CHARS = 16_000
+MAX_CATEGORY_CHARS = 256
+MAX_IMAGE_URI_CHARS = 2048
+# Milvus caps a JSON field at 64 KiB.
+MAX_ATTRIBUTES_BYTES = 65_536
+
+
+@dataclass
+class ItemRecord:
+    """One item as the catalog stores it; `vector` is L2-normalized float32 (None when not loaded)."""
+
+    item_id: str
+    title: str = ""
+    text: str = ""
+    category: str = ""
+    price: float | None = None
+    image_uri: str = ""
+    attributes: dict[str, str] = field(default_factory=dict)
+    vector: np.ndarray | None = None
+
+
+def _has_control_characters(value: str) -> bool:
+    return any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value)
+
+
+def id_problem(item_id: str) -> str | None:
+    """Why `item_id` cannot be a catalog id, or None when it can.
+
+    Apostrophes are refused because milvus-lite 2.5.1 pastes primary keys into SQL between single
+    quotes when it upserts and deletes (an id like `x' or '1'='1` would reach its SQLite store as SQL);
+    control characters because a filter expression cannot express a newline in a string literal.
+    """
+    if not item_id:
+        return "must not be empty"
+    if len(item_id) > MAX_ID_CHARS:
+        return f"must be at most {MAX_ID_CHARS} characters, got {len(item_id)}"
+    if "'" in item_id:
+        return "must not contain an apostrophe (')"
+    if _has_control_characters(item_id):
+        return "must not contain control characters (newline, tab, ...)"
+    return None
+
+
+def can_be_stored_id(item_id: str) -> bool:
+    return id_problem(item_id) is None
+
+
+def can_be_stored_category(category: str) -> bool:
+    return len(category) <= MAX_CATEGORY_CHARS and not _has_control_characters(category)
+
+
+def validate_vector(values: Sequence[float], dimension: int, name: str) -> np.ndarray:
+    """Checks length and finiteness and returns the L2-normalized float32 vector."""
+    vector = np.asarray(values, dtype=np.float32)
+    if vector.shape != (dimension,):
+        raise InvalidArgument(f"{name}: must have {dimension} values (the catalog's dimension), got {vector.size}")
+    finite = np.isfinite(vector)
+    if not finite.all():
+        position = int(np.flatnonzero(~finite)[0])
+        raise InvalidArgument(f"{name}: values must be finite, got {vector[position]} at position {position}")
+    # In float64: the float32 norm of very large (or tiny) finite values overflows (or underflows to 0).
+    wide = vector.astype(np.float64)
+    norm = float(np.linalg.norm(wide))
+    if norm == 0.0:
+        raise InvalidArgument(f"{name}: must not be all zeros (cosine similarity is undefined)")
+    return (wide / norm).astype(np.float32)
+
+
+def _check_text(value: str, limit: int, name: str) -> None:
+    if len(value) > limit:
+        raise InvalidArgument(f"{name}: must be at most {limit} characters, got {len(value)}")
+
+
+def record_from_proto(item: common_pb2.Item, index: int, dimension: int) -> ItemRecord:
+    where = f"items[{index}]"
+    problem = id_problem(item.item_id)
+    if problem:
+        raise InvalidArgument(f"{where}.item_id: {problem}")
+    _check_text(item.title, MAX_TITLE_CHARS, f"{where}.title")
+    _check_text(item.text, MAX_TEXT_CHARS, f"{where}.text")
+    _check_text(item.image_uri, MAX_IMAGE_URI_CHARS, f"{where}.image_uri")
+    _check_text(item.category, MAX_CATEGORY_CHARS, f"{where}.category")
+    if _has_control_characters(item.category):
+        raise InvalidArgument(f"{where}.category: must not contain control characters (newline, tab, ...)")
+    price = None
+    if item.HasField("price"):
+        if not math.isfinite(item.price) or item.price < 0:
+            raise InvalidArgument(f"{where}.price: must be a finite number >= 0, got {item.price}")
+        price = float(item.price)
+    attributes = dict(item.attributes)
+    if len(json.dumps(attributes, ensure_ascii=False).encode()) > MAX_ATTRIBUTES_BYTES:
+        raise InvalidArgument(f"{where}.attributes: must encode to at most {MAX_ATTRIBUTES_BYTES} bytes of JSON")
+    vector = None
+    if len(item.vector):
+        vector = validate_vector(item.vector, dimension, f"{where}.vector")
+    elif not (item.title.strip() or item.text.strip()):
+        raise InvalidArgument(f"{where}: without a vector it needs a non-blank title or text to embed")
+    return ItemRecord(
+        item_id=item.item_id,
+        title=item.title,
+        text=item.text,
+        category=item.category,
+        price=price,
+        image_uri=item.image_uri,
+        attributes=attributes,
+        vector=vector,
+    )
+
+
+def records_from_request(items: Sequence[common_pb2.Item], dimension: int, max_items: int) -> list[ItemRecord]:
+    """Validates a whole upsert request; raises InvalidArgument on the first problem, writing nothing."""
+    if not items:
+        raise InvalidArgument("items: must hold at least one item")
+    if len(items) > max_items:
+        raise InvalidArgument(f"items: at most {max_items} items per request, got {len(items)}; split the upsert")
+    first_index: dict[str, int] = {}
+    records = []
+    for index, item in enumerate(items):
+        record = record_from_proto(item, index, dimension)
+        if record.item_id in first_index:
+            raise InvalidArgument(
+                f"items[{index}].item_id: duplicate id {record.item_id!r} (also items[{first_index[record.item_id]}])"
+            )
+        first_index[record.item_id] = index
+        records.append(record)
+    return records
+
+
+def validate_ids(item_ids: Sequence[str], max_ids: int, name: str = "item_ids") -> list[str]:
+    """Checks a list of ids to read or delete; returns them without duplicates, in request order."""
+    if len(item_ids) > max_ids:
+        raise InvalidArgument(f"{name}: at most {max_ids} ids per request, got {len(item_ids)}")
+    for index, item_id in enumerate(item_ids):
+        if not item_id:
+            raise InvalidArgument(f"{name}[{index}]: must not be empty")
+    return list(dict.fromkeys(item_ids))
+
+
+def record_to_proto(record: ItemRecord, include_vector: bool) -> common_pb2.Item:
+    item = common_pb2.Item(
+        item_id=record.item_id,
+        title=record.title,
+        text=record.text,
+        category=record.category,
+        image_uri=record.image_uri,
+        attributes=record.attributes,
+    )
+    if record.price is not None:
+        item.price = record.price
+    if include_vector and record.vector is not None:
+        item.vector.extend(record.vector.tolist())
+    return item

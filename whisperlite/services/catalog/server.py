@@ -1,0 +1,139 @@
+"""Catalog service: `whisperlite serve catalog` (flags default from CATALOG_* env vars)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from whisperlite.core.topology import CATALOG, QUERY_ENCODER
+from whisperlite.services.catalog.catalog import Catalog, CatalogLimits
+from whisperlite.services.catalog.embedding import ItemEmbedder
+from whisperlite.services.catalog.servicer import CatalogServicer
+from whisperlite.services.catalog.store import INDEX_TYPES, CollectionSpec, MilvusStore, default_uri
+from whisperlite.core.errors import ServiceError
+from whisperlite.services.common.config import add_server_flags, env_float, env_int, env_str
+from whisperlite.services.common.logs import configure_logging
+from whisperlite.services.common.server import serve
+from whisperlite.v1 import catalog_pb2_grpc
+
+PREFIX = CATALOG.env_prefix
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    value = env_str(name, "").strip().lower()
+    if not value:
+        return default
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise SystemExit(f"environment variable {name} must be true or false, got {value!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="whisperlite serve catalog", description=__doc__)
+    limits, creation = CatalogLimits(), CollectionSpec()
+    store = parser.add_argument_group("store")
+    store.add_argument(
+        "--uri", default=env_str(f"{PREFIX}_MILVUS_URI", ""),
+        help=f"Milvus server URI, e.g. http://milvus:19530; empty: an embedded milvus-lite file in --data-dir (env {PREFIX}_MILVUS_URI)",
+    )
+    store.add_argument("--token", default=env_str(f"{PREFIX}_MILVUS_TOKEN", ""), help=f"Milvus token, user:password (env {PREFIX}_MILVUS_TOKEN)")
+    store.add_argument(
+        "--data-dir", default=env_str(f"{PREFIX}_DATA_DIR", "var/catalog"),
+        help=f"directory of the embedded milvus-lite store catalog.db (env {PREFIX}_DATA_DIR)",
+    )
+    store.add_argument("--collection", default=env_str(f"{PREFIX}_COLLECTION", "whisperlite_items"), help=f"collection name (env {PREFIX}_COLLECTION)")
+    store.add_argument(
+        "--milvus-timeout-seconds", type=float, default=env_float(f"{PREFIX}_MILVUS_TIMEOUT_SECONDS", 30.0),
+        help=f"deadline of each Milvus call (env {PREFIX}_MILVUS_TIMEOUT_SECONDS)",
+    )
+    create = parser.add_argument_group("collection creation (used only when the collection does not exist)")
+    create.add_argument(
+        "--dimension", type=int, default=env_int(f"{PREFIX}_DIMENSION", creation.dimension),
+        help=f"vector dimension; 0 reads it from the query encoder (env {PREFIX}_DIMENSION)",
+    )
+    create.add_argument(
+        "--encoder-model", default=env_str(f"{PREFIX}_ENCODER_MODEL", creation.encoder_model),
+        help=f"name of the model behind the vectors, recorded with (and required by) --dimension (env {PREFIX}_ENCODER_MODEL)",
+    )
+    create.add_argument(
+        "--index-type", choices=INDEX_TYPES, default=env_str(f"{PREFIX}_INDEX_TYPE", creation.index_type),
+        help=f"ANN index of the vector field; milvus-lite takes AUTOINDEX, FLAT, IVF_FLAT (env {PREFIX}_INDEX_TYPE)",
+    )
+    create.add_argument(
+        "--exact-filtered-search", action=argparse.BooleanOptionalAction,
+        default=_env_bool(f"{PREFIX}_EXACT_FILTERED_SEARCH", creation.exact_filtered_search),
+        help=f"keep a FLAT copy of each vector so category/price-filtered searches are exact (env {PREFIX}_EXACT_FILTERED_SEARCH)",
+    )
+    encoder = parser.add_argument_group("query encoder")
+    encoder.add_argument(
+        "--query-encoder-addr", default=env_str(QUERY_ENCODER.address_env, QUERY_ENCODER.local_address),
+        help=f"query encoder that embeds items upserted without a vector; empty: vectors are required (env {QUERY_ENCODER.address_env})",
+    )
+    encoder.add_argument(
+        "--encoder-timeout-seconds", type=float, default=env_float(f"{PREFIX}_ENCODER_TIMEOUT_SECONDS", 120.0),
+        help=f"deadline of each call to the query encoder (env {PREFIX}_ENCODER_TIMEOUT_SECONDS)",
+    )
+    requests = parser.add_argument_group("request limits")
+    requests.add_argument(
+        "--max-top-k", type=int, default=env_int(f"{PREFIX}_MAX_TOP_K", limits.max_top_k),
+        help=f"largest top_k a search may ask for (env {PREFIX}_MAX_TOP_K)",
+    )
+    requests.add_argument(
+        "--max-batch", type=int, default=env_int(f"{PREFIX}_MAX_BATCH", limits.max_batch),
+        help=f"most items per upsert and ids per get or delete (env {PREFIX}_MAX_BATCH)",
+    )
+    add_server_flags(parser, CATALOG)
+    return parser
+
+
+def build_catalog(args: argparse.Namespace) -> Catalog:
+    store = MilvusStore(
+        args.uri or default_uri(args.data_dir), args.collection, token=args.token, timeout_seconds=args.milvus_timeout_seconds
+    )
+    embedder = ItemEmbedder(args.query_encoder_addr, args.encoder_timeout_seconds) if args.query_encoder_addr else None
+    try:
+        return Catalog(
+            store,
+            embedder,
+            CatalogLimits(max_top_k=args.max_top_k, max_batch=args.max_batch),
+            CollectionSpec(
+                dimension=args.dimension,
+                encoder_model=args.encoder_model,
+                index_type=args.index_type,
+                exact_filtered_search=args.exact_filtered_search,
+            ),
+        )
+    except ValueError as error:
+        raise SystemExit(f"catalog: {error}") from None
+
+
+async def run(args: argparse.Namespace, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> None:
+    catalog = build_catalog(args)
+    await serve(
+        name="catalog",
+        port=args.port,
+        metrics_port=args.metrics_port,
+        servicers=[(catalog_pb2_grpc.add_CatalogServiceServicer_to_server, CatalogServicer(catalog), CATALOG.grpc_service)],
+        startup=catalog.open,
+        shutdown=catalog.close,
+        grace_seconds=args.grace_seconds,
+        host=args.host,
+        max_message_bytes=args.max_message_bytes,
+        ready=ready,
+        stop=stop,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_level, service="catalog")
+    try:
+        asyncio.run(run(args))
+    except ServiceError as error:  # the store cannot be opened or created: say why, without a traceback
+        raise SystemExit(f"catalog: {error}") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""gRPC face of the Catalog: proto messages in and out, nothing else."""
+
+from __future__ import annotations
+
+from whisperlite.services.catalog.catalog import Catalog
+from whisperlite.services.catalog.filters import filter_from_proto
+from whisperlite.services.catalog.items import record_to_proto
+from whisperlite.v1 import catalog_pb2, catalog_pb2_grpc
+
+
+class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
+    def __init__(self, catalog: Catalog):
+        self._catalog = catalog
+
+    async def UpsertItems(self, request, context):
+        result = await self._catalog.upsert(request.items)
+        return catalog_pb2.UpsertItemsResponse(upserted_count=result.upserted, embedded_count=result.embedded)
+
+    async def GetItems(self, request, context):
+        found, missing = await self._catalog.get(request.item_ids, request.include_vectors)
+        return catalog_pb2.GetItemsResponse(
+            items=[record_to_proto(record, request.include_vectors) for record in found], missing_item_ids=missing
+        )
+
+    async def DeleteItems(self, request, context):
+        return catalog_pb2.DeleteItemsResponse(deleted_count=await self._catalog.delete(request.item_ids))
+
+    async def Search(self, request, context):
+        search_filter = filter_from_proto(request.filter if request.HasField("filter") else None)
+        hits = await self._catalog.search(request.vector, request.top_k, search_filter, request.include_vectors)
+        return catalog_pb2.SearchResponse(
+            hits=[catalog_pb2.SearchHit(item=record_to_proto(hit.record, request.include_vectors), score=hit.score) for hit in hits]
+        )
+
+    async def GetStats(self, request, context):
+        stats = await self._catalog.stats()
+        return catalog_pb2.GetStatsResponse(
+            item_count=stats.item_count, dimension=stats.dimension, encoder_model=stats.encoder_model, collection=stats.collection
+        )

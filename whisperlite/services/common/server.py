@@ -1,0 +1,109 @@
+"""One way to run a WhisperLite gRPC service: health, reflection, /metrics, interceptors, graceful shutdown."""
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import grpc
+import prometheus_client
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from whisperlite.core.topology import DEFAULT_MAX_MESSAGE_BYTES
+from whisperlite.services.common.interceptors import ObservabilityInterceptor
+
+log = logging.getLogger("whisperlite.server")
+
+MAX_CONNECTION_AGE_MS = 5 * 60 * 1000
+
+# (add_XServicer_to_server, servicer, full service name)
+ServicerBinding = tuple[Callable[[Any, grpc.aio.Server], None], Any, str]
+
+
+async def serve(
+    *,
+    name: str,
+    port: int,
+    metrics_port: int,
+    servicers: Sequence[ServicerBinding],
+    startup: Callable[[], Awaitable[None]] | None = None,
+    shutdown: Callable[[], Awaitable[None]] | None = None,
+    grace_seconds: float = 10.0,
+    host: str = "[::]",
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ready: asyncio.Event | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Runs until SIGTERM/SIGINT (or `stop` is set), then drains in-flight calls for `grace_seconds`.
+
+    Health reports NOT_SERVING until `startup` has returned, so load balancers and `whisperlite up`
+    wait for the model or collection to be loaded; it goes NOT_SERVING again as soon as shutdown starts.
+    `ready` is set once serving (lets in-process callers such as tests wait without polling).
+    """
+    server = grpc.aio.server(
+        interceptors=[ObservabilityInterceptor(max_response_bytes=max_message_bytes)],
+        options=[
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.so_reuseport", 0),
+            # Clients reconnect (and re-resolve DNS) when a connection reaches this age, so a scaled-up
+            # service gets traffic without restarting its callers; the grace lets in-flight calls finish.
+            ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS),
+            ("grpc.max_connection_age_grace_ms", 30_000),
+        ],
+    )
+    for add_to_server, servicer, _ in servicers:
+        add_to_server(servicer, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    service_names = [full_name for _, _, full_name in servicers]
+    reflection.enable_server_reflection([*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    for service in ["", *service_names]:
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise SystemExit(f"{name}: cannot bind gRPC port {host}:{port}")
+    await server.start()
+    metrics_server = None
+    if metrics_port:
+        metrics_server, _ = prometheus_client.start_http_server(metrics_port)
+    log.info("listening", extra={"service": name, "grpc_port": port, "metrics_port": metrics_port})
+
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # not the main thread (e.g. tests): rely on `stop`
+            pass
+
+    try:
+        if startup is not None:
+            startup_task = asyncio.ensure_future(startup())
+            stop_task = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({startup_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+            stop_task.cancel()
+            if not startup_task.done():
+                startup_task.cancel()
+            else:
+                startup_task.result()
+        if not stop.is_set():
+            for service in ["", *service_names]:
+                await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+            log.info("serving", extra={"service": name})
+            if ready is not None:
+                ready.set()
+            await stop.wait()
+    finally:
+        log.info("shutting down", extra={"service": name, "grace_seconds": grace_seconds})
+        await health_servicer.enter_graceful_shutdown()
+        # stop() refuses new RPCs at once and cancels those still running after the grace period.
+        await server.stop(grace_seconds)
+        if shutdown is not None:
+            await shutdown()
+        if metrics_server is not None:
+            metrics_server.shutdown()
+        log.info("stopped", extra={"service": name})

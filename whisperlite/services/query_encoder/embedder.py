@@ -1,0 +1,185 @@
+"""The query encoder's domain logic, free of gRPC: validation, the query cache and micro-batching."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from cachetools import LRUCache
+
+from whisperlite.core.errors import InvalidArgument, Unavailable
+from whisperlite.services.query_encoder.batcher import MicroBatcher
+from whisperlite.services.query_encoder.metrics import CACHE_HITS, CACHE_MISSES
+from whisperlite.core.encoders import Encoder, load_encoder
+from whisperlite.core.encoders.clip import ImageDecodeError, decode_image
+
+log = logging.getLogger("whisperlite.query_encoder")
+
+
+class ModelLoadError(RuntimeError):
+    """The configured model could not be loaded (missing path, unknown backend, no CUDA...)."""
+
+
+@dataclass(frozen=True)
+class EmbedderSettings:
+    backend: str = "minilm"
+    model: str | None = None
+    device: str = "auto"
+    max_batch_size: int = 64
+    max_wait_ms: float = 2.0
+    cache_size: int = 10_000
+    max_text_chars: int = 2_000
+    max_inputs: int = 2_048
+
+
+def warm_up(encoder: Encoder, max_batch_size: int) -> None:
+    """Run the first forward passes before SERVING instead of on callers' time.
+
+    On CUDA, kernels load lazily and cuBLAS chooses algorithms per shape, so the first batch of
+    each size stalls (measured on an H100: p99 876 ms under load without this, see
+    docs/encoder.md); warm every batch size up to the maximum, short and long. On CPU one pass
+    is enough.
+    """
+    sizes = range(1, max_batch_size + 1) if encoder.device != "cpu" else [1]
+    for size in sizes:
+        for words in (4, 48):
+            encoder.encode_texts(["warm up " * words] * size, batch_size=size)
+
+
+class Embedder:
+    """Loads one encoder and serves embeddings of validated texts and images.
+
+    Texts go through an LRU cache (repeated queries are common) and then the text micro-batcher;
+    images are not cached (large keys, rarely repeated) and have their own batcher.
+    """
+
+    def __init__(self, settings: EmbedderSettings):
+        for name in ("max_batch_size", "max_text_chars", "max_inputs"):
+            if getattr(settings, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(settings, name)}")
+        if settings.cache_size < 0:
+            raise ValueError(f"cache_size: must be >= 0 (0 disables the cache), got {settings.cache_size}")
+        self.settings = settings
+        self.encoder: Encoder | None = None
+        # One model thread: concurrent forward passes on the same weights only contend for cores.
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="encoder")
+        self._cache: LRUCache[str, np.ndarray] | None = LRUCache(settings.cache_size) if settings.cache_size else None
+        self._texts: MicroBatcher[str] | None = None
+        self._images: MicroBatcher[bytes] | None = None
+
+    async def load(self) -> None:
+        s = self.settings
+        log.info("loading encoder", extra={"backend": s.backend, "model": s.model, "device": s.device})
+        loop = asyncio.get_running_loop()
+        try:
+            encoder = await loop.run_in_executor(self._executor, lambda: load_encoder(s.backend, s.model, s.device))
+        except (OSError, ValueError) as error:
+            raise ModelLoadError(f"cannot load the {s.backend} encoder (model {s.model or 'default'}): {error}") from error
+        await loop.run_in_executor(self._executor, warm_up, encoder, s.max_batch_size)
+        # One batch per model call: the batcher already sized it.
+        self._texts = MicroBatcher(
+            lambda texts: encoder.encode_texts(texts, batch_size=s.max_batch_size),
+            max_batch_size=s.max_batch_size, max_wait_s=s.max_wait_ms / 1e3, executor=self._executor, kind="text",
+        )
+        self._texts.start()
+        if encoder.supports_images:
+            self._images = MicroBatcher(
+                lambda images: encoder.encode_images(images, batch_size=s.max_batch_size),
+                max_batch_size=s.max_batch_size, max_wait_s=s.max_wait_ms / 1e3, executor=self._executor, kind="image",
+            )
+            self._images.start()
+        self.encoder = encoder
+        log.info(
+            "encoder loaded",
+            extra={"model_name": encoder.name, "dimension": encoder.dimension, "device": encoder.device},
+        )
+
+    async def close(self) -> None:
+        for batcher in (self._texts, self._images):
+            if batcher is not None:
+                await batcher.close()
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def require_encoder(self) -> Encoder:
+        if self.encoder is None:
+            raise Unavailable("the encoder model is still loading; retry when health reports SERVING")
+        return self.encoder
+
+    async def embed(self, texts: list[str], images: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+        """Embed texts and images; returns float32 (len(texts), d) and (len(images), d)."""
+        encoder = self.require_encoder()
+        self._validate(encoder, texts, images)
+        if images:
+            await self._check_images_decode(images)
+        text_vectors, image_vectors = await asyncio.gather(self._embed_texts(texts), self._embed_images(images))
+        return text_vectors, image_vectors
+
+    def _validate(self, encoder: Encoder, texts: list[str], images: list[bytes]) -> None:
+        limit = self.settings.max_text_chars
+        if not texts and not images:
+            raise InvalidArgument("texts: at least one text (or, with an image backend, one image) is required")
+        if len(texts) + len(images) > self.settings.max_inputs:
+            raise InvalidArgument(
+                f"texts, images: at most {self.settings.max_inputs} inputs per request, got {len(texts) + len(images)}; "
+                "split the request"
+            )
+        for index, text in enumerate(texts):
+            if not text.strip():
+                raise InvalidArgument(f"texts[{index}]: must not be empty or whitespace")
+            if len(text) > limit:
+                raise InvalidArgument(f"texts[{index}]: {len(text)} characters, the limit is {limit}")
+        if images and not encoder.supports_images:
+            raise InvalidArgument(
+                f"images: the {encoder.backend} backend embeds text only; run the query encoder with --backend clip"
+            )
+        for index, image in enumerate(images):
+            if not image:
+                raise InvalidArgument(f"images[{index}]: empty bytes, expected an encoded image (PNG, JPEG, ...)")
+
+    async def _embed_texts(self, texts: list[str]) -> np.ndarray:
+        encoder = self.require_encoder()
+        if not texts:
+            return np.zeros((0, encoder.dimension), dtype=np.float32)
+        found: dict[str, np.ndarray] = {}
+        if self._cache is not None:
+            for text in texts:
+                vector = self._cache.get(text)
+                if vector is not None:
+                    found[text] = vector
+        hits = sum(1 for text in texts if text in found)
+        CACHE_HITS.inc(hits)
+        CACHE_MISSES.inc(len(texts) - hits)
+        missing = list(dict.fromkeys(text for text in texts if text not in found))
+        if missing:
+            assert self._texts is not None
+            computed = await self._texts.submit(missing)
+            for text, vector in zip(missing, computed, strict=True):
+                found[text] = vector
+                if self._cache is not None:
+                    # A copy, so a cached row does not keep its whole batch's array alive.
+                    cached = vector.copy()
+                    cached.setflags(write=False)
+                    self._cache[text] = cached
+        return np.stack([found[text] for text in texts])
+
+    @staticmethod
+    async def _check_images_decode(images: list[bytes]) -> None:
+        # Before batching, so one bad image fails its own request and not the merged batch.
+        def decode_all() -> None:
+            for index, data in enumerate(images):
+                decode_image(data, index)
+
+        try:
+            await asyncio.to_thread(decode_all)
+        except ImageDecodeError as error:
+            raise InvalidArgument(str(error)) from None
+
+    async def _embed_images(self, images: list[bytes]) -> np.ndarray:
+        encoder = self.require_encoder()
+        if not images:
+            return np.zeros((0, encoder.dimension), dtype=np.float32)
+        assert self._images is not None
+        return await self._images.submit(images)

@@ -1,0 +1,39 @@
+"""gRPC face of the Embedder: proto messages in and out, nothing else."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from whisperlite.services.query_encoder.embedder import Embedder
+from whisperlite.v1 import query_encoder_pb2, query_encoder_pb2_grpc
+
+
+def _vectors(matrix: np.ndarray) -> list[query_encoder_pb2.Vector]:
+    return [query_encoder_pb2.Vector(values=row.tolist()) for row in matrix]
+
+
+class QueryEncoderServicer(query_encoder_pb2_grpc.QueryEncoderServiceServicer):
+    def __init__(self, embedder: Embedder):
+        self._embedder = embedder
+
+    async def Embed(self, request, context):
+        text_vectors, image_vectors = await self._embedder.embed(list(request.texts), list(request.images))
+        encoder = self._embedder.require_encoder()
+        return query_encoder_pb2.EmbedResponse(
+            text_vectors=_vectors(text_vectors),
+            image_vectors=_vectors(image_vectors),
+            model_name=encoder.name,
+            dimension=encoder.dimension,
+        )
+
+    async def GetModelInfo(self, request, context):
+        encoder = self._embedder.require_encoder()
+        return query_encoder_pb2.GetModelInfoResponse(
+            model_name=encoder.name,
+            backend=encoder.backend,
+            dimension=encoder.dimension,
+            device=encoder.device,
+            supports_images=encoder.supports_images,
+            max_text_chars=self._embedder.settings.max_text_chars,
+            max_inputs=self._embedder.settings.max_inputs,
+        )

@@ -1,0 +1,136 @@
+"""The `whisperlite` command: serve, up, ingest, recommend, health, data, train, evaluate."""
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+
+from google.protobuf import json_format
+
+from whisperlite.core.topology import BY_NAME, CATALOG, RANKER
+
+# Commands whose modules import pandas or torch are registered only when asked for (or for --help),
+# so quick commands such as `health`, which containers run every few seconds, start fast.
+PLUGINS = {"data": "whisperlite.data.cli", "train": "whisperlite.trainer.cli", "evaluate": "whisperlite.trainer.cli"}
+
+
+
+def _serve(args: argparse.Namespace) -> None:
+    importlib.import_module(BY_NAME[args.service].module).main(args.server_args)
+
+
+def _up(args: argparse.Namespace) -> None:
+    from whisperlite.shell.up import up
+
+    up(args.data, args.state_dir, args.model_dir)
+
+
+def _ingest(args: argparse.Namespace) -> None:
+    from whisperlite.core.errors import ServiceError
+    from whisperlite.shell.ingest import ingest
+
+    try:
+        written = ingest(args.data, args.catalog, batch_size=args.batch_size)
+    except ServiceError as error:
+        raise SystemExit(f"{error.code.name}: {error}") from None
+    print(f"upserted {written} items into the catalog at {args.catalog}")
+
+
+def _recommend(args: argparse.Namespace) -> None:
+    import grpc
+
+    from whisperlite.core.clients.ranker import RankerClient
+
+    with RankerClient(args.ranker) as ranker:
+        try:
+            response = ranker.recommend(
+                user_id=args.user,
+                query=args.query,
+                top_k=args.k,
+                categories=args.category,
+                min_price=args.min_price,
+                max_price=args.max_price,
+                recent_item_ids=args.recent,
+            )
+        except grpc.RpcError as error:
+            raise SystemExit(f"{error.code().name}: {error.details()}") from None
+    if args.json:
+        print(json.dumps(json_format.MessageToDict(response, preserving_proto_field_name=True), indent=2))
+        return
+    path = response.DESCRIPTOR.fields_by_name["path"].enum_type.values_by_number[response.path].name
+    print(f"model {response.model_version or '(none: text only)'}  path {path}  request {response.request_id}")
+    for rank, scored in enumerate(response.items, 1):
+        print(
+            f"{rank:>3}. {scored.score:7.3f}  (query {scored.query_match:.3f}, taste {scored.personal_affinity:.3f})  "
+            f"[{scored.item.item_id}] {scored.item.title}"
+        )
+
+
+def _health(args: argparse.Namespace) -> None:
+    from whisperlite.core.clients.health import is_serving
+
+    serving = is_serving(args.address, args.service, args.timeout)
+    print("SERVING" if serving else "NOT_SERVING")
+    sys.exit(0 if serving else 1)
+
+
+def _plugins_for(argv: list[str]) -> list[str]:
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    if command in PLUGINS:
+        return [PLUGINS[command]]
+    if command in BUILTINS:
+        return []
+    return list(dict.fromkeys(PLUGINS.values()))  # help, or an unknown command: list them all
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="whisperlite", description="Personalized recommendation from free-text requests.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run one service (flags after the name go to the service; see --help)")
+    serve.add_argument("service", choices=sorted(BY_NAME))
+    serve.add_argument("server_args", nargs=argparse.REMAINDER, help="service flags, e.g. --port 50051")
+    serve.set_defaults(func=_serve)
+
+    up = commands.add_parser("up", help="run all three services locally, ingest the demo catalog when empty")
+    up.add_argument("--data", type=Path, help="canonical dataset to ingest when the catalog is empty")
+    up.add_argument("--state-dir", type=Path, default=Path("var"), help="milvus-lite store and service logs (default ./var)")
+    up.add_argument("--model-dir", type=Path, default=Path("models"), help="trained models (default ./models)")
+    up.set_defaults(func=_up)
+
+    ingest = commands.add_parser("ingest", help="upsert a dataset's items.csv into the catalog")
+    ingest.add_argument("--data", type=Path, required=True, help="canonical dataset directory")
+    ingest.add_argument("--catalog", default=CATALOG.local_address, help="catalog address")
+    ingest.add_argument("--batch-size", type=int, default=256)
+    ingest.set_defaults(func=_ingest)
+
+    recommend = commands.add_parser("recommend", help="ask the ranker for recommendations")
+    recommend.add_argument("--user", default="", help="user id (unknown users get text-only results)")
+    recommend.add_argument("--query", required=True, help="what the user typed")
+    recommend.add_argument("-k", type=int, default=10, help="number of items")
+    recommend.add_argument("--category", action="append", help="keep only this category (repeatable)")
+    recommend.add_argument("--min-price", type=float)
+    recommend.add_argument("--max-price", type=float)
+    recommend.add_argument("--recent", action="append", help="recently viewed item id (repeatable)")
+    recommend.add_argument("--ranker", default=RANKER.local_address, help="ranker address")
+    recommend.add_argument("--json", action="store_true", help="print the response as JSON")
+    recommend.set_defaults(func=_recommend)
+
+    health = commands.add_parser("health", help="gRPC health check; exit 0 when SERVING (for container health checks)")
+    health.add_argument("address", help="host:port")
+    health.add_argument("--service", default="", help="service name ('' = the whole server)")
+    health.add_argument("--timeout", type=float, default=2.0)
+    health.set_defaults(func=_health)
+
+    for module in _plugins_for(sys.argv[1:] if argv is None else argv):
+        importlib.import_module(module).register(commands)
+    return parser
+
+
+BUILTINS = {"serve", "up", "ingest", "recommend", "health"}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser(argv).parse_args(argv)
+    sys.exit(args.func(args) or 0)

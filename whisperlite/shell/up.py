@@ -1,0 +1,108 @@
+"""`whisperlite up`: the three services as separate processes on the embedded defaults."""
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from whisperlite.core.channels import create_channel
+from whisperlite.core.clients.catalog import CatalogClient
+from whisperlite.core.clients.health import wait_until_serving
+from whisperlite.core.dataset import most_active_user
+from whisperlite.core.topology import CATALOG, QUERY_ENCODER, RANKER, SERVICES
+from whisperlite.shell.ingest import ingest
+
+
+class Stack:
+    """Starts the services in dependency order, each after the previous one reports SERVING."""
+
+    def __init__(self, state_dir: Path, model_dir: Path, extra_env: dict[str, str] | None = None):
+        self.state_dir = state_dir
+        self.model_dir = model_dir
+        self.log_dir = state_dir / "logs"
+        self.processes: dict[str, subprocess.Popen] = {}
+        self.env = {
+            **os.environ,
+            QUERY_ENCODER.address_env: QUERY_ENCODER.local_address,
+            CATALOG.address_env: CATALOG.local_address,
+            f"{CATALOG.env_prefix}_DATA_DIR": str(state_dir / "catalog"),
+            f"{RANKER.env_prefix}_MODEL_DIR": str(model_dir),
+            **(extra_env or {}),
+        }
+
+    def start(self, startup_timeout_seconds: float = 300.0) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for spec in SERVICES:
+            log_path = self.log_dir / f"{spec.name}.log"
+            command = [sys.executable, "-m", "whisperlite", "serve", spec.name, "--port", str(spec.port), "--metrics-port", str(spec.metrics_port)]
+            print(f"starting {spec.name} on :{spec.port} (logs: {log_path})", flush=True)
+            process = subprocess.Popen(command, env=self.env, stdout=subprocess.DEVNULL, stderr=log_path.open("ab"))
+            self.processes[spec.name] = process
+            if not wait_until_serving(spec.local_address, startup_timeout_seconds, alive=lambda p=process: p.poll() is None):
+                tail = log_path.read_text(errors="replace").splitlines()[-15:]
+                self.stop()
+                raise SystemExit(f"{spec.name} did not become healthy; last log lines:\n" + "\n".join(tail))
+
+    def stop(self, grace_seconds: float = 15.0) -> None:
+        for process in reversed(list(self.processes.values())):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes.values():
+            try:
+                process.wait(grace_seconds)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def catalog_item_count(address: str) -> int:
+    async def count() -> int:
+        channel = create_channel(address)
+        try:
+            return (await CatalogClient(channel, 10.0, address).stats()).item_count
+        finally:
+            await channel.close()
+
+    return asyncio.run(count())
+
+
+def up(data_dir: Path | None, state_dir: Path, model_dir: Path) -> None:
+    stack = Stack(state_dir, model_dir)
+    stop_requested = False
+
+    def request_stop(*_):
+        nonlocal stop_requested
+        stop_requested = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    stack.start()
+    try:
+        catalog_addr = stack.env[CATALOG.address_env]
+        if data_dir is not None and catalog_item_count(catalog_addr) == 0:
+            print(f"catalog is empty: ingesting {data_dir}", flush=True)
+            ingest(data_dir, catalog_addr)
+        user = (most_active_user(data_dir) if data_dir else None) or "some-user"
+        ranker = RANKER.local_address
+        print(
+            "\nWhisperLite is up:\n"
+            + "".join(f"  {s.name:<14} grpc localhost:{s.port}   metrics http://localhost:{s.metrics_port}/metrics\n" for s in SERVICES)
+            + f"  items in catalog: {catalog_item_count(catalog_addr)}\n\n"
+            "Try:\n"
+            f"  .venv/bin/whisperlite recommend --user {user} --query 'black leather boots' -k 5\n"
+            f"  grpcurl -plaintext -d '{{\"user_id\": \"{user}\", \"query\": \"black leather boots\", \"top_k\": 5}}' "
+            f"{ranker} whisperlite.v1.RankerService/Recommend\n\n"
+            "Ctrl-C stops the stack.",
+            flush=True,
+        )
+        while not stop_requested and all(p.poll() is None for p in stack.processes.values()):
+            time.sleep(0.5)
+        dead = [name for name, p in stack.processes.items() if p.poll() is not None]
+        if dead and not stop_requested:
+            print(f"service(s) exited: {', '.join(dead)}; see {stack.log_dir}", file=sys.stderr)
+    finally:
+        print("stopping the stack", flush=True)
+        stack.stop()

@@ -1,0 +1,5 @@
+import sys
+
+from whisperlite.trainer.cli import main
+
+sys.exit(main())

@@ -1,0 +1,230 @@
+"""`whisperlite evaluate`: every method on the same test cases, full catalog ranked.
+
+Writes metrics.json (`{"dataset", "n_test", "methods": {method: {metric: value}}, ...}`),
+results.md (a markdown table) and metrics.png (a bar chart per metric) into the output directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from whisperlite.trainer.experiment import Experiment
+from whisperlite.trainer.methods import (
+    CollaborativeFiltering,
+    Popularity,
+    TextOnly,
+    TextPlusHistoryMean,
+    WhisperLite,
+    rank_cases,
+    validation_metrics,
+)
+from whisperlite.trainer.metrics import METRICS, summarize
+from whisperlite.trainer.plots import plot_metric_bars, plot_training_curves
+from whisperlite.trainer.train import TrainConfig, save_model_dir, train_model
+from whisperlite.core.personalization import PersonalizationModel
+
+log = logging.getLogger(__name__)
+
+BASELINES = ("popularity", "history_only", "text_only", "text_plus_history_mean")
+VARIANTS = {
+    "whisperlite": {},
+    "whisperlite_bce_only": {"contrastive_weight": 0.0},
+    "whisperlite_contrastive_only": {"bce_weight": 0.0},
+}
+METHODS = BASELINES + tuple(VARIANTS)
+
+
+def score_items(
+    model: PersonalizationModel,
+    query_vector: np.ndarray,
+    user_id: str | None,
+    item_vectors: np.ndarray,
+    recent_item_vectors: np.ndarray | None = None,
+) -> np.ndarray:
+    """The score of each item for one (user, request): the ranker's code path, used by evaluate."""
+    return model.score(model.personalize(query_vector, user_id, recent_item_vectors), item_vectors)
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, n: int = 2000, seed: int = 0) -> dict[str, float]:
+    """Mean of a - b over test cases with a 95% paired bootstrap interval."""
+    rng = np.random.default_rng(seed)
+    diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    if len(diff) == 0:
+        return {"diff": 0.0, "low": 0.0, "high": 0.0}
+    means = np.array([diff[rng.integers(0, len(diff), len(diff))].mean() for _ in range(n)])
+    return {"diff": float(diff.mean()), "low": float(np.quantile(means, 0.025)), "high": float(np.quantile(means, 0.975))}
+
+
+def markdown_table(methods: dict[str, dict[str, float]], highlight_best: bool = True) -> str:
+    lines = ["| method | " + " | ".join(METRICS) + " |", "|---|" + "---:|" * len(METRICS)]
+    best = {m: max(v[m] for v in methods.values()) for m in METRICS} if methods else {}
+    for name, values in methods.items():
+        cells = []
+        for metric in METRICS:
+            cell = f"{values[metric]:.4f}"
+            cells.append(f"**{cell}**" if highlight_best and values[metric] == best[metric] else cell)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _check_model_fits(model: PersonalizationModel, experiment: Experiment) -> None:
+    """A given model must come from this data, split and encoder: otherwise its stored tastes may hold
+    the very interactions it is tested on, or live in another vector space."""
+    if model.manifest.get("data_hash") != experiment.dataset.data_hash:
+        raise ValueError(
+            f"model: trained on data {model.manifest.get('data_hash')} but {experiment.dataset.directory} "
+            f"hashes to {experiment.dataset.data_hash}; its user table may hold test interactions"
+        )
+    split = {"min_interactions": experiment.split.min_interactions, "request_seed": experiment.request_seed}
+    trained = model.manifest.get("config", {}).get("split")
+    if trained != split:
+        raise ValueError(f"model: trained with split settings {trained} but this evaluation uses {split}")
+    # The encoder is checked where the model meets this experiment's vectors: methods.WhisperLite.
+
+
+def evaluate(
+    experiment: Experiment,
+    out_dir: str | Path,
+    model: PersonalizationModel | None = None,
+    config: TrainConfig | None = None,
+    methods: tuple[str, ...] = METHODS,
+    keep_seen: bool = False,
+    models_out: str | Path | None = None,
+    progress: bool = True,
+) -> dict:
+    """Run `methods` on the experiment's test cases; write and return the metrics."""
+    config = config or TrainConfig()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"methods: unknown {unknown}; choose from {', '.join(METHODS)}")
+    limit = config.validation_cases
+    scorers, details = {}, {}
+    for name in methods:
+        started = time.perf_counter()
+        if name == "popularity":
+            scorers[name] = Popularity(experiment)
+        elif name == "text_only":
+            scorers[name] = TextOnly(experiment)
+        elif name == "text_plus_history_mean":
+            scorers[name] = method = TextPlusHistoryMean(experiment, validation_limit=limit)
+            details[name] = {"weight": method.weight, "selection": method.selection}
+        elif name == "history_only":
+            scorers[name] = method = CollaborativeFiltering(experiment, validation_limit=limit, seed=config.seed)
+            details[name] = {"chosen": method.params, "selection": method.selection}
+        elif name != "whisperlite" and "whisperlite" in scorers and config.user_table == "auto":
+            # The ablations keep the user-table choice made for the full model on validation.
+            chosen = scorers["whisperlite"].model.manifest["config"]["train"]["user_table"]
+            variant_config = config.replace(user_table=chosen, **VARIANTS[name])
+            scorers[name], details[name] = _train_variant(experiment, variant_config, name, out_dir, models_out, progress)
+        elif name == "whisperlite" and model is not None:
+            _check_model_fits(model, experiment)
+            scorers[name] = WhisperLite(model, experiment, name)
+            details[name] = {"model": model.version, "trained": False, "manifest_metrics": model.manifest.get("metrics")}
+        else:
+            variant_config = config.replace(**VARIANTS[name])
+            scorers[name], details[name] = _train_variant(experiment, variant_config, name, out_dir, models_out, progress)
+        details.setdefault(name, {})["fit_seconds"] = round(time.perf_counter() - started, 1)
+
+    per_case, test_metrics, val_metrics = {}, {}, {}
+    for name, scorer in scorers.items():
+        per_case[name] = rank_cases(scorer, experiment, "test", keep_seen=keep_seen, progress=progress)
+        test_metrics[name] = summarize(per_case[name])
+        val_metrics[name] = validation_metrics(scorer, experiment, limit=limit)
+
+    if "whisperlite" in scorers:
+        # How much of WhisperLite's gain is the learned request transform alone: same model, no taste.
+        without_user = scorers["whisperlite"].without_user()
+        details["whisperlite"]["test_without_user"] = summarize(rank_cases(without_user, experiment, "test", keep_seen=keep_seen))
+    report = {
+        "dataset": experiment.dataset.name,
+        "n_test": len(experiment.split.test),
+        "methods": test_metrics,
+        "validation": val_metrics,
+        "settings": {**experiment.settings(), "keep_seen": keep_seen, "train_config": _jsonable(config)},
+        "details": details,
+        "diagnostics": diagnostics(experiment, per_case),
+    }
+    report["comparison"] = compare(per_case, test_metrics)
+    (out_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    table = markdown_table(test_metrics)
+    (out_dir / "results.md").write_text(
+        f"# {experiment.dataset.name}: test metrics ({report['n_test']} cases, full catalog of "
+        f"{experiment.dataset.n_items} items{', seen items kept' if keep_seen else ', seen items excluded'})\n\n{table}\n"
+    )
+    plot_metric_bars(test_metrics, out_dir / "metrics.png", title=f"{experiment.dataset.name} (n_test={report['n_test']})")
+    print(f"\n{experiment.dataset.name}: {report['n_test']} test cases\n{table}\n")
+    return report
+
+
+def _train_variant(experiment: Experiment, config: TrainConfig, name: str, out_dir: Path, models_out, progress: bool):
+    result = train_model(experiment, config, name=f"{experiment.dataset.name}-{name}", progress=progress)
+    plot_training_curves(result.history, out_dir / f"curves_{name}.png", title=f"{experiment.dataset.name}: {name}")
+    metrics = result.model.manifest["metrics"]
+    detail = {
+        "trained": True,
+        "best_epoch": result.best_epoch,
+        "epochs": len(result.history),
+        "train_seconds": round(result.seconds, 1),
+        "user_table": result.model.manifest["config"]["train"]["user_table"],
+        "user_table_selection": metrics.get("user_table_selection"),
+        "train_seconds_all_candidates": metrics.get("train_seconds_all_candidates", round(result.seconds, 1)),
+        "history": result.history,
+    }
+    if models_out is not None:
+        detail["model_dir"] = str(save_model_dir(result, models_out))
+    return WhisperLite(result.model, experiment, name), detail
+
+
+def compare(per_case: dict[str, dict[str, np.ndarray]], metrics: dict[str, dict[str, float]]) -> dict:
+    """WhisperLite vs the best baseline (chosen per metric on test, the strictest comparison)."""
+    baselines = [m for m in BASELINES if m in metrics]
+    if "whisperlite" not in metrics or not baselines:
+        return {}
+    out = {}
+    for metric in ("recall@10", "ndcg@10", "recall@50", "mrr"):
+        best = max(baselines, key=lambda m: metrics[m][metric])
+        ours, theirs = metrics["whisperlite"][metric], metrics[best][metric]
+        out[metric] = {
+            "best_baseline": best,
+            "whisperlite": ours,
+            "baseline": theirs,
+            "ratio": ours / theirs if theirs > 0 else None,
+            "difference_95ci": paired_bootstrap(per_case["whisperlite"][metric], per_case[best][metric]),
+        }
+    return out
+
+
+def diagnostics(experiment: Experiment, per_case: dict[str, dict[str, np.ndarray]]) -> dict:
+    """Evidence for explaining results: cold targets, history lengths, request ambiguity."""
+    split = experiment.split
+    targets = split.test["item"].to_numpy()
+    users = split.test["user"].to_numpy()
+    cold = split.item_counts[targets] == 0
+    history_length = np.array([len(split.history[u]) for u in users])
+    text_rank_cos = np.einsum("nd,nd->n", experiment.test_queries, experiment.item_vectors[targets])
+    out = {
+        "test_targets_unseen_in_train": float(cold.mean()) if len(cold) else 0.0,
+        "median_train_history_of_test_users": float(np.median(history_length)) if len(history_length) else 0.0,
+        "mean_request_target_cosine": float(text_rank_cos.mean()) if len(text_rank_cos) else 0.0,
+        "recall@10_by_target": {},
+    }
+    for name, cases in per_case.items():
+        values = cases["recall@10"]
+        out["recall@10_by_target"][name] = {
+            "warm": float(values[~cold].mean()) if (~cold).any() else None,
+            "cold": float(values[cold].mean()) if cold.any() else None,
+        }
+    return out
+
+
+def _jsonable(config: TrainConfig) -> dict:
+    from dataclasses import asdict
+
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()}

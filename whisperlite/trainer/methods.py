@@ -1,0 +1,206 @@
+"""Every ranking method compared by `whisperlite evaluate`, behind one small interface.
+
+A method scores the full catalog for a batch of cases: `scores(users, queries) -> (B, n_items)`,
+where `users` are user indices of the split and `queries` the request vectors. Hyper-parameters
+of the baselines are chosen on the validation cases only.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+import numpy as np
+import scipy.sparse as sp
+from threadpoolctl import threadpool_limits
+from tqdm.auto import tqdm
+
+from whisperlite.trainer.experiment import Experiment
+from whisperlite.trainer.metrics import MetricAccumulator, summarize
+from whisperlite.core.vector_space import require_same_encoder
+from whisperlite.core.personalization import PersonalizationModel, fuse_text_and_taste
+
+log = logging.getLogger(__name__)
+
+
+class Method(Protocol):
+    name: str
+
+    def scores(self, users: np.ndarray, queries: np.ndarray) -> np.ndarray: ...
+
+
+def rank_cases(
+    method: Method,
+    experiment: Experiment,
+    case: str = "test",
+    keep_seen: bool = False,
+    limit: int | None = None,
+    batch_size: int = 512,
+    progress: bool = False,
+) -> dict[str, np.ndarray]:
+    """Per-case metrics of `method` on the validation or test cases, full catalog ranked."""
+    split = experiment.split
+    frame = {"validation": split.validation, "test": split.test}[case]
+    queries = {"validation": experiment.validation_queries, "test": experiment.test_queries}[case]
+    rows = np.arange(len(frame))
+    if limit and limit < len(rows):  # None or 0: every case
+        rows = np.sort(np.random.default_rng(0).choice(rows, size=limit, replace=False))
+    users = frame["user"].to_numpy()[rows]
+    targets = frame["item"].to_numpy()[rows]
+    queries = queries[rows]
+    seen = None if keep_seen else split.seen_before(case)
+    accumulator = MetricAccumulator()
+    starts = range(0, len(rows), batch_size)
+    for start in tqdm(starts, desc=f"{method.name} ({case})", unit="batch", disable=not progress, leave=False):
+        stop = start + batch_size
+        scores = np.array(method.scores(users[start:stop], queries[start:stop]), dtype=np.float32)
+        excluded = None if seen is None else [seen[u] for u in users[start:stop]]
+        accumulator.add(scores, targets[start:stop], excluded)
+    return accumulator.per_case()
+
+
+def validation_metrics(method: Method, experiment: Experiment, limit: int | None = None) -> dict[str, float]:
+    return summarize(rank_cases(method, experiment, "validation", limit=limit))
+
+
+class Popularity:
+    """Train interaction counts; the same ranking for everyone."""
+
+    name = "popularity"
+
+    def __init__(self, experiment: Experiment):
+        self._scores = np.log1p(experiment.split.item_counts.astype(np.float32))
+
+    def scores(self, users, queries):
+        return np.tile(self._scores, (len(users), 1))
+
+
+class TextOnly:
+    """Zero-shot cosine between request and item vectors (the paper's CLIP baseline)."""
+
+    name = "text_only"
+
+    def __init__(self, experiment: Experiment):
+        self._items = experiment.item_vectors
+
+    def scores(self, users, queries):
+        return queries @ self._items.T
+
+
+class TextPlusHistoryMean:
+    """Training-free personalization: cosine with normalize(q + weight * mean of history items)."""
+
+    name = "text_plus_history_mean"
+    WEIGHTS = (0.25, 0.5, 1.0, 2.0)
+
+    def __init__(self, experiment: Experiment, weight: float | None = None, validation_limit: int | None = None):
+        self._items = experiment.item_vectors
+        self._tastes = experiment.history_means
+        if weight is None:
+            weight, self.selection = _select(self, "weight", self.WEIGHTS, experiment, validation_limit)
+        self.weight = weight
+
+    def scores(self, users, queries):
+        return fuse_text_and_taste(queries, self._tastes[users], self.weight) @ self._items.T
+
+
+class CollaborativeFiltering:
+    """`history_only`: a collaborative recommender from `implicit`, no text at all.
+
+    Candidates (ALS at several sizes and regularizations, item-kNN with cosine and BM25
+    weighting) are fitted on the train interactions and the best on validation Recall@10 kept.
+    """
+
+    name = "history_only"
+
+    def __init__(self, experiment: Experiment, candidates: list[dict] | None = None, validation_limit: int | None = None, seed: int = 0):
+        split = experiment.split
+        n_users, n_items = len(split.user_ids), experiment.dataset.n_items
+        data = np.ones(len(split.train), dtype=np.float32)
+        self._user_items = sp.coo_matrix(
+            (data, (split.train["user"].to_numpy(), split.train["item"].to_numpy())), shape=(n_users, n_items)
+        ).tocsr()
+        self._seed = seed
+        candidates = candidates or self.default_candidates()
+        best, self.selection = None, []
+        for params in candidates:
+            self._fit(**params)
+            metrics = validation_metrics(self, experiment, validation_limit)
+            self.selection.append({"params": params, "validation": metrics})
+            log.info("history_only %s: validation recall@10 %.4f", params, metrics["recall@10"])
+            if best is None or metrics["recall@10"] > best[1]:
+                best = (params, metrics["recall@10"])
+        self.params = best[0]
+        if self.params != candidates[-1]:
+            self._fit(**self.params)
+
+    @staticmethod
+    def default_candidates() -> list[dict]:
+        return [
+            {"model": "als", "factors": 64, "regularization": 0.01},
+            {"model": "als", "factors": 64, "regularization": 1.0},
+            {"model": "als", "factors": 128, "regularization": 0.1},
+            {"model": "itemknn_cosine", "K": 100},
+            {"model": "itemknn_bm25", "K": 100},
+        ]
+
+    def _fit(self, model: str, **params) -> None:
+        from implicit.cpu.als import AlternatingLeastSquares
+        from implicit.nearest_neighbours import BM25Recommender, CosineRecommender
+
+        if model == "als":
+            # implicit runs its own threads; nested BLAS threads slow it down (it checks this when built).
+            with threadpool_limits(1, "blas"):
+                als = AlternatingLeastSquares(iterations=20, random_state=self._seed, **params)
+                als.fit(self._user_items, show_progress=False)
+            self._factors = (np.asarray(als.user_factors), np.asarray(als.item_factors))
+            self._similarity = None
+        else:
+            knn = {"itemknn_cosine": CosineRecommender, "itemknn_bm25": BM25Recommender}[model](**params)
+            knn.fit(self._user_items, show_progress=False)
+            self._similarity = knn.similarity.tocsr()
+            self._factors = None
+
+    def scores(self, users, queries):
+        if self._factors is not None:
+            user_factors, item_factors = self._factors
+            return user_factors[users] @ item_factors.T
+        return (self._user_items[users] @ self._similarity).toarray()
+
+
+class WhisperLite:
+    """A trained PersonalizationModel, scored through its public personalize/score code path."""
+
+    def __init__(self, model: PersonalizationModel, experiment: Experiment, name: str = "whisperlite"):
+        self.name = name
+        self.model = model
+        self._items = experiment.item_vectors
+        require_same_encoder("model: its training vectors", model.encoder_name, "this evaluation embeds with", experiment.encoder_name)
+        # Taste per split user, looked up by user id exactly as the ranker does; NaN = unknown.
+        self._tastes = np.full((len(experiment.split.user_ids), model.dimension), np.nan, dtype=np.float32)
+        for u, user_id in enumerate(experiment.split.user_ids):
+            taste = model.user_taste(user_id)
+            if taste is not None:
+                self._tastes[u] = taste
+
+    def scores(self, users, queries):
+        return self.model.score(self.model.personalize_batch(queries, self._tastes[users]), self._items)
+
+    def without_user(self) -> WhisperLite:
+        """The same model with every taste dropped: the text-only path (a diagnostic)."""
+        copy = object.__new__(WhisperLite)
+        copy.__dict__.update(self.__dict__, name=f"{self.name}_without_user")
+        copy._tastes = np.full_like(self._tastes, np.nan)
+        return copy
+
+
+def _select(method, attribute: str, values, experiment: Experiment, validation_limit: int | None):
+    """Pick `attribute` from `values` by validation Recall@10 (ties: the first value)."""
+    selection = []
+    for value in values:
+        setattr(method, attribute, value)
+        metrics = validation_metrics(method, experiment, validation_limit)
+        selection.append({attribute: value, "validation": metrics})
+    best = max(selection, key=lambda s: s["validation"]["recall@10"])
+    log.info("%s: %s=%s chosen on validation", method.name, attribute, best[attribute])
+    return best[attribute], selection

@@ -1,0 +1,456 @@
+"""Training the personalization network on cached embeddings, and exporting the model directory.
+
+Per example (user u, request q, target item i from the train split):
+* the user's taste base is the leave-one-out mean of u's other train items, so the target
+  never leaks into its own taste (at serving time the taste is the mean of all train items);
+  with probability `user_dropout` the table residual is left out (the recent-items path) and
+  with probability `no_user_rate` the whole taste (the text-only path);
+* BCE on the positive and on negatives drawn by the configured samplers
+  (uniform, popularity, in_batch, hard = the request's nearest items in the text tower);
+* InfoNCE between personalized queries and the batch's target items, temperature learnable
+  (optionally with the sampled negatives added to the softmax);
+* L2 on the table residuals of the batch's users.
+Early stopping on validation Recall@10, computed by exporting the model and ranking the full
+catalog through the same code as `whisperlite evaluate`.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from whisperlite.trainer.experiment import Experiment
+from whisperlite.trainer.methods import WhisperLite, validation_metrics
+from whisperlite.core.dataset import ITEM_TEXT_TRAIN_REQUESTS
+from whisperlite.core.devices import torch_device
+from whisperlite.core.personalization import PersonalizationModel, PersonalizationNetwork
+
+log = logging.getLogger(__name__)
+
+SAMPLERS = ("uniform", "popularity", "in_batch", "hard")
+USER_TABLE_MODES = ("auto", "learned", "off")
+POSITIVES = ("leave_one_out", "catalog")
+
+
+@dataclass
+class TrainConfig:
+    # network (saved in the manifest; PersonalizationModel.load rebuilds from these)
+    hidden: int = 512
+    dropout: float = 0.1
+    taste_weight: float = 0.5
+    logit_scale: float = 20.0
+    temperature: float = 0.05
+    learn_temperature: bool = True
+    # loss
+    bce_weight: float = 0.25
+    contrastive_weight: float = 1.0
+    negatives: tuple[str, ...] = ("uniform",)
+    negatives_per_sampler: int = 4
+    hard_pool: int = 50
+    popularity_power: float = 0.75
+    contrastive_sampled_negatives: bool = False
+    # positives where item text is built from training requests (yelp): "catalog" = the catalog
+    # vector (it contains the example's own request), "leave_one_out" = the target without that
+    # request (rows with nothing left are skipped); catalog won on validation (docs/model.md)
+    positives: str = "catalog"
+    # users: "learned" trains the table, "off" keeps the taste = history mean, "auto" trains
+    # both and keeps the one with the better validation Recall@10
+    user_table: str = "auto"
+    user_lr: float = 1e-3
+    user_dropout: float = 0.2
+    no_user_rate: float = 0.05
+    residual_l2: float = 1e-3
+    # optimisation
+    batch_size: int = 1024
+    lr: float = 5e-3
+    weight_decay: float = 1e-4
+    max_epochs: int = 20
+    patience: int = 3
+    validation_cases: int = 10000
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self):
+        self.negatives = tuple(self.negatives)
+        unknown = [s for s in self.negatives if s not in SAMPLERS]
+        if unknown:
+            raise ValueError(f"negatives: unknown sampler(s) {unknown}; choose from {', '.join(SAMPLERS)}")
+        if self.bce_weight < 0 or self.contrastive_weight < 0 or self.bce_weight + self.contrastive_weight == 0:
+            raise ValueError("bce_weight, contrastive_weight: must be >= 0 and not both 0")
+        if self.positives not in POSITIVES:
+            raise ValueError(f"positives: must be one of {', '.join(POSITIVES)}, got {self.positives!r}")
+        if self.user_table not in USER_TABLE_MODES:
+            raise ValueError(f"user_table: must be one of {', '.join(USER_TABLE_MODES)}, got {self.user_table!r}")
+        if self.bce_weight > 0 and not self.negatives:
+            raise ValueError("negatives: BCE needs at least one negative sampler")
+
+    def network_kwargs(self) -> dict:
+        keys = ("hidden", "dropout", "taste_weight", "logit_scale", "temperature", "learn_temperature")
+        return {k: getattr(self, k) for k in keys}
+
+    def replace(self, **changes) -> TrainConfig:
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values.update(changes)
+        return TrainConfig(**values)
+
+
+@dataclass
+class TrainResult:
+    model: PersonalizationModel
+    history: list[dict] = field(default_factory=list)  # one row per epoch
+    best_epoch: int = 0
+    seconds: float = 0.0
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def hard_negative_pools(queries: np.ndarray, item_vectors: np.ndarray, pool: int, device: torch.device) -> torch.Tensor:
+    """(n, pool) nearest items to each query in the text tower (targets are masked later)."""
+    items = torch.from_numpy(item_vectors).to(device)
+    q = torch.from_numpy(np.ascontiguousarray(queries)).to(device)
+    out = []
+    for start in range(0, len(q), 2048):
+        out.append((q[start : start + 2048] @ items.T).topk(min(pool, items.shape[0]), dim=1).indices)
+    return torch.cat(out)
+
+
+class TrainingStep(nn.Module):
+    """The composite loss for one batch; a module so DDP can wrap it as a whole."""
+
+    def __init__(self, network: PersonalizationNetwork, config: TrainConfig):
+        super().__init__()
+        self.network = network
+        self.config = config
+
+    def forward(self, q, base, user_index, drop_taste, pos, negatives, negative_mask, target_ids):
+        config, network = self.config, self.network
+        taste = network.taste(base, user_index)
+        taste = taste * (~drop_taste).unsqueeze(-1).to(taste.dtype)
+        p = network(q, taste)
+        losses = {}
+        if config.bce_weight > 0:
+            pos_logits = network.log_logit_scale.exp() * (p * pos).sum(-1) + network.logit_bias
+            neg_logits = network.log_logit_scale.exp() * torch.einsum("bd,bkd->bk", p, negatives) + network.logit_bias
+            pos_loss = F.binary_cross_entropy_with_logits(pos_logits, torch.ones_like(pos_logits))
+            neg_loss = F.binary_cross_entropy_with_logits(neg_logits, torch.zeros_like(neg_logits), reduction="none")
+            neg_loss = (neg_loss * negative_mask).sum() / negative_mask.sum().clamp(min=1)
+            if "in_batch" in config.negatives:
+                batch_logits = network.logits(p, pos)
+                off_diagonal = (target_ids[:, None] != target_ids[None, :]).to(p.dtype)
+                in_batch = F.binary_cross_entropy_with_logits(batch_logits, torch.zeros_like(batch_logits), reduction="none")
+                neg_loss = neg_loss + (in_batch * off_diagonal).sum() / off_diagonal.sum().clamp(min=1)
+            losses["bce"] = pos_loss + neg_loss
+        if config.contrastive_weight > 0:
+            logits = (p @ pos.T) / network.temperature()
+            same_item = target_ids[:, None] == target_ids[None, :]
+            eye = torch.eye(len(p), dtype=torch.bool, device=p.device)
+            logits = logits.masked_fill(same_item & ~eye, float("-inf"))  # duplicates are not negatives
+            if config.contrastive_sampled_negatives and negatives.shape[1] > 0:
+                extra = torch.einsum("bd,bkd->bk", p, negatives) / network.temperature()
+                logits = torch.cat([logits, extra.masked_fill(negative_mask == 0, float("-inf"))], dim=1)
+            losses["contrastive"] = F.cross_entropy(logits, torch.arange(len(p), device=p.device))
+        known = user_index >= 0
+        residual = network.user_residuals(user_index.clamp(min=0))[known]
+        losses["residual_l2"] = residual.pow(2).sum(-1).mean() if known.any() else p.sum() * 0
+        total = (
+            config.bce_weight * losses.get("bce", 0.0)
+            + config.contrastive_weight * losses.get("contrastive", 0.0)
+            + config.residual_l2 * losses["residual_l2"]
+        )
+        return total, {k: float(v.detach()) for k, v in losses.items()}
+
+
+def export_model(network: PersonalizationNetwork, experiment: Experiment, config: TrainConfig, name: str,
+                 metrics: dict | None = None) -> PersonalizationModel:
+    """Fold the residual table into per-user taste vectors and wrap the network as a model."""
+    network = copy.deepcopy(network).cpu().eval()
+    with torch.inference_mode():
+        tastes = network.taste(
+            torch.from_numpy(experiment.history_means), torch.arange(len(experiment.split.user_ids))
+        ).numpy()
+    created = datetime.now(timezone.utc)
+    manifest = {
+        "name": name,
+        "version": f"{name}-{created.strftime('%Y%m%dT%H%M%S%fZ')}",
+        "created": created.isoformat(),
+        "encoder": experiment.encoder_name,
+        "dimension": experiment.dimension,
+        "dataset": experiment.dataset.name,
+        "data_hash": experiment.dataset.data_hash,
+        "n_users": len(experiment.split.user_ids),
+        "metrics": metrics or {},
+        "config": {
+            "network": config.network_kwargs(),
+            "train": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
+            "split": {"min_interactions": experiment.split.min_interactions, "request_seed": experiment.request_seed},
+        },
+    }
+    return PersonalizationModel(network, list(experiment.split.user_ids), tastes, manifest)
+
+
+def train_model(experiment: Experiment, config: TrainConfig, name: str | None = None, progress: bool = True) -> TrainResult:
+    """Train on the train split, early-stopped on validation Recall@10; with user_table="auto"
+    train with and without the learned user table and keep the better on validation."""
+    if config.user_table != "auto":
+        return _train(experiment, config, name, progress)
+    results = {mode: _train(experiment, config.replace(user_table=mode), name, progress) for mode in ("learned", "off")}
+    if results["learned"].model is None:  # not rank 0 of a distributed run
+        return results["learned"]
+    recall = {mode: r.model.manifest["metrics"]["validation"]["recall@10"] for mode, r in results.items()}
+    chosen = max(recall, key=recall.get)
+    log.info("user table chosen on validation: %s (recall@10 learned %.4f, off %.4f)", chosen, recall["learned"], recall["off"])
+    result = results[chosen]
+    result.model.manifest["metrics"]["user_table_selection"] = {"chosen": chosen, "validation_recall@10": recall}
+    result.model.manifest["metrics"]["train_seconds_all_candidates"] = round(sum(r.seconds for r in results.values()), 1)
+    result.model.manifest["config"]["train"]["user_table"] = chosen
+    return result
+
+
+@dataclass
+class TrainingTensors:
+    """The train split on the training device."""
+
+    items: torch.Tensor  # (n_items, d) item vectors
+    users: torch.Tensor  # (n_train,) user index of each example
+    targets: torch.Tensor  # (n_train,) item index of each example
+    queries: torch.Tensor  # (n_train, d) request vectors
+    history_sums: torch.Tensor  # (n_users, d) sum of each user's train item vectors
+    positives: torch.Tensor  # (n_train, d) the target as validation and test see it
+    rows: torch.Tensor  # example rows trained on
+
+
+def training_tensors(experiment: Experiment, config: TrainConfig, device: torch.device) -> TrainingTensors:
+    split = experiment.split
+    items = torch.from_numpy(experiment.item_vectors).to(device)
+    users = torch.as_tensor(split.train["user"].to_numpy(dtype=np.int64, copy=True), device=device)
+    targets = torch.as_tensor(split.train["item"].to_numpy(dtype=np.int64, copy=True), device=device)
+    queries = torch.from_numpy(np.ascontiguousarray(experiment.train_queries)).to(device)
+    sums = torch.zeros(len(split.user_ids), experiment.dimension, device=device).index_add_(0, users, items[targets])
+    # Positives as validation and test see them (see Experiment.train_target_vectors).
+    leave_one_out = config.positives == "leave_one_out" and experiment.dataset.info.get("item_text_source") == ITEM_TEXT_TRAIN_REQUESTS
+    if leave_one_out and experiment.train_target_vectors is None:
+        raise ValueError("positives: leave_one_out needs an experiment prepared with leave_one_out_positives=True")
+    if leave_one_out:
+        positives = torch.from_numpy(np.ascontiguousarray(experiment.train_target_vectors)).to(device)
+        rows = torch.from_numpy(np.flatnonzero(experiment.train_mask))
+    else:
+        positives, rows = items[targets], torch.arange(len(targets))
+    return TrainingTensors(items, users, targets, queries, sums, positives, rows)
+
+
+class NegativeSampler:
+    """Draws `negatives_per_sampler` items per example from each configured sampler (uniform,
+    popularity, hard: the request's nearest items in the text tower)."""
+
+    def __init__(self, experiment: Experiment, config: TrainConfig, device: torch.device):
+        self._config, self._device = config, device
+        self._n_items = len(experiment.item_vectors)
+        self._generator: torch.Generator | None = None
+        self._pools = self._pool_of_example = None
+        if "hard" in config.negatives:
+            # One pool per distinct request string: simulated requests repeat a lot.
+            codes, _ = pd.factorize(experiment.split.train["request"])
+            first = np.unique(codes, return_index=True)[1]
+            self._pools = hard_negative_pools(experiment.train_queries[first], experiment.item_vectors, config.hard_pool, device)
+            self._pool_of_example = torch.from_numpy(codes.astype(np.int64)).to(device)
+        self._popularity = None
+        if "popularity" in config.negatives:
+            weights = torch.from_numpy(experiment.split.item_counts.astype(np.float64)).clamp(min=0) ** config.popularity_power
+            self._popularity = (weights / weights.sum()).float().to(device)
+
+    def use_generator(self, generator: torch.Generator) -> None:
+        self._generator = generator
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        k, b, generator, device = self._config.negatives_per_sampler, len(batch), self._generator, self._device
+        drawn = []
+        if "uniform" in self._config.negatives:
+            drawn.append(torch.randint(self._n_items, (b, k), generator=generator).to(device))
+        if self._popularity is not None:
+            drawn.append(torch.multinomial(self._popularity.cpu(), b * k, replacement=True, generator=generator).view(b, k).to(device))
+        if self._pools is not None:
+            column = torch.randint(self._pools.shape[1], (b, k), generator=generator).to(device)
+            drawn.append(self._pools[self._pool_of_example[batch]].gather(1, column))
+        return torch.cat(drawn, dim=1) if drawn else torch.zeros(b, 0, dtype=torch.long, device=device)
+
+
+def build_network(
+    dim: int, n_users: int, config: TrainConfig, device: torch.device, distributed: bool
+) -> tuple[PersonalizationNetwork, nn.Module, list[torch.optim.Optimizer]]:
+    """The network, the loss module that runs it (DDP-wrapped when distributed) and its optimizers."""
+    # Sparse table gradients make a step's cost independent of the number of users; DDP's
+    # all-reduce wants dense ones.
+    network = PersonalizationNetwork(dim, n_users, sparse_users=not distributed, **config.network_kwargs()).to(device)
+    learn_table = config.user_table != "off" and config.user_lr > 0
+    if not learn_table:  # taste = history mean only; frozen before DDP registers its parameters
+        network.user_residuals.weight.requires_grad_(False)
+    step: nn.Module = TrainingStep(network, config)
+    if distributed:
+        unused = config.bce_weight == 0 or config.contrastive_weight == 0
+        step = nn.parallel.DistributedDataParallel(
+            step, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=unused
+        )
+    other_params = [p for n, p in network.named_parameters() if n != "user_residuals.weight"]
+    optimizers = [torch.optim.AdamW(other_params, lr=config.lr, weight_decay=config.weight_decay)]
+    if learn_table:
+        table_optimizer = torch.optim.Adam if distributed else torch.optim.SparseAdam
+        optimizers.append(table_optimizer([network.user_residuals.weight], lr=config.user_lr))
+    return network, step, optimizers
+
+
+def run_epoch(
+    step: nn.Module, optimizers: list[torch.optim.Optimizer], data: TrainingTensors, sample_negatives: NegativeSampler,
+    order: torch.Tensor, config: TrainConfig, generator: torch.Generator, bar_label: str, show_bar: bool,
+) -> dict[str, float]:
+    """One pass over `order` (this rank's examples); returns the mean of each loss part."""
+    device = data.items.device
+    step.train()
+    n_batches = math.ceil(len(order) / config.batch_size)
+    totals: dict[str, float] = {}
+    bar = tqdm(range(n_batches), desc=bar_label, unit="batch", disable=not show_bar, leave=False)
+    for b in bar:
+        batch = order[b * config.batch_size : (b + 1) * config.batch_size]
+        u, i = data.users[batch], data.targets[batch]
+        base = data.history_sums[u] - data.items[i]  # leave-one-out: the target is not part of its own taste
+        draw = torch.rand(len(batch), 2, generator=generator).to(device)
+        user_index = torch.where(draw[:, 0] < config.user_dropout, torch.full_like(u, -1), u)
+        drop_taste = draw[:, 1] < config.no_user_rate
+        negatives = sample_negatives(batch)
+        negative_mask = (negatives != i[:, None]).float()
+        loss, parts = step(data.queries[batch], base, user_index, drop_taste, data.positives[batch], data.items[negatives], negative_mask, i)
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for optimizer in optimizers:
+            optimizer.step()
+        parts["loss"] = float(loss.detach())
+        for key, value in parts.items():
+            totals[key] = totals.get(key, 0.0) + value
+        if b % 20 == 0:
+            bar.set_postfix(loss=f"{parts['loss']:.4f}")
+    bar.close()
+    return {key: value / n_batches for key, value in totals.items()}
+
+
+class EarlyStopping:
+    """Keeps the network state of the best validation Recall@10 and says when `patience` epochs passed without one."""
+
+    def __init__(self, patience: int):
+        self.patience = patience
+        self.recall, self.epoch, self.state, self.metrics = -1.0, 0, None, {}
+
+    def update(self, epoch: int, metrics: dict, network: nn.Module) -> bool:
+        """Records this epoch's validation; True when training should stop."""
+        if metrics["recall@10"] > self.recall:
+            self.recall, self.epoch, self.metrics = metrics["recall@10"], epoch, metrics
+            self.state = copy.deepcopy(network.state_dict())
+        return epoch - self.epoch >= self.patience
+
+
+def _validate_epoch(network, experiment, config, name, epoch, row, started, progress) -> dict:
+    model = export_model(network, experiment, config, name)
+    metrics = validation_metrics(WhisperLite(model, experiment), experiment, limit=config.validation_cases)
+    row.update({f"val_{k}": v for k, v in metrics.items()})
+    row["temperature"] = float(network.temperature().detach())
+    row["seconds"] = round(time.perf_counter() - started, 2)
+    log.info(
+        "%s epoch %d: loss %.4f, validation recall@10 %.4f ndcg@10 %.4f",
+        name, epoch, row["train_loss"], metrics["recall@10"], metrics["ndcg@10"],
+    )
+    if progress:
+        tqdm.write(f"{name} epoch {epoch}: loss {row['train_loss']:.4f}  val recall@10 {metrics['recall@10']:.4f}  ndcg@10 {metrics['ndcg@10']:.4f}")
+    return metrics
+
+
+def _train(experiment: Experiment, config: TrainConfig, name: str | None, progress: bool) -> TrainResult:
+    """One training run: epochs over the train split until validation stops improving."""
+    started = time.perf_counter()
+    seed_everything(config.seed)
+    distributed = dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    device = torch_device(config.device, rank)
+    name = name or experiment.dataset.name
+    data = training_tensors(experiment, config, device)
+    sample_negatives = NegativeSampler(experiment, config, device)
+    network, step, optimizers = build_network(experiment.dimension, len(experiment.split.user_ids), config, device, distributed)
+    generator = torch.Generator(device="cpu").manual_seed(config.seed + rank)
+    sample_negatives.use_generator(generator)
+
+    history: list[dict] = []
+    early_stopping = EarlyStopping(config.patience)
+    for epoch in range(1, config.max_epochs + 1):
+        permutation = data.rows[torch.randperm(len(data.rows), generator=generator)].to(device)
+        if distributed:  # every rank shards rank 0's permutation, so the shards partition the epoch
+            dist.broadcast(permutation, src=0)
+        order = epoch_shard(permutation, rank, world)
+        losses = run_epoch(step, optimizers, data, sample_negatives, order, config, generator, f"epoch {epoch}", progress and rank == 0)
+        row = {"epoch": epoch, **{f"train_{k}": v for k, v in losses.items()}}
+        stop = False
+        if rank == 0:
+            metrics = _validate_epoch(network, experiment, config, name, epoch, row, started, progress)
+            stop = early_stopping.update(epoch, metrics, network)
+        history.append(row)
+        if distributed:
+            flag = [stop]
+            dist.broadcast_object_list(flag, src=0)
+            stop = flag[0]
+        if stop:
+            break
+
+    seconds = time.perf_counter() - started
+    if rank != 0 or early_stopping.state is None:
+        return TrainResult(model=None, history=history, seconds=seconds)
+    network.load_state_dict(early_stopping.state)
+    metrics = {
+        "validation": early_stopping.metrics, "best_epoch": early_stopping.epoch, "epochs": len(history), "train_seconds": round(seconds, 1)
+    }
+    model = export_model(network, experiment, config, name, metrics=metrics)
+    return TrainResult(model=model, history=history, best_epoch=early_stopping.epoch, seconds=seconds)
+
+
+def save_model_dir(result: TrainResult, out_root: str | Path) -> Path:
+    """Write models/<name>-<UTC timestamp>/ with the manifest, weights, user tastes and curves."""
+    from whisperlite.trainer.plots import plot_training_curves
+
+    directory = Path(out_root) / result.model.version
+    result.model.manifest["history"] = result.history
+    result.model.save(directory)
+    plot_training_curves(result.history, directory / "curves.png", title=result.model.version)
+    return directory
+
+
+def epoch_shard(permutation: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    """This rank's part of an epoch's shuffled examples: disjoint across ranks and equal in size, so every
+    rank runs as many batches as the others (DDP pairs their gradient reductions); drops under `world` examples."""
+    per_rank = len(permutation) // world
+    return permutation[rank * per_rank : (rank + 1) * per_rank]
+
+
+def init_distributed() -> bool:
+    """Join the process group torchrun describes (WORLD_SIZE > 1); False when running alone."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return dist.is_initialized()
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend=backend)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(dist.get_rank() % torch.cuda.device_count())
+    return True

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from whisperlite.trainer.split import Dataset, temporal_split
+from whisperlite.core.dataset import Dataset
+from whisperlite.trainer.split import temporal_split
 from whisperlite.trainer.experiment import Experiment, history_means
 
 

@@ -18,6 +18,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 CHECK = REPO / "deploy" / "check.sh"
+from whisperlite.core.topology import BY_NAME, CATALOG, QUERY_ENCODER
 from whisperlite.core.topology import SERVICES as TOPOLOGY
 
 # compose service -> (server module, env prefix, metrics port)
@@ -173,8 +174,8 @@ def test_catalog_uses_the_milvus_server_and_ranker_balances_over_encoder_replica
     assert services["catalog"]["environment"]["CATALOG_MILVUS_URI"] == "http://milvus:19530"
     ranker_env = services["ranker"]["environment"]
     # A bare service name: create_channel resolves it through DNS (one A record per replica) round-robin.
-    assert ranker_env["QUERY_ENCODER_ADDR"] == "query-encoder:50051"
-    assert ranker_env["CATALOG_ADDR"] == "catalog:50052"
+    for downstream in (QUERY_ENCODER, CATALOG):
+        assert ranker_env[downstream.address_env] == f"{downstream.name}:{downstream.port}"
     assert services["query-encoder"]["deploy"]["replicas"] >= 2
     assert services["ranker"]["deploy"]["replicas"] >= 2
 
@@ -237,6 +238,8 @@ def test_compose_sets_only_env_vars_the_service_reads(base, service):
     unknown = (set_by_compose | set_by_image) - read - NON_SERVICE_ENV
     assert not unknown, f"{service} does not read {sorted(unknown)}"
     assert f"{prefix}_METRICS_PORT={metrics_port}" in dockerfile
+    assert f"{prefix}_PORT={BY_NAME[service].port}" in dockerfile
+    assert re.search(rf"^EXPOSE {BY_NAME[service].port} {metrics_port}$", dockerfile, re.M), "EXPOSE must name the topology's ports"
 
 
 def test_prometheus_discovers_every_replica_of_every_service(base):

@@ -14,6 +14,10 @@ from pathlib import Path
 
 import grpc
 
+# Where the CLI, `whisperlite ingest` and the image health checks read their defaults from.
+ENV_CA_FILE, ENV_CERT_FILE, ENV_KEY_FILE = "WHISPERLITE_TLS_CA_FILE", "WHISPERLITE_TLS_CERT_FILE", "WHISPERLITE_TLS_KEY_FILE"
+ENV_TOKEN, ENV_TOKEN_FILE = "WHISPERLITE_TOKEN", "WHISPERLITE_TOKEN_FILE"
+
 
 @dataclass(frozen=True)
 class ClientSecurity:
@@ -31,9 +35,11 @@ class ClientSecurity:
         if self.token and self.token_file:
             raise ValueError("give a token or a token file, not both")
 
-    @property
-    def uses_tls(self) -> bool:
-        return bool(self.ca_file)
+    @classmethod
+    def from_env(cls) -> ClientSecurity:
+        """From the WHISPERLITE_TLS_* and WHISPERLITE_TOKEN[_FILE] variables (unset: plaintext, no token)."""
+        env = os.environ.get
+        return cls(env(ENV_CA_FILE, ""), env(ENV_CERT_FILE, ""), env(ENV_KEY_FILE, ""), env(ENV_TOKEN, ""), env(ENV_TOKEN_FILE, ""))
 
     def channel_credentials(self) -> grpc.ChannelCredentials | None:
         """TLS credentials, or None for a plaintext channel (local development)."""

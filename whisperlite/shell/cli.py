@@ -18,24 +18,25 @@ PLUGINS = {"data": "whisperlite.data.cli", "train": "whisperlite.trainer.cli", "
 
 
 def _add_client_security_flags(parser: argparse.ArgumentParser, token: bool = True) -> None:
+    from whisperlite.core.client_security import ENV_CA_FILE, ENV_CERT_FILE, ENV_KEY_FILE, ENV_TOKEN, ENV_TOKEN_FILE
+
     group = parser.add_argument_group("security (docs/security.md)")
     if token:
         group.add_argument(
-            "--token", default=os.environ.get("WHISPERLITE_TOKEN", ""), help="bearer token sent as 'authorization' (env WHISPERLITE_TOKEN)"
+            "--token", default=os.environ.get(ENV_TOKEN, ""), help=f"bearer token sent as 'authorization' (env {ENV_TOKEN})"
         )
         group.add_argument(
-            "--token-file", default=os.environ.get("WHISPERLITE_TOKEN_FILE", ""), help="or a file holding it (env WHISPERLITE_TOKEN_FILE)"
+            "--token-file", default=os.environ.get(ENV_TOKEN_FILE, ""), help=f"or a file holding it (env {ENV_TOKEN_FILE})"
         )
     group.add_argument(
-        "--tls-ca-file", default=os.environ.get("WHISPERLITE_TLS_CA_FILE", ""),
-        help="PEM CA of the server's certificate; set: TLS (env WHISPERLITE_TLS_CA_FILE)",
+        "--tls-ca-file", default=os.environ.get(ENV_CA_FILE, ""), help=f"PEM CA of the server's certificate; set: TLS (env {ENV_CA_FILE})",
     )
     group.add_argument(
-        "--tls-cert-file", default=os.environ.get("WHISPERLITE_TLS_CERT_FILE", ""),
-        help="client certificate for servers that require mTLS (env WHISPERLITE_TLS_CERT_FILE)",
+        "--tls-cert-file", default=os.environ.get(ENV_CERT_FILE, ""),
+        help=f"client certificate for servers that require mTLS (env {ENV_CERT_FILE})",
     )
     group.add_argument(
-        "--tls-key-file", default=os.environ.get("WHISPERLITE_TLS_KEY_FILE", ""), help="its private key (env WHISPERLITE_TLS_KEY_FILE)"
+        "--tls-key-file", default=os.environ.get(ENV_KEY_FILE, ""), help=f"its private key (env {ENV_KEY_FILE})"
     )
 
 

@@ -3,7 +3,7 @@
 import argparse
 import os
 
-from whisperlite.core.client_security import ClientSecurity
+from whisperlite.core.client_security import ENV_CA_FILE, ClientSecurity
 from whisperlite.core.topology import DEFAULT_MAX_MESSAGE_BYTES, Service
 
 
@@ -108,9 +108,9 @@ def add_downstream_flags(parser: argparse.ArgumentParser, service: Service) -> N
     prefix = service.env_prefix
     group = parser.add_argument_group("downstream calls")
     group.add_argument(
-        "--tls-ca-file", default=env_str("WHISPERLITE_TLS_CA_FILE", ""),
+        "--tls-ca-file", default=env_str(ENV_CA_FILE, ""),
         help="PEM CA of the downstream services' certificates; set: calls to them use TLS, presenting --tls-cert-file "
-        "as client certificate (env WHISPERLITE_TLS_CA_FILE)",
+        f"as client certificate (env {ENV_CA_FILE})",
     )
     group.add_argument(
         "--downstream-token-file", default=env_str(f"{prefix}_DOWNSTREAM_TOKEN_FILE", ""),

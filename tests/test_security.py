@@ -7,6 +7,7 @@ refusal is checked for its status, its message, and that nothing was written.
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import ssl
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from cryptography.hazmat.primitives import serialization
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -258,8 +260,6 @@ def _served_certificate(port: int, ca_file: str) -> bytes:
 
 
 def test_a_rotated_certificate_is_served_to_new_connections_without_a_restart(secure_catalog, pki):
-    from cryptography.hazmat.primitives import serialization
-
     def der(pair: KeyPair) -> bytes:
         return pair.certificate.public_bytes(serialization.Encoding.DER)
 
@@ -277,6 +277,26 @@ def test_a_rotated_certificate_is_served_to_new_connections_without_a_restart(se
     assert _stats(secure_catalog, pki).item_count >= 5
     assert original != rotated.cert_pem
     assert "certificates reloaded" in secure_catalog.log()
+
+
+def test_sighup_reloads_certificates_whose_files_look_unchanged(secure_catalog, pki):
+    """A copy that keeps size and times (rsync -t, some secret stores) is not noticed: SIGHUP forces it."""
+    cert_path, key_path = pki.directory / "server.pem", pki.directory / "server-key.pem"
+    sizes = (cert_path.stat().st_size, key_path.stat().st_size)
+    replacement = next(pair for pair in (issue(pki.ca, "catalog-sighup", LOCAL) for _ in range(200)) if (len(pair.cert_pem), len(pair.key_pem)) == sizes)
+    times = [(path.stat().st_atime_ns, path.stat().st_mtime_ns) for path in (cert_path, key_path)]
+    cert_path.write_bytes(replacement.cert_pem)
+    key_path.write_bytes(replacement.key_pem)
+    for path, (atime, mtime) in zip((cert_path, key_path), times):
+        os.utime(path, ns=(atime, mtime))
+    new_der = replacement.certificate.public_bytes(serialization.Encoding.DER)
+    assert _served_certificate(secure_catalog.port, pki.path("ca.pem")) != new_der
+    secure_catalog.process.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 30
+    while _served_certificate(secure_catalog.port, pki.path("ca.pem")) != new_der:
+        assert time.monotonic() < deadline, "SIGHUP did not reload the certificate within 30 s"
+        time.sleep(0.2)
+    assert _stats(secure_catalog, pki).item_count >= 5
 
 
 def test_metrics_bind_the_service_host_only(secure_catalog, pki):

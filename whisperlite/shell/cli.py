@@ -93,7 +93,8 @@ def _recommend(args: argparse.Namespace) -> None:
                 recent_item_ids=args.recent,
             )
         except grpc.RpcError as error:
-            raise SystemExit(f"{error.code().name}: {error.details()}") from None
+            hint = " (if the ranker speaks TLS, pass --tls-ca-file)" if error.code() == grpc.StatusCode.UNAVAILABLE and not args.tls_ca_file else ""
+            raise SystemExit(f"{error.code().name}: {error.details()}{hint}") from None
     if args.json:
         print(json.dumps(json_format.MessageToDict(response, preserving_proto_field_name=True), indent=2))
         return

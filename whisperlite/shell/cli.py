@@ -44,15 +44,18 @@ def _client_security(args: argparse.Namespace):
     from whisperlite.core.client_security import ClientSecurity
 
     try:
-        return ClientSecurity(
+        security = ClientSecurity(
             ca_file=args.tls_ca_file,
             cert_file=args.tls_cert_file,
             key_file=args.tls_key_file,
             token=getattr(args, "token", ""),
             token_file=getattr(args, "token_file", ""),
         )
-    except ValueError as error:
+        security.channel_credentials()  # unreadable files: say which, before any call
+        security.bearer_token()
+    except (OSError, ValueError) as error:
         raise SystemExit(str(error)) from None
+    return security
 
 
 def _serve(args: argparse.Namespace) -> None:

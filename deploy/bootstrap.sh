@@ -41,7 +41,7 @@ esac
 case $ingest in
   always) whisperlite ingest --data "$data" --catalog "$catalog" ;;
   if-empty)
-    count=$(python -c 'import sys; from whisperlite.shell.up import catalog_item_count; print(catalog_item_count(sys.argv[1]))' "$catalog")
+    count=$(python -c 'import sys; from whisperlite.core.client_security import ClientSecurity; from whisperlite.shell.up import catalog_item_count; print(catalog_item_count(sys.argv[1], ClientSecurity.from_env()))' "$catalog")
     if [ "$count" -eq 0 ]; then whisperlite ingest --data "$data" --catalog "$catalog"
     else log "catalog at $catalog already holds $count items: not ingesting (WHISPERLITE_INGEST=always re-upserts)"; fi ;;
   never) log "ingestion disabled" ;;

@@ -60,6 +60,7 @@ compose() {  # compose [NAME=VALUE...] ARGS...: the binary in an empty environme
 echo "tools: docker-compose $("$compose_bin" version --short), $(promtool --version 2>&1 | head -n 1), hadolint $("$hadolint" --version | awk '{print $NF}')"
 check "docker-compose.yml" compose -f "$target/docker-compose.yml" config -q
 check "docker-compose.yml + docker-compose.cpu.yml" compose -f "$target/docker-compose.yml" -f "$target/docker-compose.cpu.yml" config -q
+check "docker-compose.yml + docker-compose.secure.yml" compose -f "$target/docker-compose.yml" -f "$target/docker-compose.secure.yml" config -q
 check "docker-compose.yml + docker-compose.external-milvus.yml" compose CATALOG_MILVUS_URI=https://milvus.example:19530 \
   -f "$target/docker-compose.yml" -f "$target/docker-compose.external-milvus.yml" config -q
 check "prometheus.yml" promtool check config "$target/deploy/prometheus/prometheus.yml"

@@ -8,6 +8,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from whisperlite.core.client_security import PLAINTEXT, ClientSecurity
 from whisperlite.core.clients.health import wait_until_serving
 
 REPO = Path(__file__).resolve().parent.parent
@@ -67,18 +68,26 @@ def launch_service(
 
 
 def start_service(
-    name: str, log_dir: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 180.0, port: int | None = None
+    name: str,
+    log_dir: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 180.0,
+    port: int | None = None,
+    security: ClientSecurity = PLAINTEXT,
 ) -> ServiceProcess:
-    """Starts `whisperlite serve name` and waits until its health check says SERVING."""
+    """Starts `whisperlite serve name` and waits until its health check (over TLS with `security`'s CA) says SERVING."""
     service = launch_service(name, log_dir, *args, env=env, port=port)
-    if not wait_until_serving(service.address, timeout, alive=lambda: service.process.poll() is None):
+    if not wait_until_serving(service.address, timeout, alive=lambda: service.process.poll() is None, security=security):
         service.stop()
         raise RuntimeError(f"{name} did not become healthy:\n{service.log()[-3000:]}")
     return service
 
 
-def start_catalog(log_dir: Path, data_dir: Path, encoder_address: str, *args: str) -> ServiceProcess:
+def start_catalog(
+    log_dir: Path, data_dir: Path, encoder_address: str, *args: str, security: ClientSecurity = PLAINTEXT
+) -> ServiceProcess:
     """A catalog with its own milvus-lite store in data_dir, validating vectors against that encoder."""
     return start_service(
-        "catalog", log_dir, "--data-dir", str(data_dir), "--query-encoder-addr", encoder_address, *args
+        "catalog", log_dir, "--data-dir", str(data_dir), "--query-encoder-addr", encoder_address, *args, security=security
     )

@@ -66,7 +66,7 @@ def test_compose_check_passes_on_the_repository():
     result = run_check(REPO)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "docker-compose 2.40.3" in result.stdout
-    for name in ("docker-compose.yml", "docker-compose.cpu.yml", "docker-compose.external-milvus.yml", "prometheus.yml", "PromQL", "Dockerfiles"):
+    for name in ("docker-compose.yml", "docker-compose.cpu.yml", "docker-compose.external-milvus.yml", "docker-compose.secure.yml", "prometheus.yml", "PromQL", "Dockerfiles"):
         assert re.search(rf"^ok .*{re.escape(name)}", result.stdout, re.M), result.stdout
 
 
@@ -77,6 +77,9 @@ BREAKAGES = {
     "override with a wrong type": ("docker-compose.cpu.yml", "target: cpu", "target: [cpu]", "docker-compose.cpu.yml"),
     "external override drops the encoder dependency": (
         "docker-compose.external-milvus.yml", "    depends_on: !override\n", "    depends_on: !override\n      ranker-proxy:\n        condition: service_healthy\n", "external-milvus"
+    ),
+    "secure override mounts an undefined secret": (
+        "docker-compose.secure.yml", "secrets: [whisperlite_ingest_token]", "secrets: [whisperlite_ingest]", "docker-compose.secure.yml"
     ),
     "bad prometheus duration": ("deploy/prometheus/prometheus.yml", "refresh_interval: 15s", "refresh_interval: soon", "prometheus.yml"),
     "dashboard query does not parse": (
@@ -89,7 +92,7 @@ BREAKAGES = {
 @pytest.mark.parametrize("breakage", BREAKAGES, ids=list(BREAKAGES))
 def test_compose_check_fails_on_a_broken_copy(tmp_path, breakage):
     path, old, new, failing_check = BREAKAGES[breakage]
-    for name in ("docker-compose.yml", "docker-compose.cpu.yml", "docker-compose.external-milvus.yml"):
+    for name in ("docker-compose.yml", "docker-compose.cpu.yml", "docker-compose.external-milvus.yml", "docker-compose.secure.yml"):
         shutil.copy(REPO / name, tmp_path / name)
     shutil.copytree(REPO / "deploy", tmp_path / "deploy")
     target = tmp_path / path

@@ -42,8 +42,8 @@ class Replica:
         return f"{self.host}:{self.port}"
 
     def embed_calls(self) -> float:
-        """Embed calls this process completed, from its own /metrics."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as response:
+        """Embed calls this process completed, from its own /metrics (bound to the replica's host, like its gRPC port)."""
+        with urllib.request.urlopen(f"http://{self.host}:{self.metrics_port}/metrics", timeout=10) as response:
             text = response.read().decode()
         return sum(
             sample.value

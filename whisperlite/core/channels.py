@@ -4,6 +4,7 @@ import json
 
 import grpc
 
+from whisperlite.core.client_security import PLAINTEXT, BearerTokenInterceptor, ClientSecurity
 from whisperlite.core.topology import DEFAULT_MAX_MESSAGE_BYTES
 
 # round_robin over every address DNS returns lets a scaled service (several replicas behind one
@@ -11,10 +12,14 @@ from whisperlite.core.topology import DEFAULT_MAX_MESSAGE_BYTES
 _SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
 
 
-def create_channel(address: str, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> grpc.aio.Channel:
+def create_channel(
+    address: str, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, security: ClientSecurity = PLAINTEXT
+) -> grpc.aio.Channel:
+    """A channel over TLS when `security` names a CA, sending its bearer token (if any) with every call."""
     target = address if "://" in address or address.startswith(("dns:", "unix:", "ipv4:", "ipv6:")) else f"dns:///{address}"
-    return grpc.aio.insecure_channel(
+    return _open_channel(
         target,
+        security,
         options=[
             ("grpc.service_config", _SERVICE_CONFIG),
             ("grpc.max_send_message_length", max_message_bytes),
@@ -26,3 +31,20 @@ def create_channel(address: str, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE
             ("grpc.dns_min_time_between_resolutions_ms", 10_000),
         ],
     )
+
+
+def _open_channel(target: str, security: ClientSecurity, options: list) -> grpc.aio.Channel:
+    interceptors = [BearerTokenInterceptor(security)] if security.token or security.token_file else None
+    credentials = security.channel_credentials()
+    if credentials is None:
+        return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+    return grpc.aio.secure_channel(target, credentials, options=options, interceptors=interceptors)
+
+
+def create_sync_channel(address: str, security: ClientSecurity = PLAINTEXT, options: list | None = None) -> grpc.Channel:
+    """A blocking channel (the CLI, `RankerClient`, health probes), over TLS when `security` names a CA;
+    its token goes in each call's metadata (`security.metadata()`)."""
+    credentials = security.channel_credentials()
+    if credentials is None:
+        return grpc.insecure_channel(address, options=options)
+    return grpc.secure_channel(address, credentials, options=options)

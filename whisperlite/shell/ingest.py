@@ -10,6 +10,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from whisperlite.core.channels import create_channel
+from whisperlite.core.client_security import PLAINTEXT, ClientSecurity
 from whisperlite.core.clients.catalog import CatalogClient
 from whisperlite.core.dataset import read_items
 from whisperlite.v1 import common_pb2
@@ -32,9 +33,9 @@ def _batches(items: pd.DataFrame, batch_size: int) -> Iterator[list[common_pb2.I
         yield batch
 
 
-async def _upsert_all(items: pd.DataFrame, catalog_addr: str, batch_size: int, timeout_seconds: float) -> int:
+async def _upsert_all(items: pd.DataFrame, catalog_addr: str, batch_size: int, timeout_seconds: float, security: ClientSecurity) -> int:
     written = 0
-    channel = create_channel(catalog_addr)
+    channel = create_channel(catalog_addr, security=security)
     try:
         catalog = CatalogClient(channel, timeout_seconds, catalog_addr)
         with tqdm(total=len(items), desc="ingest", unit="item") as progress:
@@ -46,10 +47,17 @@ async def _upsert_all(items: pd.DataFrame, catalog_addr: str, batch_size: int, t
     return written
 
 
-def ingest(data_dir: Path, catalog_addr: str, batch_size: int = DEFAULT_BATCH_SIZE, timeout_seconds: float = 300.0) -> int:
-    """Upserts every item (idempotent: re-running replaces items by id). Returns the number written."""
+def ingest(
+    data_dir: Path,
+    catalog_addr: str,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    timeout_seconds: float = 300.0,
+    security: ClientSecurity = PLAINTEXT,
+) -> int:
+    """Upserts every item (idempotent: re-running replaces items by id). Returns the number written;
+    a token without the `write` scope fails the first batch with PERMISSION_DENIED."""
     try:
         items = read_items(data_dir)
     except FileNotFoundError as error:
         raise SystemExit(str(error)) from None
-    return asyncio.run(_upsert_all(items, catalog_addr, batch_size, timeout_seconds))
+    return asyncio.run(_upsert_all(items, catalog_addr, batch_size, timeout_seconds, security))

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from whisperlite.core.channels import create_channel
+from whisperlite.core.client_security import PLAINTEXT, ClientSecurity
 from whisperlite.core.clients.catalog import CatalogClient
 from whisperlite.core.clients.health import wait_until_serving
 from whisperlite.core.dataset import most_active_user
@@ -20,7 +21,7 @@ from whisperlite.shell.ingest import ingest
 class Stack:
     """Starts the services in dependency order, each after the previous one reports SERVING."""
 
-    def __init__(self, state_dir: Path, model_dir: Path, extra_env: dict[str, str] | None = None):
+    def __init__(self, state_dir: Path, model_dir: Path, extra_env: dict[str, str] | None = None, secure: bool = False):
         self.state_dir = state_dir
         self.model_dir = model_dir
         self.log_dir = state_dir / "logs"
@@ -31,8 +32,15 @@ class Stack:
             CATALOG.address_env: CATALOG.local_address,
             f"{CATALOG.env_prefix}_DATA_DIR": str(state_dir / "catalog"),
             f"{RANKER.env_prefix}_MODEL_DIR": str(model_dir),
+            **(_secure_env(state_dir / "security") if secure else {}),
             **(extra_env or {}),
         }
+        # How this process (health waits, ingest, the item count) calls the services.
+        self.health_security = self.security = PLAINTEXT
+        if secure:
+            pki = state_dir / "security"
+            self.health_security = ClientSecurity(ca_file=str(pki / "ca.pem"))
+            self.security = ClientSecurity(ca_file=str(pki / "ca.pem"), token_file=str(pki / "ingest.token"))
 
     def start(self, startup_timeout_seconds: float = 300.0) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -42,7 +50,9 @@ class Stack:
             print(f"starting {spec.name} on :{spec.port} (logs: {log_path})", flush=True)
             process = subprocess.Popen(command, env=self.env, stdout=subprocess.DEVNULL, stderr=log_path.open("ab"))
             self.processes[spec.name] = process
-            if not wait_until_serving(spec.local_address, startup_timeout_seconds, alive=lambda p=process: p.poll() is None):
+            if not wait_until_serving(
+                spec.local_address, startup_timeout_seconds, alive=lambda p=process: p.poll() is None, security=self.health_security
+            ):
                 tail = log_path.read_text(errors="replace").splitlines()[-15:]
                 self.stop()
                 raise SystemExit(f"{spec.name} did not become healthy; last log lines:\n" + "\n".join(tail))
@@ -58,9 +68,38 @@ class Stack:
                 process.kill()
 
 
-def catalog_item_count(address: str) -> int:
+def _secure_env(pki: Path) -> dict[str, str]:
+    """TLS on every service with the development CA, tokens checked everywhere, and each service
+    calling the others with the service token (docs/security.md)."""
+    from whisperlite.shell.dev_certs import write_dev_pki
+
+    write_dev_pki(pki)
+    env = {"WHISPERLITE_AUTH_TOKENS_FILE": str(pki / "tokens.txt"), "WHISPERLITE_TLS_CA_FILE": str(pki / "ca.pem")}
+    for spec in SERVICES:
+        env[f"{spec.env_prefix}_TLS_CERT_FILE"] = str(pki / f"{spec.name}.pem")
+        env[f"{spec.env_prefix}_TLS_KEY_FILE"] = str(pki / f"{spec.name}-key.pem")
+        env[f"{spec.env_prefix}_DOWNSTREAM_TOKEN_FILE"] = str(pki / "service.token")
+    return env
+
+
+def _examples(user: str, ranker: str, pki: Path | None) -> str:
+    request = f"'{{\"user_id\": \"{user}\", \"query\": \"black leather boots\", \"top_k\": 5}}'"
+    if pki is None:
+        return (
+            f"  .venv/bin/whisperlite recommend --user {user} --query 'black leather boots' -k 5\n"
+            f"  grpcurl -plaintext -d {request} {ranker} whisperlite.v1.RankerService/Recommend\n\n"
+        )
+    return (
+        f"  .venv/bin/whisperlite recommend --tls-ca-file {pki}/ca.pem --token-file {pki}/shopper.token "
+        f"--user {user} --query 'black leather boots' -k 5\n"
+        f"  grpcurl -cacert {pki}/ca.pem -H \"authorization: Bearer $(cat {pki}/shopper.token)\" -d {request} "
+        f"{ranker} whisperlite.v1.RankerService/Recommend\n\n"
+    )
+
+
+def catalog_item_count(address: str, security: ClientSecurity = PLAINTEXT) -> int:
     async def count() -> int:
-        channel = create_channel(address)
+        channel = create_channel(address, security=security)
         try:
             return (await CatalogClient(channel, 10.0, address).stats()).item_count
         finally:
@@ -69,8 +108,8 @@ def catalog_item_count(address: str) -> int:
     return asyncio.run(count())
 
 
-def up(data_dir: Path | None, state_dir: Path, model_dir: Path) -> None:
-    stack = Stack(state_dir, model_dir)
+def up(data_dir: Path | None, state_dir: Path, model_dir: Path, secure: bool = False) -> None:
+    stack = Stack(state_dir, model_dir, secure=secure)
     stop_requested = False
 
     def request_stop(*_):
@@ -82,20 +121,18 @@ def up(data_dir: Path | None, state_dir: Path, model_dir: Path) -> None:
     stack.start()
     try:
         catalog_addr = stack.env[CATALOG.address_env]
-        if data_dir is not None and catalog_item_count(catalog_addr) == 0:
+        if data_dir is not None and catalog_item_count(catalog_addr, stack.security) == 0:
             print(f"catalog is empty: ingesting {data_dir}", flush=True)
-            ingest(data_dir, catalog_addr)
+            ingest(data_dir, catalog_addr, security=stack.security)
         user = (most_active_user(data_dir) if data_dir else None) or "some-user"
         ranker = RANKER.local_address
         print(
             "\nWhisperLite is up:\n"
             + "".join(f"  {s.name:<14} grpc localhost:{s.port}   metrics http://localhost:{s.metrics_port}/metrics\n" for s in SERVICES)
-            + f"  items in catalog: {catalog_item_count(catalog_addr)}\n\n"
+            + f"  items in catalog: {catalog_item_count(catalog_addr, stack.security)}\n\n"
             "Try:\n"
-            f"  .venv/bin/whisperlite recommend --user {user} --query 'black leather boots' -k 5\n"
-            f"  grpcurl -plaintext -d '{{\"user_id\": \"{user}\", \"query\": \"black leather boots\", \"top_k\": 5}}' "
-            f"{ranker} whisperlite.v1.RankerService/Recommend\n\n"
-            "Ctrl-C stops the stack.",
+            + _examples(user, ranker, state_dir / "security" if secure else None)
+            + "Ctrl-C stops the stack.",
             flush=True,
         )
         while not stop_requested and all(p.poll() is None for p in stack.processes.values()):

@@ -5,10 +5,14 @@ import time
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from whisperlite.core.channels import create_sync_channel
+from whisperlite.core.client_security import PLAINTEXT, ClientSecurity
 
-def is_serving(address: str, service: str = "", timeout_seconds: float = 2.0) -> bool:
+
+def is_serving(address: str, service: str = "", timeout_seconds: float = 2.0, security: ClientSecurity = PLAINTEXT) -> bool:
+    """Health needs no token; a TLS server needs `security`'s CA (and a client certificate for mTLS)."""
     try:
-        with grpc.insecure_channel(address) as channel:
+        with create_sync_channel(address, security) as channel:
             response = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=timeout_seconds
             )
@@ -17,11 +21,13 @@ def is_serving(address: str, service: str = "", timeout_seconds: float = 2.0) ->
     return response.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def wait_until_serving(address: str, timeout_seconds: float, alive=lambda: True, interval_seconds: float = 0.5) -> bool:
+def wait_until_serving(
+    address: str, timeout_seconds: float, alive=lambda: True, interval_seconds: float = 0.5, security: ClientSecurity = PLAINTEXT
+) -> bool:
     """Polls until SERVING; gives up early when `alive()` turns false (the process died)."""
     deadline = time.monotonic() + timeout_seconds
     while time.monotonic() < deadline:
-        if is_serving(address):
+        if is_serving(address, security=security):
             return True
         if not alive():
             return False

@@ -3,20 +3,27 @@
     from whisperlite.core.clients.ranker import RankerClient
     with RankerClient("localhost:50050") as ranker:
         response = ranker.recommend(user_id="A1", query="black leather boots", top_k=5)
+
+Over TLS with a token: `RankerClient(address, security=ClientSecurity(ca_file="ca.pem", token="..."))`.
 """
 
-import grpc
-
+from whisperlite.core.channels import create_sync_channel
+from whisperlite.core.client_security import PLAINTEXT, ClientSecurity
 from whisperlite.core.topology import DEFAULT_MAX_MESSAGE_BYTES, RANKER
 from whisperlite.v1 import common_pb2, ranker_pb2, ranker_pb2_grpc
 
 
 class RankerClient:
     def __init__(
-        self, address: str = RANKER.local_address, timeout_seconds: float = 10.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+        self,
+        address: str = RANKER.local_address,
+        timeout_seconds: float = 10.0,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        security: ClientSecurity = PLAINTEXT,
     ):
         # grpc's default 4 MB would refuse large responses the ranker may send (up to its own limit).
-        self._channel = grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", max_message_bytes)])
+        self._channel = create_sync_channel(address, security, options=[("grpc.max_receive_message_length", max_message_bytes)])
+        self._security = security
         self._stub = ranker_pb2_grpc.RankerServiceStub(self._channel)
         self._timeout = timeout_seconds
 
@@ -40,7 +47,7 @@ class RankerClient:
         request = ranker_pb2.RecommendRequest(
             user_id=user_id, query=query, top_k=top_k, filter=item_filter, recent_item_ids=recent_item_ids or []
         )
-        return self._stub.Recommend(request, timeout=self._timeout)
+        return self._stub.Recommend(request, timeout=self._timeout, metadata=self._security.metadata())
 
     def close(self) -> None:
         self._channel.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from whisperlite.core.channels import create_channel
+from whisperlite.core.client_security import PLAINTEXT, ClientSecurity
 from whisperlite.core.clients.errors import wait_until_ready
 from whisperlite.core.clients.query_encoder import EncoderModel, QueryEncoderClient
 from whisperlite.core.errors import FailedPrecondition
@@ -17,8 +18,9 @@ EMBED_BATCH = 128
 
 
 class ItemEmbedder:
-    def __init__(self, address: str, timeout_seconds: float = 120.0):
+    def __init__(self, address: str, timeout_seconds: float = 120.0, security: ClientSecurity = PLAINTEXT):
         self.address = address
+        self._security = security
         self._timeout = timeout_seconds
         self._channel = None
         self._client: QueryEncoderClient | None = None
@@ -26,7 +28,7 @@ class ItemEmbedder:
 
     def _encoder(self) -> QueryEncoderClient:
         if self._client is None:
-            self._channel = create_channel(self.address)
+            self._channel = create_channel(self.address, security=self._security)
             self._client = QueryEncoderClient(self._channel, self._timeout, self.address)
         return self._client
 

@@ -11,23 +11,21 @@ from whisperlite.services.catalog.embedding import ItemEmbedder
 from whisperlite.services.catalog.servicer import CatalogServicer
 from whisperlite.services.catalog.store import INDEX_TYPES, CollectionSpec, MilvusStore, default_uri
 from whisperlite.core.errors import ServiceError
-from whisperlite.services.common.config import add_server_flags, env_float, env_int, env_str
+from whisperlite.services.common.config import (
+    add_downstream_flags,
+    add_server_flags,
+    downstream_security,
+    env_bool,
+    env_float,
+    env_int,
+    env_str,
+)
 from whisperlite.services.common.logs import configure_logging
+from whisperlite.services.common.security import ServerSecurity
 from whisperlite.services.common.server import serve
 from whisperlite.v1 import catalog_pb2_grpc
 
 PREFIX = CATALOG.env_prefix
-
-
-def _env_bool(name: str, default: bool) -> bool:
-    value = env_str(name, "").strip().lower()
-    if not value:
-        return default
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise SystemExit(f"environment variable {name} must be true or false, got {value!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     create.add_argument(
         "--exact-filtered-search", action=argparse.BooleanOptionalAction,
-        default=_env_bool(f"{PREFIX}_EXACT_FILTERED_SEARCH", creation.exact_filtered_search),
+        default=env_bool(f"{PREFIX}_EXACT_FILTERED_SEARCH", creation.exact_filtered_search),
         help=f"keep a FLAT copy of each vector so category/price-filtered searches are exact (env {PREFIX}_EXACT_FILTERED_SEARCH)",
     )
     encoder = parser.add_argument_group("query encoder")
@@ -85,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"most items per upsert and ids per get or delete (env {PREFIX}_MAX_BATCH)",
     )
     add_server_flags(parser, CATALOG)
+    add_downstream_flags(parser, CATALOG)
     return parser
 
 
@@ -92,7 +91,9 @@ def build_catalog(args: argparse.Namespace) -> Catalog:
     store = MilvusStore(
         args.uri or default_uri(args.data_dir), args.collection, token=args.token, timeout_seconds=args.milvus_timeout_seconds
     )
-    embedder = ItemEmbedder(args.query_encoder_addr, args.encoder_timeout_seconds) if args.query_encoder_addr else None
+    embedder = (
+        ItemEmbedder(args.query_encoder_addr, args.encoder_timeout_seconds, downstream_security(args)) if args.query_encoder_addr else None
+    )
     try:
         return Catalog(
             store,
@@ -123,6 +124,8 @@ async def run(args: argparse.Namespace, ready: asyncio.Event | None = None, stop
         max_message_bytes=args.max_message_bytes,
         ready=ready,
         stop=stop,
+        security=ServerSecurity.from_args(args),
+        metrics_host=args.metrics_host,
     )
 
 

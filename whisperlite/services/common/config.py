@@ -3,6 +3,7 @@
 import argparse
 import os
 
+from whisperlite.core.client_security import ENV_CA_FILE, ClientSecurity
 from whisperlite.core.topology import DEFAULT_MAX_MESSAGE_BYTES, Service
 
 
@@ -30,17 +31,35 @@ def env_float(name: str, default: float) -> float:
         raise SystemExit(f"environment variable {name} must be a number, got {value!r}") from None
 
 
+def env_bool(name: str, default: bool) -> bool:
+    value = env_str(name, "").strip().lower()
+    if not value:
+        return default
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise SystemExit(f"environment variable {name} must be true or false, got {value!r}")
+
+
 def add_server_flags(parser: argparse.ArgumentParser, service: Service) -> None:
     """Adds the flags every service shares; the service's env prefix namespaces the env vars (e.g. CATALOG_PORT)."""
     prefix, port, metrics_port = service.env_prefix, service.port, service.metrics_port
     group = parser.add_argument_group("server")
-    group.add_argument("--host", default=env_str(f"{prefix}_HOST", "[::]"), help=f"bind address (env {prefix}_HOST)")
+    group.add_argument(
+        "--host", default=env_str(f"{prefix}_HOST", "127.0.0.1"),
+        help=f"bind address; loopback by default, [::] or 0.0.0.0 to be reachable from other hosts (env {prefix}_HOST)",
+    )
     group.add_argument("--port", type=int, default=env_int(f"{prefix}_PORT", port), help=f"gRPC port (env {prefix}_PORT)")
     group.add_argument(
         "--metrics-port",
         type=int,
         default=env_int(f"{prefix}_METRICS_PORT", metrics_port),
         help=f"Prometheus /metrics HTTP port, 0 disables it (env {prefix}_METRICS_PORT)",
+    )
+    group.add_argument(
+        "--metrics-host", default=env_str(f"{prefix}_METRICS_HOST", ""),
+        help=f"bind address of /metrics; empty: the same as --host (env {prefix}_METRICS_HOST)",
     )
     group.add_argument(
         "--grace-seconds",
@@ -55,3 +74,60 @@ def add_server_flags(parser: argparse.ArgumentParser, service: Service) -> None:
         help=f"largest gRPC message accepted or sent (env {prefix}_MAX_MESSAGE_BYTES)",
     )
     group.add_argument("--log-level", default=env_str("LOG_LEVEL", "INFO"), help="log level (env LOG_LEVEL)")
+    add_security_flags(parser, service)
+
+
+def add_security_flags(parser: argparse.ArgumentParser, service: Service) -> None:
+    """Authentication, TLS and reflection (docs/security.md): every service takes the same flags."""
+    prefix = service.env_prefix
+    group = parser.add_argument_group("security")
+    group.add_argument(
+        "--auth-tokens-file", default=env_str("WHISPERLITE_AUTH_TOKENS_FILE", ""),
+        help="bearer tokens, one 'token scope[,scope]' per line, re-read on SIGHUP; empty: no authentication "
+        "(env WHISPERLITE_AUTH_TOKENS_FILE)",
+    )
+    group.add_argument(
+        "--tls-cert-file", default=env_str(f"{prefix}_TLS_CERT_FILE", ""),
+        help=f"PEM server certificate (chain); with --tls-key-file the port speaks TLS only (env {prefix}_TLS_CERT_FILE)",
+    )
+    group.add_argument(
+        "--tls-key-file", default=env_str(f"{prefix}_TLS_KEY_FILE", ""), help=f"PEM private key of --tls-cert-file (env {prefix}_TLS_KEY_FILE)"
+    )
+    group.add_argument(
+        "--tls-client-ca-file", default=env_str(f"{prefix}_TLS_CLIENT_CA_FILE", ""),
+        help=f"PEM CA that must have signed every client's certificate (mTLS); empty: no client certificate asked (env {prefix}_TLS_CLIENT_CA_FILE)",
+    )
+    group.add_argument(
+        "--reflection", action=argparse.BooleanOptionalAction, default=env_bool(f"{prefix}_REFLECTION", True),
+        help=f"serve gRPC reflection (needs a token when authentication is on) (env {prefix}_REFLECTION)",
+    )
+
+
+def add_downstream_flags(parser: argparse.ArgumentParser, service: Service) -> None:
+    """How a service calls the others: TLS roots and its own service token (never its caller's)."""
+    prefix = service.env_prefix
+    group = parser.add_argument_group("downstream calls")
+    group.add_argument(
+        "--tls-ca-file", default=env_str(ENV_CA_FILE, ""),
+        help="PEM CA of the downstream services' certificates; set: calls to them use TLS, presenting --tls-cert-file "
+        f"as client certificate (env {ENV_CA_FILE})",
+    )
+    group.add_argument(
+        "--downstream-token-file", default=env_str(f"{prefix}_DOWNSTREAM_TOKEN_FILE", ""),
+        help=f"file holding this service's own bearer token for downstream calls, re-read when it changes (env {prefix}_DOWNSTREAM_TOKEN_FILE)",
+    )
+
+
+def downstream_security(args: argparse.Namespace) -> ClientSecurity:
+    try:
+        security = ClientSecurity(
+            ca_file=args.tls_ca_file,
+            cert_file=args.tls_cert_file if args.tls_ca_file else "",
+            key_file=args.tls_key_file if args.tls_ca_file else "",
+            token_file=args.downstream_token_file,
+        )
+        security.channel_credentials()  # unreadable files stop start-up here, not at the first call
+        security.bearer_token()
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"downstream calls: {error}") from None
+    return security

@@ -13,6 +13,7 @@ from grpc_reflection.v1alpha import reflection
 
 from whisperlite.core.topology import DEFAULT_MAX_MESSAGE_BYTES
 from whisperlite.services.common.interceptors import ObservabilityInterceptor
+from whisperlite.services.common.security import ServerSecurity
 
 log = logging.getLogger("whisperlite.server")
 
@@ -31,19 +32,23 @@ async def serve(
     startup: Callable[[], Awaitable[None]] | None = None,
     shutdown: Callable[[], Awaitable[None]] | None = None,
     grace_seconds: float = 10.0,
-    host: str = "[::]",
+    host: str = "127.0.0.1",
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ready: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
+    security: ServerSecurity = ServerSecurity(),
+    metrics_host: str = "",
 ) -> None:
     """Runs until SIGTERM/SIGINT (or `stop` is set), then drains in-flight calls for `grace_seconds`.
 
     Health reports NOT_SERVING until `startup` has returned, so load balancers and `whisperlite up`
     wait for the model or collection to be loaded; it goes NOT_SERVING again as soon as shutdown starts.
     `ready` is set once serving (lets in-process callers such as tests wait without polling).
+    `security` adds token checks and TLS; SIGHUP re-reads its tokens and certificates. /metrics binds
+    `metrics_host`, by default the gRPC `host`.
     """
     server = grpc.aio.server(
-        interceptors=[ObservabilityInterceptor(max_response_bytes=max_message_bytes)],
+        interceptors=[ObservabilityInterceptor(max_response_bytes=max_message_bytes), *security.interceptors()],
         options=[
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
@@ -59,18 +64,24 @@ async def serve(
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     service_names = [full_name for _, _, full_name in servicers]
-    reflection.enable_server_reflection([*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    if security.reflection:
+        reflection.enable_server_reflection([*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     for service in ["", *service_names]:
         await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
 
-    bound = server.add_insecure_port(f"{host}:{port}")
+    if security.certificates is not None:
+        bound = server.add_secure_port(f"{host}:{port}", security.certificates.credentials())
+    else:
+        bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise SystemExit(f"{name}: cannot bind gRPC port {host}:{port}")
     await server.start()
     metrics_server = None
     if metrics_port:
-        metrics_server, _ = prometheus_client.start_http_server(metrics_port)
+        # The HTTP server wants a bare address: [::] is "::".
+        metrics_server, _ = prometheus_client.start_http_server(metrics_port, addr=(metrics_host or host).strip("[]"))
     log.info("listening", extra={"service": name, "grpc_port": port, "metrics_port": metrics_port})
+    security.warn_if_exposed(name, host)
 
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -79,6 +90,10 @@ async def serve(
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):  # not the main thread (e.g. tests): rely on `stop`
             pass
+    try:
+        loop.add_signal_handler(signal.SIGHUP, security.reload)
+    except (NotImplementedError, RuntimeError):
+        pass
 
     try:
         if startup is not None:

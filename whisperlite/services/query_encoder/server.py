@@ -10,6 +10,7 @@ import transformers
 from whisperlite.core.topology import QUERY_ENCODER
 from whisperlite.services.common.config import add_server_flags, env_float, env_int, env_str
 from whisperlite.services.common.logs import configure_logging
+from whisperlite.services.common.security import ServerSecurity
 from whisperlite.services.common.server import serve
 from whisperlite.services.query_encoder.embedder import Embedder, EmbedderSettings, ModelLoadError
 from whisperlite.services.query_encoder.servicer import QueryEncoderServicer
@@ -93,6 +94,8 @@ async def run(
         max_message_bytes=args.max_message_bytes,
         ready=ready,
         stop=stop,
+        security=ServerSecurity.from_args(args),
+        metrics_host=args.metrics_host,
     )
 
 

@@ -12,8 +12,9 @@ from whisperlite.core.errors import FailedPrecondition, ServiceError
 from whisperlite.core.personalization import PersonalizationModel, resolve_version_dir
 from whisperlite.core.topology import CATALOG, QUERY_ENCODER, RANKER
 from whisperlite.core.vector_space import require_same_encoder
-from whisperlite.services.common.config import add_server_flags, env_float, env_int, env_str
+from whisperlite.services.common.config import add_downstream_flags, add_server_flags, downstream_security, env_float, env_int, env_str
 from whisperlite.services.common.logs import configure_logging
+from whisperlite.services.common.security import ServerSecurity
 from whisperlite.services.common.server import serve
 from whisperlite.services.ranker.recommender import RankerLimits, Recommender
 from whisperlite.services.ranker.servicer import RankerServicer
@@ -26,6 +27,7 @@ PREFIX = RANKER.env_prefix
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="whisperlite serve ranker", description="Serve RankerService (the entry point).")
     add_server_flags(parser, RANKER)
+    add_downstream_flags(parser, RANKER)
     parser.add_argument(
         "--query-encoder-addr",
         default=env_str(QUERY_ENCODER.address_env, QUERY_ENCODER.local_address),
@@ -97,8 +99,10 @@ def _unloadable(path, error: Exception) -> FailedPrecondition:
 
 
 async def run(args: argparse.Namespace) -> None:
-    encoder_channel = create_channel(args.query_encoder_addr, max_message_bytes=args.max_message_bytes)
-    catalog_channel = create_channel(args.catalog_addr, max_message_bytes=args.max_message_bytes)
+    # The ranker calls with its own service token: a shopper's token is never passed on.
+    security = downstream_security(args)
+    encoder_channel = create_channel(args.query_encoder_addr, max_message_bytes=args.max_message_bytes, security=security)
+    catalog_channel = create_channel(args.catalog_addr, max_message_bytes=args.max_message_bytes, security=security)
     encoder = QueryEncoderClient(encoder_channel, args.deadline_seconds, args.query_encoder_addr)
     catalog = CatalogClient(catalog_channel, args.deadline_seconds, args.catalog_addr)
     try:
@@ -138,6 +142,8 @@ async def run(args: argparse.Namespace) -> None:
         grace_seconds=args.grace_seconds,
         host=args.host,
         max_message_bytes=args.max_message_bytes,
+        security=ServerSecurity.from_args(args),
+        metrics_host=args.metrics_host,
     )
 
 

@@ -1,0 +1,152 @@
+"""The whole Recommend path over TLS with tokens: encoder and catalog require client certificates,
+every service checks tokens, and the services call each other with their own service token.
+
+The ranker knows only the shopper's token and the encoder and catalog only the service and ingest
+tokens, so Recommend works only if the ranker sends its own token downstream, never the shopper's.
+Certificates and tokens come from `scripts/dev_certs.py` (run here); the items are ingested with
+`whisperlite ingest` over mTLS and embedded by the catalog through the encoder (mTLS, service token).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import pandas as pd
+import pytest
+
+from tests.servers import REPO, start_catalog, start_service
+from whisperlite.core.channels import create_sync_channel
+from whisperlite.core.client_security import ClientSecurity
+from whisperlite.core.clients.ranker import RankerClient
+from whisperlite.core.dataset import ITEM_COLUMNS, ITEMS_FILE
+from whisperlite.v1 import catalog_pb2, catalog_pb2_grpc
+
+
+TITLES = [
+    "Black leather ankle boots with side zip",
+    "Brown suede chelsea boots",
+    "Waterproof hiking boots for men",
+    "Light floral summer dress with short sleeves",
+    "Linen maxi dress for a beach wedding",
+    "Red cocktail dress with lace",
+    "Men's automatic dive watch with steel bracelet",
+    "Minimalist quartz watch with leather strap",
+    "Warm down winter coat with hood",
+    "Wool pea coat in navy",
+    "Lightweight running shoes with mesh upper",
+    "Trail running shoes with grippy sole",
+    "Cotton crew neck t-shirt, pack of three",
+    "Slim fit stretch jeans",
+    "Silk scarf with paisley print",
+    "Leather belt with brass buckle",
+    "Canvas tote bag",
+    "Knitted beanie hat",
+    "Polarized aviator sunglasses",
+    "Gold hoop earrings",
+]
+
+
+def _token(pki: Path, name: str) -> str:
+    return (pki / f"{name}.token").read_text().strip()
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("secrets")
+    subprocess.run([sys.executable, "scripts/dev_certs.py", "--out", str(out)], cwd=REPO, check=True, timeout=120)
+    (out / "ranker-tokens.txt").write_text(f"{_token(out, 'shopper')} recommend\n")
+    (out / "backend-tokens.txt").write_text(f"{_token(out, 'service')} recommend\n{_token(out, 'ingest')} recommend,write\n")
+    return out
+
+
+def _server_flags(pki: Path, name: str, tokens: str, mtls: bool) -> list[str]:
+    flags = ["--tls-cert-file", str(pki / f"{name}.pem"), "--tls-key-file", str(pki / f"{name}-key.pem"), "--auth-tokens-file", str(pki / tokens)]
+    return flags + (["--tls-client-ca-file", str(pki / "ca.pem")] if mtls else [])
+
+
+def _downstream_flags(pki: Path) -> list[str]:
+    return ["--tls-ca-file", str(pki / "ca.pem"), "--downstream-token-file", str(pki / "service.token")]
+
+
+def _client_cert(pki: Path) -> dict[str, str]:
+    return {"ca_file": str(pki / "ca.pem"), "cert_file": str(pki / "client.pem"), "key_file": str(pki / "client-key.pem")}
+
+
+@pytest.fixture(scope="module")
+def secure_stack(tmp_path_factory, pki):
+    logs = tmp_path_factory.mktemp("logs")
+    mtls_probe = ClientSecurity(**_client_cert(pki))
+    encoder = start_service("query-encoder", logs, *_server_flags(pki, "query-encoder", "backend-tokens.txt", mtls=True), security=mtls_probe)
+    catalog = start_catalog(
+        logs, tmp_path_factory.mktemp("catalog"), encoder.address,
+        *_server_flags(pki, "catalog", "backend-tokens.txt", mtls=True), *_downstream_flags(pki), security=mtls_probe,
+    )  # fmt: skip
+    data = tmp_path_factory.mktemp("items")
+    rows = [{"item_id": f"item-{i}", "title": title, "text": "", "category": "", "image_path": ""} for i, title in enumerate(TITLES)]
+    pd.DataFrame(rows, columns=ITEM_COLUMNS).to_csv(data / ITEMS_FILE, index=False)
+    ingest = subprocess.run(
+        [sys.executable, "-m", "whisperlite", "ingest", "--data", str(data), "--catalog", catalog.address,
+         "--tls-ca-file", str(pki / "ca.pem"), "--tls-cert-file", str(pki / "client.pem"), "--tls-key-file", str(pki / "client-key.pem"),
+         "--token-file", str(pki / "ingest.token")],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert ingest.returncode == 0, ingest.stderr[-2000:]
+    assert f"upserted {len(rows)} items" in ingest.stdout
+    ranker = start_service(
+        "ranker", logs, "--model-dir", str(tmp_path_factory.mktemp("no-model")),
+        "--query-encoder-addr", encoder.address, "--catalog-addr", catalog.address,
+        *_server_flags(pki, "ranker", "ranker-tokens.txt", mtls=False), *_downstream_flags(pki),
+        security=ClientSecurity(ca_file=str(pki / "ca.pem")),
+    )  # fmt: skip
+    yield {"encoder": encoder, "catalog": catalog, "ranker": ranker, "items": len(rows)}
+    for service in (ranker, catalog, encoder):
+        service.stop()
+
+
+def test_recommend_over_tls_with_a_shopper_token(secure_stack, pki):
+    shopper = ClientSecurity(ca_file=str(pki / "ca.pem"), token_file=str(pki / "shopper.token"))
+    with RankerClient(secure_stack["ranker"].address, timeout_seconds=60, security=shopper) as ranker:
+        response = ranker.recommend(user_id="", query="black leather boots", top_k=5)
+    assert len(response.items) == 5
+    assert any("boot" in scored.item.title.lower() for scored in response.items), [s.item.title for s in response.items]
+
+
+def test_recommend_without_a_token_is_unauthenticated(secure_stack, pki):
+    with RankerClient(secure_stack["ranker"].address, timeout_seconds=30, security=ClientSecurity(ca_file=str(pki / "ca.pem"))) as ranker:
+        with pytest.raises(grpc.RpcError) as raised:
+            ranker.recommend(user_id="", query="black leather boots", top_k=5)
+    assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_the_shopper_token_means_nothing_to_the_catalog(secure_stack, pki):
+    shopper = ClientSecurity(token=_token(pki, "shopper"), **_client_cert(pki))
+    with create_sync_channel(secure_stack["catalog"].address, shopper) as channel:
+        stub = catalog_pb2_grpc.CatalogServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.GetStats(catalog_pb2.GetStatsRequest(), metadata=shopper.metadata(), timeout=30)
+        assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        service = ClientSecurity(token_file=str(pki / "service.token"), **_client_cert(pki))
+        stats = stub.GetStats(catalog_pb2.GetStatsRequest(), metadata=service.metadata(), timeout=30)
+    assert stats.item_count == secure_stack["items"]
+
+
+def test_cli_recommend_and_health_speak_tls(secure_stack, pki):
+    ranker = secure_stack["ranker"].address
+    recommend = subprocess.run(
+        [sys.executable, "-m", "whisperlite", "recommend", "--ranker", ranker, "--query", "summer dress", "-k", "3", "--json",
+         "--tls-ca-file", str(pki / "ca.pem")],
+        cwd=REPO, capture_output=True, text=True, timeout=120, env={**os.environ, "WHISPERLITE_TOKEN": _token(pki, "shopper")},
+    )  # fmt: skip
+    assert recommend.returncode == 0, recommend.stderr[-2000:]
+    assert len(json.loads(recommend.stdout)["items"]) == 3
+    health = subprocess.run(
+        [sys.executable, "-m", "whisperlite", "health", ranker, "--tls-ca-file", str(pki / "ca.pem")], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert (health.returncode, health.stdout.strip()) == (0, "SERVING")
+    plaintext = subprocess.run([sys.executable, "-m", "whisperlite", "health", ranker, "--timeout", "3"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert (plaintext.returncode, plaintext.stdout.strip()) == (1, "NOT_SERVING")

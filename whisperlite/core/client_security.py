@@ -1,0 +1,93 @@
+"""How a client proves who it is and checks whom it talks to: TLS roots, an optional client
+certificate (for mTLS servers) and a bearer token sent as `authorization: Bearer <token>`.
+
+One value describes it for every kind of caller: the services' downstream channels (ranker ->
+encoder/catalog, catalog -> encoder), `RankerClient`, the CLI, `whisperlite ingest` and health probes.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+# Where the CLI, `whisperlite ingest` and the image health checks read their defaults from.
+ENV_CA_FILE, ENV_CERT_FILE, ENV_KEY_FILE = "WHISPERLITE_TLS_CA_FILE", "WHISPERLITE_TLS_CERT_FILE", "WHISPERLITE_TLS_KEY_FILE"
+ENV_TOKEN, ENV_TOKEN_FILE = "WHISPERLITE_TOKEN", "WHISPERLITE_TOKEN_FILE"
+
+
+@dataclass(frozen=True)
+class ClientSecurity:
+    ca_file: str = ""  # PEM roots the server's certificate must chain to; set: the channel uses TLS
+    cert_file: str = ""  # client certificate and key, presented to servers that require mTLS
+    key_file: str = ""
+    token: str = ""  # bearer token sent with every call
+    token_file: str = ""  # or a file holding it (a Docker secret), re-read whenever it changes
+
+    def __post_init__(self) -> None:
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ValueError("a client certificate needs both --tls-cert-file and --tls-key-file")
+        if (self.cert_file or self.key_file) and not self.ca_file:
+            raise ValueError("a client certificate is only sent over TLS: give --tls-ca-file as well")
+        if self.token and self.token_file:
+            raise ValueError("give a token or a token file, not both")
+
+    @classmethod
+    def from_env(cls) -> ClientSecurity:
+        """From the WHISPERLITE_TLS_* and WHISPERLITE_TOKEN[_FILE] variables (unset: plaintext, no token)."""
+        env = os.environ.get
+        return cls(env(ENV_CA_FILE, ""), env(ENV_CERT_FILE, ""), env(ENV_KEY_FILE, ""), env(ENV_TOKEN, ""), env(ENV_TOKEN_FILE, ""))
+
+    def channel_credentials(self) -> grpc.ChannelCredentials | None:
+        """TLS credentials, or None for a plaintext channel (local development)."""
+        if not self.ca_file:
+            return None
+        certificate_chain = _read_bytes(self.cert_file) if self.cert_file else None
+        private_key = _read_bytes(self.key_file) if self.key_file else None
+        return grpc.ssl_channel_credentials(
+            root_certificates=_read_bytes(self.ca_file), private_key=private_key, certificate_chain=certificate_chain
+        )
+
+    def bearer_token(self) -> str:
+        if self.token_file:
+            stat = os.stat(self.token_file)
+            return _read_token(self.token_file, stat.st_mtime_ns, stat.st_size)
+        return self.token
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """The call metadata carrying the token (empty without one)."""
+        token = self.bearer_token()
+        return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+PLAINTEXT = ClientSecurity()
+
+
+def _read_bytes(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:
+        raise ValueError(f"cannot read {path}: {error.strerror}") from None
+
+
+@functools.lru_cache(maxsize=16)
+def _read_token(path: str, _mtime_ns: int, _size: int) -> str:
+    """The token in `path`; cached per (mtime, size), so a rotated secret is picked up on the next call."""
+    token = _read_bytes(path).decode().strip()
+    if not token or any(char.isspace() for char in token):
+        raise ValueError(f"token file {path} must hold one token without spaces")
+    return token
+
+
+class BearerTokenInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
+    """Adds `authorization: Bearer <token>` to every unary call of an asyncio channel."""
+
+    def __init__(self, security: ClientSecurity):
+        self._security = security
+
+    async def intercept_unary_unary(self, continuation, client_call_details, request):
+        metadata = grpc.aio.Metadata(*(client_call_details.metadata or ()), *self._security.metadata())
+        return await continuation(client_call_details._replace(metadata=metadata), request)

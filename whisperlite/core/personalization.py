@@ -145,6 +145,10 @@ class PersonalizationModel:
     def n_users(self) -> int:
         return len(self._user_ids)
 
+    @property
+    def user_ids(self) -> list[str]:
+        return self._user_ids
+
     def knows_user(self, user_id: str | None) -> bool:
         return user_id is not None and user_id in self._user_index
 
@@ -248,10 +252,25 @@ def resolve_version_dir(path: str | Path) -> Path:
         return path
     if not path.is_dir():
         raise FileNotFoundError(f"no model at {path}")
-    versions = [child for child in path.iterdir() if (child / MANIFEST).is_file()]
+    versions = version_dirs(path)
     if not versions:
         raise FileNotFoundError(f"no model version (a directory with {MANIFEST}) under {path}")
-    return max(versions, key=lambda d: (json.loads((d / MANIFEST).read_text()).get("created", ""), d.name))
+    return max(versions, key=lambda d: newest_first_key(read_manifest(d), d))
+
+
+def version_dirs(parent: str | Path) -> list[Path]:
+    """The version directories (children holding manifest.json) of a model folder."""
+    return [child for child in Path(parent).iterdir() if (child / MANIFEST).is_file()]
+
+
+def read_manifest(directory: str | Path) -> dict:
+    """A version's manifest; ValueError when it is not JSON."""
+    return json.loads((Path(directory) / MANIFEST).read_text())
+
+
+def newest_first_key(manifest: dict, directory: Path) -> tuple[str, str]:
+    """Orders versions by manifest `created`, the directory name breaking ties: the max is the newest."""
+    return str(manifest.get("created", "")), directory.name
 
 
 def fuse_text_and_taste(queries: np.ndarray, tastes: np.ndarray, weight: float) -> np.ndarray:

@@ -176,3 +176,20 @@ def test_bad_admin_requests_get_precise_errors(trained, tmp_path, contract):
     with pytest.raises(InvalidArgument, match="candidate_version: needed"):
         registry.set_traffic("", 10.0, shadow=True)
     assert registry.traffic.live_version == _version(live)
+
+
+def test_two_loaded_versions_share_the_user_index_and_map_their_tastes(trained):
+    """Versions trained on the same users hold one user-id index between them; taste tables stay on disk."""
+    first, second = (PersonalizationModel.load(directory) for directory in trained)
+    assert first.version != second.version
+    assert first.user_ids is second.user_ids
+    assert isinstance(first._user_tastes, np.memmap) and isinstance(second._user_tastes, np.memmap)
+    other_users = PersonalizationModel.load(_copy_with_users(trained[1], trained[1].parent / "renamed-users"))
+    assert other_users.user_ids is not first.user_ids and other_users.knows_user("renamed-u0")
+
+
+def _copy_with_users(source, target):
+    shutil.copytree(source, target)
+    ids = json.loads((target / "user_ids.json").read_text())
+    (target / "user_ids.json").write_text(json.dumps([f"renamed-{uid}" for uid in ids]))
+    return target

@@ -120,12 +120,18 @@ def test_a_broken_version_is_refused_and_the_old_one_keeps_serving(corrupt, trai
     assert registry.poll() == "tiny-broken"
 
 
-def test_traffic_split_sends_the_configured_share_and_is_stable_per_user(trained, tmp_path, contract):
+def _live_and_candidate(trained, tmp_path, contract):
+    """A registry serving the older version, with the newer one on disk beside it."""
     models = tmp_path / "models"
     models.mkdir()
     live, candidate = (shutil.copytree(v, models / v.name) for v in trained)
     registry = ModelRegistry(models)
     registry.start(PersonalizationModel.load(live), contract)
+    return registry, live, candidate
+
+
+def test_traffic_split_sends_the_configured_share_and_is_stable_per_user(trained, tmp_path, contract):
+    registry, live, candidate = _live_and_candidate(trained, tmp_path, contract)
     users = [f"user-{i}" for i in range(10_000)]
     for percent in (10.0, 37.5):
         traffic = registry.set_traffic(_version(candidate), percent, shadow=False)
@@ -142,11 +148,7 @@ def test_traffic_split_sends_the_configured_share_and_is_stable_per_user(trained
 
 
 def test_shadow_mode_answers_with_live_and_shadows_the_share(trained, tmp_path, contract):
-    models = tmp_path / "models"
-    models.mkdir()
-    live, candidate = (shutil.copytree(v, models / v.name) for v in trained)
-    registry = ModelRegistry(models)
-    registry.start(PersonalizationModel.load(live), contract)
+    registry, live, candidate = _live_and_candidate(trained, tmp_path, contract)
     traffic = registry.set_traffic(_version(candidate), 50.0, shadow=True)
     routes = [traffic.route(f"user-{i}") for i in range(2000)]
     assert {route.model.version for route in routes} == {_version(live)}

@@ -15,6 +15,7 @@ RECOMMENDATIONS = Counter(
 )
 
 # Per model version (a handful at a time: live, candidate), so a canary can be compared with the live model.
+REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 MODEL_REQUESTS = Counter(
     "whisperlite_ranker_model_requests_total",
     "Recommend calls answered, by the model version that produced the answer ('none': text-only, no model).",
@@ -24,7 +25,7 @@ MODEL_SECONDS = Histogram(
     "whisperlite_ranker_model_seconds",
     "Recommend latency by the model version that produced the answer (encode, personalize, search, score).",
     ["version"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+    buckets=REQUEST_BUCKETS,
 )
 SHADOW_OVERLAP = Histogram(
     "whisperlite_ranker_shadow_overlap",
@@ -36,7 +37,7 @@ SHADOW_SECONDS = Histogram(
     "whisperlite_ranker_shadow_seconds",
     "Time a shadow candidate took to answer a request in the background (personalize, search, score).",
     ["candidate"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+    buckets=REQUEST_BUCKETS,
 )
 SHADOW_OUTCOMES = Counter(
     "whisperlite_ranker_shadow_total",

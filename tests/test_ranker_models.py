@@ -195,3 +195,14 @@ def _copy_with_users(source, target):
     ids = json.loads((target / "user_ids.json").read_text())
     (target / "user_ids.json").write_text(json.dumps([f"renamed-{uid}" for uid in ids]))
     return target
+
+
+def test_a_text_only_ranker_picks_up_its_first_model(trained, tmp_path, contract):
+    models = tmp_path / "models"
+    models.mkdir()
+    registry = _started(models, contract)
+    assert registry.traffic.live is None and registry.traffic.route("u1").model is None
+    assert registry.poll() is None
+    shutil.copytree(trained[0], models / trained[0].name)
+    assert registry.poll() == _version(trained[0])
+    assert registry.traffic.route("u1").model.version == _version(trained[0])

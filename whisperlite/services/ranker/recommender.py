@@ -68,6 +68,21 @@ class Recommendations:
     model_version: str
 
 
+@dataclass(frozen=True)
+class ShadowCall:
+    """A request already answered by the live version, to be answered again by the shadow candidate."""
+
+    candidate: PersonalizationModel
+    live_version: str
+    live_ids: list[str]
+    query_vector: np.ndarray
+    user_id: str
+    recent_item_ids: list[str]
+    recent_vectors: np.ndarray | None
+    item_filter: common_pb2.ItemFilter
+    top_k: int
+
+
 @contextmanager
 def _stage(name: str):
     start = time.perf_counter()
@@ -149,8 +164,11 @@ class Recommender:
         MODEL_REQUESTS.labels(version or NO_MODEL).inc()
         MODEL_SECONDS.labels(version or NO_MODEL).observe(time.perf_counter() - started)
         if route.shadow is not None:
-            live_ids = [scored.item.item_id for scored in items]
-            self._start_shadow(route.shadow, version, query_vector, user_id, recent_item_ids, recent_vectors, item_filter, top_k, live_ids)
+            self._start_shadow(ShadowCall(
+                candidate=route.shadow, live_version=version, live_ids=[scored.item.item_id for scored in items],
+                query_vector=query_vector, user_id=user_id, recent_item_ids=recent_item_ids,
+                recent_vectors=recent_vectors, item_filter=item_filter, top_k=top_k,
+            ))
         return Recommendations(items=items, path=personalized.path, model_version=version)
 
     async def _recent_vectors(self, model: PersonalizationModel | None, user_id: str, recent_item_ids: list[str]) -> np.ndarray | None:
@@ -160,34 +178,33 @@ class Recommender:
         fetched = await self._catalog.vectors(list(recent_item_ids))
         return fetched if len(fetched) else None
 
-    def _start_shadow(self, candidate: PersonalizationModel, live_version: str, query_vector, user_id, recent_item_ids,
-                      recent_vectors, item_filter, top_k: int, live_ids: list[str]) -> None:
+    def _start_shadow(self, call: ShadowCall) -> None:
         if len(self._shadow_tasks) >= self._max_shadow_in_flight:
-            SHADOW_OUTCOMES.labels(candidate.version, "skipped").inc()
+            SHADOW_OUTCOMES.labels(call.candidate.version, "skipped").inc()
             return
-        task = asyncio.create_task(self._shadow(
-            candidate, live_version, query_vector, user_id, recent_item_ids, recent_vectors, item_filter, top_k, live_ids
-        ))
+        task = asyncio.create_task(self._shadow(call))
         self._shadow_tasks.add(task)  # the event loop keeps only weak references to tasks
         task.add_done_callback(self._shadow_tasks.discard)
 
-    async def _shadow(self, candidate: PersonalizationModel, live_version: str, query_vector, user_id, recent_item_ids,
-                      recent_vectors, item_filter, top_k: int, live_ids: list[str]) -> None:
+    async def _shadow(self, call: ShadowCall) -> None:
         """Answers the same request with the candidate, off the caller's path, and records how it compares."""
+        candidate = call.candidate
         started = time.perf_counter()
         try:
-            if recent_vectors is None:
-                recent_vectors = await self._recent_vectors(candidate, user_id, recent_item_ids)
-            personalized = self._personalize(candidate, query_vector, user_id, recent_vectors)
-            candidates = await self._catalog.search(personalized.vector, max(self._limits.candidates, top_k), item_filter)
-            shadow_ids = [scored.item.item_id for scored in self._rank(candidate, query_vector, personalized, candidates, top_k)]
+            recent_vectors = call.recent_vectors
+            if recent_vectors is None:  # the live model knew the user; the candidate may not
+                recent_vectors = await self._recent_vectors(candidate, call.user_id, call.recent_item_ids)
+            personalized = self._personalize(candidate, call.query_vector, call.user_id, recent_vectors)
+            found = await self._catalog.search(personalized.vector, max(self._limits.candidates, call.top_k), call.item_filter)
+            ranked = self._rank(candidate, call.query_vector, personalized, found, call.top_k)
         except Exception:  # the caller already has the live answer; a failing candidate must only show in metrics
             SHADOW_OUTCOMES.labels(candidate.version, "failed").inc()
             log.exception("shadow scoring failed", extra={"candidate_version": candidate.version})
             return
         SHADOW_SECONDS.labels(candidate.version).observe(time.perf_counter() - started)
         SHADOW_OUTCOMES.labels(candidate.version, "scored").inc()
-        SHADOW_OVERLAP.labels(live_version or NO_MODEL, candidate.version).observe(overlap_at_k(live_ids, shadow_ids))
+        shadow_ids = [scored.item.item_id for scored in ranked]
+        SHADOW_OVERLAP.labels(call.live_version or NO_MODEL, candidate.version).observe(overlap_at_k(call.live_ids, shadow_ids))
 
     def _personalize(
         self, model: PersonalizationModel | None, query_vector: np.ndarray, user_id: str, recent_vectors: np.ndarray | None

@@ -146,7 +146,7 @@ def test_a_version_dropped_under_load_is_swapped_in_without_a_failed_call(stack,
         switch = versions.index(new_version)
         assert versions == [old_version] * switch + [new_version] * (len(versions) - switch)  # old, then new, never back
     for calls in results:
-        for user, query, response in calls[:: max(1, len(calls) // 25)]:
+        for user, query, response in calls:
             assert len(response.items) == 10
             assert_produced_by_named_version(stack, user, query, response)
     assert "picked up a new model version" in stack["ranker"].log()

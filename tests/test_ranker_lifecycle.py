@@ -261,6 +261,7 @@ def test_shadow_mode_never_answers_and_records_overlap_and_latency(stack, reload
         model_admin_pb2.SetTrafficRequest(candidate_version=old_version, candidate_percent=100, shadow=True), timeout=60
     )
     try:
+        assert f"candidate: {old_version} shadow-scores 100% of users" in _cli(stack, "traffic")
         for i in range(20):
             user = KNOWN_USERS[i % len(KNOWN_USERS)]
             response = stack["recommend"].Recommend(ranker_pb2.RecommendRequest(user_id=user, query=QUERIES[i % 3], top_k=10), timeout=30)

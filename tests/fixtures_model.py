@@ -87,3 +87,19 @@ def synthetic_experiment(
         request_seed=0,
         simulated_share=0.0,
     )
+
+
+def train_tiny_version(out_root: Path, encoder_name: str, dim: int, seed: int = 0) -> Path:
+    """Trains a small model on the synthetic data in seconds and saves it as `out_root/<version>/`.
+
+    For the model lifecycle tests: each call is a distinct, newer version (manifest `created` is
+    the training time) whose encoder name and dimension are the ones a ranker will check.
+    """
+    from dataclasses import replace
+
+    from whisperlite.trainer.train import TrainConfig, train_model
+
+    experiment = replace(synthetic_experiment(seed=seed, dim=dim), encoder_name=encoder_name)
+    config = TrainConfig(batch_size=256, max_epochs=2, patience=1, user_table="off", hidden=64, seed=seed)
+    model = train_model(experiment, config, name="tiny", progress=False).model
+    return model.save(Path(out_root) / model.version)

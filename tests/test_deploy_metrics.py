@@ -22,13 +22,17 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.servers import free_port
+from tests.fixtures_model import train_tiny_version
+from tests.servers import free_port, start_service
+from whisperlite.core.clients.model_admin import ModelAdminClient
 from whisperlite.core.clients.ranker import RankerClient
+from whisperlite.v1 import query_encoder_pb2, query_encoder_pb2_grpc
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "deploy" / "grafana" / "dashboards" / "whisperlite.json"
 # Series Prometheus itself attaches or creates while scraping, not exported by the services.
 SCRAPE_SERIES = {"up"}
 SCRAPE_LABELS = {"job", "instance"}
+CANARY_USER = "u0"  # a user of the synthetic data the canary ranker's versions are trained on
 
 _KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless", "offset", "inf", "nan"}
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
@@ -73,10 +77,33 @@ def scrape(url: str) -> dict[str, set[str]]:
 
 
 @pytest.fixture(scope="module")
-def exported(encoder_service, catalog_service, text_only_ranker) -> dict[str, dict[str, set[str]]]:
-    with RankerClient(text_only_ranker.address, timeout_seconds=60) as ranker:
-        ranker.recommend(user_id="metrics-test-user", query="black leather boots", top_k=5)
-    return {service.name: scrape(service.metrics_url) for service in (encoder_service, catalog_service, text_only_ranker)}
+def canary_ranker(tmp_path_factory, encoder_service, catalog_service):
+    """A second ranker replica serving a trained model and shadow-scoring a candidate: the per-version panels' data."""
+    root = tmp_path_factory.mktemp("canary-ranker")
+    with grpc.insecure_channel(encoder_service.address) as channel:
+        info = query_encoder_pb2_grpc.QueryEncoderServiceStub(channel).GetModelInfo(query_encoder_pb2.GetModelInfoRequest(), timeout=30)
+    candidate, _live = (train_tiny_version(root / "models", info.model_name, info.dimension, seed=seed) for seed in (1, 2))
+    ranker = start_service(
+        "ranker", root / "logs", "--model-dir", str(root / "models"),
+        "--query-encoder-addr", encoder_service.address, "--catalog-addr", catalog_service.address,
+    )
+    with ModelAdminClient(ranker.address) as admin:
+        admin.set_traffic(candidate.name, 100.0, shadow=True)
+    yield ranker
+    ranker.stop()
+
+
+def recommend_on_both(text_only_ranker, canary_ranker, query: str) -> None:
+    for service, user in ((text_only_ranker, "metrics-test-user"), (canary_ranker, CANARY_USER)):
+        with RankerClient(service.address, timeout_seconds=60) as ranker:
+            ranker.recommend(user_id=user, query=query, top_k=5)
+
+
+@pytest.fixture(scope="module")
+def exported(encoder_service, catalog_service, text_only_ranker, canary_ranker) -> dict[str, dict[str, set[str]]]:
+    recommend_on_both(text_only_ranker, canary_ranker, "black leather boots")
+    services = {service.name: service for service in (encoder_service, catalog_service, text_only_ranker)}
+    return {name: scrape(service.metrics_url) for name, service in {**services, "ranker-canary": canary_ranker}.items()}
 
 
 def test_every_service_exports_the_common_rpc_metrics(exported):
@@ -101,7 +128,7 @@ def test_dashboard_query_uses_only_exported_metrics(exported, panel, expr):
 
 
 def test_dashboard_covers_what_operators_watch():
-    """Request rate, errors, latency, encoder batching and cache, catalog size and ranker stages are all on it."""
+    """Request rate, errors, latency, encoder batching and cache, catalog size, ranker stages and model versions are all on it."""
     used = set().union(*(promql_names(expr)[0] for _, expr in dashboard_queries()))
     assert {
         "grpc_server_handled_total",
@@ -111,6 +138,9 @@ def test_dashboard_covers_what_operators_watch():
         "whisperlite_encoder_cache_misses_total",
         "whisperlite_catalog_items",
         "whisperlite_ranker_stage_seconds_bucket",
+        "whisperlite_ranker_model_requests_total",
+        "whisperlite_ranker_model_seconds_bucket",
+        "whisperlite_ranker_shadow_overlap_count",
     } <= used
     errors = [expr for _, expr in dashboard_queries() if 'grpc_code!="OK"' in expr]
     quantiles = {q for _, expr in dashboard_queries() for q in re.findall(r"histogram_quantile\((0\.\d+)", expr)}
@@ -118,14 +148,15 @@ def test_dashboard_covers_what_operators_watch():
 
 
 @pytest.fixture(scope="module")
-def prometheus(tmp_path_factory, exported, encoder_service, catalog_service, text_only_ranker):
-    """A real Prometheus scraping the three services every second, with traffic flowing meanwhile."""
+def prometheus(tmp_path_factory, exported, encoder_service, catalog_service, text_only_ranker, canary_ranker):
+    """A real Prometheus scraping the three services (two ranker replicas) every second, with traffic flowing meanwhile."""
     root = tmp_path_factory.mktemp("prometheus")
+    jobs = {"query-encoder": [encoder_service], "catalog": [catalog_service], "ranker": [text_only_ranker, canary_ranker]}
     config = {
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
         "scrape_configs": [
-            {"job_name": service.name, "static_configs": [{"targets": [f"127.0.0.1:{service.metrics_port}"]}]}
-            for service in (encoder_service, catalog_service, text_only_ranker)
+            {"job_name": job, "static_configs": [{"targets": [f"127.0.0.1:{replica.metrics_port}" for replica in replicas]}]}
+            for job, replicas in jobs.items()
         ],
     }
     (root / "prometheus.yml").write_text(yaml.safe_dump(config))
@@ -137,12 +168,12 @@ def prometheus(tmp_path_factory, exported, encoder_service, catalog_service, tex
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: len(query(url, "up == 1")) == 3, 60, f"Prometheus did not scrape all three services:\n{(root / 'prometheus.log').read_text()[-2000:]}")
+        wait_for(lambda: len(query(url, "up == 1")) == 4, 60, f"Prometheus did not scrape all four processes:\n{(root / 'prometheus.log').read_text()[-2000:]}")
         with RankerClient(text_only_ranker.address, timeout_seconds=60) as ranker:
             for round_ in range(4):
                 # a new text each round keeps the model busy (batch panels); the repeats hit the cache
                 for text in (f"black leather boots, size {round_ + 38}", "a light summer dress", f"black leather boots, size {round_ + 38}"):
-                    ranker.recommend(user_id="metrics-test-user", query=text, top_k=5)
+                    recommend_on_both(text_only_ranker, canary_ranker, text)
                 with pytest.raises(grpc.RpcError):  # an error for the error panels
                     ranker.recommend(user_id="metrics-test-user", query="boots", top_k=0)
                 time.sleep(1)

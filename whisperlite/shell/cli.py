@@ -1,4 +1,4 @@
-"""The `whisperlite` command: serve, up, ingest, recommend, health, data, train, evaluate."""
+"""The `whisperlite` command: serve, up, ingest, recommend, health, model, data, train, evaluate."""
 
 import argparse
 import importlib
@@ -10,6 +10,7 @@ from pathlib import Path
 from google.protobuf import json_format
 
 from whisperlite.core.topology import BY_NAME, CATALOG, RANKER
+from whisperlite.shell import model_admin
 
 # Commands whose modules import pandas or torch are registered only when asked for (or for --help),
 # so quick commands such as `health`, which containers run every few seconds, start fast.
@@ -173,12 +174,14 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     _add_client_security_flags(health, token=False)  # health checks need no token
     health.set_defaults(func=_health)
 
+    model_admin.register(commands)
+
     for module in _plugins_for(sys.argv[1:] if argv is None else argv):
         importlib.import_module(module).register(commands)
     return parser
 
 
-BUILTINS = {"serve", "up", "ingest", "recommend", "health"}
+BUILTINS = {"serve", "up", "ingest", "recommend", "health", "model"}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,6 +1,6 @@
 """Ranker domain metrics (request counts and latencies come from whisperlite.services.common.interceptors)."""
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 STAGE_SECONDS = Histogram(
     "whisperlite_ranker_stage_seconds",
@@ -12,4 +12,45 @@ RECOMMENDATIONS = Counter(
     "whisperlite_ranker_recommendations_total",
     "Recommend calls served, by the evidence that personalized them.",
     ["path"],
+)
+
+# Per model version (a handful at a time: live, candidate), so a canary can be compared with the live model.
+REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+MODEL_REQUESTS = Counter(
+    "whisperlite_ranker_model_requests_total",
+    "Recommend calls answered, by the model version that produced the answer ('none': text-only, no model).",
+    ["version"],
+)
+MODEL_SECONDS = Histogram(
+    "whisperlite_ranker_model_seconds",
+    "Recommend latency by the model version that produced the answer (encode, personalize, search, score).",
+    ["version"],
+    buckets=REQUEST_BUCKETS,
+)
+SHADOW_OVERLAP = Histogram(
+    "whisperlite_ranker_shadow_overlap",
+    "overlap@k of a shadow candidate's top k with the live answer's top k (1: same items).",
+    ["live", "candidate"],
+    buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.99, 1.0),
+)
+SHADOW_SECONDS = Histogram(
+    "whisperlite_ranker_shadow_seconds",
+    "Time a shadow candidate took to answer a request in the background (personalize, search, score).",
+    ["candidate"],
+    buckets=REQUEST_BUCKETS,
+)
+SHADOW_OUTCOMES = Counter(
+    "whisperlite_ranker_shadow_total",
+    "Shadow scorings by outcome: scored, failed, or skipped because too many were already running.",
+    ["candidate", "outcome"],
+)
+MODEL_ROLE = Gauge(
+    "whisperlite_ranker_model_role",
+    "Loaded model versions by role; the value is the share of users in percent for a candidate or shadow, 1 for live.",
+    ["version", "role"],
+)
+MODEL_LOADS = Counter(
+    "whisperlite_ranker_model_loads_total",
+    "Model versions loaded and validated ('loaded') or refused ('refused').",
+    ["outcome"],
 )

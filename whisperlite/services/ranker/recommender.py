@@ -1,5 +1,7 @@
 """The Recommend use case: encode the request, personalize it, fetch candidates, re-score them."""
 
+import asyncio
+import logging
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -10,10 +12,29 @@ from whisperlite.core.clients.catalog import CatalogClient
 from whisperlite.core.clients.query_encoder import QueryEncoderClient
 from whisperlite.core.errors import InvalidArgument, Unavailable
 from whisperlite.core.personalization import PersonalizationModel, PersonalizedQuery, text_plus_history_query
-from whisperlite.services.ranker.metrics import RECOMMENDATIONS, STAGE_SECONDS
+from whisperlite.services.ranker.metrics import (
+    MODEL_REQUESTS,
+    MODEL_SECONDS,
+    RECOMMENDATIONS,
+    SHADOW_OUTCOMES,
+    SHADOW_OVERLAP,
+    SHADOW_SECONDS,
+    STAGE_SECONDS,
+)
+from whisperlite.services.ranker.models import ModelRegistry
 from whisperlite.v1 import common_pb2
 
+log = logging.getLogger("whisperlite.ranker")
+
 MAX_USER_ID_CHARS = 256
+NO_MODEL = "none"  # the metrics' version label while no trained model serves (text-only)
+
+
+def overlap_at_k(live_ids: list[str], candidate_ids: list[str]) -> float:
+    """Share of the live answer's items that the candidate also returned (1.0 when both are empty)."""
+    if not live_ids:
+        return 1.0 if not candidate_ids else 0.0
+    return len(set(live_ids) & set(candidate_ids)) / len(live_ids)
 
 
 @dataclass(frozen=True)
@@ -47,6 +68,21 @@ class Recommendations:
     model_version: str
 
 
+@dataclass(frozen=True)
+class ShadowCall:
+    """A request already answered by the live version, to be answered again by the shadow candidate."""
+
+    candidate: PersonalizationModel
+    live_version: str
+    live_ids: list[str]
+    query_vector: np.ndarray
+    user_id: str
+    recent_item_ids: list[str]
+    recent_vectors: np.ndarray | None
+    item_filter: common_pb2.ItemFilter
+    top_k: int
+
+
 @contextmanager
 def _stage(name: str):
     start = time.perf_counter()
@@ -61,22 +97,17 @@ class Recommender:
         self,
         encoder: QueryEncoderClient,
         catalog: CatalogClient,
+        models: ModelRegistry,
         limits: RankerLimits = RankerLimits(),
+        max_shadow_in_flight: int = 16,
     ):
         self._encoder = encoder
         self._catalog = catalog
+        self._models = models
         self._limits = limits
-        self._model: PersonalizationModel | None = None
-        self._ready = False
-
-    def use_model(self, model: PersonalizationModel | None) -> None:
-        """Starts serving with `model` (None: text-only until a model is trained)."""
-        self._model = model
-        self._ready = True
-
-    @property
-    def model_version(self) -> str:
-        return self._model.version if self._model is not None else ""
+        # Shadow scorings run after the answer is sent; the cap keeps a slow candidate from piling them up.
+        self._max_shadow_in_flight = max_shadow_in_flight
+        self._shadow_tasks: set[asyncio.Task] = set()
 
     def validate(self, user_id: str, query: str, top_k: int, recent_item_ids: list[str]) -> str:
         """Checks the ranker's own fields before any downstream call; returns the query as it will be embedded.
@@ -109,41 +140,88 @@ class Recommender:
         item_filter: common_pb2.ItemFilter,
         recent_item_ids: list[str],
     ) -> Recommendations:
-        if not self._ready:
+        traffic = self._models.traffic  # one snapshot per request: a swap in the middle cannot mix two versions
+        if traffic is None:
             raise Unavailable("ranker is starting: the personalization model is not loaded yet")
         text = self.validate(user_id, query, top_k, recent_item_ids)
+        started = time.perf_counter()
+        route = traffic.route(user_id)
+        model = route.model
         with _stage("encode"):
             query_vector = (await self._encoder.embed_texts([text])).vectors[0]
 
         with _stage("personalize"):
-            recent_vectors = None
-            needs_recent = recent_item_ids and (self._model is None or not self._model.knows_user(user_id))
-            if needs_recent:
-                fetched = await self._catalog.vectors(list(recent_item_ids))
-                recent_vectors = fetched if len(fetched) else None
-            personalized = self._personalize(query_vector, user_id, recent_vectors)
+            recent_vectors = await self._recent_vectors(model, user_id, recent_item_ids)
+            personalized = self._personalize(model, query_vector, user_id, recent_vectors)
 
         with _stage("search"):
             candidates = await self._catalog.search(personalized.vector, max(self._limits.candidates, top_k), item_filter)
 
         with _stage("score"):
-            items = self._rank(query_vector, personalized, candidates, top_k)
+            items = self._rank(model, query_vector, personalized, candidates, top_k)
+        version = model.version if model is not None else ""
         RECOMMENDATIONS.labels(personalized.path).inc()
-        return Recommendations(items=items, path=personalized.path, model_version=self.model_version)
+        MODEL_REQUESTS.labels(version or NO_MODEL).inc()
+        MODEL_SECONDS.labels(version or NO_MODEL).observe(time.perf_counter() - started)
+        if route.shadow is not None:
+            self._start_shadow(ShadowCall(
+                candidate=route.shadow, live_version=version, live_ids=[scored.item.item_id for scored in items],
+                query_vector=query_vector, user_id=user_id, recent_item_ids=recent_item_ids,
+                recent_vectors=recent_vectors, item_filter=item_filter, top_k=top_k,
+            ))
+        return Recommendations(items=items, path=personalized.path, model_version=version)
 
-    def _personalize(self, query_vector: np.ndarray, user_id: str, recent_vectors: np.ndarray | None) -> PersonalizedQuery:
-        if self._model is None:
+    async def _recent_vectors(self, model: PersonalizationModel | None, user_id: str, recent_item_ids: list[str]) -> np.ndarray | None:
+        """The recent items' vectors, fetched only when the model does not know the user (they would go unused)."""
+        if not recent_item_ids or (model is not None and model.knows_user(user_id)):
+            return None
+        fetched = await self._catalog.vectors(list(recent_item_ids))
+        return fetched if len(fetched) else None
+
+    def _start_shadow(self, call: ShadowCall) -> None:
+        if len(self._shadow_tasks) >= self._max_shadow_in_flight:
+            SHADOW_OUTCOMES.labels(call.candidate.version, "skipped").inc()
+            return
+        task = asyncio.create_task(self._shadow(call))
+        self._shadow_tasks.add(task)  # the event loop keeps only weak references to tasks
+        task.add_done_callback(self._shadow_tasks.discard)
+
+    async def _shadow(self, call: ShadowCall) -> None:
+        """Answers the same request with the candidate, off the caller's path, and records how it compares."""
+        candidate = call.candidate
+        started = time.perf_counter()
+        try:
+            recent_vectors = call.recent_vectors
+            if recent_vectors is None:  # the live model knew the user; the candidate may not
+                recent_vectors = await self._recent_vectors(candidate, call.user_id, call.recent_item_ids)
+            personalized = self._personalize(candidate, call.query_vector, call.user_id, recent_vectors)
+            found = await self._catalog.search(personalized.vector, max(self._limits.candidates, call.top_k), call.item_filter)
+            ranked = self._rank(candidate, call.query_vector, personalized, found, call.top_k)
+        except Exception:  # the caller already has the live answer; a failing candidate must only show in metrics
+            SHADOW_OUTCOMES.labels(candidate.version, "failed").inc()
+            log.exception("shadow scoring failed", extra={"candidate_version": candidate.version})
+            return
+        SHADOW_SECONDS.labels(candidate.version).observe(time.perf_counter() - started)
+        SHADOW_OUTCOMES.labels(candidate.version, "scored").inc()
+        shadow_ids = [scored.item.item_id for scored in ranked]
+        SHADOW_OVERLAP.labels(call.live_version or NO_MODEL, candidate.version).observe(overlap_at_k(call.live_ids, shadow_ids))
+
+    def _personalize(
+        self, model: PersonalizationModel | None, query_vector: np.ndarray, user_id: str, recent_vectors: np.ndarray | None
+    ) -> PersonalizedQuery:
+        if model is None:
             return text_plus_history_query(query_vector, recent_vectors)
-        return self._model.personalize(query_vector, user_id or None, recent_vectors)
+        return model.personalize(query_vector, user_id or None, recent_vectors)
 
-    def _rank(self, query_vector, personalized: PersonalizedQuery, candidates, top_k: int) -> list[ScoredItem]:
+    def _rank(self, model: PersonalizationModel | None, query_vector, personalized: PersonalizedQuery, candidates,
+              top_k: int) -> list[ScoredItem]:
         if not candidates:
             return []
         vectors = np.stack([candidate.vector for candidate in candidates])
-        if self._model is None:
+        if model is None:
             scores = vectors @ personalized.vector
         else:
-            scores = self._model.score(personalized, vectors)
+            scores = model.score(personalized, vectors)
         query_match = vectors @ query_vector
         affinity = vectors @ personalized.taste if personalized.taste is not None else np.zeros(len(candidates))
         # Stable sort keeps the catalog's order among equal scores, so responses are deterministic.

@@ -8,20 +8,24 @@ from whisperlite.core.channels import create_channel
 from whisperlite.core.clients.catalog import CatalogClient
 from whisperlite.core.clients.errors import wait_until_ready
 from whisperlite.core.clients.query_encoder import QueryEncoderClient
-from whisperlite.core.errors import FailedPrecondition, ServiceError
-from whisperlite.core.personalization import PersonalizationModel, resolve_version_dir
+from whisperlite.core.errors import ServiceError
 from whisperlite.core.topology import CATALOG, QUERY_ENCODER, RANKER
 from whisperlite.core.vector_space import require_same_encoder
 from whisperlite.services.common.config import add_downstream_flags, add_server_flags, downstream_security, env_float, env_int, env_str
 from whisperlite.services.common.logs import configure_logging
 from whisperlite.services.common.security import ServerSecurity
 from whisperlite.services.common.server import serve
+from whisperlite.services.ranker.admin_servicer import ModelAdminServicer
+from whisperlite.services.ranker.models import ModelRegistry, ServingContract, load_newest, watch
 from whisperlite.services.ranker.recommender import RankerLimits, Recommender
 from whisperlite.services.ranker.servicer import RankerServicer
-from whisperlite.v1 import ranker_pb2_grpc
+from whisperlite.v1 import model_admin_pb2, model_admin_pb2_grpc, ranker_pb2_grpc
 
 log = logging.getLogger("whisperlite.ranker")
 PREFIX = RANKER.env_prefix
+MODEL_ADMIN_SERVICE = model_admin_pb2.DESCRIPTOR.services_by_name["ModelAdminService"].full_name
+# Embedded at start-up and run through every version before it may serve (the smoke scoring).
+PROBE_QUERY = "a light summer dress"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=env_str(f"{PREFIX}_MODEL_DIR", "models"),
         help="a model version directory written by `whisperlite train`, or a folder of them (newest wins); "
         f"without one the ranker serves text-only results (env {PREFIX}_MODEL_DIR)",
+    )
+    parser.add_argument(
+        "--model-poll-seconds",
+        type=float,
+        default=env_float(f"{PREFIX}_MODEL_POLL_SECONDS", 10.0),
+        help="how often --model-dir is checked for a newer version, which is then loaded, validated and swapped in; "
+        f"0 turns the watcher off (versions change only through ModelAdminService) (env {PREFIX}_MODEL_POLL_SECONDS)",
     )
     parser.add_argument(
         "--deadline-seconds",
@@ -76,28 +87,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_model(model_dir: str) -> PersonalizationModel | None:
-    """The model version in (or newest under) model_dir; None, served text-only, when there is none yet.
-
-    A version that exists but cannot be read stops start-up: serving text-only would hide it.
-    """
-    try:
-        directory = resolve_version_dir(model_dir)
-    except FileNotFoundError as error:
-        log.warning("no trained model: serving text-only results", extra={"model_dir": model_dir, "reason": str(error)})
-        return None
-    except ValueError as error:  # a version's manifest is not JSON
-        raise _unloadable(model_dir, error) from None
-    try:
-        return PersonalizationModel.load(directory)
-    except (OSError, ValueError, KeyError, RuntimeError) as error:
-        raise _unloadable(directory, error) from None
-
-
-def _unloadable(path, error: Exception) -> FailedPrecondition:
-    return FailedPrecondition(f"model {path} cannot be loaded: {type(error).__name__}: {error}")
-
-
 async def run(args: argparse.Namespace) -> None:
     # The ranker calls with its own service token: a shopper's token is never passed on.
     security = downstream_security(args)
@@ -109,10 +98,15 @@ async def run(args: argparse.Namespace) -> None:
         limits = RankerLimits(max_top_k=args.max_top_k, max_query_chars=args.max_query_chars, candidates=args.candidates)
     except ValueError as error:
         raise SystemExit(f"ranker: {error}") from None
-    recommender = Recommender(encoder, catalog, limits)
+    if args.model_poll_seconds < 0:
+        raise SystemExit(f"ranker: model-poll-seconds: must be 0 (off) or positive, got {args.model_poll_seconds}")
+    registry = ModelRegistry(args.model_dir)
+    recommender = Recommender(encoder, catalog, registry, limits)
+    watcher: asyncio.Task | None = None
 
     async def startup() -> None:
-        model = await asyncio.to_thread(load_model, args.model_dir)
+        nonlocal watcher
+        model = await asyncio.to_thread(load_newest, args.model_dir)
 
         def waiting(reason: str) -> None:
             log.info("waiting for downstream services", extra={"reason": reason})
@@ -123,12 +117,15 @@ async def run(args: argparse.Namespace) -> None:
             "catalog vectors", stats.encoder_model, "the query encoder serves", encoder_model.name,
             dimensions=(stats.dimension, encoder_model.dimension),
         )
-        if model is not None:
-            require_same_encoder(f"model {model.version}'s training vectors", model.encoder_name, "the query encoder serves", encoder_model.name)
-        recommender.use_model(model)
+        probe = (await encoder.embed_texts([PROBE_QUERY])).vectors[0]
+        await asyncio.to_thread(registry.start, model, ServingContract(encoder_model.name, stats.dimension, probe))
+        if args.model_poll_seconds:
+            watcher = asyncio.create_task(watch(registry, args.model_poll_seconds))
         log.info("ranker ready", extra={"model_version": model.version if model else "", "encoder": encoder_model.name})
 
     async def shutdown() -> None:
+        if watcher is not None:
+            watcher.cancel()
         await encoder_channel.close()
         await catalog_channel.close()
 
@@ -136,7 +133,10 @@ async def run(args: argparse.Namespace) -> None:
         name="ranker",
         port=args.port,
         metrics_port=args.metrics_port,
-        servicers=[(ranker_pb2_grpc.add_RankerServiceServicer_to_server, RankerServicer(recommender), RANKER.grpc_service)],
+        servicers=[
+            (ranker_pb2_grpc.add_RankerServiceServicer_to_server, RankerServicer(recommender), RANKER.grpc_service),
+            (model_admin_pb2_grpc.add_ModelAdminServiceServicer_to_server, ModelAdminServicer(registry), MODEL_ADMIN_SERVICE),
+        ],
         startup=startup,
         shutdown=shutdown,
         grace_seconds=args.grace_seconds,

@@ -1,0 +1,208 @@
+"""The ranker's model registry without gRPC: pick-up of new versions, refusal of broken ones, rollback,
+and the user-hash traffic split."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from tests.fixtures_model import train_tiny_version
+from whisperlite.core.errors import FailedPrecondition, InvalidArgument, NotFound
+from whisperlite.core.personalization import MANIFEST, WEIGHTS, PersonalizationModel
+from whisperlite.services.ranker.models import (
+    STATE_AVAILABLE,
+    STATE_CANDIDATE,
+    STATE_LIVE,
+    STATE_REFUSED,
+    ModelRegistry,
+    ServingContract,
+    load_newest,
+    user_bucket,
+)
+
+DIM = 16
+ENCODER = "test-encoder"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Two real trained versions, oldest first (kept aside; tests copy them into their model folder)."""
+    root = tmp_path_factory.mktemp("trained")
+    return [train_tiny_version(root, ENCODER, DIM, seed=seed) for seed in (1, 2)]
+
+
+@pytest.fixture
+def contract():
+    probe = np.random.default_rng(0).normal(size=DIM).astype(np.float32)
+    return ServingContract(ENCODER, DIM, probe / np.linalg.norm(probe))
+
+
+def _version(directory) -> str:
+    return json.loads((directory / MANIFEST).read_text())["version"]
+
+
+def _copy_as(source, models, version: str, created: str):
+    """A copy of a trained version under a new name and creation time (what a newer training run drops in)."""
+    target = models / version
+    shutil.copytree(source, target)
+    manifest = json.loads((target / MANIFEST).read_text())
+    manifest.update(version=version, created=created)
+    (target / MANIFEST).write_text(json.dumps(manifest))
+    return target
+
+
+def _started(models, contract) -> ModelRegistry:
+    registry = ModelRegistry(models)
+    registry.start(load_newest(models), contract)
+    return registry
+
+
+def test_a_new_version_is_picked_up_and_rollback_is_not_undone(trained, tmp_path, contract):
+    models = tmp_path / "models"
+    models.mkdir()
+    old = shutil.copytree(trained[0], models / trained[0].name)
+    registry = _started(models, contract)
+    assert registry.traffic.live_version == _version(old)
+    assert registry.poll() is None  # nothing new
+
+    new = shutil.copytree(trained[1], models / trained[1].name)
+    assert registry.poll() == _version(new)
+    assert registry.traffic.live_version == _version(new)
+
+    model, previous = registry.load(_version(old))  # rollback
+    assert (model.version, previous) == (_version(old), _version(new))
+    assert registry.poll() is None  # the newest was seen already: the rollback stands
+    assert registry.traffic.live_version == _version(old)
+    states = {entry.version: entry.state for entry in registry.list_models()}
+    assert states == {_version(old): STATE_LIVE, _version(new): STATE_AVAILABLE}
+
+
+def _nan_weights(directory):
+    state = torch.load(directory / WEIGHTS, weights_only=True)
+    state["fuse.0.weight"].fill_(float("nan"))
+    torch.save(state, directory / WEIGHTS)
+    return "smoke scoring of known user 'u0' gave NaN or inf scores"
+
+
+def _garbage_weights(directory):
+    (directory / WEIGHTS).write_bytes(b"half a file")
+    return "tiny-broken cannot be loaded: "
+
+
+def _other_encoder(directory):
+    manifest = json.loads((directory / MANIFEST).read_text())
+    manifest["encoder"] = "another/encoder"
+    (directory / MANIFEST).write_text(json.dumps(manifest))
+    return "training vectors come from 'another/encoder' (16-d) but the query encoder serves 'test-encoder' (16-d)"
+
+
+@pytest.mark.parametrize("corrupt", [_nan_weights, _garbage_weights, _other_encoder])
+def test_a_broken_version_is_refused_and_the_old_one_keeps_serving(corrupt, trained, tmp_path, contract):
+    models = tmp_path / "models"
+    models.mkdir()
+    good = shutil.copytree(trained[0], models / trained[0].name)
+    registry = _started(models, contract)
+    broken = _copy_as(trained[1], models, "tiny-broken", "2999-01-01T00:00:00+00:00")
+    reason = corrupt(broken)
+
+    assert registry.poll() is None
+    assert registry.traffic.live_version == _version(good)
+    refused = next(entry for entry in registry.list_models() if entry.version == "tiny-broken")
+    assert refused.state == STATE_REFUSED and reason in refused.error, refused.error
+    with pytest.raises(FailedPrecondition, match=f"still serving {_version(good)}"):
+        registry.load("tiny-broken")
+    assert registry.poll() is None  # unchanged files are not retried on every poll
+
+    shutil.rmtree(broken)  # the fixed version lands under the same name: its changed files are retried
+    _copy_as(trained[1], models, "tiny-broken", "2999-01-01T00:00:00+00:00")
+    assert registry.poll() == "tiny-broken"
+
+
+def _live_and_candidate(trained, tmp_path, contract):
+    """A registry serving the older version, with the newer one on disk beside it."""
+    models = tmp_path / "models"
+    models.mkdir()
+    live, candidate = (shutil.copytree(v, models / v.name) for v in trained)
+    registry = ModelRegistry(models)
+    registry.start(PersonalizationModel.load(live), contract)
+    return registry, live, candidate
+
+
+def test_traffic_split_sends_the_configured_share_and_is_stable_per_user(trained, tmp_path, contract):
+    registry, live, candidate = _live_and_candidate(trained, tmp_path, contract)
+    users = [f"user-{i}" for i in range(10_000)]
+    for percent in (10.0, 37.5):
+        traffic = registry.set_traffic(_version(candidate), percent, shadow=False)
+        routed = {user: traffic.route(user).model.version for user in users}
+        share = sum(version == _version(candidate) for version in routed.values()) / len(users)
+        assert abs(share - percent / 100) <= 0.02, share
+        again = registry.get_traffic()
+        assert all(again.route(user).model.version == version for user, version in routed.items())
+    # Growing the share only adds users: nobody who met the candidate at 10% goes back.
+    at_10 = {user for user in users if user_bucket(user) < 10.0}
+    assert all(registry.get_traffic().route(user).model.version == _version(candidate) for user in at_10)
+    states = {entry.version: entry.state for entry in registry.list_models()}
+    assert states == {_version(live): STATE_LIVE, _version(candidate): STATE_CANDIDATE}
+
+
+def test_shadow_mode_answers_with_live_and_shadows_the_share(trained, tmp_path, contract):
+    registry, live, candidate = _live_and_candidate(trained, tmp_path, contract)
+    traffic = registry.set_traffic(_version(candidate), 50.0, shadow=True)
+    routes = [traffic.route(f"user-{i}") for i in range(2000)]
+    assert {route.model.version for route in routes} == {_version(live)}
+    shadowed = sum(route.shadow is not None for route in routes) / len(routes)
+    assert abs(shadowed - 0.5) <= 0.05
+    # Promoting the candidate ends the split.
+    registry.load(_version(candidate))
+    assert registry.get_traffic().candidate is None and registry.get_traffic().live_version == _version(candidate)
+
+
+def test_bad_admin_requests_get_precise_errors(trained, tmp_path, contract):
+    models = tmp_path / "models"
+    models.mkdir()
+    live = shutil.copytree(trained[0], models / trained[0].name)
+    registry = _started(models, contract)
+    with pytest.raises(InvalidArgument, match="version: must name a version"):
+        registry.load("")
+    with pytest.raises(NotFound, match="no version 'nope'"):
+        registry.load("nope")
+    with pytest.raises(NotFound, match="no version 'nope'"):
+        registry.set_traffic("nope", 10.0, shadow=False)
+    for percent in (-1.0, 100.5, float("nan")):
+        with pytest.raises(InvalidArgument, match="candidate_percent: must be between 0 and 100"):
+            registry.set_traffic(_version(live), percent, shadow=False)
+    with pytest.raises(InvalidArgument, match="is already live"):
+        registry.set_traffic(_version(live), 10.0, shadow=False)
+    with pytest.raises(InvalidArgument, match="candidate_version: needed"):
+        registry.set_traffic("", 10.0, shadow=True)
+    assert registry.traffic.live_version == _version(live)
+
+
+def test_two_loaded_versions_share_the_user_index_and_map_their_tastes(trained):
+    """Versions trained on the same users hold one user-id index between them; taste tables stay on disk."""
+    first, second = (PersonalizationModel.load(directory) for directory in trained)
+    assert first.version != second.version
+    assert first.user_ids is second.user_ids
+    assert isinstance(first._user_tastes, np.memmap) and isinstance(second._user_tastes, np.memmap)
+    other_users = PersonalizationModel.load(_copy_with_users(trained[1], trained[1].parent / "renamed-users"))
+    assert other_users.user_ids is not first.user_ids and other_users.knows_user("renamed-u0")
+
+
+def _copy_with_users(source, target):
+    shutil.copytree(source, target)
+    ids = json.loads((target / "user_ids.json").read_text())
+    (target / "user_ids.json").write_text(json.dumps([f"renamed-{uid}" for uid in ids]))
+    return target
+
+
+def test_a_text_only_ranker_picks_up_its_first_model(trained, tmp_path, contract):
+    models = tmp_path / "models"
+    models.mkdir()
+    registry = _started(models, contract)
+    assert registry.traffic.live is None and registry.traffic.route("u1").model is None
+    assert registry.poll() is None
+    shutil.copytree(trained[0], models / trained[0].name)
+    assert registry.poll() == _version(trained[0])
+    assert registry.traffic.route("u1").model.version == _version(trained[0])

@@ -1,0 +1,366 @@
+"""The ranker's model versions: what is on disk, which one serves, the traffic split and shadow routing.
+
+Plain Python (no gRPC): the directory watcher, ModelAdminService and Recommend all go through
+`ModelRegistry`. What serves is one immutable `Traffic` snapshot that a swap replaces whole, so a
+request that read it once uses the same versions from its first stage to its last, and a version
+is only swapped in after it loaded and passed validation in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import threading
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from whisperlite.core.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from whisperlite.core.personalization import (
+    MANIFEST,
+    PersonalizationModel,
+    newest_first_key,
+    read_manifest,
+    resolve_version_dir,
+    version_dirs,
+)
+from whisperlite.core.vector_space import require_same_encoder
+from whisperlite.services.ranker.metrics import MODEL_LOADS, MODEL_ROLE
+
+log = logging.getLogger("whisperlite.ranker")
+
+STATE_AVAILABLE = "available"
+STATE_LIVE = "live"
+STATE_CANDIDATE = "candidate"
+STATE_REFUSED = "refused"
+
+
+def user_bucket(user_id: str) -> float:
+    """A user's fixed place in [0, 100): the traffic split compares it with the candidate's percent.
+
+    blake2b, not hash(): Python salts str hashes per process, and every replica and restart must
+    send a user to the same version.
+    """
+    digest = hashlib.blake2b(user_id.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64 * 100.0
+
+
+@dataclass(frozen=True)
+class Route:
+    """The versions one request meets: `model` answers (None: text-only), `shadow` scores in the background."""
+
+    model: PersonalizationModel | None
+    shadow: PersonalizationModel | None = None
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """Who is served by which version; replaced whole on every change."""
+
+    live: PersonalizationModel | None = None
+    candidate: PersonalizationModel | None = None
+    candidate_percent: float = 0.0
+    shadow: bool = False
+
+    @property
+    def live_version(self) -> str:
+        return self.live.version if self.live is not None else ""
+
+    @property
+    def candidate_version(self) -> str:
+        return self.candidate.version if self.candidate is not None else ""
+
+    def route(self, user_id: str) -> Route:
+        if self.candidate is None or user_bucket(user_id) >= self.candidate_percent:
+            return Route(self.live)
+        if self.shadow:
+            return Route(self.live, shadow=self.candidate)
+        return Route(self.candidate)
+
+
+@dataclass(frozen=True)
+class ServingContract:
+    """What a version must match to serve: the query encoder's model and dimension, as start-up found them.
+
+    `probe_query` is a real request embedded by that encoder: the smoke scoring runs it through
+    a version before the version may answer anyone.
+    """
+
+    encoder_name: str
+    dimension: int
+    probe_query: np.ndarray
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One version directory as ListModels reports it."""
+
+    version: str
+    directory: Path
+    created: str = ""
+    encoder: str = ""
+    dimension: int = 0
+    users: int = 0
+    state: str = STATE_AVAILABLE
+    error: str = ""
+
+
+def load_version(directory: Path) -> PersonalizationModel:
+    """Loads one version directory; FailedPrecondition saying why when it cannot be read."""
+    try:
+        return PersonalizationModel.load(directory)
+    except Exception as error:  # a broken file can fail in any way (pickle, zip, torch): each one is a refusal
+        raise unloadable(directory, error) from None
+
+
+def load_newest(model_dir: str | Path) -> PersonalizationModel | None:
+    """The model version in (or newest under) model_dir; None, served text-only, when there is none yet.
+
+    A version that exists but cannot be read stops start-up: serving text-only would hide it.
+    """
+    try:
+        directory = resolve_version_dir(model_dir)
+    except FileNotFoundError as error:
+        log.warning("no trained model: serving text-only results", extra={"model_dir": str(model_dir), "reason": str(error)})
+        return None
+    except ValueError as error:  # a version's manifest is not JSON
+        raise unloadable(model_dir, error) from None
+    return load_version(directory)
+
+
+def unloadable(path, error: Exception) -> FailedPrecondition:
+    return FailedPrecondition(f"model {path} cannot be loaded: {type(error).__name__}: {error}")
+
+
+def validate(model: PersonalizationModel, contract: ServingContract) -> None:
+    """Refuses a version the ranker cannot serve correctly (FailedPrecondition naming the mismatch).
+
+    Encoder name and dimension must be the ones the catalog and the query encoder serve, and a
+    smoke scoring of a known user (text-only when the table is empty) must give finite numbers,
+    which catches weights that load but are NaN.
+    """
+    require_same_encoder(
+        f"model {model.version}'s training vectors", model.encoder_name, "the query encoder serves", contract.encoder_name,
+        dimensions=(model.dimension, contract.dimension),
+    )
+    user = model.user_ids[0] if model.n_users else None
+    try:
+        personalized = model.personalize(contract.probe_query, user)
+        scores = model.score(personalized, np.stack([contract.probe_query, personalized.vector]))
+    except (ValueError, RuntimeError) as error:
+        raise FailedPrecondition(f"model {model.version}: smoke scoring failed: {type(error).__name__}: {error}") from None
+    if not (np.isfinite(personalized.vector).all() and np.isfinite(scores).all()):
+        who = f"known user {user!r}" if user is not None else "a text-only request"
+        raise FailedPrecondition(f"model {model.version}: smoke scoring of {who} gave NaN or inf scores")
+
+
+def _fingerprint(directory: Path) -> tuple:
+    """Changes whenever a file of the version is written: a refused version is retried once it changes."""
+    try:
+        return tuple(sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in directory.iterdir() if f.is_file()))
+    except OSError:
+        return ()
+
+
+class ModelRegistry:
+    """The versions under `model_dir`, the live one, the traffic split; loads in the caller's thread.
+
+    Every method that loads or swaps holds one lock, so the watcher and admin calls never race;
+    readers (`traffic`) take no lock: they read one immutable snapshot.
+    """
+
+    def __init__(self, model_dir: str | Path):
+        self.model_dir = Path(model_dir)
+        self._contract: ServingContract | None = None  # known once start-up has met the encoder and catalog
+        self._lock = threading.Lock()
+        self._traffic: Traffic | None = None
+        # directory -> (fingerprint when refused, why): listed as refused until the files change
+        self._refused: dict[Path, tuple[tuple, str]] = {}
+        self._newest_seen: Path | None = None
+
+    @property
+    def traffic(self) -> Traffic | None:
+        """What serves now; None until start-up has loaded the first model (or found none)."""
+        return self._traffic
+
+    # ---- start-up and the watcher ------------------------------------------------------------
+    def start(self, model: PersonalizationModel | None, contract: ServingContract) -> None:
+        """Serves `model` (already loaded; validated here: a bad one stops start-up) and remembers the newest on disk."""
+        if model is not None:
+            validate(model, contract)
+        with self._lock:
+            self._contract = contract
+            self._swap(Traffic(live=model))
+            newest = self._newest()
+            self._newest_seen = newest[0] if newest else None
+
+    def poll(self) -> str | None:
+        """Picks up a version newer than any seen before (by manifest `created`); returns it once live.
+
+        Only a new newest is promoted, so a rollback to an older version is not undone by the next
+        poll. A refused version is retried when its files change (e.g. a copy that was still running).
+        """
+        with self._lock:
+            if self._traffic is None:
+                return None
+            newest = self._newest()
+            if newest is None:
+                return None
+            directory, _ = newest
+            refused = self._refused.get(directory)
+            if directory == self._newest_seen and refused is None:
+                return None
+            if refused is not None and refused[0] == _fingerprint(directory):
+                return None
+            try:
+                model = self._load_validated(directory)
+            except FailedPrecondition:
+                return None
+            self._newest_seen = directory
+            previous = self._promote(model)
+            log.info("picked up a new model version", extra={"model_version": model.version, "previous_version": previous})
+            return model.version
+
+    # ---- admin -------------------------------------------------------------------------------
+    def get_traffic(self) -> Traffic:
+        return self._started()
+
+    def list_models(self) -> list[ModelEntry]:
+        traffic = self._started()
+        entries = []
+        for directory in self._directories():
+            try:
+                manifest = read_manifest(directory)
+            except (OSError, ValueError) as error:
+                entries.append(ModelEntry(version=directory.name, directory=directory, state=STATE_REFUSED,
+                                          error=f"{MANIFEST} cannot be read: {type(error).__name__}: {error}"))
+                continue
+            version = str(manifest.get("version", directory.name))
+            refused = self._refused.get(directory)
+            if version == traffic.live_version:
+                state, error = STATE_LIVE, ""
+            elif version == traffic.candidate_version:
+                state, error = STATE_CANDIDATE, ""
+            elif refused is not None:
+                state, error = STATE_REFUSED, refused[1]
+            else:
+                state, error = STATE_AVAILABLE, ""
+            entries.append(ModelEntry(
+                version=version, directory=directory, created=str(manifest.get("created", "")),
+                encoder=str(manifest.get("encoder", "")), dimension=_int(manifest.get("dimension")),
+                users=_int(manifest.get("n_users")), state=state, error=error,
+            ))
+        entries.sort(key=lambda e: (e.created, e.directory.name), reverse=True)
+        return entries
+
+    def load(self, version: str) -> tuple[PersonalizationModel, str]:
+        """Makes `version` live (a rollback when it is older); returns it and the version it replaced.
+
+        The live version serves until this returns, and keeps serving when it raises.
+        """
+        if not version:
+            raise InvalidArgument("version: must name a version on disk (see ListModels)")
+        with self._lock:
+            traffic = self._started()
+            if version == traffic.live_version:
+                return traffic.live, traffic.live_version
+            model = traffic.candidate if version == traffic.candidate_version else self._load_validated(self._find(version))
+            return model, self._promote(model)
+
+    def set_traffic(self, candidate_version: str, candidate_percent: float, shadow: bool) -> Traffic:
+        """Sends `candidate_percent` of users (by user-id hash) to the candidate, or shadow-scores it for them."""
+        if not 0.0 <= candidate_percent <= 100.0:  # also refuses NaN
+            raise InvalidArgument(f"candidate_percent: must be between 0 and 100, got {candidate_percent}")
+        with self._lock:
+            traffic = self._started()
+            if not candidate_version:
+                if shadow or candidate_percent:
+                    raise InvalidArgument("candidate_version: needed for a percent or shadow mode; leave all empty to end the split")
+                self._swap(replace(traffic, candidate=None, candidate_percent=0.0, shadow=False))
+                return self._traffic
+            if candidate_version == traffic.live_version:
+                raise InvalidArgument(f"candidate_version: {candidate_version} is already live")
+            candidate = (
+                traffic.candidate if candidate_version == traffic.candidate_version
+                else self._load_validated(self._find(candidate_version))
+            )
+            self._swap(replace(traffic, candidate=candidate, candidate_percent=float(candidate_percent), shadow=bool(shadow)))
+            log.info("traffic split set", extra={"candidate_version": candidate.version, "candidate_percent": candidate_percent, "shadow": shadow})
+            return self._traffic
+
+    # ---- internals (called with the lock held) -----------------------------------------------
+    def _started(self) -> Traffic:
+        if self._traffic is None:
+            raise Unavailable("ranker is starting: its first model is not loaded yet")
+        return self._traffic
+
+    def _promote(self, model: PersonalizationModel) -> str:
+        traffic = self._traffic
+        previous = traffic.live_version
+        if model.version == traffic.candidate_version:  # promoting the candidate ends its split
+            self._swap(Traffic(live=model))
+        else:
+            self._swap(replace(traffic, live=model))
+        return previous
+
+    def _swap(self, traffic: Traffic) -> None:
+        self._traffic = traffic  # one reference assignment: a request sees the old snapshot or the new one
+        MODEL_ROLE.clear()
+        if traffic.live is not None:
+            MODEL_ROLE.labels(traffic.live_version, STATE_LIVE).set(1)
+        if traffic.candidate is not None:
+            MODEL_ROLE.labels(traffic.candidate_version, "shadow" if traffic.shadow else STATE_CANDIDATE).set(traffic.candidate_percent)
+
+    def _load_validated(self, directory: Path) -> PersonalizationModel:
+        fingerprint = _fingerprint(directory)
+        try:
+            model = load_version(directory)
+            validate(model, self._contract)
+        except FailedPrecondition as error:
+            self._refused[directory] = (fingerprint, str(error))
+            MODEL_LOADS.labels("refused").inc()
+            kept = self._traffic.live_version or "text-only results"
+            log.error("model version refused", extra={"model_dir": str(directory), "reason": str(error), "still_serving": kept})
+            raise FailedPrecondition(f"{error}; still serving {kept}") from None
+        self._refused.pop(directory, None)
+        MODEL_LOADS.labels("loaded").inc()
+        return model
+
+    def _find(self, version: str) -> Path:
+        for entry in self.list_models():
+            if entry.version == version:
+                return entry.directory
+        raise NotFound(f"version: no version {version!r} under {self.model_dir} (ListModels shows what is there)")
+
+    def _directories(self) -> list[Path]:
+        if (self.model_dir / MANIFEST).is_file():  # --model-dir names one version: nothing else to pick from
+            return [self.model_dir]
+        return version_dirs(self.model_dir) if self.model_dir.is_dir() else []
+
+    def _newest(self) -> tuple[Path, dict] | None:
+        readable = []
+        for directory in self._directories():
+            try:
+                readable.append((directory, read_manifest(directory)))
+            except (OSError, ValueError):
+                continue  # listed as refused; a later version can still be picked up
+        return max(readable, key=lambda pair: newest_first_key(pair[1], pair[0]), default=None)
+
+
+def _int(value) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
+
+
+async def watch(registry: ModelRegistry, interval_seconds: float) -> None:
+    """Polls the model directory every `interval_seconds` until cancelled; loading runs in a worker thread."""
+    while True:
+        await asyncio.sleep(interval_seconds)
+        try:
+            await asyncio.to_thread(registry.poll)
+        except Exception:  # a watcher that died silently would stop all future reloads
+            log.exception("model directory poll failed", extra={"model_dir": str(registry.model_dir)})

@@ -22,6 +22,7 @@ import pytest
 from tests.servers import REPO, start_catalog, start_service
 from whisperlite.core.channels import create_sync_channel
 from whisperlite.core.client_security import ClientSecurity
+from whisperlite.core.clients.model_admin import ModelAdminClient
 from whisperlite.core.clients.ranker import RankerClient
 from whisperlite.core.dataset import ITEM_COLUMNS, ITEMS_FILE
 from whisperlite.v1 import catalog_pb2, catalog_pb2_grpc
@@ -59,7 +60,7 @@ def _token(pki: Path, name: str) -> str:
 def pki(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("secrets")
     subprocess.run([sys.executable, "scripts/dev_certs.py", "--out", str(out)], cwd=REPO, check=True, timeout=120)
-    (out / "ranker-tokens.txt").write_text(f"{_token(out, 'shopper')} recommend\n")
+    (out / "ranker-tokens.txt").write_text(f"{_token(out, 'shopper')} recommend\n{_token(out, 'admin')} admin\n")
     (out / "backend-tokens.txt").write_text(f"{_token(out, 'service')} recommend\n{_token(out, 'ingest')} recommend,write\n")
     return out
 
@@ -150,3 +151,26 @@ def test_cli_recommend_and_health_speak_tls(secure_stack, pki):
     assert (health.returncode, health.stdout.strip()) == (0, "SERVING")
     plaintext = subprocess.run([sys.executable, "-m", "whisperlite", "health", ranker, "--timeout", "3"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert (plaintext.returncode, plaintext.stdout.strip()) == (1, "NOT_SERVING")
+
+
+def test_model_admin_needs_the_admin_scope(secure_stack, pki):
+    """ModelAdminService (issue 10) on the same port: a shopper's token is refused, the admin token lists versions,
+    and `whisperlite model list` speaks TLS with a token."""
+    ranker = secure_stack["ranker"].address
+    shopper = ClientSecurity(ca_file=str(pki / "ca.pem"), token_file=str(pki / "shopper.token"))
+    with ModelAdminClient(ranker, timeout_seconds=30, security=shopper) as admin:
+        with pytest.raises(grpc.RpcError) as raised:
+            admin.list_models()
+    assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "admin" in raised.value.details()
+    with ModelAdminClient(ranker, timeout_seconds=30, security=ClientSecurity(ca_file=str(pki / "ca.pem"))) as admin:
+        with pytest.raises(grpc.RpcError) as raised:
+            admin.get_traffic()
+    assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    listing = subprocess.run(
+        [sys.executable, "-m", "whisperlite", "model", "--ranker", ranker, "--tls-ca-file", str(pki / "ca.pem"),
+         "--token-file", str(pki / "admin.token"), "list", "--json"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert listing.returncode == 0, listing.stderr[-2000:]
+    assert json.loads(listing.stdout).get("models", []) == []  # this ranker serves text-only: no version on disk

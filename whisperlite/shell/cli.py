@@ -9,54 +9,13 @@ from pathlib import Path
 
 from google.protobuf import json_format
 
+from whisperlite.shell.client_flags import add_client_security_flags, client_security
 from whisperlite.core.topology import BY_NAME, CATALOG, RANKER
 from whisperlite.shell import model_admin
 
 # Commands whose modules import pandas or torch are registered only when asked for (or for --help),
 # so quick commands such as `health`, which containers run every few seconds, start fast.
 PLUGINS = {"data": "whisperlite.data.cli", "train": "whisperlite.trainer.cli", "evaluate": "whisperlite.trainer.cli"}
-
-
-
-def _add_client_security_flags(parser: argparse.ArgumentParser, token: bool = True) -> None:
-    from whisperlite.core.client_security import ENV_CA_FILE, ENV_CERT_FILE, ENV_KEY_FILE, ENV_TOKEN, ENV_TOKEN_FILE
-
-    group = parser.add_argument_group("security (docs/security.md)")
-    if token:
-        group.add_argument(
-            "--token", default=os.environ.get(ENV_TOKEN, ""), help=f"bearer token sent as 'authorization' (env {ENV_TOKEN})"
-        )
-        group.add_argument(
-            "--token-file", default=os.environ.get(ENV_TOKEN_FILE, ""), help=f"or a file holding it (env {ENV_TOKEN_FILE})"
-        )
-    group.add_argument(
-        "--tls-ca-file", default=os.environ.get(ENV_CA_FILE, ""), help=f"PEM CA of the server's certificate; set: TLS (env {ENV_CA_FILE})",
-    )
-    group.add_argument(
-        "--tls-cert-file", default=os.environ.get(ENV_CERT_FILE, ""),
-        help=f"client certificate for servers that require mTLS (env {ENV_CERT_FILE})",
-    )
-    group.add_argument(
-        "--tls-key-file", default=os.environ.get(ENV_KEY_FILE, ""), help=f"its private key (env {ENV_KEY_FILE})"
-    )
-
-
-def _client_security(args: argparse.Namespace):
-    from whisperlite.core.client_security import ClientSecurity
-
-    try:
-        security = ClientSecurity(
-            ca_file=args.tls_ca_file,
-            cert_file=args.tls_cert_file,
-            key_file=args.tls_key_file,
-            token=getattr(args, "token", ""),
-            token_file=getattr(args, "token_file", ""),
-        )
-        security.channel_credentials()  # unreadable files: say which, before any call
-        security.bearer_token()
-    except (OSError, ValueError) as error:
-        raise SystemExit(str(error)) from None
-    return security
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -74,7 +33,7 @@ def _ingest(args: argparse.Namespace) -> None:
     from whisperlite.shell.ingest import ingest
 
     try:
-        written = ingest(args.data, args.catalog, batch_size=args.batch_size, security=_client_security(args))
+        written = ingest(args.data, args.catalog, batch_size=args.batch_size, security=client_security(args))
     except ServiceError as error:
         raise SystemExit(f"{error.code.name}: {error}") from None
     print(f"upserted {written} items into the catalog at {args.catalog}")
@@ -85,7 +44,7 @@ def _recommend(args: argparse.Namespace) -> None:
 
     from whisperlite.core.clients.ranker import RankerClient
 
-    with RankerClient(args.ranker, security=_client_security(args)) as ranker:
+    with RankerClient(args.ranker, security=client_security(args)) as ranker:
         try:
             response = ranker.recommend(
                 user_id=args.user,
@@ -114,7 +73,7 @@ def _recommend(args: argparse.Namespace) -> None:
 def _health(args: argparse.Namespace) -> None:
     from whisperlite.core.clients.health import is_serving
 
-    serving = is_serving(args.address, args.service, args.timeout, security=_client_security(args))
+    serving = is_serving(args.address, args.service, args.timeout, security=client_security(args))
     print("SERVING" if serving else "NOT_SERVING")
     sys.exit(0 if serving else 1)
 
@@ -151,7 +110,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     ingest.add_argument("--data", type=Path, required=True, help="canonical dataset directory")
     ingest.add_argument("--catalog", default=CATALOG.local_address, help="catalog address")
     ingest.add_argument("--batch-size", type=int, default=256)
-    _add_client_security_flags(ingest)
+    add_client_security_flags(ingest)
     ingest.set_defaults(func=_ingest)
 
     recommend = commands.add_parser("recommend", help="ask the ranker for recommendations")
@@ -164,14 +123,14 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     recommend.add_argument("--recent", action="append", help="recently viewed item id (repeatable)")
     recommend.add_argument("--ranker", default=RANKER.local_address, help="ranker address")
     recommend.add_argument("--json", action="store_true", help="print the response as JSON")
-    _add_client_security_flags(recommend)
+    add_client_security_flags(recommend)
     recommend.set_defaults(func=_recommend)
 
     health = commands.add_parser("health", help="gRPC health check; exit 0 when SERVING (for container health checks)")
     health.add_argument("address", help="host:port")
     health.add_argument("--service", default="", help="service name ('' = the whole server)")
     health.add_argument("--timeout", type=float, default=2.0)
-    _add_client_security_flags(health, token=False)  # health checks need no token
+    add_client_security_flags(health, token=False)  # health checks need no token
     health.set_defaults(func=_health)
 
     model_admin.register(commands)

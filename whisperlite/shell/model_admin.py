@@ -7,6 +7,7 @@ import grpc
 from google.protobuf import json_format
 
 from whisperlite.core.clients.model_admin import ModelAdminClient
+from whisperlite.shell.client_flags import add_client_security_flags, client_security
 from whisperlite.core.topology import RANKER
 from whisperlite.v1 import model_admin_pb2
 
@@ -15,6 +16,7 @@ def register(commands) -> None:
     model = commands.add_parser("model", help="list, load, roll back and canary the ranker's model versions")
     model.add_argument("--ranker", default=RANKER.local_address, help="ranker address (serves ModelAdminService)")
     model.add_argument("--timeout", type=float, default=120.0, help="deadline of each call in seconds (loading validates the version)")
+    add_client_security_flags(model)  # the ranker asks for a token with the 'admin' scope when auth is on
     actions = model.add_subparsers(dest="action", required=True)
 
     listing = actions.add_parser("list", help="the versions on the ranker's disk, newest first, and their state")
@@ -38,7 +40,7 @@ def register(commands) -> None:
 
 
 def _call(args: argparse.Namespace, action):
-    with ModelAdminClient(args.ranker, args.timeout) as admin:
+    with ModelAdminClient(args.ranker, args.timeout, security=client_security(args)) as admin:
         try:
             return action(admin)
         except grpc.RpcError as error:

@@ -1,0 +1,47 @@
+"""Flags shared by the commands that call a service: TLS roots, client certificate, bearer token."""
+
+import argparse
+import os
+
+from whisperlite.core.client_security import ClientSecurity
+
+
+def add_client_security_flags(parser: argparse.ArgumentParser, token: bool = True) -> None:
+    """TLS and token flags of every command that calls a service (docs/security.md)."""
+    from whisperlite.core.client_security import ENV_CA_FILE, ENV_CERT_FILE, ENV_KEY_FILE, ENV_TOKEN, ENV_TOKEN_FILE
+
+    group = parser.add_argument_group("security (docs/security.md)")
+    if token:
+        group.add_argument(
+            "--token", default=os.environ.get(ENV_TOKEN, ""), help=f"bearer token sent as 'authorization' (env {ENV_TOKEN})"
+        )
+        group.add_argument(
+            "--token-file", default=os.environ.get(ENV_TOKEN_FILE, ""), help=f"or a file holding it (env {ENV_TOKEN_FILE})"
+        )
+    group.add_argument(
+        "--tls-ca-file", default=os.environ.get(ENV_CA_FILE, ""), help=f"PEM CA of the server's certificate; set: TLS (env {ENV_CA_FILE})",
+    )
+    group.add_argument(
+        "--tls-cert-file", default=os.environ.get(ENV_CERT_FILE, ""),
+        help=f"client certificate for servers that require mTLS (env {ENV_CERT_FILE})",
+    )
+    group.add_argument(
+        "--tls-key-file", default=os.environ.get(ENV_KEY_FILE, ""), help=f"its private key (env {ENV_KEY_FILE})"
+    )
+
+
+def client_security(args: argparse.Namespace) -> ClientSecurity:
+    """The ClientSecurity those flags describe; unreadable files stop the command before any call."""
+    try:
+        security = ClientSecurity(
+            ca_file=args.tls_ca_file,
+            cert_file=args.tls_cert_file,
+            key_file=args.tls_key_file,
+            token=getattr(args, "token", ""),
+            token_file=getattr(args, "token_file", ""),
+        )
+        security.channel_credentials()  # unreadable files: say which, before any call
+        security.bearer_token()
+    except (OSError, ValueError) as error:
+        raise SystemExit(str(error)) from None
+    return security

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import grpc
 
+from whisperlite.core.request_context import REQUEST_ID_KEY
 from whisperlite.core.topology import DEFAULT_MAX_MESSAGE_BYTES
 
-REQUEST_ID_KEY = "x-request-id"
 # gRPC caps a retry policy at 5 attempts whatever the service config says.
 MAX_ATTEMPTS_CAP = 5
 

@@ -112,20 +112,25 @@ def call_metadata(options: ClientOptions, request_id: str | None) -> tuple[str, 
     return request_id, tuple(metadata)
 
 
-class SyncClient:
-    """A blocking client of one WhisperLite service; use as a context manager or call close()."""
-
-    GRPC_SERVICE = ""  # full protobuf service name, set by each client
+class _Client:
+    GRPC_SERVICE = ""  # full protobuf service name, set by each client (retry policy scope)
 
     def __init__(self, address: str, options: ClientOptions | None = None, **option_fields):
         """`options`, or ClientOptions' fields as keywords (timeout_seconds=30, token=...)."""
         self.address = address
         self.options = options or ClientOptions(**option_fields)
-        self._channel = sync_channel(address, self.options, [self.GRPC_SERVICE])
 
     def _call_kwargs(self, request_id: str | None, timeout_seconds: float | None) -> tuple[str, dict]:
         request_id, metadata = call_metadata(self.options, request_id)
         return request_id, {"metadata": metadata, "timeout": timeout_seconds or self.options.timeout_seconds}
+
+
+class SyncClient(_Client):
+    """A blocking client of one WhisperLite service; use as a context manager or call close()."""
+
+    def __init__(self, address: str, options: ClientOptions | None = None, **option_fields):
+        super().__init__(address, options, **option_fields)
+        self._channel = sync_channel(address, self.options, [self.GRPC_SERVICE])
 
     def close(self) -> None:
         self._channel.close()
@@ -137,19 +142,12 @@ class SyncClient:
         self.close()
 
 
-class AsyncClient:
+class AsyncClient(_Client):
     """An asyncio client of one WhisperLite service; use with `async with` or await close()."""
 
-    GRPC_SERVICE = ""
-
     def __init__(self, address: str, options: ClientOptions | None = None, **option_fields):
-        self.address = address
-        self.options = options or ClientOptions(**option_fields)
+        super().__init__(address, options, **option_fields)
         self._channel = async_channel(address, self.options, [self.GRPC_SERVICE])
-
-    def _call_kwargs(self, request_id: str | None, timeout_seconds: float | None) -> tuple[str, dict]:
-        request_id, metadata = call_metadata(self.options, request_id)
-        return request_id, {"metadata": metadata, "timeout": timeout_seconds or self.options.timeout_seconds}
 
     async def close(self) -> None:
         await self._channel.close()

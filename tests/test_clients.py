@@ -8,6 +8,9 @@ answers that gRPC's retry policy absorbs, a deadline, several replicas behind on
 import asyncio
 import dataclasses
 import datetime
+import json
+import subprocess
+import sys
 import threading
 from concurrent import futures
 
@@ -18,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.servers import free_port
+from tests.servers import REPO, free_port
 from whisperlite.core.clients.catalog_admin import AsyncCatalogAdminClient, CatalogAdminClient, Item
 from whisperlite.core.clients.ranker import AsyncRankerClient, RankerClient
 from whisperlite.core.clients.types import Recommendation
@@ -175,3 +178,20 @@ def test_round_robin_spreads_calls_over_every_address_of_the_target():
     finally:
         for server, _ in servers:
             server.stop(None)
+
+
+def test_the_recommend_command_prints_the_typed_result_and_sends_the_request_id(text_only_ranker, catalog_service):
+    with CatalogAdminClient(catalog_service.address, timeout_seconds=120) as catalog:
+        catalog.upsert([Item("cli-boots", "Brown suede boots", price=90.0)])
+    command = [sys.executable, "-m", "whisperlite", "recommend", "--ranker", text_only_ranker.address, "--query", "brown suede boots",
+               "-k", "3", "--request-id", "cli-req-1", "--timeout", "60"]  # fmt: skip
+    printed = json.loads(subprocess.run([*command, "--json"], cwd=REPO, capture_output=True, text=True, check=True, timeout=120).stdout)
+    assert printed["request_id"] == "cli-req-1" and printed["path"] == "text_only"
+    assert printed["items"][0]["item"] == {
+        "item_id": "cli-boots", "title": "Brown suede boots", "text": "", "category": "", "price": 90.0,
+        "image_uri": "", "attributes": {}, "vector": [],
+    }  # fmt: skip
+    text = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=True, timeout=120).stdout
+    assert "request cli-req-1" in text and "[cli-boots] Brown suede boots" in text
+    refused = subprocess.run([*command[:-2], "--timeout", "60", "--max-attempts", "9"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "max_attempts: must be between 1 and 5" in refused.stderr

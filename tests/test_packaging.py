@@ -82,6 +82,11 @@ def test_a_client_only_install_calls_the_running_stack(wheel, tmp_path, text_onl
     result = subprocess.run([str(python), "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == "[] []"
+    # The `whisperlite recommend` command works from the client install too.
+    command = [str(environment / "bin" / "whisperlite"), "recommend", "--ranker", text_only_ranker.address, "--query", "boots", "--json"]
+    printed = subprocess.run([*command, "--request-id", "pkg-2", "--timeout", "60"], capture_output=True, text=True, timeout=120)
+    assert printed.returncode == 0, printed.stderr[-3000:]
+    assert json.loads(printed.stdout)["request_id"] == "pkg-2"
     listed = json.loads(subprocess.run([str(python), "-m", "pip", "list", "--format", "json"], capture_output=True, text=True, check=True).stdout)
     installed = {package["name"].lower().replace("_", "-") for package in listed} - {"pip", "setuptools"}
     assert installed == {"whisperlite", "grpcio", "protobuf", "typing-extensions"}  # typing-extensions: grpcio's own

@@ -14,7 +14,7 @@ import math
 import sys
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -192,7 +192,6 @@ class ImportReport:
     failed: int = 0
     skipped_rows: int = 0  # done by an earlier, interrupted run
     errors_file: Path | None = None
-    error_samples: list[str] = field(default_factory=list)
 
 
 class _ErrorLog:
@@ -290,9 +289,6 @@ def import_file(
                 flush()
         if batch:
             flush()
-        elif last_row > checkpoint.rows_done:
-            checkpoint.rows_done = last_row
-            checkpoint.save()
     finally:
         bar.close()
         errors.close()

@@ -94,8 +94,8 @@ def serve(servicer, credentials=None) -> tuple[grpc.Server, int]:
     return server, port
 
 
-def certificate_authority_and_server_pair() -> tuple[bytes, bytes, bytes]:
-    """A private CA and a server certificate it signed for localhost: (ca PEM, server key PEM, server cert PEM)."""
+def certificate_authority_and_server_pair(common_name: str = "localhost") -> tuple[bytes, bytes, bytes]:
+    """A private CA and a certificate it signed for `common_name`: (ca PEM, key PEM, cert PEM)."""
     now = datetime.datetime.now(datetime.timezone.utc)
     ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "whisperlite test CA")])
@@ -105,10 +105,10 @@ def certificate_authority_and_server_pair() -> tuple[bytes, bytes, bytes]:
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(ca_key, hashes.SHA256())
     )  # fmt: skip
     server = (
-        x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
         .issuer_name(ca_name).public_key(server_key.public_key()).serial_number(x509.random_serial_number())
         .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False).sign(ca_key, hashes.SHA256())
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(common_name)]), critical=False).sign(ca_key, hashes.SHA256())
     )  # fmt: skip
     key_pem = server_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     return ca.public_bytes(serialization.Encoding.PEM), key_pem, server.public_bytes(serialization.Encoding.PEM)
@@ -140,6 +140,25 @@ def test_tls_with_a_private_ca_carries_the_bearer_token_and_request_id():
             assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         server.stop(None)
+
+
+def test_mutual_tls_presents_the_client_certificate():
+    server_ca, server_key, server_cert = certificate_authority_and_server_pair()
+    client_ca, client_key, client_cert = certificate_authority_and_server_pair("whisperlite-client")
+    credentials = grpc.ssl_server_credentials([(server_key, server_cert)], root_certificates=client_ca, require_client_auth=True)
+    server, port = serve(RecordingRanker("mtls"), credentials)
+    try:
+        mutual = {"root_certificates": server_ca, "certificate_chain": client_cert, "private_key": client_key}
+        with RankerClient(f"localhost:{port}", timeout_seconds=30, **mutual) as ranker:
+            assert ranker.recommend(user_id="u", query="boots").items[0].item.item_id == "mtls"
+        with RankerClient(f"localhost:{port}", timeout_seconds=5, max_attempts=1, root_certificates=server_ca) as ranker:
+            with pytest.raises(grpc.RpcError) as raised:  # no client certificate: the handshake fails
+                ranker.recommend(user_id="u", query="boots")
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        server.stop(None)
+    with pytest.raises(ValueError, match="both certificate_chain and private_key"):
+        RankerClient(f"localhost:{port}", certificate_chain=client_cert)
 
 
 def test_unavailable_answers_are_retried_by_the_service_config_and_deadlines_hold():

@@ -28,6 +28,8 @@ class ClientOptions:
     - max_attempts: calls answered UNAVAILABLE (a replica restarting, a connection dropped) are
       retried by gRPC itself, with exponential backoff, up to this many attempts in all (1: never).
     - tls / root_certificates: TLS with the system's roots, or with these PEM roots (a private CA).
+    - certificate_chain / private_key: PEM client certificate and key, for servers that require
+      mutual TLS.
     - tls_server_name: the name to check the server's certificate against, when it differs from
       the address' host (an IP address, a tunnel).
     - token: sent as `authorization: Bearer <token>` on every call.
@@ -37,6 +39,8 @@ class ClientOptions:
     max_attempts: int = 3
     tls: bool = False
     root_certificates: bytes | None = None
+    certificate_chain: bytes | None = None
+    private_key: bytes | None = None
     tls_server_name: str | None = None
     token: str | None = None
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
@@ -46,10 +50,15 @@ class ClientOptions:
             raise ValueError(f"max_attempts: must be between 1 and {MAX_ATTEMPTS_CAP}, got {self.max_attempts}")
         if self.timeout_seconds <= 0:
             raise ValueError(f"timeout_seconds: must be positive, got {self.timeout_seconds}")
+        if (self.certificate_chain is None) != (self.private_key is None):
+            raise ValueError("a client certificate needs both certificate_chain and private_key")
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(self.root_certificates, self.private_key, self.certificate_chain)
 
     @property
     def secure(self) -> bool:
-        return self.tls or self.root_certificates is not None
+        return self.tls or self.root_certificates is not None or self.certificate_chain is not None
 
 
 def service_config(grpc_services: Sequence[str], max_attempts: int) -> str:
@@ -92,14 +101,14 @@ def _channel_arguments(options: ClientOptions, grpc_services: Sequence[str]) -> 
 def sync_channel(address: str, options: ClientOptions, grpc_services: Sequence[str]) -> grpc.Channel:
     arguments = _channel_arguments(options, grpc_services)
     if options.secure:
-        return grpc.secure_channel(_target(address), grpc.ssl_channel_credentials(options.root_certificates), arguments)
+        return grpc.secure_channel(_target(address), options.channel_credentials(), arguments)
     return grpc.insecure_channel(_target(address), arguments)
 
 
 def async_channel(address: str, options: ClientOptions, grpc_services: Sequence[str]) -> grpc.aio.Channel:
     arguments = _channel_arguments(options, grpc_services)
     if options.secure:
-        return grpc.aio.secure_channel(_target(address), grpc.ssl_channel_credentials(options.root_certificates), arguments)
+        return grpc.aio.secure_channel(_target(address), options.channel_credentials(), arguments)
     return grpc.aio.insecure_channel(_target(address), arguments)
 
 

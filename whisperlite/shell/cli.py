@@ -1,4 +1,4 @@
-"""The `whisperlite` command: serve, up, ingest, recommend, health, model, data, train, evaluate."""
+"""The `whisperlite` command: serve, up, ingest, recommend, health, model, catalog, data, train, evaluate."""
 
 import argparse
 import importlib
@@ -7,15 +7,18 @@ import os
 import sys
 from pathlib import Path
 
-from google.protobuf import json_format
-
-from whisperlite.shell.client_flags import add_client_security_flags, client_security
 from whisperlite.core.topology import BY_NAME, CATALOG, RANKER
 from whisperlite.shell import model_admin
+from whisperlite.shell.client_flags import add_client_flags, add_client_security_flags, client_security
 
 # Commands whose modules import pandas or torch are registered only when asked for (or for --help),
 # so quick commands such as `health`, which containers run every few seconds, start fast.
-PLUGINS = {"data": "whisperlite.data.cli", "train": "whisperlite.trainer.cli", "evaluate": "whisperlite.trainer.cli"}
+PLUGINS = {
+    "data": "whisperlite.data.cli",
+    "train": "whisperlite.trainer.cli",
+    "evaluate": "whisperlite.trainer.cli",
+    "catalog": "whisperlite.shell.catalog_admin",
+}
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -40,30 +43,33 @@ def _ingest(args: argparse.Namespace) -> None:
 
 
 def _recommend(args: argparse.Namespace) -> None:
+    import dataclasses
+
     import grpc
 
     from whisperlite.core.clients.ranker import RankerClient
+    from whisperlite.shell.client_flags import client_options
 
-    with RankerClient(args.ranker, security=client_security(args)) as ranker:
+    with RankerClient(args.ranker, client_options(args)) as ranker:
         try:
-            response = ranker.recommend(
+            result = ranker.recommend(
                 user_id=args.user,
                 query=args.query,
                 top_k=args.k,
-                categories=args.category,
+                categories=args.category or (),
                 min_price=args.min_price,
                 max_price=args.max_price,
-                recent_item_ids=args.recent,
+                recent_item_ids=args.recent or (),
+                request_id=args.request_id,
             )
         except grpc.RpcError as error:
             hint = " (if the ranker speaks TLS, pass --tls-ca-file)" if error.code() == grpc.StatusCode.UNAVAILABLE and not args.tls_ca_file else ""
             raise SystemExit(f"{error.code().name}: {error.details()}{hint}") from None
     if args.json:
-        print(json.dumps(json_format.MessageToDict(response, preserving_proto_field_name=True), indent=2))
+        print(json.dumps(dataclasses.asdict(result), indent=2, ensure_ascii=False))
         return
-    path = response.DESCRIPTOR.fields_by_name["path"].enum_type.values_by_number[response.path].name
-    print(f"model {response.model_version or '(none: text only)'}  path {path}  request {response.request_id}")
-    for rank, scored in enumerate(response.items, 1):
+    print(f"model {result.model_version or '(none: text only)'}  path {result.path}  request {result.request_id}")
+    for rank, scored in enumerate(result.items, 1):
         print(
             f"{rank:>3}. {scored.score:7.3f}  (query {scored.query_match:.3f}, taste {scored.personal_affinity:.3f})  "
             f"[{scored.item.item_id}] {scored.item.title}"
@@ -123,7 +129,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     recommend.add_argument("--recent", action="append", help="recently viewed item id (repeatable)")
     recommend.add_argument("--ranker", default=RANKER.local_address, help="ranker address")
     recommend.add_argument("--json", action="store_true", help="print the response as JSON")
-    add_client_security_flags(recommend)
+    recommend.add_argument("--request-id", help="x-request-id to send (default: a new one); every service logs it")
+    add_client_flags(recommend, timeout_seconds=10.0)
     recommend.set_defaults(func=_recommend)
 
     health = commands.add_parser("health", help="gRPC health check; exit 0 when SERVING (for container health checks)")

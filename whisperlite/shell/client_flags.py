@@ -1,15 +1,17 @@
-"""Flags shared by the commands that call a service: TLS roots, client certificate, bearer token."""
+"""Flags shared by the commands that call a service: TLS roots, client certificate, bearer token
+(every such command) and, for the typed clients, deadline, retries and the certificate name."""
+
+from __future__ import annotations
 
 import argparse
 import os
 
-from whisperlite.core.client_security import ClientSecurity
+from whisperlite.core.client_security import ENV_CA_FILE, ENV_CERT_FILE, ENV_KEY_FILE, ENV_TOKEN, ENV_TOKEN_FILE, ClientSecurity
+from whisperlite.core.clients.connection import ClientOptions
 
 
 def add_client_security_flags(parser: argparse.ArgumentParser, token: bool = True) -> None:
     """TLS and token flags of every command that calls a service (docs/security.md)."""
-    from whisperlite.core.client_security import ENV_CA_FILE, ENV_CERT_FILE, ENV_KEY_FILE, ENV_TOKEN, ENV_TOKEN_FILE
-
     group = parser.add_argument_group("security (docs/security.md)")
     if token:
         group.add_argument(
@@ -45,3 +47,25 @@ def client_security(args: argparse.Namespace) -> ClientSecurity:
     except (OSError, ValueError) as error:
         raise SystemExit(str(error)) from None
     return security
+
+
+def add_client_flags(parser: argparse.ArgumentParser, timeout_seconds: float) -> None:
+    """The security flags plus what the typed clients also take: deadline, retries, certificate name."""
+    group = parser.add_argument_group("connection")
+    group.add_argument("--timeout", type=float, default=timeout_seconds, help=f"deadline of each call in seconds (default {timeout_seconds:g})")
+    group.add_argument("--max-attempts", type=int, default=3, help="attempts per call while the service answers UNAVAILABLE (1-5, default 3)")
+    group.add_argument("--tls-server-name", help="name the server's certificate must carry, when not the address' host")
+    add_client_security_flags(parser)
+
+
+def client_options(args: argparse.Namespace) -> ClientOptions:
+    """The typed clients' options those flags describe; bad values stop the command before any call."""
+    try:
+        return ClientOptions(
+            timeout_seconds=args.timeout,
+            max_attempts=args.max_attempts,
+            tls_server_name=args.tls_server_name,
+            security=client_security(args),
+        )
+    except ValueError as error:
+        raise SystemExit(str(error)) from None

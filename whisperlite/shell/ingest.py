@@ -12,7 +12,9 @@ from tqdm import tqdm
 from whisperlite.core.channels import create_channel
 from whisperlite.core.client_security import PLAINTEXT, ClientSecurity
 from whisperlite.core.clients.catalog import CatalogClient
+from whisperlite.core.clients.types import item_to_proto
 from whisperlite.core.dataset import read_items
+from whisperlite.shell.catalog_admin import ColumnMapping, RowError, row_to_item
 from whisperlite.v1 import common_pb2
 
 # Each upsert carries this many items; the catalog embeds those without vectors in the same call,
@@ -20,12 +22,18 @@ from whisperlite.v1 import common_pb2
 DEFAULT_BATCH_SIZE = 256
 
 
+# items.csv names the image column image_path; price and attributes (a JSON object) are optional
+# columns a hand-made or imported dataset may carry, kept as `catalog import` keeps them.
+ITEMS_CSV_MAPPING = ColumnMapping(image_uri="image_path")
+
+
 def _batches(items: pd.DataFrame, batch_size: int) -> Iterator[list[common_pb2.Item]]:
     batch: list[common_pb2.Item] = []
-    for row in items.itertuples(index=False):
-        batch.append(
-            common_pb2.Item(item_id=row.item_id, title=row.title, text=row.text, category=row.category, image_uri=row.image_path)
-        )
+    for number, row in enumerate(items.to_dict("records"), 1):
+        try:
+            batch.append(item_to_proto(row_to_item(row, ITEMS_CSV_MAPPING)))
+        except RowError as error:
+            raise SystemExit(f"items.csv row {number}: {error}") from None
         if len(batch) == batch_size:
             yield batch
             batch = []

@@ -60,6 +60,11 @@ class CatalogServiceStub:
                 request_serializer=whisperlite_dot_v1_dot_catalog__pb2.GetStatsRequest.SerializeToString,
                 response_deserializer=whisperlite_dot_v1_dot_catalog__pb2.GetStatsResponse.FromString,
                 _registered_method=True)
+        self.ListItems = channel.unary_unary(
+                '/whisperlite.v1.CatalogService/ListItems',
+                request_serializer=whisperlite_dot_v1_dot_catalog__pb2.ListItemsRequest.SerializeToString,
+                response_deserializer=whisperlite_dot_v1_dot_catalog__pb2.ListItemsResponse.FromString,
+                _registered_method=True)
 
 
 class CatalogServiceServicer:
@@ -101,6 +106,13 @@ class CatalogServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListItems(self, request, context):
+        """Pages through every item in item_id order (exports, audits).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CatalogServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -128,6 +140,11 @@ def add_CatalogServiceServicer_to_server(servicer, server):
                     servicer.GetStats,
                     request_deserializer=whisperlite_dot_v1_dot_catalog__pb2.GetStatsRequest.FromString,
                     response_serializer=whisperlite_dot_v1_dot_catalog__pb2.GetStatsResponse.SerializeToString,
+            ),
+            'ListItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListItems,
+                    request_deserializer=whisperlite_dot_v1_dot_catalog__pb2.ListItemsRequest.FromString,
+                    response_serializer=whisperlite_dot_v1_dot_catalog__pb2.ListItemsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -266,6 +283,33 @@ class CatalogService:
             '/whisperlite.v1.CatalogService/GetStats',
             whisperlite_dot_v1_dot_catalog__pb2.GetStatsRequest.SerializeToString,
             whisperlite_dot_v1_dot_catalog__pb2.GetStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/whisperlite.v1.CatalogService/ListItems',
+            whisperlite_dot_v1_dot_catalog__pb2.ListItemsRequest.SerializeToString,
+            whisperlite_dot_v1_dot_catalog__pb2.ListItemsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -43,6 +43,8 @@ class CatalogServiceStub:
     """Returns the items nearest to a vector (cosine similarity), after filters."""
     GetStats: _grpc.UnaryUnaryMultiCallable[_catalog_pb2.GetStatsRequest, _catalog_pb2.GetStatsResponse]
     """Reports the catalog's size, dimension and the encoder that produced its vectors."""
+    ListItems: _grpc.UnaryUnaryMultiCallable[_catalog_pb2.ListItemsRequest, _catalog_pb2.ListItemsResponse]
+    """Pages through every item in item_id order (exports, audits)."""
 
 @_typing.type_check_only
 class CatalogServiceAsyncStub(CatalogServiceStub):
@@ -59,6 +61,8 @@ class CatalogServiceAsyncStub(CatalogServiceStub):
     """Returns the items nearest to a vector (cosine similarity), after filters."""
     GetStats: _aio.UnaryUnaryMultiCallable[_catalog_pb2.GetStatsRequest, _catalog_pb2.GetStatsResponse]  # type: ignore[assignment]
     """Reports the catalog's size, dimension and the encoder that produced its vectors."""
+    ListItems: _aio.UnaryUnaryMultiCallable[_catalog_pb2.ListItemsRequest, _catalog_pb2.ListItemsResponse]  # type: ignore[assignment]
+    """Pages through every item in item_id order (exports, audits)."""
 
 class CatalogServiceServicer(metaclass=_abc_1.ABCMeta):
     """Stores items with their embeddings (in Milvus) and searches them by vector."""
@@ -102,5 +106,13 @@ class CatalogServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_catalog_pb2.GetStatsResponse, _abc.Awaitable[_catalog_pb2.GetStatsResponse]]:
         """Reports the catalog's size, dimension and the encoder that produced its vectors."""
+
+    @_abc_1.abstractmethod
+    def ListItems(
+        self,
+        request: _catalog_pb2.ListItemsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_catalog_pb2.ListItemsResponse, _abc.Awaitable[_catalog_pb2.ListItemsResponse]]:
+        """Pages through every item in item_id order (exports, audits)."""
 
 def add_CatalogServiceServicer_to_server(servicer: CatalogServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -9,6 +9,7 @@ import grpc
 import numpy as np
 
 from whisperlite.core.clients.errors import downstream_error
+from whisperlite.core.request_context import outgoing_metadata
 from whisperlite.v1 import query_encoder_pb2, query_encoder_pb2_grpc
 
 
@@ -34,14 +35,14 @@ class QueryEncoderClient:
 
     async def model(self) -> EncoderModel:
         try:
-            info = await self._stub.GetModelInfo(query_encoder_pb2.GetModelInfoRequest(), timeout=self._timeout, wait_for_ready=True)
+            info = await self._stub.GetModelInfo(query_encoder_pb2.GetModelInfoRequest(), timeout=self._timeout, metadata=outgoing_metadata(), wait_for_ready=True)
         except grpc.aio.AioRpcError as error:
             raise downstream_error(self._service, "GetModelInfo", error) from None
         return EncoderModel(info.model_name, info.dimension, info.max_text_chars, info.max_inputs)
 
     async def embed_texts(self, texts: Sequence[str]) -> TextEmbeddings:
         try:
-            response = await self._stub.Embed(query_encoder_pb2.EmbedRequest(texts=list(texts)), timeout=self._timeout)
+            response = await self._stub.Embed(query_encoder_pb2.EmbedRequest(texts=list(texts)), timeout=self._timeout, metadata=outgoing_metadata())
         except grpc.aio.AioRpcError as error:
             raise downstream_error(self._service, "Embed", error) from None
         vectors = np.asarray([v.values for v in response.text_vectors], dtype=np.float32).reshape(len(texts), -1)

@@ -1,31 +1,33 @@
-"""A small Python client for WhisperLite's entry point (the ranker).
+"""Typed clients of WhisperLite's entry point, the ranker: blocking and asyncio.
 
     from whisperlite.core.clients.ranker import RankerClient
-    with RankerClient("localhost:50050") as ranker:
-        response = ranker.recommend(user_id="A1", query="black leather boots", top_k=5)
+    with RankerClient("localhost:50050", timeout_seconds=5) as ranker:
+        result = ranker.recommend(user_id="A1", query="black leather boots", top_k=5)
+    for scored in result.items:
+        print(scored.score, scored.item.title)
 
-Over TLS with a token: `RankerClient(address, security=ClientSecurity(ca_file="ca.pem", token="..."))`.
+Needs only grpcio and protobuf (`pip install whisperlite[client]`). Calls raise grpc.RpcError
+with the server's status code and message.
 """
 
-from whisperlite.core.channels import create_sync_channel
-from whisperlite.core.client_security import PLAINTEXT, ClientSecurity
-from whisperlite.core.topology import DEFAULT_MAX_MESSAGE_BYTES, RANKER
-from whisperlite.v1 import common_pb2, ranker_pb2, ranker_pb2_grpc
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from whisperlite.core.clients.connection import AsyncClient, ClientOptions, SyncClient
+from whisperlite.core.clients.types import Recommendation, recommend_request, recommendation_from_proto
+from whisperlite.core.topology import RANKER
+from whisperlite.v1 import ranker_pb2_grpc
+
+__all__ = ["AsyncRankerClient", "ClientOptions", "RankerClient"]
 
 
-class RankerClient:
-    def __init__(
-        self,
-        address: str = RANKER.local_address,
-        timeout_seconds: float = 10.0,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        security: ClientSecurity = PLAINTEXT,
-    ):
-        # grpc's default 4 MB would refuse large responses the ranker may send (up to its own limit).
-        self._channel = create_sync_channel(address, security, options=[("grpc.max_receive_message_length", max_message_bytes)])
-        self._security = security
+class RankerClient(SyncClient):
+    GRPC_SERVICE = RANKER.grpc_service
+
+    def __init__(self, address: str = RANKER.local_address, options: ClientOptions | None = None, **option_fields):
+        super().__init__(address, options, **option_fields)
         self._stub = ranker_pb2_grpc.RankerServiceStub(self._channel)
-        self._timeout = timeout_seconds
 
     def recommend(
         self,
@@ -33,27 +35,49 @@ class RankerClient:
         user_id: str,
         query: str,
         top_k: int = 10,
-        categories: list[str] | None = None,
+        categories: Sequence[str] = (),
         min_price: float | None = None,
         max_price: float | None = None,
-        exclude_item_ids: list[str] | None = None,
-        recent_item_ids: list[str] | None = None,
-    ) -> ranker_pb2.RecommendResponse:
-        item_filter = common_pb2.ItemFilter(categories=categories or [], exclude_item_ids=exclude_item_ids or [])
-        if min_price is not None:
-            item_filter.min_price = min_price
-        if max_price is not None:
-            item_filter.max_price = max_price
-        request = ranker_pb2.RecommendRequest(
-            user_id=user_id, query=query, top_k=top_k, filter=item_filter, recent_item_ids=recent_item_ids or []
-        )
-        return self._stub.Recommend(request, timeout=self._timeout, metadata=self._security.metadata())
+        exclude_item_ids: Sequence[str] = (),
+        recent_item_ids: Sequence[str] = (),
+        request_id: str | None = None,
+        timeout_seconds: float | None = None,
+    ) -> Recommendation:
+        """Items for this user and request, best first. `request_id` (default: a new one) is sent
+        as x-request-id and comes back in the result; it is on every server log line of the call."""
+        request = recommend_request(
+            user_id=user_id, query=query, top_k=top_k, categories=categories, min_price=min_price,
+            max_price=max_price, exclude_item_ids=exclude_item_ids, recent_item_ids=recent_item_ids,
+        )  # fmt: skip
+        _, call = self._call_kwargs(request_id, timeout_seconds)
+        return recommendation_from_proto(self._stub.Recommend(request, **call))
 
-    def close(self) -> None:
-        self._channel.close()
 
-    def __enter__(self) -> "RankerClient":
-        return self
+class AsyncRankerClient(AsyncClient):
+    GRPC_SERVICE = RANKER.grpc_service
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __init__(self, address: str = RANKER.local_address, options: ClientOptions | None = None, **option_fields):
+        super().__init__(address, options, **option_fields)
+        self._stub = ranker_pb2_grpc.RankerServiceStub(self._channel)
+
+    async def recommend(
+        self,
+        *,
+        user_id: str,
+        query: str,
+        top_k: int = 10,
+        categories: Sequence[str] = (),
+        min_price: float | None = None,
+        max_price: float | None = None,
+        exclude_item_ids: Sequence[str] = (),
+        recent_item_ids: Sequence[str] = (),
+        request_id: str | None = None,
+        timeout_seconds: float | None = None,
+    ) -> Recommendation:
+        """As RankerClient.recommend."""
+        request = recommend_request(
+            user_id=user_id, query=query, top_k=top_k, categories=categories, min_price=min_price,
+            max_price=max_price, exclude_item_ids=exclude_item_ids, recent_item_ids=recent_item_ids,
+        )  # fmt: skip
+        _, call = self._call_kwargs(request_id, timeout_seconds)
+        return recommendation_from_proto(await self._stub.Recommend(request, **call))

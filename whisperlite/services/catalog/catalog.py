@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from whisperlite.services.catalog import metrics
 from whisperlite.services.catalog.embedding import ItemEmbedder
 from whisperlite.services.catalog.filters import SearchFilter
-from whisperlite.services.catalog.items import ItemRecord, records_from_request, validate_ids, validate_vector
+from whisperlite.services.catalog.items import ItemRecord, can_be_stored_id, records_from_request, validate_ids, validate_vector
 from whisperlite.services.catalog.store import CollectionInfo, CollectionSpec, MilvusStore, SearchHit
 from whisperlite.core.errors import FailedPrecondition, InvalidArgument, Unavailable
 from whisperlite.v1 import common_pb2
@@ -160,6 +160,20 @@ class Catalog:
         hits = await asyncio.to_thread(self._store.search, query, top_k, search_filter, include_vectors)
         metrics.SEARCH_SECONDS.labels(strategy).observe(time.perf_counter() - started)
         return hits
+
+    async def page(self, page_size: int, page_token: str, include_vectors: bool) -> tuple[list[ItemRecord], str]:
+        """A page of records in id order and the token of the next one ("" after the last page).
+
+        The token is the last id of the page: a page stays consistent with concurrent writes (an
+        item upserted behind the cursor shows up in no page, one ahead of it in a later page).
+        """
+        if not 0 <= page_size <= self._limits.max_batch:
+            raise InvalidArgument(f"page_size: must be between 1 and {self._limits.max_batch} (0 for {self._limits.max_batch}), got {page_size}")
+        if page_token and not can_be_stored_id(page_token):
+            raise InvalidArgument("page_token: not a token this catalog returned; pass next_page_token of the previous page")
+        size = page_size or self._limits.max_batch
+        records = await asyncio.to_thread(self._store.page, page_token, size, include_vectors)
+        return records, records[-1].item_id if len(records) == size else ""
 
     async def stats(self) -> Stats:
         info = self.info

@@ -88,6 +88,15 @@ def id_list_expression(field_name: str, item_ids: list[str], templates: bool) ->
     return Expression(f"{field_name} in {quote_list(ids)}", {})
 
 
+def after_id_expression(field_name: str, after_id: str, templates: bool) -> Expression:
+    """`field > after_id`: the rows past a page boundary (every id when `after_id` is empty)."""
+    if not after_id:
+        return Expression(f'{field_name} != ""', {})
+    if templates:
+        return Expression(f"{field_name} > {{after}}", {"after": after_id})
+    return Expression(f"{field_name} > {quote(after_id)}", {})
+
+
 def build_expression(search_filter: SearchFilter, templates: bool) -> Expression:
     clauses: list[str] = []
     params: dict[str, Any] = {}

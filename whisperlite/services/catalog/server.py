@@ -22,6 +22,7 @@ from whisperlite.services.common.config import (
 )
 from whisperlite.services.common.logs import configure_logging
 from whisperlite.services.common.security import ServerSecurity
+from whisperlite.services.common.tracing import start_tracing
 from whisperlite.services.common.server import serve
 from whisperlite.v1 import catalog_pb2_grpc
 
@@ -132,6 +133,7 @@ async def run(args: argparse.Namespace, ready: asyncio.Event | None = None, stop
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level, service="catalog")
+    start_tracing("catalog")
     try:
         asyncio.run(run(args))
     except ServiceError as error:  # the store cannot be opened or created: say why, without a traceback

@@ -37,3 +37,9 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         return catalog_pb2.GetStatsResponse(
             item_count=stats.item_count, dimension=stats.dimension, encoder_model=stats.encoder_model, collection=stats.collection
         )
+
+    async def ListItems(self, request, context):
+        records, next_token = await self._catalog.page(request.page_size, request.page_token, request.include_vectors)
+        return catalog_pb2.ListItemsResponse(
+            items=[record_to_proto(record, request.include_vectors) for record in records], next_page_token=next_token
+        )

@@ -26,7 +26,7 @@ import numpy as np
 from pymilvus import DataType, MilvusClient, MilvusException
 
 from whisperlite.services.catalog import items as item_limits
-from whisperlite.services.catalog.filters import Expression, SearchFilter, build_expression, id_list_expression
+from whisperlite.services.catalog.filters import Expression, SearchFilter, after_id_expression, build_expression, id_list_expression
 from whisperlite.services.catalog.items import ItemRecord
 from whisperlite.core.errors import FailedPrecondition, Unavailable
 
@@ -300,6 +300,19 @@ class MilvusStore:
                 record = _record(row)
                 found[record.item_id] = record
         return found
+
+    def page(self, after_id: str, limit: int, include_vectors: bool) -> list[ItemRecord]:
+        """Up to `limit` records whose id sorts after `after_id`, in id order.
+
+        Milvus answers a limited query with the smallest primary keys first, in order (pymilvus'
+        query iterator pages the same way); tests/test_catalog_admin.py pages a real store through.
+        """
+        expression = after_id_expression("item_id", after_id, self._templates)
+        fields = SCALAR_FIELDS + ([VECTOR_FIELD] if include_vectors else [])
+        rows = self._call(
+            self._client.query, self.collection, output_fields=fields, limit=limit, timeout=self._timeout, **self._filter_kwargs(expression)
+        )
+        return [_record(row) for row in rows]
 
     def existing_ids(self, item_ids: Sequence[str]) -> list[str]:
         existing: list[str] = []

@@ -7,6 +7,7 @@ import grpc
 from prometheus_client import Counter, Histogram
 
 from whisperlite.core.errors import ResourceExhausted, ServiceError
+from whisperlite.core.request_context import REQUEST_ID_KEY, bind_request_id, reset_request_id
 
 log = logging.getLogger("whisperlite.rpc")
 
@@ -47,6 +48,10 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
             STARTED.labels(service, method).inc()
             start = time.perf_counter()
             code = grpc.StatusCode.OK
+            # Every log line of this call, and every downstream call, carries the request id; the
+            # caller gets it back in the response headers.
+            request_id, bound = bind_request_id(context.invocation_metadata())
+            await context.send_initial_metadata(((REQUEST_ID_KEY, request_id),))
             try:
                 response = await behavior(request, context)
                 size = response.ByteSize()
@@ -74,6 +79,7 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
                     "rpc",
                     extra={"grpc_method": handler_call_details.method, "grpc_code": code.name, "duration_ms": round(elapsed * 1e3, 3)},
                 )
+                reset_request_id(bound)
 
         return grpc.unary_unary_rpc_method_handler(
             observed,

@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 from whisperlite.core.topology import DEFAULT_MAX_MESSAGE_BYTES
 from whisperlite.services.common.interceptors import ObservabilityInterceptor
 from whisperlite.services.common.security import ServerSecurity
+from whisperlite.services.common.tracing import stop_tracing
 
 log = logging.getLogger("whisperlite.server")
 
@@ -121,4 +122,5 @@ async def serve(
             await shutdown()
         if metrics_server is not None:
             metrics_server.shutdown()
+        stop_tracing()
         log.info("stopped", extra={"service": name})

@@ -11,6 +11,7 @@ from whisperlite.core.topology import QUERY_ENCODER
 from whisperlite.services.common.config import add_server_flags, env_float, env_int, env_str
 from whisperlite.services.common.logs import configure_logging
 from whisperlite.services.common.security import ServerSecurity
+from whisperlite.services.common.tracing import start_tracing
 from whisperlite.services.common.server import serve
 from whisperlite.services.query_encoder.embedder import Embedder, EmbedderSettings, ModelLoadError
 from whisperlite.services.query_encoder.servicer import QueryEncoderServicer
@@ -102,6 +103,7 @@ async def run(
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level, service="query-encoder")
+    start_tracing("query-encoder")
     # Weight-loading progress bars would interleave with the JSON log lines.
     transformers.utils.logging.disable_progress_bar()
     try:

@@ -14,6 +14,7 @@ from whisperlite.core.vector_space import require_same_encoder
 from whisperlite.services.common.config import add_downstream_flags, add_server_flags, downstream_security, env_float, env_int, env_str
 from whisperlite.services.common.logs import configure_logging
 from whisperlite.services.common.security import ServerSecurity
+from whisperlite.services.common.tracing import start_tracing
 from whisperlite.services.common.server import serve
 from whisperlite.services.ranker.admin_servicer import ModelAdminServicer
 from whisperlite.services.ranker.models import ModelRegistry, ServingContract, load_newest, watch
@@ -150,6 +151,7 @@ async def run(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level, service="ranker")
+    start_tracing("ranker")
     try:
         asyncio.run(run(args))
     except ServiceError as error:  # a downstream or model problem start-up cannot serve past: say why, no traceback

@@ -1,8 +1,8 @@
 """RankerService: translates protos to the Recommender use case and back."""
 
 import logging
-import uuid
 
+from whisperlite.core.request_context import current_request_id
 from whisperlite.services.ranker.recommender import Recommender
 from whisperlite.v1 import ranker_pb2, ranker_pb2_grpc
 
@@ -20,9 +20,8 @@ class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
         self._recommender = recommender
 
     async def Recommend(self, request: ranker_pb2.RecommendRequest, context) -> ranker_pb2.RecommendResponse:
-        # A caller-supplied x-request-id ties our logs to theirs; otherwise we mint one.
-        metadata = dict(context.invocation_metadata() or ())
-        request_id = metadata.get("x-request-id") or uuid.uuid4().hex
+        # The interceptor bound the caller's x-request-id (or minted one); echoed so callers can quote it.
+        request_id = current_request_id()
         result = await self._recommender.recommend(
             user_id=request.user_id,
             query=request.query,
@@ -32,7 +31,7 @@ class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
         )
         log.info(
             "recommend",
-            extra={"request_id": request_id, "user_id": request.user_id, "path": result.path, "n_items": len(result.items)},
+            extra={"user_id": request.user_id, "path": result.path, "n_items": len(result.items)},
         )
         return ranker_pb2.RecommendResponse(
             items=[

@@ -1,0 +1,491 @@
+"""`whisperlite catalog import|get|delete|count|export`: the catalog from the command line.
+
+Import reads CSV, JSONL or Parquet row by row, maps columns to item fields, and upserts in batches
+through the typed catalog client. A bad row is written to the error report (row number, id, why)
+and the import goes on; after each batch a checkpoint records how many rows are done, so an
+interrupted import resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from tqdm import tqdm
+
+from whisperlite.core.clients.catalog_admin import CatalogAdminClient
+from whisperlite.core.clients.types import Item
+
+FORMATS = ("csv", "jsonl", "parquet")
+EXPORT_COLUMNS = ("item_id", "title", "text", "category", "price", "image_uri", "attributes")
+DEFAULT_BATCH_SIZE = 256
+
+
+def detect_format(path: Path, given: str | None) -> str:
+    if given:
+        return given
+    suffix = path.suffix.lower().lstrip(".")
+    aliases = {"csv": "csv", "jsonl": "jsonl", "ndjson": "jsonl", "parquet": "parquet", "pq": "parquet"}
+    if suffix not in aliases:
+        raise SystemExit(f"{path}: cannot tell the format from the suffix {path.suffix!r}; pass --format {'|'.join(FORMATS)}")
+    return aliases[suffix]
+
+
+@dataclass(frozen=True)
+class ColumnMapping:
+    """Which source column fills which item field ('' leaves the field empty)."""
+
+    item_id: str = "item_id"
+    title: str = "title"
+    text: str = "text"
+    category: str = "category"
+    price: str = "price"
+    image_uri: str = "image_uri"
+    attributes: str = "attributes"  # a JSON object (or a dict, in JSONL and Parquet)
+    attribute_columns: tuple[str, ...] = ()  # each becomes one attribute named after its column
+
+
+class RowError(ValueError):
+    pass
+
+
+def _text(row: dict, column: str) -> str:
+    if not column or row.get(column) is None:
+        return ""
+    value = row[column]
+    return value if isinstance(value, str) else str(value)
+
+
+def _price(row: dict, column: str) -> float | None:
+    value = row.get(column) if column else None
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        price = float(value)
+    except (TypeError, ValueError):
+        raise RowError(f"{column}: not a number: {value!r}") from None
+    if not math.isfinite(price) or price < 0:
+        raise RowError(f"{column}: must be a finite number >= 0, got {value!r}")
+    return price
+
+
+def _attributes(row: dict, mapping: ColumnMapping) -> dict[str, str]:
+    attributes: dict[str, str] = {}
+    raw = row.get(mapping.attributes) if mapping.attributes else None
+    if isinstance(raw, str) and raw.strip():
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError as error:
+            raise RowError(f"{mapping.attributes}: not a JSON object: {error.msg}") from None
+    if isinstance(raw, list):  # Parquet stores a map column as (key, value) pairs
+        raw = dict(raw)
+    if raw not in (None, ""):
+        if not isinstance(raw, dict):
+            raise RowError(f"{mapping.attributes}: must be a JSON object of names to values, got {type(raw).__name__}")
+        attributes.update({str(key): value if isinstance(value, str) else json.dumps(value) for key, value in raw.items()})
+    for column in mapping.attribute_columns:
+        value = _text(row, column)
+        if value:
+            attributes[column] = value
+    return attributes
+
+
+def row_to_item(row: dict, mapping: ColumnMapping) -> Item:
+    item_id = _text(row, mapping.item_id).strip()
+    if not item_id:
+        raise RowError(f"{mapping.item_id}: missing or empty (every item needs an id)")
+    return Item(
+        item_id=item_id,
+        title=_text(row, mapping.title),
+        text=_text(row, mapping.text),
+        category=_text(row, mapping.category),
+        price=_price(row, mapping.price),
+        image_uri=_text(row, mapping.image_uri),
+        attributes=_attributes(row, mapping),
+    )
+
+
+def read_rows(path: Path, file_format: str) -> Iterator[tuple[int, dict | RowError]]:
+    """(row number from 1, the row as a dict) for every data row; a row that cannot be parsed comes
+    as a RowError so the caller reports it and goes on."""
+    if file_format == "csv":
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            for number, row in enumerate(reader, 1):
+                if None in row:  # more fields than the header names
+                    yield number, RowError(f"{len(row[None])} field(s) more than the header's {len(reader.fieldnames or ())}")
+                else:
+                    yield number, row
+    elif file_format == "jsonl":
+        with path.open(encoding="utf-8") as handle:
+            number = 0
+            for line in handle:
+                if not line.strip():
+                    continue
+                number += 1
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as error:
+                    yield number, RowError(f"not valid JSON: {error.msg} (column {error.colno})")
+                    continue
+                yield number, row if isinstance(row, dict) else RowError(f"must be a JSON object, got {type(row).__name__}")
+    else:
+        import pyarrow.parquet as pq  # only Parquet needs pyarrow
+
+        number = 0
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+            for row in batch.to_pylist():
+                number += 1
+                yield number, row
+
+
+def count_rows(path: Path, file_format: str) -> int | None:
+    """The row count for the progress bar, when it is cheap to know (Parquet's footer)."""
+    if file_format != "parquet":
+        return None
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path).metadata.num_rows
+
+
+@dataclass
+class Checkpoint:
+    """Rows done so far, tied to the file's size and modification time so a changed file starts over."""
+
+    path: Path
+    source: dict
+    rows_done: int = 0
+    upserted: int = 0
+    failed: int = 0
+
+    @classmethod
+    def load(cls, path: Path, source_file: Path, restart: bool) -> Checkpoint:
+        stat = source_file.stat()
+        source = {"file": str(source_file.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        if path.is_file() and not restart:
+            saved = json.loads(path.read_text())
+            if saved.get("source") != source:
+                raise SystemExit(
+                    f"{path} belongs to another version of {source_file} (size or modification time differ): "
+                    "pass --restart to import from the first row"
+                )
+            return cls(path, source, saved["rows_done"], saved["upserted"], saved["failed"])
+        return cls(path, source)
+
+    def save(self) -> None:
+        state = {"source": self.source, "rows_done": self.rows_done, "upserted": self.upserted, "failed": self.failed}
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        temporary.write_text(json.dumps(state))
+        os.replace(temporary, self.path)  # a crash mid-write never leaves half a checkpoint
+
+
+@dataclass
+class ImportReport:
+    upserted: int = 0
+    failed: int = 0
+    skipped_rows: int = 0  # done by an earlier, interrupted run
+    errors_file: Path | None = None
+
+
+class _ErrorLog:
+    """The per-row error report: one JSON object per line {"row", "item_id", "error"}."""
+
+    def __init__(self, path: Path, append: bool):
+        self.path = path
+        self._handle = path.open("a" if append else "w", encoding="utf-8")
+
+    def write(self, row: int, item_id: str, error: str) -> None:
+        self._handle.write(json.dumps({"row": row, "item_id": item_id, "error": error}) + "\n")
+        self._handle.flush()
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+def _upsert_batch(client: CatalogAdminClient, batch: list[tuple[int, Item]], errors: _ErrorLog) -> tuple[int, int]:
+    """Upserts a batch whole; when the catalog refuses it (INVALID_ARGUMENT: it validates the whole
+    request before writing), item by item, so only the bad rows are reported and the rest are
+    written. Any other failure (the catalog down past the client's retries) stops the import with
+    the checkpoint at the last complete batch. Returns (upserted, failed)."""
+    try:
+        return client.upsert([item for _, item in batch]).upserted, 0
+    except grpc.RpcError as error:
+        if error.code() != grpc.StatusCode.INVALID_ARGUMENT:
+            raise
+        if len(batch) == 1:
+            number, item = batch[0]
+            errors.write(number, item.item_id, error.details())
+            return 0, 1
+    upserted = failed = 0
+    for number, item in batch:
+        try:
+            upserted += client.upsert([item]).upserted
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.INVALID_ARGUMENT:
+                raise
+            errors.write(number, item.item_id, error.details())
+            failed += 1
+    return upserted, failed
+
+
+def import_file(
+    client: CatalogAdminClient,
+    path: Path,
+    *,
+    file_format: str,
+    mapping: ColumnMapping,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    checkpoint_path: Path,
+    errors_path: Path,
+    restart: bool = False,
+    progress: bool = True,
+) -> ImportReport:
+    checkpoint = Checkpoint.load(checkpoint_path, path, restart)
+    resuming = checkpoint.rows_done > 0
+    errors = _ErrorLog(errors_path, append=resuming)
+    report = ImportReport(upserted=checkpoint.upserted, failed=checkpoint.failed, skipped_rows=checkpoint.rows_done, errors_file=errors_path)
+    batch: list[tuple[int, Item]] = []
+    seen_in_batch: set[str] = set()
+    last_row = checkpoint.rows_done
+
+    def flush() -> None:
+        upserted, failed = _upsert_batch(client, batch, errors)
+        checkpoint.upserted += upserted
+        checkpoint.failed += failed
+        checkpoint.rows_done = last_row
+        checkpoint.save()
+        batch.clear()
+        seen_in_batch.clear()
+
+    bar = tqdm(total=count_rows(path, file_format), initial=checkpoint.rows_done, desc="import", unit="row", disable=not progress)
+    try:
+        for number, row in read_rows(path, file_format):
+            if number <= checkpoint.rows_done:
+                continue
+            try:
+                if isinstance(row, RowError):
+                    raise row
+                item = row_to_item(row, mapping)
+            except RowError as error:
+                errors.write(number, _text(row, mapping.item_id) if isinstance(row, dict) else "", str(error))
+                checkpoint.failed += 1
+            else:
+                # A later row with the same id replaces the earlier one, as upserts do; within one
+                # request the catalog refuses duplicates, so the batch is sent first.
+                if item.item_id in seen_in_batch:
+                    flush()
+                batch.append((number, item))
+                seen_in_batch.add(item.item_id)
+            last_row = number
+            bar.update(1)
+            if len(batch) >= batch_size:
+                flush()
+        if batch:
+            flush()
+    finally:
+        bar.close()
+        errors.close()
+    report.upserted, report.failed = checkpoint.upserted, checkpoint.failed
+    checkpoint_path.unlink(missing_ok=True)  # complete: a re-run imports the file again
+    return report
+
+
+def _export_row(item: Item) -> dict:
+    return {
+        "item_id": item.item_id,
+        "title": item.title,
+        "text": item.text,
+        "category": item.category,
+        "price": item.price,
+        "image_uri": item.image_uri,
+        "attributes": dict(item.attributes),
+    }
+
+
+def export_file(client: CatalogAdminClient, path: Path, file_format: str, page_size: int = 0, progress: bool = True) -> int:
+    """Writes every item in id order, in a form `catalog import` reads back with its default mapping."""
+    total = client.stats().item_count
+    written = 0
+    with tqdm(total=total, desc="export", unit="item", disable=not progress) as bar:
+        items = (_export_row(item) for item in client.iter_items(page_size))
+        if file_format == "parquet":
+            written = _write_parquet(path, items, bar)
+        else:
+            with path.open("w", newline="", encoding="utf-8") as handle:
+                writer = csv.DictWriter(handle, fieldnames=EXPORT_COLUMNS) if file_format == "csv" else None
+                if writer:
+                    writer.writeheader()
+                for row in items:
+                    if writer:
+                        writer.writerow({**row, "price": "" if row["price"] is None else row["price"], "attributes": json.dumps(row["attributes"])})
+                    else:
+                        handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    written += 1
+                    bar.update(1)
+    return written
+
+
+def _write_parquet(path: Path, rows: Iterator[dict], bar: tqdm, rows_per_group: int = 10_000) -> int:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema(
+        [(name, pa.string()) for name in ("item_id", "title", "text", "category")]
+        + [("price", pa.float64()), ("image_uri", pa.string()), ("attributes", pa.map_(pa.string(), pa.string()))]
+    )
+    written = 0
+    with pq.ParquetWriter(path, schema) as writer:
+        group: list[dict] = []
+        for row in rows:
+            group.append({**row, "attributes": list(row["attributes"].items())})
+            if len(group) == rows_per_group:
+                writer.write_table(pa.Table.from_pylist(group, schema=schema))
+                written += len(group)
+                bar.update(len(group))
+                group = []
+        if group or not written:
+            writer.write_table(pa.Table.from_pylist(group, schema=schema))
+            written += len(group)
+            bar.update(len(group))
+    return written
+
+
+# ---- command line ----------------------------------------------------------------------------------
+
+
+def _fail(error: grpc.RpcError) -> SystemExit:
+    return SystemExit(f"{error.code().name}: {error.details()}")
+
+
+def _client(args) -> CatalogAdminClient:
+    from whisperlite.shell.client_flags import client_options
+
+    return CatalogAdminClient(args.catalog, client_options(args))
+
+
+def _import(args) -> None:
+    path: Path = args.file
+    if not path.is_file():
+        raise SystemExit(f"{path}: no such file")
+    if args.batch_size < 1:
+        raise SystemExit(f"--batch-size: must be >= 1, got {args.batch_size}")
+    mapping = ColumnMapping(
+        item_id=args.id_column,
+        title=args.title_column,
+        text=args.text_column,
+        category=args.category_column,
+        price=args.price_column,
+        image_uri=args.image_column,
+        attributes=args.attributes_column,
+        attribute_columns=tuple(column for value in args.attribute_column or () for column in value.split(",") if column),
+    )
+    checkpoint = args.checkpoint or path.with_name(path.name + ".import-checkpoint.json")
+    errors = args.errors or path.with_name(path.name + ".import-errors.jsonl")
+    with _client(args) as client:
+        try:
+            report = import_file(
+                client, path, file_format=detect_format(path, args.format), mapping=mapping, batch_size=args.batch_size,
+                checkpoint_path=checkpoint, errors_path=errors, restart=args.restart,
+            )  # fmt: skip
+        except grpc.RpcError as error:
+            raise SystemExit(
+                f"{error.code().name}: {error.details()}\nstopped; the rows done so far are in {checkpoint}: "
+                "run the same command again to resume"
+            ) from None
+    resumed = f" (resumed after row {report.skipped_rows})" if report.skipped_rows else ""
+    print(f"imported {report.upserted} items into the catalog at {args.catalog}{resumed}; {report.failed} rows refused")
+    if report.failed:
+        print(f"refused rows and why: {errors}")
+        sys.exit(1 if args.strict else 0)
+
+
+def _get(args) -> None:
+    with _client(args) as client:
+        try:
+            found = client.get(args.item_ids, include_vectors=args.vectors)
+        except grpc.RpcError as error:
+            raise _fail(error) from None
+    for item in found.items:
+        row = _export_row(item)
+        if args.vectors:
+            row["vector"] = list(item.vector)
+        print(json.dumps(row, ensure_ascii=False))
+    if found.missing_item_ids:
+        print(f"not in the catalog: {', '.join(found.missing_item_ids)}", file=sys.stderr)
+        sys.exit(1)
+
+
+def _delete(args) -> None:
+    with _client(args) as client:
+        try:
+            deleted = client.delete(args.item_ids)
+        except grpc.RpcError as error:
+            raise _fail(error) from None
+    print(f"deleted {deleted} of {len(set(args.item_ids))} ids (the others were not in the catalog)")
+
+
+def _count(args) -> None:
+    with _client(args) as client:
+        try:
+            print(client.stats().item_count)
+        except grpc.RpcError as error:
+            raise _fail(error) from None
+
+
+def _export(args) -> None:
+    with _client(args) as client:
+        try:
+            written = export_file(client, args.file, detect_format(args.file, args.format), args.page_size)
+        except grpc.RpcError as error:
+            raise _fail(error) from None
+    print(f"exported {written} items to {args.file}")
+
+
+def register(commands) -> None:
+    from whisperlite.core.topology import CATALOG
+    from whisperlite.shell.client_flags import add_client_flags
+
+    catalog = commands.add_parser("catalog", help="import, export, get, delete and count catalog items")
+    actions = catalog.add_subparsers(dest="action", required=True)
+
+    def action(name: str, help: str, func, timeout_seconds: float = 30.0):
+        parser = actions.add_parser(name, help=help)
+        parser.add_argument("--catalog", default=CATALOG.local_address, help=f"catalog address (default {CATALOG.local_address})")
+        add_client_flags(parser, timeout_seconds)
+        parser.set_defaults(func=func)
+        return parser
+
+    # An upsert embeds the items without vectors in the same call: give a batch time to be encoded.
+    importer = action("import", "upsert the items of a CSV, JSONL or Parquet file", _import, timeout_seconds=300.0)
+    importer.add_argument("file", type=Path, help="items file (.csv, .jsonl/.ndjson, .parquet)")
+    importer.add_argument("--format", choices=FORMATS, help="file format (default: from the suffix)")
+    for name, default in (("id", "item_id"), ("title", "title"), ("text", "text"), ("category", "category"), ("price", "price"), ("image", "image_uri")):
+        importer.add_argument(f"--{name}-column", default=default, help=f"source column of the item's {name} (default {default}; '' for none)")
+    importer.add_argument("--attributes-column", default="attributes", help="column holding a JSON object of attributes (default attributes)")
+    importer.add_argument("--attribute-column", action="append", help="a column stored as the attribute of its name (repeatable, or comma-separated)")
+    importer.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help=f"items per upsert (default {DEFAULT_BATCH_SIZE})")
+    importer.add_argument("--checkpoint", type=Path, help="where rows done are recorded (default FILE.import-checkpoint.json)")
+    importer.add_argument("--errors", type=Path, help="per-row error report, JSON lines (default FILE.import-errors.jsonl)")
+    importer.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and import from the first row")
+    importer.add_argument("--strict", action="store_true", help="exit 1 when any row was refused")
+
+    getter = action("get", "print items by id as JSON lines", _get)
+    getter.add_argument("item_ids", nargs="+")
+    getter.add_argument("--vectors", action="store_true", help="include each item's vector")
+
+    deleter = action("delete", "delete items by id", _delete)
+    deleter.add_argument("item_ids", nargs="+")
+
+    action("count", "print the number of items", _count)
+
+    exporter = action("export", "write every item to a CSV, JSONL or Parquet file that `catalog import` reads back", _export, 120.0)
+    exporter.add_argument("file", type=Path)
+    exporter.add_argument("--format", choices=FORMATS, help="file format (default: from the suffix)")
+    exporter.add_argument("--page-size", type=int, default=0, help="items per ListItems call (default: the catalog's limit)")

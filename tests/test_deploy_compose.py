@@ -149,7 +149,8 @@ def test_images_install_the_pinned_torch_and_constraints():
     assert re.search(rf"^torch=={re.escape(pinned)}\+cpu$", (REPO / "constraints.txt").read_text(), re.M)
     for dockerfile in (REPO / "deploy" / "docker").glob("*.Dockerfile"):
         text = dockerfile.read_text()
-        assert "--extra-index-url https://download.pytorch.org/whl/cpu --constraint constraints.txt ." in text, dockerfile.name
+        # The serving images take the [serve] extra (the ranker's [train], for its bootstrap job).
+        assert re.search(r'--extra-index-url https://download.pytorch.org/whl/cpu --constraint constraints.txt "\.\[(serve|train)\]"', text), dockerfile.name
     encoder = (REPO / "deploy" / "docker" / "query-encoder.Dockerfile").read_text()
     # The CUDA image swaps only torch's local version label (+cpu -> +cuXYZ), same version.
     assert re.findall(r"^ARG TORCH_VERSION=(\S+)", encoder, re.M) == [pinned]

@@ -1,4 +1,4 @@
-"""`whisperlite up`: the three services as separate processes on the embedded defaults."""
+"""`whisperlite up`: the three services and the HTTP gateway as separate processes on the embedded defaults."""
 
 import asyncio
 import os
@@ -13,7 +13,8 @@ from whisperlite.core.channels import create_channel
 from whisperlite.core.clients.catalog import CatalogClient
 from whisperlite.core.clients.health import wait_until_serving
 from whisperlite.core.dataset import most_active_user
-from whisperlite.core.topology import CATALOG, QUERY_ENCODER, RANKER, SERVICES
+from whisperlite.core.topology import CATALOG, GATEWAY, QUERY_ENCODER, RANKER, SERVICES
+from whisperlite.shell.http_health import wait_until_http_serving
 from whisperlite.shell.ingest import ingest
 
 
@@ -31,6 +32,8 @@ class Stack:
             CATALOG.address_env: CATALOG.local_address,
             f"{CATALOG.env_prefix}_DATA_DIR": str(state_dir / "catalog"),
             f"{RANKER.env_prefix}_MODEL_DIR": str(model_dir),
+            RANKER.address_env: RANKER.local_address,
+            f"{GATEWAY.env_prefix}_STATE_DIR": str(state_dir),
             **(extra_env or {}),
         }
 
@@ -38,11 +41,21 @@ class Stack:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for spec in SERVICES:
             log_path = self.log_dir / f"{spec.name}.log"
-            command = [sys.executable, "-m", "whisperlite", "serve", spec.name, "--port", str(spec.port), "--metrics-port", str(spec.metrics_port)]
+            command = [sys.executable, "-m", "whisperlite", "serve", spec.name, "--port", str(spec.port)]
+            if spec.speaks_grpc:  # the gateway serves /metrics on its HTTP port
+                command += ["--metrics-port", str(spec.metrics_port)]
             print(f"starting {spec.name} on :{spec.port} (logs: {log_path})", flush=True)
             process = subprocess.Popen(command, env=self.env, stdout=subprocess.DEVNULL, stderr=log_path.open("ab"))
             self.processes[spec.name] = process
-            if not wait_until_serving(spec.local_address, startup_timeout_seconds, alive=lambda p=process: p.poll() is None):
+
+            def alive(p: subprocess.Popen = process) -> bool:
+                return p.poll() is None
+
+            if spec.speaks_grpc:
+                serving = wait_until_serving(spec.local_address, startup_timeout_seconds, alive=alive)
+            else:
+                serving = wait_until_http_serving(spec.health_url, startup_timeout_seconds, alive=alive)
+            if not serving:
                 tail = log_path.read_text(errors="replace").splitlines()[-15:]
                 self.stop()
                 raise SystemExit(f"{spec.name} did not become healthy; last log lines:\n" + "\n".join(tail))
@@ -70,7 +83,8 @@ def catalog_item_count(address: str) -> int:
 
 
 def up(data_dir: Path | None, state_dir: Path, model_dir: Path) -> None:
-    stack = Stack(state_dir, model_dir)
+    user = (most_active_user(data_dir) if data_dir else None) or "some-user"
+    stack = Stack(state_dir, model_dir, {f"{GATEWAY.env_prefix}_SUGGESTED_USERS": user})
     stop_requested = False
 
     def request_stop(*_):
@@ -85,16 +99,18 @@ def up(data_dir: Path | None, state_dir: Path, model_dir: Path) -> None:
         if data_dir is not None and catalog_item_count(catalog_addr) == 0:
             print(f"catalog is empty: ingesting {data_dir}", flush=True)
             ingest(data_dir, catalog_addr)
-        user = (most_active_user(data_dir) if data_dir else None) or "some-user"
         ranker = RANKER.local_address
         print(
             "\nWhisperLite is up:\n"
-            + "".join(f"  {s.name:<14} grpc localhost:{s.port}   metrics http://localhost:{s.metrics_port}/metrics\n" for s in SERVICES)
+            + "".join(f"  {s.name:<14} grpc localhost:{s.port}   metrics http://localhost:{s.metrics_port}/metrics\n" for s in SERVICES if s.speaks_grpc)
+            + f"  {GATEWAY.name:<14} http://localhost:{GATEWAY.port}/ (judgement page, API docs at /docs, metrics at /metrics)\n"
             + f"  items in catalog: {catalog_item_count(catalog_addr)}\n\n"
             "Try:\n"
             f"  .venv/bin/whisperlite recommend --user {user} --query 'black leather boots' -k 5\n"
             f"  grpcurl -plaintext -d '{{\"user_id\": \"{user}\", \"query\": \"black leather boots\", \"top_k\": 5}}' "
-            f"{ranker} whisperlite.v1.RankerService/Recommend\n\n"
+            f"{ranker} whisperlite.v1.RankerService/Recommend\n"
+            f"  curl -s localhost:{GATEWAY.port}/v1/recommend -H 'content-type: application/json' "
+            f"-d '{{\"user_id\": \"{user}\", \"query\": \"black leather boots\", \"top_k\": 5}}'\n\n"
             "Ctrl-C stops the stack.",
             flush=True,
         )

@@ -30,6 +30,17 @@ def env_float(name: str, default: float) -> float:
         raise SystemExit(f"environment variable {name} must be a number, got {value!r}") from None
 
 
+def env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name, "").strip().lower()
+    if value == "":
+        return default
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise SystemExit(f"environment variable {name} must be true or false, got {value!r}")
+
+
 def add_server_flags(parser: argparse.ArgumentParser, service: Service) -> None:
     """Adds the flags every service shares; the service's env prefix namespaces the env vars (e.g. CATALOG_PORT)."""
     prefix, port, metrics_port = service.env_prefix, service.port, service.metrics_port

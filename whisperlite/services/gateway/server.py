@@ -8,7 +8,7 @@ from pathlib import Path
 import uvicorn
 
 from whisperlite.core.topology import CATALOG, DEFAULT_MAX_MESSAGE_BYTES, GATEWAY, RANKER
-from whisperlite.services.common.config import env_float, env_int, env_str
+from whisperlite.services.common.config import env_bool, env_float, env_int, env_str
 from whisperlite.services.common.logs import configure_logging
 from whisperlite.services.gateway.app import create_app
 from whisperlite.services.gateway.judgements import JudgementStore
@@ -36,8 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--blind",
-        action=argparse.BooleanOptionalAction,
-        default=env_str(f"{PREFIX}_BLIND", "false").lower() in ("1", "true", "yes"),
+        action="store_true",
+        default=env_bool(f"{PREFIX}_BLIND", False),
         help=f"study page shows the two lists in random order without side, path or affinity labels (env {PREFIX}_BLIND)",
     )
     parser.add_argument(

@@ -1,7 +1,7 @@
 """Every metric the Grafana dashboard queries is exported by a real service, and every panel shows data.
 
-The three services run as real processes on loopback (tests/conftest.py), one Recommend call goes
-through them so that labelled series exist, then each /metrics page is scraped. The dashboard's
+The three services and the HTTP gateway run as real processes on loopback (tests/conftest.py), one
+Recommend call goes through them (and one through the gateway) so that labelled series exist, then each /metrics page is scraped. The dashboard's
 PromQL is read for metric names (and the labels it groups or filters by), which must all appear
 in what the services export. Then a real Prometheus (Debian's `prometheus`, the package that
 provides promtool) scrapes the services under the job names of deploy/prometheus/prometheus.yml
@@ -18,6 +18,7 @@ import urllib.request
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
@@ -73,14 +74,23 @@ def scrape(url: str) -> dict[str, set[str]]:
 
 
 @pytest.fixture(scope="module")
-def exported(encoder_service, catalog_service, text_only_ranker) -> dict[str, dict[str, set[str]]]:
+def scraped(encoder_service, catalog_service, text_only_ranker, gateway):
+    return (encoder_service, catalog_service, text_only_ranker, gateway)
+
+
+@pytest.fixture(scope="module")
+def exported(scraped, text_only_ranker, gateway_url) -> dict[str, dict[str, set[str]]]:
     with RankerClient(text_only_ranker.address, timeout_seconds=60) as ranker:
         ranker.recommend(user_id="metrics-test-user", query="black leather boots", top_k=5)
-    return {service.name: scrape(service.metrics_url) for service in (encoder_service, catalog_service, text_only_ranker)}
+    httpx.post(f"{gateway_url}/v1/recommend", json={"query": "black leather boots", "top_k": 5}, timeout=60).raise_for_status()
+    return {service.name: scrape(service.metrics_url) for service in scraped}
 
 
 def test_every_service_exports_the_common_rpc_metrics(exported):
     for service, samples in exported.items():
+        if service == "gateway":  # HTTP only: its own request metrics
+            assert {"method", "route", "status"} <= samples["whisperlite_gateway_requests_total"]
+            continue
         for name in ("grpc_server_handled_total", "grpc_server_started_total", "grpc_server_handling_seconds_bucket"):
             assert name in samples, f"{service} does not export {name}"
         assert {"grpc_service", "grpc_method", "grpc_code"} <= samples["grpc_server_handled_total"]
@@ -101,7 +111,7 @@ def test_dashboard_query_uses_only_exported_metrics(exported, panel, expr):
 
 
 def test_dashboard_covers_what_operators_watch():
-    """Request rate, errors, latency, encoder batching and cache, catalog size and ranker stages are all on it."""
+    """Request rate, errors, latency, encoder batching and cache, catalog size, ranker stages and the gateway are all on it."""
     used = set().union(*(promql_names(expr)[0] for _, expr in dashboard_queries()))
     assert {
         "grpc_server_handled_total",
@@ -111,6 +121,8 @@ def test_dashboard_covers_what_operators_watch():
         "whisperlite_encoder_cache_misses_total",
         "whisperlite_catalog_items",
         "whisperlite_ranker_stage_seconds_bucket",
+        "whisperlite_gateway_requests_total",
+        "whisperlite_gateway_request_seconds_bucket",
     } <= used
     errors = [expr for _, expr in dashboard_queries() if 'grpc_code!="OK"' in expr]
     quantiles = {q for _, expr in dashboard_queries() for q in re.findall(r"histogram_quantile\((0\.\d+)", expr)}
@@ -118,14 +130,14 @@ def test_dashboard_covers_what_operators_watch():
 
 
 @pytest.fixture(scope="module")
-def prometheus(tmp_path_factory, exported, encoder_service, catalog_service, text_only_ranker):
-    """A real Prometheus scraping the three services every second, with traffic flowing meanwhile."""
+def prometheus(tmp_path_factory, exported, scraped, text_only_ranker, gateway_url):
+    """A real Prometheus scraping the services and the gateway every second, with traffic flowing meanwhile."""
     root = tmp_path_factory.mktemp("prometheus")
     config = {
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
         "scrape_configs": [
             {"job_name": service.name, "static_configs": [{"targets": [f"127.0.0.1:{service.metrics_port}"]}]}
-            for service in (encoder_service, catalog_service, text_only_ranker)
+            for service in scraped
         ],
     }
     (root / "prometheus.yml").write_text(yaml.safe_dump(config))
@@ -137,7 +149,7 @@ def prometheus(tmp_path_factory, exported, encoder_service, catalog_service, tex
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: len(query(url, "up == 1")) == 3, 60, f"Prometheus did not scrape all three services:\n{(root / 'prometheus.log').read_text()[-2000:]}")
+        wait_for(lambda: len(query(url, "up == 1")) == len(scraped), 60, f"Prometheus did not scrape every service:\n{(root / 'prometheus.log').read_text()[-2000:]}")
         with RankerClient(text_only_ranker.address, timeout_seconds=60) as ranker:
             for round_ in range(4):
                 # a new text each round keeps the model busy (batch panels); the repeats hit the cache
@@ -145,6 +157,7 @@ def prometheus(tmp_path_factory, exported, encoder_service, catalog_service, tex
                     ranker.recommend(user_id="metrics-test-user", query=text, top_k=5)
                 with pytest.raises(grpc.RpcError):  # an error for the error panels
                     ranker.recommend(user_id="metrics-test-user", query="boots", top_k=0)
+                httpx.post(f"{gateway_url}/v1/recommend", json={"query": "summer dress", "top_k": 5}, timeout=60).raise_for_status()
                 time.sleep(1)
         time.sleep(2)  # a last scrape after the traffic
         yield url

@@ -119,20 +119,22 @@ def create_app(upstream: Upstream, store: JudgementStore, *, blind: bool = False
     async def unrepresentable(_: Request, error: json_format.ParseError) -> JSONResponse:
         return _grpc_error(grpc.StatusCode.INVALID_ARGUMENT, str(error))
 
+    # The /v1 answers are the upstream's proto as JSON, already the response model's shape: sent as is,
+    # without FastAPI validating them again (response_model documents them in the OpenAPI schema).
     @app.post("/v1/recommend", response_model=RecommendResponse, tags=["ranker"], summary="RankerService/Recommend")
     async def recommend(body: RecommendRequest, request: Request):
-        return from_proto(await upstream.recommend(to_proto(body), _metadata(request)))
+        return JSONResponse(from_proto(await upstream.recommend(to_proto(body), _metadata(request))))
 
     @app.get("/v1/items/{item_id}", response_model=Item, tags=["catalog"], summary="CatalogService/GetItems for one id")
     async def get_item(item_id: str, request: Request, include_vectors: bool = False):
         item = await upstream.get_item(item_id, include_vectors, _metadata(request))
         if item is None:
             return _grpc_error(grpc.StatusCode.NOT_FOUND, f"item_id: {item_id!r} is not in the catalog")
-        return from_proto(item)
+        return JSONResponse(from_proto(item))
 
     @app.post("/v1/items", response_model=UpsertItemsResponse, tags=["catalog"], summary="CatalogService/UpsertItems (write scope)")
     async def upsert_items(body: UpsertItemsRequest, request: Request):
-        return from_proto(await upstream.upsert_items(to_proto(body), _metadata(request)))
+        return JSONResponse(from_proto(await upstream.upsert_items(to_proto(body), _metadata(request))))
 
     @app.get("/health", tags=["operations"], summary="SERVING only when the ranker and the catalog both are")
     async def health():

@@ -1,7 +1,8 @@
 """The HTTP/JSON gateway against the real ranker, catalog and encoder: same answers and messages as gRPC."""
 
 import re
-import threading
+import subprocess
+import sys
 from concurrent import futures
 
 import grpc
@@ -205,8 +206,24 @@ def test_an_unreachable_ranker_is_unavailable_and_health_says_so(tmp_path, catal
         response = httpx.post(f"{base}/v1/recommend", json={"query": "boots", "top_k": 3}, timeout=30)
         assert response.status_code == 503
         assert response.json()["error"]["code"] == "UNAVAILABLE"
+        probe = subprocess.run([sys.executable, "-m", "whisperlite", "health", f"{base}/health"], capture_output=True, text=True, timeout=60)
+        assert (probe.returncode, probe.stdout.strip()) == (1, "NOT_SERVING")  # what the image's HEALTHCHECK runs
     finally:
         gateway.stop()
+
+
+def test_the_health_command_probes_the_gateway_over_http(gateway_url):
+    probe = subprocess.run([sys.executable, "-m", "whisperlite", "health", f"{gateway_url}/health"], capture_output=True, text=True, timeout=60)
+    assert (probe.returncode, probe.stdout.strip()) == (0, "SERVING")
+
+
+def test_a_port_in_use_stops_start_up_saying_so(gateway, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "whisperlite", "serve", "gateway", "--host", "127.0.0.1", "--port", str(gateway.port), "--state-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 1
+    assert f"gateway: cannot bind HTTP port 127.0.0.1:{gateway.port}: Address already in use" in result.stderr
 
 
 class _TokenCheckingRanker(ranker_pb2_grpc.RankerServiceServicer):

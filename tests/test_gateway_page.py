@@ -87,3 +87,26 @@ def test_bad_input_in_the_form_shows_the_grpc_message(page, gateway_url, text_on
     page.get_by_role("button", name="Recommend").click()
     expect(page.get_by_role("alert")).to_have_text(f"INVALID_ARGUMENT: {direct.value.details()}")
     expect(page.locator("#lists li")).to_have_count(0)
+
+
+def test_blind_mode_shows_unlabelled_lists(browser, tmp_path, text_only_ranker, catalog_service, gateway_items):
+    from tests.servers import start_gateway
+
+    gateway = start_gateway(tmp_path / "logs", text_only_ranker.address, catalog_service.address, tmp_path / "state", "--blind")
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(f"http://127.0.0.1:{gateway.port}/")
+        page.get_by_label("Request").fill("something to wear")
+        page.get_by_label("Recent item ids").fill(WATCH_IDS[0])
+        page.get_by_role("button", name="Recommend").click()
+        expect(page.locator("#list-left h2")).to_have_text("List A")
+        expect(page.locator("#list-right h2")).to_have_text("List B")
+        expect(page.locator("#list-left li")).to_have_count(10)
+        lists = page.locator("#lists").inner_text()
+        for label in ("Personalized", "Non-personal", "path", "affinity", "query match"):
+            assert label not in lists
+    finally:
+        context.close()
+        gateway.stop()

@@ -152,6 +152,20 @@ def test_an_oversized_request_is_resource_exhausted(http):
     assert response.json()["error"]["code"] == "RESOURCE_EXHAUSTED"
 
 
+def test_a_body_over_the_gateway_limit_is_refused_unread(tmp_path, text_only_ranker, catalog_service):
+    from tests.servers import start_gateway
+
+    gateway = start_gateway(tmp_path / "logs", text_only_ranker.address, catalog_service.address, tmp_path / "state", "--max-body-bytes", "1000")
+    try:
+        response = httpx.post(f"http://127.0.0.1:{gateway.port}/v1/recommend", json={"query": "q" * 2000, "top_k": 5}, timeout=30)
+        assert response.status_code == 429
+        assert response.json()["error"]["code"] == "RESOURCE_EXHAUSTED"
+        assert "larger than the gateway's limit of 1000 (--max-body-bytes)" in response.json()["error"]["message"]
+        assert httpx.post(f"http://127.0.0.1:{gateway.port}/v1/recommend", json={"query": "coat", "top_k": 1}, timeout=30).status_code == 200
+    finally:
+        gateway.stop()
+
+
 def test_the_named_status_mapping():
     expected = {
         grpc.StatusCode.INVALID_ARGUMENT: 400,

@@ -83,8 +83,9 @@ def catalog_item_count(address: str) -> int:
 
 
 def up(data_dir: Path | None, state_dir: Path, model_dir: Path) -> None:
-    user = (most_active_user(data_dir) if data_dir else None) or "some-user"
-    stack = Stack(state_dir, model_dir, {f"{GATEWAY.env_prefix}_SUGGESTED_USERS": user})
+    real_user = most_active_user(data_dir) if data_dir else None
+    user = real_user or "some-user"
+    stack = Stack(state_dir, model_dir, {f"{GATEWAY.env_prefix}_SUGGESTED_USERS": real_user} if real_user else None)
     stop_requested = False
 
     def request_stop(*_):

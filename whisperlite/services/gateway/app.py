@@ -71,7 +71,31 @@ def _metadata(request: Request) -> list[tuple[str, str]]:
     return metadata
 
 
-def create_app(upstream: Upstream, store: JudgementStore, *, blind: bool = False, suggested_users: tuple[str, ...] = ()) -> FastAPI:
+def _refusal(request: Request, max_body_bytes: int) -> JSONResponse | None:
+    """The answer to a request refused before it is read: an unusable request id, or a body over the limit."""
+    given = request.headers.get(REQUEST_ID_HEADER)
+    if given is not None and not REQUEST_ID.fullmatch(given):
+        return _grpc_error(
+            grpc.StatusCode.INVALID_ARGUMENT, f"{REQUEST_ID_HEADER}: must be 1 to 128 letters, digits or '.', '_', ':', '-', got {given[:40]!r}"
+        )
+    length = request.headers.get("content-length", "0")
+    if not length.isdigit():
+        return _grpc_error(grpc.StatusCode.INVALID_ARGUMENT, f"content-length: must be a number of bytes, got {length[:40]!r}")
+    if int(length) > max_body_bytes:
+        return _grpc_error(
+            grpc.StatusCode.RESOURCE_EXHAUSTED, f"request body of {length} bytes is larger than the gateway's limit of {max_body_bytes} (--max-body-bytes)"
+        )
+    return None
+
+
+def create_app(
+    upstream: Upstream,
+    store: JudgementStore,
+    *,
+    blind: bool = False,
+    suggested_users: tuple[str, ...] = (),
+    max_body_bytes: int = 64 * 1024 * 1024,
+) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
         yield
@@ -89,15 +113,11 @@ def create_app(upstream: Upstream, store: JudgementStore, *, blind: bool = False
     @app.middleware("http")
     async def request_id_and_metrics(request: Request, call_next):
         started = time.perf_counter()
-        given = request.headers.get(REQUEST_ID_HEADER)
-        if given is not None and not REQUEST_ID.fullmatch(given):
-            response = _grpc_error(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"{REQUEST_ID_HEADER}: must be 1 to 128 letters, digits or '.', '_', ':', '-', got {given[:40]!r}",
-            )
-            request_id = uuid.uuid4().hex
+        refusal = _refusal(request, max_body_bytes)
+        if refusal is not None:
+            response, request_id = refusal, uuid.uuid4().hex
         else:
-            request_id = given or uuid.uuid4().hex
+            request_id = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
             request.state.request_id = request_id
             response = await call_next(request)
         response.headers[REQUEST_ID_HEADER] = request_id

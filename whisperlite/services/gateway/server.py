@@ -9,7 +9,7 @@ from pathlib import Path
 import uvicorn
 
 from whisperlite.core.topology import CATALOG, GATEWAY, RANKER
-from whisperlite.services.common.config import add_server_flags, env_bool, env_float, env_str
+from whisperlite.services.common.config import add_server_flags, env_bool, env_float, env_int, env_str
 from whisperlite.services.common.logs import configure_logging
 from whisperlite.services.gateway.app import create_app
 from whisperlite.services.gateway.judgements import JudgementStore
@@ -49,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=env_float(f"{PREFIX}_DEADLINE_SECONDS", 10.0),
         help=f"deadline of each upstream gRPC call (env {PREFIX}_DEADLINE_SECONDS)",
     )
+    parser.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=env_int(f"{PREFIX}_MAX_BODY_BYTES", 64 * 1024 * 1024),
+        help=f"largest HTTP request body accepted; JSON spells numbers out, so it is above --max-message-bytes (env {PREFIX}_MAX_BODY_BYTES)",
+    )
     return parser
 
 
@@ -75,7 +81,7 @@ async def run(args: argparse.Namespace) -> None:
     upstream = Upstream(args.ranker_addr, args.catalog_addr, deadline_seconds=args.deadline_seconds, max_message_bytes=args.max_message_bytes)
     store = JudgementStore.in_folder(args.state_dir)
     suggested = tuple(user.strip() for user in args.suggested_users.split(",") if user.strip())
-    app = create_app(upstream, store, blind=args.blind, suggested_users=suggested)
+    app = create_app(upstream, store, blind=args.blind, suggested_users=suggested, max_body_bytes=args.max_body_bytes)
     sock = listening_socket(args.host, args.port)
     config = uvicorn.Config(app, log_config=None, access_log=False, timeout_graceful_shutdown=args.grace_seconds)
     log.info("listening", extra={"service": GATEWAY.name, "http_port": args.port, "judgements": str(store.path), "blind": args.blind})

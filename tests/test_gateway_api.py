@@ -51,7 +51,7 @@ def test_openapi_schema_has_the_protos_field_names(http):
     assert components["RecommendResponse"]["properties"]["path"]["enum"] == list(ranker_pb2.PersonalizationPath.keys())
     paths = openapi["paths"]
     assert paths["/v1/recommend"]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/RecommendRequest")
-    assert {"/v1/items/{item_id}", "/v1/items", "/health"} <= set(paths)
+    assert {"/v1/items/{item_id}", "/v1/items", "/health"} <= set(paths), sorted(paths)
 
 
 def test_recommend_over_http_answers_what_grpc_answers(http, ranker, gateway_items):
@@ -136,6 +136,15 @@ def test_get_item_and_a_missing_item(http, gateway_items):
     missing = http.get("/v1/items/no-such-item")
     assert missing.status_code == 404
     assert missing.json() == {"error": {"code": "NOT_FOUND", "message": "item_id: 'no-such-item' is not in the catalog"}}
+
+
+def test_an_id_with_a_slash_and_unknown_routes(http, gateway_items):
+    assert http.post("/v1/items", json={"items": [{"item_id": "gw/with/slashes", "title": "Striped silk scarf"}]}).status_code == 200
+    assert http.get("/v1/items/gw/with/slashes").json()["title"] == "Striped silk scarf"
+    unknown = http.get("/v1/no-such-route")
+    assert unknown.status_code == 404 and unknown.json() == {"error": {"code": "NOT_FOUND", "message": "Not Found"}}
+    wrong_method = http.delete("/v1/recommend")
+    assert wrong_method.status_code == 405 and wrong_method.json()["error"]["code"] == "UNIMPLEMENTED"
 
 
 def test_a_bad_upsert_is_refused_and_keeps_what_is_stored(http, gateway_items):

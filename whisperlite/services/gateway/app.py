@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from google.protobuf import json_format
+from starlette.exceptions import HTTPException
 
 from whisperlite.services.gateway import study
 from whisperlite.services.gateway.judgements import POSITIONS, JudgementStore, NotShown, UnknownComparison
@@ -131,6 +132,12 @@ def create_app(
     async def upstream_failed(_: Request, error: grpc.aio.AioRpcError) -> JSONResponse:
         return _grpc_error(error.code(), error.details() or error.code().name)
 
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, error: HTTPException) -> JSONResponse:
+        """Routing answers (no such route, wrong method) in the same error shape as everything else."""
+        code = {404: grpc.StatusCode.NOT_FOUND, 405: grpc.StatusCode.UNIMPLEMENTED}.get(error.status_code, grpc.StatusCode.UNKNOWN)
+        return _error(error.status_code, code, str(error.detail))
+
     @app.exception_handler(RequestValidationError)
     async def invalid_body(_: Request, error: RequestValidationError) -> JSONResponse:
         return _grpc_error(grpc.StatusCode.INVALID_ARGUMENT, _validation_message(error))
@@ -145,7 +152,8 @@ def create_app(
     async def recommend(body: RecommendRequest, request: Request):
         return JSONResponse(from_proto(await upstream.recommend(to_proto(body), _metadata(request))))
 
-    @app.get("/v1/items/{item_id}", response_model=Item, tags=["catalog"], summary="CatalogService/GetItems for one id")
+    # `:path` lets an id hold "/" (ids are any 1 to 256 characters).
+    @app.get("/v1/items/{item_id:path}", response_model=Item, tags=["catalog"], summary="CatalogService/GetItems for one id")
     async def get_item(item_id: str, request: Request, include_vectors: bool = False):
         item = await upstream.get_item(item_id, include_vectors, _metadata(request))
         if item is None:

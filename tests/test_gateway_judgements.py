@@ -115,6 +115,10 @@ def test_report_command_prints_and_plots(tmp_path):
     assert any(line.split()[:4] == ["precision@3", "personalized", "3", "1.000"] for line in result.stdout.splitlines()), result.stdout
     assert any(line.split()[:4] == ["ndcg@3", "non_personal", "3", "0.000"] for line in result.stdout.splitlines()), result.stdout
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 5000
+    bad_k = subprocess.run(
+        [sys.executable, "-m", "whisperlite", "judgements", "report", "--state-dir", str(tmp_path), "-k", "0"], capture_output=True, text=True, timeout=120
+    )
+    assert bad_k.returncode == 1 and "k: must be at least 1, got 0" in bad_k.stderr
 
 
 def test_report_command_without_a_store_says_where_it_looked(tmp_path):

@@ -13,14 +13,15 @@ def _report(args: argparse.Namespace) -> None:
     path = args.state_dir / FILENAME
     if not path.is_file():
         raise SystemExit(f"no judgement store at {path}: run the gateway (`whisperlite up` or `whisperlite serve gateway --state-dir`) first")
-    if args.k < 1:
-        raise SystemExit(f"-k: must be at least 1, got {args.k}")
     store = JudgementStore(path)
     try:
         judgements = store.all_judgements()
     finally:
         store.close()
-    report = build_report(judgements, args.k)
+    try:
+        report = build_report(judgements, args.k)
+    except ValueError as error:  # a k below 1
+        raise SystemExit(str(error)) from None
     print(format_report(report))
     plot = plot_report(report, args.plot or args.state_dir / "judgements-report.png")
     print(f"plot: {plot}")

@@ -345,3 +345,26 @@ def test_blind_mode_hides_the_sides_and_shuffles_them(tmp_path, text_only_ranker
         assert left_sides == {"personalized", "non_personal"}  # 16 coin flips all alike: 1 in 32768
     finally:
         gateway.stop()
+
+
+def test_a_broken_store_is_an_internal_error_in_json_not_a_crash(tmp_path, text_only_ranker, catalog_service, gateway_items):
+    import sqlite3
+
+    from tests.servers import start_gateway
+
+    state = tmp_path / "state"
+    gateway = start_gateway(tmp_path / "logs", text_only_ranker.address, catalog_service.address, state)
+    try:
+        base = f"http://127.0.0.1:{gateway.port}"
+        comparison = httpx.post(f"{base}/v1/study/comparisons", json={"query": "coat", "top_k": 2}, timeout=60).json()
+        with sqlite3.connect(state / "judgements.sqlite") as db:  # someone drops a table under the running gateway
+            db.execute("DROP TABLE judgements")
+        response = httpx.put(
+            f"{base}/v1/study/comparisons/{comparison['comparison_id']}/judgements", json={"position": "left", "rank": 1, "relevant": True}, timeout=30
+        )
+        assert response.status_code == 500
+        assert response.json() == {"error": {"code": "INTERNAL", "message": "the gateway failed: OperationalError; see its log"}}
+        assert httpx.get(f"{base}/health", timeout=30).status_code == 200  # still serving the rest
+        assert "unexpected error" in gateway.log()
+    finally:
+        gateway.stop()

@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import logging
 import re
 import time
 import uuid
@@ -30,6 +31,7 @@ from whisperlite.services.gateway.schema import (
 from whisperlite.services.gateway.status import error_body, http_status
 from whisperlite.services.gateway.upstream import Upstream
 
+log = logging.getLogger("whisperlite.gateway")
 REQUEST_ID_HEADER = "x-request-id"
 # What a gRPC metadata value and a log field can carry unchanged.
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -131,6 +133,11 @@ def create_app(
     @app.exception_handler(grpc.aio.AioRpcError)
     async def upstream_failed(_: Request, error: grpc.aio.AioRpcError) -> JSONResponse:
         return _grpc_error(error.code(), error.details() or error.code().name)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception) -> JSONResponse:
+        log.exception("unexpected error", extra={"path": request.url.path, "request_id": getattr(request.state, "request_id", "")})
+        return _grpc_error(grpc.StatusCode.INTERNAL, f"the gateway failed: {type(error).__name__}; see its log")
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, error: HTTPException) -> JSONResponse:

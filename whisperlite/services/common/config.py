@@ -31,7 +31,7 @@ def env_float(name: str, default: float) -> float:
 
 
 def env_bool(name: str, default: bool) -> bool:
-    value = os.environ.get(name, "").strip().lower()
+    value = env_str(name, "").strip().lower()
     if not value:
         return default
     if value in ("1", "true", "yes", "on"):
@@ -46,15 +46,13 @@ def add_server_flags(parser: argparse.ArgumentParser, service: Service) -> None:
     prefix, port, metrics_port = service.env_prefix, service.port, service.metrics_port
     group = parser.add_argument_group("server")
     group.add_argument("--host", default=env_str(f"{prefix}_HOST", "[::]"), help=f"bind address (env {prefix}_HOST)")
-    protocol = "gRPC" if service.speaks_grpc else "HTTP (API, page and /metrics)"
-    group.add_argument("--port", type=int, default=env_int(f"{prefix}_PORT", port), help=f"{protocol} port (env {prefix}_PORT)")
-    if service.speaks_grpc:  # the HTTP gateway serves /metrics on its own port
-        group.add_argument(
-            "--metrics-port",
-            type=int,
-            default=env_int(f"{prefix}_METRICS_PORT", metrics_port),
-            help=f"Prometheus /metrics HTTP port, 0 disables it (env {prefix}_METRICS_PORT)",
-        )
+    group.add_argument("--port", type=int, default=env_int(f"{prefix}_PORT", port), help=f"gRPC port (env {prefix}_PORT)")
+    group.add_argument(
+        "--metrics-port",
+        type=int,
+        default=env_int(f"{prefix}_METRICS_PORT", metrics_port),
+        help=f"Prometheus /metrics HTTP port, 0 disables it (env {prefix}_METRICS_PORT)",
+    )
     group.add_argument(
         "--grace-seconds",
         type=float,

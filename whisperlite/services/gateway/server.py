@@ -8,8 +8,8 @@ from pathlib import Path
 
 import uvicorn
 
-from whisperlite.core.topology import CATALOG, GATEWAY, RANKER
-from whisperlite.services.common.config import add_server_flags, env_bool, env_float, env_int, env_str
+from whisperlite.core.topology import CATALOG, DEFAULT_MAX_MESSAGE_BYTES, GATEWAY, RANKER
+from whisperlite.services.common.config import env_bool, env_float, env_int, env_str
 from whisperlite.services.common.logs import configure_logging
 from whisperlite.services.gateway.app import create_app
 from whisperlite.services.gateway.judgements import JudgementStore
@@ -21,7 +21,16 @@ PREFIX = GATEWAY.env_prefix
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="whisperlite serve gateway", description="Serve the HTTP/JSON gateway and the judgement page.")
-    add_server_flags(parser, GATEWAY)
+    # Not add_server_flags: those describe a gRPC server (its metrics port, and the gRPC security flags
+    # issue 9 adds there), which the HTTP gateway is not.
+    parser.add_argument(
+        "--host",
+        default=env_str(f"{PREFIX}_HOST", "127.0.0.1"),
+        help=f"bind address; loopback by default, [::] or 0.0.0.0 to be reachable from other hosts (env {PREFIX}_HOST)",
+    )
+    parser.add_argument(
+        "--port", type=int, default=env_int(f"{PREFIX}_PORT", GATEWAY.port), help=f"HTTP port of the API, the page and /metrics (env {PREFIX}_PORT)"
+    )
     parser.add_argument("--ranker-addr", default=env_str(RANKER.address_env, RANKER.local_address), help=f"ranker address (env {RANKER.address_env})")
     parser.add_argument(
         "--catalog-addr", default=env_str(CATALOG.address_env, CATALOG.local_address), help=f"catalog address (env {CATALOG.address_env})"
@@ -55,11 +64,24 @@ def build_parser() -> argparse.ArgumentParser:
         default=env_int(f"{PREFIX}_MAX_BODY_BYTES", 64 * 1024 * 1024),
         help=f"largest HTTP request body accepted; JSON spells numbers out, so it is above --max-message-bytes (env {PREFIX}_MAX_BODY_BYTES)",
     )
+    parser.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=env_int(f"{PREFIX}_MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES),
+        help=f"largest gRPC message sent upstream or received (env {PREFIX}_MAX_MESSAGE_BYTES)",
+    )
+    parser.add_argument(
+        "--grace-seconds",
+        type=float,
+        default=env_float(f"{PREFIX}_GRACE_SECONDS", 10.0),
+        help=f"how long in-flight requests may finish after SIGTERM (env {PREFIX}_GRACE_SECONDS)",
+    )
+    parser.add_argument("--log-level", default=env_str("LOG_LEVEL", "INFO"), help="log level (env LOG_LEVEL)")
     return parser
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
-    """Binds the way the gRPC services do: "[::]" (the shared default) takes IPv6 and IPv4 connections alike.
+    """Binds the way the gRPC services do: "[::]" takes IPv6 and IPv4 connections alike.
 
     uvicorn (asyncio) would open an IPv6 socket as IPv6-only, so a browser at 127.0.0.1 would be refused.
     """

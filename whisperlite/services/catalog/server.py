@@ -11,12 +11,23 @@ from whisperlite.services.catalog.embedding import ItemEmbedder
 from whisperlite.services.catalog.servicer import CatalogServicer
 from whisperlite.services.catalog.store import INDEX_TYPES, CollectionSpec, MilvusStore, default_uri
 from whisperlite.core.errors import ServiceError
-from whisperlite.services.common.config import add_server_flags, env_bool, env_float, env_int, env_str
+from whisperlite.services.common.config import add_server_flags, env_float, env_int, env_str
 from whisperlite.services.common.logs import configure_logging
 from whisperlite.services.common.server import serve
 from whisperlite.v1 import catalog_pb2_grpc
 
 PREFIX = CATALOG.env_prefix
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    value = env_str(name, "").strip().lower()
+    if not value:
+        return default
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise SystemExit(f"environment variable {name} must be true or false, got {value!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     create.add_argument(
         "--exact-filtered-search", action=argparse.BooleanOptionalAction,
-        default=env_bool(f"{PREFIX}_EXACT_FILTERED_SEARCH", creation.exact_filtered_search),
+        default=_env_bool(f"{PREFIX}_EXACT_FILTERED_SEARCH", creation.exact_filtered_search),
         help=f"keep a FLAT copy of each vector so category/price-filtered searches are exact (env {PREFIX}_EXACT_FILTERED_SEARCH)",
     )
     encoder = parser.add_argument_group("query encoder")

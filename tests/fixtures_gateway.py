@@ -1,9 +1,13 @@
-"""Fixtures for the gateway tests: a gateway process over the session's real ranker and catalog, and its items."""
+"""Fixtures for the gateway tests: a gateway over its own real catalog and text-only ranker, and its items.
+
+Its own catalog, so the items the gateway tests upsert never change what other tests count in the
+session's shared one.
+"""
 
 import httpx
 import pytest
 
-from tests.servers import start_gateway
+from tests.servers import start_catalog, start_gateway, start_service
 
 # Shop items of a few kinds, so a request and a user's recent items point at different ones.
 TITLES = {
@@ -22,8 +26,26 @@ WATCH_IDS = [item["item_id"] for item in ITEMS if item["category"] == "watches"]
 
 
 @pytest.fixture(scope="session")
-def gateway(tmp_path_factory, text_only_ranker, catalog_service):
-    service = start_gateway(tmp_path_factory.mktemp("logs"), text_only_ranker.address, catalog_service.address, tmp_path_factory.mktemp("state"))
+def gateway_catalog(tmp_path_factory, encoder_service):
+    service = start_catalog(tmp_path_factory.mktemp("logs"), tmp_path_factory.mktemp("gateway-catalog"), encoder_service.address)
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway_ranker(tmp_path_factory, encoder_service, gateway_catalog):
+    """A ranker without a trained model over the gateway's catalog: text-only and recent-items paths."""
+    service = start_service(
+        "ranker", tmp_path_factory.mktemp("logs"), "--model-dir", str(tmp_path_factory.mktemp("no-model")),
+        "--query-encoder-addr", encoder_service.address, "--catalog-addr", gateway_catalog.address,
+    )
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(tmp_path_factory, gateway_ranker, gateway_catalog):
+    service = start_gateway(tmp_path_factory.mktemp("logs"), gateway_ranker.address, gateway_catalog.address, tmp_path_factory.mktemp("state"))
     yield service
     service.stop()
 

@@ -23,8 +23,8 @@ def http(gateway_url):
 
 
 @pytest.fixture(scope="module")
-def ranker(text_only_ranker):
-    with grpc.insecure_channel(text_only_ranker.address) as channel:
+def ranker(gateway_ranker):
+    with grpc.insecure_channel(gateway_ranker.address) as channel:
         yield ranker_pb2_grpc.RankerServiceStub(channel)
 
 
@@ -161,10 +161,10 @@ def test_an_oversized_request_is_resource_exhausted(http):
     assert response.json()["error"]["code"] == "RESOURCE_EXHAUSTED"
 
 
-def test_a_body_over_the_gateway_limit_is_refused_unread(tmp_path, text_only_ranker, catalog_service):
+def test_a_body_over_the_gateway_limit_is_refused_unread(tmp_path, gateway_ranker, gateway_catalog):
     from tests.servers import start_gateway
 
-    gateway = start_gateway(tmp_path / "logs", text_only_ranker.address, catalog_service.address, tmp_path / "state", "--max-body-bytes", "1000")
+    gateway = start_gateway(tmp_path / "logs", gateway_ranker.address, gateway_catalog.address, tmp_path / "state", "--max-body-bytes", "1000")
     try:
         response = httpx.post(f"http://127.0.0.1:{gateway.port}/v1/recommend", json={"query": "q" * 2000, "top_k": 5}, timeout=30)
         assert response.status_code == 429
@@ -217,8 +217,8 @@ def _wait_for_http(url: str, process, timeout: float = 120.0) -> None:
     raise AssertionError(f"{url} never answered")
 
 
-def test_an_unreachable_ranker_is_unavailable_and_health_says_so(tmp_path, catalog_service):
-    gateway = launch_gateway(tmp_path / "logs", f"127.0.0.1:{free_port()}", catalog_service.address, tmp_path / "state", "--deadline-seconds", "3")
+def test_an_unreachable_ranker_is_unavailable_and_health_says_so(tmp_path, gateway_catalog):
+    gateway = launch_gateway(tmp_path / "logs", f"127.0.0.1:{free_port()}", gateway_catalog.address, tmp_path / "state", "--deadline-seconds", "3")
     try:
         base = f"http://127.0.0.1:{gateway.port}"
         _wait_for_http(f"{base}/health", gateway.process)
@@ -266,13 +266,13 @@ class _TokenCheckingRanker(ranker_pb2_grpc.RankerServiceServicer):
         return ranker_pb2.RecommendResponse(request_id=metadata["x-request-id"], path=ranker_pb2.PERSONALIZATION_PATH_TEXT_ONLY)
 
 
-def test_tokens_are_passed_through_and_auth_failures_map_to_401_and_403(tmp_path, catalog_service):
+def test_tokens_are_passed_through_and_auth_failures_map_to_401_and_403(tmp_path, gateway_catalog):
     servicer = _TokenCheckingRanker()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     ranker_pb2_grpc.add_RankerServiceServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
-    gateway = launch_gateway(tmp_path / "logs", f"127.0.0.1:{port}", catalog_service.address, tmp_path / "state")
+    gateway = launch_gateway(tmp_path / "logs", f"127.0.0.1:{port}", gateway_catalog.address, tmp_path / "state")
     try:
         base = f"http://127.0.0.1:{gateway.port}"
         _wait_for_http(f"{base}/health", gateway.process)
@@ -324,13 +324,13 @@ def test_study_bad_request_gets_the_ranker_message(http, ranker):
     assert response.status_code == 400 and response.json()["error"]["message"] == direct.value.details()
 
 
-def test_blind_mode_hides_the_sides_and_shuffles_them(tmp_path, text_only_ranker, catalog_service, gateway_items):
+def test_blind_mode_hides_the_sides_and_shuffles_them(tmp_path, gateway_ranker, gateway_catalog, gateway_items):
     import sqlite3
 
     from tests.servers import start_gateway
 
     state = tmp_path / "state"
-    gateway = start_gateway(tmp_path / "logs", text_only_ranker.address, catalog_service.address, state, "--blind")
+    gateway = start_gateway(tmp_path / "logs", gateway_ranker.address, gateway_catalog.address, state, "--blind")
     try:
         base = f"http://127.0.0.1:{gateway.port}"
         body = {"query": "shoes for summer", "top_k": 3, "recent_item_ids": WATCH_IDS[:1]}
@@ -347,13 +347,13 @@ def test_blind_mode_hides_the_sides_and_shuffles_them(tmp_path, text_only_ranker
         gateway.stop()
 
 
-def test_a_broken_store_is_an_internal_error_in_json_not_a_crash(tmp_path, text_only_ranker, catalog_service, gateway_items):
+def test_a_broken_store_is_an_internal_error_in_json_not_a_crash(tmp_path, gateway_ranker, gateway_catalog, gateway_items):
     import sqlite3
 
     from tests.servers import start_gateway
 
     state = tmp_path / "state"
-    gateway = start_gateway(tmp_path / "logs", text_only_ranker.address, catalog_service.address, state)
+    gateway = start_gateway(tmp_path / "logs", gateway_ranker.address, gateway_catalog.address, state)
     try:
         base = f"http://127.0.0.1:{gateway.port}"
         comparison = httpx.post(f"{base}/v1/study/comparisons", json={"query": "coat", "top_k": 2}, timeout=60).json()

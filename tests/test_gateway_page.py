@@ -78,8 +78,8 @@ def test_type_a_request_judge_three_items_reload_and_find_them(page, gateway_url
     expect(page.get_by_label("Request")).to_have_value("something to wear")
 
 
-def test_bad_input_in_the_form_shows_the_grpc_message(page, gateway_url, text_only_ranker):
-    with grpc.insecure_channel(text_only_ranker.address) as channel, pytest.raises(grpc.RpcError) as direct:
+def test_bad_input_in_the_form_shows_the_grpc_message(page, gateway_url, gateway_ranker):
+    with grpc.insecure_channel(gateway_ranker.address) as channel, pytest.raises(grpc.RpcError) as direct:
         ranker_pb2_grpc.RankerServiceStub(channel).Recommend(ranker_pb2.RecommendRequest(query="boots", top_k=0), timeout=30)
     page.goto(gateway_url)
     page.get_by_label("Request").fill("boots")
@@ -89,10 +89,10 @@ def test_bad_input_in_the_form_shows_the_grpc_message(page, gateway_url, text_on
     expect(page.locator("#lists li")).to_have_count(0)
 
 
-def test_blind_mode_shows_unlabelled_lists(browser, tmp_path, text_only_ranker, catalog_service, gateway_items):
+def test_blind_mode_shows_unlabelled_lists(browser, tmp_path, gateway_ranker, gateway_catalog, gateway_items):
     from tests.servers import start_gateway
 
-    gateway = start_gateway(tmp_path / "logs", text_only_ranker.address, catalog_service.address, tmp_path / "state", "--blind")
+    gateway = start_gateway(tmp_path / "logs", gateway_ranker.address, gateway_catalog.address, tmp_path / "state", "--blind")
     context = browser.new_context()
     try:
         page = context.new_page()

@@ -9,6 +9,8 @@ DEMO_DATA := data/$(DEMO)
 MODELS := models
 # promtool (and the prometheus binary a deploy test scrapes with) come from Debian's package.
 PROMTOOL := /usr/bin/promtool
+# The gateway page test drives Debian's chromium through Playwright (`playwright install` needs the internet).
+CHROMIUM := /usr/bin/chromium
 
 .PHONY: run test install lint protos compose-check demo-data demo-model lock
 
@@ -20,10 +22,13 @@ run: install demo-data demo-model
 test: install lint compose-check
 	$(BIN)/pytest
 
-install: $(BIN)/.installed node_modules/.installed $(PROMTOOL)
+install: $(BIN)/.installed node_modules/.installed $(PROMTOOL) $(CHROMIUM)
 
 $(PROMTOOL):
 	command -v promtool >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
+
+$(CHROMIUM):
+	test -x $(CHROMIUM) || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
 
 # constraints.txt pins every transitive dependency (regenerate with `make lock`).
 $(BIN)/.installed: pyproject.toml constraints.txt

@@ -7,7 +7,7 @@ import pytest
 from tests.servers import start_catalog, start_service
 
 # Fixture modules shared by several test files.
-pytest_plugins = ["tests.fixtures_data", "tests.fixtures_encoder"]
+pytest_plugins = ["tests.fixtures_data", "tests.fixtures_encoder", "tests.fixtures_gateway"]
 
 DATASETS = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets"
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from whisperlite.core.client_security import PLAINTEXT, ClientSecurity
 from whisperlite.core.clients.health import wait_until_serving
+from whisperlite.shell.http_health import wait_until_http_serving
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -91,3 +92,26 @@ def start_catalog(
     return start_service(
         "catalog", log_dir, "--data-dir", str(data_dir), "--query-encoder-addr", encoder_address, *args, security=security
     )
+
+
+def launch_gateway(log_dir: Path, ranker_address: str, catalog_address: str, state_dir: Path, *args: str) -> ServiceProcess:
+    """Starts `whisperlite serve gateway` on a free loopback port without waiting (it serves /metrics on that port)."""
+    port = free_port()
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"gateway-{port}.log"
+    command = [
+        sys.executable, "-m", "whisperlite", "serve", "gateway", "--host", "127.0.0.1", "--port", str(port),
+        "--ranker-addr", ranker_address, "--catalog-addr", catalog_address, "--state-dir", str(state_dir), *args,
+    ]
+    process = subprocess.Popen(command, cwd=REPO, env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=log_path.open("wb"))
+    return ServiceProcess("gateway", port, port, log_path, process)
+
+
+def start_gateway(log_dir: Path, ranker_address: str, catalog_address: str, state_dir: Path, *args: str, timeout: float = 120.0) -> ServiceProcess:
+    """A gateway over those services, once its /health answers 200 (both upstreams SERVING)."""
+    gateway = launch_gateway(log_dir, ranker_address, catalog_address, state_dir, *args)
+    url = f"http://127.0.0.1:{gateway.port}/health"
+    if not wait_until_http_serving(url, timeout, alive=lambda: gateway.process.poll() is None):
+        gateway.stop()
+        raise RuntimeError(f"gateway did not become healthy:\n{gateway.log()[-3000:]}")
+    return gateway

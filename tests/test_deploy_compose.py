@@ -23,6 +23,8 @@ from whisperlite.core.topology import SERVICES as TOPOLOGY
 
 # compose service -> (server module, env prefix, metrics port)
 SERVICES = {service.name: (service.module, service.env_prefix, service.metrics_port) for service in TOPOLOGY}
+# The HTTP gateway: no gRPC health service, /metrics on its one HTTP port.
+HTTP_SERVICES = {service.name for service in TOPOLOGY if not service.speaks_grpc}
 # Set by Docker for the NVIDIA container toolkit and by the images themselves, not read by WhisperLite code.
 NON_SERVICE_ENV = {"NVIDIA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "PYTHONUNBUFFERED", "PATH"}
 
@@ -124,7 +126,12 @@ def test_every_long_running_service_has_a_healthcheck(base):
             assert service["healthcheck"] == {"disable": True}
             continue
         assert "healthcheck" in service, name
-        if name in SERVICES:
+        if name in HTTP_SERVICES:
+            # The same command probes the gateway's /health over HTTP (503 while an upstream is not SERVING).
+            assert "test" not in service["healthcheck"]
+            probe = r'whisperlite health http://127\.0\.0\.1:\$\{' + SERVICES[name][1] + r'_PORT\}/health'
+            assert re.search(r'HEALTHCHECK .*\n\s+CMD \["sh", "-c", "' + probe, dockerfiles[name]), name
+        elif name in SERVICES:
             # Compose tunes the timing; the probe is the image's HEALTHCHECK over the gRPC health protocol.
             assert "test" not in service["healthcheck"]
             assert re.search(r'HEALTHCHECK .*\n\s+CMD \["sh", "-c", "whisperlite health 127\.0\.0\.1:\$\{' + SERVICES[name][1], dockerfiles[name]), name
@@ -234,16 +241,20 @@ def _env_vars_read_by(module_name: str) -> set[str]:
 def test_compose_sets_only_env_vars_the_service_reads(base, service):
     module_name, prefix, metrics_port = SERVICES[service]
     read = _env_vars_read_by(module_name)
-    assert f"{prefix}_PORT" in read and f"{prefix}_METRICS_PORT" in read
+    assert f"{prefix}_PORT" in read and (service in HTTP_SERVICES or f"{prefix}_METRICS_PORT" in read)
 
     set_by_compose = set(base["services"][service]["environment"])
     dockerfile = (REPO / "deploy" / "docker" / f"{service}.Dockerfile").read_text()
     set_by_image = set(re.findall(r"^\s+([A-Z][A-Z0-9_]+)=", dockerfile, re.M)) - {"PIP_NO_CACHE_DIR", "PIP_DISABLE_PIP_VERSION_CHECK"}
     unknown = (set_by_compose | set_by_image) - read - NON_SERVICE_ENV
     assert not unknown, f"{service} does not read {sorted(unknown)}"
-    assert f"{prefix}_METRICS_PORT={metrics_port}" in dockerfile
-    assert f"{prefix}_PORT={BY_NAME[service].port}" in dockerfile
-    assert re.search(rf"^EXPOSE {BY_NAME[service].port} {metrics_port}$", dockerfile, re.M), "EXPOSE must name the topology's ports"
+    if service in HTTP_SERVICES:  # one HTTP port serves the API and /metrics
+        assert f"{prefix}_PORT={metrics_port}" in dockerfile
+        assert re.search(rf"^EXPOSE {BY_NAME[service].port}$", dockerfile, re.M), "EXPOSE must name the topology's port"
+    else:
+        assert f"{prefix}_METRICS_PORT={metrics_port}" in dockerfile
+        assert f"{prefix}_PORT={BY_NAME[service].port}" in dockerfile
+        assert re.search(rf"^EXPOSE {BY_NAME[service].port} {metrics_port}$", dockerfile, re.M), "EXPOSE must name the topology's ports"
 
 
 def test_prometheus_discovers_every_replica_of_every_service(base):
@@ -269,3 +280,15 @@ def test_grafana_is_provisioned_with_the_datasource_and_dashboard(base):
     dashboard = json.loads((grafana / "dashboards" / "whisperlite.json").read_text())
     datasources = {t["datasource"]["uid"] for p in dashboard["panels"] for t in p.get("targets", [])}
     assert datasources == {"prometheus"}
+
+
+def test_gateway_fronts_the_ranker_and_catalog_and_keeps_judgements_in_a_volume(base):
+    gateway = base["services"]["gateway"]
+    assert gateway["environment"]["RANKER_ADDR"] == "ranker:50050" and gateway["environment"]["CATALOG_ADDR"] == "catalog:50052"
+    assert {dep: spec["condition"] for dep, spec in gateway["depends_on"].items()} == {"ranker": "service_healthy", "catalog": "service_healthy"}
+    (port,) = gateway["ports"]
+    assert port["target"] == 8080 and port["host_ip"] == "127.0.0.1"
+    state = {m["target"]: m for m in gateway["volumes"]}["/state"]
+    assert state["type"] == "volume" and state["source"] in base["volumes"]
+    dockerfile = (REPO / "deploy" / "docker" / "gateway.Dockerfile").read_text()
+    assert "GATEWAY_STATE_DIR=/state" in dockerfile

@@ -1,6 +1,6 @@
 """Every metric the Grafana dashboard queries is exported by a real service, and every panel shows data.
 
-The three services run as real processes on loopback (tests/conftest.py), one Recommend call goes
+The three services and the HTTP gateway run as real processes on loopback (tests/conftest.py), one Recommend call goes
 through them so that labelled series exist, then each /metrics page is scraped. The dashboard's
 PromQL is read for metric names (and the labels it groups or filters by), which must all appear
 in what the services export. Then a real Prometheus (Debian's `prometheus`, the package that
@@ -18,6 +18,7 @@ import urllib.request
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
@@ -100,14 +101,18 @@ def recommend_on_both(text_only_ranker, canary_ranker, query: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def exported(encoder_service, catalog_service, text_only_ranker, canary_ranker) -> dict[str, dict[str, set[str]]]:
+def exported(encoder_service, catalog_service, text_only_ranker, canary_ranker, gateway, gateway_url) -> dict[str, dict[str, set[str]]]:
     recommend_on_both(text_only_ranker, canary_ranker, "black leather boots")
-    services = {service.name: service for service in (encoder_service, catalog_service, text_only_ranker)}
+    httpx.post(f"{gateway_url}/v1/recommend", json={"query": "black leather boots", "top_k": 5}, timeout=60).raise_for_status()
+    services = {service.name: service for service in (encoder_service, catalog_service, text_only_ranker, gateway)}
     return {name: scrape(service.metrics_url) for name, service in {**services, "ranker-canary": canary_ranker}.items()}
 
 
 def test_every_service_exports_the_common_rpc_metrics(exported):
     for service, samples in exported.items():
+        if service == "gateway":  # HTTP only: its own request metrics
+            assert {"method", "route", "status"} <= samples["whisperlite_gateway_requests_total"]
+            continue
         for name in ("grpc_server_handled_total", "grpc_server_started_total", "grpc_server_handling_seconds_bucket"):
             assert name in samples, f"{service} does not export {name}"
         assert {"grpc_service", "grpc_method", "grpc_code"} <= samples["grpc_server_handled_total"]
@@ -128,7 +133,7 @@ def test_dashboard_query_uses_only_exported_metrics(exported, panel, expr):
 
 
 def test_dashboard_covers_what_operators_watch():
-    """Request rate, errors, latency, encoder batching and cache, catalog size, ranker stages and model versions are all on it."""
+    """Request rate, errors, latency, encoder batching and cache, catalog size, ranker stages, model versions and the gateway are all on it."""
     used = set().union(*(promql_names(expr)[0] for _, expr in dashboard_queries()))
     assert {
         "grpc_server_handled_total",
@@ -138,6 +143,8 @@ def test_dashboard_covers_what_operators_watch():
         "whisperlite_encoder_cache_misses_total",
         "whisperlite_catalog_items",
         "whisperlite_ranker_stage_seconds_bucket",
+        "whisperlite_gateway_requests_total",
+        "whisperlite_gateway_request_seconds_bucket",
         "whisperlite_ranker_model_requests_total",
         "whisperlite_ranker_model_seconds_bucket",
         "whisperlite_ranker_shadow_overlap_count",
@@ -148,10 +155,12 @@ def test_dashboard_covers_what_operators_watch():
 
 
 @pytest.fixture(scope="module")
-def prometheus(tmp_path_factory, exported, encoder_service, catalog_service, text_only_ranker, canary_ranker):
-    """A real Prometheus scraping the three services (two ranker replicas) every second, with traffic flowing meanwhile."""
+def prometheus(tmp_path_factory, exported, encoder_service, catalog_service, text_only_ranker, canary_ranker, gateway, gateway_url):
+    """A real Prometheus scraping the three services (two ranker replicas) and the gateway every second, with traffic flowing meanwhile."""
     root = tmp_path_factory.mktemp("prometheus")
-    jobs = {"query-encoder": [encoder_service], "catalog": [catalog_service], "ranker": [text_only_ranker, canary_ranker]}
+    jobs = {
+        "query-encoder": [encoder_service], "catalog": [catalog_service], "ranker": [text_only_ranker, canary_ranker], "gateway": [gateway],
+    }  # fmt: skip
     config = {
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
         "scrape_configs": [
@@ -168,7 +177,7 @@ def prometheus(tmp_path_factory, exported, encoder_service, catalog_service, tex
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: len(query(url, "up == 1")) == 4, 60, f"Prometheus did not scrape all four processes:\n{(root / 'prometheus.log').read_text()[-2000:]}")
+        wait_for(lambda: len(query(url, "up == 1")) == 5, 60, f"Prometheus did not scrape all five processes:\n{(root / 'prometheus.log').read_text()[-2000:]}")
         with RankerClient(text_only_ranker.address, timeout_seconds=60) as ranker:
             for round_ in range(4):
                 # a new text each round keeps the model busy (batch panels); the repeats hit the cache
@@ -176,6 +185,7 @@ def prometheus(tmp_path_factory, exported, encoder_service, catalog_service, tex
                     recommend_on_both(text_only_ranker, canary_ranker, text)
                 with pytest.raises(grpc.RpcError):  # an error for the error panels
                     ranker.recommend(user_id="metrics-test-user", query="boots", top_k=0)
+                httpx.post(f"{gateway_url}/v1/recommend", json={"query": "summer dress", "top_k": 5}, timeout=60).raise_for_status()
                 time.sleep(1)
         time.sleep(2)  # a last scrape after the traffic
         yield url

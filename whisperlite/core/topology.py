@@ -16,11 +16,20 @@ DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 @dataclass(frozen=True)
 class Service:
     name: str  # `whisperlite serve NAME`, the docker-compose service and the log's "service" field
-    grpc_service: str  # full protobuf service name (health checks, reflection, metrics labels)
+    grpc_service: str  # full protobuf service name (health checks, reflection, metrics labels); "" for HTTP-only
     module: str  # the module whose main() serves it
     env_prefix: str  # its flags default from PREFIX_* environment variables
     port: int  # default gRPC port
     metrics_port: int  # default Prometheus /metrics port
+
+    @property
+    def speaks_grpc(self) -> bool:
+        """False for the HTTP gateway: it has no gRPC health service and serves /metrics on its own port."""
+        return bool(self.grpc_service)
+
+    @property
+    def health_url(self) -> str:
+        return f"http://localhost:{self.port}/health"
 
     @property
     def address_env(self) -> str:
@@ -37,7 +46,9 @@ QUERY_ENCODER = Service(
 )
 CATALOG = Service("catalog", "whisperlite.v1.CatalogService", "whisperlite.services.catalog.server", "CATALOG", 50052, 9102)
 RANKER = Service("ranker", "whisperlite.v1.RankerService", "whisperlite.services.ranker.server", "RANKER", 50050, 9100)
+# The HTTP/JSON front over the ranker and the catalog; /metrics is served on its HTTP port.
+GATEWAY = Service("gateway", "", "whisperlite.services.gateway.server", "GATEWAY", 8080, 8080)
 
 # In start-up order: each one's dependencies come before it.
-SERVICES = (QUERY_ENCODER, CATALOG, RANKER)
+SERVICES = (QUERY_ENCODER, CATALOG, RANKER, GATEWAY)
 BY_NAME = {service.name: service for service in SERVICES}

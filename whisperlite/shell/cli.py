@@ -1,4 +1,4 @@
-"""The `whisperlite` command: serve, up, ingest, recommend, health, model, catalog, data, train, evaluate."""
+"""The `whisperlite` command: serve, up, ingest, recommend, health, model, catalog, data, train, evaluate, judgements."""
 
 import argparse
 import importlib
@@ -18,6 +18,7 @@ PLUGINS = {
     "train": "whisperlite.trainer.cli",
     "evaluate": "whisperlite.trainer.cli",
     "catalog": "whisperlite.shell.catalog_admin",
+    "judgements": "whisperlite.shell.judgements",
 }
 
 
@@ -77,9 +78,14 @@ def _recommend(args: argparse.Namespace) -> None:
 
 
 def _health(args: argparse.Namespace) -> None:
-    from whisperlite.core.clients.health import is_serving
+    if args.address.startswith(("http://", "https://")):
+        from whisperlite.shell.http_health import is_http_serving
 
-    serving = is_serving(args.address, args.service, args.timeout, security=client_security(args))
+        serving = is_http_serving(args.address, args.timeout)
+    else:
+        from whisperlite.core.clients.health import is_serving
+
+        serving = is_serving(args.address, args.service, args.timeout, security=client_security(args))
     print("SERVING" if serving else "NOT_SERVING")
     sys.exit(0 if serving else 1)
 
@@ -102,9 +108,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     serve.add_argument("server_args", nargs=argparse.REMAINDER, help="service flags, e.g. --port 50051")
     serve.set_defaults(func=_serve)
 
-    up = commands.add_parser("up", help="run all three services locally, ingest the demo catalog when empty")
+    up = commands.add_parser("up", help="run the services and the gateway locally, ingest the demo catalog when empty")
     up.add_argument("--data", type=Path, help="canonical dataset to ingest when the catalog is empty")
-    up.add_argument("--state-dir", type=Path, default=Path("var"), help="milvus-lite store and service logs (default ./var)")
+    up.add_argument("--state-dir", type=Path, default=Path("var"), help="milvus-lite store, judgements and service logs (default ./var)")
     up.add_argument("--model-dir", type=Path, default=Path("models"), help="trained models (default ./models)")
     up.add_argument(
         "--secure", action="store_true",
@@ -134,7 +140,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     recommend.set_defaults(func=_recommend)
 
     health = commands.add_parser("health", help="gRPC health check; exit 0 when SERVING (for container health checks)")
-    health.add_argument("address", help="host:port")
+    health.add_argument("address", help="host:port, or the gateway's http://host:port/health URL")
     health.add_argument("--service", default="", help="service name ('' = the whole server)")
     health.add_argument("--timeout", type=float, default=2.0)
     add_client_security_flags(health, token=False)  # health checks need no token

@@ -1,4 +1,4 @@
-"""`whisperlite up`: the three services as separate processes on the embedded defaults."""
+"""`whisperlite up`: the three services and the HTTP gateway as separate processes on the embedded defaults."""
 
 import asyncio
 import os
@@ -14,7 +14,8 @@ from whisperlite.core.client_security import PLAINTEXT, ClientSecurity
 from whisperlite.core.clients.catalog import CatalogClient
 from whisperlite.core.clients.health import wait_until_serving
 from whisperlite.core.dataset import most_active_user
-from whisperlite.core.topology import CATALOG, QUERY_ENCODER, RANKER, SERVICES
+from whisperlite.core.topology import CATALOG, GATEWAY, QUERY_ENCODER, RANKER, SERVICES
+from whisperlite.shell.http_health import wait_until_http_serving
 from whisperlite.shell.ingest import ingest
 
 
@@ -33,6 +34,8 @@ class Stack:
             f"{CATALOG.env_prefix}_DATA_DIR": str(state_dir / "catalog"),
             f"{RANKER.env_prefix}_MODEL_DIR": str(model_dir),
             **(_secure_env(state_dir / "security") if secure else {}),
+            RANKER.address_env: RANKER.local_address,
+            f"{GATEWAY.env_prefix}_STATE_DIR": str(state_dir),
             **(extra_env or {}),
         }
         # How this process (health waits, ingest, the item count) calls the services.
@@ -46,13 +49,21 @@ class Stack:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for spec in SERVICES:
             log_path = self.log_dir / f"{spec.name}.log"
-            command = [sys.executable, "-m", "whisperlite", "serve", spec.name, "--port", str(spec.port), "--metrics-port", str(spec.metrics_port)]
+            command = [sys.executable, "-m", "whisperlite", "serve", spec.name, "--port", str(spec.port)]
+            if spec.speaks_grpc:  # the gateway serves /metrics on its HTTP port
+                command += ["--metrics-port", str(spec.metrics_port)]
             print(f"starting {spec.name} on :{spec.port} (logs: {log_path})", flush=True)
             process = subprocess.Popen(command, env=self.env, stdout=subprocess.DEVNULL, stderr=log_path.open("ab"))
             self.processes[spec.name] = process
-            if not wait_until_serving(
-                spec.local_address, startup_timeout_seconds, alive=lambda p=process: p.poll() is None, security=self.health_security
-            ):
+
+            def alive(p: subprocess.Popen = process) -> bool:
+                return p.poll() is None
+
+            if spec.speaks_grpc:
+                serving = wait_until_serving(spec.local_address, startup_timeout_seconds, alive=alive, security=self.health_security)
+            else:
+                serving = wait_until_http_serving(spec.health_url, startup_timeout_seconds, alive=alive)
+            if not serving:
                 tail = log_path.read_text(errors="replace").splitlines()[-15:]
                 self.stop()
                 raise SystemExit(f"{spec.name} did not become healthy; last log lines:\n" + "\n".join(tail))
@@ -75,7 +86,7 @@ def _secure_env(pki: Path) -> dict[str, str]:
 
     write_dev_pki(pki)
     env = {"WHISPERLITE_AUTH_TOKENS_FILE": str(pki / "tokens.txt"), "WHISPERLITE_TLS_CA_FILE": str(pki / "ca.pem")}
-    for spec in SERVICES:
+    for spec in (s for s in SERVICES if s.speaks_grpc):
         env[f"{spec.env_prefix}_TLS_CERT_FILE"] = str(pki / f"{spec.name}.pem")
         env[f"{spec.env_prefix}_TLS_KEY_FILE"] = str(pki / f"{spec.name}-key.pem")
         env[f"{spec.env_prefix}_DOWNSTREAM_TOKEN_FILE"] = str(pki / "service.token")
@@ -87,13 +98,16 @@ def _examples(user: str, ranker: str, pki: Path | None) -> str:
     if pki is None:
         return (
             f"  .venv/bin/whisperlite recommend --user {user} --query 'black leather boots' -k 5\n"
-            f"  grpcurl -plaintext -d {request} {ranker} whisperlite.v1.RankerService/Recommend\n\n"
+            f"  grpcurl -plaintext -d {request} {ranker} whisperlite.v1.RankerService/Recommend\n"
+            f"  curl -s localhost:{GATEWAY.port}/v1/recommend -H 'content-type: application/json' -d {request}\n\n"
         )
     return (
         f"  .venv/bin/whisperlite recommend --tls-ca-file {pki}/ca.pem --token-file {pki}/shopper.token "
         f"--user {user} --query 'black leather boots' -k 5\n"
         f"  grpcurl -cacert {pki}/ca.pem -H \"authorization: Bearer $(cat {pki}/shopper.token)\" -d {request} "
-        f"{ranker} whisperlite.v1.RankerService/Recommend\n\n"
+        f"{ranker} whisperlite.v1.RankerService/Recommend\n"
+        f"  curl -s localhost:{GATEWAY.port}/v1/recommend -H \"authorization: Bearer $(cat {pki}/shopper.token)\" "
+        f"-H 'content-type: application/json' -d {request}\n\n"
     )
 
 
@@ -109,7 +123,10 @@ def catalog_item_count(address: str, security: ClientSecurity = PLAINTEXT) -> in
 
 
 def up(data_dir: Path | None, state_dir: Path, model_dir: Path, secure: bool = False) -> None:
-    stack = Stack(state_dir, model_dir, secure=secure)
+    real_user = most_active_user(data_dir) if data_dir else None
+    user = real_user or "some-user"
+    suggested = {f"{GATEWAY.env_prefix}_SUGGESTED_USERS": real_user} if real_user else None
+    stack = Stack(state_dir, model_dir, suggested, secure=secure)
     stop_requested = False
 
     def request_stop(*_):
@@ -124,11 +141,11 @@ def up(data_dir: Path | None, state_dir: Path, model_dir: Path, secure: bool = F
         if data_dir is not None and catalog_item_count(catalog_addr, stack.security) == 0:
             print(f"catalog is empty: ingesting {data_dir}", flush=True)
             ingest(data_dir, catalog_addr, security=stack.security)
-        user = (most_active_user(data_dir) if data_dir else None) or "some-user"
         ranker = RANKER.local_address
         print(
             "\nWhisperLite is up:\n"
-            + "".join(f"  {s.name:<14} grpc localhost:{s.port}   metrics http://localhost:{s.metrics_port}/metrics\n" for s in SERVICES)
+            + "".join(f"  {s.name:<14} grpc localhost:{s.port}   metrics http://localhost:{s.metrics_port}/metrics\n" for s in SERVICES if s.speaks_grpc)
+            + f"  {GATEWAY.name:<14} http://localhost:{GATEWAY.port}/ (judgement page, API docs at /docs, metrics at /metrics)\n"
             + f"  items in catalog: {catalog_item_count(catalog_addr, stack.security)}\n\n"
             "Try:\n"
             + _examples(user, ranker, state_dir / "security" if secure else None)

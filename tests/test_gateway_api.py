@@ -1,0 +1,370 @@
+"""The HTTP/JSON gateway against the real ranker, catalog and encoder: same answers and messages as gRPC."""
+
+import re
+import subprocess
+import sys
+from concurrent import futures
+
+import grpc
+import httpx
+import pytest
+
+from tests.fixtures_gateway import WATCH_IDS
+from tests.servers import free_port, launch_gateway
+from whisperlite.services.gateway.schema import PROTO_OF
+from whisperlite.services.gateway.status import http_status
+from whisperlite.v1 import common_pb2, ranker_pb2, ranker_pb2_grpc
+
+
+@pytest.fixture(scope="module")
+def http(gateway_url):
+    with httpx.Client(base_url=gateway_url, timeout=60) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def ranker(gateway_ranker):
+    with grpc.insecure_channel(gateway_ranker.address) as channel:
+        yield ranker_pb2_grpc.RankerServiceStub(channel)
+
+
+def _model_of(schema: dict, components: dict) -> str | None:
+    """The component a property refers to (directly, through anyOf with null, or as array items)."""
+    for candidate in [schema, *schema.get("anyOf", []), schema.get("items", {})]:
+        if "$ref" in candidate:
+            return candidate["$ref"].rsplit("/", 1)[-1]
+    return None
+
+
+def test_openapi_schema_has_the_protos_field_names(http):
+    openapi = http.get("/openapi.json").json()
+    components = openapi["components"]["schemas"]
+    names = {model.__name__: message for model, message in PROTO_OF.items()}
+    for model_name, message in names.items():
+        properties = components[model_name]["properties"]
+        fields = message.DESCRIPTOR.fields_by_name
+        assert set(properties) == set(fields), f"{model_name} drifted from {message.DESCRIPTOR.full_name}"
+        for name, field in fields.items():
+            if field.message_type is not None and not field.message_type.GetOptions().map_entry:
+                # A nested message is the model that mirrors that message.
+                assert names[_model_of(properties[name], components)].DESCRIPTOR is field.message_type, f"{model_name}.{name}"
+    assert components["RecommendResponse"]["properties"]["path"]["enum"] == list(ranker_pb2.PersonalizationPath.keys())
+    paths = openapi["paths"]
+    assert paths["/v1/recommend"]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/RecommendRequest")
+    assert {"/v1/items/{item_id}", "/v1/items", "/health"} <= set(paths), sorted(paths)
+
+
+def test_recommend_over_http_answers_what_grpc_answers(http, ranker, gateway_items):
+    body = {"user_id": "", "query": "a watch for a formal dinner", "top_k": 5, "filter": {"max_price": 45.0}}
+    response = http.post("/v1/recommend", json=body, headers={"x-request-id": "study-42"})
+    assert response.status_code == 200, response.text
+    assert response.headers["x-request-id"] == "study-42"
+    data = response.json()
+    assert data["request_id"] == "study-42"  # the ranker received the caller's id
+    direct = ranker.Recommend(
+        ranker_pb2.RecommendRequest(query=body["query"], top_k=5, filter=common_pb2.ItemFilter(max_price=45.0)), timeout=30
+    )
+    assert [i["item"]["item_id"] for i in data["items"]] == [i.item.item_id for i in direct.items]
+    assert [i["score"] for i in data["items"]] == pytest.approx([i.score for i in direct.items], abs=1e-5)
+    assert data["path"] == "PERSONALIZATION_PATH_TEXT_ONLY"
+    assert all(i["item"]["price"] <= 45.0 for i in data["items"])
+    assert data["items"][0]["item"]["category"] == "watches"
+
+
+def test_a_request_id_is_minted_when_the_caller_sends_none(http, gateway_items):
+    response = http.post("/v1/recommend", json={"query": "winter coat", "top_k": 2})
+    assert re.fullmatch(r"[0-9a-f]{32}", response.headers["x-request-id"])
+    assert response.json()["request_id"] == response.headers["x-request-id"]
+
+
+def test_an_unusable_request_id_is_refused(http):
+    response = http.post("/v1/recommend", json={"query": "coat", "top_k": 2}, headers={"x-request-id": "has spaces in it"})
+    assert response.status_code == 400
+    assert response.json()["error"]["message"].startswith("x-request-id: must be")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"query": "boots", "top_k": 0},
+        {"query": "   ", "top_k": 5},
+        {"query": "boots", "top_k": 100_000},
+        {"query": "boots", "top_k": 5, "filter": {"min_price": 50, "max_price": 10}},
+        {"query": "boots", "top_k": 5, "recent_item_ids": [""]},
+    ],
+)
+def test_bad_input_gets_the_grpc_status_and_message(http, ranker, body):
+    response = http.post("/v1/recommend", json=body)
+    with pytest.raises(grpc.RpcError) as direct:
+        filter_ = common_pb2.ItemFilter(**body.pop("filter", {}))
+        ranker.Recommend(ranker_pb2.RecommendRequest(filter=filter_, **body), timeout=30)
+    assert direct.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert response.status_code == 400
+    assert response.json() == {"error": {"code": "INVALID_ARGUMENT", "message": direct.value.details()}}
+
+
+@pytest.mark.parametrize(
+    ("body", "fields"),
+    [
+        ({"query": "boots", "top_k": "five"}, ["top_k"]),
+        ({"query": "boots", "topk": 5}, ["topk"]),
+        ({"query": "boots", "top_k": 2**40}, ["top_k"]),
+        ({"query": ["boots"], "top_k": 5, "filter": {"categories": "shoes"}}, ["query", "filter.categories"]),
+    ],
+)
+def test_json_that_does_not_fit_the_proto_names_the_field(http, body, fields):
+    response = http.post("/v1/recommend", json=body)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "INVALID_ARGUMENT"
+    for field in fields:
+        assert field in error["message"]
+
+
+def test_a_body_that_is_not_json_is_invalid_argument(http):
+    response = http.post("/v1/recommend", content=b"{not json", headers={"content-type": "application/json"})
+    assert response.status_code == 400 and response.json()["error"]["code"] == "INVALID_ARGUMENT"
+
+
+def test_get_item_and_a_missing_item(http, gateway_items):
+    response = http.get("/v1/items/gw-boots-0")
+    assert response.status_code == 200
+    item = response.json()
+    assert (item["title"], item["category"], item["price"], item["vector"]) == ("Black leather ankle boots", "boots", 20.0, [])
+    with_vector = http.get("/v1/items/gw-boots-0", params={"include_vectors": "true"}).json()
+    assert len(with_vector["vector"]) == 384
+    missing = http.get("/v1/items/no-such-item")
+    assert missing.status_code == 404
+    assert missing.json() == {"error": {"code": "NOT_FOUND", "message": "item_id: 'no-such-item' is not in the catalog"}}
+
+
+def test_an_id_with_a_slash_and_unknown_routes(http, gateway_items):
+    assert http.post("/v1/items", json={"items": [{"item_id": "gw/with/slashes", "title": "Striped silk scarf"}]}).status_code == 200
+    assert http.get("/v1/items/gw/with/slashes").json()["title"] == "Striped silk scarf"
+    unknown = http.get("/v1/no-such-route")
+    assert unknown.status_code == 404 and unknown.json() == {"error": {"code": "NOT_FOUND", "message": "Not Found"}}
+    wrong_method = http.delete("/v1/recommend")
+    assert wrong_method.status_code == 405 and wrong_method.json()["error"]["code"] == "UNIMPLEMENTED"
+
+
+def test_a_bad_upsert_is_refused_and_keeps_what_is_stored(http, gateway_items):
+    bad = {"items": [{"item_id": "gw-boots-0", "title": "overwritten"}, {"item_id": "dup", "title": "a"}, {"item_id": "dup", "title": "b"}]}
+    response = http.post("/v1/items", json=bad)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "INVALID_ARGUMENT" and "dup" in response.json()["error"]["message"]
+    assert http.get("/v1/items/gw-boots-0").json()["title"] == "Black leather ankle boots"
+
+
+def test_an_oversized_request_is_resource_exhausted(http):
+    response = http.post("/v1/recommend", json={"query": "q" * (17 * 1024 * 1024), "top_k": 5})
+    assert response.status_code == 429
+    assert response.json()["error"]["code"] == "RESOURCE_EXHAUSTED"
+
+
+def test_a_body_over_the_gateway_limit_is_refused_unread(tmp_path, gateway_ranker, gateway_catalog):
+    from tests.servers import start_gateway
+
+    gateway = start_gateway(tmp_path / "logs", gateway_ranker.address, gateway_catalog.address, tmp_path / "state", "--max-body-bytes", "1000")
+    try:
+        response = httpx.post(f"http://127.0.0.1:{gateway.port}/v1/recommend", json={"query": "q" * 2000, "top_k": 5}, timeout=30)
+        assert response.status_code == 429
+        assert response.json()["error"]["code"] == "RESOURCE_EXHAUSTED"
+        assert "larger than the gateway's limit of 1000 (--max-body-bytes)" in response.json()["error"]["message"]
+        assert httpx.post(f"http://127.0.0.1:{gateway.port}/v1/recommend", json={"query": "coat", "top_k": 1}, timeout=30).status_code == 200
+    finally:
+        gateway.stop()
+
+
+def test_the_named_status_mapping():
+    expected = {
+        grpc.StatusCode.INVALID_ARGUMENT: 400,
+        grpc.StatusCode.UNAUTHENTICATED: 401,
+        grpc.StatusCode.PERMISSION_DENIED: 403,
+        grpc.StatusCode.NOT_FOUND: 404,
+        grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+        grpc.StatusCode.UNAVAILABLE: 503,
+        grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+        grpc.StatusCode.INTERNAL: 500,
+        grpc.StatusCode.UNKNOWN: 500,
+    }
+    assert {code: http_status(code) for code in expected} == expected
+
+
+def test_health_and_metrics(http, gateway_items):
+    assert http.get("/health").json() == {"status": "SERVING", "upstreams": {"ranker": "SERVING", "catalog": "SERVING"}}
+    http.post("/v1/recommend", json={"query": "sandals", "top_k": 1})
+    http.post("/v1/recommend", json={"query": "sandals", "top_k": 0})
+    metrics = http.get("/metrics")
+    assert metrics.headers["content-type"].startswith("text/plain")
+    for status in ("200", "400"):
+        line = re.search(
+            rf'^whisperlite_gateway_requests_total{{method="POST",route="/v1/recommend",status="{status}"}} (\S+)$', metrics.text, re.M
+        )
+        assert line and float(line.group(1)) >= 1, status
+    assert re.search(r'^whisperlite_gateway_request_seconds_count{method="POST",route="/v1/recommend"} [1-9]', metrics.text, re.M)
+
+
+def _wait_for_http(url: str, process, timeout: float = 120.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            httpx.get(url, timeout=5)
+            return
+        except httpx.TransportError:
+            time.sleep(0.3)
+    raise AssertionError(f"{url} never answered")
+
+
+def test_an_unreachable_ranker_is_unavailable_and_health_says_so(tmp_path, gateway_catalog):
+    gateway = launch_gateway(tmp_path / "logs", f"127.0.0.1:{free_port()}", gateway_catalog.address, tmp_path / "state", "--deadline-seconds", "3")
+    try:
+        base = f"http://127.0.0.1:{gateway.port}"
+        _wait_for_http(f"{base}/health", gateway.process)
+        health = httpx.get(f"{base}/health", timeout=30)
+        assert health.status_code == 503
+        assert health.json()["status"] == "NOT_SERVING"
+        assert health.json()["upstreams"]["catalog"] == "SERVING" and health.json()["upstreams"]["ranker"] != "SERVING"
+        response = httpx.post(f"{base}/v1/recommend", json={"query": "boots", "top_k": 3}, timeout=30)
+        assert response.status_code == 503
+        assert response.json()["error"]["code"] == "UNAVAILABLE"
+        probe = subprocess.run([sys.executable, "-m", "whisperlite", "health", f"{base}/health"], capture_output=True, text=True, timeout=60)
+        assert (probe.returncode, probe.stdout.strip()) == (1, "NOT_SERVING")  # what the image's HEALTHCHECK runs
+    finally:
+        gateway.stop()
+
+
+def test_the_health_command_probes_the_gateway_over_http(gateway_url):
+    probe = subprocess.run([sys.executable, "-m", "whisperlite", "health", f"{gateway_url}/health"], capture_output=True, text=True, timeout=60)
+    assert (probe.returncode, probe.stdout.strip()) == (0, "SERVING")
+
+
+def test_a_port_in_use_stops_start_up_saying_so(gateway, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "whisperlite", "serve", "gateway", "--host", "127.0.0.1", "--port", str(gateway.port), "--state-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 1
+    assert f"gateway: cannot bind HTTP port 127.0.0.1:{gateway.port}: Address already in use" in result.stderr
+
+
+class _TokenCheckingRanker(ranker_pb2_grpc.RankerServiceServicer):
+    """Stands in for a ranker with bearer-token auth (issue 9): decides on the token the gateway forwarded."""
+
+    def __init__(self):
+        self.seen: list[dict[str, str]] = []
+
+    def Recommend(self, request, context):
+        metadata = dict(context.invocation_metadata())
+        self.seen.append(metadata)
+        token = metadata.get("authorization")
+        if token is None:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "authorization: a bearer token is required")
+        if token != "Bearer reader":
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, "token lacks the read scope")
+        return ranker_pb2.RecommendResponse(request_id=metadata["x-request-id"], path=ranker_pb2.PERSONALIZATION_PATH_TEXT_ONLY)
+
+
+def test_tokens_are_passed_through_and_auth_failures_map_to_401_and_403(tmp_path, gateway_catalog):
+    servicer = _TokenCheckingRanker()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    ranker_pb2_grpc.add_RankerServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    gateway = launch_gateway(tmp_path / "logs", f"127.0.0.1:{port}", gateway_catalog.address, tmp_path / "state")
+    try:
+        base = f"http://127.0.0.1:{gateway.port}"
+        _wait_for_http(f"{base}/health", gateway.process)
+        body = {"query": "boots", "top_k": 3}
+        missing = httpx.post(f"{base}/v1/recommend", json=body, timeout=30)
+        assert missing.status_code == 401
+        assert missing.json() == {"error": {"code": "UNAUTHENTICATED", "message": "authorization: a bearer token is required"}}
+        wrong = httpx.post(f"{base}/v1/recommend", json=body, headers={"authorization": "Bearer writer"}, timeout=30)
+        assert wrong.status_code == 403 and wrong.json()["error"]["code"] == "PERMISSION_DENIED"
+        good = httpx.post(f"{base}/v1/recommend", json=body, headers={"authorization": "Bearer reader", "x-request-id": "r-1"}, timeout=30)
+        assert good.status_code == 200 and good.json()["request_id"] == "r-1"
+        assert servicer.seen[-1]["authorization"] == "Bearer reader"
+    finally:
+        gateway.stop()
+        server.stop(0)
+
+
+def test_study_comparison_is_personalized_against_non_personal(http, gateway_items):
+    body = {"user_id": "", "query": "something to wear", "top_k": 5, "recent_item_ids": WATCH_IDS[:2]}
+    comparison = http.post("/v1/study/comparisons", json=body).json()
+    assert comparison["blind"] is False
+    by_side = {shown["side"]: shown for shown in comparison["lists"]}
+    assert [shown["position"] for shown in comparison["lists"]] == ["left", "right"]
+    assert by_side["personalized"]["path"] == "PERSONALIZATION_PATH_RECENT_ITEMS"
+    assert by_side["non_personal"]["path"] == "PERSONALIZATION_PATH_TEXT_ONLY"
+    assert all(item["personal_affinity"] == 0 for item in by_side["non_personal"]["items"])
+    assert any(item["personal_affinity"] > 0 for item in by_side["personalized"]["items"])
+    top_personal = [item["item_id"] for item in by_side["personalized"]["items"]]
+    assert sum(item_id in WATCH_IDS for item_id in top_personal) >= 2  # the recent watches pulled watches up
+
+    url = f"/v1/study/comparisons/{comparison['comparison_id']}"
+    assert http.put(f"{url}/judgements", json={"position": "left", "rank": 1, "relevant": True}).status_code == 200
+    assert http.put(f"{url}/judgements", json={"position": "right", "rank": 2, "relevant": False}).status_code == 200
+    bad_rank = http.put(f"{url}/judgements", json={"position": "left", "rank": 6, "relevant": True})
+    assert bad_rank.status_code == 400 and "rank" in bad_rank.json()["error"]["message"]
+    bad_position = http.put(f"{url}/judgements", json={"position": "middle", "rank": 1, "relevant": True})
+    assert bad_position.json() == {"error": {"code": "INVALID_ARGUMENT", "message": "position: must be left or right, got 'middle'"}}
+    unknown = http.put("/v1/study/comparisons/999999/judgements", json={"position": "left", "rank": 1, "relevant": True})
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "NOT_FOUND"
+    stored = http.get(url).json()
+    assert stored["judged"] == 2
+    assert stored["lists"][0]["items"][0]["relevant"] is True and stored["lists"][1]["items"][1]["relevant"] is False
+
+
+def test_study_bad_request_gets_the_ranker_message(http, ranker):
+    response = http.post("/v1/study/comparisons", json={"query": "", "top_k": 5})
+    with pytest.raises(grpc.RpcError) as direct:
+        ranker.Recommend(ranker_pb2.RecommendRequest(query="", top_k=5), timeout=30)
+    assert response.status_code == 400 and response.json()["error"]["message"] == direct.value.details()
+
+
+def test_blind_mode_hides_the_sides_and_shuffles_them(tmp_path, gateway_ranker, gateway_catalog, gateway_items):
+    import sqlite3
+
+    from tests.servers import start_gateway
+
+    state = tmp_path / "state"
+    gateway = start_gateway(tmp_path / "logs", gateway_ranker.address, gateway_catalog.address, state, "--blind")
+    try:
+        base = f"http://127.0.0.1:{gateway.port}"
+        body = {"query": "shoes for summer", "top_k": 3, "recent_item_ids": WATCH_IDS[:1]}
+        comparisons = [httpx.post(f"{base}/v1/study/comparisons", json=body, timeout=60).json() for _ in range(16)]
+        for comparison in comparisons:
+            assert comparison["blind"] is True
+            for shown in comparison["lists"]:
+                assert set(shown) == {"position", "items"}
+                assert all(set(item) == {"rank", "item_id", "title", "score", "relevant"} for item in shown["items"])
+        with sqlite3.connect(state / "judgements.sqlite") as db:
+            left_sides = {row[0] for row in db.execute("SELECT side FROM shown_lists WHERE position = 'left'")}
+        assert left_sides == {"personalized", "non_personal"}  # 16 coin flips all alike: 1 in 32768
+    finally:
+        gateway.stop()
+
+
+def test_a_broken_store_is_an_internal_error_in_json_not_a_crash(tmp_path, gateway_ranker, gateway_catalog, gateway_items):
+    import sqlite3
+
+    from tests.servers import start_gateway
+
+    state = tmp_path / "state"
+    gateway = start_gateway(tmp_path / "logs", gateway_ranker.address, gateway_catalog.address, state)
+    try:
+        base = f"http://127.0.0.1:{gateway.port}"
+        comparison = httpx.post(f"{base}/v1/study/comparisons", json={"query": "coat", "top_k": 2}, timeout=60).json()
+        with sqlite3.connect(state / "judgements.sqlite") as db:  # someone drops a table under the running gateway
+            db.execute("DROP TABLE judgements")
+        response = httpx.put(
+            f"{base}/v1/study/comparisons/{comparison['comparison_id']}/judgements", json={"position": "left", "rank": 1, "relevant": True}, timeout=30
+        )
+        assert response.status_code == 500
+        assert response.json() == {"error": {"code": "INTERNAL", "message": "the gateway failed: OperationalError; see its log"}}
+        assert httpx.get(f"{base}/health", timeout=30).status_code == 200  # still serving the rest
+        assert "unexpected error" in gateway.log()
+    finally:
+        gateway.stop()

@@ -1,0 +1,112 @@
+"""The judgement page in real headless Chromium (Debian's package, driven by Playwright) over the real stack."""
+
+import os
+import shutil
+from pathlib import Path
+
+import grpc
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+from tests.fixtures_gateway import WATCH_IDS
+from whisperlite.v1 import ranker_pb2, ranker_pb2_grpc
+
+CHROMIUM = Path("/usr/bin/chromium")  # `make install` installs it; `playwright install` would need the internet
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]
+SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "gateway.png"
+TIMEOUT_MS = 60_000  # a loaded 2-core machine embeds and ranks slowly
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: `make install` installs Debian's chromium")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    yield page
+    context.close()
+
+
+def _item(page, position: str, rank: int):
+    return page.locator(f"#list-{position} li").nth(rank - 1)
+
+
+def test_type_a_request_judge_three_items_reload_and_find_them(page, gateway_url, gateway_items, tmp_path):
+    page.goto(gateway_url)
+    page.get_by_label("Request").fill("something to wear")
+    page.get_by_label("Recent item ids").fill(", ".join(WATCH_IDS[:2]))
+    page.get_by_label("Items").fill("5")
+    page.get_by_role("button", name="Recommend").click()
+
+    expect(page.locator("#list-left li")).to_have_count(5)
+    expect(page.locator("#list-right li")).to_have_count(5)
+    expect(page.locator("#list-left h2")).to_have_text("Personalized")
+    expect(page.locator("#list-right h2")).to_have_text("Non-personal (request text only)")
+    expect(page.locator("#list-left .meta")).to_contain_text("path RECENT_ITEMS")
+    expect(page.locator("#list-right .meta")).to_contain_text("path TEXT_ONLY")
+    expect(_item(page, "left", 1).locator(".explain")).to_contain_text("personal affinity")
+    titles = {item["title"] for item in gateway_items}
+    assert _item(page, "left", 1).locator(".title").inner_text() in titles
+
+    marks = [("left", 1, "Relevant", "true"), ("left", 2, "Not relevant", "false"), ("right", 1, "Relevant", "true")]
+    for position, rank, label, _ in marks:
+        page.get_by_role("button", name=f"{label}: {position} list, rank {rank}", exact=True).click()
+    for position, rank, _, judged in marks:  # each mark shows once the gateway stored it
+        expect(_item(page, position, rank)).to_have_attribute("data-judged", judged)
+    assert "comparison=" in page.url
+
+    page.screenshot(path=str(tmp_path / "gateway.png"), full_page=True)
+    if os.environ.get("UPDATE_DOCS_SCREENSHOT") == "1":
+        shutil.copy(tmp_path / "gateway.png", SCREENSHOT)
+
+    page.reload()
+    for position, rank, _, judged in marks:
+        expect(_item(page, position, rank)).to_have_attribute("data-judged", judged)
+    expect(_item(page, "right", 2)).to_have_attribute("data-judged", "")
+    expect(page.get_by_label("Request")).to_have_value("something to wear")
+
+
+def test_bad_input_in_the_form_shows_the_grpc_message(page, gateway_url, gateway_ranker):
+    with grpc.insecure_channel(gateway_ranker.address) as channel, pytest.raises(grpc.RpcError) as direct:
+        ranker_pb2_grpc.RankerServiceStub(channel).Recommend(ranker_pb2.RecommendRequest(query="boots", top_k=0), timeout=30)
+    page.goto(gateway_url)
+    page.get_by_label("Request").fill("boots")
+    page.get_by_label("Items").fill("0")
+    page.get_by_role("button", name="Recommend").click()
+    expect(page.get_by_role("alert")).to_have_text(f"INVALID_ARGUMENT: {direct.value.details()}")
+    expect(page.locator("#lists li")).to_have_count(0)
+
+
+def test_blind_mode_shows_unlabelled_lists(browser, tmp_path, gateway_ranker, gateway_catalog, gateway_items):
+    from tests.servers import start_gateway
+
+    gateway = start_gateway(tmp_path / "logs", gateway_ranker.address, gateway_catalog.address, tmp_path / "state", "--blind")
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(f"http://127.0.0.1:{gateway.port}/")
+        page.get_by_label("Request").fill("something to wear")
+        page.get_by_label("Recent item ids").fill(WATCH_IDS[0])
+        page.get_by_role("button", name="Recommend").click()
+        expect(page.locator("#list-left h2")).to_have_text("List A")
+        expect(page.locator("#list-right h2")).to_have_text("List B")
+        expect(page.locator("#list-left li")).to_have_count(10)
+        lists = page.locator("#lists").inner_text()
+        for label in ("Personalized", "Non-personal", "path", "affinity", "query match"):
+            assert label not in lists
+    finally:
+        context.close()
+        gateway.stop()

@@ -1,0 +1,93 @@
+"""The JSON bodies of the gateway's /v1 API, field for field the protos' messages (proto field names).
+
+FastAPI derives the OpenAPI schema from these models; `PROTO_OF` pairs each model with the message it
+mirrors, and tests/test_gateway_api.py compares the schema's field names with the proto descriptors so
+the two cannot drift. Values are checked here only for their JSON type: the services validate the rest,
+so an HTTP caller gets exactly the message a gRPC caller gets.
+"""
+
+from typing import Literal
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from pydantic import BaseModel, ConfigDict, Field
+
+from whisperlite.v1 import catalog_pb2, common_pb2, ranker_pb2
+
+
+class ProtoModel(BaseModel):
+    # A misspelt field is an error naming it, never silently dropped.
+    model_config = ConfigDict(extra="forbid")
+
+
+class ItemFilter(ProtoModel):
+    categories: list[str] = Field(default_factory=list, description="keep only items whose category is one of these (exact match)")
+    min_price: float | None = Field(None, description="keep only items with a price at least this")
+    max_price: float | None = Field(None, description="keep only items with a price at most this")
+    exclude_item_ids: list[str] = Field(default_factory=list, description="never return these item ids")
+
+
+class Item(ProtoModel):
+    item_id: str = Field("", description="caller-chosen identifier, unique in the catalog; 1 to 256 characters")
+    title: str = Field("", description="human-readable name")
+    text: str = Field("", description="longer description embedded by the text tower")
+    category: str = ""
+    price: float | None = Field(None, description="absent when unknown (never matches a price filter)")
+    image_uri: str = ""
+    attributes: dict[str, str] = Field(default_factory=dict)
+    vector: list[float] = Field(default_factory=list, description="item embedding; on upsert optional (the catalog embeds the text)")
+
+
+class RecommendRequest(ProtoModel):
+    user_id: str = Field("", description="the user asking; unknown or empty ids are served without personal history")
+    query: str = Field("", description="what the user typed; non-blank, bounded length")
+    top_k: int = Field(0, description="number of items wanted: 1 to the ranker's cap")
+    filter: ItemFilter | None = None
+    recent_item_ids: list[str] = Field(default_factory=list, description="items the user looked at recently, newest last")
+
+
+PersonalizationPath = Literal[tuple(ranker_pb2.PersonalizationPath.keys())]
+
+
+class RecommendedItem(ProtoModel):
+    item: Item
+    score: float = Field(description="final score used for the ranking; higher is better")
+    query_match: float = Field(description="cosine similarity between the request text and the item")
+    personal_affinity: float = Field(description="cosine similarity between the user's taste and the item; 0 without user evidence")
+
+
+class RecommendResponse(ProtoModel):
+    items: list[RecommendedItem]
+    model_version: str = Field(description="personalization model version; empty when no trained model is loaded")
+    request_id: str
+    path: PersonalizationPath = Field(description="which evidence personalized this response")
+
+
+class UpsertItemsRequest(ProtoModel):
+    items: list[Item]
+
+
+class UpsertItemsResponse(ProtoModel):
+    upserted_count: int
+    embedded_count: int
+
+
+PROTO_OF: dict[type[ProtoModel], type[Message]] = {
+    ItemFilter: common_pb2.ItemFilter,
+    Item: common_pb2.Item,
+    RecommendRequest: ranker_pb2.RecommendRequest,
+    RecommendedItem: ranker_pb2.RecommendedItem,
+    RecommendResponse: ranker_pb2.RecommendResponse,
+    UpsertItemsRequest: catalog_pb2.UpsertItemsRequest,
+    UpsertItemsResponse: catalog_pb2.UpsertItemsResponse,
+}
+
+
+def to_proto(model: ProtoModel) -> Message:
+    """The proto message a JSON body stands for (raises json_format.ParseError, e.g. an int32 out of range)."""
+    return json_format.ParseDict(model.model_dump(exclude_none=True), PROTO_OF[type(model)]())
+
+
+def from_proto(message: Message) -> dict:
+    """A proto message as the JSON its model describes (proto field names, unset scalars as their defaults)."""
+    return json_format.MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)

@@ -1,0 +1,121 @@
+"""Gateway entry point: `whisperlite serve gateway` (flags, env vars, wiring; uvicorn serves the app)."""
+
+import argparse
+import asyncio
+import logging
+import socket
+from pathlib import Path
+
+import uvicorn
+
+from whisperlite.core.topology import CATALOG, DEFAULT_MAX_MESSAGE_BYTES, GATEWAY, RANKER
+from whisperlite.services.common.config import env_bool, env_float, env_int, env_str
+from whisperlite.services.common.logs import configure_logging
+from whisperlite.services.gateway.app import create_app
+from whisperlite.services.gateway.judgements import JudgementStore
+from whisperlite.services.gateway.upstream import Upstream
+
+log = logging.getLogger("whisperlite.gateway")
+PREFIX = GATEWAY.env_prefix
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="whisperlite serve gateway", description="Serve the HTTP/JSON gateway and the judgement page.")
+    # Not add_server_flags: those describe a gRPC server (its metrics port, and the gRPC security flags
+    # issue 9 adds there), which the HTTP gateway is not.
+    parser.add_argument(
+        "--host",
+        default=env_str(f"{PREFIX}_HOST", "127.0.0.1"),
+        help=f"bind address; loopback by default, [::] or 0.0.0.0 to be reachable from other hosts (env {PREFIX}_HOST)",
+    )
+    parser.add_argument(
+        "--port", type=int, default=env_int(f"{PREFIX}_PORT", GATEWAY.port), help=f"HTTP port of the API, the page and /metrics (env {PREFIX}_PORT)"
+    )
+    parser.add_argument("--ranker-addr", default=env_str(RANKER.address_env, RANKER.local_address), help=f"ranker address (env {RANKER.address_env})")
+    parser.add_argument(
+        "--catalog-addr", default=env_str(CATALOG.address_env, CATALOG.local_address), help=f"catalog address (env {CATALOG.address_env})"
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path(env_str(f"{PREFIX}_STATE_DIR", "var")),
+        help=f"folder of the judgement store judgements.sqlite (env {PREFIX}_STATE_DIR)",
+    )
+    parser.add_argument(
+        "--blind",
+        action="store_true",
+        default=env_bool(f"{PREFIX}_BLIND", False),
+        help=f"study page shows the two lists in random order without side, path or affinity labels (env {PREFIX}_BLIND)",
+    )
+    parser.add_argument(
+        "--suggested-users",
+        default=env_str(f"{PREFIX}_SUGGESTED_USERS", ""),
+        help=f"comma-separated user ids the page offers to pick, beside those already judged (env {PREFIX}_SUGGESTED_USERS)",
+    )
+    parser.add_argument(
+        "--deadline-seconds",
+        type=float,
+        default=env_float(f"{PREFIX}_DEADLINE_SECONDS", 10.0),
+        help=f"deadline of each upstream gRPC call (env {PREFIX}_DEADLINE_SECONDS)",
+    )
+    parser.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=env_int(f"{PREFIX}_MAX_BODY_BYTES", 64 * 1024 * 1024),
+        help=f"largest HTTP request body accepted; JSON spells numbers out, so it is above --max-message-bytes (env {PREFIX}_MAX_BODY_BYTES)",
+    )
+    parser.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=env_int(f"{PREFIX}_MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES),
+        help=f"largest gRPC message sent upstream or received (env {PREFIX}_MAX_MESSAGE_BYTES)",
+    )
+    parser.add_argument(
+        "--grace-seconds",
+        type=float,
+        default=env_float(f"{PREFIX}_GRACE_SECONDS", 10.0),
+        help=f"how long in-flight requests may finish after SIGTERM (env {PREFIX}_GRACE_SECONDS)",
+    )
+    parser.add_argument("--log-level", default=env_str("LOG_LEVEL", "INFO"), help="log level (env LOG_LEVEL)")
+    return parser
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """Binds the way the gRPC services do: "[::]" takes IPv6 and IPv4 connections alike.
+
+    uvicorn (asyncio) would open an IPv6 socket as IPv6-only, so a browser at 127.0.0.1 would be refused.
+    """
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    # Accepted connections inherit it. Without it a response leaves in two writes and the second waits
+    # for the client's delayed ACK: measured 44 ms instead of 5 ms per call (benchmarks/gateway_overhead.py).
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise SystemExit(f"{GATEWAY.name}: cannot bind HTTP port {host}:{port}: {error.strerror}") from None
+    return sock
+
+
+async def run(args: argparse.Namespace) -> None:
+    upstream = Upstream(args.ranker_addr, args.catalog_addr, deadline_seconds=args.deadline_seconds, max_message_bytes=args.max_message_bytes)
+    store = JudgementStore.in_folder(args.state_dir)
+    suggested = tuple(user.strip() for user in args.suggested_users.split(",") if user.strip())
+    app = create_app(upstream, store, blind=args.blind, suggested_users=suggested, max_body_bytes=args.max_body_bytes)
+    sock = listening_socket(args.host, args.port)
+    config = uvicorn.Config(app, log_config=None, access_log=False, timeout_graceful_shutdown=args.grace_seconds)
+    log.info("listening", extra={"service": GATEWAY.name, "http_port": args.port, "judgements": str(store.path), "blind": args.blind})
+    # uvicorn handles SIGTERM/SIGINT: stops accepting, drains in-flight requests, runs the app's shutdown
+    # (closes the channels and the store), then re-raises the signal so the process ends with it.
+    await uvicorn.Server(config).serve(sockets=[sock])
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_level, service=GATEWAY.name)
+    asyncio.run(run(args))

@@ -1,0 +1,61 @@
+"""The gateway's one way to reach the ranker and the catalog: grpc.aio stubs over shared channels.
+
+Callers' credentials and request ids travel as gRPC metadata; an upstream failure surfaces as the
+grpc.aio.AioRpcError it is, and the app turns its code into an HTTP status (status.py).
+"""
+
+import asyncio
+from collections.abc import Sequence
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from whisperlite.core.channels import create_channel
+from whisperlite.core.topology import CATALOG, RANKER
+from whisperlite.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2, ranker_pb2, ranker_pb2_grpc
+
+Metadata = Sequence[tuple[str, str]]
+
+
+class Upstream:
+    def __init__(self, ranker_address: str, catalog_address: str, *, deadline_seconds: float, max_message_bytes: int):
+        self.addresses = {RANKER.name: ranker_address, CATALOG.name: catalog_address}
+        self.deadline_seconds = deadline_seconds
+        self._ranker_channel = create_channel(ranker_address, max_message_bytes=max_message_bytes)
+        self._catalog_channel = create_channel(catalog_address, max_message_bytes=max_message_bytes)
+        self._ranker = ranker_pb2_grpc.RankerServiceStub(self._ranker_channel)
+        self._catalog = catalog_pb2_grpc.CatalogServiceStub(self._catalog_channel)
+        self._health = {
+            RANKER.name: (health_pb2_grpc.HealthStub(self._ranker_channel), RANKER.grpc_service),
+            CATALOG.name: (health_pb2_grpc.HealthStub(self._catalog_channel), CATALOG.grpc_service),
+        }
+
+    async def recommend(self, request: ranker_pb2.RecommendRequest, metadata: Metadata) -> ranker_pb2.RecommendResponse:
+        return await self._ranker.Recommend(request, timeout=self.deadline_seconds, metadata=metadata)
+
+    async def get_item(self, item_id: str, include_vectors: bool, metadata: Metadata) -> common_pb2.Item | None:
+        """The item, or None when the catalog does not hold it."""
+        request = catalog_pb2.GetItemsRequest(item_ids=[item_id], include_vectors=include_vectors)
+        response = await self._catalog.GetItems(request, timeout=self.deadline_seconds, metadata=metadata)
+        return response.items[0] if response.items else None
+
+    async def upsert_items(self, request: catalog_pb2.UpsertItemsRequest, metadata: Metadata) -> catalog_pb2.UpsertItemsResponse:
+        return await self._catalog.UpsertItems(request, timeout=self.deadline_seconds, metadata=metadata)
+
+    async def health(self) -> dict[str, str]:
+        """Each upstream's gRPC health status name (SERVING, NOT_SERVING, or the error code that stood in for one)."""
+
+        async def check(stub: health_pb2_grpc.HealthStub, service: str) -> str:
+            try:
+                response = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=min(self.deadline_seconds, 2.0))
+            except grpc.aio.AioRpcError as error:
+                return error.code().name
+            return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+        names = list(self._health)
+        statuses = await asyncio.gather(*(check(*self._health[name]) for name in names))
+        return dict(zip(names, statuses))
+
+    async def close(self) -> None:
+        await self._ranker_channel.close()
+        await self._catalog_channel.close()

@@ -16,10 +16,11 @@ import sys
 from pathlib import Path
 
 import grpc
+import httpx
 import pandas as pd
 import pytest
 
-from tests.servers import REPO, start_catalog, start_service
+from tests.servers import REPO, start_catalog, start_gateway, start_service
 from whisperlite.core.channels import create_sync_channel
 from whisperlite.core.client_security import ClientSecurity
 from whisperlite.core.clients.model_admin import ModelAdminClient
@@ -174,3 +175,28 @@ def test_model_admin_needs_the_admin_scope(secure_stack, pki):
     )  # fmt: skip
     assert listing.returncode == 0, listing.stderr[-2000:]
     assert json.loads(listing.stdout).get("models", []) == []  # this ranker serves text-only: no version on disk
+
+
+def test_the_gateway_speaks_tls_upstream_and_forwards_the_callers_token(secure_stack, pki, tmp_path):
+    """The HTTP gateway (issue 11) in front of the secured stack: TLS (mTLS to the catalog) upstream,
+    the caller's own token passed through, never one of its own."""
+    gateway = start_gateway(
+        tmp_path / "logs", secure_stack["ranker"].address, secure_stack["catalog"].address, tmp_path / "state",
+        "--tls-ca-file", str(pki / "ca.pem"), "--tls-cert-file", str(pki / "client.pem"), "--tls-key-file", str(pki / "client-key.pem"),
+    )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{gateway.port}/v1/recommend"
+        body = {"query": "black leather boots", "top_k": 3}
+        shopper = {"authorization": f"Bearer {_token(pki, 'shopper')}"}
+        answered = httpx.post(url, json=body, headers=shopper, timeout=60)
+        assert answered.status_code == 200, answered.text
+        assert len(answered.json()["items"]) == 3
+        assert httpx.post(url, json=body, timeout=60).status_code == 401
+        # The shopper's token may not write: the catalog says PERMISSION_DENIED, the gateway 403, and nothing is stored.
+        item = {"items": [{"item_id": "defaced", "title": "DEFACED"}]}
+        refused = httpx.post(f"http://127.0.0.1:{gateway.port}/v1/items", json=item, headers=shopper, timeout=60)
+        assert refused.status_code in (401, 403), refused.text  # the catalog does not know the shopper's token at all
+        ingest = {"authorization": f"Bearer {_token(pki, 'ingest')}"}
+        assert httpx.get(f"http://127.0.0.1:{gateway.port}/v1/items/defaced", headers=ingest, timeout=60).status_code == 404
+    finally:
+        gateway.stop()

@@ -13,6 +13,7 @@ from whisperlite.services.common.config import env_bool, env_float, env_int, env
 from whisperlite.services.common.logs import configure_logging
 from whisperlite.services.gateway.app import create_app
 from whisperlite.services.gateway.judgements import JudgementStore
+from whisperlite.core.client_security import ENV_CA_FILE, ClientSecurity
 from whisperlite.services.gateway.upstream import Upstream
 
 log = logging.getLogger("whisperlite.gateway")
@@ -77,7 +78,27 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"how long in-flight requests may finish after SIGTERM (env {PREFIX}_GRACE_SECONDS)",
     )
     parser.add_argument("--log-level", default=env_str("LOG_LEVEL", "INFO"), help="log level (env LOG_LEVEL)")
+    upstream = parser.add_argument_group("upstream TLS (docs/security.md); callers' tokens are forwarded as they came")
+    upstream.add_argument(
+        "--tls-ca-file", default=env_str(ENV_CA_FILE, ""),
+        help=f"PEM CA of the ranker's and catalog's certificates; set: calls to them use TLS (env {ENV_CA_FILE})",
+    )
+    upstream.add_argument(
+        "--tls-cert-file", default=env_str(f"{PREFIX}_TLS_CERT_FILE", ""),
+        help=f"client certificate presented to upstreams that require mTLS (env {PREFIX}_TLS_CERT_FILE)",
+    )
+    upstream.add_argument("--tls-key-file", default=env_str(f"{PREFIX}_TLS_KEY_FILE", ""), help=f"its private key (env {PREFIX}_TLS_KEY_FILE)")
     return parser
+
+
+def upstream_security(args: argparse.Namespace) -> ClientSecurity:
+    """TLS towards the ranker and catalog, without a token of the gateway's own: each call carries its caller's."""
+    try:
+        security = ClientSecurity(ca_file=args.tls_ca_file, cert_file=args.tls_cert_file, key_file=args.tls_key_file)
+        security.channel_credentials()  # unreadable files stop start-up here, not at the first call
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"{GATEWAY.name}: upstream TLS: {error}") from None
+    return security
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -103,7 +124,10 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 
 async def run(args: argparse.Namespace) -> None:
-    upstream = Upstream(args.ranker_addr, args.catalog_addr, deadline_seconds=args.deadline_seconds, max_message_bytes=args.max_message_bytes)
+    upstream = Upstream(
+        args.ranker_addr, args.catalog_addr, deadline_seconds=args.deadline_seconds, max_message_bytes=args.max_message_bytes,
+        security=upstream_security(args),
+    )
     store = JudgementStore.in_folder(args.state_dir)
     suggested = tuple(user.strip() for user in args.suggested_users.split(",") if user.strip())
     app = create_app(upstream, store, blind=args.blind, suggested_users=suggested, max_body_bytes=args.max_body_bytes)

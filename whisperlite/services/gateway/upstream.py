@@ -11,6 +11,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from whisperlite.core.channels import create_channel
+from whisperlite.core.client_security import PLAINTEXT, ClientSecurity
 from whisperlite.core.topology import CATALOG, RANKER
 from whisperlite.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2, ranker_pb2, ranker_pb2_grpc
 
@@ -18,11 +19,14 @@ Metadata = Sequence[tuple[str, str]]
 
 
 class Upstream:
-    def __init__(self, ranker_address: str, catalog_address: str, *, deadline_seconds: float, max_message_bytes: int):
+    def __init__(
+        self, ranker_address: str, catalog_address: str, *, deadline_seconds: float, max_message_bytes: int,
+        security: ClientSecurity = PLAINTEXT,
+    ):  # fmt: skip
         self.addresses = {RANKER.name: ranker_address, CATALOG.name: catalog_address}
         self.deadline_seconds = deadline_seconds
-        self._ranker_channel = create_channel(ranker_address, max_message_bytes=max_message_bytes)
-        self._catalog_channel = create_channel(catalog_address, max_message_bytes=max_message_bytes)
+        self._ranker_channel = create_channel(ranker_address, max_message_bytes=max_message_bytes, security=security)
+        self._catalog_channel = create_channel(catalog_address, max_message_bytes=max_message_bytes, security=security)
         self._ranker = ranker_pb2_grpc.RankerServiceStub(self._ranker_channel)
         self._catalog = catalog_pb2_grpc.CatalogServiceStub(self._catalog_channel)
         self._health = {

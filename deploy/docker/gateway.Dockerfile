@@ -15,7 +15,7 @@ COPY pyproject.toml constraints.txt README.md ./
 COPY whisperlite whisperlite
 # constraints.txt pins every transitive dependency, torch as its CPU build (2.13.0+cpu), which only
 # the PyTorch index serves: PyPI's Linux wheel of the same version is the multi-GB CUDA build.
-RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu --constraint constraints.txt .
+RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu --constraint constraints.txt ".[serve]"
 
 # ---- runtime: slim, non-root, health-checked over HTTP (SERVING only when both upstreams are) ----
 FROM ${PYTHON_IMAGE}

@@ -12,6 +12,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from whisperlite.core.topology import DEFAULT_MAX_MESSAGE_BYTES
+from whisperlite.services.common.admission import Admission, AdmissionLimits
 from whisperlite.services.common.interceptors import ObservabilityInterceptor
 
 log = logging.getLogger("whisperlite.server")
@@ -20,6 +21,8 @@ MAX_CONNECTION_AGE_MS = 5 * 60 * 1000
 
 # (add_XServicer_to_server, servicer, full service name)
 ServicerBinding = tuple[Callable[[Any, grpc.aio.Server], None], Any, str]
+# Given a way to set the service's health, watches a dependency for as long as the service serves.
+HealthWatch = Callable[[Callable[[bool], Awaitable[None]]], Awaitable[None]]
 
 
 async def serve(
@@ -35,15 +38,20 @@ async def serve(
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ready: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
+    admission: AdmissionLimits | None = None,
+    health_watch: HealthWatch | None = None,
 ) -> None:
     """Runs until SIGTERM/SIGINT (or `stop` is set), then drains in-flight calls for `grace_seconds`.
 
     Health reports NOT_SERVING until `startup` has returned, so load balancers and `whisperlite up`
     wait for the model or collection to be loaded; it goes NOT_SERVING again as soon as shutdown starts.
     `ready` is set once serving (lets in-process callers such as tests wait without polling).
+    `admission` bounds in-flight work (whisperlite.services.common.admission); `health_watch` runs
+    while serving and may turn health NOT_SERVING and back (the catalog watches its store with it).
     """
+    admitted = Admission(admission or AdmissionLimits(), name)
     server = grpc.aio.server(
-        interceptors=[ObservabilityInterceptor(max_response_bytes=max_message_bytes)],
+        interceptors=[ObservabilityInterceptor(max_response_bytes=max_message_bytes, admission=admitted)],
         options=[
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
@@ -91,12 +99,20 @@ async def serve(
             else:
                 startup_task.result()
         if not stop.is_set():
-            for service in ["", *service_names]:
-                await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+            await _set_health(health_servicer, service_names, True)
             log.info("serving", extra={"service": name})
             if ready is not None:
                 ready.set()
-            await stop.wait()
+            if health_watch is not None:
+                watch_task = asyncio.ensure_future(health_watch(lambda serving: _set_health(health_servicer, service_names, serving)))
+                stop_task = asyncio.ensure_future(stop.wait())
+                await asyncio.wait({watch_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+                stop_task.cancel()
+                watch_task.cancel()
+                if watch_task.done() and not watch_task.cancelled():
+                    watch_task.result()  # a watch that gave up (SystemExit) stops the service with its reason
+            else:
+                await stop.wait()
     finally:
         log.info("shutting down", extra={"service": name, "grace_seconds": grace_seconds})
         await health_servicer.enter_graceful_shutdown()
@@ -107,3 +123,9 @@ async def serve(
         if metrics_server is not None:
             metrics_server.shutdown()
         log.info("stopped", extra={"service": name})
+
+
+async def _set_health(health_servicer, service_names: Sequence[str], serving: bool) -> None:
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    for service in ["", *service_names]:
+        await health_servicer.set(service, status)

@@ -33,6 +33,11 @@ class EmbedderSettings:
     cache_size: int = 10_000
     max_text_chars: int = 2_000
     max_inputs: int = 2_048
+    # One model call pads its texts to the longest: at most this many tokens in all (texts x longest),
+    # so a call takes tens of milliseconds on a CPU and a query waits at most one bulk batch.
+    max_batch_tokens: int = 2_048
+    # The most tokens one request may ask for: max_inputs texts of 256 tokens (MiniLM's limit) fit.
+    max_request_tokens: int = 524_288
 
 
 def warm_up(encoder: Encoder, max_batch_size: int) -> None:
@@ -57,7 +62,7 @@ class Embedder:
     """
 
     def __init__(self, settings: EmbedderSettings):
-        for name in ("max_batch_size", "max_text_chars", "max_inputs"):
+        for name in ("max_batch_size", "max_text_chars", "max_inputs", "max_batch_tokens", "max_request_tokens"):
             if getattr(settings, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(settings, name)}")
         if settings.cache_size < 0:
@@ -83,6 +88,7 @@ class Embedder:
         self._texts = MicroBatcher(
             lambda texts: encoder.encode_texts(texts, batch_size=s.max_batch_size),
             max_batch_size=s.max_batch_size, max_wait_s=s.max_wait_ms / 1e3, executor=self._executor, kind="text",
+            max_batch_cost=s.max_batch_tokens,
         )
         self._texts.start()
         if encoder.supports_images:
@@ -108,14 +114,41 @@ class Embedder:
             raise Unavailable("the encoder model is still loading; retry when health reports SERVING")
         return self.encoder
 
-    async def embed(self, texts: list[str], images: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
-        """Embed texts and images; returns float32 (len(texts), d) and (len(images), d)."""
+    async def embed(self, texts: list[str], images: list[bytes], bulk: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Embed texts and images; returns float32 (len(texts), d) and (len(images), d).
+
+        `bulk` (the caller says it is catalog or ingest work) waits behind interactive requests;
+        None decides by size: a request that fits one batch is interactive.
+        """
         encoder = self.require_encoder()
         self._validate(encoder, texts, images)
         if images:
             await self._check_images_decode(images)
-        text_vectors, image_vectors = await asyncio.gather(self._embed_texts(texts), self._embed_images(images))
+        tokens = await self._text_costs(encoder, texts) if texts else {}
+        if bulk is None:
+            bulk = len(tokens) > self.settings.max_batch_size or len(tokens) * max(tokens.values(), default=0) > self.settings.max_batch_tokens
+        text_vectors, image_vectors = await asyncio.gather(self._embed_texts(texts, tokens, bulk), self._embed_images(images))
         return text_vectors, image_vectors
+
+    async def _text_costs(self, encoder: Encoder, texts: list[str]) -> dict[str, int]:
+        """Tokens of each distinct text; refuses a request that no batch, or no request, budget admits."""
+        unique = list(dict.fromkeys(texts))
+        # Off the event loop: thousands of long texts take a while to tokenize.
+        counts = dict(zip(unique, await asyncio.to_thread(encoder.count_text_tokens, unique), strict=True))
+        s = self.settings
+        for index, text in enumerate(texts):
+            if counts[text] > s.max_batch_tokens:
+                raise InvalidArgument(
+                    f"texts[{index}]: {counts[text]} tokens, over the {s.max_batch_tokens}-token batch budget "
+                    "(--max-batch-tokens); send a shorter text"
+                )
+        total = sum(counts[text] for text in texts)
+        if total > s.max_request_tokens:
+            raise InvalidArgument(
+                f"texts: {total} tokens in all, over the {s.max_request_tokens}-token request limit "
+                "(--max-request-tokens); split the request"
+            )
+        return counts
 
     def _validate(self, encoder: Encoder, texts: list[str], images: list[bytes]) -> None:
         limit = self.settings.max_text_chars
@@ -139,7 +172,7 @@ class Embedder:
             if not image:
                 raise InvalidArgument(f"images[{index}]: empty bytes, expected an encoded image (PNG, JPEG, ...)")
 
-    async def _embed_texts(self, texts: list[str]) -> np.ndarray:
+    async def _embed_texts(self, texts: list[str], tokens: dict[str, int], bulk: bool) -> np.ndarray:
         encoder = self.require_encoder()
         if not texts:
             return np.zeros((0, encoder.dimension), dtype=np.float32)
@@ -155,7 +188,7 @@ class Embedder:
         missing = list(dict.fromkeys(text for text in texts if text not in found))
         if missing:
             assert self._texts is not None
-            computed = await self._texts.submit(missing)
+            computed = await self._texts.submit(missing, [tokens[text] for text in missing], bulk=bulk)
             for text, vector in zip(missing, computed, strict=True):
                 found[text] = vector
                 if self._cache is not None:

@@ -12,7 +12,7 @@ from whisperlite.core.errors import FailedPrecondition, ServiceError
 from whisperlite.core.personalization import PersonalizationModel, resolve_version_dir
 from whisperlite.core.topology import CATALOG, QUERY_ENCODER, RANKER
 from whisperlite.core.vector_space import require_same_encoder
-from whisperlite.services.common.config import add_server_flags, env_float, env_int, env_str
+from whisperlite.services.common.config import add_server_flags, admission_limits, env_float, env_int, env_str
 from whisperlite.services.common.logs import configure_logging
 from whisperlite.services.common.server import serve
 from whisperlite.services.ranker.recommender import RankerLimits, Recommender
@@ -138,6 +138,7 @@ async def run(args: argparse.Namespace) -> None:
         grace_seconds=args.grace_seconds,
         host=args.host,
         max_message_bytes=args.max_message_bytes,
+        admission=admission_limits(args),
     )
 
 

@@ -31,7 +31,7 @@ def _ingest(args: argparse.Namespace) -> None:
     from whisperlite.shell.ingest import ingest
 
     try:
-        written = ingest(args.data, args.catalog, batch_size=args.batch_size)
+        written = ingest(args.data, args.catalog, batch_size=args.batch_size, retries=args.retries)
     except ServiceError as error:
         raise SystemExit(f"{error.code.name}: {error}") from None
     print(f"upserted {written} items into the catalog at {args.catalog}")
@@ -103,6 +103,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     ingest.add_argument("--data", type=Path, required=True, help="canonical dataset directory")
     ingest.add_argument("--catalog", default=CATALOG.local_address, help="catalog address")
     ingest.add_argument("--batch-size", type=int, default=256)
+    ingest.add_argument(
+        "--retries", type=int, default=8, help="times a batch that failed with UNAVAILABLE (a catalog restarting) is sent again, with backoff"
+    )
     ingest.set_defaults(func=_ingest)
 
     recommend = commands.add_parser("recommend", help="ask the ranker for recommendations")

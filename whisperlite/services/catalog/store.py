@@ -105,6 +105,8 @@ class MilvusStore:
         except MilvusException as error:
             hint = " (milvus-lite lets one process open a store: is another catalog running on it?)" if is_local_uri(self.uri) else ""
             raise Unavailable(f"cannot open the Milvus store at {self.uri}: {error.message}{hint}") from None
+        except OSError as error:  # milvus-lite could not start its server process (a broken install)
+            raise Unavailable(f"cannot open the Milvus store at {self.uri}: {error}") from None
         # milvus-lite 2.5.1 has no expression templates (and its parser error makes pymilvus retry for
         # minutes), so it gets quoted literals; a server is probed once.
         self._templates = False if is_local_uri(self.uri) else self._probe_templates()

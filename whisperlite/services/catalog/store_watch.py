@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from whisperlite.core.errors import ServiceError
+from whisperlite.core.errors import ServiceError, Unavailable
 from whisperlite.services.catalog import metrics
 from whisperlite.services.catalog.catalog import Catalog
 
@@ -65,9 +65,9 @@ class StoreWatch:
             except ServiceError as error:
                 waited = time.monotonic() - started
                 if waited >= self._settings.reopen_timeout_seconds:
-                    raise SystemExit(
-                        f"catalog: the store could not be reopened within {waited:.0f} s "
-                        f"(--store-reopen-timeout-seconds): {error}"
+                    # Ends serve() and the process (non-zero, with this reason) for a supervisor to restart.
+                    raise Unavailable(
+                        f"the store could not be reopened within {waited:.0f} s (--store-reopen-timeout-seconds): {error}"
                     ) from None
                 log.warning("store reopen failed; retrying", extra={"reason": str(error), "retry_in_seconds": backoff})
                 await asyncio.sleep(backoff)

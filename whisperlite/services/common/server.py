@@ -110,7 +110,7 @@ async def serve(
                 stop_task.cancel()
                 watch_task.cancel()
                 if watch_task.done() and not watch_task.cancelled():
-                    watch_task.result()  # a watch that gave up (SystemExit) stops the service with its reason
+                    watch_task.result()  # a watch that gave up stops the service with its reason
             else:
                 await stop.wait()
     finally:

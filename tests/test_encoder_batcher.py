@@ -101,8 +101,7 @@ async def test_interactive_requests_go_between_the_batches_of_a_bulk_request(exe
     await bulk
     await batcher.close()
     assert not bulk_done_when_query_answered
-    # One bulk batch, then the query (topped up with bulk inputs while there is room), then the rest.
-    assert encode.calls[1][0] == "query"
+    assert encode.calls[1] == ["query"]  # one bulk batch, then the query alone, then the rest
     np.testing.assert_array_equal(query, expected(["query"]))
 
 

@@ -142,10 +142,14 @@ class MicroBatcher(Generic[T]):
         return count <= self._max_batch_size and (self._max_batch_cost is None or count * costliest <= self._max_batch_cost)
 
     def _take_batch(self) -> list[_Slice[T]]:
-        """Inputs in queue order, interactive first, while the batch stays within size and cost."""
+        """Inputs in queue order while the batch stays within size and cost: interactive ones when
+        any wait (never topped up with bulk inputs, which would make the query's own call as slow
+        as a bulk one), else bulk ones."""
         batch: list[_Slice[T]] = []
         count, costliest = 0, 0
         for queue in (self._interactive, self._bulk):
+            if batch:
+                return batch
             while queue:
                 pending = queue[0]
                 if pending.future.done():  # cancelled by its caller, or failed in an earlier batch

@@ -35,7 +35,7 @@ class EmbedderSettings:
     max_inputs: int = 2_048
     # One model call pads its texts to the longest: at most this many tokens in all (texts x longest),
     # so a call takes tens of milliseconds on a CPU and a query waits at most one bulk batch.
-    max_batch_tokens: int = 2_048
+    max_batch_tokens: int = 1_024
     # The most tokens one request may ask for: max_inputs texts of 256 tokens (MiniLM's limit) fit.
     max_request_tokens: int = 524_288
 

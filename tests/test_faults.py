@@ -330,7 +330,7 @@ def test_encoder_killed_under_recommends_the_ranker_fails_fast_then_recovers(tmp
 
 
 def test_a_heavy_legal_bulk_embed_does_not_starve_recommend(encoder_service, text_only_ranker):
-    long_texts = [(f"item {i}: a long flowing summer dress with floral print, pockets and a belt. " * 30)[:1985] for i in range(384)]
+    long_texts = [(f"item {i}: a long flowing summer dress with floral print, pockets and a belt. " * 30)[:1985] for i in range(160)]
     bulk_result: dict[str, object] = {}
 
     def bulk_embed() -> None:
@@ -411,7 +411,7 @@ def test_ingest_retries_through_a_catalog_restart_and_says_where_it_resumed(tmp_
         catalog.process.kill()
         catalog.process.wait()
         time.sleep(1.0)  # long enough for a batch to fail
-        catalog = start_catalog(tmp_path / "logs", tmp_path / "store", encoder_service.address)
+        catalog = restart_on_same_port(catalog, tmp_path / "logs", "--data-dir", str(tmp_path / "store"), "--query-encoder-addr", encoder_service.address)
         output, _ = ingest.communicate(timeout=300)
         assert ingest.returncode == 0, output
         assert "upserted 300 items" in output

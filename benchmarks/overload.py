@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 import tempfile
 import threading
 import time
@@ -22,8 +23,10 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from tests.servers import start_catalog, start_service
-from whisperlite.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2, query_encoder_pb2, ranker_pb2, ranker_pb2_grpc
+# The stack is started the way the tests start it (real `whisperlite serve` processes, free ports).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.servers import start_catalog, start_service  # noqa: E402
+from whisperlite.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2, query_encoder_pb2, ranker_pb2, ranker_pb2_grpc  # noqa: E402
 
 QUERIES = ["black leather boots", "a light dress for a summer wedding", "warm winter coat", "running shoes", "silk scarf"]
 DIMENSION = 384

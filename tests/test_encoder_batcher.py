@@ -91,7 +91,7 @@ async def test_batches_stay_within_the_cost_budget_counting_padding(executor):
     np.testing.assert_array_equal(result, expected(texts))
 
 
-async def test_interactive_requests_go_between_the_batches_of_a_bulk_request(executor):
+async def test_sharing_one_thread_interactive_requests_go_between_the_batches_of_a_bulk_request(executor):
     encode = RecordingEncoder(delay_s=0.05)
     batcher = await started(encode, executor, max_batch_size=2, max_wait_s=0.0)
     bulk = asyncio.ensure_future(batcher.submit([f"bulk{i}" for i in range(8)], bulk=True))
@@ -103,6 +103,33 @@ async def test_interactive_requests_go_between_the_batches_of_a_bulk_request(exe
     assert not bulk_done_when_query_answered
     assert encode.calls[1] == ["query"]  # one bulk batch, then the query alone, then the rest
     np.testing.assert_array_equal(query, expected(["query"]))
+
+
+async def test_with_a_bulk_thread_a_query_runs_beside_a_bulk_batch(executor):
+    encode = RecordingEncoder(delay_s=0.3)
+    running, most_running, lock = 0, 0, threading.Lock()
+
+    def counting(texts: list[str]) -> np.ndarray:
+        nonlocal running, most_running
+        with lock:
+            running += 1
+            most_running = max(most_running, running)
+        try:
+            return encode(texts)
+        finally:
+            with lock:
+                running -= 1
+
+    bulk_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="bulk")
+    batcher = await started(counting, executor, max_batch_size=2, max_wait_s=0.0, bulk_executor=bulk_pool)
+    bulk = asyncio.ensure_future(batcher.submit([f"bulk{i}" for i in range(4)], bulk=True))
+    await asyncio.sleep(0.05)  # the first bulk batch is running on the bulk thread
+    await batcher.submit(["query"])
+    await bulk
+    await batcher.close()
+    bulk_pool.shutdown()
+    assert most_running == 2  # the query did not wait for the bulk batch to finish
+    assert encode.threads == {"model_0", "bulk_0"}
 
 
 async def test_an_input_over_the_cost_budget_is_refused(executor):

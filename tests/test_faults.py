@@ -235,17 +235,25 @@ def serving_moment(address: str, timeout: float = 180) -> float:
     return time.monotonic()
 
 
+def start_text_only_ranker(tmp_path: Path, encoder_address: str, catalog_address: str, *args: str) -> ServiceProcess:
+    return start_service(
+        "ranker", tmp_path / "logs", "--model-dir", str(tmp_path / "no-model"),
+        "--query-encoder-addr", encoder_address, "--catalog-addr", catalog_address, *args,
+    )
+
+
+def start_catalog_and_ranker(tmp_path: Path, encoder_address: str, items: int) -> tuple[ServiceProcess, ServiceProcess]:
+    """A catalog holding `items` items and a text-only ranker over it, of a test's own, to kill."""
+    catalog = start_catalog(tmp_path / "logs", tmp_path / "store", encoder_address)
+    channel, stub = catalog_stub(catalog.address)
+    upsert_items(stub, range(items))
+    channel.close()
+    return catalog, start_text_only_ranker(tmp_path, encoder_address, catalog.address)
+
+
 @pytest.fixture
 def stack(tmp_path, encoder_service):
-    """A catalog with items and a text-only ranker of its own, so the tests below can kill them."""
-    catalog = start_catalog(tmp_path / "logs", tmp_path / "store", encoder_service.address)
-    channel, stub = catalog_stub(catalog.address)
-    upsert_items(stub, range(100))
-    channel.close()
-    ranker = start_service(
-        "ranker", tmp_path / "logs", "--model-dir", str(tmp_path / "no-model"),
-        "--query-encoder-addr", encoder_service.address, "--catalog-addr", catalog.address,
-    )
+    catalog, ranker = start_catalog_and_ranker(tmp_path, encoder_service.address, items=100)
     services = {"catalog": catalog, "ranker": ranker}
     yield services
     for service in services.values():
@@ -299,16 +307,9 @@ def catalog_query_encoder(catalog: ServiceProcess) -> str:
 
 def test_encoder_killed_under_recommends_the_ranker_fails_fast_then_recovers(tmp_path):
     encoder = start_service("query-encoder", tmp_path / "logs")
-    catalog = start_catalog(tmp_path / "logs", tmp_path / "store", encoder.address)
-    ranker = None
+    catalog = ranker = None
     try:
-        channel, stub = catalog_stub(catalog.address)
-        upsert_items(stub, range(20))
-        channel.close()
-        ranker = start_service(
-            "ranker", tmp_path / "logs", "--model-dir", str(tmp_path / "no-model"),
-            "--query-encoder-addr", encoder.address, "--catalog-addr", catalog.address,
-        )
+        catalog, ranker = start_catalog_and_ranker(tmp_path, encoder.address, items=20)
         with RecommendLoad(ranker.address) as load:
             wait_for(lambda: any(code == grpc.StatusCode.OK for _, code in load.results), timeout=60)
             encoder.process.kill()
@@ -357,10 +358,8 @@ def test_a_heavy_legal_bulk_embed_does_not_starve_recommend(encoder_service, tex
 
 
 def test_overload_is_refused_quickly_and_the_accepted_calls_succeed(tmp_path, encoder_service, catalog_service):
-    ranker = start_service(
-        "ranker", tmp_path / "logs", "--model-dir", str(tmp_path / "no-model"),
-        "--query-encoder-addr", encoder_service.address, "--catalog-addr", catalog_service.address,
-        "--max-in-flight", "2", "--max-queued", "2", "--max-queue-wait-ms", "3000",
+    ranker = start_text_only_ranker(
+        tmp_path, encoder_service.address, catalog_service.address, "--max-in-flight", "2", "--max-queued", "2", "--max-queue-wait-ms", "3000"
     )
     try:
         async def burst() -> list[tuple[grpc.StatusCode, float]]:

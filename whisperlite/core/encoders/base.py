@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import abc
+import copy
+import functools
 import os
 from collections.abc import Callable, Sequence
 from typing import TypeVar
@@ -101,8 +103,14 @@ class Encoder(abc.ABC):
 
     def count_text_tokens(self, texts: Sequence[str]) -> list[int]:
         """Tokens each text takes in the model (after truncation to the model's limit): its cost in a batch."""
-        encoded = self._tokenizer(list(texts), truncation=True, max_length=self.max_text_tokens)["input_ids"]
+        encoded = self._token_counter(list(texts), truncation=True, max_length=self.max_text_tokens)["input_ids"]
         return [len(ids) for ids in encoded]
+
+    @functools.cached_property
+    def _token_counter(self):
+        # A fast tokenizer switches its padding settings in place on each call, so the model thread
+        # (padding) and a thread counting tokens (none) must not share one.
+        return copy.deepcopy(self._tokenizer)
 
     @abc.abstractmethod
     def _encode_text_batch(self, texts: list[str], start: int) -> np.ndarray:

@@ -1,13 +1,15 @@
-"""Micro-batching with a cost budget and two priorities: merge inputs of concurrent requests into
-model calls whose cost is bounded, serving interactive requests ahead of bulk ones.
+"""Micro-batching with a cost budget and two lanes: merge inputs of concurrent requests into
+model calls whose cost is bounded, with bulk requests in a lane of their own.
 
-A request's inputs wait at most `max_wait_s` for company; a batch closes early once the queue holds
+A request's inputs wait at most `max_wait_s` for company; a batch closes early once its lane holds
 `max_batch_size` inputs. A batch holds at most `max_batch_size` inputs and costs at most
 `max_batch_cost` (inputs x the costliest input: a padded batch of tokens), so one model call takes
-a bounded time. A request larger than one batch is split across several, and between any two of
-its batches the interactive queue goes first: a bulk embed of thousands of long texts delays a
-shopper's query by one batch, not by the whole bulk request. The model runs on one worker thread,
-so the event loop keeps accepting requests while a batch is being computed.
+a bounded time; a request larger than one batch is split across several. Interactive and bulk
+requests are batched apart, each lane on its own model thread when given a `bulk_executor`: a
+shopper's query then never waits for a bulk batch to finish (on a CPU the two share the cores;
+one bulk batch of long texts alone takes longer than a whole Recommend call). Without one, bulk
+batches run on the interactive thread and a query waits for at most one of them. The event loop
+keeps accepting requests while batches are computed.
 """
 
 from __future__ import annotations
@@ -48,6 +50,17 @@ class _Slice(Generic[T]):
     end: int
 
 
+@dataclass
+class _Lane(Generic[T]):
+    executor: concurrent.futures.Executor
+    queue: collections.deque[_Pending[T]] = field(default_factory=collections.deque)
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    worker: asyncio.Task[None] | None = None
+
+    def queued_inputs(self) -> int:
+        return sum(pending.waiting for pending in self.queue)
+
+
 class MicroBatcher(Generic[T]):
     """Collects `submit` calls and answers them from shared calls of `encode(inputs) -> (n, d)`."""
 
@@ -60,6 +73,7 @@ class MicroBatcher(Generic[T]):
         executor: concurrent.futures.Executor,
         kind: str,
         max_batch_cost: int | None = None,
+        bulk_executor: concurrent.futures.Executor | None = None,
     ):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size: must be >= 1, got {max_batch_size}")
@@ -71,105 +85,109 @@ class MicroBatcher(Generic[T]):
         self._max_batch_size = max_batch_size
         self._max_batch_cost = max_batch_cost
         self._max_wait_s = max_wait_s
-        self._executor = executor
         self._kind = kind
-        self._interactive: collections.deque[_Pending[T]] = collections.deque()
-        self._bulk: collections.deque[_Pending[T]] = collections.deque()
-        self._wakeup = asyncio.Event()
-        self._worker: asyncio.Task[None] | None = None
+        self._interactive: _Lane[T] = _Lane(executor)
+        self._bulk: _Lane[T] = _Lane(bulk_executor or executor)
+        # With one executor the lanes share its thread: bulk batches then go only when no query waits.
+        self._shared_thread = bulk_executor is None
+        self._started = False
 
     def start(self) -> None:
-        if self._worker is None:
-            self._worker = asyncio.create_task(self._run(), name=f"micro-batcher-{self._kind}")
+        if self._started:
+            return
+        self._started = True
+        for name, lane in (("interactive", self._interactive), ("bulk", self._bulk)):
+            lane.worker = asyncio.create_task(self._run(lane), name=f"micro-batcher-{self._kind}-{name}")
 
     async def close(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
-            try:
-                await self._worker
-            except asyncio.CancelledError:
-                pass
-            self._worker = None
-        for queue in (self._interactive, self._bulk):
-            while queue:
-                pending = queue.popleft()
+        for lane in (self._interactive, self._bulk):
+            if lane.worker is not None:
+                lane.worker.cancel()
+                try:
+                    await lane.worker
+                except asyncio.CancelledError:
+                    pass
+                lane.worker = None
+            while lane.queue:
+                pending = lane.queue.popleft()
                 if not pending.future.done():
                     pending.future.set_exception(RuntimeError("encoder is shutting down"))
+        self._started = False
 
     async def submit(self, inputs: Sequence[T], costs: Sequence[int] | None = None, bulk: bool = False) -> np.ndarray:
         """Embed `inputs` (in order) as part of whatever batches form around them.
 
         `costs` (one per input, e.g. its token count; 1 each when omitted) must each fit
-        `max_batch_cost`; `bulk` requests are served only when no interactive one waits.
+        `max_batch_cost`; `bulk` requests go to the bulk lane.
         """
-        if self._worker is None:
+        if not self._started:
             raise RuntimeError("MicroBatcher.start() was not called")
         if not inputs:
             raise ValueError("inputs: at least one is required")
         costs = [1] * len(inputs) if costs is None else list(costs)
         if len(costs) != len(inputs):
             raise ValueError(f"costs: {len(costs)} given for {len(inputs)} inputs")
-        if self._max_batch_cost is not None and costs and max(costs) > self._max_batch_cost:
+        if self._max_batch_cost is not None and max(costs) > self._max_batch_cost:
             raise ValueError(f"costs: an input costs {max(costs)}, over the batch budget of {self._max_batch_cost}")
         future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
-        (self._bulk if bulk else self._interactive).append(_Pending(inputs, costs, future))
-        self._wakeup.set()
+        lane = self._bulk if bulk else self._interactive
+        lane.queue.append(_Pending(inputs, costs, future))
+        lane.wakeup.set()
         return await future
 
-    async def _run(self) -> None:
+    async def _run(self, lane: _Lane[T]) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            while not (self._interactive or self._bulk):
-                self._wakeup.clear()
-                await self._wakeup.wait()
+            while not lane.queue:
+                lane.wakeup.clear()
+                await lane.wakeup.wait()
             deadline = loop.time() + self._max_wait_s
-            while self._queued_inputs() < self._max_batch_size:
+            while lane.queued_inputs() < self._max_batch_size:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break
-                self._wakeup.clear()
+                lane.wakeup.clear()
                 try:
-                    await asyncio.wait_for(self._wakeup.wait(), remaining)
+                    await asyncio.wait_for(lane.wakeup.wait(), remaining)
                 except TimeoutError:
                     break
-            batch = self._take_batch()
-            await self._compute(batch, loop)
+            if lane is self._bulk and self._shared_thread:
+                await self._interactive_idle()
+            batch = self._take_batch(lane.queue)
+            await self._compute(batch, lane.executor, loop)
 
-    def _queued_inputs(self) -> int:
-        return sum(pending.waiting for queue in (self._interactive, self._bulk) for pending in queue)
+    async def _interactive_idle(self) -> None:
+        # Sharing one model thread, a bulk batch is handed to it only while no query waits for it.
+        while self._interactive.queue:
+            await asyncio.sleep(self._max_wait_s or 0.001)
 
     def _fits(self, count: int, costliest: int) -> bool:
         return count <= self._max_batch_size and (self._max_batch_cost is None or count * costliest <= self._max_batch_cost)
 
-    def _take_batch(self) -> list[_Slice[T]]:
-        """Inputs in queue order while the batch stays within size and cost: interactive ones when
-        any wait (never topped up with bulk inputs, which would make the query's own call as slow
-        as a bulk one), else bulk ones."""
+    def _take_batch(self, queue: collections.deque[_Pending[T]]) -> list[_Slice[T]]:
+        """Inputs in queue order while the batch stays within size and cost."""
         batch: list[_Slice[T]] = []
         count, costliest = 0, 0
-        for queue in (self._interactive, self._bulk):
-            if batch:
-                return batch
-            while queue:
-                pending = queue[0]
-                if pending.future.done():  # cancelled by its caller, or failed in an earlier batch
-                    queue.popleft()
-                    continue
-                start = pending.taken
-                while pending.taken < len(pending.inputs):
-                    cost = max(costliest, pending.costs[pending.taken])
-                    if not self._fits(count + 1, cost):
-                        break
-                    count, costliest = count + 1, cost
-                    pending.taken += 1
-                if pending.taken > start:
-                    batch.append(_Slice(pending, start, pending.taken))
-                if pending.waiting:
-                    return batch  # the batch is full
+        while queue:
+            pending = queue[0]
+            if pending.future.done():  # cancelled by its caller, or failed in an earlier batch
                 queue.popleft()
+                continue
+            start = pending.taken
+            while pending.taken < len(pending.inputs):
+                cost = max(costliest, pending.costs[pending.taken])
+                if not self._fits(count + 1, cost):
+                    break
+                count, costliest = count + 1, cost
+                pending.taken += 1
+            if pending.taken > start:
+                batch.append(_Slice(pending, start, pending.taken))
+            if pending.waiting:
+                break  # the batch is full
+            queue.popleft()
         return batch
 
-    async def _compute(self, batch: list[_Slice[T]], loop: asyncio.AbstractEventLoop) -> None:
+    async def _compute(self, batch: list[_Slice[T]], executor: concurrent.futures.Executor, loop: asyncio.AbstractEventLoop) -> None:
         if not batch:
             return
         # Identical inputs in concurrent requests (a popular query) are computed once.
@@ -178,7 +196,7 @@ class MicroBatcher(Generic[T]):
         BATCH_COST.labels(self._kind).observe(len(unique) * max(part.pending.costs[i] for part in batch for i in range(part.start, part.end)))
         started = time.perf_counter()
         try:
-            vectors = await loop.run_in_executor(self._executor, self._encode, unique)
+            vectors = await loop.run_in_executor(executor, self._encode, unique)
         except (Exception, asyncio.CancelledError) as error:
             # Every waiter must learn about the failure (or the shutdown) instead of hanging.
             for part in batch:

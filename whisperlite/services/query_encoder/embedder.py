@@ -19,6 +19,9 @@ from whisperlite.core.encoders.clip import ImageDecodeError, decode_image
 log = logging.getLogger("whisperlite.query_encoder")
 
 
+TOKEN_COUNT_CHUNK = 128
+
+
 class ModelLoadError(RuntimeError):
     """The configured model could not be loaded (missing path, unknown backend, no CUDA...)."""
 
@@ -48,6 +51,7 @@ def warm_up(encoder: Encoder, max_batch_size: int) -> None:
     docs/encoder.md); warm every batch size up to the maximum, short and long. On CPU one pass
     is enough.
     """
+    encoder.count_text_tokens(["warm up"])  # builds the token counter before requests race to
     sizes = range(1, max_batch_size + 1) if encoder.device != "cpu" else [1]
     for size in sizes:
         for words in (4, 48):
@@ -69,8 +73,11 @@ class Embedder:
             raise ValueError(f"cache_size: must be >= 0 (0 disables the cache), got {settings.cache_size}")
         self.settings = settings
         self.encoder: Encoder | None = None
-        # One model thread: concurrent forward passes on the same weights only contend for cores.
+        # One model thread per lane: more concurrent forward passes on the same weights only contend
+        # for cores, but bulk work (item embedding) on a thread of its own never makes a query wait
+        # for a bulk batch to finish.
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="encoder")
+        self._bulk_executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="encoder-bulk")
         self._cache: LRUCache[str, np.ndarray] | None = LRUCache(settings.cache_size) if settings.cache_size else None
         self._texts: MicroBatcher[str] | None = None
         self._images: MicroBatcher[bytes] | None = None
@@ -88,7 +95,7 @@ class Embedder:
         self._texts = MicroBatcher(
             lambda texts: encoder.encode_texts(texts, batch_size=s.max_batch_size),
             max_batch_size=s.max_batch_size, max_wait_s=s.max_wait_ms / 1e3, executor=self._executor, kind="text",
-            max_batch_cost=s.max_batch_tokens,
+            max_batch_cost=s.max_batch_tokens, bulk_executor=self._bulk_executor,
         )
         self._texts.start()
         if encoder.supports_images:
@@ -107,7 +114,8 @@ class Embedder:
         for batcher in (self._texts, self._images):
             if batcher is not None:
                 await batcher.close()
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        for executor in (self._executor, self._bulk_executor):
+            executor.shutdown(wait=True, cancel_futures=True)
 
     def require_encoder(self) -> Encoder:
         if self.encoder is None:
@@ -133,8 +141,12 @@ class Embedder:
     async def _text_costs(self, encoder: Encoder, texts: list[str]) -> dict[str, int]:
         """Tokens of each distinct text; refuses a request that no batch, or no request, budget admits."""
         unique = list(dict.fromkeys(texts))
-        # Off the event loop: thousands of long texts take a while to tokenize.
-        counts = dict(zip(unique, await asyncio.to_thread(encoder.count_text_tokens, unique), strict=True))
+        counts: dict[str, int] = {}
+        # Off the event loop, in chunks: thousands of long texts take seconds to tokenize, and a
+        # query's own count must not wait behind all of them.
+        for start in range(0, len(unique), TOKEN_COUNT_CHUNK):
+            chunk = unique[start : start + TOKEN_COUNT_CHUNK]
+            counts.update(zip(chunk, await asyncio.to_thread(encoder.count_text_tokens, chunk), strict=True))
         s = self.settings
         for index, text in enumerate(texts):
             if counts[text] > s.max_batch_tokens:

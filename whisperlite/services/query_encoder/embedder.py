@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import os
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +22,17 @@ log = logging.getLogger("whisperlite.query_encoder")
 
 
 TOKEN_COUNT_CHUNK = 128
+# Niceness of the bulk model thread (and the torch worker threads it starts, which inherit it):
+# when a query's forward pass and a bulk one both want the cores, the kernel gives the query's
+# nearly all of them, and bulk work still takes every idle cycle.
+BULK_THREAD_NICENESS = 19
+
+
+def _lower_bulk_thread_priority() -> None:
+    try:  # on Linux a thread id given to setpriority changes that thread alone
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BULK_THREAD_NICENESS)
+    except (AttributeError, OSError) as error:  # another OS: the lanes still keep their own threads
+        log.warning("cannot lower the bulk model thread's priority", extra={"reason": str(error)})
 
 
 class ModelLoadError(RuntimeError):
@@ -77,7 +90,9 @@ class Embedder:
         # for cores, but bulk work (item embedding) on a thread of its own never makes a query wait
         # for a bulk batch to finish.
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="encoder")
-        self._bulk_executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="encoder-bulk")
+        self._bulk_executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="encoder-bulk", initializer=_lower_bulk_thread_priority
+        )
         self._cache: LRUCache[str, np.ndarray] | None = LRUCache(settings.cache_size) if settings.cache_size else None
         self._texts: MicroBatcher[str] | None = None
         self._images: MicroBatcher[bytes] | None = None

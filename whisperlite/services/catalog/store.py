@@ -113,11 +113,12 @@ class MilvusStore:
         log.info("connected", extra={"uri": self.uri, "filter_templates": self._templates})
 
     def _probe_templates(self) -> bool:
-        if not self._client.has_collection(self.collection, timeout=self._timeout):
+        if not self._client.has_collection(self.collection, timeout=self._timeout, retry_times=MILVUS_RETRIES):
             return self._server_supports_templates_by_version()
         try:
             self._client.query(
-                self.collection, filter="item_id in {ids}", filter_params={"ids": ["__probe__"]}, output_fields=["item_id"], timeout=5
+                self.collection, filter="item_id in {ids}", filter_params={"ids": ["__probe__"]}, output_fields=["item_id"], timeout=5,
+                retry_times=MILVUS_RETRIES,
             )
             return True
         except MilvusException:
@@ -125,7 +126,7 @@ class MilvusStore:
 
     def _server_supports_templates_by_version(self) -> bool:
         try:
-            version = self._client.get_server_version(timeout=self._timeout)
+            version = self._client.get_server_version(timeout=self._timeout, retry_times=MILVUS_RETRIES)
         except MilvusException:
             return False
         digits = [int(part) for part in version.lstrip("v").split("-")[0].split(".")[:2] if part.isdigit()]

@@ -150,7 +150,7 @@ class Embedder:
         tokens = await self._text_costs(encoder, texts) if texts else {}
         if bulk is None:
             bulk = len(tokens) > self.settings.max_batch_size or len(tokens) * max(tokens.values(), default=0) > self.settings.max_batch_tokens
-        text_vectors, image_vectors = await asyncio.gather(self._embed_texts(texts, tokens, bulk), self._embed_images(images))
+        text_vectors, image_vectors = await asyncio.gather(self._embed_texts(texts, tokens, bulk), self._embed_images(images, bulk))
         return text_vectors, image_vectors
 
     async def _text_costs(self, encoder: Encoder, texts: list[str]) -> dict[str, int]:
@@ -237,9 +237,10 @@ class Embedder:
         except ImageDecodeError as error:
             raise InvalidArgument(str(error)) from None
 
-    async def _embed_images(self, images: list[bytes]) -> np.ndarray:
+    async def _embed_images(self, images: list[bytes], bulk: bool) -> np.ndarray:
         encoder = self.require_encoder()
         if not images:
             return np.zeros((0, encoder.dimension), dtype=np.float32)
         assert self._images is not None
-        return await self._images.submit(images)
+        # Images share the interactive model thread: their bulk batches go only while no query waits.
+        return await self._images.submit(images, bulk=bulk)

@@ -70,13 +70,73 @@ async def test_batches_never_exceed_max_batch_size_and_keep_request_order(execut
         np.testing.assert_array_equal(result, expected(texts))
 
 
-async def test_a_request_larger_than_the_batch_goes_alone(executor):
+async def test_a_request_larger_than_the_batch_is_split_in_order(executor):
     encode = RecordingEncoder()
     batcher = await started(encode, executor, max_batch_size=2)
     big = [f"t{i}" for i in range(5)]
     result = await batcher.submit(big)
     await batcher.close()
-    assert encode.calls == [big] and result.shape == (5, 2)
+    assert encode.calls == [["t0", "t1"], ["t2", "t3"], ["t4"]]
+    np.testing.assert_array_equal(result, expected(big))
+
+
+async def test_batches_stay_within_the_cost_budget_counting_padding(executor):
+    encode = RecordingEncoder()
+    batcher = await started(encode, executor, max_batch_size=8, max_batch_cost=100)
+    texts = [f"t{i}" for i in range(6)]
+    # Padded cost is inputs x the costliest: 40 + 10 fit (2 x 40 = 80), a third 40 would not (120).
+    result = await batcher.submit(texts, costs=[40, 10, 40, 10, 10, 10])
+    await batcher.close()
+    assert encode.calls == [["t0", "t1"], ["t2", "t3"], ["t4", "t5"]]
+    np.testing.assert_array_equal(result, expected(texts))
+
+
+async def test_sharing_one_thread_interactive_requests_go_between_the_batches_of_a_bulk_request(executor):
+    encode = RecordingEncoder(delay_s=0.05)
+    batcher = await started(encode, executor, max_batch_size=2, max_wait_s=0.0)
+    bulk = asyncio.ensure_future(batcher.submit([f"bulk{i}" for i in range(8)], bulk=True))
+    await asyncio.sleep(0.02)  # the first bulk batch is on the model thread
+    query = await batcher.submit(["query"])
+    bulk_done_when_query_answered = bulk.done()
+    await bulk
+    await batcher.close()
+    assert not bulk_done_when_query_answered
+    assert encode.calls[1] == ["query"]  # one bulk batch, then the query alone, then the rest
+    np.testing.assert_array_equal(query, expected(["query"]))
+
+
+async def test_with_a_bulk_thread_a_query_runs_beside_a_bulk_batch(executor):
+    encode = RecordingEncoder(delay_s=0.3)
+    running, most_running, lock = 0, 0, threading.Lock()
+
+    def counting(texts: list[str]) -> np.ndarray:
+        nonlocal running, most_running
+        with lock:
+            running += 1
+            most_running = max(most_running, running)
+        try:
+            return encode(texts)
+        finally:
+            with lock:
+                running -= 1
+
+    bulk_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="bulk")
+    batcher = await started(counting, executor, max_batch_size=2, max_wait_s=0.0, bulk_executor=bulk_pool)
+    bulk = asyncio.ensure_future(batcher.submit([f"bulk{i}" for i in range(4)], bulk=True))
+    await asyncio.sleep(0.05)  # the first bulk batch is running on the bulk thread
+    await batcher.submit(["query"])
+    await bulk
+    await batcher.close()
+    bulk_pool.shutdown()
+    assert most_running == 2  # the query did not wait for the bulk batch to finish
+    assert encode.threads == {"model_0", "bulk_0"}
+
+
+async def test_an_input_over_the_cost_budget_is_refused(executor):
+    batcher = await started(RecordingEncoder(), executor, max_batch_cost=10)
+    with pytest.raises(ValueError, match="over the batch budget of 10"):
+        await batcher.submit(["long"], costs=[11])
+    await batcher.close()
 
 
 async def test_identical_inputs_of_concurrent_requests_are_computed_once(executor):

@@ -5,11 +5,33 @@ import json
 import grpc
 
 from whisperlite.core.client_security import PLAINTEXT, BearerTokenInterceptor, ClientSecurity
-from whisperlite.core.topology import DEFAULT_MAX_MESSAGE_BYTES
+from whisperlite.core.topology import DEFAULT_MAX_MESSAGE_BYTES, SERVICES
+
+# Every WhisperLite RPC is idempotent (reads, and upserts/deletes keyed by item id), so a call that
+# found its server UNAVAILABLE (restarting, still loading, a replica going away) is sent again after
+# a short backoff. RESOURCE_EXHAUSTED is not retried: a shedding server must not get more load.
+# Throttling stops retries once most calls fail, so a dead dependency is not hammered.
+RETRY_POLICY = {
+    "maxAttempts": 4,
+    "initialBackoff": "0.05s",
+    "maxBackoff": "0.4s",
+    "backoffMultiplier": 2,
+    "retryableStatusCodes": ["UNAVAILABLE"],
+}
+# Reconnect quickly after a dependency restarts: grpc's defaults (1 s, growing to 120 s) left the
+# ranker failing for seconds after its dependency was SERVING again. Servers bind their port before
+# they load (and report NOT_SERVING until then), so the channel is connected by the time they serve.
+INITIAL_RECONNECT_BACKOFF_MS, MAX_RECONNECT_BACKOFF_MS = 100, 400
 
 # round_robin over every address DNS returns lets a scaled service (several replicas behind one
 # name) share the load; with one address it behaves like pick_first.
-_SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+_SERVICE_CONFIG = json.dumps(
+    {
+        "loadBalancingConfig": [{"round_robin": {}}],
+        "methodConfig": [{"name": [{"service": s.grpc_service} for s in SERVICES if s.speaks_grpc], "retryPolicy": RETRY_POLICY}],
+        "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.5},
+    }
+)
 
 
 def create_channel(
@@ -29,6 +51,9 @@ def create_channel(
             # DNS is re-resolved on reconnect, at most this often; servers cap connection age
             # (whisperlite.services.common.server) so clients reconnect and find replicas added by scaling up.
             ("grpc.dns_min_time_between_resolutions_ms", 10_000),
+            ("grpc.enable_retries", 1),
+            ("grpc.initial_reconnect_backoff_ms", INITIAL_RECONNECT_BACKOFF_MS),
+            ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
         ],
     )
 

@@ -37,7 +37,7 @@ def _ingest(args: argparse.Namespace) -> None:
     from whisperlite.shell.ingest import ingest
 
     try:
-        written = ingest(args.data, args.catalog, batch_size=args.batch_size, security=client_security(args))
+        written = ingest(args.data, args.catalog, batch_size=args.batch_size, retries=args.retries, security=client_security(args))
     except ServiceError as error:
         raise SystemExit(f"{error.code.name}: {error}") from None
     print(f"upserted {written} items into the catalog at {args.catalog}")
@@ -122,6 +122,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     ingest.add_argument("--data", type=Path, required=True, help="canonical dataset directory")
     ingest.add_argument("--catalog", default=CATALOG.local_address, help="catalog address")
     ingest.add_argument("--batch-size", type=int, default=256)
+    ingest.add_argument(
+        "--retries", type=int, default=8, help="times a batch that failed with UNAVAILABLE (a catalog restarting) is sent again, with backoff"
+    )
     add_client_security_flags(ingest)
     ingest.set_defaults(func=_ingest)
 

@@ -15,11 +15,18 @@ from whisperlite.core.clients.catalog import CatalogClient
 from whisperlite.core.clients.types import item_to_proto
 from whisperlite.core.dataset import read_items
 from whisperlite.shell.catalog_admin import ColumnMapping, RowError, row_to_item
+from whisperlite.core.errors import Unavailable
 from whisperlite.v1 import common_pb2
 
 # Each upsert carries this many items; the catalog embeds those without vectors in the same call,
 # so the batch also bounds the encoder work behind one deadline.
 DEFAULT_BATCH_SIZE = 256
+# A batch that failed with a transient error (the catalog restarting, overloaded, a deadline) is
+# sent again: upserts replace items by id, so a batch written twice is written once. The waits
+# double up to 30 s and sum to about 1.5 minutes: a restart and its store reopening fit.
+DEFAULT_RETRIES = 8
+FIRST_RETRY_WAIT_SECONDS = 0.5
+MAX_RETRY_WAIT_SECONDS = 30.0
 
 
 # items.csv names the image column image_path; price and attributes (a JSON object) are optional
@@ -41,14 +48,33 @@ def _batches(items: pd.DataFrame, batch_size: int) -> Iterator[list[common_pb2.I
         yield batch
 
 
-async def _upsert_all(items: pd.DataFrame, catalog_addr: str, batch_size: int, timeout_seconds: float, security: ClientSecurity) -> int:
+async def _upsert_with_retries(catalog: CatalogClient, batch: list[common_pb2.Item], first: int, retries: int, progress: tqdm) -> int:
+    """Upserts one batch (items first.. of the dataset), again after a transient failure, up to `retries` times."""
+    wait = FIRST_RETRY_WAIT_SECONDS
+    for attempt in range(retries + 1):
+        try:
+            written = await catalog.upsert(batch)
+        except Unavailable as error:
+            if attempt == retries:
+                raise Unavailable(f"items {first}-{first + len(batch) - 1} failed {retries + 1} times, giving up: {error}") from None
+            progress.write(f"ingest: items {first}-{first + len(batch) - 1} failed ({error}); retry {attempt + 1}/{retries} in {wait:g} s")
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, MAX_RETRY_WAIT_SECONDS)
+            continue
+        if attempt:
+            progress.write(f"ingest: resumed from item {first} after {attempt} retr{'y' if attempt == 1 else 'ies'}")
+        return written
+    raise AssertionError("unreachable")
+
+
+async def _upsert_all(items: pd.DataFrame, catalog_addr: str, batch_size: int, timeout_seconds: float, retries: int, security: ClientSecurity) -> int:
     written = 0
     channel = create_channel(catalog_addr, security=security)
     try:
         catalog = CatalogClient(channel, timeout_seconds, catalog_addr)
         with tqdm(total=len(items), desc="ingest", unit="item") as progress:
             for batch in _batches(items, batch_size):
-                written += await catalog.upsert(batch)
+                written += await _upsert_with_retries(catalog, batch, written, retries, progress)
                 progress.update(len(batch))
     finally:
         await channel.close()
@@ -60,12 +86,14 @@ def ingest(
     catalog_addr: str,
     batch_size: int = DEFAULT_BATCH_SIZE,
     timeout_seconds: float = 300.0,
+    retries: int = DEFAULT_RETRIES,
     security: ClientSecurity = PLAINTEXT,
 ) -> int:
-    """Upserts every item (idempotent: re-running replaces items by id). Returns the number written;
-    a token without the `write` scope fails the first batch with PERMISSION_DENIED."""
+    """Upserts every item (idempotent: re-running replaces items by id), retrying a batch that failed
+    with a transient error `retries` times with backoff. Returns the number written; a token without
+    the `write` scope fails the first batch with PERMISSION_DENIED."""
     try:
         items = read_items(data_dir)
     except FileNotFoundError as error:
         raise SystemExit(str(error)) from None
-    return asyncio.run(_upsert_all(items, catalog_addr, batch_size, timeout_seconds, security))
+    return asyncio.run(_upsert_all(items, catalog_addr, batch_size, timeout_seconds, retries, security))

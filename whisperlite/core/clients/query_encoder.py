@@ -12,6 +12,12 @@ from whisperlite.core.clients.errors import downstream_error
 from whisperlite.core.request_context import outgoing_metadata
 from whisperlite.v1 import query_encoder_pb2, query_encoder_pb2_grpc
 
+# Request metadata a caller sets on an Embed to say how urgent it is: "bulk" (the catalog embedding
+# items, ingest) waits behind "interactive" (the ranker embedding a shopper's query). Without it the
+# encoder decides by the request's size. A header, so the protos need no change.
+PRIORITY_METADATA_KEY = "x-whisperlite-priority"
+BULK, INTERACTIVE = "bulk", "interactive"
+
 
 @dataclass(frozen=True)
 class EncoderModel:
@@ -40,9 +46,13 @@ class QueryEncoderClient:
             raise downstream_error(self._service, "GetModelInfo", error) from None
         return EncoderModel(info.model_name, info.dimension, info.max_text_chars, info.max_inputs)
 
-    async def embed_texts(self, texts: Sequence[str]) -> TextEmbeddings:
+    async def embed_texts(self, texts: Sequence[str], priority: str = INTERACTIVE) -> TextEmbeddings:
+        """`priority` BULK for background work (item embedding) that must not delay interactive queries."""
         try:
-            response = await self._stub.Embed(query_encoder_pb2.EmbedRequest(texts=list(texts)), timeout=self._timeout, metadata=outgoing_metadata())
+            response = await self._stub.Embed(
+                query_encoder_pb2.EmbedRequest(texts=list(texts)), timeout=self._timeout,
+                metadata=(*outgoing_metadata(), (PRIORITY_METADATA_KEY, priority)),
+            )  # fmt: skip
         except grpc.aio.AioRpcError as error:
             raise downstream_error(self._service, "Embed", error) from None
         vectors = np.asarray([v.values for v in response.text_vectors], dtype=np.float32).reshape(len(texts), -1)

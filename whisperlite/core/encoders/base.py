@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import abc
+import copy
+import functools
 import os
 from collections.abc import Callable, Sequence
 from typing import TypeVar
@@ -55,6 +57,7 @@ class Encoder(abc.ABC):
     name: str
     dimension: int
     supports_images: bool = False
+    max_text_tokens: int  # longer texts are truncated to this many tokens
 
     def __init__(self, device: torch.device):
         self._device = device
@@ -97,6 +100,17 @@ class Encoder(abc.ABC):
                     parts.append(encode_batch(chunk, start))
                 bar.update(len(chunk))
         return np.concatenate(parts, axis=0)
+
+    def count_text_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Tokens each text takes in the model (after truncation to the model's limit): its cost in a batch."""
+        encoded = self._token_counter(list(texts), truncation=True, max_length=self.max_text_tokens)["input_ids"]
+        return [len(ids) for ids in encoded]
+
+    @functools.cached_property
+    def _token_counter(self):
+        # A fast tokenizer switches its padding settings in place on each call, so the model thread
+        # (padding) and a thread counting tokens (none) must not share one.
+        return copy.deepcopy(self._tokenizer)
 
     @abc.abstractmethod
     def _encode_text_batch(self, texts: list[str], start: int) -> np.ndarray:

@@ -47,11 +47,11 @@ class ClipEncoder(Encoder):
         self._model = from_pretrained(CLIPModel.from_pretrained, model, dtype=self.dtype)
         self._model.to(device).eval()
         self.dimension = int(self._model.config.projection_dim)
-        self._max_tokens = int(self._model.config.text_config.max_position_embeddings)
+        self.max_text_tokens = int(self._model.config.text_config.max_position_embeddings)
 
     def _encode_text_batch(self, texts: list[str], start: int) -> np.ndarray:
         batch = self._tokenizer(
-            texts, padding=True, truncation=True, max_length=self._max_tokens, return_tensors="pt"
+            texts, padding=True, truncation=True, max_length=self.max_text_tokens, return_tensors="pt"
         ).to(self._device)
         return to_unit_numpy(self._model.get_text_features(**batch).pooler_output)
 

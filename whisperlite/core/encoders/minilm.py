@@ -33,6 +33,7 @@ class MiniLMEncoder(Encoder):
     backend = "minilm"
     dimension = 384
     supports_images = False
+    max_text_tokens = MAX_SEQ_LENGTH
 
     def __init__(self, model: str | None, device: torch.device):
         super().__init__(device)

@@ -2,7 +2,8 @@
 
 Plain async code with no gRPC in it: the servicer maps protos to these calls, tests call them directly.
 Milvus calls block, so each runs in a worker thread; writes are serialized so the item-count gauge and
-the "validate everything, then write" rule hold under concurrent upserts.
+the "validate everything, then write" rule hold under concurrent upserts. While the store is down
+(store_watch found it dead or wedged) every use case answers Unavailable at once instead of waiting on it.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from whisperlite.services.catalog import metrics
 from whisperlite.services.catalog.embedding import ItemEmbedder
@@ -23,6 +25,7 @@ from whisperlite.core.errors import FailedPrecondition, InvalidArgument, Unavail
 from whisperlite.v1 import common_pb2
 
 log = logging.getLogger("whisperlite.catalog")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,7 @@ class Catalog:
         self._creation = creation
         self._write_lock = asyncio.Lock()
         self._info: CollectionInfo | None = None
+        self._store_down: str | None = None  # why, while the store is dead or wedged
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -86,6 +90,32 @@ class Catalog:
             },
         )
         return self._info
+
+    async def probe_store(self, timeout_seconds: float) -> str | None:
+        """None when the store answers a cheap call within the timeout, else why it does not."""
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self._store.probe, timeout_seconds), timeout_seconds + 1.0)
+        except Unavailable as error:
+            return str(error)
+        except TimeoutError:
+            return f"the Milvus store at {self._store.uri} did not answer a probe within {timeout_seconds:g} s"
+        return None
+
+    def mark_store_down(self, reason: str) -> None:
+        self._store_down = reason
+
+    async def reopen_store(self) -> None:
+        """Closes the store (stopping a wedged milvus-lite child) and opens it again; raises Unavailable on failure."""
+        await asyncio.to_thread(self._store.close)
+        self._info = await asyncio.to_thread(self._store.open, None)
+        metrics.ITEMS.set(await asyncio.to_thread(self._store.count))
+        self._store_down = None
+
+    async def _on_store(self, call: Callable[..., T], *args) -> T:
+        """Runs a blocking store call in a worker thread, or refuses at once while the store is down."""
+        if self._store_down is not None:
+            raise Unavailable(f"the catalog store is down and being reopened ({self._store_down}); retry shortly")
+        return await asyncio.to_thread(call, *args)
 
     async def _creation_spec(self) -> CollectionSpec:
         if self._creation.dimension > 0:
@@ -117,8 +147,8 @@ class Catalog:
         if missing:
             await self._embed(missing)
         async with self._write_lock:
-            await asyncio.to_thread(self._store.upsert, records)
-            metrics.ITEMS.set(await asyncio.to_thread(self._store.count))
+            await self._on_store(self._store.upsert, records)
+            metrics.ITEMS.set(await self._on_store(self._store.count))
         return UpsertResult(upserted=len(records), embedded=len(missing))
 
     async def _embed(self, records: list[ItemRecord]) -> None:
@@ -137,7 +167,7 @@ class Catalog:
     async def get(self, item_ids: Sequence[str], include_vectors: bool) -> tuple[list[ItemRecord], list[str]]:
         """Found records in request order, and the requested ids that are not in the catalog."""
         ids = validate_ids(item_ids, self._limits.max_batch)
-        found = await asyncio.to_thread(self._store.get, ids, include_vectors) if ids else {}
+        found = await self._on_store(self._store.get, ids, include_vectors) if ids else {}
         return [found[i] for i in ids if i in found], [i for i in ids if i not in found]
 
     async def delete(self, item_ids: Sequence[str]) -> int:
@@ -145,8 +175,8 @@ class Catalog:
         if not ids:
             return 0
         async with self._write_lock:
-            deleted = await asyncio.to_thread(self._store.delete, ids)
-            metrics.ITEMS.set(await asyncio.to_thread(self._store.count))
+            deleted = await self._on_store(self._store.delete, ids)
+            metrics.ITEMS.set(await self._on_store(self._store.count))
         return deleted
 
     async def search(
@@ -157,7 +187,7 @@ class Catalog:
         query = validate_vector(vector, self.info.dimension, "vector")
         strategy = self._store.strategy(search_filter)
         started = time.perf_counter()
-        hits = await asyncio.to_thread(self._store.search, query, top_k, search_filter, include_vectors)
+        hits = await self._on_store(self._store.search, query, top_k, search_filter, include_vectors)
         metrics.SEARCH_SECONDS.labels(strategy).observe(time.perf_counter() - started)
         return hits
 
@@ -177,7 +207,7 @@ class Catalog:
 
     async def stats(self) -> Stats:
         info = self.info
-        count = await asyncio.to_thread(self._store.count)
+        count = await self._on_store(self._store.count)
         metrics.ITEMS.set(count)
         return Stats(item_count=count, dimension=info.dimension, encoder_model=info.encoder_model, collection=info.name)
 

@@ -7,7 +7,7 @@ import numpy as np
 from whisperlite.core.channels import create_channel
 from whisperlite.core.client_security import PLAINTEXT, ClientSecurity
 from whisperlite.core.clients.errors import wait_until_ready
-from whisperlite.core.clients.query_encoder import EncoderModel, QueryEncoderClient
+from whisperlite.core.clients.query_encoder import BULK, EncoderModel, QueryEncoderClient
 from whisperlite.core.errors import FailedPrecondition
 from whisperlite.core.item_text import item_text
 from whisperlite.core.vector_space import require_same_encoder
@@ -52,7 +52,7 @@ class ItemEmbedder:
         vectors = []
         batch_size = min(EMBED_BATCH, model.max_inputs or EMBED_BATCH)
         for start in range(0, len(texts), batch_size):
-            embedded = await self._encoder().embed_texts(texts[start : start + batch_size])
+            embedded = await self._encoder().embed_texts(texts[start : start + batch_size], priority=BULK)
             if embedded.model_name != model.name:
                 self._model = None  # the encoder was swapped under us: re-read it next time
                 raise FailedPrecondition(f"the query encoder changed model mid-request ({model.name!r} -> {embedded.model_name!r})")

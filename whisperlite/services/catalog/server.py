@@ -10,10 +10,12 @@ from whisperlite.services.catalog.catalog import Catalog, CatalogLimits
 from whisperlite.services.catalog.embedding import ItemEmbedder
 from whisperlite.services.catalog.servicer import CatalogServicer
 from whisperlite.services.catalog.store import INDEX_TYPES, CollectionSpec, MilvusStore, default_uri
+from whisperlite.services.catalog.store_watch import StoreWatch, StoreWatchSettings
 from whisperlite.core.errors import ServiceError
 from whisperlite.services.common.config import (
     add_downstream_flags,
     add_server_flags,
+    admission_limits,
     downstream_security,
     env_bool,
     env_float,
@@ -46,6 +48,22 @@ def build_parser() -> argparse.ArgumentParser:
     store.add_argument(
         "--milvus-timeout-seconds", type=float, default=env_float(f"{PREFIX}_MILVUS_TIMEOUT_SECONDS", 30.0),
         help=f"deadline of each Milvus call (env {PREFIX}_MILVUS_TIMEOUT_SECONDS)",
+    )
+    watch = StoreWatchSettings()
+    store.add_argument(
+        "--store-probe-interval-seconds", type=float,
+        default=env_float(f"{PREFIX}_STORE_PROBE_INTERVAL_SECONDS", watch.probe_interval_seconds),
+        help=f"how often the store is probed while serving; a failed probe turns health NOT_SERVING (env {PREFIX}_STORE_PROBE_INTERVAL_SECONDS)",
+    )
+    store.add_argument(
+        "--store-probe-timeout-seconds", type=float,
+        default=env_float(f"{PREFIX}_STORE_PROBE_TIMEOUT_SECONDS", watch.probe_timeout_seconds),
+        help=f"a store that does not answer a probe within this is wedged (env {PREFIX}_STORE_PROBE_TIMEOUT_SECONDS)",
+    )
+    store.add_argument(
+        "--store-reopen-timeout-seconds", type=float,
+        default=env_float(f"{PREFIX}_STORE_REOPEN_TIMEOUT_SECONDS", watch.reopen_timeout_seconds),
+        help=f"how long a dead store is reopened before the service exits non-zero for its supervisor to restart it (env {PREFIX}_STORE_REOPEN_TIMEOUT_SECONDS)",
     )
     create = parser.add_argument_group("collection creation (used only when the collection does not exist)")
     create.add_argument(
@@ -111,8 +129,19 @@ def build_catalog(args: argparse.Namespace) -> Catalog:
         raise SystemExit(f"catalog: {error}") from None
 
 
+def build_store_watch(args: argparse.Namespace, catalog: Catalog) -> StoreWatch:
+    try:
+        settings = StoreWatchSettings(
+            args.store_probe_interval_seconds, args.store_probe_timeout_seconds, args.store_reopen_timeout_seconds
+        )
+    except ValueError as error:
+        raise SystemExit(f"catalog: {error}") from None
+    return StoreWatch(catalog, settings)
+
+
 async def run(args: argparse.Namespace, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> None:
     catalog = build_catalog(args)
+    store_watch = build_store_watch(args, catalog)
     await serve(
         name="catalog",
         port=args.port,
@@ -123,6 +152,8 @@ async def run(args: argparse.Namespace, ready: asyncio.Event | None = None, stop
         grace_seconds=args.grace_seconds,
         host=args.host,
         max_message_bytes=args.max_message_bytes,
+        admission=admission_limits(args),
+        health_watch=store_watch.watch,
         ready=ready,
         stop=stop,
         security=ServerSecurity.from_args(args),

@@ -2,7 +2,8 @@
 
 The URI is either an embedded milvus-lite file (`.../catalog.db`, the default) or a Milvus server
 (`http://host:19530`). Every call is blocking; the async catalog runs them in a worker thread.
-Every Milvus call carries a timeout: without one pymilvus retries a failing call for minutes.
+Every Milvus call carries a timeout and a bound on pymilvus' own retries: pymilvus retries a failing
+call 75 times (~3.5 minutes) by default, and honours a timeout as a retry limit only when it is an int.
 
 Filtered search and recall: milvus-lite keeps its rows in a growing segment behind an interim IVF
 index whose nprobe no search parameter can raise, so a category or price filter loses neighbours
@@ -22,6 +23,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import numpy as np
 from pymilvus import DataType, MilvusClient, MilvusException
 
@@ -42,6 +44,10 @@ WRITE_CHUNK_ROWS = 1000
 DESCRIPTION_KEY = "whisperlite_catalog"
 SCHEMA_VERSION = 1
 INDEX_TYPES = ("AUTOINDEX", "FLAT", "IVF_FLAT", "HNSW")
+# pymilvus retries of one call (after the first try) on a connection error: enough to ride out a
+# blip of a Milvus server, few enough that a dead store is reported within a second or two; the
+# catalog's callers retry UNAVAILABLE themselves (whisperlite.core.channels).
+MILVUS_RETRIES = 2
 
 
 def is_local_uri(uri: str) -> bool:
@@ -99,17 +105,20 @@ class MilvusStore:
         except MilvusException as error:
             hint = " (milvus-lite lets one process open a store: is another catalog running on it?)" if is_local_uri(self.uri) else ""
             raise Unavailable(f"cannot open the Milvus store at {self.uri}: {error.message}{hint}") from None
+        except OSError as error:  # milvus-lite could not start its server process (a broken install)
+            raise Unavailable(f"cannot open the Milvus store at {self.uri}: {error}") from None
         # milvus-lite 2.5.1 has no expression templates (and its parser error makes pymilvus retry for
         # minutes), so it gets quoted literals; a server is probed once.
         self._templates = False if is_local_uri(self.uri) else self._probe_templates()
         log.info("connected", extra={"uri": self.uri, "filter_templates": self._templates})
 
     def _probe_templates(self) -> bool:
-        if not self._client.has_collection(self.collection, timeout=self._timeout):
+        if not self._client.has_collection(self.collection, timeout=self._timeout, retry_times=MILVUS_RETRIES):
             return self._server_supports_templates_by_version()
         try:
             self._client.query(
-                self.collection, filter="item_id in {ids}", filter_params={"ids": ["__probe__"]}, output_fields=["item_id"], timeout=5
+                self.collection, filter="item_id in {ids}", filter_params={"ids": ["__probe__"]}, output_fields=["item_id"], timeout=5,
+                retry_times=MILVUS_RETRIES,
             )
             return True
         except MilvusException:
@@ -117,7 +126,7 @@ class MilvusStore:
 
     def _server_supports_templates_by_version(self) -> bool:
         try:
-            version = self._client.get_server_version(timeout=self._timeout)
+            version = self._client.get_server_version(timeout=self._timeout, retry_times=MILVUS_RETRIES)
         except MilvusException:
             return False
         digits = [int(part) for part in version.lstrip("v").split("-")[0].split(".")[:2] if part.isdigit()]
@@ -125,7 +134,13 @@ class MilvusStore:
 
     def exists(self) -> bool:
         self.connect()
-        return self._client.has_collection(self.collection, timeout=self._timeout)
+        return self._call(self._client.has_collection, self.collection, timeout=self._timeout)
+
+    def probe(self, timeout_seconds: float) -> None:
+        """One cheap round trip to the store; raises Unavailable when it does not answer in time."""
+        if self._client is None:
+            raise Unavailable(f"the Milvus store at {self.uri} is not open")
+        self._call(self._client.has_collection, self.collection, timeout=timeout_seconds, retry_times=0)
 
     def open(self, spec: CollectionSpec | None = None) -> CollectionInfo:
         """Opens (creating it from `spec` when missing) and loads the collection, then warms it up."""
@@ -243,10 +258,13 @@ class MilvusStore:
     # ---- calls -----------------------------------------------------------------------------------
 
     def _call(self, method, *args, **kwargs):
+        kwargs.setdefault("retry_times", MILVUS_RETRIES)
         try:
             return method(*args, **kwargs)
         except MilvusException as error:
             raise Unavailable(f"Milvus store at {self.uri}: {error.message}") from None
+        except grpc.RpcError as error:  # pymilvus passes DEADLINE_EXCEEDED through without wrapping it
+            raise Unavailable(f"Milvus store at {self.uri}: {error.code().name}: {error.details()}") from None
 
     def _filter_kwargs(self, expression: Expression) -> dict:
         kwargs = {"filter": expression.text}

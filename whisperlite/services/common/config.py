@@ -5,6 +5,7 @@ import os
 
 from whisperlite.core.client_security import ENV_CA_FILE, ClientSecurity
 from whisperlite.core.topology import DEFAULT_MAX_MESSAGE_BYTES, Service
+from whisperlite.services.common.admission import AdmissionLimits
 
 
 def env_str(name: str, default: str) -> str:
@@ -73,6 +74,25 @@ def add_server_flags(parser: argparse.ArgumentParser, service: Service) -> None:
         default=env_int(f"{prefix}_MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES),
         help=f"largest gRPC message accepted or sent (env {prefix}_MAX_MESSAGE_BYTES)",
     )
+    admission = AdmissionLimits()
+    group.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=env_int(f"{prefix}_MAX_IN_FLIGHT", admission.max_in_flight),
+        help=f"most calls handled at once; more wait in the queue (env {prefix}_MAX_IN_FLIGHT)",
+    )
+    group.add_argument(
+        "--max-queued",
+        type=int,
+        default=env_int(f"{prefix}_MAX_QUEUED", admission.max_queued),
+        help=f"most calls waiting for an in-flight slot; more are refused at once with RESOURCE_EXHAUSTED (env {prefix}_MAX_QUEUED)",
+    )
+    group.add_argument(
+        "--max-queue-wait-ms",
+        type=float,
+        default=env_float(f"{prefix}_MAX_QUEUE_WAIT_MS", admission.max_queue_wait_seconds * 1e3),
+        help=f"longest a queued call waits for a slot before RESOURCE_EXHAUSTED (env {prefix}_MAX_QUEUE_WAIT_MS)",
+    )
     group.add_argument("--log-level", default=env_str("LOG_LEVEL", "INFO"), help="log level (env LOG_LEVEL)")
     add_security_flags(parser, service)
 
@@ -131,3 +151,11 @@ def downstream_security(args: argparse.Namespace) -> ClientSecurity:
     except (OSError, ValueError) as error:
         raise SystemExit(f"downstream calls: {error}") from None
     return security
+
+
+def admission_limits(args: argparse.Namespace) -> AdmissionLimits:
+    """The admission limits of add_server_flags' flags; a bad value stops start-up with the reason."""
+    try:
+        return AdmissionLimits(args.max_in_flight, args.max_queued, args.max_queue_wait_ms / 1e3)
+    except ValueError as error:
+        raise SystemExit(f"admission: {error}") from None

@@ -1,13 +1,16 @@
-"""Server interceptor: per-RPC Prometheus metrics, request logs and domain-error -> status mapping."""
+"""Server interceptor: per-RPC Prometheus metrics, request logs, admission and domain-error -> status mapping."""
 
+import asyncio
 import logging
 import time
 
 import grpc
+from google.protobuf.message import DecodeError
 from prometheus_client import Counter, Histogram
 
-from whisperlite.core.errors import ResourceExhausted, ServiceError
+from whisperlite.core.errors import InvalidArgument, ResourceExhausted, ServiceError
 from whisperlite.core.request_context import REQUEST_ID_KEY, bind_request_id, reset_request_id
+from whisperlite.services.common.admission import Admission
 
 log = logging.getLogger("whisperlite.rpc")
 
@@ -29,13 +32,44 @@ def _split_method(full_method: str) -> tuple[str, str]:
     return service, method
 
 
+class MalformedRequest:
+    """What the request deserializer yields for bytes that are not a valid message of the method's type."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
+def _tolerant(deserializer):
+    # grpc deserializes before any handler runs and answers a parse error with UNKNOWN, past every
+    # interceptor (no metrics, a traceback in the log); handing the handler a marker instead lets it
+    # answer INVALID_ARGUMENT and be counted like any other call.
+    def deserialize(data: bytes):
+        try:
+            return deserializer(data)
+        except DecodeError as error:
+            return MalformedRequest(str(error) or "cannot parse")
+
+    return deserialize
+
+
+def _deadline_passed(context: grpc.aio.ServicerContext) -> bool:
+    remaining = context.time_remaining()
+    return remaining is not None and remaining <= 0
+
+
+def _cancelled_code(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+    return grpc.StatusCode.DEADLINE_EXCEEDED if _deadline_passed(context) else grpc.StatusCode.CANCELLED
+
+
 class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
     """Wraps unary-unary handlers; streaming ones (health Watch, reflection) pass through untouched."""
 
-    def __init__(self, max_response_bytes: int):
+    def __init__(self, max_response_bytes: int, admission: Admission | None = None):
         # gRPC refuses an oversized response only after the handler has returned, past this
         # interceptor, so the call would be counted OK; checking here fails it with a status that says why.
         self._max_response_bytes = max_response_bytes
+        # Health checks and reflection (grpc.* services) bypass admission: an overloaded server is still alive.
+        self._admission = admission
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
@@ -43,6 +77,15 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
             return handler
         service, method = _split_method(handler_call_details.method)
         behavior = handler.unary_unary
+        admission = None if service.startswith("grpc.") else self._admission
+
+        async def admitted(request, context: grpc.aio.ServicerContext):
+            if isinstance(request, MalformedRequest):
+                raise InvalidArgument(f"the request is not a valid {method} message: {request.reason}")
+            if admission is None:
+                return await behavior(request, context)
+            async with admission.admit(context.time_remaining()):
+                return await behavior(request, context)
 
         async def observed(request, context: grpc.aio.ServicerContext):
             STARTED.labels(service, method).inc()
@@ -53,7 +96,7 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
             request_id, bound = bind_request_id(context.invocation_metadata())
             await context.send_initial_metadata(((REQUEST_ID_KEY, request_id),))
             try:
-                response = await behavior(request, context)
+                response = await admitted(request, context)
                 size = response.ByteSize()
                 if size > self._max_response_bytes:
                     raise ResourceExhausted(
@@ -63,9 +106,15 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
                 return response
             except ServiceError as error:
                 code = error.code
+                if isinstance(request, MalformedRequest):
+                    log.warning("malformed request", extra={"grpc_method": handler_call_details.method, "reason": request.reason})
                 await context.abort(error.code, str(error))
             except grpc.aio.AbortError:
                 code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            except asyncio.CancelledError:
+                # grpc cancels the handler when the caller's deadline passes or it hangs up: never an OK.
+                code = _cancelled_code(context)
                 raise
             except Exception:
                 code = grpc.StatusCode.INTERNAL
@@ -73,6 +122,8 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
                 await context.abort(grpc.StatusCode.INTERNAL, "internal error; the server log has the details")
             finally:
                 elapsed = time.perf_counter() - start
+                if code == grpc.StatusCode.OK and _deadline_passed(context):
+                    code = grpc.StatusCode.DEADLINE_EXCEEDED  # the answer came too late for the caller
                 HANDLED.labels(service, method, code.name).inc()
                 HANDLING_SECONDS.labels(service, method).observe(elapsed)
                 log.info(
@@ -83,6 +134,6 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
 
         return grpc.unary_unary_rpc_method_handler(
             observed,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_tolerant(handler.request_deserializer) if handler.request_deserializer else None,
             response_serializer=handler.response_serializer,
         )

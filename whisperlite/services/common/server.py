@@ -12,6 +12,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from whisperlite.core.topology import DEFAULT_MAX_MESSAGE_BYTES
+from whisperlite.services.common.admission import Admission, AdmissionLimits
 from whisperlite.services.common.interceptors import ObservabilityInterceptor
 from whisperlite.services.common.security import ServerSecurity
 from whisperlite.services.common.tracing import stop_tracing
@@ -22,6 +23,8 @@ MAX_CONNECTION_AGE_MS = 5 * 60 * 1000
 
 # (add_XServicer_to_server, servicer, full service name)
 ServicerBinding = tuple[Callable[[Any, grpc.aio.Server], None], Any, str]
+# Given a way to set the service's health, watches a dependency for as long as the service serves.
+HealthWatch = Callable[[Callable[[bool], Awaitable[None]]], Awaitable[None]]
 
 
 async def serve(
@@ -39,6 +42,8 @@ async def serve(
     stop: asyncio.Event | None = None,
     security: ServerSecurity = ServerSecurity(),
     metrics_host: str = "",
+    admission: AdmissionLimits | None = None,
+    health_watch: HealthWatch | None = None,
 ) -> None:
     """Runs until SIGTERM/SIGINT (or `stop` is set), then drains in-flight calls for `grace_seconds`.
 
@@ -47,9 +52,12 @@ async def serve(
     `ready` is set once serving (lets in-process callers such as tests wait without polling).
     `security` adds token checks and TLS; SIGHUP re-reads its tokens and certificates. /metrics binds
     `metrics_host`, by default the gRPC `host`.
+    `admission` bounds in-flight work (whisperlite.services.common.admission); `health_watch` runs
+    while serving and may turn health NOT_SERVING and back (the catalog watches its store with it).
     """
+    admitted = Admission(admission or AdmissionLimits(), name)
     server = grpc.aio.server(
-        interceptors=[ObservabilityInterceptor(max_response_bytes=max_message_bytes), *security.interceptors()],
+        interceptors=[ObservabilityInterceptor(max_response_bytes=max_message_bytes, admission=admitted), *security.interceptors()],
         options=[
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
@@ -107,12 +115,20 @@ async def serve(
             else:
                 startup_task.result()
         if not stop.is_set():
-            for service in ["", *service_names]:
-                await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+            await _set_health(health_servicer, service_names, True)
             log.info("serving", extra={"service": name})
             if ready is not None:
                 ready.set()
-            await stop.wait()
+            if health_watch is not None:
+                watch_task = asyncio.ensure_future(health_watch(lambda serving: _set_health(health_servicer, service_names, serving)))
+                stop_task = asyncio.ensure_future(stop.wait())
+                await asyncio.wait({watch_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+                stop_task.cancel()
+                watch_task.cancel()
+                if watch_task.done() and not watch_task.cancelled():
+                    watch_task.result()  # a watch that gave up stops the service with its reason
+            else:
+                await stop.wait()
     finally:
         log.info("shutting down", extra={"service": name, "grace_seconds": grace_seconds})
         await health_servicer.enter_graceful_shutdown()
@@ -124,3 +140,9 @@ async def serve(
             metrics_server.shutdown()
         stop_tracing()
         log.info("stopped", extra={"service": name})
+
+
+async def _set_health(health_servicer, service_names: Sequence[str], serving: bool) -> None:
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    for service in ["", *service_names]:
+        await health_servicer.set(service, status)

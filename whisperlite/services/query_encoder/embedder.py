@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import os
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +19,20 @@ from whisperlite.core.encoders import Encoder, load_encoder
 from whisperlite.core.encoders.clip import ImageDecodeError, decode_image
 
 log = logging.getLogger("whisperlite.query_encoder")
+
+
+TOKEN_COUNT_CHUNK = 128
+# Niceness of the bulk model thread (and the torch worker threads it starts, which inherit it):
+# when a query's forward pass and a bulk one both want the cores, the kernel gives the query's
+# nearly all of them, and bulk work still takes every idle cycle.
+BULK_THREAD_NICENESS = 19
+
+
+def _lower_bulk_thread_priority() -> None:
+    try:  # on Linux a thread id given to setpriority changes that thread alone
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BULK_THREAD_NICENESS)
+    except (AttributeError, OSError) as error:  # another OS: the lanes still keep their own threads
+        log.warning("cannot lower the bulk model thread's priority", extra={"reason": str(error)})
 
 
 class ModelLoadError(RuntimeError):
@@ -33,6 +49,11 @@ class EmbedderSettings:
     cache_size: int = 10_000
     max_text_chars: int = 2_000
     max_inputs: int = 2_048
+    # One model call pads its texts to the longest: at most this many tokens in all (texts x longest),
+    # so a call takes tens of milliseconds on a CPU and a query waits at most one bulk batch.
+    max_batch_tokens: int = 1_024
+    # The most tokens one request may ask for: max_inputs texts of 256 tokens (MiniLM's limit) fit.
+    max_request_tokens: int = 524_288
 
 
 def warm_up(encoder: Encoder, max_batch_size: int) -> None:
@@ -43,6 +64,7 @@ def warm_up(encoder: Encoder, max_batch_size: int) -> None:
     docs/encoder.md); warm every batch size up to the maximum, short and long. On CPU one pass
     is enough.
     """
+    encoder.count_text_tokens(["warm up"])  # builds the token counter before requests race to
     sizes = range(1, max_batch_size + 1) if encoder.device != "cpu" else [1]
     for size in sizes:
         for words in (4, 48):
@@ -57,15 +79,20 @@ class Embedder:
     """
 
     def __init__(self, settings: EmbedderSettings):
-        for name in ("max_batch_size", "max_text_chars", "max_inputs"):
+        for name in ("max_batch_size", "max_text_chars", "max_inputs", "max_batch_tokens", "max_request_tokens"):
             if getattr(settings, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(settings, name)}")
         if settings.cache_size < 0:
             raise ValueError(f"cache_size: must be >= 0 (0 disables the cache), got {settings.cache_size}")
         self.settings = settings
         self.encoder: Encoder | None = None
-        # One model thread: concurrent forward passes on the same weights only contend for cores.
+        # One model thread per lane: more concurrent forward passes on the same weights only contend
+        # for cores, but bulk work (item embedding) on a thread of its own never makes a query wait
+        # for a bulk batch to finish.
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="encoder")
+        self._bulk_executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="encoder-bulk", initializer=_lower_bulk_thread_priority
+        )
         self._cache: LRUCache[str, np.ndarray] | None = LRUCache(settings.cache_size) if settings.cache_size else None
         self._texts: MicroBatcher[str] | None = None
         self._images: MicroBatcher[bytes] | None = None
@@ -83,6 +110,7 @@ class Embedder:
         self._texts = MicroBatcher(
             lambda texts: encoder.encode_texts(texts, batch_size=s.max_batch_size),
             max_batch_size=s.max_batch_size, max_wait_s=s.max_wait_ms / 1e3, executor=self._executor, kind="text",
+            max_batch_cost=s.max_batch_tokens, bulk_executor=self._bulk_executor,
         )
         self._texts.start()
         if encoder.supports_images:
@@ -101,21 +129,53 @@ class Embedder:
         for batcher in (self._texts, self._images):
             if batcher is not None:
                 await batcher.close()
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        for executor in (self._executor, self._bulk_executor):
+            executor.shutdown(wait=True, cancel_futures=True)
 
     def require_encoder(self) -> Encoder:
         if self.encoder is None:
             raise Unavailable("the encoder model is still loading; retry when health reports SERVING")
         return self.encoder
 
-    async def embed(self, texts: list[str], images: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
-        """Embed texts and images; returns float32 (len(texts), d) and (len(images), d)."""
+    async def embed(self, texts: list[str], images: list[bytes], bulk: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Embed texts and images; returns float32 (len(texts), d) and (len(images), d).
+
+        `bulk` (the caller says it is catalog or ingest work) waits behind interactive requests;
+        None decides by size: a request that fits one batch is interactive.
+        """
         encoder = self.require_encoder()
         self._validate(encoder, texts, images)
         if images:
             await self._check_images_decode(images)
-        text_vectors, image_vectors = await asyncio.gather(self._embed_texts(texts), self._embed_images(images))
+        tokens = await self._text_costs(encoder, texts) if texts else {}
+        if bulk is None:
+            bulk = len(tokens) > self.settings.max_batch_size or len(tokens) * max(tokens.values(), default=0) > self.settings.max_batch_tokens
+        text_vectors, image_vectors = await asyncio.gather(self._embed_texts(texts, tokens, bulk), self._embed_images(images, bulk))
         return text_vectors, image_vectors
+
+    async def _text_costs(self, encoder: Encoder, texts: list[str]) -> dict[str, int]:
+        """Tokens of each distinct text; refuses a request that no batch, or no request, budget admits."""
+        unique = list(dict.fromkeys(texts))
+        counts: dict[str, int] = {}
+        # Off the event loop, in chunks: thousands of long texts take seconds to tokenize, and a
+        # query's own count must not wait behind all of them.
+        for start in range(0, len(unique), TOKEN_COUNT_CHUNK):
+            chunk = unique[start : start + TOKEN_COUNT_CHUNK]
+            counts.update(zip(chunk, await asyncio.to_thread(encoder.count_text_tokens, chunk), strict=True))
+        s = self.settings
+        for index, text in enumerate(texts):
+            if counts[text] > s.max_batch_tokens:
+                raise InvalidArgument(
+                    f"texts[{index}]: {counts[text]} tokens, over the {s.max_batch_tokens}-token batch budget "
+                    "(--max-batch-tokens); send a shorter text"
+                )
+        total = sum(counts[text] for text in texts)
+        if total > s.max_request_tokens:
+            raise InvalidArgument(
+                f"texts: {total} tokens in all, over the {s.max_request_tokens}-token request limit "
+                "(--max-request-tokens); split the request"
+            )
+        return counts
 
     def _validate(self, encoder: Encoder, texts: list[str], images: list[bytes]) -> None:
         limit = self.settings.max_text_chars
@@ -139,7 +199,7 @@ class Embedder:
             if not image:
                 raise InvalidArgument(f"images[{index}]: empty bytes, expected an encoded image (PNG, JPEG, ...)")
 
-    async def _embed_texts(self, texts: list[str]) -> np.ndarray:
+    async def _embed_texts(self, texts: list[str], tokens: dict[str, int], bulk: bool) -> np.ndarray:
         encoder = self.require_encoder()
         if not texts:
             return np.zeros((0, encoder.dimension), dtype=np.float32)
@@ -155,7 +215,7 @@ class Embedder:
         missing = list(dict.fromkeys(text for text in texts if text not in found))
         if missing:
             assert self._texts is not None
-            computed = await self._texts.submit(missing)
+            computed = await self._texts.submit(missing, [tokens[text] for text in missing], bulk=bulk)
             for text, vector in zip(missing, computed, strict=True):
                 found[text] = vector
                 if self._cache is not None:
@@ -177,9 +237,10 @@ class Embedder:
         except ImageDecodeError as error:
             raise InvalidArgument(str(error)) from None
 
-    async def _embed_images(self, images: list[bytes]) -> np.ndarray:
+    async def _embed_images(self, images: list[bytes], bulk: bool) -> np.ndarray:
         encoder = self.require_encoder()
         if not images:
             return np.zeros((0, encoder.dimension), dtype=np.float32)
         assert self._images is not None
-        return await self._images.submit(images)
+        # Images share the interactive model thread: their bulk batches go only while no query waits.
+        return await self._images.submit(images, bulk=bulk)

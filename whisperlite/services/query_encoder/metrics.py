@@ -16,3 +16,9 @@ INFERENCE_SECONDS = Histogram(
 )
 CACHE_HITS = Counter("whisperlite_encoder_cache_hits_total", "Texts served from the query cache.")
 CACHE_MISSES = Counter("whisperlite_encoder_cache_misses_total", "Texts not in the query cache, sent to the model.")
+BATCH_COST = Histogram(
+    "whisperlite_encoder_batch_tokens",
+    "Cost of one model call: inputs x the longest input's tokens (the padded batch), bounded by --max-batch-tokens.",
+    ["kind"],
+    buckets=(16, 64, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768),
+)

@@ -8,7 +8,7 @@ import asyncio
 import transformers
 
 from whisperlite.core.topology import QUERY_ENCODER
-from whisperlite.services.common.config import add_server_flags, env_float, env_int, env_str
+from whisperlite.services.common.config import add_server_flags, admission_limits, env_float, env_int, env_str
 from whisperlite.services.common.logs import configure_logging
 from whisperlite.services.common.security import ServerSecurity
 from whisperlite.services.common.tracing import start_tracing
@@ -57,6 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-inputs", type=int, default=env_int(f"{PREFIX}_MAX_INPUTS", d.max_inputs),
         help=f"most texts plus images in one request (env {PREFIX}_MAX_INPUTS)",
     )
+    group.add_argument(
+        "--max-batch-tokens", type=int, default=env_int(f"{PREFIX}_MAX_BATCH_TOKENS", d.max_batch_tokens),
+        help=f"token budget of one model call (texts x the longest one's tokens); larger requests are split into "
+        f"batches and interactive queries go between them (env {PREFIX}_MAX_BATCH_TOKENS)",
+    )
+    group.add_argument(
+        "--max-request-tokens", type=int, default=env_int(f"{PREFIX}_MAX_REQUEST_TOKENS", d.max_request_tokens),
+        help=f"most tokens of all texts in one request; more is refused with INVALID_ARGUMENT (env {PREFIX}_MAX_REQUEST_TOKENS)",
+    )
     add_server_flags(parser, QUERY_ENCODER)
     return parser
 
@@ -71,6 +80,8 @@ def settings_from_args(args: argparse.Namespace) -> EmbedderSettings:
         cache_size=args.cache_size,
         max_text_chars=args.max_text_chars,
         max_inputs=args.max_inputs,
+        max_batch_tokens=args.max_batch_tokens,
+        max_request_tokens=args.max_request_tokens,
     )
 
 
@@ -93,6 +104,7 @@ async def run(
         grace_seconds=args.grace_seconds,
         host=args.host,
         max_message_bytes=args.max_message_bytes,
+        admission=admission_limits(args),
         ready=ready,
         stop=stop,
         security=ServerSecurity.from_args(args),

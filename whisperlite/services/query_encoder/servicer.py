@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from whisperlite.core.clients.query_encoder import BULK, INTERACTIVE, PRIORITY_METADATA_KEY
+from whisperlite.core.errors import InvalidArgument
 from whisperlite.services.query_encoder.embedder import Embedder
 from whisperlite.v1 import query_encoder_pb2, query_encoder_pb2_grpc
 
@@ -12,12 +14,21 @@ def _vectors(matrix: np.ndarray) -> list[query_encoder_pb2.Vector]:
     return [query_encoder_pb2.Vector(values=row.tolist()) for row in matrix]
 
 
+def _bulk_priority(value: str | None) -> bool | None:
+    if value is None:
+        return None
+    if value not in (BULK, INTERACTIVE):
+        raise InvalidArgument(f"metadata {PRIORITY_METADATA_KEY}: must be {BULK!r} or {INTERACTIVE!r}, got {value!r}")
+    return value == BULK
+
+
 class QueryEncoderServicer(query_encoder_pb2_grpc.QueryEncoderServiceServicer):
     def __init__(self, embedder: Embedder):
         self._embedder = embedder
 
     async def Embed(self, request, context):
-        text_vectors, image_vectors = await self._embedder.embed(list(request.texts), list(request.images))
+        bulk = _bulk_priority(dict(context.invocation_metadata() or ()).get(PRIORITY_METADATA_KEY))
+        text_vectors, image_vectors = await self._embedder.embed(list(request.texts), list(request.images), bulk=bulk)
         encoder = self._embedder.require_encoder()
         return query_encoder_pb2.EmbedResponse(
             text_vectors=_vectors(text_vectors),

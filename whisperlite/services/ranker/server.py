@@ -11,7 +11,9 @@ from whisperlite.core.clients.query_encoder import QueryEncoderClient
 from whisperlite.core.errors import ServiceError
 from whisperlite.core.topology import CATALOG, QUERY_ENCODER, RANKER
 from whisperlite.core.vector_space import require_same_encoder
-from whisperlite.services.common.config import add_downstream_flags, add_server_flags, downstream_security, env_float, env_int, env_str
+from whisperlite.services.common.config import (
+    add_downstream_flags, add_server_flags, admission_limits, downstream_security, env_float, env_int, env_str,
+)
 from whisperlite.services.common.logs import configure_logging
 from whisperlite.services.common.security import ServerSecurity
 from whisperlite.services.common.tracing import start_tracing
@@ -145,6 +147,7 @@ async def run(args: argparse.Namespace) -> None:
         max_message_bytes=args.max_message_bytes,
         security=ServerSecurity.from_args(args),
         metrics_host=args.metrics_host,
+        admission=admission_limits(args),
     )
 
 

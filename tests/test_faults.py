@@ -1,0 +1,424 @@
+"""Faults and overload with real processes: malformed bytes, a dead or wedged milvus-lite child,
+services killed under load, a heavy bulk embed during Recommend traffic, overload, ingest retries.
+
+Recovery times are measured from the moment health turns SERVING again (the issue's 0.5 s target,
+asserted with a margin for a loaded 2-core machine); everything else asserts outcomes, not timings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+import milvus_lite
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.servers import REPO, ServiceProcess, start_catalog, start_service
+from whisperlite.core.clients.health import is_serving
+from whisperlite.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2, query_encoder_pb2, ranker_pb2, ranker_pb2_grpc
+
+DIMENSION = 384  # the session encoder's MiniLM
+# The ranker's recovery target is 0.5 s after its dependency is SERVING; the margin absorbs a
+# machine shared with other test runs.
+RECOVERY_LIMIT_SECONDS = 1.5
+FAST_WATCH = ("--store-probe-interval-seconds", "0.3", "--store-probe-timeout-seconds", "1")
+
+
+def health_status(address: str) -> int | None:
+    try:
+        with grpc.insecure_channel(address) as channel:
+            return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2).status
+    except grpc.RpcError:
+        return None
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.05) -> float:
+    """Seconds until predicate() held; fails the test after `timeout`."""
+    started = time.monotonic()
+    while not predicate():
+        if time.monotonic() - started > timeout:
+            pytest.fail(f"condition not met within {timeout} s")
+        time.sleep(interval)
+    return time.monotonic() - started
+
+
+def metric(service: ServiceProcess, name: str, **labels: str) -> float:
+    text = urllib.request.urlopen(service.metrics_url, timeout=10).read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith((name + "{", name + " ")) and all(f'{key}="{value}"' in line for key, value in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def child_pids(pid: int) -> list[int]:
+    children = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children += [int(child) for child in (task / "children").read_text().split()]
+    return children
+
+
+def unit_vector(seed: int) -> list[float]:
+    vector = np.random.default_rng(seed).standard_normal(DIMENSION).astype(np.float32)
+    return (vector / np.linalg.norm(vector)).tolist()
+
+
+def item(index: int) -> common_pb2.Item:
+    return common_pb2.Item(item_id=f"item-{index}", title=f"wool scarf {index}", category="scarves", vector=unit_vector(index))
+
+
+def catalog_stub(address: str) -> tuple[grpc.Channel, catalog_pb2_grpc.CatalogServiceStub]:
+    channel = grpc.insecure_channel(address)
+    return channel, catalog_pb2_grpc.CatalogServiceStub(channel)
+
+
+def restart_on_same_port(service: ServiceProcess, log_dir: Path, *args: str) -> ServiceProcess:
+    return start_service(service.name, log_dir, *args, port=service.port)
+
+
+# ---- malformed messages ------------------------------------------------------------------------
+
+MALFORMED = [
+    ("QueryEncoderService", "Embed", query_encoder_pb2.EmbedRequest(texts=["black leather boots"]).SerializeToString()[:-3], "truncated"),
+    ("QueryEncoderService", "Embed", b"\x0a\x02\xff\xfe", "invalid UTF-8 in a string"),
+    ("CatalogService", "Search", b"\x0a\x05\x00\x00\x80\x3f\x00", "packed floats of 5 bytes"),
+]
+
+
+@pytest.mark.parametrize("service_name, method, payload, kind", MALFORMED, ids=[case[3] for case in MALFORMED])
+def test_malformed_bytes_are_invalid_argument_counted_and_logged_without_a_trace(
+    encoder_service, catalog_service, service_name, method, payload, kind
+):
+    service = encoder_service if service_name == "QueryEncoderService" else catalog_service
+    before = metric(service, "grpc_server_handled_total", grpc_method=method, grpc_code="INVALID_ARGUMENT")
+    started_before = metric(service, "grpc_server_started_total", grpc_method=method)
+    with grpc.insecure_channel(service.address) as channel:
+        raw = channel.unary_unary(f"/whisperlite.v1.{service_name}/{method}")  # no serializers: bytes in and out
+        with pytest.raises(grpc.RpcError) as failure:
+            raw(payload, timeout=30)
+    assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT, failure.value
+    assert f"not a valid {method} message" in failure.value.details()
+    # The server counts the call just after sending its status: the count may trail the answer.
+    wait_for(lambda: metric(service, "grpc_server_handled_total", grpc_method=method, grpc_code="INVALID_ARGUMENT") == before + 1, 10)
+    assert metric(service, "grpc_server_started_total", grpc_method=method) == started_before + 1
+    log = service.log()
+    assert '"message": "malformed request"' in log and '"level": "WARNING"' in log
+    assert "Traceback" not in log
+
+
+# ---- the catalog's store -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def watched_catalog(tmp_path, encoder_service):
+    catalog = start_catalog(tmp_path / "logs", tmp_path / "store", encoder_service.address, *FAST_WATCH)
+    yield catalog
+    for pid in child_pids(catalog.process.pid):  # a stopped child would keep the store locked
+        os.kill(pid, signal.SIGCONT)
+    catalog.stop()
+
+
+def upsert_items(stub, indexes: range) -> None:
+    stub.UpsertItems(catalog_pb2.UpsertItemsRequest(items=[item(i) for i in indexes]), timeout=60)
+
+
+def assert_all_items_present(stub, indexes) -> None:
+    ids = [f"item-{i}" for i in indexes]
+    response = stub.GetItems(catalog_pb2.GetItemsRequest(item_ids=ids), timeout=60)
+    assert not response.missing_item_ids, f"lost: {list(response.missing_item_ids)[:10]}"
+
+
+@pytest.mark.parametrize("fault", ["killed", "wedged"])
+def test_a_dead_or_wedged_store_turns_not_serving_answers_unavailable_at_once_and_is_reopened(watched_catalog, fault):
+    channel, stub = catalog_stub(watched_catalog.address)
+    upsert_items(stub, range(50))
+    (store_pid,) = child_pids(watched_catalog.process.pid)
+    os.kill(store_pid, signal.SIGKILL if fault == "killed" else signal.SIGSTOP)
+
+    wait_for(lambda: health_status(watched_catalog.address) == health_pb2.HealthCheckResponse.NOT_SERVING, timeout=10)
+    started = time.monotonic()
+    with pytest.raises(grpc.RpcError) as failure:
+        stub.GetStats(catalog_pb2.GetStatsRequest(), timeout=30)
+    refused_in = time.monotonic() - started
+    # Either refused while down, or (when the reopen was that quick) answered: never a 30 s hang.
+    assert failure.value.code() == grpc.StatusCode.UNAVAILABLE and refused_in < 5, (failure.value, refused_in)
+
+    wait_for(lambda: is_serving(watched_catalog.address), timeout=60)
+    assert stub.GetStats(catalog_pb2.GetStatsRequest(), timeout=30).item_count == 50
+    assert_all_items_present(stub, range(50))
+    assert metric(watched_catalog, "whisperlite_catalog_store_reopens_total") >= 1
+    assert metric(watched_catalog, "grpc_server_handled_total", grpc_method="GetStats", grpc_code="UNAVAILABLE") >= 1
+    assert watched_catalog.process.poll() is None
+    channel.close()
+
+
+def test_a_store_that_cannot_be_reopened_makes_the_catalog_exit_non_zero(tmp_path, encoder_service):
+    # milvus-lite starts its server binary from BIN_PATH: a copy of its folder whose binary then
+    # disappears (a broken install) makes every reopen fail.
+    bin_dir = tmp_path / "milvus-bin"
+    bin_dir.mkdir()
+    for library in (Path(milvus_lite.__file__).parent / "lib").iterdir():
+        (bin_dir / library.name).symlink_to(library)
+    catalog = start_service(
+        "catalog", tmp_path / "logs", "--data-dir", str(tmp_path / "store"), "--query-encoder-addr", encoder_service.address,
+        *FAST_WATCH, "--store-reopen-timeout-seconds", "2", env={"BIN_PATH": str(bin_dir)},
+    )
+    try:
+        (bin_dir / "milvus").unlink()
+        (store_pid,) = child_pids(catalog.process.pid)
+        os.kill(store_pid, signal.SIGKILL)
+        assert catalog.process.wait(timeout=60) != 0
+        log = catalog.log()
+        assert "could not be reopened" in log and "Traceback" not in log, log[-3000:]
+    finally:
+        catalog.stop()
+
+
+# ---- services killed under load ------------------------------------------------------------------
+
+
+class RecommendLoad:
+    """Recommend calls in a loop on a thread, recording (finish time, status code)."""
+
+    def __init__(self, address: str, concurrency: int = 2):
+        self.results: list[tuple[float, grpc.StatusCode]] = []
+        self.failures: list[str] = []  # details of the failed calls, for assertion messages
+        self._stop = threading.Event()
+        self._channel = grpc.insecure_channel(address)
+        self._stub = ranker_pb2_grpc.RankerServiceStub(self._channel)
+        self._threads = [threading.Thread(target=self._run, args=(n,), daemon=True) for n in range(concurrency)]
+
+    def _run(self, worker: int) -> None:
+        count = 0
+        while not self._stop.is_set():
+            count += 1
+            request = ranker_pb2.RecommendRequest(user_id="u", query=f"warm wool scarf {worker}-{count % 5}", top_k=5)
+            try:
+                self._stub.Recommend(request, timeout=10)
+                code = grpc.StatusCode.OK
+            except grpc.RpcError as error:
+                code = error.code()
+                self.failures.append(f"{code.name}: {error.details()}")
+                time.sleep(0.02)
+            self.results.append((time.monotonic(), code))
+
+    def __enter__(self) -> "RecommendLoad":
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(30)
+        self._channel.close()
+
+    def first_ok_after(self, moment: float, timeout: float = 30) -> float:
+        wait_for(lambda: any(at > moment and code == grpc.StatusCode.OK for at, code in self.results), timeout)
+        return min(at for at, code in self.results if at > moment and code == grpc.StatusCode.OK) - moment
+
+    def codes_between(self, start: float, end: float) -> set[grpc.StatusCode]:
+        return {code for at, code in self.results if start <= at <= end}
+
+
+def serving_moment(address: str, timeout: float = 180) -> float:
+    wait_for(lambda: is_serving(address, timeout_seconds=1), timeout, interval=0.02)
+    return time.monotonic()
+
+
+def start_text_only_ranker(tmp_path: Path, encoder_address: str, catalog_address: str, *args: str) -> ServiceProcess:
+    return start_service(
+        "ranker", tmp_path / "logs", "--model-dir", str(tmp_path / "no-model"),
+        "--query-encoder-addr", encoder_address, "--catalog-addr", catalog_address, *args,
+    )
+
+
+def start_catalog_and_ranker(tmp_path: Path, encoder_address: str, items: int) -> tuple[ServiceProcess, ServiceProcess]:
+    """A catalog holding `items` items and a text-only ranker over it, of a test's own, to kill."""
+    catalog = start_catalog(tmp_path / "logs", tmp_path / "store", encoder_address)
+    channel, stub = catalog_stub(catalog.address)
+    upsert_items(stub, range(items))
+    channel.close()
+    return catalog, start_text_only_ranker(tmp_path, encoder_address, catalog.address)
+
+
+@pytest.fixture
+def stack(tmp_path, encoder_service):
+    catalog, ranker = start_catalog_and_ranker(tmp_path, encoder_service.address, items=100)
+    services = {"catalog": catalog, "ranker": ranker}
+    yield services
+    for service in services.values():
+        service.stop()
+
+
+def test_catalog_killed_under_writes_and_recommends_loses_no_acknowledged_write_and_the_ranker_recovers(tmp_path, stack):
+    catalog = stack["catalog"]
+    acknowledged: list[int] = []
+    stop_writing = threading.Event()
+
+    def write() -> None:
+        channel, stub = catalog_stub(catalog.address)
+        index = 1000
+        while not stop_writing.is_set():
+            try:
+                upsert_items(stub, range(index, index + 5))
+                acknowledged.extend(range(index, index + 5))
+                index += 5
+            except grpc.RpcError:
+                time.sleep(0.05)
+        channel.close()
+
+    writer = threading.Thread(target=write, daemon=True)
+    with RecommendLoad(stack["ranker"].address) as load:
+        writer.start()
+        wait_for(lambda: len(acknowledged) >= 20, timeout=60)
+        catalog.process.kill()
+        catalog.process.wait()
+        killed_at = time.monotonic()
+        restarted = restart_on_same_port(catalog, tmp_path / "logs", "--data-dir", str(tmp_path / "store"),
+                                         "--query-encoder-addr", catalog_query_encoder(catalog))
+        stack["catalog"] = restarted
+        serving_at = serving_moment(restarted.address)
+        recovery = load.first_ok_after(serving_at)
+        assert grpc.StatusCode.UNAVAILABLE in load.codes_between(killed_at, serving_at)
+        wait_for(lambda: len(acknowledged) >= 60, timeout=60)  # writes resumed after the restart
+    stop_writing.set()
+    writer.join(60)
+    channel, stub = catalog_stub(restarted.address)
+    assert_all_items_present(stub, acknowledged)
+    channel.close()
+    print(f"ranker recovered {recovery:.3f} s after the catalog was SERVING again")
+    assert recovery < RECOVERY_LIMIT_SECONDS
+
+
+def catalog_query_encoder(catalog: ServiceProcess) -> str:
+    args = catalog.process.args
+    return args[args.index("--query-encoder-addr") + 1]
+
+
+def test_encoder_killed_under_recommends_the_ranker_fails_fast_then_recovers(tmp_path):
+    encoder = start_service("query-encoder", tmp_path / "logs")
+    catalog = ranker = None
+    try:
+        catalog, ranker = start_catalog_and_ranker(tmp_path, encoder.address, items=20)
+        with RecommendLoad(ranker.address) as load:
+            wait_for(lambda: any(code == grpc.StatusCode.OK for _, code in load.results), timeout=60)
+            encoder.process.kill()
+            encoder.process.wait()
+            killed_at = time.monotonic()
+            encoder = restart_on_same_port(encoder, tmp_path / "logs")
+            serving_at = serving_moment(encoder.address)
+            recovery = load.first_ok_after(serving_at)
+            assert load.codes_between(killed_at, serving_at) <= {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.OK}
+        print(f"ranker recovered {recovery:.3f} s after the encoder was SERVING again")
+        assert recovery < RECOVERY_LIMIT_SECONDS
+    finally:
+        for service in (ranker, catalog, encoder):
+            if service is not None:
+                service.stop()
+
+
+# ---- overload and bulk work ----------------------------------------------------------------------
+
+
+def test_a_heavy_legal_bulk_embed_does_not_starve_recommend(encoder_service, text_only_ranker):
+    long_texts = [(f"item {i}: a long flowing summer dress with floral print, pockets and a belt. " * 30)[:1985] for i in range(160)]
+    bulk_result: dict[str, object] = {}
+
+    def bulk_embed() -> None:
+        with grpc.insecure_channel(encoder_service.address, options=[("grpc.max_receive_message_length", 64 << 20)]) as channel:
+            stub = channel.unary_unary(
+                "/whisperlite.v1.QueryEncoderService/Embed",
+                request_serializer=query_encoder_pb2.EmbedRequest.SerializeToString,
+                response_deserializer=query_encoder_pb2.EmbedResponse.FromString,
+            )
+            bulk_result["response"] = stub(query_encoder_pb2.EmbedRequest(texts=long_texts), timeout=600)
+
+    bulk = threading.Thread(target=bulk_embed, daemon=True)
+    with RecommendLoad(text_only_ranker.address, concurrency=2) as load:
+        bulk.start()
+        time.sleep(1.0)  # the bulk request is tokenized and its batches are on the model thread
+        during_start = time.monotonic()
+        bulk.join(600)
+        during_end = time.monotonic()
+    assert len(bulk_result["response"].text_vectors) == len(long_texts)
+    during = [code for at, code in load.results if during_start <= at <= during_end]
+    assert len(during) >= 5, "too few Recommend calls finished during the bulk embed to judge"
+    # The ranker's 5 s downstream deadline failed 21 of 29 calls before budgeted batches.
+    assert set(during) == {grpc.StatusCode.OK}, load.failures[:5]
+
+
+def test_overload_is_refused_quickly_and_the_accepted_calls_succeed(tmp_path, encoder_service, catalog_service):
+    ranker = start_text_only_ranker(
+        tmp_path, encoder_service.address, catalog_service.address, "--max-in-flight", "2", "--max-queued", "2", "--max-queue-wait-ms", "3000"
+    )
+    try:
+        async def burst() -> list[tuple[grpc.StatusCode, float]]:
+            async with grpc.aio.insecure_channel(ranker.address) as channel:
+                stub = ranker_pb2_grpc.RankerServiceStub(channel)
+
+                async def one(n: int) -> tuple[grpc.StatusCode, float]:
+                    started = time.monotonic()
+                    try:
+                        await stub.Recommend(ranker_pb2.RecommendRequest(user_id="u", query=f"red dress {n}", top_k=5), timeout=60)
+                        return grpc.StatusCode.OK, time.monotonic() - started
+                    except grpc.aio.AioRpcError as error:
+                        return error.code(), time.monotonic() - started
+
+                await channel.channel_ready()
+                return await asyncio.gather(*(one(n) for n in range(48)))
+
+        outcomes = asyncio.run(burst())
+        codes = [code for code, _ in outcomes]
+        assert set(codes) == {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
+        assert codes.count(grpc.StatusCode.OK) >= 4  # what was admitted (in flight + queued) was served
+        refused = sorted(seconds for code, seconds in outcomes if code == grpc.StatusCode.RESOURCE_EXHAUSTED)
+        accepted = sorted(seconds for code, seconds in outcomes if code == grpc.StatusCode.OK)
+        assert refused[len(refused) // 2] < accepted[-1]  # refusals do not wait for the work ahead of them
+        assert is_serving(ranker.address)  # health checks bypass admission
+        assert metric(ranker, "whisperlite_admission_refused_total", reason="queue_full") == len(refused)
+    finally:
+        ranker.stop()
+
+
+# ---- ingest --------------------------------------------------------------------------------------
+
+
+def test_ingest_retries_through_a_catalog_restart_and_says_where_it_resumed(tmp_path, encoder_service):
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = ["item_id,title,text,category,image_path"] + [f"i{n},wool scarf {n},a warm scarf number {n},scarves," for n in range(300)]
+    (data / "items.csv").write_text("\n".join(rows) + "\n")
+    catalog = start_catalog(tmp_path / "logs", tmp_path / "store", encoder_service.address)
+    ingest = subprocess.Popen(
+        [sys.executable, "-m", "whisperlite", "ingest", "--data", str(data), "--catalog", catalog.address, "--batch-size", "10"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        channel, stub = catalog_stub(catalog.address)
+        wait_for(lambda: stub.GetStats(catalog_pb2.GetStatsRequest(), timeout=30).item_count >= 30, timeout=120, interval=0.2)
+        channel.close()
+        catalog.process.kill()
+        catalog.process.wait()
+        time.sleep(1.0)  # long enough for a batch to fail
+        catalog = restart_on_same_port(catalog, tmp_path / "logs", "--data-dir", str(tmp_path / "store"), "--query-encoder-addr", encoder_service.address)
+        output, _ = ingest.communicate(timeout=300)
+        assert ingest.returncode == 0, output
+        assert "upserted 300 items" in output
+        assert "resumed from item" in output and "Traceback" not in output, output
+        channel, stub = catalog_stub(catalog.address)
+        assert stub.GetStats(catalog_pb2.GetStatsRequest(), timeout=30).item_count == 300
+        channel.close()
+    finally:
+        ingest.kill()
+        catalog.stop()

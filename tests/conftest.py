@@ -48,3 +48,16 @@ def text_only_ranker(tmp_path_factory, encoder_service, catalog_service):
     )
     yield service
     service.stop()
+
+
+@pytest.fixture
+def shared_catalog_items(catalog_service):
+    """Ids a test upserts into the session catalog: deleted afterwards, so tests that count the
+    catalog's items (tests/test_e2e_services.py) see only their own."""
+    from whisperlite.core.clients.catalog_admin import CatalogAdminClient
+
+    written: list[str] = []
+    yield written
+    if written:
+        with CatalogAdminClient(catalog_service.address, timeout_seconds=60) as catalog:
+            catalog.delete(written)

@@ -28,7 +28,8 @@ from whisperlite.core.clients.types import Recommendation
 from whisperlite.v1 import common_pb2, ranker_pb2, ranker_pb2_grpc
 
 
-def test_sync_and_async_ranker_clients_return_typed_results_with_the_request_id(text_only_ranker, catalog_service):
+def test_sync_and_async_ranker_clients_return_typed_results_with_the_request_id(text_only_ranker, catalog_service, shared_catalog_items):
+    shared_catalog_items.extend(["client-boots", "client-boots-dear", "client-sneakers"])
     with CatalogAdminClient(catalog_service.address, timeout_seconds=120) as catalog:
         written = catalog.upsert([
             Item("client-boots", "Black leather boots", category="Shoes", price=79.0, attributes={"brand": "Acme"}),
@@ -199,7 +200,8 @@ def test_round_robin_spreads_calls_over_every_address_of_the_target():
             server.stop(None)
 
 
-def test_the_recommend_command_prints_the_typed_result_and_sends_the_request_id(text_only_ranker, catalog_service):
+def test_the_recommend_command_prints_the_typed_result_and_sends_the_request_id(text_only_ranker, catalog_service, shared_catalog_items):
+    shared_catalog_items.append("cli-boots")
     with CatalogAdminClient(catalog_service.address, timeout_seconds=120) as catalog:
         catalog.upsert([Item("cli-boots", "Brown suede boots", price=90.0)])
     command = [sys.executable, "-m", "whisperlite", "recommend", "--ranker", text_only_ranker.address, "--query", "brown suede boots",

@@ -15,7 +15,7 @@ from unittest import mock
 import pytest
 import yaml
 
-from whisperlite.core.topology import CATALOG, QUERY_ENCODER, RANKER, SERVICES
+from whisperlite.core.topology import CATALOG, GRPC_SERVICES, QUERY_ENCODER, RANKER
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -39,7 +39,7 @@ def rendered(request) -> tuple[str, dict[tuple[str, str], dict]]:
 
 def service_env_names() -> set[str]:
     names = set(NON_FLAG_ENV)
-    for spec in SERVICES:
+    for spec in GRPC_SERVICES:
         with mock.patch.dict(os.environ, clear=True):
             parser = importlib.import_module(spec.module).build_parser()
         names |= {match for action in parser._actions for match in ENV_IN_HELP.findall(action.help or "")}
@@ -70,7 +70,7 @@ def test_the_validator_rejects_a_misspelt_field(tmp_path):
     assert "readinesProbe" in result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("spec", SERVICES, ids=lambda spec: spec.name)
+@pytest.mark.parametrize("spec", GRPC_SERVICES, ids=lambda spec: spec.name)
 def test_each_service_is_probed_over_grpc_on_its_port_with_resource_requests(rendered, spec):
     _, resources = rendered
     pod = container(resources, spec.name)
@@ -84,7 +84,7 @@ def test_each_service_is_probed_over_grpc_on_its_port_with_resource_requests(ren
     assert configured - service_env_names() == set(), "env vars no service reads"
 
 
-@pytest.mark.parametrize("spec", SERVICES, ids=lambda spec: spec.name)
+@pytest.mark.parametrize("spec", GRPC_SERVICES, ids=lambda spec: spec.name)
 def test_each_service_has_a_headless_service_and_a_disruption_budget_selecting_its_pods(rendered, spec):
     _, resources = rendered
     pod_labels = resources[("Deployment", spec.name)]["spec"]["template"]["metadata"]["labels"]

@@ -1,5 +1,6 @@
 """The HTTP/JSON gateway against the real ranker, catalog and encoder: same answers and messages as gRPC."""
 
+import json
 import re
 import subprocess
 import sys
@@ -171,6 +172,18 @@ def test_a_body_over_the_gateway_limit_is_refused_unread(tmp_path, gateway_ranke
         assert response.json()["error"]["code"] == "RESOURCE_EXHAUSTED"
         assert "larger than the gateway's limit of 1000 (--max-body-bytes)" in response.json()["error"]["message"]
         assert httpx.post(f"http://127.0.0.1:{gateway.port}/v1/recommend", json={"query": "coat", "top_k": 1}, timeout=30).status_code == 200
+
+        # Chunked (no Content-Length): read only up to the limit, then refused the same way.
+        def chunks(total: int):
+            body = json.dumps({"query": "q" * total, "top_k": 1}).encode()
+            for start in range(0, len(body), 256):
+                yield body[start : start + 256]
+
+        chunked = httpx.post(f"http://127.0.0.1:{gateway.port}/v1/recommend", content=chunks(5000), timeout=30)
+        assert "content-length" not in chunked.request.headers
+        assert chunked.status_code == 429 and "(--max-body-bytes)" in chunked.json()["error"]["message"]
+        small = httpx.post(f"http://127.0.0.1:{gateway.port}/v1/recommend", content=chunks(4), headers={"content-type": "application/json"}, timeout=30)
+        assert small.status_code == 200, small.text
     finally:
         gateway.stop()
 

@@ -55,7 +55,8 @@ def test_the_package_and_its_client_extra_need_only_grpcio_and_protobuf(wheel):
 
 
 @pytest.mark.timeout(600)
-def test_a_client_only_install_calls_the_running_stack(wheel, tmp_path, text_only_ranker, catalog_service):
+def test_a_client_only_install_calls_the_running_stack(wheel, tmp_path, text_only_ranker, catalog_service, shared_catalog_items):
+    shared_catalog_items.append("packaging-boots")
     environment = tmp_path / "client-venv"
     venv.create(environment, with_pip=True)
     python = environment / "bin" / "python"

@@ -11,7 +11,7 @@ from unittest import mock
 
 from tests.test_deploy_compose import NON_SERVICE_ENV, _env_vars_read_by, compose_model
 from whisperlite.core import client_security
-from whisperlite.core.topology import CATALOG, QUERY_ENCODER, RANKER, SERVICES
+from whisperlite.core.topology import CATALOG, GRPC_SERVICES, QUERY_ENCODER, RANKER
 from whisperlite.services.common.config import downstream_security
 from whisperlite.services.common.security import ServerSecurity
 from whisperlite.shell.dev_certs import write_dev_pki
@@ -25,7 +25,7 @@ def test_up_secure_gives_every_service_tls_tokens_and_its_service_token(tmp_path
     pki = tmp_path / "security"
     env = _secure_env(pki)
     service_token = (pki / "service.token").read_text().strip()
-    for spec in SERVICES:
+    for spec in GRPC_SERVICES:
         with mock.patch.dict(os.environ, env, clear=True):
             args = importlib.import_module(spec.module).build_parser().parse_args([])
         security = ServerSecurity.from_args(args)
@@ -46,7 +46,7 @@ def test_secure_compose_override_names_only_what_services_read_and_dev_certs_wri
     written = {path.name for path in write_dev_pki(tmp_path / "secrets").iterdir()}
     secret_files = {name: Path(spec["file"]).name for name, spec in model["secrets"].items()}
     assert set(secret_files.values()) <= written
-    for spec in SERVICES:
+    for spec in GRPC_SERVICES:
         service = model["services"][spec.name]
         environment = service["environment"]
         unknown = set(environment) - _env_vars_read_by(spec.module) - CLIENT_ENV - NON_SERVICE_ENV

@@ -5,7 +5,7 @@ import json
 import grpc
 
 from whisperlite.core.client_security import PLAINTEXT, BearerTokenInterceptor, ClientSecurity
-from whisperlite.core.topology import DEFAULT_MAX_MESSAGE_BYTES, SERVICES
+from whisperlite.core.topology import DEFAULT_MAX_MESSAGE_BYTES, GRPC_SERVICES
 
 # Every WhisperLite RPC is idempotent (reads, and upserts/deletes keyed by item id), so a call that
 # found its server UNAVAILABLE (restarting, still loading, a replica going away) is sent again after
@@ -28,7 +28,7 @@ INITIAL_RECONNECT_BACKOFF_MS, MAX_RECONNECT_BACKOFF_MS = 100, 400
 _SERVICE_CONFIG = json.dumps(
     {
         "loadBalancingConfig": [{"round_robin": {}}],
-        "methodConfig": [{"name": [{"service": s.grpc_service} for s in SERVICES if s.speaks_grpc], "retryPolicy": RETRY_POLICY}],
+        "methodConfig": [{"name": [{"service": service.grpc_service} for service in GRPC_SERVICES], "retryPolicy": RETRY_POLICY}],
         "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.5},
     }
 )

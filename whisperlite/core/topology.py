@@ -52,3 +52,5 @@ GATEWAY = Service("gateway", "", "whisperlite.services.gateway.server", "GATEWAY
 # In start-up order: each one's dependencies come before it.
 SERVICES = (QUERY_ENCODER, CATALOG, RANKER, GATEWAY)
 BY_NAME = {service.name: service for service in SERVICES}
+# The gRPC services (health-checked, TLS-served, scaled in Kubernetes); the gateway fronts them over HTTP.
+GRPC_SERVICES = tuple(service for service in SERVICES if service.speaks_grpc)

@@ -13,7 +13,8 @@ from whisperlite.v1 import model_admin_pb2
 
 
 def register(commands) -> None:
-    model = commands.add_parser("model", help="list, load, roll back and canary the ranker's model versions")
+    # allow_abbrev=False: `rollback --to` must not read as an abbreviation of the security flag --token.
+    model = commands.add_parser("model", help="list, load, roll back and canary the ranker's model versions", allow_abbrev=False)
     model.add_argument("--ranker", default=RANKER.local_address, help="ranker address (serves ModelAdminService)")
     model.add_argument("--timeout", type=float, default=120.0, help="deadline of each call in seconds (loading validates the version)")
     add_client_security_flags(model)  # the ranker asks for a token with the 'admin' scope when auth is on

@@ -14,7 +14,7 @@ from whisperlite.core.client_security import PLAINTEXT, ClientSecurity
 from whisperlite.core.clients.catalog import CatalogClient
 from whisperlite.core.clients.health import wait_until_serving
 from whisperlite.core.dataset import most_active_user
-from whisperlite.core.topology import CATALOG, GATEWAY, QUERY_ENCODER, RANKER, SERVICES
+from whisperlite.core.topology import CATALOG, GATEWAY, GRPC_SERVICES, QUERY_ENCODER, RANKER, SERVICES
 from whisperlite.shell.http_health import wait_until_http_serving
 from whisperlite.shell.ingest import ingest
 
@@ -86,7 +86,7 @@ def _secure_env(pki: Path) -> dict[str, str]:
 
     write_dev_pki(pki)
     env = {"WHISPERLITE_AUTH_TOKENS_FILE": str(pki / "tokens.txt"), "WHISPERLITE_TLS_CA_FILE": str(pki / "ca.pem")}
-    for spec in (s for s in SERVICES if s.speaks_grpc):
+    for spec in GRPC_SERVICES:
         env[f"{spec.env_prefix}_TLS_CERT_FILE"] = str(pki / f"{spec.name}.pem")
         env[f"{spec.env_prefix}_TLS_KEY_FILE"] = str(pki / f"{spec.name}-key.pem")
         env[f"{spec.env_prefix}_DOWNSTREAM_TOKEN_FILE"] = str(pki / "service.token")

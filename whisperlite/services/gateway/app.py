@@ -91,6 +91,23 @@ def _refusal(request: Request, max_body_bytes: int) -> JSONResponse | None:
     return None
 
 
+async def _read_unsized_body(request: Request, max_body_bytes: int) -> JSONResponse | None:
+    """A chunked body (no Content-Length) is read here, stopping as soon as it passes the limit, so
+    no request can make the gateway buffer more than --max-body-bytes. The handler then gets the
+    bytes read (Starlette's middleware replays `request._body`)."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_body_bytes:
+            return _grpc_error(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"request body is larger than the gateway's limit of {max_body_bytes} (--max-body-bytes); stopped reading at {size} bytes",
+            )
+        chunks.append(chunk)
+    request._body = b"".join(chunks)
+    return None
+
+
 def create_app(
     upstream: Upstream,
     store: JudgementStore,
@@ -117,6 +134,8 @@ def create_app(
     async def request_id_and_metrics(request: Request, call_next):
         started = time.perf_counter()
         refusal = _refusal(request, max_body_bytes)
+        if refusal is None and "content-length" not in request.headers:
+            refusal = await _read_unsized_body(request, max_body_bytes)
         if refusal is not None:
             response, request_id = refusal, uuid.uuid4().hex
         else:

@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from whisperlite.core.progress import bar_disabled
 from whisperlite.core.text import clean_text
 
 _TOKEN = re.compile(r"[a-z0-9]+(?:['\-][a-z0-9]+)*'?")
@@ -317,7 +318,7 @@ def fill_missing_requests(
     users = out["user_id"].astype(str).to_numpy()
     row_items = out["item_id"].astype(str).to_numpy()
     rng = random.Random()
-    for row in tqdm(rows, desc="simulating requests", unit="req", disable=not progress, mininterval=1.0):
+    for row in tqdm(rows, desc="simulating requests", unit="req", disable=bar_disabled(progress), mininterval=1.0):
         item_id = row_items[row]
         parts = parts_cache.get(item_id)
         if parts is None:

@@ -20,6 +20,7 @@ from pathlib import Path
 import grpc
 from tqdm import tqdm
 
+from whisperlite.core.progress import bar_disabled
 from whisperlite.core.clients.catalog_admin import CatalogAdminClient
 from whisperlite.core.clients.types import Item
 
@@ -264,7 +265,7 @@ def import_file(
         batch.clear()
         seen_in_batch.clear()
 
-    bar = tqdm(total=count_rows(path, file_format), initial=checkpoint.rows_done, desc="import", unit="row", disable=not progress)
+    bar = tqdm(total=count_rows(path, file_format), initial=checkpoint.rows_done, desc="import", unit="row", disable=bar_disabled(progress))
     try:
         for number, row in read_rows(path, file_format):
             if number <= checkpoint.rows_done:
@@ -313,7 +314,7 @@ def export_file(client: CatalogAdminClient, path: Path, file_format: str, page_s
     """Writes every item in id order, in a form `catalog import` reads back with its default mapping."""
     total = client.stats().item_count
     written = 0
-    with tqdm(total=total, desc="export", unit="item", disable=not progress) as bar:
+    with tqdm(total=total, desc="export", unit="item", disable=bar_disabled(progress)) as bar:
         items = (_export_row(item) for item in client.iter_items(page_size))
         if file_format == "parquet":
             written = _write_parquet(path, items, bar)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
+from whisperlite.core.progress import bar_disabled
 from whisperlite.core.channels import create_channel
 from whisperlite.core.client_security import PLAINTEXT, ClientSecurity
 from whisperlite.core.clients.catalog import CatalogClient
@@ -72,7 +73,7 @@ async def _upsert_all(items: pd.DataFrame, catalog_addr: str, batch_size: int, t
     channel = create_channel(catalog_addr, security=security)
     try:
         catalog = CatalogClient(channel, timeout_seconds, catalog_addr)
-        with tqdm(total=len(items), desc="ingest", unit="item") as progress:
+        with tqdm(total=len(items), desc="ingest", unit="item", disable=bar_disabled()) as progress:
             for batch in _batches(items, batch_size):
                 written += await _upsert_with_retries(catalog, batch, written, retries, progress)
                 progress.update(len(batch))

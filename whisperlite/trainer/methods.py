@@ -15,6 +15,7 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
+from whisperlite.core.progress import bar_disabled
 from whisperlite.trainer.experiment import Experiment
 from whisperlite.trainer.metrics import MetricAccumulator, summarize
 from whisperlite.core.vector_space import require_same_encoder
@@ -51,7 +52,7 @@ def rank_cases(
     seen = None if keep_seen else split.seen_before(case)
     accumulator = MetricAccumulator()
     starts = range(0, len(rows), batch_size)
-    for start in tqdm(starts, desc=f"{method.name} ({case})", unit="batch", disable=not progress, leave=False):
+    for start in tqdm(starts, desc=f"{method.name} ({case})", unit="batch", disable=bar_disabled(progress), leave=False):
         stop = start + batch_size
         scores = np.array(method.scores(users[start:stop], queries[start:stop]), dtype=np.float32)
         excluded = None if seen is None else [seen[u] for u in users[start:stop]]

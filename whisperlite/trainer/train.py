@@ -34,6 +34,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from whisperlite.core.progress import bar_disabled
 from whisperlite.trainer.experiment import Experiment
 from whisperlite.trainer.methods import WhisperLite, validation_metrics
 from whisperlite.core.dataset import ITEM_TEXT_TRAIN_REQUESTS
@@ -326,7 +327,7 @@ def run_epoch(
     step.train()
     n_batches = math.ceil(len(order) / config.batch_size)
     totals: dict[str, float] = {}
-    bar = tqdm(range(n_batches), desc=bar_label, unit="batch", disable=not show_bar, leave=False)
+    bar = tqdm(range(n_batches), desc=bar_label, unit="batch", disable=bar_disabled(show_bar), leave=False)
     for b in bar:
         batch = order[b * config.batch_size : (b + 1) * config.batch_size]
         u, i = data.users[batch], data.targets[batch]

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from whisperlite.core.progress import bar_disabled
+
 T = TypeVar("T")
 
 
@@ -93,7 +95,7 @@ class Encoder(abc.ABC):
         if not inputs:
             return np.zeros((0, self.dimension), dtype=np.float32)
         parts = []
-        with tqdm(total=len(inputs), unit=unit, desc=f"embedding {unit}", disable=not progress) as bar:
+        with tqdm(total=len(inputs), unit=unit, desc=f"embedding {unit}", disable=bar_disabled(progress)) as bar:
             for start in range(0, len(inputs), batch_size):
                 chunk = inputs[start : start + batch_size]
                 with torch.inference_mode():

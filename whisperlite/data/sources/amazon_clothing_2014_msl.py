@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
+from whisperlite.core.progress import bar_disabled
 from whisperlite.core.dataset import ITEM_TEXT_METADATA, REQUESTS_NONE, PreparedDataset
 from whisperlite.data.sources.common import strictly_increasing
 from whisperlite.core.text import clean_text
@@ -78,7 +79,7 @@ def prepare(raw_dir: Path, progress: bool = True) -> PreparedDataset:
     users, item_ids, timestamps = [], [], []
     n_untimed = n_repeats = 0
     grouped = windows.groupby("user_id", sort=False)
-    for user, group in tqdm(grouped, total=grouped.ngroups, desc="rebuilding user sequences", disable=not progress):
+    for user, group in tqdm(grouped, total=grouped.ngroups, desc="rebuilding user sequences", disable=bar_disabled(progress)):
         sequence, days, timed_flags = _chain_windows(
             [(json.loads(ids), ts) for ids, ts in zip(group["item_ids"], group["timestamp"])]
         )

@@ -1,8 +1,9 @@
 """HTTP health probing of the gateway (it has no gRPC health service): `whisperlite up` and `whisperlite health URL`."""
 
-import time
 import urllib.error
 import urllib.request
+
+from whisperlite.core.clients.health import poll_until
 
 
 def is_http_serving(url: str, timeout_seconds: float = 2.0) -> bool:
@@ -15,12 +16,5 @@ def is_http_serving(url: str, timeout_seconds: float = 2.0) -> bool:
 
 
 def wait_until_http_serving(url: str, timeout_seconds: float, alive=lambda: True, interval_seconds: float = 0.5) -> bool:
-    """Polls until 200; gives up early when `alive()` turns false (the process died)."""
-    deadline = time.monotonic() + timeout_seconds
-    while time.monotonic() < deadline:
-        if is_http_serving(url):
-            return True
-        if not alive():
-            return False
-        time.sleep(interval_seconds)
-    return False
+    """Polls until 200 (see poll_until)."""
+    return poll_until(lambda: is_http_serving(url), timeout_seconds, alive, interval_seconds)

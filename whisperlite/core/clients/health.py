@@ -1,6 +1,7 @@
 """gRPC health probing: `whisperlite health ADDR` (Docker HEALTHCHECK) and `whisperlite up` use it."""
 
 import time
+from collections.abc import Callable
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -21,15 +22,21 @@ def is_serving(address: str, service: str = "", timeout_seconds: float = 2.0, se
     return response.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def wait_until_serving(
-    address: str, timeout_seconds: float, alive=lambda: True, interval_seconds: float = 0.5, security: ClientSecurity = PLAINTEXT
-) -> bool:
-    """Polls until SERVING; gives up early when `alive()` turns false (the process died)."""
+def poll_until(check: Callable[[], bool], timeout_seconds: float, alive=lambda: True, interval_seconds: float = 0.5) -> bool:
+    """Calls `check` until it returns True or `timeout_seconds` pass; gives up early when `alive()`
+    turns false (the process being waited for died)."""
     deadline = time.monotonic() + timeout_seconds
     while time.monotonic() < deadline:
-        if is_serving(address, security=security):
+        if check():
             return True
         if not alive():
             return False
         time.sleep(interval_seconds)
     return False
+
+
+def wait_until_serving(
+    address: str, timeout_seconds: float, alive=lambda: True, interval_seconds: float = 0.5, security: ClientSecurity = PLAINTEXT
+) -> bool:
+    """Polls the gRPC health service until SERVING (see poll_until)."""
+    return poll_until(lambda: is_serving(address, security=security), timeout_seconds, alive, interval_seconds)

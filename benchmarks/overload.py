@@ -6,7 +6,8 @@ heavy bulk embed runs, on a stack this script starts (real processes on loopback
 For each concurrency level, closed-loop callers send Recommend calls with new query texts (every
 call is an encoder cache miss) for --seconds; the table gives throughput of accepted calls, their
 median and p99, refusals (RESOURCE_EXHAUSTED) and other failures, and throughput as a ratio of the
-peak. Then Recommend p99 is measured idle and during one bulk Embed of --bulk-texts texts of
+peak. A refused caller waits for the server's retry-after-ms trailer, or a fixed 50 ms with
+--ignore-retry-hint (a caller that hammers). Then Recommend p99 is measured idle and during one bulk Embed of --bulk-texts texts of
 ~1,985 characters (the issue's starving request), and their ratio printed. All in one run.
 """
 
@@ -26,6 +27,7 @@ import numpy as np
 # The stack is started the way the tests start it (real `whisperlite serve` processes, free ports).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.servers import start_catalog, start_service  # noqa: E402
+from whisperlite.core.errors import RETRY_AFTER_KEY  # noqa: E402
 from whisperlite.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2, query_encoder_pb2, ranker_pb2, ranker_pb2_grpc  # noqa: E402
 
 QUERIES = ["black leather boots", "a light dress for a summer wedding", "warm winter coat", "running shoes", "silk scarf"]
@@ -36,7 +38,13 @@ def percentile_ms(samples: list[float], q: float) -> float:
     return float(np.percentile(samples, q) * 1e3) if samples else float("nan")
 
 
-async def sweep_level(address: str, concurrency: int, seconds: float, level_index: int) -> dict:
+def refusal_backoff_seconds(error: grpc.aio.AioRpcError, honour_retry_hint: bool) -> float:
+    """A refused caller backs off, as the message asks: for the server's hint, or a fixed 50 ms."""
+    hint = dict(error.trailing_metadata() or ()).get(RETRY_AFTER_KEY) if honour_retry_hint else None
+    return int(hint) / 1e3 if hint is not None and hint.isdigit() else 0.05
+
+
+async def sweep_level(address: str, concurrency: int, seconds: float, level_index: int, honour_retry_hint: bool) -> dict:
     accepted: list[float] = []
     refused = 0
     failed = 0
@@ -58,7 +66,7 @@ async def sweep_level(address: str, concurrency: int, seconds: float, level_inde
                 except grpc.aio.AioRpcError as error:
                     if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
                         refused += 1
-                        await asyncio.sleep(0.05)  # a refused caller backs off, as the message asks
+                        await asyncio.sleep(refusal_backoff_seconds(error, honour_retry_hint))
                     else:
                         failed += 1
 
@@ -104,9 +112,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--levels", default="1,2,4,8,16,32,64", help="comma-separated caller counts")
     parser.add_argument("--seconds", type=float, default=10.0, help="duration of each level")
-    parser.add_argument("--bulk-texts", type=int, default=2048, help="texts of ~1,985 characters in the bulk Embed")
+    parser.add_argument("--bulk-texts", type=int, default=2048, help="texts of ~1,985 characters in the bulk Embed (0: no bulk phase)")
     parser.add_argument("--idle-calls", type=int, default=100, help="sequential Recommend calls for the idle p99")
     parser.add_argument("--item-count", type=int, default=2000)
+    parser.add_argument("--ignore-retry-hint", action="store_true",
+                        help="refused callers retry after a fixed 50 ms instead of the server's retry-after-ms trailer")
     args, ranker_args = parser.parse_known_args()  # anything else goes to the ranker (e.g. --max-in-flight 8)
     levels = [int(level) for level in args.levels.split(",")]
 
@@ -133,9 +143,11 @@ def main() -> None:
             )
             sequential_recommends(ranker.address, None, 20, "warm-up")
 
-            rows = [asyncio.run(sweep_level(ranker.address, level, args.seconds, index)) for index, level in enumerate(levels)]
+            rows = [asyncio.run(sweep_level(ranker.address, level, args.seconds, index, not args.ignore_retry_hint)) for index, level in enumerate(levels)]
             peak = max(row["throughput"] for row in rows)
-            print(f"Recommend concurrency sweep ({args.seconds:g} s per level, new query text per call; ranker flags: {' '.join(ranker_args) or 'defaults'})\n")
+            backoff = "a fixed 50 ms" if args.ignore_retry_hint else "the server's retry-after-ms hint"
+            print(f"Recommend concurrency sweep ({args.seconds:g} s per level, new query text per call; refused callers wait {backoff}; "
+                  f"ranker flags: {' '.join(ranker_args) or 'defaults'})\n")
             print("| callers | accepted/s | ratio to peak | accepted p50 ms | accepted p99 ms | refused | other failures |")
             print("|---|---|---|---|---|---|---|")
             for row in rows:
@@ -144,6 +156,8 @@ def main() -> None:
                     f"{row['p99']:.0f} | {row['refused']} | {row['failed']} |"
                 )
 
+            if args.bulk_texts == 0:
+                return
             idle = sequential_recommends(ranker.address, None, args.idle_calls, "idle")
             done, result = threading.Event(), {}
             bulk = threading.Thread(target=bulk_embed, args=(encoder.address, args.bulk_texts, done, result), daemon=True)

@@ -8,6 +8,7 @@ asserted with a margin for a loaded 2-core machine); everything else asserts out
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -370,14 +371,19 @@ def test_overload_is_refused_quickly_and_the_accepted_calls_succeed(tmp_path, en
                 async def one(n: int) -> tuple[grpc.StatusCode, float]:
                     started = time.monotonic()
                     try:
-                        await stub.Recommend(ranker_pb2.RecommendRequest(user_id="u", query=f"red dress {n}", top_k=5), timeout=60)
+                        await stub.Recommend(
+                            ranker_pb2.RecommendRequest(user_id="u", query=f"red dress {n}", top_k=5),
+                            metadata=(("x-request-id", f"burst-{n}"),), timeout=60,
+                        )
                         return grpc.StatusCode.OK, time.monotonic() - started
                     except grpc.aio.AioRpcError as error:
+                        trailers[n] = dict(error.trailing_metadata() or ())
                         return error.code(), time.monotonic() - started
 
                 await channel.channel_ready()
                 return await asyncio.gather(*(one(n) for n in range(48)))
 
+        trailers: dict[int, dict] = {}
         outcomes = asyncio.run(burst())
         codes = [code for code, _ in outcomes]
         assert set(codes) == {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
@@ -387,6 +393,15 @@ def test_overload_is_refused_quickly_and_the_accepted_calls_succeed(tmp_path, en
         assert refused[len(refused) // 2] < accepted[-1]  # refusals do not wait for the work ahead of them
         assert is_serving(ranker.address)  # health checks bypass admission
         assert metric(ranker, "whisperlite_admission_refused_total", reason="queue_full") == len(refused)
+        # Each refusal says when to retry (within the queue wait) and carries its request id.
+        for n, trailer in trailers.items():
+            assert 10 <= int(trailer["retry-after-ms"]) <= 3000, trailer
+            assert trailer["x-request-id"] == f"burst-{n}"
+        # The log summarises the shedding instead of writing a line per refused call.
+        lines = [json.loads(line) for line in ranker.log().splitlines() if line.startswith("{")]
+        assert any(line["message"] == "shedding load" and line["refused"]["queue_full"] >= 1 for line in lines)
+        rpc_codes = [line["grpc_code"] for line in lines if line["message"] == "rpc" and line["grpc_method"].endswith("/Recommend")]
+        assert "RESOURCE_EXHAUSTED" not in rpc_codes and rpc_codes.count("OK") == codes.count(grpc.StatusCode.OK)
     finally:
         ranker.stop()
 

@@ -1,5 +1,6 @@
 """The HTTP/JSON gateway against the real ranker, catalog and encoder: same answers and messages as gRPC."""
 
+import asyncio
 import json
 import re
 import subprocess
@@ -11,7 +12,7 @@ import httpx
 import pytest
 
 from tests.fixtures_gateway import WATCH_IDS
-from tests.servers import free_port, launch_gateway
+from tests.servers import free_port, launch_gateway, start_service
 from whisperlite.services.gateway.schema import PROTO_OF
 from whisperlite.services.gateway.status import http_status
 from whisperlite.v1 import common_pb2, ranker_pb2, ranker_pb2_grpc
@@ -381,3 +382,29 @@ def test_a_broken_store_is_an_internal_error_in_json_not_a_crash(tmp_path, gatew
         assert "unexpected error" in gateway.log()
     finally:
         gateway.stop()
+
+
+def test_an_overloaded_ranker_is_429_with_retry_after(tmp_path, encoder_service, gateway_catalog):
+    from tests.servers import start_gateway
+
+    ranker = start_service(
+        "ranker", tmp_path / "logs", "--model-dir", str(tmp_path / "no-model"), "--query-encoder-addr", encoder_service.address,
+        "--catalog-addr", gateway_catalog.address, "--max-in-flight", "1", "--max-queued", "0",
+    )
+    gateway = start_gateway(tmp_path / "logs", ranker.address, gateway_catalog.address, tmp_path / "state")
+    try:
+        async def burst() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gateway.port}", timeout=60) as client:
+                return await asyncio.gather(*(client.post("/v1/recommend", json={"query": f"wool coat {n}", "top_k": 3}) for n in range(16)))
+
+        responses = asyncio.run(burst())
+        statuses = sorted(response.status_code for response in responses)
+        assert set(statuses) == {200, 429}, statuses
+        for response in responses:
+            if response.status_code == 429:
+                assert response.json()["error"]["code"] == "RESOURCE_EXHAUSTED"
+                assert "(--max-in-flight, --max-queued)" in response.json()["error"]["message"]
+                assert int(response.headers["retry-after"]) >= 1
+    finally:
+        gateway.stop()
+        ranker.stop()

@@ -29,3 +29,8 @@ class ResourceExhausted(ServiceError):
 
 class Unavailable(ServiceError):
     code = grpc.StatusCode.UNAVAILABLE
+
+
+# Trailing metadata of a load-shedding refusal (RESOURCE_EXHAUSTED): milliseconds after which a
+# retry is likely to be admitted. Callers that honour it back off as long as the server needs.
+RETRY_AFTER_KEY = "retry-after-ms"

@@ -6,12 +6,21 @@ compute: every latency grows with the number of callers until deadlines fail. He
 `max_queue_wait_seconds` or its own deadline), and any further call is refused at once with
 RESOURCE_EXHAUSTED, so accepted calls keep a bounded latency and the refused ones can back off
 or go to another replica.
+
+Refusing has to stay cheap, or the refusals themselves eat the CPU the admitted calls need: a
+refusal sends nothing but its status (no per-call log line, no headers frame), its trailer says
+when to retry (RETRY_AFTER_KEY: about how long the work ahead of it takes to drain), so callers
+that honour it stop hammering, and the log gets one summary line per interval instead of a line
+per refused call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import time
+from collections import Counter as Tally
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -24,6 +33,20 @@ QUEUED = Gauge("whisperlite_admission_queued", "Calls waiting for an in-flight s
 REFUSED = Counter(
     "whisperlite_admission_refused_total", "Calls refused by admission control, by reason.", ["grpc_service", "reason"]
 )
+
+log = logging.getLogger("whisperlite.admission")
+
+SHED_LOG_INTERVAL_SECONDS = 10.0
+# The retry hint's floor (its ceiling is the queue wait): a hint of 0 would invite the same burst again.
+MIN_RETRY_AFTER_MS = 10
+
+
+class LoadShed(ResourceExhausted):
+    """A call refused by admission control, with the retry hint its RETRY_AFTER_KEY trailer carries."""
+
+    def __init__(self, message: str, retry_after_ms: int):
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
 
 
 @dataclass(frozen=True)
@@ -50,6 +73,9 @@ class Admission:
         # asyncio.Semaphore wakes its waiters in arrival order, which makes the queue FIFO.
         self._slots = asyncio.Semaphore(limits.max_in_flight)
         self._queued = 0
+        self._mean_call_seconds = 0.0  # moving average of admitted calls' durations (retry hint)
+        self._unlogged_refusals: Tally[str] = Tally()
+        self._last_shed_log = -SHED_LOG_INTERVAL_SECONDS
 
     @contextlib.asynccontextmanager
     async def admit(self, deadline_seconds: float | None) -> AsyncIterator[None]:
@@ -59,19 +85,41 @@ class Admission:
         else:
             await self._slots.acquire()
         IN_FLIGHT.labels(self._service).inc()
+        started = time.perf_counter()
         try:
             yield
         finally:
             IN_FLIGHT.labels(self._service).dec()
             self._slots.release()
+            elapsed = time.perf_counter() - started
+            self._mean_call_seconds += 0.05 * (elapsed - self._mean_call_seconds)
+
+    def retry_after_ms(self) -> int:
+        """About when a call arriving now would find room: the queue ahead drained at the current pace."""
+        drain_ms = 1e3 * (self._queued + 1) * self._mean_call_seconds / self.limits.max_in_flight
+        return int(max(MIN_RETRY_AFTER_MS, min(drain_ms, 1e3 * self.limits.max_queue_wait_seconds)))
+
+    def _refuse(self, reason: str, message: str) -> "LoadShed":
+        REFUSED.labels(self._service, reason).inc()
+        self._unlogged_refusals[reason] += 1
+        now = time.monotonic()
+        if now - self._last_shed_log >= SHED_LOG_INTERVAL_SECONDS:
+            log.warning(
+                "shedding load",
+                extra={"grpc_service": self._service, "refused": dict(self._unlogged_refusals),
+                       "max_in_flight": self.limits.max_in_flight, "max_queued": self.limits.max_queued},
+            )
+            self._unlogged_refusals.clear()
+            self._last_shed_log = now
+        return LoadShed(message, self.retry_after_ms())
 
     async def _wait_for_slot(self, deadline_seconds: float | None) -> None:
         limits = self.limits
         if self._queued >= limits.max_queued:
-            REFUSED.labels(self._service, "queue_full").inc()
-            raise ResourceExhausted(
+            raise self._refuse(
+                "queue_full",
                 f"server overloaded: {limits.max_in_flight} calls in flight and {limits.max_queued} queued "
-                "(--max-in-flight, --max-queued); retry with backoff or another replica"
+                "(--max-in-flight, --max-queued); retry after the retry-after-ms trailer's delay or at another replica",
             )
         wait = limits.max_queue_wait_seconds if deadline_seconds is None else min(limits.max_queue_wait_seconds, deadline_seconds)
         self._queued += 1
@@ -79,10 +127,10 @@ class Admission:
         try:
             await asyncio.wait_for(self._slots.acquire(), timeout=wait)
         except TimeoutError:
-            REFUSED.labels(self._service, "queue_timeout").inc()
-            raise ResourceExhausted(
+            raise self._refuse(
+                "queue_timeout",
                 f"server overloaded: no in-flight slot freed within {wait * 1e3:.0f} ms "
-                "(--max-queue-wait-ms or the call's deadline); retry with backoff or another replica"
+                "(--max-queue-wait-ms or the call's deadline); retry after the retry-after-ms trailer's delay or at another replica",
             ) from None
         finally:
             self._queued -= 1

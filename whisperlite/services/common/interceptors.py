@@ -1,6 +1,7 @@
 """Server interceptor: per-RPC Prometheus metrics, request logs, admission and domain-error -> status mapping."""
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -8,9 +9,9 @@ import grpc
 from google.protobuf.message import DecodeError
 from prometheus_client import Counter, Histogram
 
-from whisperlite.core.errors import InvalidArgument, ResourceExhausted, ServiceError
+from whisperlite.core.errors import RETRY_AFTER_KEY, InvalidArgument, ResourceExhausted, ServiceError
 from whisperlite.core.request_context import REQUEST_ID_KEY, bind_request_id, reset_request_id
-from whisperlite.services.common.admission import Admission
+from whisperlite.services.common.admission import Admission, LoadShed
 
 log = logging.getLogger("whisperlite.rpc")
 
@@ -79,12 +80,12 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
         behavior = handler.unary_unary
         admission = None if service.startswith("grpc.") else self._admission
 
-        async def admitted(request, context: grpc.aio.ServicerContext):
+        async def admitted(request, context: grpc.aio.ServicerContext, request_id: str):
             if isinstance(request, MalformedRequest):
                 raise InvalidArgument(f"the request is not a valid {method} message: {request.reason}")
-            if admission is None:
-                return await behavior(request, context)
-            async with admission.admit(context.time_remaining()):
+            async with admission.admit(context.time_remaining()) if admission is not None else contextlib.nullcontext():
+                # Only admitted calls send headers: a refusal costs one status frame, its request id in the trailer.
+                await context.send_initial_metadata(((REQUEST_ID_KEY, request_id),))
                 return await behavior(request, context)
 
         async def observed(request, context: grpc.aio.ServicerContext):
@@ -94,9 +95,9 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
             # Every log line of this call, and every downstream call, carries the request id; the
             # caller gets it back in the response headers.
             request_id, bound = bind_request_id(context.invocation_metadata())
-            await context.send_initial_metadata(((REQUEST_ID_KEY, request_id),))
+            shed = False
             try:
-                response = await admitted(request, context)
+                response = await admitted(request, context, request_id)
                 size = response.ByteSize()
                 if size > self._max_response_bytes:
                     raise ResourceExhausted(
@@ -106,9 +107,13 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
                 return response
             except ServiceError as error:
                 code = error.code
+                trailer = ((REQUEST_ID_KEY, request_id),)
+                if isinstance(error, LoadShed):
+                    shed = True  # admission logs a summary; a line per refusal would add load where it hurts
+                    trailer += ((RETRY_AFTER_KEY, str(error.retry_after_ms)),)
                 if isinstance(request, MalformedRequest):
                     log.warning("malformed request", extra={"grpc_method": handler_call_details.method, "reason": request.reason})
-                await context.abort(error.code, str(error))
+                await context.abort(error.code, str(error), trailing_metadata=trailer)
             except grpc.aio.AbortError:
                 code = context.code() or grpc.StatusCode.UNKNOWN
                 raise
@@ -126,10 +131,11 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
                     code = grpc.StatusCode.DEADLINE_EXCEEDED  # the answer came too late for the caller
                 HANDLED.labels(service, method, code.name).inc()
                 HANDLING_SECONDS.labels(service, method).observe(elapsed)
-                log.info(
-                    "rpc",
-                    extra={"grpc_method": handler_call_details.method, "grpc_code": code.name, "duration_ms": round(elapsed * 1e3, 3)},
-                )
+                if not shed:
+                    log.info(
+                        "rpc",
+                        extra={"grpc_method": handler_call_details.method, "grpc_code": code.name, "duration_ms": round(elapsed * 1e3, 3)},
+                    )
                 reset_request_id(bound)
 
         return grpc.unary_unary_rpc_method_handler(

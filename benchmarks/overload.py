@@ -27,7 +27,7 @@ import numpy as np
 # The stack is started the way the tests start it (real `whisperlite serve` processes, free ports).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.servers import start_catalog, start_service  # noqa: E402
-from whisperlite.core.errors import RETRY_AFTER_KEY  # noqa: E402
+from whisperlite.core.clients.errors import retry_after_seconds  # noqa: E402
 from whisperlite.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2, query_encoder_pb2, ranker_pb2, ranker_pb2_grpc  # noqa: E402
 
 QUERIES = ["black leather boots", "a light dress for a summer wedding", "warm winter coat", "running shoes", "silk scarf"]
@@ -40,8 +40,8 @@ def percentile_ms(samples: list[float], q: float) -> float:
 
 def refusal_backoff_seconds(error: grpc.aio.AioRpcError, honour_retry_hint: bool) -> float:
     """A refused caller backs off, as the message asks: for the server's hint, or a fixed 50 ms."""
-    hint = dict(error.trailing_metadata() or ()).get(RETRY_AFTER_KEY) if honour_retry_hint else None
-    return int(hint) / 1e3 if hint is not None and hint.isdigit() else 0.05
+    hint = retry_after_seconds(error) if honour_retry_hint else None
+    return 0.05 if hint is None else hint
 
 
 async def sweep_level(address: str, concurrency: int, seconds: float, level_index: int, honour_retry_hint: bool) -> dict:

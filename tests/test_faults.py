@@ -437,3 +437,20 @@ def test_ingest_retries_through_a_catalog_restart_and_says_where_it_resumed(tmp_
     finally:
         ingest.kill()
         catalog.stop()
+
+
+def test_retry_after_seconds_reads_the_hint_and_ignores_what_is_not_one():
+    from whisperlite.core.clients.errors import retry_after_seconds
+
+    class Refusal(grpc.RpcError):
+        def __init__(self, trailer):
+            self._trailer = trailer
+
+        def trailing_metadata(self):
+            return self._trailer
+
+    assert retry_after_seconds(Refusal((("retry-after-ms", "250"),))) == 0.25
+    assert retry_after_seconds(Refusal((("retry-after-ms", "-5"),))) is None
+    assert retry_after_seconds(Refusal((("retry-after-ms", "soon"),))) is None
+    assert retry_after_seconds(Refusal(None)) is None
+    assert retry_after_seconds(grpc.RpcError()) is None

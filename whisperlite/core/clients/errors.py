@@ -16,11 +16,18 @@ from typing import TypeVar
 
 import grpc
 
-from whisperlite.core.errors import FailedPrecondition, InvalidArgument, ServiceError, Unavailable
+from whisperlite.core.errors import RETRY_AFTER_KEY, FailedPrecondition, InvalidArgument, ServiceError, Unavailable
 
 T = TypeVar("T")
 
 TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED})
+
+
+def retry_after_seconds(error: grpc.RpcError) -> float | None:
+    """The server's hint of when to retry a refused call (its retry-after-ms trailer), or None."""
+    trailer = error.trailing_metadata() if callable(getattr(error, "trailing_metadata", None)) else None
+    hint = dict(trailer or ()).get(RETRY_AFTER_KEY)
+    return int(hint) / 1e3 if isinstance(hint, str) and hint.isdigit() else None
 
 
 def downstream_error(service: str, method: str, error: grpc.RpcError) -> ServiceError:

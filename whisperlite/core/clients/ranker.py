@@ -7,7 +7,8 @@
         print(scored.score, scored.item.title)
 
 Needs only grpcio and protobuf (`pip install whisperlite[client]`). Calls raise grpc.RpcError
-with the server's status code and message.
+with the server's status code and message; an overloaded ranker's RESOURCE_EXHAUSTED says when to
+retry: `whisperlite.core.clients.errors.retry_after_seconds(error)`.
 """
 
 from __future__ import annotations

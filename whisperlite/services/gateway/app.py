@@ -18,7 +18,7 @@ from fastapi.staticfiles import StaticFiles
 from google.protobuf import json_format
 from starlette.exceptions import HTTPException
 
-from whisperlite.core.errors import RETRY_AFTER_KEY
+from whisperlite.core.clients.errors import retry_after_seconds
 from whisperlite.services.gateway import study
 from whisperlite.services.gateway.judgements import POSITIONS, JudgementStore, NotShown, UnknownComparison
 from whisperlite.services.gateway.schema import (
@@ -154,9 +154,9 @@ def create_app(
     @app.exception_handler(grpc.aio.AioRpcError)
     async def upstream_failed(_: Request, error: grpc.aio.AioRpcError) -> JSONResponse:
         response = _grpc_error(error.code(), error.details() or error.code().name)
-        retry_after_ms = dict(error.trailing_metadata() or ()).get(RETRY_AFTER_KEY)
-        if retry_after_ms is not None and retry_after_ms.isdigit():
-            response.headers["Retry-After"] = str(math.ceil(int(retry_after_ms) / 1e3))  # HTTP counts whole seconds
+        retry_after = retry_after_seconds(error)
+        if retry_after is not None:
+            response.headers["Retry-After"] = str(math.ceil(retry_after))  # HTTP counts whole seconds
         return response
 
     @app.exception_handler(Exception)

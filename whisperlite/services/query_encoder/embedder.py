@@ -93,7 +93,8 @@ class Embedder:
         self._bulk_executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="encoder-bulk", initializer=_lower_bulk_thread_priority
         )
-        self._cache: LRUCache[str, np.ndarray] | None = LRUCache(settings.cache_size) if settings.cache_size else None
+        # text -> (read-only vector, its token count): a repeated text costs no tokenization either.
+        self._cache: LRUCache[str, tuple[np.ndarray, int]] | None = LRUCache(settings.cache_size) if settings.cache_size else None
         self._texts: MicroBatcher[str] | None = None
         self._images: MicroBatcher[bytes] | None = None
 
@@ -147,16 +148,31 @@ class Embedder:
         self._validate(encoder, texts, images)
         if images:
             await self._check_images_decode(images)
-        tokens = await self._text_costs(encoder, texts) if texts else {}
-        if bulk is None:
-            bulk = len(tokens) > self.settings.max_batch_size or len(tokens) * max(tokens.values(), default=0) > self.settings.max_batch_tokens
-        text_vectors, image_vectors = await asyncio.gather(self._embed_texts(texts, tokens, bulk), self._embed_images(images, bulk))
+        cached = self._cached(texts)
+        tokens = await self._text_costs(encoder, texts, cached) if texts else {}
+        missing = [text for text in tokens if text not in cached]
+        if bulk is None:  # decided by what the model has to compute
+            bulk = len(missing) > self.settings.max_batch_size or len(missing) * max((tokens[t] for t in missing), default=0) > self.settings.max_batch_tokens
+        text_vectors, image_vectors = await asyncio.gather(self._embed_texts(texts, cached, tokens, bulk), self._embed_images(images, bulk))
         return text_vectors, image_vectors
 
-    async def _text_costs(self, encoder: Encoder, texts: list[str]) -> dict[str, int]:
-        """Tokens of each distinct text; refuses a request that no batch, or no request, budget admits."""
-        unique = list(dict.fromkeys(texts))
-        counts: dict[str, int] = {}
+    def _cached(self, texts: list[str]) -> dict[str, tuple[np.ndarray, int]]:
+        """The texts found in the cache, with their vectors and token counts (counted as hits and misses)."""
+        found: dict[str, tuple[np.ndarray, int]] = {}
+        if self._cache is not None:
+            for text in texts:
+                entry = self._cache.get(text)
+                if entry is not None:
+                    found[text] = entry
+        hits = sum(1 for text in texts if text in found)
+        CACHE_HITS.inc(hits)
+        CACHE_MISSES.inc(len(texts) - hits)
+        return found
+
+    async def _text_costs(self, encoder: Encoder, texts: list[str], cached: dict[str, tuple[np.ndarray, int]]) -> dict[str, int]:
+        """Tokens of each distinct text (counted unless cached); refuses a request that no batch, or no request, budget admits."""
+        unique = [text for text in dict.fromkeys(texts) if text not in cached]
+        counts: dict[str, int] = {text: tokens for text, (_, tokens) in cached.items()}
         # Off the event loop, in chunks: thousands of long texts take seconds to tokenize, and a
         # query's own count must not wait behind all of them.
         for start in range(0, len(unique), TOKEN_COUNT_CHUNK):
@@ -199,19 +215,13 @@ class Embedder:
             if not image:
                 raise InvalidArgument(f"images[{index}]: empty bytes, expected an encoded image (PNG, JPEG, ...)")
 
-    async def _embed_texts(self, texts: list[str], tokens: dict[str, int], bulk: bool) -> np.ndarray:
+    async def _embed_texts(
+        self, texts: list[str], cached: dict[str, tuple[np.ndarray, int]], tokens: dict[str, int], bulk: bool
+    ) -> np.ndarray:
         encoder = self.require_encoder()
         if not texts:
             return np.zeros((0, encoder.dimension), dtype=np.float32)
-        found: dict[str, np.ndarray] = {}
-        if self._cache is not None:
-            for text in texts:
-                vector = self._cache.get(text)
-                if vector is not None:
-                    found[text] = vector
-        hits = sum(1 for text in texts if text in found)
-        CACHE_HITS.inc(hits)
-        CACHE_MISSES.inc(len(texts) - hits)
+        found = {text: vector for text, (vector, _) in cached.items()}
         missing = list(dict.fromkeys(text for text in texts if text not in found))
         if missing:
             assert self._texts is not None
@@ -220,9 +230,9 @@ class Embedder:
                 found[text] = vector
                 if self._cache is not None:
                     # A copy, so a cached row does not keep its whole batch's array alive.
-                    cached = vector.copy()
-                    cached.setflags(write=False)
-                    self._cache[text] = cached
+                    row = vector.copy()
+                    row.setflags(write=False)
+                    self._cache[text] = (row, tokens[text])
         return np.stack([found[text] for text in texts])
 
     @staticmethod

@@ -111,6 +111,44 @@ def test_filters_over_grpc(stub, stocked):
     assert search_ids(stub, vec(1, 0), exclude_item_ids=['x" or item_id != "']) == ["boots", "sneakers", "odd", "gown", "dress"]
 
 
+def test_search_batch_answers_each_search_as_search_does(stub, stocked):
+    searches = [
+        catalog_pb2.SearchRequest(vector=vec(1, 0), top_k=3),
+        catalog_pb2.SearchRequest(vector=vec(0, 1), top_k=3),  # same filter and sizes: one store search with the first
+        catalog_pb2.SearchRequest(vector=vec(1, 0), top_k=5, filter=common_pb2.ItemFilter(categories=["Dresses"])),
+        catalog_pb2.SearchRequest(vector=vec(0, 1), top_k=2, include_vectors=True),
+    ]
+    batch = stub.SearchBatch(catalog_pb2.SearchBatchRequest(searches=searches), timeout=30)
+    assert [response for response in batch.responses] == [stub.Search(search, timeout=30) for search in searches]
+    assert [h.item.item_id for h in batch.responses[2].hits] == ["gown", "dress"]
+    assert all(len(h.item.vector) == DIM for h in batch.responses[3].hits)
+
+
+def test_detailed_hits_bound_the_hits_that_carry_their_item(stub, stocked):
+    full = stub.Search(catalog_pb2.SearchRequest(vector=vec(1, 0), top_k=4, include_vectors=True), timeout=30).hits
+    slim = stub.Search(catalog_pb2.SearchRequest(vector=vec(1, 0), top_k=4, include_vectors=True, detailed_hits=2), timeout=30).hits
+    assert [h.item.item_id for h in slim] == [h.item.item_id for h in full]
+    assert [h.score for h in slim] == [h.score for h in full]
+    assert list(slim[:2]) == list(full[:2])
+    assert all(h.item == common_pb2.Item(item_id=h.item.item_id) for h in slim[2:])  # the id alone
+
+
+@pytest.mark.parametrize(
+    ("searches", "field"),
+    [
+        ([catalog_pb2.SearchRequest(vector=vec(1), top_k=5), catalog_pb2.SearchRequest(vector=vec(1), top_k=0)], "searches[1].top_k"),
+        ([catalog_pb2.SearchRequest(vector=[1.0, 2.0], top_k=5)], "searches[0].vector"),
+        ([catalog_pb2.SearchRequest(vector=vec(1), top_k=5, detailed_hits=-1)], "searches[0].detailed_hits"),
+        ([catalog_pb2.SearchRequest(vector=vec(1), top_k=5, filter=common_pb2.ItemFilter(min_price=5, max_price=1))],
+         "searches[0].filter.min_price"),
+        ([catalog_pb2.SearchRequest(vector=vec(1), top_k=5)] * 101, "searches: at most 100"),
+    ],
+)
+def test_bad_search_batches_are_invalid_argument_naming_the_search(stub, stocked, searches, field):
+    code, details = status_of(stub.SearchBatch, catalog_pb2.SearchBatchRequest(searches=searches))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith(field), details
+
+
 @pytest.mark.parametrize(
     ("request_", "field"),
     [

@@ -51,6 +51,12 @@ def ingested(catalog, catalog_items):
     return catalog_items
 
 
+def _metric(url: str, prefix: str) -> float:
+    """The sum of a Prometheus text exposition's samples whose line starts with `prefix`."""
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    return sum(float(line.rpartition(" ")[2]) for line in text.splitlines() if line.startswith(prefix))
+
+
 def _status(call, request):
     with pytest.raises(grpc.RpcError) as caught:
         call(request, timeout=30)
@@ -93,6 +99,33 @@ def test_filters_through_the_ranker(ranker, ingested):
 
     request.filter.categories[:] = ["No Such Category"]
     assert list(ranker.Recommend(request, timeout=30).items) == []
+
+
+def test_concurrent_recommends_share_downstream_calls_and_answer_as_one_at_a_time(text_only_ranker, ranker, encoder_service, ingested):
+    """The ranker merges concurrent Recommends into shared Embed and SearchBatch calls; each answer stays its own."""
+    requests = [
+        ranker_pb2.RecommendRequest(user_id="u", query=query, top_k=top_k, filter=common_pb2.ItemFilter(categories=categories))
+        for query in ("black leather boots", "a summer dress", "men's watch", "warm winter coat")
+        for top_k, categories in ((5, []), (12, []), (5, ["Shoes", "Dresses"]))
+    ]
+    alone = [ranker.Recommend(request, timeout=30) for request in requests]
+
+    def embed_calls() -> float:
+        return _metric(encoder_service.metrics_url, 'grpc_server_handled_total{grpc_code="OK",grpc_method="Embed"')
+
+    async def together() -> list[ranker_pb2.RecommendResponse]:
+        async with grpc.aio.insecure_channel(text_only_ranker.address) as channel:
+            stub = ranker_pb2_grpc.RankerServiceStub(channel)
+            return await asyncio.gather(*(stub.Recommend(request, timeout=30) for request in requests * 2))
+
+    before = embed_calls()
+    merged = asyncio.run(together())
+    assert embed_calls() - before < len(merged)  # some Recommends shared an Embed
+    for response, expected in zip(merged, alone * 2, strict=True):
+        assert [r.item.item_id for r in response.items] == [r.item.item_id for r in expected.items]
+        assert [r.score for r in response.items] == pytest.approx([r.score for r in expected.items], abs=1e-6)
+        assert [r.query_match for r in response.items] == pytest.approx([r.query_match for r in expected.items], abs=1e-6)
+        assert all(r.item.title for r in response.items) and not any(r.item.vector for r in response.items)
 
 
 def test_unknown_user_with_recent_items_takes_the_recent_items_path(ranker, ingested):

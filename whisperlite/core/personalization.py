@@ -105,7 +105,11 @@ class PersonalizationNetwork(nn.Module):
 
     def logits(self, queries: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """(B, d) personalized queries x (N, d) unit items -> (B, N) calibrated logits (BCE head)."""
-        return self.log_logit_scale.exp() * (queries @ items.T) + self.logit_bias
+        return self.calibrate(queries @ items.T)
+
+    def calibrate(self, cosines: torch.Tensor) -> torch.Tensor:
+        """Cosines of personalized queries and items -> calibrated logits: increasing, so the order stays the cosines'."""
+        return self.log_logit_scale.exp() * cosines + self.logit_bias
 
     def temperature(self) -> torch.Tensor:
         return self.log_temperature.exp()
@@ -227,6 +231,11 @@ class PersonalizationModel:
         with torch.inference_mode():
             scores = self.network.logits(queries, items).numpy()
         return scores[0] if single else scores
+
+    def score_cosines(self, cosines: np.ndarray) -> np.ndarray:
+        """Final scores from cos(p, v) already computed (the catalog's search returns them): `score`'s head alone."""
+        with torch.inference_mode():
+            return self.network.calibrate(torch.from_numpy(np.asarray(cosines, dtype=np.float32))).numpy()
 
     def _check_vectors(self, vectors: np.ndarray, field: str) -> np.ndarray:
         array = np.asarray(vectors, dtype=np.float32)

@@ -183,10 +183,16 @@ class SearchRequest(_message.Message):
     TOP_K_FIELD_NUMBER: _builtins.int
     FILTER_FIELD_NUMBER: _builtins.int
     INCLUDE_VECTORS_FIELD_NUMBER: _builtins.int
+    DETAILED_HITS_FIELD_NUMBER: _builtins.int
     top_k: _builtins.int
     """Number of hits wanted: 1 to the server's cap."""
     include_vectors: _builtins.bool
     """Whether to return each hit's vector."""
+    detailed_hits: _builtins.int
+    """How many hits, counted from the best, carry the item's fields (and, with include_vectors,
+    its vector); the others carry only item_id, and every hit its score. 0: all of them.
+    A caller that needs scores of many candidates but the items of a few saves their transfer.
+    """
     @_builtins.property
     def vector(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """Query vector with the catalog's dimension; finite values."""
@@ -202,10 +208,11 @@ class SearchRequest(_message.Message):
         top_k: _builtins.int = ...,
         filter: _common_pb2.ItemFilter | None = ...,
         include_vectors: _builtins.bool = ...,
+        detailed_hits: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "include_vectors", b"include_vectors", "top_k", b"top_k", "vector", b"vector"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detailed_hits", b"detailed_hits", "filter", b"filter", "include_vectors", b"include_vectors", "top_k", b"top_k", "vector", b"vector"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -262,6 +269,54 @@ class SearchResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SearchResponse: _TypeAlias = SearchResponse  # noqa: Y015
+
+@_typing.final
+class SearchBatchRequest(_message.Message):
+    """Searches to run together."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEARCHES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def searches(self) -> _containers.RepeatedCompositeFieldContainer[Global___SearchRequest]:
+        """The searches; at most the server's batch limit."""
+
+    def __init__(
+        self,
+        *,
+        searches: _abc.Iterable[Global___SearchRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["searches", b"searches"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SearchBatchRequest: _TypeAlias = SearchBatchRequest  # noqa: Y015
+
+@_typing.final
+class SearchBatchResponse(_message.Message):
+    """One response per search."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESPONSES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def responses(self) -> _containers.RepeatedCompositeFieldContainer[Global___SearchResponse]:
+        """Responses in the order of the request's searches."""
+
+    def __init__(
+        self,
+        *,
+        responses: _abc.Iterable[Global___SearchResponse] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["responses", b"responses"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SearchBatchResponse: _TypeAlias = SearchBatchResponse  # noqa: Y015
 
 @_typing.final
 class GetStatsRequest(_message.Message):

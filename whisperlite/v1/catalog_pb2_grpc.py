@@ -55,6 +55,11 @@ class CatalogServiceStub:
                 request_serializer=whisperlite_dot_v1_dot_catalog__pb2.SearchRequest.SerializeToString,
                 response_deserializer=whisperlite_dot_v1_dot_catalog__pb2.SearchResponse.FromString,
                 _registered_method=True)
+        self.SearchBatch = channel.unary_unary(
+                '/whisperlite.v1.CatalogService/SearchBatch',
+                request_serializer=whisperlite_dot_v1_dot_catalog__pb2.SearchBatchRequest.SerializeToString,
+                response_deserializer=whisperlite_dot_v1_dot_catalog__pb2.SearchBatchResponse.FromString,
+                _registered_method=True)
         self.GetStats = channel.unary_unary(
                 '/whisperlite.v1.CatalogService/GetStats',
                 request_serializer=whisperlite_dot_v1_dot_catalog__pb2.GetStatsRequest.SerializeToString,
@@ -99,6 +104,15 @@ class CatalogServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SearchBatch(self, request, context):
+        """Several searches in one call, each answered as Search answers it alone; the catalog runs
+        searches that share their filter and sizes as one multi-vector store query (the ranker sends
+        its concurrent requests' searches this way).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetStats(self, request, context):
         """Reports the catalog's size, dimension and the encoder that produced its vectors.
         """
@@ -135,6 +149,11 @@ def add_CatalogServiceServicer_to_server(servicer, server):
                     servicer.Search,
                     request_deserializer=whisperlite_dot_v1_dot_catalog__pb2.SearchRequest.FromString,
                     response_serializer=whisperlite_dot_v1_dot_catalog__pb2.SearchResponse.SerializeToString,
+            ),
+            'SearchBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchBatch,
+                    request_deserializer=whisperlite_dot_v1_dot_catalog__pb2.SearchBatchRequest.FromString,
+                    response_serializer=whisperlite_dot_v1_dot_catalog__pb2.SearchBatchResponse.SerializeToString,
             ),
             'GetStats': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStats,
@@ -256,6 +275,33 @@ class CatalogService:
             '/whisperlite.v1.CatalogService/Search',
             whisperlite_dot_v1_dot_catalog__pb2.SearchRequest.SerializeToString,
             whisperlite_dot_v1_dot_catalog__pb2.SearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/whisperlite.v1.CatalogService/SearchBatch',
+            whisperlite_dot_v1_dot_catalog__pb2.SearchBatchRequest.SerializeToString,
+            whisperlite_dot_v1_dot_catalog__pb2.SearchBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -41,6 +41,11 @@ class CatalogServiceStub:
     """Deletes items by id; unknown ids are ignored."""
     Search: _grpc.UnaryUnaryMultiCallable[_catalog_pb2.SearchRequest, _catalog_pb2.SearchResponse]
     """Returns the items nearest to a vector (cosine similarity), after filters."""
+    SearchBatch: _grpc.UnaryUnaryMultiCallable[_catalog_pb2.SearchBatchRequest, _catalog_pb2.SearchBatchResponse]
+    """Several searches in one call, each answered as Search answers it alone; the catalog runs
+    searches that share their filter and sizes as one multi-vector store query (the ranker sends
+    its concurrent requests' searches this way).
+    """
     GetStats: _grpc.UnaryUnaryMultiCallable[_catalog_pb2.GetStatsRequest, _catalog_pb2.GetStatsResponse]
     """Reports the catalog's size, dimension and the encoder that produced its vectors."""
     ListItems: _grpc.UnaryUnaryMultiCallable[_catalog_pb2.ListItemsRequest, _catalog_pb2.ListItemsResponse]
@@ -59,6 +64,11 @@ class CatalogServiceAsyncStub(CatalogServiceStub):
     """Deletes items by id; unknown ids are ignored."""
     Search: _aio.UnaryUnaryMultiCallable[_catalog_pb2.SearchRequest, _catalog_pb2.SearchResponse]  # type: ignore[assignment]
     """Returns the items nearest to a vector (cosine similarity), after filters."""
+    SearchBatch: _aio.UnaryUnaryMultiCallable[_catalog_pb2.SearchBatchRequest, _catalog_pb2.SearchBatchResponse]  # type: ignore[assignment]
+    """Several searches in one call, each answered as Search answers it alone; the catalog runs
+    searches that share their filter and sizes as one multi-vector store query (the ranker sends
+    its concurrent requests' searches this way).
+    """
     GetStats: _aio.UnaryUnaryMultiCallable[_catalog_pb2.GetStatsRequest, _catalog_pb2.GetStatsResponse]  # type: ignore[assignment]
     """Reports the catalog's size, dimension and the encoder that produced its vectors."""
     ListItems: _aio.UnaryUnaryMultiCallable[_catalog_pb2.ListItemsRequest, _catalog_pb2.ListItemsResponse]  # type: ignore[assignment]
@@ -98,6 +108,17 @@ class CatalogServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_catalog_pb2.SearchResponse, _abc.Awaitable[_catalog_pb2.SearchResponse]]:
         """Returns the items nearest to a vector (cosine similarity), after filters."""
+
+    @_abc_1.abstractmethod
+    def SearchBatch(
+        self,
+        request: _catalog_pb2.SearchBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_catalog_pb2.SearchBatchResponse, _abc.Awaitable[_catalog_pb2.SearchBatchResponse]]:
+        """Several searches in one call, each answered as Search answers it alone; the catalog runs
+        searches that share their filter and sizes as one multi-vector store query (the ranker sends
+        its concurrent requests' searches this way).
+        """
 
     @_abc_1.abstractmethod
     def GetStats(

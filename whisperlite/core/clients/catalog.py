@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -14,8 +16,22 @@ from whisperlite.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2
 
 @dataclass(frozen=True)
 class Candidate:
-    item: common_pb2.Item  # without its vector
+    item: common_pb2.Item  # without its vector; past the detailed hits, only its item_id
+    cosine: float  # cosine similarity of the item and the query vector (the catalog's score)
+    vector: np.ndarray | None  # None past the detailed hits
+
+
+@dataclass(frozen=True)
+class CandidateSearch:
     vector: np.ndarray
+    top_k: int
+    item_filter: common_pb2.ItemFilter
+    detailed_hits: int = 0  # hits, from the best, that come with their item and vector (0: all)
+
+    def request(self) -> catalog_pb2.SearchRequest:
+        return catalog_pb2.SearchRequest(
+            vector=self.vector.tolist(), top_k=self.top_k, filter=self.item_filter, include_vectors=True, detailed_hits=self.detailed_hits
+        )
 
 
 class CatalogClient:
@@ -23,6 +39,7 @@ class CatalogClient:
         self._stub = catalog_pb2_grpc.CatalogServiceStub(channel)
         self._timeout = timeout_seconds
         self._service = f"catalog at {address}" if address else "catalog"
+        self._batch_search = True  # until a catalog from before SearchBatch answers UNIMPLEMENTED
 
     async def stats(self) -> catalog_pb2.GetStatsResponse:
         """Waits for a catalog that is not reachable yet; a catalog still opening answers UNAVAILABLE,
@@ -40,13 +57,25 @@ class CatalogClient:
             raise downstream_error(self._service, "UpsertItems", error) from None
         return response.upserted_count
 
-    async def search(self, vector: np.ndarray, top_k: int, item_filter: common_pb2.ItemFilter) -> list[Candidate]:
-        request = catalog_pb2.SearchRequest(vector=vector.tolist(), top_k=top_k, filter=item_filter, include_vectors=True)
+    async def search(self, search: CandidateSearch) -> list[Candidate]:
         try:
-            response = await self._stub.Search(request, timeout=self._timeout, metadata=outgoing_metadata())
+            response = await self._stub.Search(search.request(), timeout=self._timeout, metadata=outgoing_metadata())
         except grpc.aio.AioRpcError as error:
             raise downstream_error(self._service, "Search", error) from None
-        return [_candidate(hit.item) for hit in response.hits]
+        return _candidates(response)
+
+    async def search_batch(self, searches: Sequence[CandidateSearch]) -> list[list[Candidate]]:
+        """Several searches in one call (SearchBatch), or one Search each from a catalog that predates it."""
+        if self._batch_search:
+            request = catalog_pb2.SearchBatchRequest(searches=[search.request() for search in searches])
+            try:
+                response = await self._stub.SearchBatch(request, timeout=self._timeout, metadata=outgoing_metadata())
+                return [_candidates(part) for part in response.responses]
+            except grpc.aio.AioRpcError as error:
+                if error.code() != grpc.StatusCode.UNIMPLEMENTED:
+                    raise downstream_error(self._service, "SearchBatch", error) from None
+                self._batch_search = False
+        return list(await asyncio.gather(*(self.search(search) for search in searches)))
 
     async def vectors(self, item_ids: list[str]) -> np.ndarray:
         """Vectors of the ids the catalog knows (unknown ids are skipped: a recent item may have been deleted)."""
@@ -60,9 +89,11 @@ class CatalogClient:
         return np.stack([np.asarray(item.vector, dtype=np.float32) for item in response.items])
 
 
-def _candidate(item: common_pb2.Item) -> Candidate:
-    vector = np.asarray(item.vector, dtype=np.float32)
-    stripped = common_pb2.Item()
-    stripped.CopyFrom(item)
-    stripped.ClearField("vector")
-    return Candidate(item=stripped, vector=vector)
+def _candidates(response: catalog_pb2.SearchResponse) -> list[Candidate]:
+    candidates = []
+    for hit in response.hits:
+        item = hit.item  # the response is ours: its items lose their vectors instead of being copied
+        vector = np.asarray(item.vector, dtype=np.float32) if item.vector else None
+        item.ClearField("vector")
+        candidates.append(Candidate(item=item, cosine=hit.score, vector=vector))
+    return candidates

@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
+import numpy as np
+
 from whisperlite.services.catalog import metrics
 from whisperlite.services.catalog.embedding import ItemEmbedder
 from whisperlite.services.catalog.filters import SearchFilter
@@ -38,6 +40,15 @@ class CatalogLimits:
 class UpsertResult:
     upserted: int
     embedded: int
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    vector: Sequence[float]
+    top_k: int
+    search_filter: SearchFilter
+    include_vectors: bool = False
+    detailed_hits: int = 0  # hits, from the best, that carry their record (0: all)
 
 
 @dataclass(frozen=True)
@@ -180,16 +191,38 @@ class Catalog:
         return deleted
 
     async def search(
-        self, vector: Sequence[float], top_k: int, search_filter: SearchFilter, include_vectors: bool = False
+        self, vector: Sequence[float], top_k: int, search_filter: SearchFilter, include_vectors: bool = False, detailed_hits: int = 0
     ) -> list[SearchHit]:
-        if not 1 <= top_k <= self._limits.max_top_k:
-            raise InvalidArgument(f"top_k: must be between 1 and {self._limits.max_top_k}, got {top_k}")
-        query = validate_vector(vector, self.info.dimension, "vector")
-        strategy = self._store.strategy(search_filter)
-        started = time.perf_counter()
-        hits = await self._on_store(self._store.search, query, top_k, search_filter, include_vectors)
-        metrics.SEARCH_SECONDS.labels(strategy).observe(time.perf_counter() - started)
-        return hits
+        return (await self._search([SearchQuery(vector, top_k, search_filter, include_vectors, detailed_hits)], numbered=False))[0]
+
+    async def search_batch(self, queries: Sequence[SearchQuery]) -> list[list[SearchHit]]:
+        """The hits of each query, in order; queries that share a filter and sizes go to the store as one search."""
+        return await self._search(queries, numbered=True)
+
+    async def _search(self, queries: Sequence[SearchQuery], numbered: bool) -> list[list[SearchHit]]:
+        if len(queries) > self._limits.max_batch:
+            raise InvalidArgument(f"searches: at most {self._limits.max_batch} per call, got {len(queries)}")
+        groups: dict[tuple, list[tuple[int, np.ndarray]]] = {}
+        for index, query in enumerate(queries):
+            where = f"searches[{index}]." if numbered else ""
+            if not 1 <= query.top_k <= self._limits.max_top_k:
+                raise InvalidArgument(f"{where}top_k: must be between 1 and {self._limits.max_top_k}, got {query.top_k}")
+            if query.detailed_hits < 0:
+                raise InvalidArgument(f"{where}detailed_hits: must be 0 (all hits) or positive, got {query.detailed_hits}")
+            vector = validate_vector(query.vector, self.info.dimension, f"{where}vector")
+            key = (query.search_filter, query.top_k, query.include_vectors, query.detailed_hits)
+            groups.setdefault(key, []).append((index, vector))
+        results: list[list[SearchHit]] = [[] for _ in queries]
+        for (search_filter, top_k, include_vectors, detailed_hits), members in groups.items():
+            strategy = self._store.strategy(search_filter)
+            started = time.perf_counter()
+            found = await self._on_store(
+                self._store.search_many, np.stack([vector for _, vector in members]), top_k, search_filter, include_vectors, detailed_hits
+            )
+            metrics.SEARCH_SECONDS.labels(strategy).observe(time.perf_counter() - started)
+            for (index, _), hits in zip(members, found, strict=True):
+                results[index] = hits
+        return results
 
     async def page(self, page_size: int, page_token: str, include_vectors: bool) -> tuple[list[ItemRecord], str]:
         """A page of records in id order and the token of the next one ("" after the last page).

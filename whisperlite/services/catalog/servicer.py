@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from whisperlite.services.catalog.catalog import Catalog
+from whisperlite.core.errors import InvalidArgument
+from whisperlite.services.catalog.catalog import Catalog, SearchQuery
 from whisperlite.services.catalog.filters import filter_from_proto
 from whisperlite.services.catalog.items import record_to_proto
+from whisperlite.services.catalog.store import SearchHit
 from whisperlite.v1 import catalog_pb2, catalog_pb2_grpc
 
 
@@ -26,10 +28,20 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         return catalog_pb2.DeleteItemsResponse(deleted_count=await self._catalog.delete(request.item_ids))
 
     async def Search(self, request, context):
-        search_filter = filter_from_proto(request.filter if request.HasField("filter") else None)
-        hits = await self._catalog.search(request.vector, request.top_k, search_filter, request.include_vectors)
-        return catalog_pb2.SearchResponse(
-            hits=[catalog_pb2.SearchHit(item=record_to_proto(hit.record, request.include_vectors), score=hit.score) for hit in hits]
+        query = _search_query(request)
+        hits = await self._catalog.search(query.vector, query.top_k, query.search_filter, query.include_vectors, query.detailed_hits)
+        return _search_response(request, hits)
+
+    async def SearchBatch(self, request, context):
+        queries = []
+        for index, search in enumerate(request.searches):
+            try:
+                queries.append(_search_query(search))
+            except InvalidArgument as error:
+                raise InvalidArgument(f"searches[{index}].{error}") from None
+        results = await self._catalog.search_batch(queries)
+        return catalog_pb2.SearchBatchResponse(
+            responses=[_search_response(search, hits) for search, hits in zip(request.searches, results, strict=True)]
         )
 
     async def GetStats(self, request, context):
@@ -43,3 +55,14 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         return catalog_pb2.ListItemsResponse(
             items=[record_to_proto(record, request.include_vectors) for record in records], next_page_token=next_token
         )
+
+
+def _search_query(request: catalog_pb2.SearchRequest) -> SearchQuery:
+    search_filter = filter_from_proto(request.filter if request.HasField("filter") else None)
+    return SearchQuery(request.vector, request.top_k, search_filter, request.include_vectors, request.detailed_hits)
+
+
+def _search_response(request: catalog_pb2.SearchRequest, hits: list[SearchHit]) -> catalog_pb2.SearchResponse:
+    return catalog_pb2.SearchResponse(
+        hits=[catalog_pb2.SearchHit(item=record_to_proto(hit.record, request.include_vectors), score=hit.score) for hit in hits]
+    )

@@ -357,24 +357,49 @@ class MilvusStore:
         """"exact" (brute force over the rows that pass) for category and price filters, else "ann"."""
         return "exact" if search_filter.narrows and self.info.exact_filtered_search else "ann"
 
-    def search(self, vector: np.ndarray, top_k: int, search_filter: SearchFilter, include_vectors: bool = False) -> list[SearchHit]:
+    def search(
+        self, vector: np.ndarray, top_k: int, search_filter: SearchFilter, include_vectors: bool = False, detailed_hits: int = 0
+    ) -> list[SearchHit]:
+        return self.search_many(vector[np.newaxis, :], top_k, search_filter, include_vectors, detailed_hits)[0]
+
+    def search_many(
+        self, vectors: np.ndarray, top_k: int, search_filter: SearchFilter, include_vectors: bool = False, detailed_hits: int = 0
+    ) -> list[list[SearchHit]]:
+        """The hits of each (n, d) query row under one filter, from one Milvus search.
+
+        The first `detailed_hits` hits of each row (0: all) carry their record; the others only their
+        id. When some hits go without a record, the search returns ids and distances only and the
+        records come from one query by id: output fields are most of a search's cost.
+        """
         expression = build_expression(search_filter, self._templates)
         if expression.matches_nothing:
-            return []
+            return [[] for _ in vectors]
         exact = self.strategy(search_filter) == "exact"
-        field = EXACT_VECTOR_FIELD if exact else VECTOR_FIELD
+        detailed = top_k if detailed_hits <= 0 else min(detailed_hits, top_k)
+        fields = SCALAR_FIELDS + ([VECTOR_FIELD] if include_vectors else [])
         results = self._call(
             self._client.search,
             self.collection,
-            data=[vector.astype(np.float32, copy=False)],
-            anns_field=field,
+            data=list(np.asarray(vectors, dtype=np.float32)),
+            anns_field=EXACT_VECTOR_FIELD if exact else VECTOR_FIELD,
             limit=top_k,
-            output_fields=SCALAR_FIELDS + ([VECTOR_FIELD] if include_vectors else []),
+            output_fields=fields if detailed == top_k else ["item_id"],
             search_params={"metric_type": "COSINE", "params": {} if exact else self._search_params(top_k)},
             timeout=self._timeout,
             **self._filter_kwargs(expression),
         )
-        return [SearchHit(record=_record(hit["entity"]), score=float(hit["distance"])) for hit in results[0]]
+        if detailed == top_k:
+            return [[SearchHit(record=_record(hit["entity"]), score=float(hit["distance"])) for hit in row] for row in results]
+        wanted = list(dict.fromkeys(hit["id"] for row in results for hit in row[:detailed]))
+        records = self.get(wanted, include_vectors)
+        return [
+            [
+                SearchHit(record=records[hit["id"]] if rank < detailed else ItemRecord(item_id=hit["id"]), score=float(hit["distance"]))
+                for rank, hit in enumerate(row)
+                if rank >= detailed or hit["id"] in records  # an item deleted between the two calls is gone
+            ]
+            for row in results
+        ]
 
     def _search_params(self, top_k: int) -> dict:
         # Only a Milvus server honours these; milvus-lite searches its interim index with fixed settings.

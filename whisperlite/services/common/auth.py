@@ -37,6 +37,7 @@ METHOD_SCOPES = {
     "/whisperlite.v1.QueryEncoderService/Embed": RECOMMEND,
     "/whisperlite.v1.QueryEncoderService/GetModelInfo": RECOMMEND,
     "/whisperlite.v1.CatalogService/Search": RECOMMEND,
+    "/whisperlite.v1.CatalogService/SearchBatch": RECOMMEND,
     "/whisperlite.v1.CatalogService/GetItems": RECOMMEND,
     "/whisperlite.v1.CatalogService/GetStats": RECOMMEND,
     "/whisperlite.v1.CatalogService/UpsertItems": WRITE,

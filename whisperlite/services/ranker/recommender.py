@@ -8,9 +8,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from whisperlite.core.clients.catalog import CatalogClient
+from whisperlite.core.clients.catalog import Candidate, CandidateSearch, CatalogClient
 from whisperlite.core.clients.query_encoder import QueryEncoderClient
-from whisperlite.core.errors import InvalidArgument, Unavailable
+from whisperlite.core.errors import FailedPrecondition, InvalidArgument, Unavailable
 from whisperlite.core.personalization import PersonalizationModel, PersonalizedQuery, text_plus_history_query
 from whisperlite.services.ranker.metrics import (
     MODEL_REQUESTS,
@@ -21,6 +21,7 @@ from whisperlite.services.ranker.metrics import (
     SHADOW_SECONDS,
     STAGE_SECONDS,
 )
+from whisperlite.services.ranker.batching import Coalescer
 from whisperlite.services.ranker.models import ModelRegistry
 from whisperlite.v1 import common_pb2
 
@@ -42,10 +43,14 @@ class RankerLimits:
     max_top_k: int = 100
     max_query_chars: int = 1000
     max_recent_items: int = 50
-    # Candidates fetched from the catalog for re-scoring. The network's score is monotone in the cosine
-    # the catalog searches by, so a small margin over top_k only absorbs ANN misses; each candidate
-    # costs ~0.1 ms of transfer (benchmarks/recommend_latency.py: 200 candidates 38 ms, 50 16 ms).
+    # Candidates the catalog searches for and re-scored. The network's score is monotone in the cosine
+    # the catalog searches by, so only the top_k best come with their item and vector (the others
+    # with their cosine alone) and a margin over top_k only absorbs ANN misses.
     candidates: int = 50
+    # Concurrent Recommends share downstream calls (services/ranker/batching.py): at most this many
+    # texts per Embed and searches per SearchBatch, and this many of each call out at once.
+    max_batch: int = 64
+    concurrent_batches: int = 2
 
     def __post_init__(self):
         for name, value in asdict(self).items():
@@ -108,6 +113,8 @@ class Recommender:
         # Shadow scorings run after the answer is sent; the cap keeps a slow candidate from piling them up.
         self._max_shadow_in_flight = max_shadow_in_flight
         self._shadow_tasks: set[asyncio.Task] = set()
+        self._embeds = Coalescer(self._embed_batch, max_batch=limits.max_batch, max_concurrent=limits.concurrent_batches)
+        self._searches = Coalescer(catalog.search_batch, max_batch=limits.max_batch, max_concurrent=limits.concurrent_batches)
 
     def validate(self, user_id: str, query: str, top_k: int, recent_item_ids: list[str]) -> str:
         """Checks the ranker's own fields before any downstream call; returns the query as it will be embedded.
@@ -148,14 +155,14 @@ class Recommender:
         route = traffic.route(user_id)
         model = route.model
         with _stage("encode"):
-            query_vector = (await self._encoder.embed_texts([text])).vectors[0]
+            query_vector = await self._embeds.call(text)
 
         with _stage("personalize"):
             recent_vectors = await self._recent_vectors(model, user_id, recent_item_ids)
             personalized = self._personalize(model, query_vector, user_id, recent_vectors)
 
         with _stage("search"):
-            candidates = await self._catalog.search(personalized.vector, max(self._limits.candidates, top_k), item_filter)
+            candidates = await self._search(personalized.vector, top_k, item_filter)
 
         with _stage("score"):
             items = self._rank(model, query_vector, personalized, candidates, top_k)
@@ -195,7 +202,7 @@ class Recommender:
             if recent_vectors is None:  # the live model knew the user; the candidate may not
                 recent_vectors = await self._recent_vectors(candidate, call.user_id, call.recent_item_ids)
             personalized = self._personalize(candidate, call.query_vector, call.user_id, recent_vectors)
-            found = await self._catalog.search(personalized.vector, max(self._limits.candidates, call.top_k), call.item_filter)
+            found = await self._search(personalized.vector, call.top_k, call.item_filter)
             ranked = self._rank(candidate, call.query_vector, personalized, found, call.top_k)
         except Exception:  # the caller already has the live answer; a failing candidate must only show in metrics
             SHADOW_OUTCOMES.labels(candidate.version, "failed").inc()
@@ -213,25 +220,33 @@ class Recommender:
             return text_plus_history_query(query_vector, recent_vectors)
         return model.personalize(query_vector, user_id or None, recent_vectors)
 
-    def _rank(self, model: PersonalizationModel | None, query_vector, personalized: PersonalizedQuery, candidates,
-              top_k: int) -> list[ScoredItem]:
+    async def _embed_batch(self, texts: list[str]) -> np.ndarray:
+        return (await self._encoder.embed_texts(texts)).vectors
+
+    async def _search(self, vector: np.ndarray, top_k: int, item_filter: common_pb2.ItemFilter) -> list[Candidate]:
+        search = CandidateSearch(vector, max(self._limits.candidates, top_k), item_filter, detailed_hits=top_k)
+        return await self._searches.call(search)
+
+    def _rank(self, model: PersonalizationModel | None, query_vector, personalized: PersonalizedQuery,
+              candidates: list[Candidate], top_k: int) -> list[ScoredItem]:
         if not candidates:
             return []
-        vectors = np.stack([candidate.vector for candidate in candidates])
-        if model is None:
-            scores = vectors @ personalized.vector
-        else:
-            scores = model.score(personalized, vectors)
-        query_match = vectors @ query_vector
-        affinity = vectors @ personalized.taste if personalized.taste is not None else np.zeros(len(candidates))
+        cosines = np.array([candidate.cosine for candidate in candidates], dtype=np.float32)
+        scores = cosines if model is None else model.score_cosines(cosines)
         # Stable sort keeps the catalog's order among equal scores, so responses are deterministic.
-        order = np.argsort(-scores, kind="stable")[:top_k]
+        chosen = [(i, candidates[i]) for i in np.argsort(-scores, kind="stable")[:top_k]]
+        if any(candidate.vector is None for _, candidate in chosen):
+            # The catalog sends the top_k best by cosine in full; a score monotone in it (calibrate) picks those.
+            raise FailedPrecondition("the model's scores do not follow the catalog's cosine order; the ranker cannot serve it")
+        vectors = np.stack([candidate.vector for _, candidate in chosen])
+        query_match = vectors @ query_vector
+        affinity = vectors @ personalized.taste if personalized.taste is not None else np.zeros(len(chosen))
         return [
             ScoredItem(
-                item=candidates[i].item,
+                item=candidate.item,
                 score=float(scores[i]),
-                query_match=float(query_match[i]),
-                personal_affinity=float(affinity[i]),
+                query_match=float(query_match[n]),
+                personal_affinity=float(affinity[n]),
             )
-            for i in order
+            for n, (i, candidate) in enumerate(chosen)
         ]

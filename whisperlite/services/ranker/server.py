@@ -4,6 +4,8 @@ import argparse
 import asyncio
 import logging
 
+import torch
+
 from whisperlite.core.channels import create_channel
 from whisperlite.core.clients.catalog import CatalogClient
 from whisperlite.core.clients.errors import wait_until_ready
@@ -85,7 +87,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--candidates",
         type=int,
         default=env_int(f"{PREFIX}_CANDIDATES", defaults.candidates),
-        help=f"candidates fetched from the catalog and re-scored per request (env {PREFIX}_CANDIDATES)",
+        help=f"candidates the catalog searches for and re-scored per request; only the top_k best travel with their item (env {PREFIX}_CANDIDATES)",
+    )
+    parser.add_argument(
+        "--max-batch",
+        type=int,
+        default=env_int(f"{PREFIX}_MAX_BATCH", defaults.max_batch),
+        help="concurrent Recommends share downstream calls: at most this many texts per Embed and searches per SearchBatch "
+        f"(1: one call per Recommend) (env {PREFIX}_MAX_BATCH)",
+    )
+    parser.add_argument(
+        "--concurrent-batches",
+        type=int,
+        default=env_int(f"{PREFIX}_CONCURRENT_BATCHES", defaults.concurrent_batches),
+        help=f"batched Embed and SearchBatch calls out at once, each; later Recommends wait to join the next (env {PREFIX}_CONCURRENT_BATCHES)",
+    )
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=env_int(f"{PREFIX}_TORCH_THREADS", 1),
+        help="torch CPU threads for the personalization network; its per-request matrices are too small to split, "
+        f"and a second thread spin-waiting costs ~7 ms of CPU per request on a busy 2-core machine (env {PREFIX}_TORCH_THREADS)",
     )
     return parser
 
@@ -98,7 +120,10 @@ async def run(args: argparse.Namespace) -> None:
     encoder = QueryEncoderClient(encoder_channel, args.deadline_seconds, args.query_encoder_addr)
     catalog = CatalogClient(catalog_channel, args.deadline_seconds, args.catalog_addr)
     try:
-        limits = RankerLimits(max_top_k=args.max_top_k, max_query_chars=args.max_query_chars, candidates=args.candidates)
+        limits = RankerLimits(
+            max_top_k=args.max_top_k, max_query_chars=args.max_query_chars, candidates=args.candidates,
+            max_batch=args.max_batch, concurrent_batches=args.concurrent_batches,
+        )
     except ValueError as error:
         raise SystemExit(f"ranker: {error}") from None
     if args.model_poll_seconds < 0:
@@ -153,6 +178,9 @@ async def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.torch_threads < 1:
+        raise SystemExit(f"ranker: torch-threads: must be at least 1, got {args.torch_threads}")
+    torch.set_num_threads(args.torch_threads)
     configure_logging(args.log_level, service="ranker")
     start_tracing("ranker")
     try:

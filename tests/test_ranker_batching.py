@@ -1,0 +1,82 @@
+"""The ranker's Coalescer: concurrent calls share batches, and each caller gets its own call's answer."""
+
+import asyncio
+
+import pytest
+
+from whisperlite.core.errors import InvalidArgument, Unavailable
+from whisperlite.services.ranker.batching import Coalescer
+
+
+class Doubler:
+    """A batch function that doubles numbers after a short wait, refusing negative ones as bad input."""
+
+    def __init__(self, fail_with: Exception | None = None):
+        self.batches: list[list[int]] = []
+        self.fail_with = fail_with
+        self.release = asyncio.Event()
+        self.release.set()
+
+    async def __call__(self, numbers: list[int]) -> list[int]:
+        self.batches.append(list(numbers))
+        await self.release.wait()
+        await asyncio.sleep(0.01)
+        if self.fail_with is not None:
+            raise self.fail_with
+        if any(n < 0 for n in numbers):
+            raise InvalidArgument(f"numbers: {min(numbers)} is negative")
+        return [2 * n for n in numbers]
+
+
+async def test_an_idle_call_goes_alone_and_calls_arriving_meanwhile_go_together():
+    doubler = Doubler()
+    coalescer = Coalescer(doubler, max_batch=4, max_concurrent=1)
+    assert await coalescer.call(1) == 2
+    assert doubler.batches == [[1]]
+
+    doubler.release.clear()
+    first = asyncio.create_task(coalescer.call(10))
+    await asyncio.sleep(0)  # the first call is out, alone
+    rest = [asyncio.create_task(coalescer.call(n)) for n in range(11, 17)]
+    await asyncio.sleep(0)
+    doubler.release.set()
+    assert await first == 20
+    assert await asyncio.gather(*rest) == [22, 24, 26, 28, 30, 32]
+    assert doubler.batches[1:] == [[10], [11, 12, 13, 14], [15, 16]]  # at most max_batch per call
+
+
+async def test_bad_input_fails_only_its_own_call():
+    doubler = Doubler()
+    coalescer = Coalescer(doubler, max_batch=8, max_concurrent=1)
+    doubler.release.clear()
+    blocker = asyncio.create_task(coalescer.call(0))
+    await asyncio.sleep(0)
+    calls = [asyncio.create_task(coalescer.call(n)) for n in (1, -1, 2)]
+    await asyncio.sleep(0)
+    doubler.release.set()
+    await blocker
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    assert results[0] == 2 and results[2] == 4
+    assert isinstance(results[1], InvalidArgument) and "-1 is negative" in str(results[1])
+    assert [1, -1, 2] in doubler.batches and [-1] in doubler.batches  # the batch failed, then each went alone
+
+
+async def test_a_downstream_failure_reaches_every_member_and_a_cancelled_caller_leaves_the_rest_alone():
+    doubler = Doubler(fail_with=Unavailable("catalog: Search failed: UNAVAILABLE"))
+    coalescer = Coalescer(doubler, max_batch=8, max_concurrent=2)
+    results = await asyncio.gather(*(coalescer.call(n) for n in range(5)), return_exceptions=True)
+    assert all(isinstance(result, Unavailable) for result in results)
+
+    healthy = Coalescer(Doubler(), max_batch=8, max_concurrent=1)
+    calls = [asyncio.create_task(healthy.call(n)) for n in range(4)]
+    await asyncio.sleep(0)
+    calls[1].cancel()
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    assert results[0] == 0 and isinstance(results[1], asyncio.CancelledError) and results[2:] == [4, 6]
+
+
+def test_limits_must_be_positive():
+    with pytest.raises(ValueError, match="max_batch"):
+        Coalescer(Doubler(), max_batch=0, max_concurrent=1)
+    with pytest.raises(ValueError, match="max_concurrent"):
+        Coalescer(Doubler(), max_batch=1, max_concurrent=0)

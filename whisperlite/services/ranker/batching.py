@@ -1,0 +1,85 @@
+"""Micro-batching of the ranker's downstream calls: concurrent Recommends share encoder and catalog calls.
+
+Each Recommend needs one Embed and one Search. Alone, each is a gRPC round trip plus a store query,
+and their fixed costs (protobuf, the event loops, a Milvus call) outweigh the work; merged, one
+Embed carries many texts and one SearchBatch runs one multi-vector Milvus search.
+
+A `Coalescer` sends a call at once while fewer than `max_concurrent` batches are out, so an idle
+ranker adds no wait; calls that arrive while they all are out leave together, up to `max_batch`,
+when one comes back. Batches grow with the load and no timer is involved. A batch that fails with
+an error about its input (INVALID_ARGUMENT) is retried call by call, so each caller gets the answer
+its own call would have had; any other error (UNAVAILABLE...) is every member's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+from whisperlite.core.errors import InvalidArgument
+
+Q = TypeVar("Q")
+R = TypeVar("R")
+
+
+class Coalescer(Generic[Q, R]):
+    def __init__(self, run_batch: Callable[[list[Q]], Awaitable[Sequence[R]]], *, max_batch: int, max_concurrent: int):
+        if max_batch < 1:
+            raise ValueError(f"max_batch: must be >= 1, got {max_batch}")
+        if max_concurrent < 1:
+            raise ValueError(f"max_concurrent: must be >= 1, got {max_concurrent}")
+        self._run_batch = run_batch
+        self._max_batch = max_batch
+        self._max_concurrent = max_concurrent
+        self._waiting: collections.deque[tuple[Q, asyncio.Future[R]]] = collections.deque()
+        self._batches: set[asyncio.Task] = set()  # the event loop keeps only weak references to tasks
+
+    async def call(self, query: Q) -> R:
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._waiting.append((query, future))
+        self._dispatch()
+        return await future  # a caller that gives up cancels its future; its batch goes on for the others
+
+    def _dispatch(self) -> None:
+        while self._waiting and len(self._batches) < self._max_concurrent:
+            batch = []
+            while self._waiting and len(batch) < self._max_batch:
+                query, future = self._waiting.popleft()
+                if not future.done():
+                    batch.append((query, future))
+            if not batch:
+                return
+            task = asyncio.create_task(self._run(batch))
+            self._batches.add(task)
+            task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task) -> None:
+        self._batches.discard(task)
+        self._dispatch()
+
+    async def _run(self, batch: list[tuple[Q, asyncio.Future[R]]]) -> None:
+        try:
+            try:
+                results = await self._run_batch([query for query, _ in batch])
+            except InvalidArgument:
+                if len(batch) == 1:
+                    raise
+                results = await asyncio.gather(*(self._run_alone(query) for query, _ in batch), return_exceptions=True)
+        except asyncio.CancelledError:  # shutting down: nobody waits for an answer that will not come
+            for _, future in batch:
+                future.cancel()
+            raise
+        except Exception as error:  # every member waits on this batch: each must hear how it ended
+            results = [error] * len(batch)
+        for (_, future), result in zip(batch, results, strict=True):
+            if future.done():
+                continue
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+    async def _run_alone(self, query: Q) -> R:
+        return (await self._run_batch([query]))[0]

@@ -324,3 +324,34 @@ def test_catalog_embeds_items_with_the_query_encoder(tmp_path, encoder_service):
             assert search_ids(stub, query, top_k=3, categories=["Dresses", "Kitchen"])[0] in {"dress", "mug"}
     finally:
         assert catalog.stop() == 0
+
+
+async def test_the_ranker_client_falls_back_to_search_on_a_catalog_without_search_batch(vector_catalog, stocked):
+    """A catalog from before SearchBatch, played by a gRPC server that serves only Search (forwarded to the real
+    catalog): SearchBatch answers UNIMPLEMENTED there, and the client then sends one Search per query."""
+    from whisperlite.core.clients.catalog import CandidateSearch, CatalogClient
+
+    async with grpc.aio.insecure_channel(vector_catalog.address) as upstream:
+        real = catalog_pb2_grpc.CatalogServiceStub(upstream)
+
+        class SearchOnly(catalog_pb2_grpc.CatalogServiceServicer):
+            async def Search(self, request, context):
+                return await real.Search(request, timeout=30)
+
+        server = grpc.aio.server()
+        catalog_pb2_grpc.add_CatalogServiceServicer_to_server(SearchOnly(), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        searches = [
+            CandidateSearch(np.asarray(vec(1, 0), dtype=np.float32), 4, common_pb2.ItemFilter(), detailed_hits=2),
+            CandidateSearch(np.asarray(vec(0, 1), dtype=np.float32), 3, common_pb2.ItemFilter(categories=["Dresses"])),
+        ]
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as old:
+                via_old = await CatalogClient(old, 30).search_batch(searches)
+            via_batch = await CatalogClient(upstream, 30).search_batch(searches)
+        finally:
+            await server.stop(None)
+    assert [[(c.item, c.cosine) for c in hits] for hits in via_old] == [[(c.item, c.cosine) for c in hits] for hits in via_batch]
+    assert [c.vector is not None for c in via_old[0]] == [True, True, False, False]
+    assert [c.item.item_id for c in via_old[1]] == ["dress", "gown"]

@@ -117,6 +117,9 @@ def test_search_batch_answers_each_search_as_search_does(stub, stocked):
         catalog_pb2.SearchRequest(vector=vec(0, 1), top_k=3),  # same filter and sizes: one store search with the first
         catalog_pb2.SearchRequest(vector=vec(1, 0), top_k=5, filter=common_pb2.ItemFilter(categories=["Dresses"])),
         catalog_pb2.SearchRequest(vector=vec(0, 1), top_k=2, include_vectors=True),
+        # two with bare hits in one store search: their detailed records come from one read by id
+        catalog_pb2.SearchRequest(vector=vec(1, 0), top_k=4, include_vectors=True, detailed_hits=2),
+        catalog_pb2.SearchRequest(vector=vec(0, 1), top_k=4, include_vectors=True, detailed_hits=2),
     ]
     batch = stub.SearchBatch(catalog_pb2.SearchBatchRequest(searches=searches), timeout=30)
     assert [response for response in batch.responses] == [stub.Search(search, timeout=30) for search in searches]

@@ -368,14 +368,17 @@ class MilvusStore:
         """The hits of each (n, d) query row under one filter, from one Milvus search.
 
         The first `detailed_hits` hits of each row (0: all) carry their record; the others only their
-        id. When some hits go without a record, the search returns ids and distances only and the
-        records come from one query by id: output fields are most of a search's cost.
+        id. For several rows with hits left bare, the search returns ids and distances only and the
+        records come from one query by id: output fields are most of a batched search's cost. One row
+        is searched with its fields: there the second store call costs more than it saves
+        (milvus-lite, 22,948 items, 50 hits: 17.2 ms of its CPU in two calls, 14.8 in one).
         """
         expression = build_expression(search_filter, self._templates)
         if expression.matches_nothing:
             return [[] for _ in vectors]
         exact = self.strategy(search_filter) == "exact"
         detailed = top_k if detailed_hits <= 0 else min(detailed_hits, top_k)
+        by_id = detailed < top_k and len(vectors) > 1
         fields = SCALAR_FIELDS + ([VECTOR_FIELD] if include_vectors else [])
         results = self._call(
             self._client.search,
@@ -383,15 +386,15 @@ class MilvusStore:
             data=list(np.asarray(vectors, dtype=np.float32)),
             anns_field=EXACT_VECTOR_FIELD if exact else VECTOR_FIELD,
             limit=top_k,
-            output_fields=fields if detailed == top_k else ["item_id"],
+            output_fields=["item_id"] if by_id else fields,
             search_params={"metric_type": "COSINE", "params": {} if exact else self._search_params(top_k)},
             timeout=self._timeout,
             **self._filter_kwargs(expression),
         )
-        if detailed == top_k:
-            return [[SearchHit(record=_record(hit["entity"]), score=float(hit["distance"])) for hit in row] for row in results]
-        wanted = list(dict.fromkeys(hit["id"] for row in results for hit in row[:detailed]))
-        records = self.get(wanted, include_vectors)
+        if by_id:
+            records = self.get(list(dict.fromkeys(hit["id"] for row in results for hit in row[:detailed])), include_vectors)
+        else:
+            records = {hit["id"]: _record(hit["entity"]) for row in results for hit in row[:detailed]}
         return [
             [
                 SearchHit(record=records[hit["id"]] if rank < detailed else ItemRecord(item_id=hit["id"]), score=float(hit["distance"]))

@@ -103,7 +103,7 @@ def test_one_recommend_is_one_trace_across_the_three_services(traced_stack, rece
 
     root = wait_for(recommend_server_span)
     assert not root.parent_span_id  # the caller sent no trace context: the ranker starts the trace
-    expected_servers = {("query-encoder", "/whisperlite.v1.QueryEncoderService/Embed"), ("catalog", "/whisperlite.v1.CatalogService/Search")}
+    expected_servers = {("query-encoder", "/whisperlite.v1.QueryEncoderService/Embed"), ("catalog", "/whisperlite.v1.CatalogService/SearchBatch")}
 
     def trace_spans():
         in_trace = [(service, span) for service, span in spans.snapshot() if span.trace_id == root.trace_id]
@@ -138,7 +138,7 @@ def test_the_request_id_is_on_every_log_line_of_the_call_in_every_service(traced
     expected = {
         "ranker": {"/whisperlite.v1.RankerService/Recommend"},
         "encoder": {"/whisperlite.v1.QueryEncoderService/Embed"},
-        "catalog": {"/whisperlite.v1.CatalogService/Search"},
+        "catalog": {"/whisperlite.v1.CatalogService/SearchBatch"},
     }
     for service, methods in expected.items():
         lines = wait_for(lambda: lines_of(service, "trace-req-2") or None, timeout=30)

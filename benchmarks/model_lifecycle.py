@@ -68,6 +68,23 @@ def write_version(root: Path, version: str, created: datetime, encoder: str, dim
     return PersonalizationModel(network, [f"user-{i}" for i in range(users)], tastes, manifest).save(root / version)
 
 
+def start_catalog_and_ranker(root: Path, logs: Path, models: Path, encoder_address: str, processes: list):
+    """A catalog with 600 items and a ranker over `models` (watcher off); started processes go to `processes`."""
+    catalog, catalog_address, _ = serve("catalog", logs, "--data-dir", str(root / "catalog"), "--query-encoder-addr", encoder_address)
+    processes.append(catalog)
+    items = [common_pb2.Item(item_id=f"item-{i}", title=" ".join((a, b, c)))
+             for i, (a, b, c) in enumerate((a, b, c) for a in WORDS[0] for b in WORDS[1] for c in WORDS[2] for _ in range(2))]
+    with grpc.insecure_channel(catalog_address) as channel:
+        catalog_pb2_grpc.CatalogServiceStub(channel).UpsertItems(catalog_pb2.UpsertItemsRequest(items=items), timeout=600)
+    # The watcher is off: versions change only when the benchmark asks, so each phase is what it says.
+    ranker, ranker_address, _ = serve(
+        "ranker", logs, "--model-dir", str(models), "--model-poll-seconds", "0",
+        "--query-encoder-addr", encoder_address, "--catalog-addr", catalog_address,
+    )
+    processes.append(ranker)
+    return items, ranker, ranker_address
+
+
 def memory_mb(pid: int) -> dict[str, float]:
     """Resident, anonymous (owned outright) and mapped user-taste pages (page cache the kernel may evict), in MB."""
     fields = {}
@@ -124,18 +141,7 @@ def main() -> None:
             now = datetime.now(timezone.utc)
             old = write_version(models, "bench-v1", now - timedelta(hours=1), info.model_name, info.dimension, args.users, seed=1)
             staged = write_version(root, "bench-v2", now, info.model_name, info.dimension, args.users, seed=2)
-            catalog, catalog_address, _ = serve("catalog", logs, "--data-dir", str(root / "catalog"), "--query-encoder-addr", encoder_address)
-            processes.append(catalog)
-            items = [common_pb2.Item(item_id=f"item-{i}", title=" ".join((a, b, c)))
-                     for i, (a, b, c) in enumerate((a, b, c) for a in WORDS[0] for b in WORDS[1] for c in WORDS[2] for _ in range(2))]
-            with grpc.insecure_channel(catalog_address) as channel:
-                catalog_pb2_grpc.CatalogServiceStub(channel).UpsertItems(catalog_pb2.UpsertItemsRequest(items=items), timeout=600)
-            # The watcher is off: versions change only when this script asks, so each phase is what it says.
-            ranker, ranker_address, _ = serve(
-                "ranker", logs, "--model-dir", str(models), "--model-poll-seconds", "0",
-                "--query-encoder-addr", encoder_address, "--catalog-addr", catalog_address,
-            )
-            processes.append(ranker)
+            items, ranker, ranker_address = start_catalog_and_ranker(root, logs, models, encoder_address, processes)
             channel = grpc.insecure_channel(ranker_address)
             stub = ranker_pb2_grpc.RankerServiceStub(channel)
             admin = ModelAdminClient(ranker_address)

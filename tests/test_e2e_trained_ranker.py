@@ -39,9 +39,10 @@ def embedding_cache_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def model_dir(subset, embedding_cache_dir, tmp_path_factory):
     models = tmp_path_factory.mktemp("models")
+    # The attention taste: its history windows are gathered from the model directory at serving time.
     subprocess.run(
         [sys.executable, "-m", "whisperlite", "train", "--data", str(subset), "--out", str(models), "--max-epochs", "3",
-         "--cache-dir", str(embedding_cache_dir), "--quiet"],
+         "--taste", "attention", "--loss-mix", "given", "--cache-dir", str(embedding_cache_dir), "--quiet"],
         cwd=REPO, check=True, timeout=900,
     )
     return models
@@ -101,6 +102,28 @@ def test_online_scores_equal_offline_evaluation_scores(trained_ranker, model, su
         online_ids = [r.item.item_id for r in response.items]
         assert online_ids == items["item_id"].to_numpy()[order].tolist()
         np.testing.assert_allclose([r.score for r in response.items], offline[order], atol=1e-3)
+
+
+def test_recent_items_of_a_known_user_join_their_history_over_grpc(trained_ranker, model, subset, embedding_cache_dir):
+    """A known user's recent_item_ids (most recent last) join the stored history: the ranker's scores equal
+    the offline scores of that joined history and differ from the scores without the recent items."""
+    items = pd.read_csv(subset / "items.csv", dtype=str, keep_default_na=False)
+    cache = EmbeddingCache(cache_dir=embedding_cache_dir)
+    item_vectors = cache.items(items)
+    query_vector = cache.encoder.encode_texts([QUERY])[0]
+    user = next(u for u in _subset_users(subset) if model.knows_user(u))
+    recent = [0, 1, 2]  # catalog rows the user is sent as a session
+    offline = score_items(model, query_vector, user, item_vectors, recent_item_vectors=item_vectors[recent])
+    order = np.argsort(-offline, kind="stable")[:10]
+    response = trained_ranker.Recommend(
+        ranker_pb2.RecommendRequest(user_id=user, query=QUERY, top_k=10, recent_item_ids=items["item_id"].iloc[recent].tolist()),
+        timeout=30,
+    )
+    assert response.path == ranker_pb2.PERSONALIZATION_PATH_USER_EMBEDDING
+    assert [r.item.item_id for r in response.items] == items["item_id"].to_numpy()[order].tolist()
+    np.testing.assert_allclose([r.score for r in response.items], offline[order], atol=1e-3)
+    without = score_items(model, query_vector, user, item_vectors)
+    assert np.abs(without - offline).max() > 1e-2  # the session changed the taste
 
 
 def _subset_users(subset) -> list[str]:

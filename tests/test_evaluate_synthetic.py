@@ -6,12 +6,14 @@ import numpy as np
 import pytest
 
 from tests.fixtures_model import synthetic_experiment
-from whisperlite.trainer.evaluate import METHODS, evaluate, score_items
+from whisperlite.trainer.evaluate import BASELINES, METHODS, evaluate, score_items
 from whisperlite.trainer.methods import WhisperLite
 from whisperlite.trainer.metrics import METRICS
+from whisperlite.trainer.report import write_results_doc
 from whisperlite.trainer.train import TrainConfig, train_model
 
-FAST = TrainConfig(batch_size=64, lr=5e-3, max_epochs=8, patience=2, user_table="off")
+# taste "auto": mean and attention each train select_epochs, the better goes on
+FAST = TrainConfig(batch_size=64, lr=5e-3, max_epochs=8, patience=2, user_table="off", loss_mix="given", select_epochs=2)
 
 
 @pytest.fixture(scope="module")
@@ -50,11 +52,27 @@ def test_whisperlite_wins_on_planted_taste(report):
     assert methods["whisperlite"]["recall@10"] > methods["text_only"]["recall@10"] + 0.2
     assert methods["whisperlite"]["recall@10"] > methods["popularity"]["recall@10"]
     comparison = report[0]["comparison"]["recall@10"]
-    assert comparison["best_baseline"] in ("popularity", "history_only", "text_only", "text_plus_history_mean")
+    assert comparison["best_baseline"] in BASELINES
     assert comparison["ratio"] == pytest.approx(methods["whisperlite"]["recall@10"] / comparison["baseline"])
     interval = comparison["difference_95ci"]
     assert interval["diff"] == pytest.approx(methods["whisperlite"]["recall@10"] - comparison["baseline"])
     assert 0 < interval["low"] <= interval["diff"] <= interval["high"]  # a planted gain this large is clear of noise
+    low, high = comparison["ratio_95ci"]
+    assert 1 < low <= comparison["ratio"] <= high
+
+
+def test_taste_lift_is_whisperlite_over_the_same_network_without_users(report):
+    methods, lift = report[0]["methods"], report[0]["comparison"]["taste_lift"]["recall@10"]
+    assert lift["best_baseline"] == "request_only"
+    assert lift["ratio"] == pytest.approx(methods["whisperlite"]["recall@10"] / methods["request_only"]["recall@10"])
+    low, high = lift["ratio_95ci"]
+    assert 1 < low <= lift["ratio"] <= high  # the taste is planted: without the user the request is ambiguous
+    details = report[0]["details"]
+    assert details["request_only"]["taste"] == "none"
+    assert details["whisperlite"]["taste"] in ("mean", "attention")
+    selection = details["whisperlite"]["selection"]
+    assert set(selection["candidates"]) == {"taste=mean loss=given user_table=off", "taste=attention loss=given user_table=off"}
+    assert selection["chosen"] in selection["candidates"]
 
 
 def test_baseline_choices_are_made_on_validation(report):
@@ -64,9 +82,11 @@ def test_baseline_choices_are_made_on_validation(report):
     assert details["whisperlite"]["trained"] and details["whisperlite"]["best_epoch"] >= 1
 
 
-def test_evaluation_scores_equal_the_serving_code_path(experiment):
+@pytest.mark.parametrize("taste", ["mean", "attention"])
+def test_evaluation_scores_equal_the_serving_code_path(experiment, taste):
     """The batch path evaluate ranks with equals personalize + score per request, as the ranker calls it."""
-    model = train_model(experiment, FAST.replace(max_epochs=2), progress=False).model
+    model = train_model(experiment, FAST.replace(max_epochs=2, taste=taste), progress=False).model
+    assert model.taste_mode == taste
     method = WhisperLite(model, experiment)
     test = experiment.split.test.iloc[:5]
     batch = method.scores(test["user"].to_numpy(), experiment.test_queries[:5])
@@ -76,6 +96,15 @@ def test_evaluation_scores_equal_the_serving_code_path(experiment):
 
 def test_a_model_trained_on_other_data_is_refused(experiment, tmp_path):
     other = synthetic_experiment(seed=4)
-    model = train_model(other, FAST.replace(max_epochs=1), progress=False).model
+    model = train_model(other, FAST.replace(max_epochs=1, taste="mean"), progress=False).model
     with pytest.raises(ValueError, match="user table may hold test interactions"):
         evaluate(experiment, tmp_path, model=model, config=FAST, methods=("whisperlite",), progress=False)
+
+
+def test_results_doc_reports_both_ratios_with_intervals(report, tmp_path):
+    result, out = report
+    doc = write_results_doc({"synthetic": result}, {}, out.parent, tmp_path / "results.md", FAST).read_text()
+    lift = result["comparison"]["taste_lift"]["recall@10"]
+    row = next(line for line in doc.splitlines() if line.startswith("| synthetic |"))
+    assert f"{lift['ratio']:.3f} [{lift['ratio_95ci'][0]:.3f}, {lift['ratio_95ci'][1]:.3f}]" in row
+    assert "Taste's lift (whisperlite / request_only)" in doc

@@ -13,6 +13,7 @@ from whisperlite.core.personalization import (
     PersonalizationModel,
     PersonalizationNetwork,
     PersonalizedQuery,
+    UserHistories,
 )
 
 DIM = 16
@@ -150,3 +151,89 @@ def test_personalized_query_is_a_plain_value():
     pq = PersonalizedQuery(vector=np.zeros(DIM, np.float32), taste=None, path=PATH_TEXT)
     with pytest.raises(AttributeError):
         pq.path = PATH_USER
+
+
+def _attention_model(sharpness: float = 8.0, decay: float = 0.0, residuals: bool = False):
+    """Three users with histories of 5, 0 and 40 items (the window reads the last 32)."""
+    torch.manual_seed(0)
+    network = PersonalizationNetwork(DIM, n_users=0, hidden=32, dropout=0.0, taste="attention", taste_window=32)
+    with torch.no_grad():
+        network.fuse[-1].weight.normal_(0, 0.2)
+        network.attention_sharpness.fill_(sharpness)
+        network.recency_decay.fill_(decay)
+    rng = np.random.default_rng(3)
+    catalog = _unit(rng.normal(size=(60, DIM)))
+    sequences = [np.arange(5), np.zeros(0, dtype=np.int64), np.arange(10, 50)]
+    histories = UserHistories.from_sequences(sequences, catalog)
+    manifest = {"name": "toy", "version": "toy-att", "created": "2026-01-01T00:00:00+00:00", "encoder": "test-encoder",
+                "dimension": DIM, "config": {"network": {"hidden": 32, "dropout": 0.0, "taste": "attention", "taste_window": 32}}}
+    table = _unit(rng.normal(size=(3, DIM))) * 0.3 if residuals else None
+    model = PersonalizationModel(network, ["alice", "bob", "carol"], np.zeros((3, DIM), np.float32), manifest,
+                                 histories=histories, user_residuals=table)
+    return model, catalog, sequences
+
+
+def test_attention_taste_follows_the_history_item_the_request_is_about():
+    model, catalog, sequences = _attention_model(sharpness=50.0)
+    for item in sequences[0]:
+        query = _unit(catalog[item] + 0.05 * np.random.default_rng(int(item)).normal(size=DIM))
+        taste = model.personalize(query, "alice").taste
+        assert int(np.argmax(catalog[sequences[0]] @ taste)) == item  # a sharp attention picks that item
+
+
+def test_attention_at_zero_sharpness_and_decay_is_the_mean_of_the_window():
+    model, catalog, sequences = _attention_model(sharpness=0.0)
+    query = _unit(np.ones(DIM))
+    np.testing.assert_allclose(model.personalize(query, "carol").taste, _unit(catalog[sequences[2][-32:]].mean(0)), atol=1e-5)
+
+
+def test_recency_decay_favours_the_newest_items():
+    model, catalog, sequences = _attention_model(sharpness=0.0, decay=3.0)
+    taste = model.personalize(_unit(np.ones(DIM)), "carol").taste
+    assert int(np.argmax(catalog[sequences[2]] @ taste)) == len(sequences[2]) - 1
+
+
+@pytest.mark.parametrize("residuals", [False, True])
+def test_attention_batch_path_equals_single_path(residuals):
+    model, catalog, _ = _attention_model(residuals=residuals)
+    queries = _unit(np.random.default_rng(5).normal(size=(4, DIM)))
+    rows = np.array([0, 1, 2, -1])
+    batch = model.score(model.personalize_users(queries, rows), catalog)
+    single = np.stack([model.score(model.personalize(q, u), catalog) for q, u in zip(queries, ["alice", "bob", "carol", "zed"])])
+    np.testing.assert_allclose(batch, single, atol=1e-5)
+    assert model.personalize(queries[1], "bob").path == PATH_USER  # known, with an empty history
+
+
+@pytest.mark.parametrize("taste", ["attention", "mean"])
+def test_recent_items_of_a_known_user_join_the_stored_history(taste):
+    model, catalog, sequences = _attention_model()
+    if taste == "mean":
+        network = PersonalizationNetwork(DIM, n_users=0, hidden=32, dropout=0.0)
+        means = _unit(np.stack([catalog[s].mean(0) if len(s) else np.ones(DIM) for s in sequences]))
+        model = PersonalizationModel(network, model.user_ids, means, model.manifest, histories=model._histories)
+    query, recent = _unit(np.ones(DIM)), catalog[55:58]
+    joined = model.personalize(query, "alice", recent_item_vectors=recent)
+    assert joined.path == PATH_USER
+    np.testing.assert_allclose(joined.taste, model.taste_from_items(query, np.concatenate([catalog[sequences[0]], recent]), 0), atol=1e-6)
+    assert not np.allclose(joined.taste, model.personalize(query, "alice").taste, atol=1e-3)
+
+
+def test_histories_round_trip_memory_mapped(tmp_path):
+    model, catalog, _ = _attention_model(residuals=True)
+    model.save(tmp_path / "v")
+    loaded = PersonalizationModel.load(tmp_path / "v")
+    assert isinstance(loaded._histories.vectors, np.memmap) and loaded.taste_mode == "attention"
+    query = _unit(np.ones(DIM))
+    for user in ("alice", "bob", "carol", "zed"):
+        np.testing.assert_array_equal(
+            loaded.score(loaded.personalize(query, user, catalog[:2]), catalog), model.score(model.personalize(query, user, catalog[:2]), catalog)
+        )
+
+
+def test_request_only_model_ignores_every_user_signal():
+    network = PersonalizationNetwork(DIM, n_users=0, hidden=32, dropout=0.0, taste="none")
+    manifest = {"name": "toy", "version": "toy-none", "created": "", "encoder": "test-encoder", "dimension": DIM,
+                "config": {"network": {"taste": "none"}}}
+    model = PersonalizationModel(network, ["alice"], np.zeros((1, DIM), np.float32), manifest)
+    pq = model.personalize(_unit(np.ones(DIM)), "alice", recent_item_vectors=_unit(np.eye(DIM)[:2]))
+    assert pq.path == PATH_TEXT and pq.taste is None

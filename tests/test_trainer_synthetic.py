@@ -7,9 +7,9 @@ import torch
 from tests.fixtures_model import synthetic_experiment
 from whisperlite.trainer.methods import TextOnly, TextPlusHistoryMean, WhisperLite, rank_cases
 from whisperlite.trainer.metrics import summarize
-from whisperlite.trainer.train import TrainConfig, epoch_shard, train_model
+from whisperlite.trainer.train import TrainConfig, calibrated_logit_bias, candidate_configs, epoch_shard, train_model, training_windows
 
-FAST = TrainConfig(batch_size=64, lr=5e-3, max_epochs=12, patience=3, user_table="off")
+FAST = TrainConfig(batch_size=64, lr=5e-3, max_epochs=12, patience=3, user_table="off", taste="mean", loss_mix="given")
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +73,10 @@ def test_same_seed_same_model(experiment, trained):
         ({"bce_weight": 0.0, "contrastive_weight": 0.0}, "not both 0"),
         ({"negatives": ()}, "BCE needs at least one negative sampler"),
         ({"user_table": "sometimes"}, "user_table: must be one of"),
+        ({"taste": "median"}, "taste: must be one of"),
+        ({"loss_mix": "half"}, "loss_mix: must be one of"),
+        ({"taste_window": 0}, "taste_window: must be at least 1"),
+        ({"bias_init": "random"}, "bias_init: must be one of"),
     ],
 )
 def test_bad_config_is_rejected(changes, message):
@@ -96,3 +100,42 @@ def test_epoch_shards_partition_the_shuffled_examples(world):
     joined = torch.cat(shards).tolist()
     assert len(set(joined)) == len(joined)  # no example on two ranks
     assert len(permutation) - len(joined) < world
+
+
+def test_training_windows_are_the_nearest_other_items_of_the_same_user():
+    users = np.array([0, 0, 0, 0, 0, 1, 1])
+    items = np.array([10, 11, 12, 13, 14, 20, 21])
+    windows, distances = training_windows(users, items, window=3)
+    assert windows[0].tolist() == [11, 12, 13] and distances[0].tolist() == [1, 2, 3]
+    assert windows[2].tolist() == [11, 13, 10] and distances[2].tolist() == [1, 1, 2]  # the earlier one first on ties
+    assert windows[5].tolist() == [21, -1, -1]  # never the target itself, never another user's items
+    assert all(items[r] not in windows[r] for r in range(len(items)))
+
+
+def test_auto_settings_expand_to_candidates():
+    labels = set(candidate_configs(TrainConfig(taste="auto", loss_mix="auto", user_table="off")))
+    assert labels == {f"taste={t} loss={l} user_table=off" for t in ("mean", "attention") for l in ("composite", "infonce")}
+    infonce = candidate_configs(TrainConfig(taste="mean"))["taste=mean loss=infonce user_table=off"]
+    assert (infonce.bce_weight, infonce.loss_mix) == (0.0, "given")
+    assert list(candidate_configs(TrainConfig(taste="none", user_table="auto", loss_mix="given"))) == ["taste=none loss=given user_table=off"]
+
+
+def test_attention_taste_trains_and_auto_keeps_the_validation_winner(experiment):
+    result = train_model(experiment, FAST.replace(taste="auto", max_epochs=4, select_epochs=2), progress=False)
+    selection = result.model.manifest["metrics"]["selection"]
+    recalls = {label: c["validation_recall@10"] for label, c in selection["candidates"].items()}
+    assert selection["chosen"] == max(recalls, key=recalls.get)
+    chosen_taste = selection["chosen"].split()[0].removeprefix("taste=")
+    assert result.model.taste_mode == chosen_taste == result.model.manifest["config"]["train"]["taste"]
+    attention = train_model(experiment, FAST.replace(taste="attention", max_epochs=4), progress=False)
+    assert attention.model.manifest["config"]["network"]["taste"] == "attention"
+    text_only = summarize(rank_cases(TextOnly(experiment), experiment, "validation"))
+    assert attention.model.manifest["metrics"]["validation"]["recall@10"] > text_only["recall@10"] + 0.2
+
+
+def test_calibrated_bias_puts_a_random_request_item_pair_at_logit_zero(experiment):
+    bias = calibrated_logit_bias(experiment, logit_scale=20.0, seed=0, pairs=50000)
+    rng = np.random.default_rng(1)
+    queries = experiment.train_queries[rng.integers(0, len(experiment.train_queries), 50000)]
+    items = experiment.item_vectors[rng.integers(0, len(experiment.item_vectors), 50000)]
+    assert abs(20.0 * np.einsum("nd,nd->n", queries, items).mean() + bias) < 0.2

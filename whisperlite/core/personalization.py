@@ -8,10 +8,15 @@ Design (arXiv 2207.12033 gives the idea, not the code; choices are measured in d
 
 * Encoders are frozen. Request vectors q and item vectors v come from the same text/CLIP
   encoder and are L2-normalized.
-* A user's taste t lives in the ITEM space: t = normalize(normalize(mean of the user's history
-  item vectors) + r_u), where r_u is the user's row in a learned embedding table (a residual,
-  zero for users the table does not know). A user unknown to the table but with recent items
-  gets r_u = 0; training drops r_u with probability `user_dropout` so that path is trained too.
+* A user's taste t lives in the ITEM space: t = normalize(normalize(h) + r_u), where h
+  summarizes the user's history item vectors and r_u is the user's row in a learned embedding
+  table (a residual, zero for users the table does not know or when the table is off). The
+  summary h is chosen per model (`taste`): "mean" = the mean of every history item;
+  "attention" = a query-aware summary of the last `taste_window` items, softmax weights over
+  sharpness * cos(q, v_j) - recency_decay * log(distance_j) (distance 1 = the newest item), both
+  scalars learned from zero, so training starts from the window's mean; "none" = no user signal
+  at all (the `request_only` model). Recent items sent with a request join the stored history
+  (most recent last); a user unknown to the table with recent items gets a taste from them alone.
 * Fusion: p = normalize(a * q + b * t + MLP([q, t, q * t])), with learned scalars a, b and the
   MLP's last layer zero-initialized, so training starts from "request + taste" and learns the
   correction. p is in the item space, so the catalog's item vectors never need re-indexing.
@@ -40,6 +45,17 @@ MANIFEST = "manifest.json"
 WEIGHTS = "network.pt"
 USER_TASTES = "user_tastes.npy"
 USER_IDS = "user_ids.json"
+USER_RESIDUALS = "user_residuals.npy"  # only when the user table was learned
+# Each user's train items in time order, CSR: offsets (n_users + 1), rows into the history vectors.
+HISTORY_OFFSETS = "history_offsets.npy"
+HISTORY_ITEMS = "history_items.npy"
+HISTORY_VECTORS = "history_vectors.npy"
+
+TASTE_MEAN = "mean"
+TASTE_ATTENTION = "attention"
+TASTE_NONE = "none"
+TASTES = (TASTE_MEAN, TASTE_ATTENTION, TASTE_NONE)
+DEFAULT_TASTE_WINDOW = 32
 
 PATH_USER = "user_embedding"
 PATH_RECENT = "recent_items"
@@ -48,6 +64,12 @@ PATH_TEXT = "text_only"
 
 def l2_normalize(x: torch.Tensor) -> torch.Tensor:
     return F.normalize(x, p=2, dim=-1, eps=1e-12)
+
+
+def taste_vector(summary: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """Unit taste from (B, d) history summaries plus optional (B, d) table residuals (zero rows: none)."""
+    base = l2_normalize(summary)
+    return base if residual is None else l2_normalize(base + residual)
 
 
 class PersonalizationNetwork(nn.Module):
@@ -64,9 +86,21 @@ class PersonalizationNetwork(nn.Module):
         temperature: float = 0.05,
         learn_temperature: bool = True,
         sparse_users: bool = False,
+        taste: str = TASTE_MEAN,
+        taste_window: int = DEFAULT_TASTE_WINDOW,
     ):
         super().__init__()
+        if taste not in TASTES:
+            raise ValueError(f"taste: must be one of {', '.join(TASTES)}, got {taste!r}")
+        if taste_window < 1:
+            raise ValueError(f"taste_window: must be at least 1, got {taste_window}")
         self.dimension = dimension
+        self.taste_mode = taste
+        self.taste_window = int(taste_window)
+        if taste == TASTE_ATTENTION:
+            # Zero at the start: uniform weights over the window, i.e. its mean.
+            self.attention_sharpness = nn.Parameter(torch.tensor(0.0))
+            self.recency_decay = nn.Parameter(torch.tensor(0.0))
         # sparse_users: gradients touch only the batch's rows (SparseAdam), not the whole table.
         self.user_residuals = nn.Embedding(n_users, dimension, sparse=sparse_users)
         nn.init.zeros_(self.user_residuals.weight)
@@ -89,14 +123,22 @@ class PersonalizationNetwork(nn.Module):
         else:
             self.register_buffer("log_temperature", log_temperature)
 
-    def taste(self, history_mean: torch.Tensor, user_index: torch.Tensor | None = None) -> torch.Tensor:
-        """Unit taste vectors from (B, d) history means plus, where user_index >= 0, the table row."""
-        base = l2_normalize(history_mean)
+    def taste(self, summary: torch.Tensor, user_index: torch.Tensor | None = None) -> torch.Tensor:
+        """Unit taste vectors from (B, d) history summaries plus, where user_index >= 0, the table row."""
         if user_index is None:
-            return base
+            return taste_vector(summary)
         known = user_index >= 0
-        residual = self.user_residuals(user_index.clamp(min=0)) * known.unsqueeze(-1).to(base.dtype)
-        return l2_normalize(base + residual)
+        residual = self.user_residuals(user_index.clamp(min=0)) * known.unsqueeze(-1).to(summary.dtype)
+        return taste_vector(summary, residual)
+
+    def attend(self, query: torch.Tensor, history: torch.Tensor, distance: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Query-aware summary of history windows: (B, d) unit requests, (B, L, d) item vectors, (B, L)
+        distances (1 = newest) and validity -> (B, d) weighted means (zero rows where no item is valid)."""
+        logits = self.attention_sharpness * torch.einsum("bd,bld->bl", query, history)
+        logits = logits - self.recency_decay * torch.log(distance.clamp(min=1.0))
+        # A large finite fill, not -inf: a row without any valid item gets zero weights, not NaN gradients.
+        weights = torch.softmax(logits.masked_fill(~mask, -1e4), dim=1) * mask.to(logits.dtype)
+        return torch.einsum("bl,bld->bd", weights, history)
 
     def forward(self, query: torch.Tensor, taste: torch.Tensor) -> torch.Tensor:
         """(B, d) unit requests and (B, d) unit tastes -> (B, d) unit personalized queries."""
@@ -140,17 +182,78 @@ class UserIndex:
 _LOADED_USER_INDEXES: "weakref.WeakValueDictionary[bytes, UserIndex]" = weakref.WeakValueDictionary()
 
 
-class PersonalizationModel:
-    """A trained model artifact: network weights, exported user tastes and the manifest."""
+@dataclass(frozen=True)
+class UserHistories:
+    """Each user's train items in time order (CSR), with the vectors they point at; memory-mapped when loaded."""
 
-    def __init__(self, network: PersonalizationNetwork, user_ids: list[str] | UserIndex, user_tastes: np.ndarray, manifest: dict):
+    offsets: np.ndarray  # (n_users + 1,) int64: user row r owns items[offsets[r]:offsets[r + 1]]
+    items: np.ndarray  # (nnz,) int32 rows of `vectors`
+    vectors: np.ndarray  # (n_history_items, d) float32 unit rows
+
+    @classmethod
+    def from_sequences(cls, sequences: list[np.ndarray], item_vectors: np.ndarray) -> UserHistories:
+        """From per-user arrays of item indices (time order) into `item_vectors`; only the used rows are kept."""
+        lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        flat = np.concatenate(sequences).astype(np.int64) if len(sequences) and offsets[-1] else np.zeros(0, np.int64)
+        used, items = np.unique(flat, return_inverse=True)
+        vectors = np.ascontiguousarray(item_vectors[used], dtype=np.float32).reshape(-1, item_vectors.shape[1])
+        return cls(offsets, items.astype(np.int32), vectors)
+
+    def of(self, row: int) -> np.ndarray:
+        """(k, d) vectors of user row `row`'s history, oldest first."""
+        return np.asarray(self.vectors[self.items[self.offsets[row] : self.offsets[row + 1]]], dtype=np.float32)
+
+    def windows(self, rows: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
+        """The last `window` history vectors of each row (-1 = none): (B, L, d) vectors, left-aligned and
+        oldest first, and (B, L) validity; L is the longest window among the rows."""
+        rows = np.asarray(rows, dtype=np.int64)
+        known = rows >= 0
+        safe = np.where(known, rows, 0)
+        ends = np.where(known, self.offsets[safe + 1], 0)
+        lengths = np.where(known, np.minimum(self.offsets[safe + 1] - self.offsets[safe], window), 0)
+        width = max(int(lengths.max()) if len(lengths) else 0, 1)
+        columns = np.arange(width)
+        mask = columns[None, :] < lengths[:, None]
+        positions = np.where(mask, ends[:, None] - lengths[:, None] + columns[None, :], 0)
+        vectors = np.asarray(self.vectors[self.items[positions]], dtype=np.float32) if len(self.items) else (
+            np.zeros((len(rows), width, self.vectors.shape[1]), np.float32))
+        return vectors * mask[..., None], mask
+
+
+def window_distances(mask: np.ndarray) -> np.ndarray:
+    """(B, L) distance of each left-aligned window position from the request: 1 for the newest valid item."""
+    lengths = mask.sum(axis=1, keepdims=True)
+    return np.maximum(lengths - np.arange(mask.shape[1])[None, :], 1).astype(np.float32)
+
+
+class PersonalizationModel:
+    """A trained model artifact: network weights, exported user tastes, user histories and the manifest."""
+
+    def __init__(
+        self,
+        network: PersonalizationNetwork,
+        user_ids: list[str] | UserIndex,
+        user_tastes: np.ndarray,
+        manifest: dict,
+        histories: UserHistories | None = None,
+        user_residuals: np.ndarray | None = None,
+    ):
         users = user_ids if isinstance(user_ids, UserIndex) else UserIndex(user_ids)
         if user_tastes.shape != (len(users.ids), network.dimension):
             raise ValueError(f"user_tastes: expected shape {(len(users.ids), network.dimension)}, got {user_tastes.shape}")
+        if histories is not None and len(histories.offsets) != len(users.ids) + 1:
+            raise ValueError(f"histories: expected {len(users.ids) + 1} offsets, got {len(histories.offsets)}")
+        if network.taste_mode == TASTE_ATTENTION and histories is None:
+            raise ValueError("histories: an attention taste needs the users' histories")
+        if user_residuals is not None and user_residuals.shape != user_tastes.shape:
+            raise ValueError(f"user_residuals: expected shape {user_tastes.shape}, got {user_residuals.shape}")
         self.network = network.eval()
         self.manifest = manifest
         self._users = users
         self._user_tastes = user_tastes
+        self._histories = histories
+        self._user_residuals = user_residuals
 
     # ---- identity -------------------------------------------------------------------------
     @property
@@ -173,10 +276,19 @@ class PersonalizationModel:
     def user_ids(self) -> list[str]:
         return self._users.ids
 
+    @property
+    def taste_mode(self) -> str:
+        return self.network.taste_mode
+
     def knows_user(self, user_id: str | None) -> bool:
         return user_id is not None and user_id in self._users.rows
 
+    def user_row(self, user_id: str | None) -> int:
+        """The user's row in the taste table, -1 when the model does not know them."""
+        return -1 if user_id is None else self._users.rows.get(user_id, -1)
+
     def user_taste(self, user_id: str) -> np.ndarray | None:
+        """The mean-taste table's row for a known user (None: unknown); attention tastes depend on the request."""
         i = self._users.rows.get(user_id)
         return None if i is None else np.array(self._user_tastes[i], dtype=np.float32)  # a copy, not the mmap
 
@@ -187,25 +299,75 @@ class PersonalizationModel:
         user_id: str | None = None,
         recent_item_vectors: np.ndarray | None = None,
     ) -> PersonalizedQuery:
-        """Personalized query for one request; unknown users fall back to recent items, then text."""
+        """Personalized query for one request. A known user's recent items (most recent last) join their
+        stored history; an unknown user's recent items make the taste alone; no signal: the text path."""
         query = self._check_vectors(query_vector, "query_vector").reshape(1, -1)
-        taste = self.user_taste(user_id) if user_id is not None else None
-        path = PATH_USER
-        if taste is None and recent_item_vectors is not None and len(recent_item_vectors) > 0:
+        recent = None
+        if recent_item_vectors is not None and len(recent_item_vectors) > 0:
             recent = self._check_vectors(recent_item_vectors, "recent_item_vectors").reshape(-1, self.dimension)
-            taste = self.taste_from_items(recent)
-            path = PATH_RECENT
-        if taste is None:
-            path = PATH_TEXT
-        vectors = self.personalize_batch(query, None if taste is None else taste.reshape(1, -1))
-        return PersonalizedQuery(vector=vectors[0], taste=taste, path=path)
+        row = self.user_row(user_id)
+        if self.taste_mode == TASTE_NONE or (row < 0 and recent is None):
+            return PersonalizedQuery(vector=self.personalize_batch(query, None)[0], taste=None, path=PATH_TEXT)
+        path = PATH_USER if row >= 0 else PATH_RECENT
+        if row >= 0 and (recent is None or self._histories is None):
+            # A model built without histories (by hand, not by training) keeps a known user's stored taste.
+            taste = self.user_tastes(query, np.array([row]))[0]
+        else:
+            history = self._histories.of(row) if row >= 0 else np.zeros((0, self.dimension), np.float32)
+            taste = self.taste_from_items(query[0], np.concatenate([history, recent]), row)
+        return PersonalizedQuery(vector=self.personalize_batch(query, taste.reshape(1, -1))[0], taste=taste, path=path)
+
+    def personalize_users(self, queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """(B, d) requests of users at table rows `rows` (-1 = unknown: the text path) -> (B, d) personalized
+        queries from the stored histories alone: the batch form of `personalize` without recent items."""
+        queries = np.asarray(queries, dtype=np.float32)
+        if self.taste_mode == TASTE_NONE:
+            return self.personalize_batch(queries, None)
+        return self.personalize_batch(queries, self.user_tastes(queries, rows))
+
+    def user_tastes(self, queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """(B, d) unit tastes of the stored histories of users at `rows` for these requests; NaN rows for -1."""
+        rows = np.asarray(rows, dtype=np.int64)
+        known = rows >= 0
+        if self.taste_mode == TASTE_MEAN:
+            tastes = np.asarray(self._user_tastes[np.where(known, rows, 0)], dtype=np.float32)
+        else:
+            window, mask = self._histories.windows(rows, self.network.taste_window)
+            tastes = self._attention_tastes(queries, window, mask, rows)
+        tastes[~known] = np.nan
+        return tastes
+
+    def taste_from_items(self, query_vector: np.ndarray, item_vectors: np.ndarray, row: int = -1) -> np.ndarray:
+        """Unit taste from item vectors in time order (most recent last), plus user row `row`'s residual."""
+        items = np.asarray(item_vectors, dtype=np.float32).reshape(-1, self.dimension)
+        if self.taste_mode == TASTE_ATTENTION:
+            window = items[-self.network.taste_window :][None]
+            mask = np.ones(window.shape[:2], dtype=bool)
+            return self._attention_tastes(np.asarray(query_vector, np.float32).reshape(1, -1), window, mask, np.array([row]))[0]
+        mean = torch.from_numpy(items.mean(axis=0, keepdims=True))
+        with torch.inference_mode():
+            return taste_vector(mean, self._residuals(np.array([row])))[0].numpy()
+
+    def _attention_tastes(self, queries: np.ndarray, window: np.ndarray, mask: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        q = l2_normalize(torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)))
+        with torch.inference_mode():
+            summary = self.network.attend(
+                q, torch.from_numpy(window), torch.from_numpy(window_distances(mask)), torch.from_numpy(mask)
+            )
+            return taste_vector(summary, self._residuals(rows)).numpy()
+
+    def _residuals(self, rows: np.ndarray) -> torch.Tensor | None:
+        if self._user_residuals is None:
+            return None
+        rows = np.asarray(rows, dtype=np.int64)
+        residuals = np.asarray(self._user_residuals[np.where(rows >= 0, rows, 0)], dtype=np.float32)
+        return torch.from_numpy(residuals * (rows >= 0)[:, None])
 
     def personalize_batch(self, queries: np.ndarray, tastes: np.ndarray | None) -> np.ndarray:
         """(B, d) requests and (B, d) unit tastes -> (B, d) personalized queries.
 
-        The batch form of `personalize` (offline evaluation uses it). A row of NaN in `tastes`
-        (or `tastes=None`) means no user signal: the network then sees a zero taste, the
-        text-only path, which training covers by dropping the taste of some examples.
+        A row of NaN in `tastes` (or `tastes=None`) means no user signal: the network then sees a
+        zero taste, the text-only path, which training covers by dropping the taste of some examples.
         """
         q = l2_normalize(torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)))
         if tastes is None:
@@ -215,12 +377,6 @@ class PersonalizationModel:
             t = torch.nan_to_num(t, nan=0.0)
         with torch.inference_mode():
             return self.network(q, t).numpy()
-
-    def taste_from_items(self, item_vectors: np.ndarray) -> np.ndarray:
-        """Taste of a user the table does not know: the normalized mean of their recent items."""
-        mean = torch.from_numpy(np.asarray(item_vectors, dtype=np.float32).mean(axis=0, keepdims=True))
-        with torch.inference_mode():
-            return self.network.taste(mean)[0].numpy()
 
     def score(self, pq: PersonalizedQuery | np.ndarray, item_vectors: np.ndarray) -> np.ndarray:
         """Final scores of items for one personalized query (or (B, d) queries -> (B, n))."""
@@ -249,10 +405,16 @@ class PersonalizationModel:
     def save(self, directory: str | Path) -> Path:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        # The residual table is folded into user_tastes, so the weights file stays small.
+        # The residual table is folded into user_tastes (and kept apart only when learned), so the weights file stays small.
         state = {k: v for k, v in self.network.state_dict().items() if k != "user_residuals.weight"}
         torch.save(state, directory / WEIGHTS)
         np.save(directory / USER_TASTES, np.asarray(self._user_tastes, dtype=np.float32))
+        if self._user_residuals is not None:
+            np.save(directory / USER_RESIDUALS, np.asarray(self._user_residuals, dtype=np.float32))
+        if self._histories is not None:
+            np.save(directory / HISTORY_OFFSETS, np.asarray(self._histories.offsets, dtype=np.int64))
+            np.save(directory / HISTORY_ITEMS, np.asarray(self._histories.items, dtype=np.int32))
+            np.save(directory / HISTORY_VECTORS, np.asarray(self._histories.vectors, dtype=np.float32))
         (directory / USER_IDS).write_text(json.dumps(self._users.ids))
         (directory / MANIFEST).write_text(json.dumps(self.manifest, indent=2, sort_keys=True) + "\n")
         return directory
@@ -268,14 +430,18 @@ class PersonalizationModel:
         users = _LOADED_USER_INDEXES.get(digest)
         if users is None:
             users = _LOADED_USER_INDEXES[digest] = UserIndex(json.loads(user_ids))
-        # The user table is memory-mapped: start-up cost does not grow with the number of users.
+        # The user tables are memory-mapped: start-up cost does not grow with the number of users.
         user_tastes = np.load(directory / USER_TASTES, mmap_mode="r")
+        residuals = np.load(directory / USER_RESIDUALS, mmap_mode="r") if (directory / USER_RESIDUALS).is_file() else None
+        histories = None
+        if (directory / HISTORY_OFFSETS).is_file():
+            histories = UserHistories(*(np.load(directory / name, mmap_mode="r") for name in (HISTORY_OFFSETS, HISTORY_ITEMS, HISTORY_VECTORS)))
         # The residual table is folded into user_tastes at export; the network keeps an empty one.
         network = PersonalizationNetwork(dimension=int(manifest["dimension"]), n_users=0, **arch)
         state = torch.load(directory / WEIGHTS, map_location="cpu", weights_only=True)
         state["user_residuals.weight"] = network.user_residuals.weight.detach()
         network.load_state_dict(state, strict=True)
-        return cls(network, users, user_tastes, manifest)
+        return cls(network, users, user_tastes, manifest, histories=histories, user_residuals=residuals)
 
 
 def resolve_version_dir(path: str | Path) -> Path:

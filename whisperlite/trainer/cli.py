@@ -15,7 +15,7 @@ from whisperlite.core.encoders import BACKENDS, DEFAULT_BACKEND
 from whisperlite.core.topology import QUERY_ENCODER
 from whisperlite.trainer.split import DEFAULT_MIN_INTERACTIONS
 from whisperlite.trainer.experiment import DEFAULT_REQUEST_SEED
-from whisperlite.trainer.train import POSITIVES, SAMPLERS, USER_TABLE_MODES, TrainConfig
+from whisperlite.trainer.train import BIAS_INITS, LOSS_MIXES, POSITIVES, SAMPLERS, TASTE_MODES, USER_TABLE_MODES, TrainConfig
 
 DEFAULT_MODELS_DIR = os.environ.get("WHISPERLITE_MODELS", "models")
 
@@ -37,7 +37,23 @@ TRAIN_FLAGS = {
     "no_user_rate": "share of examples trained without any taste (the text-only path)",
     "residual_l2": "L2 penalty on the user table rows",
     "validation_cases": "validation cases ranked per epoch (0 = all)",
+    "select_epochs": "with an auto setting: epochs each candidate trains before the best goes on (0 = all)",
+    "taste_window": "history items an attention taste reads (the most recent)",
     "seed": "random seed (model init, sampling, shuffling)",
+}
+
+
+# TrainConfig fields with a fixed set of values: (values, help).
+CHOICE_FLAGS = {
+    "positives": (POSITIVES, "where item text is built from training requests: train on targets without the example's "
+                  "own request (leave_one_out) or on the catalog vectors"),
+    "user_table": (USER_TABLE_MODES, "learned: train a residual row per user; off: taste = the history summary alone; "
+                   "auto: train both, keep the better on validation Recall@10"),
+    "taste": (TASTE_MODES, "the user's taste: mean of the history items, attention over the recent ones keyed by the "
+              "request, none (no user signal), auto: mean or attention on validation"),
+    "bias_init": (BIAS_INITS, "start the BCE head's bias at zero or calibrated (a random request-item pair at logit 0)"),
+    "loss_mix": (LOSS_MIXES, "given: --bce-weight and --contrastive-weight as set; auto: that composite or InfoNCE only, "
+                 "the better on validation"),
 }
 
 
@@ -69,19 +85,16 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--fixed-temperature", action="store_true", help="keep the InfoNCE temperature fixed")
     group.add_argument("--contrastive-sampled-negatives", action="store_true",
                        help="add the BCE samplers' negatives to the InfoNCE softmax")
-    group.add_argument("--positives", default=defaults["positives"], choices=list(POSITIVES),
-                       help="where item text is built from training requests: train on targets without the "
-                       "example's own request (leave_one_out) or on the catalog vectors (default %(default)s)")
-    group.add_argument("--user-table", default=defaults["user_table"], choices=list(USER_TABLE_MODES),
-                       help="learned: train the user embedding table; off: taste = mean of the user's items; "
-                       "auto: train both, keep the better on validation Recall@10 (default %(default)s)")
+    for name, (choices, text) in CHOICE_FLAGS.items():
+        group.add_argument(f"--{name.replace('_', '-')}", dest=name, default=defaults[name], choices=list(choices),
+                           help=f"{text} (default %(default)s)")
 
 
 def _train_config(args: argparse.Namespace) -> TrainConfig:
-    values = {name: getattr(args, name) for name in TRAIN_FLAGS}
+    values = {name: getattr(args, name) for name in (*TRAIN_FLAGS, *CHOICE_FLAGS)}
     negatives = tuple(s.strip() for s in args.negatives.split(",") if s.strip())
     return TrainConfig(**values, negatives=negatives, learn_temperature=not args.fixed_temperature,
-                       user_table=args.user_table, positives=args.positives, device=args.device,
+                       device=args.device,
                        contrastive_sampled_negatives=args.contrastive_sampled_negatives)
 
 

@@ -16,6 +16,7 @@ import numpy as np
 from whisperlite.trainer.experiment import Experiment
 from whisperlite.trainer.methods import (
     CollaborativeFiltering,
+    LateFusion,
     Popularity,
     TextOnly,
     TextPlusHistoryMean,
@@ -24,19 +25,32 @@ from whisperlite.trainer.methods import (
     validation_metrics,
 )
 from whisperlite.trainer.metrics import METRICS, summarize
+from whisperlite.trainer.sequential import SASRec, SASRecConfig
 from whisperlite.trainer.plots import plot_metric_bars, plot_training_curves
 from whisperlite.trainer.train import TrainConfig, save_model_dir, train_model
 from whisperlite.core.personalization import PersonalizationModel
 
 log = logging.getLogger(__name__)
 
-BASELINES = ("popularity", "history_only", "text_only", "text_plus_history_mean")
+BASELINES = ("popularity", "history_only", "text_only", "text_plus_history_mean", "request_only", "sasrec", "hybrid")
+# Trained variants of the network. request_only never sees a user (the honest non-personal model);
+# it and the loss ablations keep whisperlite's other choices made on validation (CHOICES_KEPT).
 VARIANTS = {
     "whisperlite": {},
-    "whisperlite_bce_only": {"contrastive_weight": 0.0},
-    "whisperlite_contrastive_only": {"bce_weight": 0.0},
+    "request_only": {"taste": "none", "user_table": "off"},
+    "whisperlite_bce_only": {"contrastive_weight": 0.0, "loss_mix": "given"},
+    "whisperlite_contrastive_only": {"bce_weight": 0.0, "loss_mix": "given"},
 }
-METHODS = BASELINES + tuple(VARIANTS)
+CHOICES_KEPT = {
+    "request_only": ("bce_weight", "contrastive_weight"),
+    "whisperlite_bce_only": ("taste", "user_table"),
+    "whisperlite_contrastive_only": ("taste", "user_table"),
+}
+# Order of fitting: request_only after whisperlite (it keeps whisperlite's loss mix), hybrid after its two parts.
+METHODS = (
+    "popularity", "history_only", "text_only", "text_plus_history_mean", "whisperlite", "request_only", "sasrec", "hybrid",
+    "whisperlite_bce_only", "whisperlite_contrastive_only",
+)
 
 
 def score_items(
@@ -50,14 +64,29 @@ def score_items(
     return model.score(model.personalize(query_vector, user_id, recent_item_vectors), item_vectors)
 
 
-def paired_bootstrap(a: np.ndarray, b: np.ndarray, n: int = 2000, seed: int = 0) -> dict[str, float]:
-    """Mean of a - b over test cases with a 95% paired bootstrap interval."""
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, n: int = 2000, seed: int = 0) -> dict[str, float | None]:
+    """Mean of a - b and the ratio mean(a) / mean(b) over test cases, each with a 95% paired bootstrap
+    interval (the same resampled cases for both; a ratio is None where b's mean is 0)."""
     rng = np.random.default_rng(seed)
-    diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    if len(diff) == 0:
-        return {"diff": 0.0, "low": 0.0, "high": 0.0}
-    means = np.array([diff[rng.integers(0, len(diff), len(diff))].mean() for _ in range(n)])
-    return {"diff": float(diff.mean()), "low": float(np.quantile(means, 0.025)), "high": float(np.quantile(means, 0.975))}
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if len(a) == 0:
+        return {"diff": 0.0, "low": 0.0, "high": 0.0, "ratio": None, "ratio_low": None, "ratio_high": None}
+    diffs, ratios = np.empty(n), np.empty(n)
+    for k in range(n):
+        rows = rng.integers(0, len(a), len(a))
+        mean_a, mean_b = a[rows].mean(), b[rows].mean()
+        diffs[k] = mean_a - mean_b
+        ratios[k] = mean_a / mean_b if mean_b > 0 else np.nan
+    ratio = float(a.mean() / b.mean()) if b.mean() > 0 else None
+    finite = ratios[np.isfinite(ratios)]
+    return {
+        "diff": float(a.mean() - b.mean()),
+        "low": float(np.quantile(diffs, 0.025)),
+        "high": float(np.quantile(diffs, 0.975)),
+        "ratio": ratio,
+        "ratio_low": float(np.quantile(finite, 0.025)) if ratio is not None and len(finite) else None,
+        "ratio_high": float(np.quantile(finite, 0.975)) if ratio is not None and len(finite) else None,
+    }
 
 
 def markdown_table(methods: dict[str, dict[str, float]], highlight_best: bool = True) -> str:
@@ -118,17 +147,27 @@ def evaluate(
         elif name == "history_only":
             scorers[name] = method = CollaborativeFiltering(experiment, validation_limit=limit, seed=config.seed)
             details[name] = {"chosen": method.params, "selection": method.selection}
-        elif name != "whisperlite" and "whisperlite" in scorers and config.user_table == "auto":
-            # The ablations keep the user-table choice made for the full model on validation.
-            chosen = scorers["whisperlite"].model.manifest["config"]["train"]["user_table"]
-            variant_config = config.replace(user_table=chosen, **VARIANTS[name])
-            scorers[name], details[name] = _train_variant(experiment, variant_config, name, out_dir, models_out, progress)
+        elif name == "sasrec":
+            scorers[name] = method = SASRec(experiment, SASRecConfig(seed=config.seed, validation_cases=limit), progress=progress)
+            details[name] = method.details()
+        elif name == "hybrid":
+            missing = [part for part in ("request_only", "sasrec") if part not in scorers]
+            if missing:
+                raise ValueError(f"methods: hybrid fuses request_only and sasrec; add {', '.join(missing)} before it")
+            scorers[name] = method = LateFusion(scorers["request_only"], scorers["sasrec"], experiment, validation_limit=limit)
+            details[name] = {"weight": method.weight, "selection": method.selection}
         elif name == "whisperlite" and model is not None:
             _check_model_fits(model, experiment)
             scorers[name] = WhisperLite(model, experiment, name)
             details[name] = {"model": model.version, "trained": False, "manifest_metrics": model.manifest.get("metrics")}
         else:
-            variant_config = config.replace(**VARIANTS[name])
+            kept = {}
+            if name in CHOICES_KEPT and "whisperlite" in scorers:
+                chosen = scorers["whisperlite"].model.manifest["config"]["train"]
+                kept = {key: chosen.get(key, getattr(TrainConfig(), key)) for key in CHOICES_KEPT[name]}
+                kept = {key: ("mean" if key == "taste" and value == "auto" else value) for key, value in kept.items()}
+                kept["loss_mix"] = "given"
+            variant_config = config.replace(**{**kept, **VARIANTS[name]})
             scorers[name], details[name] = _train_variant(experiment, variant_config, name, out_dir, models_out, progress)
         details.setdefault(name, {})["fit_seconds"] = round(time.perf_counter() - started, 1)
 
@@ -167,13 +206,16 @@ def _train_variant(experiment: Experiment, config: TrainConfig, name: str, out_d
     result = train_model(experiment, config, name=f"{experiment.dataset.name}-{name}", progress=progress)
     plot_training_curves(result.history, out_dir / f"curves_{name}.png", title=f"{experiment.dataset.name}: {name}")
     metrics = result.model.manifest["metrics"]
+    chosen = result.model.manifest["config"]["train"]
     detail = {
         "trained": True,
         "best_epoch": result.best_epoch,
         "epochs": len(result.history),
         "train_seconds": round(result.seconds, 1),
-        "user_table": result.model.manifest["config"]["train"]["user_table"],
-        "user_table_selection": metrics.get("user_table_selection"),
+        "taste": chosen["taste"],
+        "user_table": chosen["user_table"],
+        "loss": {"bce_weight": chosen["bce_weight"], "contrastive_weight": chosen["contrastive_weight"]},
+        "selection": metrics.get("selection"),
         "train_seconds_all_candidates": metrics.get("train_seconds_all_candidates", round(result.seconds, 1)),
         "history": result.history,
     }
@@ -183,22 +225,31 @@ def _train_variant(experiment: Experiment, config: TrainConfig, name: str, out_d
 
 
 def compare(per_case: dict[str, dict[str, np.ndarray]], metrics: dict[str, dict[str, float]]) -> dict:
-    """WhisperLite vs the best baseline (chosen per metric on test, the strictest comparison)."""
+    """WhisperLite vs the best baseline (chosen per metric on test, the strictest comparison), and vs
+    request_only under "taste_lift" (what the user signal adds), each with paired-bootstrap intervals."""
     baselines = [m for m in BASELINES if m in metrics]
     if "whisperlite" not in metrics or not baselines:
         return {}
-    out = {}
+    out: dict = {}
     for metric in ("recall@10", "ndcg@10", "recall@50", "mrr"):
         best = max(baselines, key=lambda m: metrics[m][metric])
-        ours, theirs = metrics["whisperlite"][metric], metrics[best][metric]
-        out[metric] = {
-            "best_baseline": best,
-            "whisperlite": ours,
-            "baseline": theirs,
-            "ratio": ours / theirs if theirs > 0 else None,
-            "difference_95ci": paired_bootstrap(per_case["whisperlite"][metric], per_case[best][metric]),
-        }
+        out[metric] = _versus(per_case, metrics, best, metric)
+    if "request_only" in metrics:
+        out["taste_lift"] = {metric: _versus(per_case, metrics, "request_only", metric) for metric in ("recall@10", "ndcg@10")}
     return out
+
+
+def _versus(per_case, metrics, baseline: str, metric: str) -> dict:
+    ours, theirs = metrics["whisperlite"][metric], metrics[baseline][metric]
+    interval = paired_bootstrap(per_case["whisperlite"][metric], per_case[baseline][metric])
+    return {
+        "best_baseline": baseline,
+        "whisperlite": ours,
+        "baseline": theirs,
+        "ratio": ours / theirs if theirs > 0 else None,
+        "ratio_95ci": [interval["ratio_low"], interval["ratio_high"]],
+        "difference_95ci": {k: interval[k] for k in ("diff", "low", "high")},
+    }
 
 
 def diagnostics(experiment: Experiment, per_case: dict[str, dict[str, np.ndarray]]) -> dict:

@@ -169,6 +169,33 @@ class CollaborativeFiltering:
         return (self._user_items[users] @ self._similarity).toarray()
 
 
+def standardized(scores: np.ndarray) -> np.ndarray:
+    """Each row's scores minus its mean over the catalog, over its standard deviation (a constant row: zeros)."""
+    scores = np.asarray(scores, dtype=np.float32)
+    spread = scores.std(axis=1, keepdims=True)
+    return (scores - scores.mean(axis=1, keepdims=True)) / np.where(spread > 0, spread, 1.0)
+
+
+class LateFusion:
+    """`hybrid`: weight * z(request model) + (1 - weight) * z(history model), scores standardized per
+    case over the catalog; the weight chosen on validation."""
+
+    name = "hybrid"
+    WEIGHTS = (0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0)
+
+    def __init__(self, request: Method, history: Method, experiment: Experiment, weight: float | None = None,
+                 validation_limit: int | None = None):
+        self._request, self._history = request, history
+        if weight is None:
+            weight, self.selection = _select(self, "weight", self.WEIGHTS, experiment, validation_limit)
+        self.weight = weight
+
+    def scores(self, users, queries):
+        request = standardized(self._request.scores(users, queries))
+        history = standardized(self._history.scores(users, queries))
+        return self.weight * request + (1.0 - self.weight) * history
+
+
 class WhisperLite:
     """A trained PersonalizationModel, scored through its public personalize/score code path."""
 
@@ -177,21 +204,17 @@ class WhisperLite:
         self.model = model
         self._items = experiment.item_vectors
         require_same_encoder("model: its training vectors", model.encoder_name, "this evaluation embeds with", experiment.encoder_name)
-        # Taste per split user, looked up by user id exactly as the ranker does; NaN = unknown.
-        self._tastes = np.full((len(experiment.split.user_ids), model.dimension), np.nan, dtype=np.float32)
-        for u, user_id in enumerate(experiment.split.user_ids):
-            taste = model.user_taste(user_id)
-            if taste is not None:
-                self._tastes[u] = taste
+        # The model's row of each split user, looked up by user id exactly as the ranker does; -1 = unknown.
+        self._rows = np.array([model.user_row(user_id) for user_id in experiment.split.user_ids], dtype=np.int64)
 
     def scores(self, users, queries):
-        return self.model.score(self.model.personalize_batch(queries, self._tastes[users]), self._items)
+        return self.model.score(self.model.personalize_users(queries, self._rows[users]), self._items)
 
     def without_user(self) -> WhisperLite:
         """The same model with every taste dropped: the text-only path (a diagnostic)."""
         copy = object.__new__(WhisperLite)
         copy.__dict__.update(self.__dict__, name=f"{self.name}_without_user")
-        copy._tastes = np.full_like(self._tastes, np.nan)
+        copy._rows = np.full_like(self._rows, -1)
         return copy
 
 

@@ -1,8 +1,10 @@
 """Training the personalization network on cached embeddings, and exporting the model directory.
 
 Per example (user u, request q, target item i from the train split):
-* the user's taste base is the leave-one-out mean of u's other train items, so the target
-  never leaks into its own taste (at serving time the taste is the mean of all train items);
+* the user's taste summary leaves the target out, so it never leaks into its own taste: the mean
+  of u's other train items ("mean"), or attention keyed by q over the `taste_window` train items
+  nearest to i in u's sequence, distance = how many positions away ("attention"; at serving time
+  the window is the last items, distance 1 = the newest); "none" never sees a user (request_only);
   with probability `user_dropout` the table residual is left out (the recent-items path) and
   with probability `no_user_rate` the whole taste (the text-only path);
 * BCE on the positive and on negatives drawn by the configured samplers
@@ -11,7 +13,9 @@ Per example (user u, request q, target item i from the train split):
   (optionally with the sampled negatives added to the softmax);
 * L2 on the table residuals of the batch's users.
 Early stopping on validation Recall@10, computed by exporting the model and ranking the full
-catalog through the same code as `whisperlite evaluate`.
+catalog through the same code as `whisperlite evaluate`. Settings left "auto" (taste, loss mix,
+user table) are chosen on validation: every candidate trains `select_epochs` epochs, the best
+continues to the end (so the losers cost only their short runs).
 """
 
 from __future__ import annotations
@@ -39,13 +43,25 @@ from whisperlite.trainer.experiment import Experiment
 from whisperlite.trainer.methods import WhisperLite, validation_metrics
 from whisperlite.core.dataset import ITEM_TEXT_TRAIN_REQUESTS
 from whisperlite.core.devices import torch_device
-from whisperlite.core.personalization import PersonalizationModel, PersonalizationNetwork
+from whisperlite.core.personalization import (
+    DEFAULT_TASTE_WINDOW,
+    TASTE_ATTENTION,
+    TASTE_MEAN,
+    TASTE_NONE,
+    TASTES,
+    PersonalizationModel,
+    PersonalizationNetwork,
+    UserHistories,
+)
 
 log = logging.getLogger(__name__)
 
 SAMPLERS = ("uniform", "popularity", "in_batch", "hard")
 USER_TABLE_MODES = ("auto", "learned", "off")
+TASTE_MODES = ("auto",) + TASTES
+LOSS_MIXES = ("auto", "given")
 POSITIVES = ("leave_one_out", "catalog")
+BIAS_INITS = ("zero", "calibrated")
 
 
 @dataclass
@@ -57,6 +73,13 @@ class TrainConfig:
     logit_scale: float = 20.0
     temperature: float = 0.05
     learn_temperature: bool = True
+    # taste: "mean" (of every history item), "attention" (query-aware over the last taste_window
+    # items, with recency), "none" (no user signal: request_only), "auto" = mean or attention on validation
+    taste: str = "auto"
+    taste_window: int = DEFAULT_TASTE_WINDOW
+    # BCE head bias at the start: "zero", or "calibrated" = -logit_scale * the mean cosine of a training
+    # request with a random item, so a random pair starts at logit 0 (docs/model.md: the BCE investigation)
+    bias_init: str = "zero"
     # loss
     bce_weight: float = 0.25
     contrastive_weight: float = 1.0
@@ -65,13 +88,17 @@ class TrainConfig:
     hard_pool: int = 50
     popularity_power: float = 0.75
     contrastive_sampled_negatives: bool = False
+    # "given" = bce_weight and contrastive_weight as set; "auto" = that composite or InfoNCE only
+    # (bce_weight 0), the better on validation
+    loss_mix: str = "auto"
     # positives where item text is built from training requests (yelp): "catalog" = the catalog
     # vector (it contains the example's own request), "leave_one_out" = the target without that
     # request (rows with nothing left are skipped); catalog won on validation (docs/model.md)
     positives: str = "catalog"
-    # users: "learned" trains the table, "off" keeps the taste = history mean, "auto" trains
-    # both and keeps the one with the better validation Recall@10
-    user_table: str = "auto"
+    # users: "learned" trains a residual table row per user, "off" keeps the taste = the history
+    # summary, "auto" tries both on validation; off by default: validation never chose the table
+    # on any dataset (docs/model.md)
+    user_table: str = "off"
     user_lr: float = 1e-3
     user_dropout: float = 0.2
     no_user_rate: float = 0.05
@@ -83,6 +110,8 @@ class TrainConfig:
     max_epochs: int = 20
     patience: int = 3
     validation_cases: int = 10000
+    # epochs each candidate of an "auto" setting trains before the best is chosen (0 = all epochs)
+    select_epochs: int = 2
     seed: int = 0
     device: str = "auto"
 
@@ -97,11 +126,23 @@ class TrainConfig:
             raise ValueError(f"positives: must be one of {', '.join(POSITIVES)}, got {self.positives!r}")
         if self.user_table not in USER_TABLE_MODES:
             raise ValueError(f"user_table: must be one of {', '.join(USER_TABLE_MODES)}, got {self.user_table!r}")
+        if self.taste not in TASTE_MODES:
+            raise ValueError(f"taste: must be one of {', '.join(TASTE_MODES)}, got {self.taste!r}")
+        if self.loss_mix not in LOSS_MIXES:
+            raise ValueError(f"loss_mix: must be one of {', '.join(LOSS_MIXES)}, got {self.loss_mix!r}")
+        if self.taste_window < 1:
+            raise ValueError(f"taste_window: must be at least 1, got {self.taste_window}")
+        if self.bias_init not in BIAS_INITS:
+            raise ValueError(f"bias_init: must be one of {', '.join(BIAS_INITS)}, got {self.bias_init!r}")
+        if self.select_epochs < 0:
+            raise ValueError(f"select_epochs: must be >= 0, got {self.select_epochs}")
         if self.bce_weight > 0 and not self.negatives:
             raise ValueError("negatives: BCE needs at least one negative sampler")
 
     def network_kwargs(self) -> dict:
-        keys = ("hidden", "dropout", "taste_weight", "logit_scale", "temperature", "learn_temperature")
+        if self.taste == "auto":
+            raise ValueError("taste: a network is built for a chosen taste, not auto")
+        keys = ("hidden", "dropout", "taste_weight", "logit_scale", "temperature", "learn_temperature", "taste", "taste_window")
         return {k: getattr(self, k) for k in keys}
 
     def replace(self, **changes) -> TrainConfig:
@@ -142,8 +183,11 @@ class TrainingStep(nn.Module):
         self.network = network
         self.config = config
 
-    def forward(self, q, base, user_index, drop_taste, pos, negatives, negative_mask, target_ids):
+    def forward(self, q, base, window, user_index, drop_taste, pos, negatives, negative_mask, target_ids):
+        """`base`: (B, d) history sums for a mean taste; `window`: (vectors, distances, mask) for attention."""
         config, network = self.config, self.network
+        if window is not None:
+            base = network.attend(q, *window)
         taste = network.taste(base, user_index)
         taste = taste * (~drop_taste).unsqueeze(-1).to(taste.dtype)
         p = network(q, taste)
@@ -188,6 +232,9 @@ def export_model(network: PersonalizationNetwork, experiment: Experiment, config
         tastes = network.taste(
             torch.from_numpy(experiment.history_means), torch.arange(len(experiment.split.user_ids))
         ).numpy()
+    learned = network.user_residuals.weight.requires_grad
+    residuals = network.user_residuals.weight.detach().numpy().copy() if learned else None
+    histories = None if config.taste == TASTE_NONE else UserHistories.from_sequences(experiment.split.history, experiment.item_vectors)
     created = datetime.now(timezone.utc)
     manifest = {
         "name": name,
@@ -205,25 +252,66 @@ def export_model(network: PersonalizationNetwork, experiment: Experiment, config
             "split": {"min_interactions": experiment.split.min_interactions, "request_seed": experiment.request_seed},
         },
     }
-    return PersonalizationModel(network, list(experiment.split.user_ids), tastes, manifest)
+    return PersonalizationModel(network, list(experiment.split.user_ids), tastes, manifest, histories=histories, user_residuals=residuals)
+
+
+def candidate_configs(config: TrainConfig) -> dict[str, TrainConfig]:
+    """The concrete configs an "auto" setting stands for (taste x loss mix x user table), by label."""
+    tastes = (TASTE_MEAN, TASTE_ATTENTION) if config.taste == "auto" else (config.taste,)
+    tables = ("learned", "off") if config.user_table == "auto" else (config.user_table,)
+    losses = {"given": (config.bce_weight, config.contrastive_weight)}
+    if config.loss_mix == "auto" and config.bce_weight > 0 and config.contrastive_weight > 0:
+        losses = {"composite": losses["given"], "infonce": (0.0, config.contrastive_weight)}
+    out = {}
+    for taste in tastes:
+        for table in (("off",) if taste == TASTE_NONE else tables):
+            for loss, (bce, contrastive) in losses.items():
+                label = f"taste={taste} loss={loss} user_table={table}"
+                out[label] = config.replace(taste=taste, user_table=table, bce_weight=bce, contrastive_weight=contrastive, loss_mix="given")
+    return out
 
 
 def train_model(experiment: Experiment, config: TrainConfig, name: str | None = None, progress: bool = True) -> TrainResult:
-    """Train on the train split, early-stopped on validation Recall@10; with user_table="auto"
-    train with and without the learned user table and keep the better on validation."""
-    if config.user_table != "auto":
-        return _train(experiment, config, name, progress)
-    results = {mode: _train(experiment, config.replace(user_table=mode), name, progress) for mode in ("learned", "off")}
-    if results["learned"].model is None:  # not rank 0 of a distributed run
-        return results["learned"]
-    recall = {mode: r.model.manifest["metrics"]["validation"]["recall@10"] for mode, r in results.items()}
-    chosen = max(recall, key=recall.get)
-    log.info("user table chosen on validation: %s (recall@10 learned %.4f, off %.4f)", chosen, recall["learned"], recall["off"])
-    result = results[chosen]
-    result.model.manifest["metrics"]["user_table_selection"] = {"chosen": chosen, "validation_recall@10": recall}
-    result.model.manifest["metrics"]["train_seconds_all_candidates"] = round(sum(r.seconds for r in results.values()), 1)
-    result.model.manifest["config"]["train"]["user_table"] = chosen
+    """Train on the train split, early-stopped on validation Recall@10. Settings left "auto" expand to
+    candidates (`candidate_configs`): each trains `select_epochs` epochs, the best on validation
+    Recall@10 continues to `max_epochs`."""
+    candidates = candidate_configs(config)
+    name = name or experiment.dataset.name
+    if len(candidates) == 1:
+        run = TrainingRun(experiment, next(iter(candidates.values())), name, progress)
+        run.advance(config.max_epochs)
+        return run.finish()
+    select_epochs = config.select_epochs or config.max_epochs
+    best, summary, seconds = None, {}, 0.0
+    for label, candidate in candidates.items():
+        run = TrainingRun(experiment, candidate, name, progress, label=label)
+        run.advance(select_epochs)
+        seconds += run.seconds
+        summary[label] = {"validation_recall@10": run.best_recall, "epochs": run.epoch, "seconds": round(run.seconds, 1)}
+        log.info("%s: candidate %s: validation recall@10 %.4f after %d epochs", name, label, run.best_recall, run.epoch)
+        if best is None or _better(run, best):
+            best = run  # a losing run is dropped here, so at most two hold their tensors at once
+    before = best.seconds
+    best.advance(config.max_epochs)
+    seconds += best.seconds - before
+    result = best.finish()
+    if result.model is None:  # not rank 0 of a distributed run
+        return result
+    log.info("%s: chosen on validation: %s", name, best.label)
+    metrics = result.model.manifest["metrics"]
+    metrics["selection"] = {"chosen": best.label, "select_epochs": select_epochs, "candidates": summary}
+    metrics["train_seconds_all_candidates"] = round(seconds, 1)
     return result
+
+
+def _better(run: TrainingRun, best: TrainingRun) -> bool:
+    """Whether `run` beat `best` on validation: rank 0 decides and tells the other ranks."""
+    better = run.best_recall > best.best_recall
+    if dist.is_initialized():
+        flag = [better]
+        dist.broadcast_object_list(flag, src=0)
+        better = flag[0]
+    return better
 
 
 @dataclass
@@ -237,6 +325,10 @@ class TrainingTensors:
     history_sums: torch.Tensor  # (n_users, d) sum of each user's train item vectors
     positives: torch.Tensor  # (n_train, d) the target as validation and test see it
     rows: torch.Tensor  # example rows trained on
+    # attention taste only: (n_train, taste_window) the nearest other train items of the user (-1 = none,
+    # valid ones first) and their distance in positions from the target
+    windows: torch.Tensor | None = None
+    window_distances: torch.Tensor | None = None
 
 
 def training_tensors(experiment: Experiment, config: TrainConfig, device: torch.device) -> TrainingTensors:
@@ -255,7 +347,35 @@ def training_tensors(experiment: Experiment, config: TrainConfig, device: torch.
         rows = torch.from_numpy(np.flatnonzero(experiment.train_mask))
     else:
         positives, rows = items[targets], torch.arange(len(targets))
-    return TrainingTensors(items, users, targets, queries, sums, positives, rows)
+    windows = distances = None
+    if config.taste == TASTE_ATTENTION:
+        window_items, window_distance = training_windows(split.train["user"].to_numpy(), split.train["item"].to_numpy(), config.taste_window)
+        windows, distances = torch.from_numpy(window_items).to(device), torch.from_numpy(window_distance).to(device)
+    return TrainingTensors(items, users, targets, queries, sums, positives, rows, windows, distances)
+
+
+def training_windows(users: np.ndarray, items: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per train row (rows grouped by user, in time order): the `window` other items of the same user
+    nearest to it in the sequence (ties: the earlier first), as (n, window) item indices (-1 = none, valid
+    ones first) and (n, window) distances in positions."""
+    n = len(users)
+    if n and np.any(np.diff(users) < 0):
+        raise ValueError("train rows must be grouped by user in time order")
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if n else np.zeros(0, np.int64)
+    lengths = np.diff(np.r_[starts, n])
+    start_of_row = np.repeat(starts, lengths)
+    length_of_row = np.repeat(lengths, lengths)
+    position = np.arange(n) - start_of_row
+    steps = np.arange(1, window + 1)
+    offsets = np.stack([-steps, steps], axis=1).reshape(-1)  # -1, +1, -2, +2, ...: nearest first
+    candidate = position[:, None] + offsets[None, :]
+    valid = (candidate >= 0) & (candidate < length_of_row[:, None])
+    order = np.argsort(~valid, axis=1, kind="stable")[:, :window]
+    chosen = np.take_along_axis(candidate, order, axis=1)
+    chosen_valid = np.take_along_axis(valid, order, axis=1)
+    window_items = np.where(chosen_valid, items[np.clip(start_of_row[:, None] + chosen, 0, max(n - 1, 0))], -1)
+    distances = np.abs(offsets)[order].astype(np.float32)
+    return window_items.astype(np.int64), distances
 
 
 class NegativeSampler:
@@ -292,6 +412,14 @@ class NegativeSampler:
             column = torch.randint(self._pools.shape[1], (b, k), generator=generator).to(device)
             drawn.append(self._pools[self._pool_of_example[batch]].gather(1, column))
         return torch.cat(drawn, dim=1) if drawn else torch.zeros(b, 0, dtype=torch.long, device=device)
+
+
+def calibrated_logit_bias(experiment: Experiment, logit_scale: float, seed: int, pairs: int = 20000) -> float:
+    """-logit_scale * mean cos(training request, random catalog item): a random pair's starting logit is 0."""
+    rng = np.random.default_rng(seed)
+    queries = experiment.train_queries[rng.integers(0, len(experiment.train_queries), pairs)]
+    items = experiment.item_vectors[rng.integers(0, len(experiment.item_vectors), pairs)]
+    return -logit_scale * float(np.einsum("nd,nd->n", queries, items).mean())
 
 
 def build_network(
@@ -332,12 +460,23 @@ def run_epoch(
         batch = order[b * config.batch_size : (b + 1) * config.batch_size]
         u, i = data.users[batch], data.targets[batch]
         base = data.history_sums[u] - data.items[i]  # leave-one-out: the target is not part of its own taste
+        window = None
+        if data.windows is not None:
+            items_of_window = data.windows[batch]
+            mask = items_of_window >= 0
+            width = max(int(mask.sum(1).max()), 1)  # valid items come first: trim the padding
+            mask, items_of_window = mask[:, :width], items_of_window[:, :width]
+            window = (data.items[items_of_window.clamp(min=0)], data.window_distances[batch][:, :width], mask)
         draw = torch.rand(len(batch), 2, generator=generator).to(device)
         user_index = torch.where(draw[:, 0] < config.user_dropout, torch.full_like(u, -1), u)
         drop_taste = draw[:, 1] < config.no_user_rate
+        if config.taste == TASTE_NONE:
+            drop_taste = torch.ones_like(drop_taste)
         negatives = sample_negatives(batch)
         negative_mask = (negatives != i[:, None]).float()
-        loss, parts = step(data.queries[batch], base, user_index, drop_taste, data.positives[batch], data.items[negatives], negative_mask, i)
+        loss, parts = step(
+            data.queries[batch], base, window, user_index, drop_taste, data.positives[batch], data.items[negatives], negative_mask, i
+        )
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -382,50 +521,82 @@ def _validate_epoch(network, experiment, config, name, epoch, row, started, prog
     return metrics
 
 
-def _train(experiment: Experiment, config: TrainConfig, name: str | None, progress: bool) -> TrainResult:
-    """One training run: epochs over the train split until validation stops improving."""
-    started = time.perf_counter()
-    seed_everything(config.seed)
-    distributed = dist.is_initialized()
-    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
-    device = torch_device(config.device, rank)
-    name = name or experiment.dataset.name
-    data = training_tensors(experiment, config, device)
-    sample_negatives = NegativeSampler(experiment, config, device)
-    network, step, optimizers = build_network(experiment.dimension, len(experiment.split.user_ids), config, device, distributed)
-    generator = torch.Generator(device="cpu").manual_seed(config.seed + rank)
-    sample_negatives.use_generator(generator)
+class TrainingRun:
+    """One training run of one concrete config: epochs over the train split until validation stalls,
+    resumable, so a candidate of an "auto" setting can train a few epochs and later go on."""
 
-    history: list[dict] = []
-    early_stopping = EarlyStopping(config.patience)
-    for epoch in range(1, config.max_epochs + 1):
-        permutation = data.rows[torch.randperm(len(data.rows), generator=generator)].to(device)
-        if distributed:  # every rank shards rank 0's permutation, so the shards partition the epoch
-            dist.broadcast(permutation, src=0)
-        order = epoch_shard(permutation, rank, world)
-        losses = run_epoch(step, optimizers, data, sample_negatives, order, config, generator, f"epoch {epoch}", progress and rank == 0)
-        row = {"epoch": epoch, **{f"train_{k}": v for k, v in losses.items()}}
-        stop = False
-        if rank == 0:
-            metrics = _validate_epoch(network, experiment, config, name, epoch, row, started, progress)
-            stop = early_stopping.update(epoch, metrics, network)
-        history.append(row)
-        if distributed:
-            flag = [stop]
-            dist.broadcast_object_list(flag, src=0)
-            stop = flag[0]
-        if stop:
-            break
+    def __init__(self, experiment: Experiment, config: TrainConfig, name: str, progress: bool, label: str = ""):
+        self._started = time.perf_counter()
+        self.seconds = 0.0
+        seed_everything(config.seed)
+        self.experiment, self.config, self.name, self.progress, self.label = experiment, config, name, progress, label
+        self.distributed = dist.is_initialized()
+        self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if self.distributed else (0, 1)
+        device = torch_device(config.device, self.rank)
+        self.data = training_tensors(experiment, config, device)
+        self.sample_negatives = NegativeSampler(experiment, config, device)
+        self.network, self.step, self.optimizers = build_network(
+            experiment.dimension, len(experiment.split.user_ids), config, device, self.distributed
+        )
+        if config.bias_init == "calibrated":
+            with torch.no_grad():
+                self.network.logit_bias.fill_(calibrated_logit_bias(experiment, config.logit_scale, config.seed))
+        self.generator = torch.Generator(device="cpu").manual_seed(config.seed + self.rank)
+        self.sample_negatives.use_generator(self.generator)
+        self.history: list[dict] = []
+        self.early_stopping = EarlyStopping(config.patience)
+        self.epoch, self.stopped = 0, False
+        self._pause()
 
-    seconds = time.perf_counter() - started
-    if rank != 0 or early_stopping.state is None:
-        return TrainResult(model=None, history=history, seconds=seconds)
-    network.load_state_dict(early_stopping.state)
-    metrics = {
-        "validation": early_stopping.metrics, "best_epoch": early_stopping.epoch, "epochs": len(history), "train_seconds": round(seconds, 1)
-    }
-    model = export_model(network, experiment, config, name, metrics=metrics)
-    return TrainResult(model=model, history=history, best_epoch=early_stopping.epoch, seconds=seconds)
+    @property
+    def best_recall(self) -> float:
+        return self.early_stopping.recall
+
+    def _pause(self) -> None:
+        now = time.perf_counter()
+        self.seconds += now - self._started
+        self._started = now
+
+    def advance(self, until_epoch: int) -> None:
+        """Train until `until_epoch` epochs are done or early stopping says stop."""
+        self._started = time.perf_counter()
+        config, data = self.config, self.data
+        bar_label = f"{self.label} epoch" if self.label else "epoch"
+        while self.epoch < min(until_epoch, config.max_epochs) and not self.stopped:
+            self.epoch += 1
+            epoch = self.epoch
+            permutation = data.rows[torch.randperm(len(data.rows), generator=self.generator)].to(data.items.device)
+            if self.distributed:  # every rank shards rank 0's permutation, so the shards partition the epoch
+                dist.broadcast(permutation, src=0)
+            order = epoch_shard(permutation, self.rank, self.world)
+            losses = run_epoch(self.step, self.optimizers, data, self.sample_negatives, order, config, self.generator,
+                               f"{bar_label} {epoch}", self.progress and self.rank == 0)
+            row = {"epoch": epoch, **{f"train_{k}": v for k, v in losses.items()}}
+            stop = False
+            if self.rank == 0:
+                metrics = _validate_epoch(self.network, self.experiment, config, self.name, epoch, row,
+                                          self._started - self.seconds, self.progress)
+                stop = self.early_stopping.update(epoch, metrics, self.network)
+            self.history.append(row)
+            if self.distributed:
+                flag = [stop]
+                dist.broadcast_object_list(flag, src=0)
+                stop = flag[0]
+            self.stopped = stop
+        self._pause()
+
+    def finish(self) -> TrainResult:
+        """The best epoch's network as a model (None on ranks other than 0)."""
+        early_stopping = self.early_stopping
+        if self.rank != 0 or early_stopping.state is None:
+            return TrainResult(model=None, history=self.history, seconds=self.seconds)
+        self.network.load_state_dict(early_stopping.state)
+        metrics = {
+            "validation": early_stopping.metrics, "best_epoch": early_stopping.epoch, "epochs": len(self.history),
+            "train_seconds": round(self.seconds, 1),
+        }
+        model = export_model(self.network, self.experiment, self.config, self.name, metrics=metrics)
+        return TrainResult(model=model, history=self.history, best_epoch=early_stopping.epoch, seconds=self.seconds)
 
 
 def save_model_dir(result: TrainResult, out_root: str | Path) -> Path:

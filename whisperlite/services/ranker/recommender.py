@@ -11,7 +11,7 @@ import numpy as np
 from whisperlite.core.clients.catalog import Candidate, CandidateSearch, CatalogClient
 from whisperlite.core.clients.query_encoder import QueryEncoderClient
 from whisperlite.core.errors import FailedPrecondition, InvalidArgument, Unavailable
-from whisperlite.core.personalization import PersonalizationModel, PersonalizedQuery, text_plus_history_query
+from whisperlite.core.personalization import TASTE_NONE, PersonalizationModel, PersonalizedQuery, text_plus_history_query
 from whisperlite.services.ranker.metrics import (
     MODEL_REQUESTS,
     MODEL_SECONDS,
@@ -179,8 +179,9 @@ class Recommender:
         return Recommendations(items=items, path=personalized.path, model_version=version)
 
     async def _recent_vectors(self, model: PersonalizationModel | None, user_id: str, recent_item_ids: list[str]) -> np.ndarray | None:
-        """The recent items' vectors, fetched only when the model does not know the user (they would go unused)."""
-        if not recent_item_ids or (model is not None and model.knows_user(user_id)):
+        """The recent items' vectors in request order (most recent last), ids the catalog lacks skipped: they
+        join a known user's stored history and are an unknown user's whole taste. A request-only model reads none."""
+        if not recent_item_ids or (model is not None and model.taste_mode == TASTE_NONE):
             return None
         fetched = await self._catalog.vectors(list(recent_item_ids))
         return fetched if len(fetched) else None
@@ -199,7 +200,7 @@ class Recommender:
         started = time.perf_counter()
         try:
             recent_vectors = call.recent_vectors
-            if recent_vectors is None:  # the live model knew the user; the candidate may not
+            if recent_vectors is None:  # the live model reads no user signal; the candidate may
                 recent_vectors = await self._recent_vectors(candidate, call.user_id, call.recent_item_ids)
             personalized = self._personalize(candidate, call.query_vector, call.user_id, recent_vectors)
             found = await self._search(personalized.vector, call.top_k, call.item_filter)

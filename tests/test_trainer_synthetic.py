@@ -114,7 +114,7 @@ def test_training_windows_are_the_nearest_other_items_of_the_same_user():
 
 def test_auto_settings_expand_to_candidates():
     labels = set(candidate_configs(TrainConfig(taste="auto", loss_mix="auto", user_table="off")))
-    assert labels == {f"taste={t} loss={l} user_table=off" for t in ("mean", "attention") for l in ("composite", "infonce")}
+    assert labels == {f"taste={t} loss={l} user_table=off" for t in ("mean", "attention", "none") for l in ("composite", "infonce")}
     infonce = candidate_configs(TrainConfig(taste="mean"))["taste=mean loss=infonce user_table=off"]
     assert (infonce.bce_weight, infonce.loss_mix) == (0.0, "given")
     assert list(candidate_configs(TrainConfig(taste="none", user_table="auto", loss_mix="given"))) == ["taste=none loss=given user_table=off"]

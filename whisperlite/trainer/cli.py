@@ -50,7 +50,7 @@ CHOICE_FLAGS = {
     "user_table": (USER_TABLE_MODES, "learned: train a residual row per user; off: taste = the history summary alone; "
                    "auto: train both, keep the better on validation Recall@10"),
     "taste": (TASTE_MODES, "the user's taste: mean of the history items, attention over the recent ones keyed by the "
-              "request, none (no user signal), auto: mean or attention on validation"),
+              "request, none (no user signal), auto: the best of the three on validation (none only when no taste helps)"),
     "bias_init": (BIAS_INITS, "start the BCE head's bias at zero or calibrated (a random request-item pair at logit 0)"),
     "loss_mix": (LOSS_MIXES, "given: --bce-weight and --contrastive-weight as set; auto: that composite or InfoNCE only, "
                  "the better on validation"),

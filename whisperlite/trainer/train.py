@@ -74,7 +74,7 @@ class TrainConfig:
     temperature: float = 0.05
     learn_temperature: bool = True
     # taste: "mean" (of every history item), "attention" (query-aware over the last taste_window
-    # items, with recency), "none" (no user signal: request_only), "auto" = mean or attention on validation
+    # items, with recency), "none" (no user signal: request_only), "auto" = the best of the three on validation
     taste: str = "auto"
     taste_window: int = DEFAULT_TASTE_WINDOW
     # BCE head bias at the start: "zero", or "calibrated" = -logit_scale * the mean cosine of a training
@@ -257,7 +257,8 @@ def export_model(network: PersonalizationNetwork, experiment: Experiment, config
 
 def candidate_configs(config: TrainConfig) -> dict[str, TrainConfig]:
     """The concrete configs an "auto" setting stands for (taste x loss mix x user table), by label."""
-    tastes = (TASTE_MEAN, TASTE_ATTENTION) if config.taste == "auto" else (config.taste,)
+    # "none" competes too: a taste that does not beat the request alone on validation is not shipped.
+    tastes = (TASTE_MEAN, TASTE_ATTENTION, TASTE_NONE) if config.taste == "auto" else (config.taste,)
     tables = ("learned", "off") if config.user_table == "auto" else (config.user_table,)
     losses = {"given": (config.bce_weight, config.contrastive_weight)}
     if config.loss_mix == "auto" and config.bce_weight > 0 and config.contrastive_weight > 0:

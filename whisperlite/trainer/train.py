@@ -77,9 +77,11 @@ class TrainConfig:
     # items, with recency), "none" (no user signal: request_only), "auto" = the best of the three on validation
     taste: str = "auto"
     taste_window: int = DEFAULT_TASTE_WINDOW
-    # BCE head bias at the start: "zero", or "calibrated" = -logit_scale * the mean cosine of a training
-    # request with a random item, so a random pair starts at logit 0 (docs/model.md: the BCE investigation)
-    bias_init: str = "zero"
+    # BCE head bias at the start: "calibrated" = -logit_scale * the mean cosine of a training request with a
+    # random item, so a random pair starts at logit 0; with "zero" on a small dataset (yelp: random cosine 0.25,
+    # logit 5) Adam's first steps turn the MLP into one constant vector that pushes every item down and BCE
+    # alone collapses (docs/model.md: the BCE investigation)
+    bias_init: str = "calibrated"
     # loss
     bce_weight: float = 0.25
     contrastive_weight: float = 1.0

@@ -75,7 +75,10 @@ class RecommendRequest(_message.Message):
 
     @_builtins.property
     def recent_item_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Items the user looked at recently, newest last; used for users the model does not know."""
+        """Items the user looked at recently (this session), newest last. For a user the model knows they join
+        the stored history as its newest items; for one it does not know they are the whole taste. Ids the
+        catalog lacks are skipped. A model trained without any user signal reads none.
+        """
 
     def __init__(
         self,

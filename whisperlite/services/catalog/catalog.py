@@ -4,6 +4,12 @@ Plain async code with no gRPC in it: the servicer maps protos to these calls, te
 Milvus calls block, so each runs in a worker thread; writes are serialized so the item-count gauge and
 the "validate everything, then write" rule hold under concurrent upserts. While the store is down
 (store_watch found it dead or wedged) every use case answers Unavailable at once instead of waiting on it.
+
+Searches go to the in-process `VectorIndex` where it is on (the embedded milvus-lite store by default:
+only this process writes it), else to Milvus. The index is built from a scan of the store when the
+store opens or reopens, and every write reaches it after the store acknowledged it, under the write
+lock. A store write that fails or is cancelled may have landed in part: searches then go to Milvus
+until the index is rebuilt from the store.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,13 +28,25 @@ import numpy as np
 from whisperlite.services.catalog import metrics
 from whisperlite.services.catalog.embedding import ItemEmbedder
 from whisperlite.services.catalog.filters import SearchFilter
-from whisperlite.services.catalog.items import ItemRecord, can_be_stored_id, records_from_request, validate_ids, validate_vector
-from whisperlite.services.catalog.store import CollectionInfo, CollectionSpec, MilvusStore, SearchHit
-from whisperlite.core.errors import FailedPrecondition, InvalidArgument, Unavailable
+from whisperlite.services.catalog.items import ItemRecord, SearchHit, can_be_stored_id, records_from_request, validate_ids, validate_vector
+from whisperlite.services.catalog.store import CollectionInfo, CollectionSpec, MilvusStore, is_local_uri
+from whisperlite.services.catalog.vector_index import VectorIndex
+from whisperlite.core.errors import FailedPrecondition, InvalidArgument, ServiceError, Unavailable
 from whisperlite.v1 import common_pb2
 
 log = logging.getLogger("whisperlite.catalog")
 T = TypeVar("T")
+
+# Where searches run: "memory" (the in-process exact index), "milvus", or "auto": memory on an embedded
+# milvus-lite store, which only this process can write, and Milvus on a server, which other catalog
+# replicas may write behind this index's back.
+SEARCH_INDEXES = ("auto", "memory", "milvus")
+
+
+def uses_memory_index(search_index: str, uri: str) -> bool:
+    if search_index not in SEARCH_INDEXES:
+        raise ValueError(f"search_index: must be one of {', '.join(SEARCH_INDEXES)}, got {search_index!r}")
+    return search_index == "memory" or (search_index == "auto" and is_local_uri(uri))
 
 
 @dataclass(frozen=True)
@@ -66,8 +85,12 @@ class Catalog:
         embedder: ItemEmbedder | None,
         limits: CatalogLimits = CatalogLimits(),
         creation: CollectionSpec = CollectionSpec(),
+        search_index: str = "auto",
     ):
-        """`creation` is used only when the collection does not exist; dimension 0 asks the query encoder."""
+        """`creation` is used only when the collection does not exist; dimension 0 asks the query encoder.
+
+        `search_index` is one of SEARCH_INDEXES.
+        """
         for name in ("max_top_k", "max_batch"):
             if getattr(limits, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(limits, name)}")
@@ -78,6 +101,10 @@ class Catalog:
         self._write_lock = asyncio.Lock()
         self._info: CollectionInfo | None = None
         self._store_down: str | None = None  # why, while the store is dead or wedged
+        self._memory_index = uses_memory_index(search_index, store.uri)
+        self._index: VectorIndex | None = None  # None: searches go to Milvus
+        self._index_rebuild: asyncio.Task | None = None
+        self._index_sync = threading.Lock()
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -85,7 +112,10 @@ class Catalog:
         spec = None
         if not await asyncio.to_thread(self._store.exists):
             spec = await self._creation_spec()
-        self._info = await asyncio.to_thread(self._store.open, spec)
+        info = await asyncio.to_thread(self._store.open, spec)
+        async with self._write_lock:
+            await self._load_index(info.dimension)
+        self._info = info
         count = await asyncio.to_thread(self._store.count)
         metrics.ITEMS.set(count)
         log.info(
@@ -98,6 +128,7 @@ class Catalog:
                 "index_type": self._info.index_type,
                 "exact_filtered_search": self._info.exact_filtered_search,
                 "filter_templates": self._store.uses_templates,
+                "search_index": self.search_index,
             },
         )
         return self._info
@@ -118,14 +149,75 @@ class Catalog:
     async def reopen_store(self) -> None:
         """Closes the store (stopping a wedged milvus-lite child) and opens it again; raises Unavailable on failure."""
         await asyncio.to_thread(self._store.close)
-        self._info = await asyncio.to_thread(self._store.open, None)
+        async with self._write_lock:
+            self._info = await asyncio.to_thread(self._store.open, None)
+            await self._load_index(self._info.dimension)
         metrics.ITEMS.set(await asyncio.to_thread(self._store.count))
         self._store_down = None
 
-    async def _on_store(self, call: Callable[..., T], *args) -> T:
-        """Runs a blocking store call in a worker thread, or refuses at once while the store is down."""
+    async def _load_index(self, dimension: int) -> None:
+        """Builds the in-process index from a scan of the store (the caller holds the write lock)."""
+        if not self._memory_index:
+            return
+        started = time.perf_counter()
+        index = VectorIndex(dimension)
+        count = await asyncio.to_thread(self._scan_into, index)
+        self._index = index
+        log.info(
+            "search index loaded",
+            extra={"items": count, "seconds": round(time.perf_counter() - started, 3), "array_megabytes": round(index.nbytes / 2**20, 1)},
+        )
+
+    def _index_out_of_step(self, error: BaseException) -> None:
+        """After a store write failed or was cancelled (it may have landed in part), search Milvus until a rebuild."""
+        if self._index is None:
+            return
+        self._index = None
+        log.warning("a store write failed: searches use Milvus until the index is rebuilt from the store", extra={"reason": str(error)})
+        self._index_rebuild = asyncio.get_running_loop().create_task(self._rebuild_index())
+
+    async def _rebuild_index(self) -> None:
+        async with self._write_lock:
+            if self._index is not None or self._store_down is not None:
+                return  # a reopen rebuilt it, or will
+            try:
+                await self._load_index(self.info.dimension)
+            except ServiceError as error:
+                log.warning("index rebuild failed; searches use Milvus until the store is reopened", extra={"reason": str(error)})
+
+    async def _write(self, call: Callable[..., T], apply_to_index: Callable[..., None], *args) -> T:
+        """One write: to the store of record, then to the index; serialized, and the item gauge updated."""
+        async with self._write_lock:
+            self._refuse_while_store_down()
+            try:
+                result = await asyncio.to_thread(self._write_through, call, apply_to_index, *args)
+            except BaseException as error:  # cancelled too: the worker thread goes on, and may fail after
+                self._index_out_of_step(error)
+                raise
+            metrics.ITEMS.set(await self._on_store(self._store.count))
+        return result
+
+    # The two blocking halves of keeping the index in step, each whole under one thread lock: a worker
+    # thread outlives a cancelled call (and its asyncio lock), so a rebuild's scan must wait for it.
+
+    def _write_through(self, call: Callable[..., T], apply_to_index: Callable[..., None], *args) -> T:
+        with self._index_sync:
+            result = call(*args)
+            if self._index is not None:
+                apply_to_index(self._index, *args)
+            return result
+
+    def _scan_into(self, index: VectorIndex) -> int:
+        with self._index_sync:
+            return index.replace_all(self._store.scan())
+
+    def _refuse_while_store_down(self) -> None:
         if self._store_down is not None:
             raise Unavailable(f"the catalog store is down and being reopened ({self._store_down}); retry shortly")
+
+    async def _on_store(self, call: Callable[..., T], *args) -> T:
+        """Runs a blocking store (or index) call in a worker thread, or refuses at once while the store is down."""
+        self._refuse_while_store_down()
         return await asyncio.to_thread(call, *args)
 
     async def _creation_spec(self) -> CollectionSpec:
@@ -140,6 +232,8 @@ class Catalog:
         return dataclasses.replace(self._creation, dimension=model.dimension, encoder_model=model.name)
 
     async def close(self) -> None:
+        if self._index_rebuild is not None:
+            self._index_rebuild.cancel()
         if self._embedder is not None:
             await self._embedder.close()
         await asyncio.to_thread(self._store.close)
@@ -150,6 +244,11 @@ class Catalog:
             raise Unavailable("the catalog is still opening its collection; retry when health reports SERVING")
         return self._info
 
+    @property
+    def search_index(self) -> str:
+        """Where searches run now: "memory" (the in-process index) or "milvus" (off, or out of step until rebuilt)."""
+        return "memory" if self._index is not None else "milvus"
+
     # ---- use cases -------------------------------------------------------------------------------
 
     async def upsert(self, items: Sequence[common_pb2.Item]) -> UpsertResult:
@@ -157,9 +256,7 @@ class Catalog:
         missing = [record for record in records if record.vector is None]
         if missing:
             await self._embed(missing)
-        async with self._write_lock:
-            await self._on_store(self._store.upsert, records)
-            metrics.ITEMS.set(await self._on_store(self._store.count))
+        await self._write(self._store.upsert, VectorIndex.upsert, records)
         return UpsertResult(upserted=len(records), embedded=len(missing))
 
     async def _embed(self, records: list[ItemRecord]) -> None:
@@ -185,10 +282,7 @@ class Catalog:
         ids = validate_ids(item_ids, self._limits.max_batch)
         if not ids:
             return 0
-        async with self._write_lock:
-            deleted = await self._on_store(self._store.delete, ids)
-            metrics.ITEMS.set(await self._on_store(self._store.count))
-        return deleted
+        return await self._write(self._store.delete, VectorIndex.delete, ids)
 
     async def search(
         self, vector: Sequence[float], top_k: int, search_filter: SearchFilter, include_vectors: bool = False, detailed_hits: int = 0
@@ -213,11 +307,12 @@ class Catalog:
             key = (query.search_filter, query.top_k, query.include_vectors, query.detailed_hits)
             groups.setdefault(key, []).append((index, vector))
         results: list[list[SearchHit]] = [[] for _ in queries]
+        memory_index = self._index  # one searcher for the whole batch, even if a failed write drops the index meanwhile
         for (search_filter, top_k, include_vectors, detailed_hits), members in groups.items():
-            strategy = self._store.strategy(search_filter)
+            searcher, strategy = (memory_index, "memory") if memory_index is not None else (self._store, self._store.strategy(search_filter))
             started = time.perf_counter()
             found = await self._on_store(
-                self._store.search_many, np.stack([vector for _, vector in members]), top_k, search_filter, include_vectors, detailed_hits
+                searcher.search_many, np.stack([vector for _, vector in members]), top_k, search_filter, include_vectors, detailed_hits
             )
             metrics.SEARCH_SECONDS.labels(strategy).observe(time.perf_counter() - started)
             for (index, _), hits in zip(members, found, strict=True):

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 
 from whisperlite.core.topology import CATALOG, QUERY_ENCODER
-from whisperlite.services.catalog.catalog import Catalog, CatalogLimits
+from whisperlite.services.catalog.catalog import SEARCH_INDEXES, Catalog, CatalogLimits
 from whisperlite.services.catalog.embedding import ItemEmbedder
 from whisperlite.services.catalog.servicer import CatalogServicer
 from whisperlite.services.catalog.store import INDEX_TYPES, CollectionSpec, MilvusStore, default_uri
@@ -48,6 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     store.add_argument(
         "--milvus-timeout-seconds", type=float, default=env_float(f"{PREFIX}_MILVUS_TIMEOUT_SECONDS", 30.0),
         help=f"deadline of each Milvus call (env {PREFIX}_MILVUS_TIMEOUT_SECONDS)",
+    )
+    store.add_argument(
+        "--search-index", choices=SEARCH_INDEXES, default=env_str(f"{PREFIX}_SEARCH_INDEX", "auto"),
+        help=(
+            "where searches run: memory (an exact index in this process, built from the store at start-up), milvus, or auto: "
+            f"memory on the embedded milvus-lite store, milvus on a server, which other replicas may write (env {PREFIX}_SEARCH_INDEX)"
+        ),
     )
     watch = StoreWatchSettings()
     store.add_argument(
@@ -124,6 +131,7 @@ def build_catalog(args: argparse.Namespace) -> Catalog:
                 index_type=args.index_type,
                 exact_filtered_search=args.exact_filtered_search,
             ),
+            search_index=args.search_index,
         )
     except ValueError as error:
         raise SystemExit(f"catalog: {error}") from None

@@ -41,6 +41,9 @@ from whisperlite.services.catalog.items import ItemRecord, SearchHit
 COMPACT_FRACTION = 1 / 16
 COMPACT_MIN_ROWS = 4096
 MIN_CAPACITY = 1024
+# Candidates beyond top_k that are rescored: BLAS rounds a cosine differently in a batch than alone
+# (another kernel), by a few float32 ulps, which can swap rows at the top_k boundary.
+RESCORED_MARGIN = 8
 
 
 @dataclass(frozen=True)
@@ -180,16 +183,17 @@ class VectorIndex:
         scores, rows = self._scores(snapshot, queries, search_filter)
         excluded = set(search_filter.exclude_item_ids)
         # Excluded items are at most len(excluded) of the best: that many more candidates leave top_k.
-        best = _best_columns(scores, min(top_k + len(excluded), scores.shape[1]))
+        best = _best_columns(scores, min(top_k + len(excluded) + RESCORED_MARGIN, scores.shape[1]))
         detailed = top_k if detailed_hits <= 0 else min(detailed_hits, top_k)
         results = []
-        for query_scores, columns in zip(scores, best, strict=True):
+        for query, query_scores, columns in zip(queries, scores, best, strict=True):
+            candidates = rows[columns[query_scores[columns] > -np.inf]]  # -inf: a dead row or one the filter refused
+            # The same cosine for a row whether its query came alone or in a batch: float64, per row,
+            # independent of the other rows; ties go to the lower row, so the order is reproducible too.
+            cosines = (snapshot.matrix[candidates].astype(np.float64) * query.astype(np.float64)).sum(axis=1)
             hits: list[SearchHit] = []
-            for column in columns:
-                score = query_scores[column]
-                if len(hits) == top_k or score == -np.inf:  # -inf: a dead row or one the filter refused
-                    break
-                row = int(rows[column])
+            for position in np.lexsort((candidates, -cosines)):
+                row = int(candidates[position])
                 record = snapshot.records[row]
                 if record.item_id in excluded:
                     continue
@@ -197,7 +201,9 @@ class VectorIndex:
                     record = ItemRecord(item_id=record.item_id)
                 elif include_vectors:
                     record = dataclasses.replace(record, vector=snapshot.matrix[row].copy())
-                hits.append(SearchHit(record=record, score=float(score)))
+                hits.append(SearchHit(record=record, score=float(np.float32(cosines[position]))))
+                if len(hits) == top_k:
+                    break
             results.append(hits)
         return results
 
@@ -246,15 +252,12 @@ def _refused(snapshot: _Snapshot, piece: slice | np.ndarray, piece_rows: np.ndar
 
 
 def _best_columns(scores: np.ndarray, count: int) -> np.ndarray:
-    """Per row of `scores`, the columns of its `count` highest values, best first."""
+    """Per row of `scores`, the columns of its `count` highest values, in no order."""
     columns = scores.shape[1]
-    if count < columns:
-        # argpartition of the scores themselves (not their negation, which would copy them): the best are last.
-        best = np.argpartition(scores, columns - count, axis=1)[:, columns - count :]
-    else:
-        best = np.broadcast_to(np.arange(columns), scores.shape)
-    order = np.argsort(-np.take_along_axis(scores, best, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(best, order, axis=1)
+    if count >= columns:
+        return np.broadcast_to(np.arange(columns), scores.shape)
+    # argpartition of the scores themselves (not their negation, which would copy them): the best are last.
+    return np.argpartition(scores, columns - count, axis=1)[:, columns - count :]
 
 
 def _with_rows(dead: np.ndarray, rows: list[int]) -> np.ndarray:

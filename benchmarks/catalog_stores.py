@@ -43,7 +43,8 @@ VARIANTS = {
     "lite25-autoindex": ("project", "milvus-lite 2.5.1 AUTOINDEX"),
     "lite25-flat": ("project", "milvus-lite 2.5.1 FLAT"),
     "lite25-ivf_flat": ("project", "milvus-lite 2.5.1 IVF_FLAT nlist 1024 nprobe 64"),
-    "catalog": ("project", "catalog default: milvus-lite 2.5.1 AUTOINDEX + FLAT copy for filters"),
+    "catalog": ("project", "catalog, Milvus search: milvus-lite 2.5.1 AUTOINDEX + FLAT copy for filters"),
+    "catalog-memory": ("project", "catalog default: milvus-lite 2.5.1 store + in-process exact index"),
     "lite3-ivf_flat": ("lite3", "milvus-lite 3.2.2 (pure Python) IVF_FLAT"),
     "milvus23-hnsw": ("milvus23", "`milvus` 2.3.5 embedded server HNSW M16 ef64"),
 }
@@ -279,6 +280,110 @@ def run_catalog(vectors, categories, query_vectors, truth, truth_filtered, work:
     return {"ingest_rows_s": len(vectors) / ingest_seconds, "build_s": build, "startup_s": startup, **results, "rss_mb": rss}
 
 
+def timed(call) -> float:
+    started = time.perf_counter()
+    call()
+    return time.perf_counter() - started
+
+
+def run_catalog_memory(vectors, categories, query_vectors, truth, truth_filtered, work: Path, baseline_mb: float) -> dict:
+    """The catalog's default search path: its in-process VectorIndex, written after the milvus-lite store.
+
+    Besides the common columns, numpy exact search runs in this process interleaved with the index,
+    query by query, so the ratios below share one process and one moment of the machine's load:
+    unfiltered, one category, one category and a price range, and batches of 64 queries in one call.
+    """
+    sys.path.insert(0, str(REPO))
+    from whisperlite.services.catalog.filters import SearchFilter
+    from whisperlite.services.catalog.items import ItemRecord
+    from whisperlite.services.catalog.store import CollectionSpec, MilvusStore
+    from whisperlite.services.catalog.vector_index import VectorIndex
+
+    rng = np.random.default_rng(SEED + 1)
+    prices = rng.uniform(0, 100, len(vectors)).round(2)
+    uri = str(work / "catalog.db")
+    store = MilvusStore(uri, "items", timeout_seconds=120)
+    store.open(CollectionSpec(dimension=vectors.shape[1], encoder_model="bench"))
+    index = VectorIndex(vectors.shape[1])
+    records = [
+        ItemRecord(item_id=f"i{j}", title=f"item {j}", category=f"c{categories[j]}", price=float(prices[j]), vector=vectors[j])
+        for j in range(len(vectors))
+    ]
+    started = time.perf_counter()
+    for start_row in range(0, len(records), CHUNK):  # as the catalog writes: the store first, then the index
+        chunk = records[start_row : start_row + CHUNK]
+        store.upsert(chunk)
+        index.upsert(chunk)
+    ingest_seconds = time.perf_counter() - started
+    del records
+
+    def search(q, category):
+        search_filter = SearchFilter(categories=(f"c{category}",)) if category is not None else SearchFilter()
+        return [int(hit.record.item_id[1:]) for hit in index.search_many(q[np.newaxis], K, search_filter)[0]]
+
+    results = measure_searches(search, query_vectors, truth, truth_filtered)
+    results["side_by_side"] = side_by_side(index, vectors, categories, prices, query_vectors, SearchFilter)
+    rss = store_rss_mb(baseline_mb)
+    store.close()
+    del index
+    # Start-up: reopen the store (load and warm-up, as before SERVING), then build the index from a scan.
+    before_mb = _rss_mb(os.getpid())
+    started = time.perf_counter()
+    store = MilvusStore(uri, "items", timeout_seconds=120)
+    store.open()
+    opened = time.perf_counter() - started
+    index = VectorIndex(vectors.shape[1])
+    scan_seconds = timed(lambda: index.replace_all(store.scan()))
+    startup = time.perf_counter() - started
+    index_mb = _rss_mb(os.getpid()) - before_mb
+    assert len(index) == len(vectors)
+    store.close()
+    return {
+        "ingest_rows_s": len(vectors) / ingest_seconds, "build_s": 0.0, "startup_s": startup, **results, "rss_mb": rss,
+        "store_open_s": opened, "index_load_s": scan_seconds, "index_rss_mb": index_mb, "index_array_mb": index.nbytes / 2**20,
+    }
+
+
+def side_by_side(index, vectors, categories, prices, query_vectors, SearchFilter) -> dict:
+    """p50/p99 of the index and of numpy exact search, interleaved query by query in this process."""
+    matrix = np.ascontiguousarray(vectors)
+    rows_of = {c: np.flatnonzero(categories == c) for c in range(CATEGORIES)}
+    matrix_of = {c: np.ascontiguousarray(matrix[rows]) for c, rows in rows_of.items()}
+    price_of = {c: prices[rows] for c, rows in rows_of.items()}
+    low, high = 20.0, 60.0
+
+    def numpy_top(block: np.ndarray, q: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+        scores = block @ q
+        if mask is not None:
+            scores = np.where(mask, scores, -np.inf)
+        top = np.argpartition(-scores, K)[:K]
+        return top[np.argsort(-scores[top])]
+
+    cases = {
+        "unfiltered": (SearchFilter(), lambda q, c: numpy_top(matrix, q)),
+        "category": (None, lambda q, c: numpy_top(matrix_of[c], q)),
+        "category_price": (None, lambda q, c: numpy_top(matrix_of[c], q, (price_of[c] >= low) & (price_of[c] <= high))),
+    }
+    out = {}
+    for name, (fixed_filter, numpy_search) in cases.items():
+        mine, theirs = [], []
+        for i, q in enumerate(query_vectors):
+            c = i % CATEGORIES
+            search_filter = fixed_filter or SearchFilter(
+                categories=(f"c{c}",), **({"min_price": low, "max_price": high} if name == "category_price" else {})
+            )
+            mine.append(timed(lambda: index.search_many(q[np.newaxis], K, search_filter)))
+            theirs.append(timed(lambda: numpy_search(q, c)))
+        out[name] = {"index": percentiles(mine), "numpy": percentiles(theirs)}
+    batch = query_vectors[:64]
+    mine = [timed(lambda: index.search_many(batch, 50, SearchFilter())) / len(batch) for _ in range(20)]
+    theirs = [
+        timed(lambda: np.argpartition(-(batch @ matrix.T), 50, axis=1)[:, :50]) / len(batch) for _ in range(20)
+    ]
+    out["batch64_top50_per_query"] = {"index": percentiles(mine), "numpy": percentiles(theirs)}
+    return out
+
+
 def run_variant(variant: str, n: int, dim: int, queries: int) -> dict:
     vectors, categories, query_vectors = make_data(n, dim, queries)
     truth = exact_top_k(vectors, query_vectors)
@@ -293,6 +398,8 @@ def run_variant(variant: str, n: int, dim: int, queries: int) -> dict:
             result = run_numpy(*data)
         elif variant == "catalog":
             result = run_catalog(*data)
+        elif variant == "catalog-memory":
+            result = run_catalog_memory(*data)
         else:
             result = run_orm(variant, *data)
     finally:
@@ -337,6 +444,19 @@ def table(results: list[dict]) -> str:
             f"| {f['p50_ms']:.1f} / {f['p99_ms']:.1f}{ratio(r, 'filtered')} | {f['recall']:.3f} | {r['startup_s']:.1f} | {r['rss_mb']:,.0f} |"
         )
     lines.append("(x numpy: numpy p50 / this p50, so > 1 is faster than numpy; one query per call)")
+    for r in results:
+        if "side_by_side" not in r:
+            continue
+        lines += [
+            "",
+            f"{VARIANTS[r['variant']][1]}: start-up {r['startup_s']:.1f} s = store open {r['store_open_s']:.1f} s + index scan and build "
+            f"{r['index_load_s']:.1f} s; index arrays {r['index_array_mb']:,.0f} MB, process growth while building it {r['index_rss_mb']:,.0f} MB",
+            "| in one process, interleaved | index p50 / p99 ms | numpy exact p50 / p99 ms | index p50 / numpy p50 |",
+            "|---|---|---|---|",
+        ]
+        for name, case in r["side_by_side"].items():
+            (mine50, mine99), (theirs50, theirs99) = case["index"], case["numpy"]
+            lines.append(f"| {name} | {mine50:.2f} / {mine99:.2f} | {theirs50:.2f} / {theirs99:.2f} | {mine50 / theirs50:.2f} |")
     return "\n".join(lines)
 
 
@@ -348,6 +468,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--timeout", type=float, default=900, help="seconds one variant may take")
+    parser.add_argument(
+        "--blas-threads", type=int, default=1,
+        help="OPENBLAS_NUM_THREADS of every variant: the catalog's --blas-threads default, and what a shared 2-core machine affords",
+    )
     parser.add_argument("--out", type=Path, help="also write the combined JSON here")
     args = parser.parse_args(argv)
     if args.variant:
@@ -358,7 +482,10 @@ def main(argv: list[str] | None = None) -> None:
         command = [interpreter(variant), __file__, "--variant", variant, "--n", str(args.n), "--dim", str(args.dim), "--queries", str(args.queries)]
         print(f"running {variant} ...", file=sys.stderr, flush=True)
         try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout, cwd=REPO)
+            done = subprocess.run(
+                command, capture_output=True, text=True, timeout=args.timeout, cwd=REPO,
+                env={**os.environ, "OPENBLAS_NUM_THREADS": str(args.blas_threads)},
+            )
             if done.returncode != 0:
                 raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}")
             result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -368,7 +495,10 @@ def main(argv: list[str] | None = None) -> None:
         results.append(result)
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
-    print(f"{args.n:,} x {args.dim} COSINE, {CATEGORIES}-valued category filter, {args.queries} queries each, one per call")
+    print(
+        f"{args.n:,} x {args.dim} COSINE, {CATEGORIES}-valued category filter, {args.queries} queries each, one per call, "
+        f"{args.blas_threads} BLAS thread(s)"
+    )
     print(table(results))
 
 

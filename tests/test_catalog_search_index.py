@@ -62,6 +62,7 @@ async def stocked(tmp_path, data):
     catalog, store = open_catalog(tmp_path)
     await catalog.open()
     await catalog.upsert(data["items"])
+    await catalog.index_built()
     yield catalog, store
     await catalog.close()
 
@@ -127,6 +128,7 @@ async def test_search_batch_answers_each_query_as_search_does(stocked, data):
 async def test_writes_reach_the_index_and_a_restart_rebuilds_it_from_the_store(tmp_path, data):
     catalog, _ = open_catalog(tmp_path)
     await catalog.open()
+    await catalog.index_built()
     try:
         await catalog.upsert(data["items"][:500])
         target = unit_rows(data["rng"], 1)[0]
@@ -147,6 +149,7 @@ async def test_writes_reach_the_index_and_a_restart_rebuilds_it_from_the_store(t
 
     restarted, _ = open_catalog(tmp_path)
     await restarted.open()
+    await restarted.index_built()
     try:
         assert restarted.search_index == "memory"
         after = [ids(await restarted.search(q, 10, f)) for q in unit_rows(np.random.default_rng(1), 3) for f in FILTERS]
@@ -168,6 +171,7 @@ def milvus_lite_child(db_path: Path) -> int:
 async def test_a_failed_store_write_sends_searches_to_milvus_until_a_reopen_rebuilds_the_index(tmp_path, data):
     catalog, _ = open_catalog(tmp_path)
     await catalog.open()
+    await catalog.index_built()
     try:
         await catalog.upsert(data["items"][:100])
         os.kill(milvus_lite_child(tmp_path / "catalog.db"), signal.SIGKILL)
@@ -176,6 +180,7 @@ async def test_a_failed_store_write_sends_searches_to_milvus_until_a_reopen_rebu
         # The store may hold part of a failed write: the index no longer answers for it.
         assert catalog.search_index == "milvus"
         await catalog.reopen_store()  # what store_watch does once it finds the store dead
+        await catalog.index_built()
         assert catalog.search_index == "memory"
         query = data["vectors"][150]
         stored = (await catalog.stats()).item_count
@@ -185,9 +190,20 @@ async def test_a_failed_store_write_sends_searches_to_milvus_until_a_reopen_rebu
         await catalog.close()
 
 
-async def test_a_cancelled_write_rebuilds_the_index_from_what_the_store_kept(tmp_path, data):
+async def in_index_and_in_store(catalog: Catalog, store: MilvusStore) -> tuple[dict, dict]:
+    """Every item as the index finds it and as the store holds it: id -> (category, price, rounded vector)."""
+
+    def key(record) -> tuple:
+        return record.category, record.price, tuple(np.round(record.vector, 5))
+
+    hits = await catalog.search(np.ones(DIM, dtype=np.float32), N, SearchFilter(), include_vectors=True)
+    return {h.record.item_id: key(h.record) for h in hits}, {r.item_id: key(r) for page in store.scan() for r in page}
+
+
+async def test_a_cancelled_write_still_reaches_the_index(tmp_path, data):
     catalog, store = open_catalog(tmp_path)
     await catalog.open()
+    await catalog.index_built()
     try:
         write = asyncio.ensure_future(catalog.upsert(data["items"]))
         while not catalog._index_sync.locked():  # held while a worker thread writes to the store
@@ -195,15 +211,33 @@ async def test_a_cancelled_write_rebuilds_the_index_from_what_the_store_kept(tmp
         write.cancel()
         with pytest.raises(asyncio.CancelledError):
             await write
-        for _ in range(300):
-            if catalog.search_index == "memory":
-                break
-            await asyncio.sleep(0.1)
-        assert catalog.search_index == "memory"
-        # The rebuild waited for the cancelled call's worker thread: the index holds exactly what the store kept.
-        in_store = {record.item_id for page in store.scan() for record in page}
-        hits = await catalog.search(data["vectors"][0], N, SearchFilter())
-        assert set(ids(hits)) == in_store and in_store
+        # A write waits for the worker thread, which goes on to finish the cancelled one in the store and the index.
+        assert await catalog.delete(["never-stored"]) == 0
+        indexed, stored = await in_index_and_in_store(catalog, store)
+        assert catalog.search_index == "memory" and indexed == stored and len(stored) == N
+    finally:
+        await catalog.close()
+
+
+async def test_writes_during_the_scan_are_replayed_on_the_new_index(tmp_path, data):
+    first, _ = open_catalog(tmp_path, search_index="milvus")
+    await first.open()
+    await first.upsert(data["items"])
+    await first.close()
+
+    catalog, store = open_catalog(tmp_path)
+    await catalog.open()  # serves at once; the index is scanned from the 3,000 stored items in the background
+    try:
+        rng = np.random.default_rng(2)
+        await catalog.upsert([proto("added", unit_rows(rng, 1)[0], category="new")])
+        await catalog.upsert([proto("i0", unit_rows(rng, 1)[0], category="moved", price=1.0)])  # ahead of or behind the scan
+        await catalog.upsert([proto("i2999", unit_rows(rng, 1)[0], category="moved")])
+        await catalog.delete(["i1", "i2998"])
+        assert catalog.search_index == "milvus"  # the writes above raced the scan
+        await catalog.index_built()
+        indexed, stored = await in_index_and_in_store(catalog, store)
+        assert catalog.search_index == "memory" and indexed == stored and len(stored) == N - 1
+        assert stored["i0"][:2] == ("moved", 1.0) and "i1" not in stored
     finally:
         await catalog.close()
 

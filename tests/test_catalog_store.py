@@ -34,6 +34,7 @@ async def catalog(tmp_path, request):
         search_index=request.param,
     )
     await catalog.open()
+    await catalog.index_built()
     assert catalog.search_index == request.param
     yield catalog
     await catalog.close()
@@ -230,6 +231,7 @@ async def test_filtered_search_is_exact(tmp_path, search_index):
     store = MilvusStore(str(tmp_path / "catalog.db"), "items")
     catalog = Catalog(store, None, CatalogLimits(max_batch=n), CollectionSpec(dimension=dim, encoder_model="m"), search_index=search_index)
     await catalog.open()
+    await catalog.index_built()
     try:
         await catalog.upsert(
             [item(f"i{j}", vectors[j], category=f"c{categories[j]}", price=float(prices[j])) for j in range(n)]

@@ -6,16 +6,20 @@ the "validate everything, then write" rule hold under concurrent upserts. While 
 (store_watch found it dead or wedged) every use case answers Unavailable at once instead of waiting on it.
 
 Searches go to the in-process `VectorIndex` where it is on (the embedded milvus-lite store by default:
-only this process writes it), else to Milvus. The index is built from a scan of the store when the
-store opens or reopens, and every write reaches it after the store acknowledged it, under the write
-lock. A store write that fails or is cancelled may have landed in part: searches then go to Milvus
-until the index is rebuilt from the store.
+only this process writes it), else to Milvus. The index is built in the background from a scan of the
+store whenever the store opens or reopens; Milvus answers searches until it is ready (milvus-lite
+returns vectors at ~4k rows/s: a 100k-item scan takes ~25 s, which start-up and a reopen no longer
+wait for). Every write reaches the index after the store acknowledged it, in the same worker thread
+and under one lock; writes made during a scan are logged and replayed on the scanned index before
+it serves, so it misses none whether the scan saw them or not. A store write that fails may have
+landed in part: searches go to Milvus until a new scan.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import logging
 import threading
 import time
@@ -102,9 +106,14 @@ class Catalog:
         self._info: CollectionInfo | None = None
         self._store_down: str | None = None  # why, while the store is dead or wedged
         self._memory_index = uses_memory_index(search_index, store.uri)
-        self._index: VectorIndex | None = None  # None: searches go to Milvus
-        self._index_rebuild: asyncio.Task | None = None
+        # Where the index stands, changed only under _index_sync (worker threads): the index, or None while
+        # searches go to Milvus; the writes to replay on the index being scanned; the newest scan's number.
         self._index_sync = threading.Lock()
+        self._index: VectorIndex | None = None
+        self._writes_during_scan: list[tuple[Callable[..., None], tuple]] | None = None
+        self._index_generation = 0
+        self._index_build: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -112,10 +121,9 @@ class Catalog:
         spec = None
         if not await asyncio.to_thread(self._store.exists):
             spec = await self._creation_spec()
-        info = await asyncio.to_thread(self._store.open, spec)
-        async with self._write_lock:
-            await self._load_index(info.dimension)
-        self._info = info
+        self._info = await asyncio.to_thread(self._store.open, spec)
+        self._loop = asyncio.get_running_loop()
+        self._start_index_build()
         count = await asyncio.to_thread(self._store.count)
         metrics.ITEMS.set(count)
         log.info(
@@ -128,7 +136,7 @@ class Catalog:
                 "index_type": self._info.index_type,
                 "exact_filtered_search": self._info.exact_filtered_search,
                 "filter_templates": self._store.uses_templates,
-                "search_index": self.search_index,
+                "search_index": "memory (building)" if self._memory_index else "milvus",
             },
         )
         return self._info
@@ -149,67 +157,94 @@ class Catalog:
     async def reopen_store(self) -> None:
         """Closes the store (stopping a wedged milvus-lite child) and opens it again; raises Unavailable on failure."""
         await asyncio.to_thread(self._store.close)
-        async with self._write_lock:
-            self._info = await asyncio.to_thread(self._store.open, None)
-            await self._load_index(self._info.dimension)
+        self._info = await asyncio.to_thread(self._store.open, None)
+        self._start_index_build()
         metrics.ITEMS.set(await asyncio.to_thread(self._store.count))
         self._store_down = None
 
-    async def _load_index(self, dimension: int) -> None:
-        """Builds the in-process index from a scan of the store (the caller holds the write lock)."""
-        if not self._memory_index:
-            return
+    async def index_built(self) -> None:
+        """Returns once the newest index build has ended (at once when the index is off)."""
+        if self._index_build is not None:
+            await asyncio.wait([self._index_build])
+
+    def _start_index_build(self) -> None:
+        if self._memory_index:
+            self._index_build = self._loop.create_task(self._build_index())
+
+    async def _build_index(self) -> None:
         started = time.perf_counter()
-        index = VectorIndex(dimension)
-        count = await asyncio.to_thread(self._scan_into, index)
-        self._index = index
-        log.info(
-            "search index loaded",
-            extra={"items": count, "seconds": round(time.perf_counter() - started, 3), "array_megabytes": round(index.nbytes / 2**20, 1)},
-        )
-
-    def _index_out_of_step(self, error: BaseException) -> None:
-        """After a store write failed or was cancelled (it may have landed in part), search Milvus until a rebuild."""
-        if self._index is None:
+        try:
+            index = await asyncio.to_thread(self._scan_into_index)
+        except ServiceError as error:  # the store died or closed meanwhile: a reopen starts another build
+            log.warning("search index build failed: searches use Milvus", extra={"reason": str(error)})
             return
-        self._index = None
-        log.warning("a store write failed: searches use Milvus until the index is rebuilt from the store", extra={"reason": str(error)})
-        self._index_rebuild = asyncio.get_running_loop().create_task(self._rebuild_index())
+        if index is not None:
+            log.info(
+                "search index built: searches use it",
+                extra={"items": len(index), "seconds": round(time.perf_counter() - started, 3), "array_megabytes": round(index.nbytes / 2**20, 1)},
+            )
 
-    async def _rebuild_index(self) -> None:
-        async with self._write_lock:
-            if self._index is not None or self._store_down is not None:
-                return  # a reopen rebuilt it, or will
+    # ---- the blocking halves of keeping the index in step, run in worker threads ------------------
+
+    def _scan_into_index(self) -> VectorIndex | None:
+        """A new index from a scan of the store, with the writes made meanwhile replayed; None when a newer build or a failed write superseded it."""
+        with self._index_sync:
+            self._index_generation += 1
+            generation = self._index_generation
+            self._index, self._writes_during_scan = None, []
+        index = VectorIndex(self.info.dimension)
+        try:
+            index.replace_all(itertools.takewhile(lambda _: generation == self._index_generation, self._store.scan()))
+        except BaseException:
+            with self._index_sync:
+                if generation == self._index_generation:
+                    self._writes_during_scan = None  # nothing will replay them
+            raise
+        with self._index_sync:
+            if generation != self._index_generation:
+                return None
+            # Replayed in order after the scan: each id ends as its last write left it, seen by the scan or not.
+            for apply_to_index, args in self._writes_during_scan:
+                apply_to_index(index, *args)
+            self._index, self._writes_during_scan = index, None
+            return index
+
+    def _write_through(self, call: Callable[..., T], apply_to_index: Callable[..., None], *args) -> T:
+        """The store write, then the same write on the index (or in the scan's log), whole under the lock.
+
+        Everything happens in this worker thread, which finishes even when the caller is cancelled.
+        """
+        with self._index_sync:
             try:
-                await self._load_index(self.info.dimension)
-            except ServiceError as error:
-                log.warning("index rebuild failed; searches use Milvus until the store is reopened", extra={"reason": str(error)})
+                result = call(*args)
+            except BaseException:
+                if self._memory_index:
+                    # The store may hold part of the write: drop the index (and any scan) and scan again.
+                    self._supersede_index()
+                    self._loop.call_soon_threadsafe(self._start_index_build)
+                raise
+            if self._index is not None:
+                apply_to_index(self._index, *args)
+            elif self._writes_during_scan is not None:
+                self._writes_during_scan.append((apply_to_index, args))
+            return result
+
+    def _supersede_index(self) -> None:
+        """Drops the index and outdates a scan in progress, which stops at its next page (the caller holds _index_sync)."""
+        self._index_generation += 1
+        self._index, self._writes_during_scan = None, None
+
+    def _stop_index(self) -> None:
+        with self._index_sync:
+            self._supersede_index()
 
     async def _write(self, call: Callable[..., T], apply_to_index: Callable[..., None], *args) -> T:
         """One write: to the store of record, then to the index; serialized, and the item gauge updated."""
         async with self._write_lock:
             self._refuse_while_store_down()
-            try:
-                result = await asyncio.to_thread(self._write_through, call, apply_to_index, *args)
-            except BaseException as error:  # cancelled too: the worker thread goes on, and may fail after
-                self._index_out_of_step(error)
-                raise
+            result = await asyncio.to_thread(self._write_through, call, apply_to_index, *args)
             metrics.ITEMS.set(await self._on_store(self._store.count))
         return result
-
-    # The two blocking halves of keeping the index in step, each whole under one thread lock: a worker
-    # thread outlives a cancelled call (and its asyncio lock), so a rebuild's scan must wait for it.
-
-    def _write_through(self, call: Callable[..., T], apply_to_index: Callable[..., None], *args) -> T:
-        with self._index_sync:
-            result = call(*args)
-            if self._index is not None:
-                apply_to_index(self._index, *args)
-            return result
-
-    def _scan_into(self, index: VectorIndex) -> int:
-        with self._index_sync:
-            return index.replace_all(self._store.scan())
 
     def _refuse_while_store_down(self) -> None:
         if self._store_down is not None:
@@ -232,8 +267,8 @@ class Catalog:
         return dataclasses.replace(self._creation, dimension=model.dimension, encoder_model=model.name)
 
     async def close(self) -> None:
-        if self._index_rebuild is not None:
-            self._index_rebuild.cancel()
+        await asyncio.to_thread(self._stop_index)
+        await self.index_built()  # a scan ends at its next page, before the store it reads closes
         if self._embedder is not None:
             await self._embedder.close()
         await asyncio.to_thread(self._store.close)
@@ -246,7 +281,7 @@ class Catalog:
 
     @property
     def search_index(self) -> str:
-        """Where searches run now: "memory" (the in-process index) or "milvus" (off, or out of step until rebuilt)."""
+        """Where searches run now: "memory" (the in-process index) or "milvus" (off, or being built from the store)."""
         return "memory" if self._index is not None else "milvus"
 
     # ---- use cases -------------------------------------------------------------------------------

@@ -223,9 +223,7 @@ class VectorIndex:
             if not len(piece_rows):
                 continue
             block = queries @ snapshot.matrix[piece].T
-            refused = _refused(snapshot, piece, piece_rows, search_filter)
-            if refused is not None:
-                block[:, refused] = -np.inf
+            _refuse(block, snapshot, piece, piece_rows, search_filter)
             blocks.append(block)
             rows.append(piece_rows)
         if not blocks:
@@ -235,11 +233,13 @@ class VectorIndex:
         return np.concatenate(blocks, axis=1), np.concatenate(rows)
 
 
-def _refused(snapshot: _Snapshot, piece: slice | np.ndarray, piece_rows: np.ndarray, search_filter: SearchFilter) -> np.ndarray | None:
-    """Positions within the piece that are dead or outside the price bounds; None when there are none."""
+def _refuse(block: np.ndarray, snapshot: _Snapshot, piece: slice | np.ndarray, piece_rows: np.ndarray, search_filter: SearchFilter) -> None:
+    """Scores -inf the piece's rows that are dead or outside the price bounds."""
     first, last = piece_rows[0], piece_rows[-1]
     dead = snapshot.dead[np.searchsorted(snapshot.dead, first) : np.searchsorted(snapshot.dead, last, side="right")]
-    refused = np.isin(piece_rows, dead) if len(dead) else None
+    if len(dead):
+        # A slice's rows are consecutive: a dead row's position is its offset, with no search over the piece.
+        block[:, dead - first if isinstance(piece, slice) else np.isin(piece_rows, dead)] = -np.inf
     if search_filter.min_price is not None or search_filter.max_price is not None:
         # As in the store: an item without a price never passes a price bound.
         outside = ~snapshot.has_price[piece]
@@ -247,8 +247,7 @@ def _refused(snapshot: _Snapshot, piece: slice | np.ndarray, piece_rows: np.ndar
             outside |= snapshot.price[piece] < search_filter.min_price
         if search_filter.max_price is not None:
             outside |= snapshot.price[piece] > search_filter.max_price
-        refused = outside if refused is None else refused | outside
-    return refused
+        block[:, outside] = -np.inf
 
 
 def _best_columns(scores: np.ndarray, count: int) -> np.ndarray:

@@ -5,12 +5,14 @@ restart and reopen, and steps aside for Milvus when a store write fails."""
 import asyncio
 import os
 import signal
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from whisperlite.core.errors import Unavailable
+from whisperlite.services.catalog import catalog as catalog_module
 from whisperlite.services.catalog.catalog import Catalog, CatalogLimits, SearchQuery, uses_memory_index
 from whisperlite.services.catalog.filters import SearchFilter
 from whisperlite.services.catalog.store import CollectionSpec, MilvusStore
@@ -219,25 +221,83 @@ async def test_a_cancelled_write_still_reaches_the_index(tmp_path, data):
         await catalog.close()
 
 
+class PausedScanStore(MilvusStore):
+    """The real store, whose scan waits after its first page until the test lets it go on."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.first_page_read, self.go_on = threading.Event(), threading.Event()
+
+    def scan(self, page_rows: int = 1000):
+        for number, page in enumerate(super().scan(page_rows)):
+            yield page
+            if number == 0:
+                self.first_page_read.set()
+                self.go_on.wait(60)
+
+
 async def test_writes_during_the_scan_are_replayed_on_the_new_index(tmp_path, data):
     first, _ = open_catalog(tmp_path, search_index="milvus")
     await first.open()
     await first.upsert(data["items"])
     await first.close()
 
-    catalog, store = open_catalog(tmp_path)
-    await catalog.open()  # serves at once; the index is scanned from the 3,000 stored items in the background
+    store = PausedScanStore(str(tmp_path / "catalog.db"), "items")
+    catalog = Catalog(store, None, CatalogLimits(max_top_k=N, max_batch=N), search_index="memory")
+    await catalog.open()  # serving at once; the index is scanned from the 3,000 stored items in the background
     try:
+        assert await asyncio.to_thread(store.first_page_read.wait, 60)
         rng = np.random.default_rng(2)
+        # Ids sort as strings: the first page (1,000 ids) holds i0 and i1, later pages i2998 and i2999.
         await catalog.upsert([proto("added", unit_rows(rng, 1)[0], category="new")])
-        await catalog.upsert([proto("i0", unit_rows(rng, 1)[0], category="moved", price=1.0)])  # ahead of or behind the scan
-        await catalog.upsert([proto("i2999", unit_rows(rng, 1)[0], category="moved")])
+        await catalog.upsert([proto("i0", unit_rows(rng, 1)[0], category="moved", price=1.0)])  # behind the scan
+        await catalog.upsert([proto("i2999", unit_rows(rng, 1)[0], category="moved")])  # ahead of it
         await catalog.delete(["i1", "i2998"])
-        assert catalog.search_index == "milvus"  # the writes above raced the scan
+        assert catalog.search_index == "milvus"
+        store.go_on.set()
         await catalog.index_built()
         indexed, stored = await in_index_and_in_store(catalog, store)
         assert catalog.search_index == "memory" and indexed == stored and len(stored) == N - 1
-        assert stored["i0"][:2] == ("moved", 1.0) and "i1" not in stored
+        assert stored["i0"][:2] == ("moved", 1.0) and stored["i2999"][0] == "moved" and "i1" not in stored
+    finally:
+        store.go_on.set()
+        await catalog.close()
+
+
+class ScanFailsOnceStore(MilvusStore):
+    """The real store, whose first scan fails after a page as a timed-out Milvus call would."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.scans = 0
+
+    def scan(self, page_rows: int = 1000):
+        self.scans += 1
+        for page in super().scan(page_rows):
+            yield page
+            if self.scans == 1:
+                raise Unavailable("Milvus store: DEADLINE_EXCEEDED (injected by the test)")
+
+
+async def test_a_failed_scan_is_retried_while_milvus_serves(tmp_path, data, monkeypatch):
+    monkeypatch.setattr(catalog_module, "INDEX_BUILD_RETRY_SECONDS", 0.2)
+    first, _ = open_catalog(tmp_path, search_index="milvus")
+    await first.open()
+    await first.upsert(data["items"][:1500])
+    await first.close()
+
+    store = ScanFailsOnceStore(str(tmp_path / "catalog.db"), "items")
+    catalog = Catalog(store, None, CatalogLimits(max_top_k=N, max_batch=N), search_index="memory")
+    await catalog.open()
+    try:
+        await catalog.index_built()
+        assert catalog.search_index == "milvus" and len(await catalog.search(data["vectors"][0], 5, SearchFilter())) == 5
+        for _ in range(100):
+            if catalog.search_index == "memory":
+                break
+            await asyncio.sleep(0.1)
+        indexed, stored = await in_index_and_in_store(catalog, store)
+        assert store.scans >= 3 and catalog.search_index == "memory" and indexed == stored and len(stored) == 1500
     finally:
         await catalog.close()
 

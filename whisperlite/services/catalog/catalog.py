@@ -41,6 +41,9 @@ from whisperlite.v1 import common_pb2
 log = logging.getLogger("whisperlite.catalog")
 T = TypeVar("T")
 
+# After a scan of the store failed on a store that is up (a reopen starts its own scan).
+INDEX_BUILD_RETRY_SECONDS = 5.0
+
 # Where searches run: "memory" (the in-process exact index), "milvus", or "auto": memory on an embedded
 # milvus-lite store, which only this process can write, and Milvus on a server, which other catalog
 # replicas may write behind this index's back.
@@ -114,6 +117,7 @@ class Catalog:
         self._index_generation = 0
         self._index_build: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -168,15 +172,19 @@ class Catalog:
             await asyncio.wait([self._index_build])
 
     def _start_index_build(self) -> None:
-        if self._memory_index:
+        if self._memory_index and not self._closed:
             self._index_build = self._loop.create_task(self._build_index())
 
     async def _build_index(self) -> None:
         started = time.perf_counter()
         try:
             index = await asyncio.to_thread(self._scan_into_index)
-        except ServiceError as error:  # the store died or closed meanwhile: a reopen starts another build
-            log.warning("search index build failed: searches use Milvus", extra={"reason": str(error)})
+        except ServiceError as error:
+            log.warning(
+                "search index build failed: searches use Milvus until a new scan succeeds",
+                extra={"reason": str(error), "retry_in_seconds": INDEX_BUILD_RETRY_SECONDS},
+            )
+            self._loop.call_later(INDEX_BUILD_RETRY_SECONDS, self._retry_index_build)
             return
         if index is not None:
             log.info(
@@ -184,10 +192,18 @@ class Catalog:
                 extra={"items": len(index), "seconds": round(time.perf_counter() - started, 3), "array_megabytes": round(index.nbytes / 2**20, 1)},
             )
 
+    def _retry_index_build(self) -> None:
+        if self._index is None and self._store_down is None:  # while the store is down, its reopen scans
+            self._start_index_build()
+
     # ---- the blocking halves of keeping the index in step, run in worker threads ------------------
 
     def _scan_into_index(self) -> VectorIndex | None:
-        """A new index from a scan of the store, with the writes made meanwhile replayed; None when a newer build or a failed write superseded it."""
+        """A new index from a scan of the store, with the writes made meanwhile replayed.
+
+        None when a newer scan, a failed write or close() superseded this one (its scan then stops at
+        the next page, and a store closed under it is no error).
+        """
         with self._index_sync:
             self._index_generation += 1
             generation = self._index_generation
@@ -197,8 +213,9 @@ class Catalog:
             index.replace_all(itertools.takewhile(lambda _: generation == self._index_generation, self._store.scan()))
         except BaseException:
             with self._index_sync:
-                if generation == self._index_generation:
-                    self._writes_during_scan = None  # nothing will replay them
+                if generation != self._index_generation:
+                    return None
+                self._writes_during_scan = None  # nothing will replay them
             raise
         with self._index_sync:
             if generation != self._index_generation:
@@ -221,7 +238,8 @@ class Catalog:
                 if self._memory_index:
                     # The store may hold part of the write: drop the index (and any scan) and scan again.
                     self._supersede_index()
-                    self._loop.call_soon_threadsafe(self._start_index_build)
+                    if not self._loop.is_closed():
+                        self._loop.call_soon_threadsafe(self._start_index_build)
                 raise
             if self._index is not None:
                 apply_to_index(self._index, *args)
@@ -267,6 +285,7 @@ class Catalog:
         return dataclasses.replace(self._creation, dimension=model.dimension, encoder_model=model.name)
 
     async def close(self) -> None:
+        self._closed = True
         await asyncio.to_thread(self._stop_index)
         await self.index_built()  # a scan ends at its next page, before the store it reads closes
         if self._embedder is not None:

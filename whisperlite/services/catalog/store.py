@@ -266,8 +266,14 @@ class MilvusStore:
             kwargs["filter_params"] = expression.params
         return kwargs
 
+    def _open_client(self) -> MilvusClient:
+        """The client; Unavailable once closed (a background scan may outlive a reopen or shutdown)."""
+        if self._client is None:
+            raise Unavailable(f"the Milvus store at {self.uri} is closed")
+        return self._client
+
     def count(self) -> int:
-        rows = self._call(self._client.query, self.collection, filter="", output_fields=["count(*)"], timeout=self._timeout)
+        rows = self._call(self._open_client().query, self.collection, filter="", output_fields=["count(*)"], timeout=self._timeout)
         return int(rows[0]["count(*)"])
 
     def upsert(self, records: Sequence[ItemRecord]) -> int:
@@ -322,7 +328,7 @@ class MilvusStore:
         expression = after_id_expression("item_id", after_id, self._templates)
         fields = SCALAR_FIELDS + ([VECTOR_FIELD] if include_vectors else [])
         rows = self._call(
-            self._client.query, self.collection, output_fields=fields, limit=limit, timeout=self._timeout, **self._filter_kwargs(expression)
+            self._open_client().query, self.collection, output_fields=fields, limit=limit, timeout=self._timeout, **self._filter_kwargs(expression)
         )
         return [_record(row) for row in rows]
 

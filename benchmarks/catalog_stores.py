@@ -341,7 +341,7 @@ def run_catalog_memory(vectors, categories, query_vectors, truth, truth_filtered
         return [int(hit.record.item_id[1:]) for hit in index.search_many(q[np.newaxis], K, search_filter)[0]]
 
     results = measure_searches(search, query_vectors, truth, truth_filtered)
-    results["side_by_side"] = side_by_side(index, vectors, categories, prices, query_vectors, SearchFilter)
+    results["side_by_side"] = side_by_side(index, vectors, categories, prices, query_vectors)
     rss = store_rss_mb(baseline_mb)
     store.close()
     del index
@@ -361,8 +361,10 @@ def run_catalog_memory(vectors, categories, query_vectors, truth, truth_filtered
     }
 
 
-def side_by_side(index, vectors, categories, prices, query_vectors, SearchFilter) -> dict:
+def side_by_side(index, vectors, categories, prices, query_vectors) -> dict:
     """p50/p99 of the index and of numpy exact search, interleaved query by query in this process."""
+    from whisperlite.services.catalog.filters import SearchFilter  # the project is on sys.path (run_catalog_memory)
+
     matrix = np.ascontiguousarray(vectors)
     rows_of = {c: np.flatnonzero(categories == c) for c in range(CATEGORIES)}
     matrix_of = {c: np.ascontiguousarray(matrix[rows]) for c, rows in rows_of.items()}

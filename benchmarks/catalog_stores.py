@@ -43,7 +43,8 @@ VARIANTS = {
     "lite25-autoindex": ("project", "milvus-lite 2.5.1 AUTOINDEX"),
     "lite25-flat": ("project", "milvus-lite 2.5.1 FLAT"),
     "lite25-ivf_flat": ("project", "milvus-lite 2.5.1 IVF_FLAT nlist 1024 nprobe 64"),
-    "catalog": ("project", "catalog default: milvus-lite 2.5.1 AUTOINDEX + FLAT copy for filters"),
+    "catalog": ("project", "catalog, Milvus search: milvus-lite 2.5.1 AUTOINDEX + FLAT copy for filters"),
+    "catalog-memory": ("project", "catalog default: milvus-lite 2.5.1 store + in-process exact index"),
     "lite3-ivf_flat": ("lite3", "milvus-lite 3.2.2 (pure Python) IVF_FLAT"),
     "milvus23-hnsw": ("milvus23", "`milvus` 2.3.5 embedded server HNSW M16 ef64"),
 }
@@ -81,10 +82,8 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
-def store_rss_mb(baseline_mb: float) -> float:
-    """Memory the store adds: this process's growth since `baseline_mb` (in-process stores: numpy,
-    milvus-lite 3.2.2) plus every descendant process (the milvus-lite 2.5.1 binary, the Milvus server)."""
-    pid = os.getpid()
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (the milvus-lite 2.5.1 binary, the Milvus server)."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -94,12 +93,31 @@ def store_rss_mb(baseline_mb: float) -> float:
                 children.setdefault(ppid, []).append(int(entry))
             except (OSError, IndexError, ValueError):
                 continue
-    descendants, stack = 0.0, list(children.get(pid, []))
+    found, stack = [], list(children.get(pid, []))
     while stack:
         current = stack.pop()
-        descendants += _rss_mb(current)
+        found.append(current)
         stack.extend(children.get(current, []))
-    return max(_rss_mb(pid) - baseline_mb, 0.0) + descendants
+    return found
+
+
+def store_rss_mb(baseline_mb: float) -> float:
+    """Memory the store adds: this process's growth since `baseline_mb` (in-process stores: numpy,
+    milvus-lite 3.2.2) plus every descendant process (the milvus-lite 2.5.1 binary, the Milvus server)."""
+    pid = os.getpid()
+    return max(_rss_mb(pid) - baseline_mb, 0.0) + sum(_rss_mb(child) for child in _descendants(pid))
+
+
+def cpu_seconds() -> float:
+    """User + system CPU of this process and its descendants (a store's server process works for us too)."""
+    total = 0.0
+    for pid in [os.getpid(), *_descendants(os.getpid())]:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
 
 
 def percentiles(latencies: list[float]) -> tuple[float, float]:
@@ -119,13 +137,15 @@ def measure_searches(search, query_vectors: np.ndarray, truth: np.ndarray, truth
     results = {}
     for label, filtered, reference in (("search", False, truth), ("filtered", True, truth_filtered)):
         latencies, found = [], []
+        cpu_before = cpu_seconds()
         for i, q in enumerate(query_vectors):
             started = time.perf_counter()
             hits = search(q, i % CATEGORIES if filtered else None)
             latencies.append(time.perf_counter() - started)
             found.append(hits)
+        cpu_ms = (cpu_seconds() - cpu_before) * 1e3 / len(query_vectors)
         p50, p99 = percentiles(latencies)
-        results[label] = {"p50_ms": p50, "p99_ms": p99, "recall": recall(found, reference)}
+        results[label] = {"p50_ms": p50, "p99_ms": p99, "recall": recall(found, reference), "cpu_ms": cpu_ms}
     return results
 
 
@@ -279,6 +299,110 @@ def run_catalog(vectors, categories, query_vectors, truth, truth_filtered, work:
     return {"ingest_rows_s": len(vectors) / ingest_seconds, "build_s": build, "startup_s": startup, **results, "rss_mb": rss}
 
 
+def timed(call) -> float:
+    started = time.perf_counter()
+    call()
+    return time.perf_counter() - started
+
+
+def run_catalog_memory(vectors, categories, query_vectors, truth, truth_filtered, work: Path, baseline_mb: float) -> dict:
+    """The catalog's default search path: its in-process VectorIndex, written after the milvus-lite store.
+
+    Besides the common columns, numpy exact search runs in this process interleaved with the index,
+    query by query, so the ratios below share one process and one moment of the machine's load:
+    unfiltered, one category, one category and a price range, and batches of 64 queries in one call.
+    """
+    sys.path.insert(0, str(REPO))
+    from whisperlite.services.catalog.filters import SearchFilter
+    from whisperlite.services.catalog.items import ItemRecord
+    from whisperlite.services.catalog.store import CollectionSpec, MilvusStore
+    from whisperlite.services.catalog.vector_index import VectorIndex
+
+    rng = np.random.default_rng(SEED + 1)
+    prices = rng.uniform(0, 100, len(vectors)).round(2)
+    uri = str(work / "catalog.db")
+    store = MilvusStore(uri, "items", timeout_seconds=120)
+    store.open(CollectionSpec(dimension=vectors.shape[1], encoder_model="bench"))
+    index = VectorIndex(vectors.shape[1])
+    records = [
+        ItemRecord(item_id=f"i{j}", title=f"item {j}", category=f"c{categories[j]}", price=float(prices[j]), vector=vectors[j])
+        for j in range(len(vectors))
+    ]
+    started = time.perf_counter()
+    for start_row in range(0, len(records), CHUNK):  # as the catalog writes: the store first, then the index
+        chunk = records[start_row : start_row + CHUNK]
+        store.upsert(chunk)
+        index.upsert(chunk)
+    ingest_seconds = time.perf_counter() - started
+    del records
+
+    def search(q, category):
+        search_filter = SearchFilter(categories=(f"c{category}",)) if category is not None else SearchFilter()
+        return [int(hit.record.item_id[1:]) for hit in index.search_many(q[np.newaxis], K, search_filter)[0]]
+
+    results = measure_searches(search, query_vectors, truth, truth_filtered)
+    results["side_by_side"] = side_by_side(index, vectors, categories, prices, query_vectors)
+    rss = store_rss_mb(baseline_mb)
+    store.close()
+    del index
+    # Start-up: reopen the store (load and warm-up: the catalog is SERVING after this, searching Milvus),
+    # then the index is built from a scan of the store, which the catalog does in the background.
+    before_mb = _rss_mb(os.getpid())
+    store = MilvusStore(uri, "items", timeout_seconds=120)
+    startup = timed(store.open)
+    index = VectorIndex(vectors.shape[1])
+    scan_seconds = timed(lambda: index.replace_all(store.scan()))
+    index_mb = _rss_mb(os.getpid()) - before_mb
+    assert len(index) == len(vectors)
+    store.close()
+    return {
+        "ingest_rows_s": len(vectors) / ingest_seconds, "build_s": 0.0, "startup_s": startup, **results, "rss_mb": rss,
+        "index_load_s": scan_seconds, "index_rss_mb": index_mb, "index_array_mb": index.nbytes / 2**20,
+    }
+
+
+def side_by_side(index, vectors, categories, prices, query_vectors) -> dict:
+    """p50/p99 of the index and of numpy exact search, interleaved query by query in this process."""
+    from whisperlite.services.catalog.filters import SearchFilter  # the project is on sys.path (run_catalog_memory)
+
+    matrix = np.ascontiguousarray(vectors)
+    rows_of = {c: np.flatnonzero(categories == c) for c in range(CATEGORIES)}
+    matrix_of = {c: np.ascontiguousarray(matrix[rows]) for c, rows in rows_of.items()}
+    price_of = {c: prices[rows] for c, rows in rows_of.items()}
+    low, high = 20.0, 60.0
+
+    def numpy_top(block: np.ndarray, q: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+        scores = block @ q
+        if mask is not None:
+            scores = np.where(mask, scores, -np.inf)
+        top = np.argpartition(-scores, K)[:K]
+        return top[np.argsort(-scores[top])]
+
+    cases = {
+        "unfiltered": (SearchFilter(), lambda q, c: numpy_top(matrix, q)),
+        "category": (None, lambda q, c: numpy_top(matrix_of[c], q)),
+        "category_price": (None, lambda q, c: numpy_top(matrix_of[c], q, (price_of[c] >= low) & (price_of[c] <= high))),
+    }
+    out = {}
+    for name, (fixed_filter, numpy_search) in cases.items():
+        mine, theirs = [], []
+        for i, q in enumerate(query_vectors):
+            c = i % CATEGORIES
+            search_filter = fixed_filter or SearchFilter(
+                categories=(f"c{c}",), **({"min_price": low, "max_price": high} if name == "category_price" else {})
+            )
+            mine.append(timed(lambda: index.search_many(q[np.newaxis], K, search_filter)))
+            theirs.append(timed(lambda: numpy_search(q, c)))
+        out[name] = {"index": percentiles(mine), "numpy": percentiles(theirs)}
+    batch = query_vectors[:64]
+    mine = [timed(lambda: index.search_many(batch, 50, SearchFilter())) / len(batch) for _ in range(20)]
+    theirs = [
+        timed(lambda: np.argpartition(-(batch @ matrix.T), 50, axis=1)[:, :50]) / len(batch) for _ in range(20)
+    ]
+    out["batch64_top50_per_query"] = {"index": percentiles(mine), "numpy": percentiles(theirs)}
+    return out
+
+
 def run_variant(variant: str, n: int, dim: int, queries: int) -> dict:
     vectors, categories, query_vectors = make_data(n, dim, queries)
     truth = exact_top_k(vectors, query_vectors)
@@ -293,6 +417,8 @@ def run_variant(variant: str, n: int, dim: int, queries: int) -> dict:
             result = run_numpy(*data)
         elif variant == "catalog":
             result = run_catalog(*data)
+        elif variant == "catalog-memory":
+            result = run_catalog_memory(*data)
         else:
             result = run_orm(variant, *data)
     finally:
@@ -313,6 +439,10 @@ def interpreter(variant: str) -> str:
     return str(python)
 
 
+def cpu(measured: dict) -> str:
+    return f"{measured['cpu_ms']:.1f}"
+
+
 def table(results: list[dict]) -> str:
     base = next((r for r in results if r["variant"] == "numpy"), None)
 
@@ -322,21 +452,39 @@ def table(results: list[dict]) -> str:
         return f" ({base[key]['p50_ms'] / r[key]['p50_ms']:.2f}x)"
 
     lines = [
-        "| store | ingest rows/s | build s | search p50 / p99 ms (x numpy) | recall@10 | filtered p50 / p99 ms (x numpy) | filtered recall@10 | start-up s | store RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| store | ingest rows/s | build s | search p50 / p99 ms (x numpy) | CPU ms | recall@10 "
+        "| filtered p50 / p99 ms (x numpy) | CPU ms | filtered recall@10 | start-up s | store RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         name = VARIANTS[r["variant"]][1]
         if "error" in r:
-            lines.append(f"| {name} | failed: {r['error']} | | | | | | | |")
+            lines.append(f"| {name} | failed: {r['error']} | | | | | | | | | |")
             continue
         s, f = r["search"], r["filtered"]
         ingest = "-" if r["variant"] == "numpy" else f"{r['ingest_rows_s']:,.0f}"
         lines.append(
-            f"| {name} | {ingest} | {r['build_s']:.1f} | {s['p50_ms']:.1f} / {s['p99_ms']:.1f}{ratio(r, 'search')} | {s['recall']:.3f} "
-            f"| {f['p50_ms']:.1f} / {f['p99_ms']:.1f}{ratio(r, 'filtered')} | {f['recall']:.3f} | {r['startup_s']:.1f} | {r['rss_mb']:,.0f} |"
+            f"| {name} | {ingest} | {r['build_s']:.1f} | {s['p50_ms']:.1f} / {s['p99_ms']:.1f}{ratio(r, 'search')} | {cpu(s)} | {s['recall']:.3f} "
+            f"| {f['p50_ms']:.1f} / {f['p99_ms']:.1f}{ratio(r, 'filtered')} | {cpu(f)} | {f['recall']:.3f} | {r['startup_s']:.1f} | {r['rss_mb']:,.0f} |"
         )
-    lines.append("(x numpy: numpy p50 / this p50, so > 1 is faster than numpy; one query per call)")
+    lines.append(
+        "(x numpy: numpy p50 / this p50, so > 1 is faster than numpy; one query per call; "
+        "CPU ms: per search, this process and the store's server process together)"
+    )
+    for r in results:
+        if "side_by_side" not in r:
+            continue
+        lines += [
+            "",
+            f"{VARIANTS[r['variant']][1]}: after the store opens ({r['startup_s']:.1f} s, then SERVING on Milvus search), the index is "
+            f"scanned from the store and built in {r['index_load_s']:.1f} s; index arrays {r['index_array_mb']:,.0f} MB, "
+            f"process growth while building it {r['index_rss_mb']:,.0f} MB",
+            "| in one process, interleaved | index p50 / p99 ms | numpy exact p50 / p99 ms | index p50 / numpy p50 |",
+            "|---|---|---|---|",
+        ]
+        for name, case in r["side_by_side"].items():
+            (mine50, mine99), (theirs50, theirs99) = case["index"], case["numpy"]
+            lines.append(f"| {name} | {mine50:.2f} / {mine99:.2f} | {theirs50:.2f} / {theirs99:.2f} | {mine50 / theirs50:.2f} |")
     return "\n".join(lines)
 
 
@@ -348,6 +496,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--timeout", type=float, default=900, help="seconds one variant may take")
+    parser.add_argument(
+        "--blas-threads", type=int, default=1,
+        help="OPENBLAS_NUM_THREADS of every variant: the catalog's --blas-threads default, and what a shared 2-core machine affords",
+    )
     parser.add_argument("--out", type=Path, help="also write the combined JSON here")
     args = parser.parse_args(argv)
     if args.variant:
@@ -358,7 +510,10 @@ def main(argv: list[str] | None = None) -> None:
         command = [interpreter(variant), __file__, "--variant", variant, "--n", str(args.n), "--dim", str(args.dim), "--queries", str(args.queries)]
         print(f"running {variant} ...", file=sys.stderr, flush=True)
         try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout, cwd=REPO)
+            done = subprocess.run(
+                command, capture_output=True, text=True, timeout=args.timeout, cwd=REPO,
+                env={**os.environ, "OPENBLAS_NUM_THREADS": str(args.blas_threads)},
+            )
             if done.returncode != 0:
                 raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}")
             result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -368,7 +523,10 @@ def main(argv: list[str] | None = None) -> None:
         results.append(result)
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
-    print(f"{args.n:,} x {args.dim} COSINE, {CATEGORIES}-valued category filter, {args.queries} queries each, one per call")
+    print(
+        f"{args.n:,} x {args.dim} COSINE, {CATEGORIES}-valued category filter, {args.queries} queries each, one per call, "
+        f"{args.blas_threads} BLAS thread(s)"
+    )
     print(table(results))
 
 

@@ -25,11 +25,17 @@ def item(item_id: str, vector, **fields) -> common_pb2.Item:
     return common_pb2.Item(item_id=item_id, vector=list(vector), **fields)
 
 
-@pytest.fixture
-async def catalog(tmp_path):
+@pytest.fixture(params=["memory", "milvus"])
+async def catalog(tmp_path, request):
+    """Every use case, with searches in the in-process index and in Milvus."""
     store = MilvusStore(str(tmp_path / "catalog.db"), "items")
-    catalog = Catalog(store, None, CatalogLimits(max_top_k=50, max_batch=3000), CollectionSpec(dimension=DIM, encoder_model="test/encoder"))
+    catalog = Catalog(
+        store, None, CatalogLimits(max_top_k=50, max_batch=3000), CollectionSpec(dimension=DIM, encoder_model="test/encoder"),
+        search_index=request.param,
+    )
     await catalog.open()
+    await catalog.index_built()
+    assert catalog.search_index == request.param
     yield catalog
     await catalog.close()
 
@@ -212,8 +218,9 @@ async def test_delete_counts_existing_ids_only(catalog, stocked):
     assert metrics.ITEMS._value.get() == 10
 
 
-async def test_filtered_search_is_exact(tmp_path):
-    """Category and price filters go to the FLAT copy: results equal brute force, item for item."""
+@pytest.mark.parametrize("search_index", ["milvus", "memory"])
+async def test_filtered_search_is_exact(tmp_path, search_index):
+    """Category and price filters go to the FLAT copy or the in-process index: results equal brute force, item for item."""
     rng = np.random.default_rng(11)
     n, dim = 6000, 32
     centres = rng.normal(size=(60, dim)).astype(np.float32)
@@ -222,8 +229,9 @@ async def test_filtered_search_is_exact(tmp_path):
     categories = rng.integers(0, 10, n)
     prices = rng.uniform(0, 100, n)
     store = MilvusStore(str(tmp_path / "catalog.db"), "items")
-    catalog = Catalog(store, None, CatalogLimits(max_batch=n), CollectionSpec(dimension=dim, encoder_model="m"))
+    catalog = Catalog(store, None, CatalogLimits(max_batch=n), CollectionSpec(dimension=dim, encoder_model="m"), search_index=search_index)
     await catalog.open()
+    await catalog.index_built()
     try:
         await catalog.upsert(
             [item(f"i{j}", vectors[j], category=f"c{categories[j]}", price=float(prices[j])) for j in range(n)]

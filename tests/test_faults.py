@@ -8,6 +8,7 @@ asserted with a margin for a loaded 2-core machine); everything else asserts out
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -65,7 +66,8 @@ def metric(service: ServiceProcess, name: str, **labels: str) -> float:
 def child_pids(pid: int) -> list[int]:
     children = []
     for task in Path(f"/proc/{pid}/task").iterdir():
-        children += [int(child) for child in (task / "children").read_text().split()]
+        with contextlib.suppress(FileNotFoundError):  # a worker thread that ended since the listing
+            children += [int(child) for child in (task / "children").read_text().split()]
     return children
 
 

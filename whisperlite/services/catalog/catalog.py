@@ -4,13 +4,24 @@ Plain async code with no gRPC in it: the servicer maps protos to these calls, te
 Milvus calls block, so each runs in a worker thread; writes are serialized so the item-count gauge and
 the "validate everything, then write" rule hold under concurrent upserts. While the store is down
 (store_watch found it dead or wedged) every use case answers Unavailable at once instead of waiting on it.
+
+Searches go to the in-process `VectorIndex` where it is on (the embedded milvus-lite store by default:
+only this process writes it), else to Milvus. The index is built in the background from a scan of the
+store whenever the store opens or reopens; Milvus answers searches until it is ready (milvus-lite
+returns vectors at ~4k rows/s: a 100k-item scan takes ~25 s, which start-up and a reopen no longer
+wait for). Every write reaches the index after the store acknowledged it, in the same worker thread
+and under one lock; writes made during a scan are logged and replayed on the scanned index before
+it serves, so it misses none whether the scan saw them or not. A store write that fails may have
+landed in part: searches go to Milvus until a new scan.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,13 +32,28 @@ import numpy as np
 from whisperlite.services.catalog import metrics
 from whisperlite.services.catalog.embedding import ItemEmbedder
 from whisperlite.services.catalog.filters import SearchFilter
-from whisperlite.services.catalog.items import ItemRecord, can_be_stored_id, records_from_request, validate_ids, validate_vector
-from whisperlite.services.catalog.store import CollectionInfo, CollectionSpec, MilvusStore, SearchHit
-from whisperlite.core.errors import FailedPrecondition, InvalidArgument, Unavailable
+from whisperlite.services.catalog.items import ItemRecord, SearchHit, can_be_stored_id, records_from_request, validate_ids, validate_vector
+from whisperlite.services.catalog.store import CollectionInfo, CollectionSpec, MilvusStore, is_local_uri
+from whisperlite.services.catalog.vector_index import VectorIndex
+from whisperlite.core.errors import FailedPrecondition, InvalidArgument, ServiceError, Unavailable
 from whisperlite.v1 import common_pb2
 
 log = logging.getLogger("whisperlite.catalog")
 T = TypeVar("T")
+
+# After a scan of the store failed on a store that is up (a reopen starts its own scan).
+INDEX_BUILD_RETRY_SECONDS = 5.0
+
+# Where searches run: "memory" (the in-process exact index), "milvus", or "auto": memory on an embedded
+# milvus-lite store, which only this process can write, and Milvus on a server, which other catalog
+# replicas may write behind this index's back.
+SEARCH_INDEXES = ("auto", "memory", "milvus")
+
+
+def uses_memory_index(search_index: str, uri: str) -> bool:
+    if search_index not in SEARCH_INDEXES:
+        raise ValueError(f"search_index: must be one of {', '.join(SEARCH_INDEXES)}, got {search_index!r}")
+    return search_index == "memory" or (search_index == "auto" and is_local_uri(uri))
 
 
 @dataclass(frozen=True)
@@ -66,8 +92,12 @@ class Catalog:
         embedder: ItemEmbedder | None,
         limits: CatalogLimits = CatalogLimits(),
         creation: CollectionSpec = CollectionSpec(),
+        search_index: str = "auto",
     ):
-        """`creation` is used only when the collection does not exist; dimension 0 asks the query encoder."""
+        """`creation` is used only when the collection does not exist; dimension 0 asks the query encoder.
+
+        `search_index` is one of SEARCH_INDEXES.
+        """
         for name in ("max_top_k", "max_batch"):
             if getattr(limits, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(limits, name)}")
@@ -78,6 +108,16 @@ class Catalog:
         self._write_lock = asyncio.Lock()
         self._info: CollectionInfo | None = None
         self._store_down: str | None = None  # why, while the store is dead or wedged
+        self._memory_index = uses_memory_index(search_index, store.uri)
+        # Where the index stands, changed only under _index_sync (worker threads): the index, or None while
+        # searches go to Milvus; the writes to replay on the index being scanned; the newest scan's number.
+        self._index_sync = threading.Lock()
+        self._index: VectorIndex | None = None
+        self._writes_during_scan: list[tuple[Callable[..., None], tuple]] | None = None
+        self._index_generation = 0
+        self._index_build: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -86,6 +126,8 @@ class Catalog:
         if not await asyncio.to_thread(self._store.exists):
             spec = await self._creation_spec()
         self._info = await asyncio.to_thread(self._store.open, spec)
+        self._loop = asyncio.get_running_loop()
+        self._start_index_build()
         count = await asyncio.to_thread(self._store.count)
         metrics.ITEMS.set(count)
         log.info(
@@ -98,6 +140,7 @@ class Catalog:
                 "index_type": self._info.index_type,
                 "exact_filtered_search": self._info.exact_filtered_search,
                 "filter_templates": self._store.uses_templates,
+                "search_index": "memory (building)" if self._memory_index else "milvus",
             },
         )
         return self._info
@@ -119,13 +162,115 @@ class Catalog:
         """Closes the store (stopping a wedged milvus-lite child) and opens it again; raises Unavailable on failure."""
         await asyncio.to_thread(self._store.close)
         self._info = await asyncio.to_thread(self._store.open, None)
+        self._start_index_build()
         metrics.ITEMS.set(await asyncio.to_thread(self._store.count))
         self._store_down = None
 
-    async def _on_store(self, call: Callable[..., T], *args) -> T:
-        """Runs a blocking store call in a worker thread, or refuses at once while the store is down."""
+    async def index_built(self) -> None:
+        """Returns once the newest index build has ended (at once when the index is off)."""
+        if self._index_build is not None:
+            await asyncio.wait([self._index_build])
+
+    def _start_index_build(self) -> None:
+        if self._memory_index and not self._closed:
+            self._index_build = self._loop.create_task(self._build_index())
+
+    async def _build_index(self) -> None:
+        started = time.perf_counter()
+        try:
+            index = await asyncio.to_thread(self._scan_into_index)
+        except ServiceError as error:
+            log.warning(
+                "search index build failed: searches use Milvus until a new scan succeeds",
+                extra={"reason": str(error), "retry_in_seconds": INDEX_BUILD_RETRY_SECONDS},
+            )
+            self._loop.call_later(INDEX_BUILD_RETRY_SECONDS, self._retry_index_build)
+            return
+        if index is not None:
+            log.info(
+                "search index built: searches use it",
+                extra={"items": len(index), "seconds": round(time.perf_counter() - started, 3), "array_megabytes": round(index.nbytes / 2**20, 1)},
+            )
+
+    def _retry_index_build(self) -> None:
+        if self._index is None and self._store_down is None:  # while the store is down, its reopen scans
+            self._start_index_build()
+
+    # ---- the blocking halves of keeping the index in step, run in worker threads ------------------
+
+    def _scan_into_index(self) -> VectorIndex | None:
+        """A new index from a scan of the store, with the writes made meanwhile replayed.
+
+        None when a newer scan, a failed write or close() superseded this one (its scan then stops at
+        the next page, and a store closed under it is no error).
+        """
+        with self._index_sync:
+            self._index_generation += 1
+            generation = self._index_generation
+            self._index, self._writes_during_scan = None, []
+        index = VectorIndex(self.info.dimension)
+        try:
+            index.replace_all(itertools.takewhile(lambda _: generation == self._index_generation, self._store.scan()))
+        except BaseException:
+            with self._index_sync:
+                if generation != self._index_generation:
+                    return None
+                self._writes_during_scan = None  # nothing will replay them
+            raise
+        with self._index_sync:
+            if generation != self._index_generation:
+                return None
+            # Replayed in order after the scan: each id ends as its last write left it, seen by the scan or not.
+            for apply_to_index, args in self._writes_during_scan:
+                apply_to_index(index, *args)
+            self._index, self._writes_during_scan = index, None
+            return index
+
+    def _write_through(self, call: Callable[..., T], apply_to_index: Callable[..., None], *args) -> T:
+        """The store write, then the same write on the index (or in the scan's log), whole under the lock.
+
+        Everything happens in this worker thread, which finishes even when the caller is cancelled.
+        """
+        with self._index_sync:
+            try:
+                result = call(*args)
+            except BaseException:
+                if self._memory_index:
+                    # The store may hold part of the write: drop the index (and any scan) and scan again.
+                    self._supersede_index()
+                    if not self._loop.is_closed():
+                        self._loop.call_soon_threadsafe(self._start_index_build)
+                raise
+            if self._index is not None:
+                apply_to_index(self._index, *args)
+            elif self._writes_during_scan is not None:
+                self._writes_during_scan.append((apply_to_index, args))
+            return result
+
+    def _supersede_index(self) -> None:
+        """Drops the index and outdates a scan in progress, which stops at its next page (the caller holds _index_sync)."""
+        self._index_generation += 1
+        self._index, self._writes_during_scan = None, None
+
+    def _stop_index(self) -> None:
+        with self._index_sync:
+            self._supersede_index()
+
+    async def _write(self, call: Callable[..., T], apply_to_index: Callable[..., None], *args) -> T:
+        """One write: to the store of record, then to the index; serialized, and the item gauge updated."""
+        async with self._write_lock:
+            self._refuse_while_store_down()
+            result = await asyncio.to_thread(self._write_through, call, apply_to_index, *args)
+            metrics.ITEMS.set(await self._on_store(self._store.count))
+        return result
+
+    def _refuse_while_store_down(self) -> None:
         if self._store_down is not None:
             raise Unavailable(f"the catalog store is down and being reopened ({self._store_down}); retry shortly")
+
+    async def _on_store(self, call: Callable[..., T], *args) -> T:
+        """Runs a blocking store (or index) call in a worker thread, or refuses at once while the store is down."""
+        self._refuse_while_store_down()
         return await asyncio.to_thread(call, *args)
 
     async def _creation_spec(self) -> CollectionSpec:
@@ -140,6 +285,9 @@ class Catalog:
         return dataclasses.replace(self._creation, dimension=model.dimension, encoder_model=model.name)
 
     async def close(self) -> None:
+        self._closed = True
+        await asyncio.to_thread(self._stop_index)
+        await self.index_built()  # a scan ends at its next page, before the store it reads closes
         if self._embedder is not None:
             await self._embedder.close()
         await asyncio.to_thread(self._store.close)
@@ -150,6 +298,11 @@ class Catalog:
             raise Unavailable("the catalog is still opening its collection; retry when health reports SERVING")
         return self._info
 
+    @property
+    def search_index(self) -> str:
+        """Where searches run now: "memory" (the in-process index) or "milvus" (off, or being built from the store)."""
+        return "memory" if self._index is not None else "milvus"
+
     # ---- use cases -------------------------------------------------------------------------------
 
     async def upsert(self, items: Sequence[common_pb2.Item]) -> UpsertResult:
@@ -157,9 +310,7 @@ class Catalog:
         missing = [record for record in records if record.vector is None]
         if missing:
             await self._embed(missing)
-        async with self._write_lock:
-            await self._on_store(self._store.upsert, records)
-            metrics.ITEMS.set(await self._on_store(self._store.count))
+        await self._write(self._store.upsert, VectorIndex.upsert, records)
         return UpsertResult(upserted=len(records), embedded=len(missing))
 
     async def _embed(self, records: list[ItemRecord]) -> None:
@@ -185,10 +336,7 @@ class Catalog:
         ids = validate_ids(item_ids, self._limits.max_batch)
         if not ids:
             return 0
-        async with self._write_lock:
-            deleted = await self._on_store(self._store.delete, ids)
-            metrics.ITEMS.set(await self._on_store(self._store.count))
-        return deleted
+        return await self._write(self._store.delete, VectorIndex.delete, ids)
 
     async def search(
         self, vector: Sequence[float], top_k: int, search_filter: SearchFilter, include_vectors: bool = False, detailed_hits: int = 0
@@ -213,11 +361,12 @@ class Catalog:
             key = (query.search_filter, query.top_k, query.include_vectors, query.detailed_hits)
             groups.setdefault(key, []).append((index, vector))
         results: list[list[SearchHit]] = [[] for _ in queries]
+        memory_index = self._index  # one searcher for the whole batch, even if a failed write drops the index meanwhile
         for (search_filter, top_k, include_vectors, detailed_hits), members in groups.items():
-            strategy = self._store.strategy(search_filter)
+            searcher, strategy = (memory_index, "memory") if memory_index is not None else (self._store, self._store.strategy(search_filter))
             started = time.perf_counter()
             found = await self._on_store(
-                self._store.search_many, np.stack([vector for _, vector in members]), top_k, search_filter, include_vectors, detailed_hits
+                searcher.search_many, np.stack([vector for _, vector in members]), top_k, search_filter, include_vectors, detailed_hits
             )
             metrics.SEARCH_SECONDS.labels(strategy).observe(time.perf_counter() - started)
             for (index, _), hits in zip(members, found, strict=True):

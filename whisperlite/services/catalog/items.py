@@ -41,6 +41,12 @@ class ItemRecord:
     vector: np.ndarray | None = None
 
 
+@dataclass(frozen=True)
+class SearchHit:
+    record: ItemRecord
+    score: float
+
+
 def _has_control_characters(value: str) -> bool:
     return any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value)
 

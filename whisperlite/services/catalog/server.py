@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 
+from threadpoolctl import threadpool_limits
+
 from whisperlite.core.topology import CATALOG, QUERY_ENCODER
-from whisperlite.services.catalog.catalog import Catalog, CatalogLimits
+from whisperlite.services.catalog.catalog import SEARCH_INDEXES, Catalog, CatalogLimits
 from whisperlite.services.catalog.embedding import ItemEmbedder
 from whisperlite.services.catalog.servicer import CatalogServicer
 from whisperlite.services.catalog.store import INDEX_TYPES, CollectionSpec, MilvusStore, default_uri
@@ -48,6 +50,20 @@ def build_parser() -> argparse.ArgumentParser:
     store.add_argument(
         "--milvus-timeout-seconds", type=float, default=env_float(f"{PREFIX}_MILVUS_TIMEOUT_SECONDS", 30.0),
         help=f"deadline of each Milvus call (env {PREFIX}_MILVUS_TIMEOUT_SECONDS)",
+    )
+    store.add_argument(
+        "--search-index", choices=SEARCH_INDEXES, default=env_str(f"{PREFIX}_SEARCH_INDEX", "auto"),
+        help=(
+            "where searches run: memory (an exact index in this process, built from the store at start-up), milvus, or auto: "
+            f"memory on the embedded milvus-lite store, milvus on a server, which other replicas may write (env {PREFIX}_SEARCH_INDEX)"
+        ),
+    )
+    store.add_argument(
+        "--blas-threads", type=int, default=env_int(f"{PREFIX}_BLAS_THREADS", 1),
+        help=(
+            "BLAS threads of one in-process search; concurrent searches run in parallel threads anyway, and on a busy machine a "
+            f"second BLAS thread waits for a time slice (8 ms per 23k-item search instead of 1.2 ms, docs/catalog-store.md) (env {PREFIX}_BLAS_THREADS)"
+        ),
     )
     watch = StoreWatchSettings()
     store.add_argument(
@@ -124,6 +140,7 @@ def build_catalog(args: argparse.Namespace) -> Catalog:
                 index_type=args.index_type,
                 exact_filtered_search=args.exact_filtered_search,
             ),
+            search_index=args.search_index,
         )
     except ValueError as error:
         raise SystemExit(f"catalog: {error}") from None
@@ -163,6 +180,9 @@ async def run(args: argparse.Namespace, ready: asyncio.Event | None = None, stop
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.blas_threads < 1:
+        raise SystemExit(f"catalog: blas-threads: must be at least 1, got {args.blas_threads}")
+    threadpool_limits(args.blas_threads, user_api="blas")
     configure_logging(args.log_level, service="catalog")
     start_tracing("catalog")
     try:

@@ -5,8 +5,7 @@ from __future__ import annotations
 from whisperlite.core.errors import InvalidArgument
 from whisperlite.services.catalog.catalog import Catalog, SearchQuery
 from whisperlite.services.catalog.filters import filter_from_proto
-from whisperlite.services.catalog.items import record_to_proto
-from whisperlite.services.catalog.store import SearchHit
+from whisperlite.services.catalog.items import SearchHit, record_to_proto
 from whisperlite.v1 import catalog_pb2, catalog_pb2_grpc
 
 

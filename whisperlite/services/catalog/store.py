@@ -29,7 +29,7 @@ from pymilvus import DataType, MilvusClient, MilvusException
 
 from whisperlite.services.catalog import items as item_limits
 from whisperlite.services.catalog.filters import Expression, SearchFilter, after_id_expression, build_expression, id_list_expression
-from whisperlite.services.catalog.items import ItemRecord
+from whisperlite.services.catalog.items import ItemRecord, SearchHit
 from whisperlite.core.errors import FailedPrecondition, Unavailable
 
 log = logging.getLogger("whisperlite.catalog.store")
@@ -72,12 +72,6 @@ class CollectionInfo:
     encoder_model: str
     exact_filtered_search: bool
     index_type: str
-
-
-@dataclass(frozen=True)
-class SearchHit:
-    record: ItemRecord
-    score: float
 
 
 class MilvusStore:
@@ -272,8 +266,14 @@ class MilvusStore:
             kwargs["filter_params"] = expression.params
         return kwargs
 
+    def _open_client(self) -> MilvusClient:
+        """The client; Unavailable once closed (a background scan may outlive a reopen or shutdown)."""
+        if self._client is None:
+            raise Unavailable(f"the Milvus store at {self.uri} is closed")
+        return self._client
+
     def count(self) -> int:
-        rows = self._call(self._client.query, self.collection, filter="", output_fields=["count(*)"], timeout=self._timeout)
+        rows = self._call(self._open_client().query, self.collection, filter="", output_fields=["count(*)"], timeout=self._timeout)
         return int(rows[0]["count(*)"])
 
     def upsert(self, records: Sequence[ItemRecord]) -> int:
@@ -328,9 +328,24 @@ class MilvusStore:
         expression = after_id_expression("item_id", after_id, self._templates)
         fields = SCALAR_FIELDS + ([VECTOR_FIELD] if include_vectors else [])
         rows = self._call(
-            self._client.query, self.collection, output_fields=fields, limit=limit, timeout=self._timeout, **self._filter_kwargs(expression)
+            self._open_client().query, self.collection, output_fields=fields, limit=limit, timeout=self._timeout, **self._filter_kwargs(expression)
         )
         return [_record(row) for row in rows]
+
+    def scan(self, page_rows: int = WRITE_CHUNK_ROWS) -> Iterator[list[ItemRecord]]:
+        """Every record with its vector, in pages of id order (what the in-process index is built from)."""
+        # milvus-lite 2.5.1 fails a query for vectors on a collection that never held a row
+        # ("Growing segment loss raw data"); such a collection has nothing to scan.
+        if self.count() == 0:
+            return
+        after = ""
+        while True:
+            records = self.page(after, page_rows, include_vectors=True)
+            if records:
+                yield records
+            if len(records) < page_rows:
+                return
+            after = records[-1].item_id
 
     def existing_ids(self, item_ids: Sequence[str]) -> list[str]:
         existing: list[str] = []

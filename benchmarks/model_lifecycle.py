@@ -12,6 +12,7 @@ as the candidate, next to the size of a version's user-taste table.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -21,6 +22,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -66,6 +69,38 @@ def write_version(root: Path, version: str, created: datetime, encoder: str, dim
     manifest = {"name": "bench", "version": version, "created": created.isoformat(), "encoder": encoder,
                 "dimension": dimension, "n_users": users, "config": {"network": {"hidden": 512, "dropout": 0.0}}}
     return PersonalizationModel(network, [f"user-{i}" for i in range(users)], tastes, manifest).save(root / version)
+
+
+@dataclass
+class BenchRoot:
+    """A temporary folder with logs/ and models/, a running query encoder and what it serves."""
+
+    root: Path
+    logs: Path
+    models: Path
+    encoder_address: str
+    encoder_info: query_encoder_pb2.GetModelInfoResponse
+    processes: list  # every process started in it, stopped newest first at exit
+
+
+@contextlib.contextmanager
+def bench_root() -> Iterator[BenchRoot]:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        logs, models = root / "logs", root / "models"
+        logs.mkdir()
+        models.mkdir()
+        processes = []
+        try:
+            encoder, encoder_address, _ = serve("query-encoder", logs)
+            processes.append(encoder)
+            with grpc.insecure_channel(encoder_address) as channel:
+                info = query_encoder_pb2_grpc.QueryEncoderServiceStub(channel).GetModelInfo(query_encoder_pb2.GetModelInfoRequest(), timeout=60)
+            yield BenchRoot(root, logs, models, encoder_address, info, processes)
+        finally:
+            for process in reversed(processes):
+                process.terminate()
+                process.wait(60)
 
 
 def start_catalog_and_ranker(root: Path, logs: Path, models: Path, encoder_address: str, processes: list):
@@ -127,53 +162,40 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=200_000, help="users in each version's taste table")
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        logs, models = root / "logs", root / "models"
-        logs.mkdir()
-        models.mkdir()
-        processes = []
-        try:
-            encoder, encoder_address, _ = serve("query-encoder", logs)
-            processes.append(encoder)
-            with grpc.insecure_channel(encoder_address) as channel:
-                info = query_encoder_pb2_grpc.QueryEncoderServiceStub(channel).GetModelInfo(query_encoder_pb2.GetModelInfoRequest(), timeout=60)
-            now = datetime.now(timezone.utc)
-            old = write_version(models, "bench-v1", now - timedelta(hours=1), info.model_name, info.dimension, args.users, seed=1)
-            staged = write_version(root, "bench-v2", now, info.model_name, info.dimension, args.users, seed=2)
-            items, ranker, ranker_address = start_catalog_and_ranker(root, logs, models, encoder_address, processes)
-            channel = grpc.insecure_channel(ranker_address)
-            stub = ranker_pb2_grpc.RankerServiceStub(channel)
-            admin = ModelAdminClient(ranker_address)
-            timed_calls(stub, 30, args.users)  # warm-up
+    with bench_root() as bench:
+        root, logs, models, info, processes = bench.root, bench.logs, bench.models, bench.encoder_info, bench.processes
+        now = datetime.now(timezone.utc)
+        old = write_version(models, "bench-v1", now - timedelta(hours=1), info.model_name, info.dimension, args.users, seed=1)
+        staged = write_version(root, "bench-v2", now, info.model_name, info.dimension, args.users, seed=2)
+        items, ranker, ranker_address = start_catalog_and_ranker(root, logs, models, bench.encoder_address, processes)
+        channel = grpc.insecure_channel(ranker_address)
+        stub = ranker_pb2_grpc.RankerServiceStub(channel)
+        admin = ModelAdminClient(ranker_address)
+        timed_calls(stub, 30, args.users)  # warm-up
 
-            memory_one = memory_mb(ranker.pid)  # only bench-v1 was ever loaded
-            steady, _, steady_failures = timed_calls(stub, args.n, args.users)
+        memory_one = memory_mb(ranker.pid)  # only bench-v1 was ever loaded
+        steady, _, steady_failures = timed_calls(stub, args.n, args.users)
 
-            staged.rename(models / staged.name)
-            admin.set_traffic("bench-v2", 100.0, shadow=True)
-            shadowed, _, shadow_failures = timed_calls(stub, args.n, args.users)
-            memory_two = memory_mb(ranker.pid)  # bench-v2 loaded as the candidate, after it shadow-scored n calls
-            admin.set_traffic("", 0.0)
+        staged.rename(models / staged.name)
+        admin.set_traffic("bench-v2", 100.0, shadow=True)
+        shadowed, _, shadow_failures = timed_calls(stub, args.n, args.users)
+        memory_two = memory_mb(ranker.pid)  # bench-v2 loaded as the candidate, after it shadow-scored n calls
+        admin.set_traffic("", 0.0)
 
-            swaps, stop = [0], threading.Event()
+        swaps, stop = [0], threading.Event()
 
-            def swap_versions() -> None:
-                while not stop.is_set():
-                    admin.load_model("bench-v2" if swaps[0] % 2 == 0 else "bench-v1")
-                    swaps[0] += 1
+        def swap_versions() -> None:
+            while not stop.is_set():
+                admin.load_model("bench-v2" if swaps[0] % 2 == 0 else "bench-v1")
+                swaps[0] += 1
 
-            swapper = threading.Thread(target=swap_versions)
-            swapper.start()
-            reloading, reload_versions, reload_failures = timed_calls(stub, args.n, args.users)
-            stop.set()
-            swapper.join()
-            admin.close()
-            channel.close()
-        finally:
-            for process in reversed(processes):
-                process.terminate()
-                process.wait(60)
+        swapper = threading.Thread(target=swap_versions)
+        swapper.start()
+        reloading, reload_versions, reload_failures = timed_calls(stub, args.n, args.users)
+        stop.set()
+        swapper.join()
+        admin.close()
+        channel.close()
 
         taste_mb = (old / USER_TASTES).stat().st_size / 2**20
         print(f"Recommend, one call at a time, n={args.n} per row, {args.users} users per version, {len(items)} items")

@@ -13,7 +13,6 @@ Medians and p99 in ms with their ratio to the mean-taste known-user row.
 
 import argparse
 import os
-import tempfile
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -21,10 +20,10 @@ import grpc
 import numpy as np
 import torch
 
-from model_lifecycle import QUERIES, serve, start_catalog_and_ranker, summary
+from model_lifecycle import QUERIES, bench_root, start_catalog_and_ranker, summary
 from whisperlite.core.clients.model_admin import ModelAdminClient
 from whisperlite.core.personalization import PersonalizationModel, PersonalizationNetwork, UserHistories
-from whisperlite.v1 import query_encoder_pb2, query_encoder_pb2_grpc, ranker_pb2, ranker_pb2_grpc
+from whisperlite.v1 import ranker_pb2, ranker_pb2_grpc
 
 
 def write_version(root: Path, version: str, created: datetime, encoder: str, dimension: int, users: int, history: int,
@@ -68,36 +67,23 @@ def main() -> None:
     parser.add_argument("--history", type=int, default=32, help="history items per user")
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        logs, models = root / "logs", root / "models"
-        logs.mkdir()
-        models.mkdir()
-        processes = []
-        rows = {}
-        try:
-            encoder, encoder_address, _ = serve("query-encoder", logs)
-            processes.append(encoder)
-            with grpc.insecure_channel(encoder_address) as channel:
-                info = query_encoder_pb2_grpc.QueryEncoderServiceStub(channel).GetModelInfo(query_encoder_pb2.GetModelInfoRequest(), timeout=60)
-            now = datetime.now(timezone.utc)
-            for i, taste in enumerate(("mean", "attention")):
-                write_version(models, f"bench-{taste}", now - timedelta(hours=2 - i), info.model_name, info.dimension, args.users,
-                              args.history, taste, seed=i)
-            items, _, ranker_address = start_catalog_and_ranker(root, logs, models, encoder_address, processes)
-            recent = [f"item-{i}" for i in range(5)]
-            with grpc.insecure_channel(ranker_address) as channel, ModelAdminClient(ranker_address) as admin:
-                stub = ranker_pb2_grpc.RankerServiceStub(channel)
-                for round_ in range(2):  # interleaved rounds: drift on the shared machine hits both versions alike
-                    for taste in ("mean", "attention"):
-                        admin.load_model(f"bench-{taste}")
-                        timed_calls(stub, 20, args.users, [])  # warm-up
-                        for label, ids in (("known user", []), ("known user + 5 recent items", recent)):
-                            rows.setdefault(f"{taste} taste, {label}", []).extend(timed_calls(stub, args.n // 2, args.users, ids))
-        finally:
-            for process in reversed(processes):
-                process.terminate()
-                process.wait(60)
+    rows = {}
+    with bench_root() as bench:
+        info = bench.encoder_info
+        now = datetime.now(timezone.utc)
+        for i, taste in enumerate(("mean", "attention")):
+            write_version(bench.models, f"bench-{taste}", now - timedelta(hours=2 - i), info.model_name, info.dimension, args.users,
+                          args.history, taste, seed=i)
+        items, _, ranker_address = start_catalog_and_ranker(bench.root, bench.logs, bench.models, bench.encoder_address, bench.processes)
+        recent = [f"item-{i}" for i in range(5)]
+        with grpc.insecure_channel(ranker_address) as channel, ModelAdminClient(ranker_address) as admin:
+            stub = ranker_pb2_grpc.RankerServiceStub(channel)
+            for round_ in range(2):  # interleaved rounds: drift on the shared machine hits both versions alike
+                for taste in ("mean", "attention"):
+                    admin.load_model(f"bench-{taste}")
+                    timed_calls(stub, 20, args.users, [])  # warm-up
+                    for label, ids in (("known user", []), ("known user + 5 recent items", recent)):
+                        rows.setdefault(f"{taste} taste, {label}", []).extend(timed_calls(stub, args.n // 2, args.users, ids))
 
     base = summary(rows["mean taste, known user"])
     print(f"Recommend, one call at a time, n={args.n} per row, {args.users} users x {args.history} history items, {len(items)} items")

@@ -289,3 +289,12 @@ async def test_refuses_a_collection_it_did_not_create(tmp_path):
             store.open()
     finally:
         store.close()
+
+
+async def test_reading_vectors_of_a_catalog_that_never_held_an_item_finds_nothing(catalog):
+    # milvus-lite fails a vector query on a collection that never held a row; the caller asked a fair
+    # question about an empty catalog and gets the honest answer, not UNAVAILABLE.
+    records, missing = await catalog.get(["id-0", "id-1"], include_vectors=True)
+    assert records == [] and missing == ["id-0", "id-1"]
+    page, token = await catalog.page(10, "", include_vectors=True)
+    assert page == [] and token == ""

@@ -311,10 +311,7 @@ class MilvusStore:
             expression = id_list_expression("item_id", chunk, self._templates)
             if expression.matches_nothing:
                 continue
-            rows = self._call(
-                self._client.query, self.collection, output_fields=fields, timeout=self._timeout, **self._filter_kwargs(expression)
-            )
-            for row in rows:
+            for row in self._query(fields, **self._filter_kwargs(expression)):
                 record = _record(row)
                 found[record.item_id] = record
         return found
@@ -327,17 +324,20 @@ class MilvusStore:
         """
         expression = after_id_expression("item_id", after_id, self._templates)
         fields = SCALAR_FIELDS + ([VECTOR_FIELD] if include_vectors else [])
-        rows = self._call(
-            self._open_client().query, self.collection, output_fields=fields, limit=limit, timeout=self._timeout, **self._filter_kwargs(expression)
-        )
-        return [_record(row) for row in rows]
+        return [_record(row) for row in self._query(fields, limit=limit, **self._filter_kwargs(expression))]
+
+    def _query(self, fields: list[str], **kwargs) -> list[dict]:
+        try:
+            return self._call(self._open_client().query, self.collection, output_fields=fields, timeout=self._timeout, **kwargs)
+        except Unavailable:
+            # milvus-lite 2.5.1 fails a query for vectors on a collection that never held a row
+            # ("Growing segment loss raw data"): an empty collection holds nothing to return.
+            if VECTOR_FIELD in fields and self.count() == 0:
+                return []
+            raise
 
     def scan(self, page_rows: int = WRITE_CHUNK_ROWS) -> Iterator[list[ItemRecord]]:
         """Every record with its vector, in pages of id order (what the in-process index is built from)."""
-        # milvus-lite 2.5.1 fails a query for vectors on a collection that never held a row
-        # ("Growing segment loss raw data"); such a collection has nothing to scan.
-        if self.count() == 0:
-            return
         after = ""
         while True:
             records = self.page(after, page_rows, include_vectors=True)

@@ -1,5 +1,6 @@
 """A trained model served by the ranker: known users are personalized, and online scores equal offline ones."""
 
+import asyncio
 import subprocess
 import sys
 
@@ -49,7 +50,7 @@ def model_dir(subset, embedding_cache_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def trained_ranker(subset, model_dir, encoder_service, tmp_path_factory):
+def ranker_process(subset, model_dir, encoder_service, tmp_path_factory):
     logs = tmp_path_factory.mktemp("logs")
     catalog = start_catalog(logs, tmp_path_factory.mktemp("catalog"), encoder_service.address)
     ingest(subset, catalog.address)
@@ -57,10 +58,15 @@ def trained_ranker(subset, model_dir, encoder_service, tmp_path_factory):
         "ranker", logs, "--model-dir", str(model_dir), "--query-encoder-addr", encoder_service.address,
         "--catalog-addr", catalog.address,
     )
-    with grpc.insecure_channel(ranker.address) as channel:
-        yield ranker_pb2_grpc.RankerServiceStub(channel)
+    yield ranker
     ranker.stop()
     catalog.stop()
+
+
+@pytest.fixture(scope="module")
+def trained_ranker(ranker_process):
+    with grpc.insecure_channel(ranker_process.address) as channel:
+        yield ranker_pb2_grpc.RankerServiceStub(channel)
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +130,30 @@ def test_recent_items_of_a_known_user_join_their_history_over_grpc(trained_ranke
     np.testing.assert_allclose([r.score for r in response.items], offline[order], atol=1e-3)
     without = score_items(model, query_vector, user, item_vectors)
     assert np.abs(without - offline).max() > 1e-2  # the session changed the taste
+
+
+def test_concurrent_recommends_are_personalized_together_and_answer_as_one_at_a_time(trained_ranker, ranker_process, model, subset):
+    """Concurrent Recommends share Embed, personalization and search batches; each answer equals its own call alone."""
+    users = [u for u in _subset_users(subset) if model.knows_user(u)][:6] + ["stranger-1", "stranger-2"]
+    queries = [QUERY, "a silver necklace", "running shoes for men", "a warm wool coat"]
+    requests = [ranker_pb2.RecommendRequest(user_id=user, query=queries[i % len(queries)], top_k=8) for i, user in enumerate(users)]
+    alone = [trained_ranker.Recommend(request, timeout=30) for request in requests]
+
+    async def together():
+        async with grpc.aio.insecure_channel(ranker_process.address) as channel:
+            stub = ranker_pb2_grpc.RankerServiceStub(channel)
+            return await asyncio.gather(*(stub.Recommend(request, timeout=30) for request in requests * 3))
+
+    for response, expected in zip(asyncio.run(together()), alone * 3, strict=True):
+        assert response.path == expected.path
+        assert [r.item.item_id for r in response.items] == [r.item.item_id for r in expected.items]
+        np.testing.assert_allclose([r.score for r in response.items], [r.score for r in expected.items], atol=1e-5)
+        np.testing.assert_allclose(
+            [r.personal_affinity for r in response.items], [r.personal_affinity for r in expected.items], atol=1e-5
+        )
+    assert {response.path for response in alone} == {
+        ranker_pb2.PERSONALIZATION_PATH_USER_EMBEDDING, ranker_pb2.PERSONALIZATION_PATH_TEXT_ONLY
+    }
 
 
 def _subset_users(subset) -> list[str]:

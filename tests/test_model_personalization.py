@@ -237,3 +237,25 @@ def test_request_only_model_ignores_every_user_signal():
     model = PersonalizationModel(network, ["alice"], np.zeros((1, DIM), np.float32), manifest)
     pq = model.personalize(_unit(np.ones(DIM)), "alice", recent_item_vectors=_unit(np.eye(DIM)[:2]))
     assert pq.path == PATH_TEXT and pq.taste is None
+
+
+@pytest.mark.parametrize("kind", ["mean", "attention", "none"])
+def test_personalize_many_answers_as_personalize_does_one_request_at_a_time(kind):
+    if kind == "attention":
+        model, _, _ = _attention_model(residuals=True)
+    elif kind == "mean":
+        model, _ = _model()
+    else:
+        network = PersonalizationNetwork(DIM, n_users=0, hidden=32, dropout=0.0, taste="none")
+        model = PersonalizationModel(network, ["alice"], np.zeros((1, DIM), np.float32), {"version": "toy-none", "dimension": DIM})
+    queries = _unit(np.random.default_rng(9).normal(size=(5, DIM)))
+    users = ["alice", "nobody", "carol", None, "alice"]
+    batch = model.personalize_many(queries, users)
+    for query, user, together in zip(queries, users, batch, strict=True):
+        alone = model.personalize(query, user)
+        assert together.path == alone.path
+        np.testing.assert_allclose(together.vector, alone.vector, atol=1e-6)
+        assert (together.taste is None) == (alone.taste is None)
+        if alone.taste is not None:
+            np.testing.assert_allclose(together.taste, alone.taste, atol=1e-6)
+    assert {pq.path for pq in batch} == ({PATH_TEXT} if kind == "none" else {PATH_USER, PATH_TEXT})

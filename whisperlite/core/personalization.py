@@ -317,6 +317,20 @@ class PersonalizationModel:
             taste = self.taste_from_items(query[0], np.concatenate([history, recent]), row)
         return PersonalizedQuery(vector=self.personalize_batch(query, taste.reshape(1, -1))[0], taste=taste, path=path)
 
+    def personalize_many(self, queries: np.ndarray, user_ids: list[str | None]) -> list[PersonalizedQuery]:
+        """`personalize` for many requests without recent items, in one network call (the ranker's micro-batches)."""
+        queries = self._check_vectors(queries, "query_vector").reshape(-1, self.dimension)
+        rows = np.array([self.user_row(user_id) for user_id in user_ids], dtype=np.int64)
+        if self.taste_mode == TASTE_NONE:
+            rows[:] = -1
+        tastes = self.user_tastes(queries, rows) if (rows >= 0).any() else None
+        vectors = self.personalize_batch(queries, tastes)
+        return [
+            PersonalizedQuery(vector=vectors[i], taste=tastes[i], path=PATH_USER) if row >= 0
+            else PersonalizedQuery(vector=vectors[i], taste=None, path=PATH_TEXT)
+            for i, row in enumerate(rows)
+        ]
+
     def personalize_users(self, queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """(B, d) requests of users at table rows `rows` (-1 = unknown: the text path) -> (B, d) personalized
         queries from the stored histories alone: the batch form of `personalize` without recent items."""

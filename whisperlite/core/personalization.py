@@ -320,11 +320,7 @@ class PersonalizationModel:
     def personalize_many(self, queries: np.ndarray, user_ids: list[str | None]) -> list[PersonalizedQuery]:
         """`personalize` for many requests without recent items, in one network call (the ranker's micro-batches)."""
         queries = self._check_vectors(queries, "query_vector").reshape(-1, self.dimension)
-        rows = np.array([self.user_row(user_id) for user_id in user_ids], dtype=np.int64)
-        if self.taste_mode == TASTE_NONE:
-            rows[:] = -1
-        tastes = self.user_tastes(queries, rows) if (rows >= 0).any() else None
-        vectors = self.personalize_batch(queries, tastes)
+        vectors, tastes, rows = self._personalize_rows(queries, np.array([self.user_row(u) for u in user_ids], dtype=np.int64))
         return [
             PersonalizedQuery(vector=vectors[i], taste=tastes[i], path=PATH_USER) if row >= 0
             else PersonalizedQuery(vector=vectors[i], taste=None, path=PATH_TEXT)
@@ -334,10 +330,13 @@ class PersonalizationModel:
     def personalize_users(self, queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """(B, d) requests of users at table rows `rows` (-1 = unknown: the text path) -> (B, d) personalized
         queries from the stored histories alone: the batch form of `personalize` without recent items."""
-        queries = np.asarray(queries, dtype=np.float32)
-        if self.taste_mode == TASTE_NONE:
-            return self.personalize_batch(queries, None)
-        return self.personalize_batch(queries, self.user_tastes(queries, rows))
+        return self._personalize_rows(np.asarray(queries, dtype=np.float32), np.asarray(rows, dtype=np.int64))[0]
+
+    def _personalize_rows(self, queries: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """Personalized queries, tastes (None when no row has one) and the rows that read a taste (-1: none)."""
+        rows = np.full_like(rows, -1) if self.taste_mode == TASTE_NONE else rows
+        tastes = self.user_tastes(queries, rows) if (rows >= 0).any() else None
+        return self.personalize_batch(queries, tastes), tastes, rows
 
     def user_tastes(self, queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """(B, d) unit tastes of the stored histories of users at `rows` for these requests; NaN rows for -1."""

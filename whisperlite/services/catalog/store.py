@@ -273,8 +273,7 @@ class MilvusStore:
         return self._client
 
     def count(self) -> int:
-        rows = self._call(self._open_client().query, self.collection, filter="", output_fields=["count(*)"], timeout=self._timeout)
-        return int(rows[0]["count(*)"])
+        return int(self._query(["count(*)"], filter="")[0]["count(*)"])
 
     def upsert(self, records: Sequence[ItemRecord]) -> int:
         """Writes every record (all must carry a vector), replacing those whose id exists."""
@@ -353,10 +352,7 @@ class MilvusStore:
             expression = id_list_expression("item_id", chunk, self._templates)
             if expression.matches_nothing:
                 continue
-            rows = self._call(
-                self._client.query, self.collection, output_fields=["item_id"], timeout=self._timeout, **self._filter_kwargs(expression)
-            )
-            existing.extend(row["item_id"] for row in rows)
+            existing.extend(row["item_id"] for row in self._query(["item_id"], **self._filter_kwargs(expression)))
         return existing
 
     def delete(self, item_ids: Sequence[str]) -> int:

@@ -103,12 +103,12 @@ def test_filters_through_the_ranker(ranker, ingested):
 
 def test_concurrent_recommends_share_downstream_calls_and_answer_as_one_at_a_time(text_only_ranker, ranker, encoder_service, ingested):
     """The ranker merges concurrent Recommends into shared Embed and SearchBatch calls; each answer stays its own."""
+    queries = ("black leather boots for a concert", "a summer dress in linen", "men's steel watch", "warm winter coat with a hood")
     requests = [
         ranker_pb2.RecommendRequest(user_id="u", query=query, top_k=top_k, filter=common_pb2.ItemFilter(categories=categories))
-        for query in ("black leather boots", "a summer dress", "men's watch", "warm winter coat")
+        for query in queries
         for top_k, categories in ((5, []), (12, []), (5, ["Shoes", "Dresses"]))
     ]
-    alone = [ranker.Recommend(request, timeout=30) for request in requests]
 
     def embed_calls() -> float:
         return _metric(encoder_service.metrics_url, 'grpc_server_handled_total{grpc_code="OK",grpc_method="Embed"')
@@ -118,14 +118,45 @@ def test_concurrent_recommends_share_downstream_calls_and_answer_as_one_at_a_tim
             stub = ranker_pb2_grpc.RankerServiceStub(channel)
             return await asyncio.gather(*(stub.Recommend(request, timeout=30) for request in requests * 2))
 
+    # The texts are new to the ranker's query cache, so they go through shared Embeds.
     before = embed_calls()
     merged = asyncio.run(together())
-    assert embed_calls() - before < len(merged)  # some Recommends shared an Embed
+    assert 1 <= embed_calls() - before < len(merged)  # some Recommends shared an Embed
+    # A text embedded in a shared batch has the vector it has alone (the cache then keeps that vector).
+    with grpc.insecure_channel(encoder_service.address) as channel:
+        encoder = query_encoder_pb2_grpc.QueryEncoderServiceStub(channel)
+        batched = encoder.Embed(query_encoder_pb2.EmbedRequest(texts=list(queries)), timeout=30).text_vectors
+        for query, vector in zip(queries, batched, strict=True):
+            single = encoder.Embed(query_encoder_pb2.EmbedRequest(texts=[query]), timeout=30).text_vectors[0]
+            assert list(vector.values) == pytest.approx(list(single.values), abs=1e-5)
+    alone = [ranker.Recommend(request, timeout=30) for request in requests]
     for response, expected in zip(merged, alone * 2, strict=True):
         assert [r.item.item_id for r in response.items] == [r.item.item_id for r in expected.items]
         assert [r.score for r in response.items] == pytest.approx([r.score for r in expected.items], abs=1e-6)
         assert [r.query_match for r in response.items] == pytest.approx([r.query_match for r in expected.items], abs=1e-6)
         assert all(r.item.title for r in response.items) and not any(r.item.vector for r in response.items)
+
+
+def test_a_repeated_request_text_makes_no_embed_call(ranker, encoder_service, text_only_ranker, ingested):
+    """The ranker keeps query vectors: the second Recommend of a text is answered without the encoder."""
+    request = ranker_pb2.RecommendRequest(user_id="u", query="red canvas sneakers for the beach", top_k=8)
+
+    def embed_calls() -> float:
+        return _metric(encoder_service.metrics_url, 'grpc_server_handled_total{grpc_code="OK",grpc_method="Embed"')
+
+    def cache(outcome: str) -> float:
+        return _metric(text_only_ranker.metrics_url, f'whisperlite_ranker_query_cache_lookups_total{{outcome="{outcome}"}}')
+
+    before, hits, misses = embed_calls(), cache("hit"), cache("miss")
+    first = ranker.Recommend(request, timeout=30)
+    assert embed_calls() - before == 1 and cache("miss") - misses == 1
+    # Surrounding whitespace is not part of the query: the same text, the same cached vector.
+    padded = ranker_pb2.RecommendRequest(user_id="u", query="  red canvas sneakers for the beach ", top_k=8)
+    again = [ranker.Recommend(request, timeout=30), ranker.Recommend(padded, timeout=30)]
+    assert embed_calls() - before == 1 and cache("hit") - hits == 2
+    for response in again:
+        assert [r.item.item_id for r in response.items] == [r.item.item_id for r in first.items]
+        assert [r.score for r in response.items] == [r.score for r in first.items]
 
 
 def test_unknown_user_with_recent_items_takes_the_recent_items_path(ranker, ingested):

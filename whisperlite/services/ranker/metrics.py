@@ -8,6 +8,11 @@ STAGE_SECONDS = Histogram(
     ["stage"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+QUERY_CACHE_LOOKUPS = Counter(
+    "whisperlite_ranker_query_cache_lookups_total",
+    "Request texts looked up in the ranker's query-vector cache, by outcome (a hit makes no Embed call).",
+    ["outcome"],
+)
 RECOMMENDATIONS = Counter(
     "whisperlite_ranker_recommendations_total",
     "Recommend calls served, by the evidence that personalized them.",

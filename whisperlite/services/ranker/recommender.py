@@ -23,6 +23,7 @@ from whisperlite.services.ranker.metrics import (
 )
 from whisperlite.services.ranker.batching import Coalescer
 from whisperlite.services.ranker.models import ModelRegistry
+from whisperlite.services.ranker.query_cache import QueryVectorCache
 from whisperlite.v1 import common_pb2
 
 log = logging.getLogger("whisperlite.ranker")
@@ -105,6 +106,7 @@ class Recommender:
         models: ModelRegistry,
         limits: RankerLimits = RankerLimits(),
         max_shadow_in_flight: int = 16,
+        query_cache_size: int = 10_000,
     ):
         self._encoder = encoder
         self._catalog = catalog
@@ -113,6 +115,7 @@ class Recommender:
         # Shadow scorings run after the answer is sent; the cap keeps a slow candidate from piling them up.
         self._max_shadow_in_flight = max_shadow_in_flight
         self._shadow_tasks: set[asyncio.Task] = set()
+        self._query_vectors = QueryVectorCache(query_cache_size)
         self._embeds = Coalescer(self._embed_batch, max_batch=limits.max_batch, max_concurrent=limits.concurrent_batches)
         self._searches = Coalescer(catalog.search_batch, max_batch=limits.max_batch, max_concurrent=limits.concurrent_batches)
         # The network costs ~1 ms of CPU per request alone and about as much for a whole batch: Recommends
@@ -158,7 +161,9 @@ class Recommender:
         route = traffic.route(user_id)
         model = route.model
         with _stage("encode"):
-            query_vector = await self._embeds.call(text)
+            query_vector = self._query_vectors.get(text)
+            if query_vector is None:
+                query_vector = await self._embeds.call(text)
 
         with _stage("personalize"):
             recent_vectors = await self._recent_vectors(model, user_id, recent_item_ids)
@@ -242,7 +247,9 @@ class Recommender:
         return results
 
     async def _embed_batch(self, texts: list[str]) -> np.ndarray:
-        return (await self._encoder.embed_texts(texts)).vectors
+        embeddings = await self._encoder.embed_texts(texts)
+        self._query_vectors.put(embeddings.model_name, texts, embeddings.vectors)
+        return embeddings.vectors
 
     async def _search(self, vector: np.ndarray, top_k: int, item_filter: common_pb2.ItemFilter) -> list[Candidate]:
         search = CandidateSearch(vector, max(self._limits.candidates, top_k), item_filter, detailed_hits=top_k)

@@ -103,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"batched Embed and SearchBatch calls out at once, each; later Recommends wait to join the next (env {PREFIX}_CONCURRENT_BATCHES)",
     )
     parser.add_argument(
+        "--query-cache-size",
+        type=int,
+        default=env_int(f"{PREFIX}_QUERY_CACHE_SIZE", 10_000),
+        help="request texts whose query vectors the ranker keeps (LRU), so a repeated text makes no Embed call; "
+        f"0 disables it (env {PREFIX}_QUERY_CACHE_SIZE)",
+    )
+    parser.add_argument(
         "--torch-threads",
         type=int,
         default=env_int(f"{PREFIX}_TORCH_THREADS", 1),
@@ -129,7 +136,10 @@ async def run(args: argparse.Namespace) -> None:
     if args.model_poll_seconds < 0:
         raise SystemExit(f"ranker: model-poll-seconds: must be 0 (off) or positive, got {args.model_poll_seconds}")
     registry = ModelRegistry(args.model_dir)
-    recommender = Recommender(encoder, catalog, registry, limits)
+    try:
+        recommender = Recommender(encoder, catalog, registry, limits, query_cache_size=args.query_cache_size)
+    except ValueError as error:
+        raise SystemExit(f"ranker: {error}") from None
     watcher: asyncio.Task | None = None
 
     async def startup() -> None:

@@ -1,8 +1,11 @@
 """The query encoder over real gRPC on loopback: one server process per backend."""
 
+import os
 import subprocess
 import sys
+import time
 import urllib.request
+from unittest import mock
 
 import grpc
 import numpy as np
@@ -159,3 +162,50 @@ def test_a_model_that_cannot_load_stops_the_server_with_a_clear_message(tmp_path
     )
     assert result.returncode != 0
     assert "does not exist" in result.stderr and "Traceback" not in result.stderr
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the process's CPU time from /proc")
+def test_torch_threads_bounds_the_models_cores(tmp_path):
+    """--torch-threads 1: the model computes on one core (the stack's setting beside the ranker and the catalog)."""
+    service = start_service("query-encoder", tmp_path, "--device", "cpu", "--torch-threads", "1", env={"HF_HUB_OFFLINE": "1"})
+    try:
+        assert '"torch_threads": 1' in service.log()
+        texts = [f"a warm wool coat number {n} for a windy winter walk by the sea" for n in range(256)]
+        with grpc.insecure_channel(service.address) as channel:
+            stub = query_encoder_pb2_grpc.QueryEncoderServiceStub(channel)
+            embed(stub, ["warm up"])
+            cpu_before, wall_before = _cpu_seconds(service.process.pid), time.monotonic()
+            calls = [stub.Embed.future(query_encoder_pb2.EmbedRequest(texts=texts[i : i + 32]), timeout=120) for i in range(0, 256, 32)]
+            assert all(len(call.result().text_vectors) == 32 for call in calls)
+            cpu, wall = _cpu_seconds(service.process.pid) - cpu_before, time.monotonic() - wall_before
+        # Torch's default would run each batch on every core; one thread (plus the event loop's
+        # share) stays near one core's worth of CPU time.
+        assert cpu / wall < 1.35, f"{cpu:.2f} s of CPU in {wall:.2f} s"
+    finally:
+        assert service.stop() == 0, service.log()[-2000:]
+
+
+def test_a_negative_torch_threads_stops_the_server_with_a_clear_message():
+    result = subprocess.run(
+        [sys.executable, "-m", "whisperlite", "serve", "query-encoder", "--torch-threads", "-1", "--port", "0"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode != 0
+    assert "torch-threads: must be 0" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_up_runs_the_encoder_on_one_torch_thread_unless_the_environment_says_otherwise(tmp_path):
+    from whisperlite.services.query_encoder.server import build_parser
+    from whisperlite.shell.up import Stack
+
+    for environment, threads in (({}, 1), ({"QUERY_ENCODER_TORCH_THREADS": "4"}, 4)):
+        with mock.patch.dict(os.environ, environment, clear=True):
+            stack_env = Stack(tmp_path, tmp_path / "models").env
+        with mock.patch.dict(os.environ, stack_env, clear=True):
+            assert build_parser().parse_args([]).torch_threads == threads

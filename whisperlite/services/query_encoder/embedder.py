@@ -10,6 +10,7 @@ import threading
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from cachetools import LRUCache
 
 from whisperlite.core.errors import InvalidArgument, Unavailable
@@ -123,7 +124,7 @@ class Embedder:
         self.encoder = encoder
         log.info(
             "encoder loaded",
-            extra={"model_name": encoder.name, "dimension": encoder.dimension, "device": encoder.device},
+            extra={"model_name": encoder.name, "dimension": encoder.dimension, "device": encoder.device, "torch_threads": torch.get_num_threads()},
         )
 
     async def close(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
+import torch
 import transformers
 
 from whisperlite.core.topology import QUERY_ENCODER
@@ -66,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-request-tokens", type=int, default=env_int(f"{PREFIX}_MAX_REQUEST_TOKENS", d.max_request_tokens),
         help=f"most tokens of all texts in one request; more is refused with INVALID_ARGUMENT (env {PREFIX}_MAX_REQUEST_TOKENS)",
     )
+    group.add_argument(
+        "--torch-threads", type=int, default=env_int(f"{PREFIX}_TORCH_THREADS", 0),
+        help="torch CPU threads of the model; 0 keeps torch's default (one per core). Beside the ranker and the catalog "
+        "on the same cores, 1 serves more: the threads of a batch spin-wait between its small matrix products and "
+        f"take the cores the other services need (`whisperlite up` uses 1; docs/performance.md) (env {PREFIX}_TORCH_THREADS)",
+    )
     add_server_flags(parser, QUERY_ENCODER)
     return parser
 
@@ -114,6 +121,10 @@ async def run(
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.torch_threads < 0:
+        raise SystemExit(f"query-encoder: torch-threads: must be 0 (torch's default) or positive, got {args.torch_threads}")
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
     configure_logging(args.log_level, service="query-encoder")
     start_tracing("query-encoder")
     # Weight-loading progress bars would interleave with the JSON log lines.

@@ -80,6 +80,17 @@ def test_baseline_choices_are_made_on_validation(report):
     assert details["text_plus_history_mean"]["weight"] in (0.25, 0.5, 1.0, 2.0)
     assert len(details["history_only"]["selection"]) >= 2
     assert details["whisperlite"]["trained"] and details["whisperlite"]["best_epoch"] >= 1
+    # The diagnostic fusion's weight 1.0 is whisperlite alone and 0.0 SASRec alone: validation picks
+    # the best of the blend, never worse than either part there; it is no baseline.
+    fusion = details["whisperlite_sasrec"]
+    by_weight = {row["weight"]: row["validation"]["recall@10"] for row in fusion["selection"]}
+    assert by_weight[fusion["weight"]] == max(by_weight.values()) >= max(by_weight[0.0], by_weight[1.0])
+    assert "whisperlite_sasrec" not in BASELINES
+
+
+def test_a_fusion_without_its_parts_is_refused(experiment, tmp_path):
+    with pytest.raises(ValueError, match="whisperlite_sasrec fuses whisperlite and sasrec; add whisperlite, sasrec"):
+        evaluate(experiment, tmp_path, config=FAST, methods=("whisperlite_sasrec",), progress=False)
 
 
 @pytest.mark.parametrize("taste", ["mean", "attention"])

@@ -46,11 +46,13 @@ CHOICES_KEPT = {
     "whisperlite_bce_only": ("taste", "user_table"),
     "whisperlite_contrastive_only": ("taste", "user_table"),
 }
-# Order of fitting: request_only after whisperlite (it keeps whisperlite's loss mix), hybrid after its two parts.
+# Order of fitting: request_only after whisperlite (it keeps whisperlite's loss mix), the fusions after their parts.
+# whisperlite_sasrec is a diagnostic, not a baseline and not served: what SASRec's sequence adds to whisperlite.
 METHODS = (
     "popularity", "history_only", "text_only", "text_plus_history_mean", "whisperlite", "request_only", "sasrec", "hybrid",
-    "whisperlite_bce_only", "whisperlite_contrastive_only",
+    "whisperlite_sasrec", "whisperlite_bce_only", "whisperlite_contrastive_only",
 )
+FUSIONS = {"hybrid": ("request_only", "sasrec"), "whisperlite_sasrec": ("whisperlite", "sasrec")}
 
 
 def score_items(
@@ -150,11 +152,12 @@ def evaluate(
         elif name == "sasrec":
             scorers[name] = method = SASRec(experiment, SASRecConfig(seed=config.seed, validation_cases=limit), progress=progress)
             details[name] = method.details()
-        elif name == "hybrid":
-            missing = [part for part in ("request_only", "sasrec") if part not in scorers]
+        elif name in FUSIONS:
+            parts = FUSIONS[name]
+            missing = [part for part in parts if part not in scorers]
             if missing:
-                raise ValueError(f"methods: hybrid fuses request_only and sasrec; add {', '.join(missing)} before it")
-            scorers[name] = method = LateFusion(scorers["request_only"], scorers["sasrec"], experiment, validation_limit=limit)
+                raise ValueError(f"methods: {name} fuses {' and '.join(parts)}; add {', '.join(missing)} before it")
+            scorers[name] = method = LateFusion(scorers[parts[0]], scorers[parts[1]], experiment, validation_limit=limit, name=name)
             details[name] = {"weight": method.weight, "selection": method.selection}
         elif name == "whisperlite" and model is not None:
             _check_model_fits(model, experiment)

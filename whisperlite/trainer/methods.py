@@ -178,13 +178,14 @@ def standardized(scores: np.ndarray) -> np.ndarray:
 
 class LateFusion:
     """`hybrid`: weight * z(request model) + (1 - weight) * z(history model), scores standardized per
-    case over the catalog; the weight chosen on validation."""
+    case over the catalog; the weight chosen on validation. With whisperlite as the request model it
+    is `whisperlite_sasrec`, a diagnostic of what a sequence model would add to it."""
 
-    name = "hybrid"
     WEIGHTS = (0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0)
 
     def __init__(self, request: Method, history: Method, experiment: Experiment, weight: float | None = None,
-                 validation_limit: int | None = None):
+                 validation_limit: int | None = None, name: str = "hybrid"):
+        self.name = name
         self._request, self._history = request, history
         if weight is None:
             weight, self.selection = _select(self, "weight", self.WEIGHTS, experiment, validation_limit)

@@ -164,6 +164,9 @@ def write_results_doc(reports: dict, skipped: dict, out_root: Path, docs_path: P
             lines.append(f"- text_plus_history_mean weight chosen on validation: {details['text_plus_history_mean']['weight']}.")
         if "hybrid" in details:
             lines.append(f"- hybrid weight of request_only (vs sasrec) chosen on validation: {details['hybrid']['weight']}.")
+        if "whisperlite_sasrec" in details:
+            lines.append(f"- whisperlite_sasrec (diagnostic, not served) weight of whisperlite (vs sasrec) chosen on validation: "
+                         f"{details['whisperlite_sasrec']['weight']}.")
         if "sasrec" in details:
             lines.append(f"- sasrec: best epoch {details['sasrec']['best_epoch']} of {details['sasrec']['epochs']}, "
                          f"trained in {details['sasrec']['train_seconds']} s.")

@@ -86,6 +86,9 @@ def test_baseline_choices_are_made_on_validation(report):
     by_weight = {row["weight"]: row["validation"]["recall@10"] for row in fusion["selection"]}
     assert by_weight[fusion["weight"]] == max(by_weight.values()) >= max(by_weight[0.0], by_weight[1.0])
     assert "whisperlite_sasrec" not in BASELINES
+    versus = report[0]["comparison"]["whisperlite_sasrec"]["recall@10"]
+    assert versus["best_baseline"] in BASELINES
+    assert versus["ratio"] == pytest.approx(report[0]["methods"]["whisperlite_sasrec"]["recall@10"] / versus["baseline"])
 
 
 def test_a_fusion_without_its_parts_is_refused(experiment, tmp_path):

@@ -239,17 +239,22 @@ def compare(per_case: dict[str, dict[str, np.ndarray]], metrics: dict[str, dict[
         out[metric] = _versus(per_case, metrics, best, metric)
     if "request_only" in metrics:
         out["taste_lift"] = {metric: _versus(per_case, metrics, "request_only", metric) for metric in ("recall@10", "ndcg@10")}
+    if "whisperlite_sasrec" in metrics:  # the diagnostic fusion against the same best baseline (under the "whisperlite" key)
+        out["whisperlite_sasrec"] = {
+            metric: _versus(per_case, metrics, max(baselines, key=lambda m: metrics[m][metric]), metric, ours="whisperlite_sasrec")
+            for metric in ("recall@10", "ndcg@10")
+        }
     return out
 
 
-def _versus(per_case, metrics, baseline: str, metric: str) -> dict:
-    ours, theirs = metrics["whisperlite"][metric], metrics[baseline][metric]
-    interval = paired_bootstrap(per_case["whisperlite"][metric], per_case[baseline][metric])
+def _versus(per_case, metrics, baseline: str, metric: str, ours: str = "whisperlite") -> dict:
+    mine, theirs = metrics[ours][metric], metrics[baseline][metric]
+    interval = paired_bootstrap(per_case[ours][metric], per_case[baseline][metric])
     return {
         "best_baseline": baseline,
-        "whisperlite": ours,
+        "whisperlite": mine,
         "baseline": theirs,
-        "ratio": ours / theirs if theirs > 0 else None,
+        "ratio": mine / theirs if theirs > 0 else None,
         "ratio_95ci": [interval["ratio_low"], interval["ratio_high"]],
         "difference_95ci": {k: interval[k] for k in ("diff", "low", "high")},
     }

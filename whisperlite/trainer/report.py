@@ -202,6 +202,10 @@ def write_results_doc(reports: dict, skipped: dict, out_root: Path, docs_path: P
             if lift:
                 lines.append(f"Taste's lift (whisperlite / request_only): Recall@10 {_fmt_ratio(lift['recall@10'])}; "
                              f"NDCG@10 {_fmt_ratio(lift['ndcg@10'])}.")
+            fusion = comparison.get("whisperlite_sasrec")
+            if fusion:
+                lines.append(f"Diagnostic whisperlite_sasrec (not served) vs the best baseline: Recall@10 {_fmt_ratio(fusion['recall@10'])}; "
+                             f"NDCG@10 {_fmt_ratio(fusion['ndcg@10'])}.")
             lines.append("")
             closing.append(
                 f"| {name} | {report['n_test']} | {_ratio_cell(lift['recall@10']) if lift else 'n/a'} "

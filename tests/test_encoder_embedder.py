@@ -49,3 +49,21 @@ async def test_cache_disabled_still_embeds_and_cached_vectors_are_read_only():
     finally:
         await uncached.close()
         await cached.close()
+
+
+async def test_token_budgets_hold_for_short_texts_counted_inline_and_long_ones_counted_in_a_thread():
+    embedder = Embedder(EmbedderSettings(device="cpu", max_batch_tokens=24, max_request_tokens=40, cache_size=0))
+    await embedder.load()
+    try:
+        short = "a light linen dress for a summer wedding by the sea with friends and family"  # 17 tokens, counted inline
+        long = "wool " * 60  # 62 tokens in 300 characters: counted in a worker thread
+        with pytest.raises(InvalidArgument, match=r"texts\[0\]: 62 tokens, over the 24-token batch budget"):
+            await embedder.embed([long], [])
+        vectors, _ = await embedder.embed([short], [])
+        assert vectors.shape == (1, 384)
+        with pytest.raises(InvalidArgument, match=r"texts\[1\]: 32 tokens, over the 24-token batch budget"):
+            await embedder.embed([short, short + " " + short], [])
+        with pytest.raises(InvalidArgument, match=r"54 tokens in all, over the 40-token request limit"):
+            await embedder.embed([short, short + " again", short + " once more"], [])
+    finally:
+        await embedder.close()

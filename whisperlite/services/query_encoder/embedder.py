@@ -23,6 +23,9 @@ log = logging.getLogger("whisperlite.query_encoder")
 
 
 TOKEN_COUNT_CHUNK = 128
+# Requests whose uncached texts hold at most this many characters (~100 us of tokenizing) are
+# token-counted on the event loop.
+INLINE_TOKEN_COUNT_CHARS = 256
 # Niceness of the bulk model thread (and the torch worker threads it starts, which inherit it):
 # when a query's forward pass and a bulk one both want the cores, the kernel gives the query's
 # nearly all of them, and bulk work still takes every idle cycle.
@@ -174,11 +177,15 @@ class Embedder:
         """Tokens of each distinct text (counted unless cached); refuses a request that no batch, or no request, budget admits."""
         unique = [text for text in dict.fromkeys(texts) if text not in cached]
         counts: dict[str, int] = {text: tokens for text, (_, tokens) in cached.items()}
-        # Off the event loop, in chunks: thousands of long texts take seconds to tokenize, and a
-        # query's own count must not wait behind all of them.
-        for start in range(0, len(unique), TOKEN_COUNT_CHUNK):
-            chunk = unique[start : start + TOKEN_COUNT_CHUNK]
-            counts.update(zip(chunk, await asyncio.to_thread(encoder.count_text_tokens, chunk), strict=True))
+        if unique and sum(map(len, unique)) <= INLINE_TOKEN_COUNT_CHARS:
+            # A query's few words tokenize in tens of microseconds: less than the hop to a thread.
+            counts.update(zip(unique, encoder.count_text_tokens(unique), strict=True))
+        else:
+            # Off the event loop, in chunks: thousands of long texts take seconds to tokenize, and a
+            # query's own count must not wait behind all of them.
+            for start in range(0, len(unique), TOKEN_COUNT_CHUNK):
+                chunk = unique[start : start + TOKEN_COUNT_CHUNK]
+                counts.update(zip(chunk, await asyncio.to_thread(encoder.count_text_tokens, chunk), strict=True))
         s = self.settings
         for index, text in enumerate(texts):
             if counts[text] > s.max_batch_tokens:

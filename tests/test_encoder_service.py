@@ -5,7 +5,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from unittest import mock
 
 import grpc
 import numpy as np
@@ -199,13 +198,3 @@ def test_a_negative_torch_threads_stops_the_server_with_a_clear_message():
     assert result.returncode != 0
     assert "torch-threads: must be 0" in result.stderr and "Traceback" not in result.stderr
 
-
-def test_up_runs_the_encoder_on_one_torch_thread_unless_the_environment_says_otherwise(tmp_path):
-    from whisperlite.services.query_encoder.server import build_parser
-    from whisperlite.shell.up import Stack
-
-    for environment, threads in (({}, 1), ({"QUERY_ENCODER_TORCH_THREADS": "4"}, 4)):
-        with mock.patch.dict(os.environ, environment, clear=True):
-            stack_env = Stack(tmp_path, tmp_path / "models").env
-        with mock.patch.dict(os.environ, stack_env, clear=True):
-            assert build_parser().parse_args([]).torch_threads == threads

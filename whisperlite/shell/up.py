@@ -28,10 +28,6 @@ class Stack:
         self.log_dir = state_dir / "logs"
         self.processes: dict[str, subprocess.Popen] = {}
         self.env = {
-            # The encoder shares the cores with the ranker and the catalog here: on one torch thread it
-            # embeds new request texts for 1.25x the Recommends/s that torch's spin-waiting threads
-            # allow on 2 cores (docs/performance.md). The caller's environment may say otherwise.
-            f"{QUERY_ENCODER.env_prefix}_TORCH_THREADS": "1",
             **os.environ,
             QUERY_ENCODER.address_env: QUERY_ENCODER.local_address,
             CATALOG.address_env: CATALOG.local_address,

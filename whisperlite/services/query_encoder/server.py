@@ -70,8 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument(
         "--torch-threads", type=int, default=env_int(f"{PREFIX}_TORCH_THREADS", 0),
         help="torch CPU threads of the model; 0 keeps torch's default (one per core). Beside the ranker and the catalog "
-        "on the same cores, 1 serves more: the threads of a batch spin-wait between its small matrix products and "
-        f"take the cores the other services need (`whisperlite up` uses 1; docs/performance.md) (env {PREFIX}_TORCH_THREADS)",
+        "on the same few cores, 1 serves 1.25x the new-text Recommends under load (the threads of a batch spin-wait and "
+        f"take the cores the other services need) at ~4 ms more per idle query (docs/performance.md) (env {PREFIX}_TORCH_THREADS)",
     )
     add_server_flags(parser, QUERY_ENCODER)
     return parser

@@ -233,16 +233,13 @@ def compare(per_case: dict[str, dict[str, np.ndarray]], metrics: dict[str, dict[
     baselines = [m for m in BASELINES if m in metrics]
     if "whisperlite" not in metrics or not baselines:
         return {}
-    out: dict = {}
-    for metric in ("recall@10", "ndcg@10", "recall@50", "mrr"):
-        best = max(baselines, key=lambda m: metrics[m][metric])
-        out[metric] = _versus(per_case, metrics, best, metric)
+    best = {metric: max(baselines, key=lambda m: metrics[m][metric]) for metric in ("recall@10", "ndcg@10", "recall@50", "mrr")}
+    out: dict = {metric: _versus(per_case, metrics, baseline, metric) for metric, baseline in best.items()}
     if "request_only" in metrics:
         out["taste_lift"] = {metric: _versus(per_case, metrics, "request_only", metric) for metric in ("recall@10", "ndcg@10")}
     if "whisperlite_sasrec" in metrics:  # the diagnostic fusion against the same best baseline (under the "whisperlite" key)
         out["whisperlite_sasrec"] = {
-            metric: _versus(per_case, metrics, max(baselines, key=lambda m: metrics[m][metric]), metric, ours="whisperlite_sasrec")
-            for metric in ("recall@10", "ndcg@10")
+            metric: _versus(per_case, metrics, best[metric], metric, ours="whisperlite_sasrec") for metric in ("recall@10", "ndcg@10")
         }
     return out
 

@@ -23,12 +23,14 @@ class QueryVectorCache:
             raise ValueError(f"query_cache_size: must be >= 0 (0 disables the cache), got {size}")
         self._vectors: LRUCache[str, np.ndarray] | None = LRUCache(size) if size else None
         self._model_name: str | None = None
+        # Bound once: every Recommend counts a lookup.
+        self._hits, self._misses = QUERY_CACHE_LOOKUPS.labels("hit"), QUERY_CACHE_LOOKUPS.labels("miss")
 
     def get(self, text: str) -> np.ndarray | None:
         if self._vectors is None:
             return None
         vector = self._vectors.get(text)
-        QUERY_CACHE_LOOKUPS.labels("hit" if vector is not None else "miss").inc()
+        (self._hits if vector is not None else self._misses).inc()
         return vector
 
     def put(self, model_name: str, texts: list[str], vectors: np.ndarray) -> None:

@@ -25,6 +25,10 @@ Design (arXiv 2207.12033 gives the idea, not the code; choices are measured in d
   score: the ranker's candidate search loses nothing to re-scoring.
 * A request with no user and no recent items goes through the same network with a zero taste
   (the "text_only" path: the request alone decides, through the learned query transform).
+* Sequence (optional, chosen on validation): a model may carry a SASRec sequence model
+  (core/sequence.py). For requests with a user signal the final score is then a late fusion of the
+  cosine with p and SASRec's logit, each standardized over the catalog; it is no longer monotone in
+  the cosine, so the ranker needs every candidate's item, and the candidate search stays by p.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from whisperlite.core.sequence import SequenceModel
 
 MANIFEST = "manifest.json"
 WEIGHTS = "network.pt"
@@ -162,6 +168,8 @@ class PersonalizedQuery:
     vector: np.ndarray  # (d,) float32, unit length, in item space: what the catalog ANN search uses
     taste: np.ndarray | None  # (d,) float32 unit vector in item space, or None without a user signal
     path: str  # "user_embedding" | "recent_items" | "text_only"
+    # (d_s,) SASRec state after the user's newest item, when the model has a sequence part and the user a sequence
+    sequence_state: np.ndarray | None = None
 
 
 class UserIndex:
@@ -238,6 +246,7 @@ class PersonalizationModel:
         manifest: dict,
         histories: UserHistories | None = None,
         user_residuals: np.ndarray | None = None,
+        sequence: SequenceModel | None = None,
     ):
         users = user_ids if isinstance(user_ids, UserIndex) else UserIndex(user_ids)
         if user_tastes.shape != (len(users.ids), network.dimension):
@@ -248,12 +257,15 @@ class PersonalizationModel:
             raise ValueError("histories: an attention taste needs the users' histories")
         if user_residuals is not None and user_residuals.shape != user_tastes.shape:
             raise ValueError(f"user_residuals: expected shape {user_tastes.shape}, got {user_residuals.shape}")
+        if sequence is not None and sequence.n_users != len(users.ids):
+            raise ValueError(f"sequence: expected sequences of {len(users.ids)} users, got {sequence.n_users}")
         self.network = network.eval()
         self.manifest = manifest
         self._users = users
         self._user_tastes = user_tastes
         self._histories = histories
         self._user_residuals = user_residuals
+        self.sequence = sequence
 
     # ---- identity -------------------------------------------------------------------------
     @property
@@ -298,34 +310,64 @@ class PersonalizationModel:
         query_vector: np.ndarray,
         user_id: str | None = None,
         recent_item_vectors: np.ndarray | None = None,
+        recent_item_ids: list[str] = (),
     ) -> PersonalizedQuery:
         """Personalized query for one request. A known user's recent items (most recent last) join their
-        stored history; an unknown user's recent items make the taste alone; no signal: the text path."""
+        stored history; an unknown user's recent items make the taste alone; no signal: the text path.
+        The sequence part reads the recent items by id (`recent_item_ids`), the taste by vector."""
         query = self._check_vectors(query_vector, "query_vector").reshape(1, -1)
         recent = None
         if recent_item_vectors is not None and len(recent_item_vectors) > 0:
             recent = self._check_vectors(recent_item_vectors, "recent_item_vectors").reshape(-1, self.dimension)
         row = self.user_row(user_id)
-        if self.taste_mode == TASTE_NONE or (row < 0 and recent is None):
-            return PersonalizedQuery(vector=self.personalize_batch(query, None)[0], taste=None, path=PATH_TEXT)
+        state = None
+        if self.sequence is not None:
+            state = self.sequence.states([self.sequence.sequence(row, recent_item_ids)])[0]
+            state = None if np.isnan(state).any() else state
         path = PATH_USER if row >= 0 else PATH_RECENT
+        if self.taste_mode == TASTE_NONE or (row < 0 and recent is None):
+            path = PATH_TEXT if state is None else path
+            return PersonalizedQuery(vector=self.personalize_batch(query, None)[0], taste=None, path=path, sequence_state=state)
         if row >= 0 and (recent is None or self._histories is None):
             # A model built without histories (by hand, not by training) keeps a known user's stored taste.
             taste = self.user_tastes(query, np.array([row]))[0]
         else:
             history = self._histories.of(row) if row >= 0 else np.zeros((0, self.dimension), np.float32)
             taste = self.taste_from_items(query[0], np.concatenate([history, recent]), row)
-        return PersonalizedQuery(vector=self.personalize_batch(query, taste.reshape(1, -1))[0], taste=taste, path=path)
+        vector = self.personalize_batch(query, taste.reshape(1, -1))[0]
+        return PersonalizedQuery(vector=vector, taste=taste, path=path, sequence_state=state)
 
     def personalize_many(self, queries: np.ndarray, user_ids: list[str | None]) -> list[PersonalizedQuery]:
         """`personalize` for many requests without recent items, in one network call (the ranker's micro-batches)."""
         queries = self._check_vectors(queries, "query_vector").reshape(-1, self.dimension)
-        vectors, tastes, rows = self._personalize_rows(queries, np.array([self.user_row(u) for u in user_ids], dtype=np.int64))
-        return [
-            PersonalizedQuery(vector=vectors[i], taste=tastes[i], path=PATH_USER) if row >= 0
-            else PersonalizedQuery(vector=vectors[i], taste=None, path=PATH_TEXT)
-            for i, row in enumerate(rows)
-        ]
+        users = np.array([self.user_row(u) for u in user_ids], dtype=np.int64)
+        vectors, tastes, rows = self._personalize_rows(queries, users)
+        states = self.sequence_states(users)
+        out = []
+        for i, row in enumerate(rows):
+            state = None if states is None or np.isnan(states[i]).any() else states[i]
+            taste = tastes[i] if row >= 0 else None
+            path = PATH_USER if row >= 0 or state is not None else PATH_TEXT
+            out.append(PersonalizedQuery(vector=vectors[i], taste=taste, path=path, sequence_state=state))
+        return out
+
+    def sequence_states(self, rows: np.ndarray) -> np.ndarray | None:
+        """(B, d_s) SASRec states of the stored sequences of users at `rows` (NaN rows: none); None without a sequence part."""
+        return None if self.sequence is None else self.sequence.user_states(np.asarray(rows, dtype=np.int64))
+
+    def rank_scores(self, vectors: np.ndarray, cosines: np.ndarray, states: np.ndarray | None, item_rows: np.ndarray | None) -> np.ndarray:
+        """(B, n) final scores from (B, d) personalized queries and their (B, n) cosines with items: the
+        calibrated cosine, or, in rows with a (non-NaN) sequence state, the fused score (item_rows: the
+        items' SASRec rows, `sequence.item_rows`)."""
+        cosines = np.asarray(cosines, dtype=np.float32)
+        scores = self.score_cosines(cosines)
+        if self.sequence is None or states is None:
+            return scores
+        fused = ~np.isnan(states).any(axis=1)
+        if fused.any():
+            rows = np.asarray(item_rows)
+            scores[fused] = self.sequence.fused(vectors[fused], cosines[fused], states[fused], rows if rows.ndim == 1 else rows[fused])
+        return scores
 
     def personalize_users(self, queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """(B, d) requests of users at table rows `rows` (-1 = unknown: the text path) -> (B, d) personalized
@@ -391,12 +433,19 @@ class PersonalizationModel:
         with torch.inference_mode():
             return self.network(q, t).numpy()
 
-    def score(self, pq: PersonalizedQuery | np.ndarray, item_vectors: np.ndarray) -> np.ndarray:
-        """Final scores of items for one personalized query (or (B, d) queries -> (B, n))."""
+    def score(self, pq: PersonalizedQuery | np.ndarray, item_vectors: np.ndarray, item_ids: list[str] | None = None) -> np.ndarray:
+        """Final scores of items for one personalized query (or (B, d) queries -> (B, n): the calibrated
+        cosine). A query with a sequence state scores the fusion, which needs the items' ids."""
         vector = pq.vector if isinstance(pq, PersonalizedQuery) else pq
         single = np.ndim(vector) == 1
         queries = torch.from_numpy(np.ascontiguousarray(np.atleast_2d(vector), dtype=np.float32))
         items = torch.from_numpy(np.ascontiguousarray(item_vectors, dtype=np.float32)).reshape(-1, self.dimension)
+        state = pq.sequence_state if isinstance(pq, PersonalizedQuery) else None
+        if state is not None:
+            if item_ids is None:
+                raise ValueError("item_ids: a model with a sequence part scores items by id too")
+            cosines = (queries @ items.T).numpy()
+            return self.rank_scores(queries.numpy(), cosines, state[None], self.sequence.item_rows(item_ids))[0]
         with torch.inference_mode():
             scores = self.network.logits(queries, items).numpy()
         return scores[0] if single else scores
@@ -429,6 +478,10 @@ class PersonalizationModel:
             np.save(directory / HISTORY_ITEMS, np.asarray(self._histories.items, dtype=np.int32))
             np.save(directory / HISTORY_VECTORS, np.asarray(self._histories.vectors, dtype=np.float32))
         (directory / USER_IDS).write_text(json.dumps(self._users.ids))
+        self.manifest.pop("sequence", None)
+        if self.sequence is not None:
+            self.sequence.save(directory)
+            self.manifest["sequence"] = self.sequence.manifest()
         (directory / MANIFEST).write_text(json.dumps(self.manifest, indent=2, sort_keys=True) + "\n")
         return directory
 
@@ -454,7 +507,8 @@ class PersonalizationModel:
         state = torch.load(directory / WEIGHTS, map_location="cpu", weights_only=True)
         state["user_residuals.weight"] = network.user_residuals.weight.detach()
         network.load_state_dict(state, strict=True)
-        return cls(network, users, user_tastes, manifest, histories=histories, user_residuals=residuals)
+        sequence = SequenceModel.load(directory, manifest["sequence"]) if "sequence" in manifest else None
+        return cls(network, users, user_tastes, manifest, histories=histories, user_residuals=residuals, sequence=sequence)
 
 
 def resolve_version_dir(path: str | Path) -> Path:

@@ -15,7 +15,9 @@ from whisperlite.core.encoders import BACKENDS, DEFAULT_BACKEND
 from whisperlite.core.topology import QUERY_ENCODER
 from whisperlite.trainer.split import DEFAULT_MIN_INTERACTIONS
 from whisperlite.trainer.experiment import DEFAULT_REQUEST_SEED
-from whisperlite.trainer.train import BIAS_INITS, LOSS_MIXES, POSITIVES, SAMPLERS, TASTE_MODES, USER_TABLE_MODES, TrainConfig
+from whisperlite.trainer.train import (
+    BIAS_INITS, LOSS_MIXES, POSITIVES, SAMPLERS, SEQUENCE_MODES, TASTE_MODES, USER_TABLE_MODES, TrainConfig,
+)
 
 DEFAULT_MODELS_DIR = os.environ.get("WHISPERLITE_MODELS", "models")
 
@@ -39,6 +41,7 @@ TRAIN_FLAGS = {
     "validation_cases": "validation cases ranked per epoch (0 = all)",
     "select_epochs": "with an auto setting: epochs each candidate trains before the best goes on (0 = all)",
     "taste_window": "history items an attention taste reads (the most recent)",
+    "sequence_epochs": "most epochs of the SASRec sequence part (bounds its training time)",
     "seed": "random seed (model init, sampling, shuffling)",
 }
 
@@ -52,6 +55,8 @@ CHOICE_FLAGS = {
     "taste": (TASTE_MODES, "the user's taste: mean of the history items, attention over the recent ones keyed by the "
               "request, none (no user signal), auto: the best of the three on validation (none only when no taste helps)"),
     "bias_init": (BIAS_INITS, "start the BCE head's bias at zero or calibrated (a random request-item pair at logit 0)"),
+    "sequence": (SEQUENCE_MODES, "the SASRec sequence part fused with the network's score: auto = train it and ship the "
+                 "fusion if validation prefers it, on = always ship it (the best text weight below 1), off = never"),
     "loss_mix": (LOSS_MIXES, "given: --bce-weight and --contrastive-weight as set; auto: that composite or InfoNCE only, "
                  "the better on validation"),
 }

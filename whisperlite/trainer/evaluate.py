@@ -34,25 +34,25 @@ log = logging.getLogger(__name__)
 
 BASELINES = ("popularity", "history_only", "text_only", "text_plus_history_mean", "request_only", "sasrec", "hybrid")
 # Trained variants of the network. request_only never sees a user (the honest non-personal model);
-# it and the loss ablations keep whisperlite's other choices made on validation (CHOICES_KEPT).
+# it and the loss ablations keep whisperlite's other choices made on validation (CHOICES_KEPT). The
+# loss ablations measure the network alone: no sequence part.
 VARIANTS = {
     "whisperlite": {},
-    "request_only": {"taste": "none", "user_table": "off"},
-    "whisperlite_bce_only": {"contrastive_weight": 0.0, "loss_mix": "given"},
-    "whisperlite_contrastive_only": {"bce_weight": 0.0, "loss_mix": "given"},
+    "request_only": {"taste": "none", "user_table": "off", "sequence": "off"},
+    "whisperlite_bce_only": {"contrastive_weight": 0.0, "loss_mix": "given", "sequence": "off"},
+    "whisperlite_contrastive_only": {"bce_weight": 0.0, "loss_mix": "given", "sequence": "off"},
 }
 CHOICES_KEPT = {
     "request_only": ("bce_weight", "contrastive_weight"),
     "whisperlite_bce_only": ("taste", "user_table"),
     "whisperlite_contrastive_only": ("taste", "user_table"),
 }
-# Order of fitting: request_only after whisperlite (it keeps whisperlite's loss mix), the fusions after their parts.
-# whisperlite_sasrec is a diagnostic, not a baseline and not served: what SASRec's sequence adds to whisperlite.
+# Order of fitting: request_only after whisperlite (it keeps whisperlite's loss mix), the fusion after its parts.
 METHODS = (
     "popularity", "history_only", "text_only", "text_plus_history_mean", "whisperlite", "request_only", "sasrec", "hybrid",
-    "whisperlite_sasrec", "whisperlite_bce_only", "whisperlite_contrastive_only",
+    "whisperlite_bce_only", "whisperlite_contrastive_only",
 )
-FUSIONS = {"hybrid": ("request_only", "sasrec"), "whisperlite_sasrec": ("whisperlite", "sasrec")}
+FUSIONS = {"hybrid": ("request_only", "sasrec")}
 
 
 def score_items(
@@ -61,9 +61,13 @@ def score_items(
     user_id: str | None,
     item_vectors: np.ndarray,
     recent_item_vectors: np.ndarray | None = None,
+    item_ids: list[str] | None = None,
+    recent_item_ids: list[str] = (),
 ) -> np.ndarray:
-    """The score of each item for one (user, request): the ranker's code path, used by evaluate."""
-    return model.score(model.personalize(query_vector, user_id, recent_item_vectors), item_vectors)
+    """The score of each item for one (user, request): the ranker's code path, used by evaluate. A model
+    with a sequence part needs the items' ids (and reads the recent items by id)."""
+    personalized = model.personalize(query_vector, user_id, recent_item_vectors, list(recent_item_ids))
+    return model.score(personalized, item_vectors, item_ids)
 
 
 def paired_bootstrap(a: np.ndarray, b: np.ndarray, n: int = 2000, seed: int = 0) -> dict[str, float | None]:
@@ -157,7 +161,7 @@ def evaluate(
             missing = [part for part in parts if part not in scorers]
             if missing:
                 raise ValueError(f"methods: {name} fuses {' and '.join(parts)}; add {', '.join(missing)} before it")
-            scorers[name] = method = LateFusion(scorers[parts[0]], scorers[parts[1]], experiment, validation_limit=limit, name=name)
+            scorers[name] = method = LateFusion(scorers[parts[0]], scorers[parts[1]], experiment, validation_limit=limit)
             details[name] = {"weight": method.weight, "selection": method.selection}
         elif name == "whisperlite" and model is not None:
             _check_model_fits(model, experiment)
@@ -220,6 +224,7 @@ def _train_variant(experiment: Experiment, config: TrainConfig, name: str, out_d
         "loss": {"bce_weight": chosen["bce_weight"], "contrastive_weight": chosen["contrastive_weight"]},
         "selection": metrics.get("selection"),
         "train_seconds_all_candidates": metrics.get("train_seconds_all_candidates", round(result.seconds, 1)),
+        "sequence": metrics.get("sequence"),
         "history": result.history,
     }
     if models_out is not None:
@@ -233,20 +238,18 @@ def compare(per_case: dict[str, dict[str, np.ndarray]], metrics: dict[str, dict[
     baselines = [m for m in BASELINES if m in metrics]
     if "whisperlite" not in metrics or not baselines:
         return {}
-    best = {metric: max(baselines, key=lambda m: metrics[m][metric]) for metric in ("recall@10", "ndcg@10", "recall@50", "mrr")}
-    out: dict = {metric: _versus(per_case, metrics, baseline, metric) for metric, baseline in best.items()}
+    out: dict = {
+        metric: _versus(per_case, metrics, max(baselines, key=lambda m: metrics[m][metric]), metric)
+        for metric in ("recall@10", "ndcg@10", "recall@50", "mrr")
+    }
     if "request_only" in metrics:
         out["taste_lift"] = {metric: _versus(per_case, metrics, "request_only", metric) for metric in ("recall@10", "ndcg@10")}
-    if "whisperlite_sasrec" in metrics:  # the diagnostic fusion against the same best baseline (under the "whisperlite" key)
-        out["whisperlite_sasrec"] = {
-            metric: _versus(per_case, metrics, best[metric], metric, ours="whisperlite_sasrec") for metric in ("recall@10", "ndcg@10")
-        }
     return out
 
 
-def _versus(per_case, metrics, baseline: str, metric: str, ours: str = "whisperlite") -> dict:
-    mine, theirs = metrics[ours][metric], metrics[baseline][metric]
-    interval = paired_bootstrap(per_case[ours][metric], per_case[baseline][metric])
+def _versus(per_case, metrics, baseline: str, metric: str) -> dict:
+    mine, theirs = metrics["whisperlite"][metric], metrics[baseline][metric]
+    interval = paired_bootstrap(per_case["whisperlite"][metric], per_case[baseline][metric])
     return {
         "best_baseline": baseline,
         "whisperlite": mine,

@@ -178,14 +178,15 @@ def standardized(scores: np.ndarray) -> np.ndarray:
 
 class LateFusion:
     """`hybrid`: weight * z(request model) + (1 - weight) * z(history model), scores standardized per
-    case over the catalog; the weight chosen on validation. With whisperlite as the request model it
-    is `whisperlite_sasrec`, a diagnostic of what a sequence model would add to it."""
+    case over the catalog; the weight chosen on validation. (whisperlite's own sequence part fuses the
+    same way, inside the served model: core/sequence.py.)"""
 
     WEIGHTS = (0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0)
 
+    name = "hybrid"
+
     def __init__(self, request: Method, history: Method, experiment: Experiment, weight: float | None = None,
-                 validation_limit: int | None = None, name: str = "hybrid"):
-        self.name = name
+                 validation_limit: int | None = None):
         self._request, self._history = request, history
         if weight is None:
             weight, self.selection = _select(self, "weight", self.WEIGHTS, experiment, validation_limit)
@@ -207,9 +208,13 @@ class WhisperLite:
         require_same_encoder("model: its training vectors", model.encoder_name, "this evaluation embeds with", experiment.encoder_name)
         # The model's row of each split user, looked up by user id exactly as the ranker does; -1 = unknown.
         self._rows = np.array([model.user_row(user_id) for user_id in experiment.split.user_ids], dtype=np.int64)
+        # Likewise each catalog item's row in the sequence part, by item id.
+        self._item_rows = None if model.sequence is None else model.sequence.item_rows(experiment.dataset.items["item_id"].tolist())
 
     def scores(self, users, queries):
-        return self.model.score(self.model.personalize_users(queries, self._rows[users]), self._items)
+        rows = self._rows[users]
+        vectors = self.model.personalize_users(queries, rows)
+        return self.model.rank_scores(vectors, vectors @ self._items.T, self.model.sequence_states(rows), self._item_rows)
 
     def without_user(self) -> WhisperLite:
         """The same model with every taste dropped: the text-only path (a diagnostic)."""

@@ -164,9 +164,14 @@ def write_results_doc(reports: dict, skipped: dict, out_root: Path, docs_path: P
             lines.append(f"- text_plus_history_mean weight chosen on validation: {details['text_plus_history_mean']['weight']}.")
         if "hybrid" in details:
             lines.append(f"- hybrid weight of request_only (vs sasrec) chosen on validation: {details['hybrid']['weight']}.")
-        if "whisperlite_sasrec" in details:
-            lines.append(f"- whisperlite_sasrec (diagnostic, not served) weight of whisperlite (vs sasrec) chosen on validation: "
-                         f"{details['whisperlite_sasrec']['weight']}.")
+        sequence = details.get("whisperlite", {}).get("sequence")
+        if sequence:
+            chosen = ", ".join(f"{s['text_weight']}: {s['validation']['recall@10']:.4f}" for s in sequence["selection"])
+            lines.append(
+                f"- whisperlite's sequence part (SASRec, best epoch {sequence['sasrec']['best_epoch']} of {sequence['sasrec']['epochs']}, "
+                f"{sequence['seconds']} s): text weight {sequence['text_weight']} chosen on validation Recall@10 ({chosen}); "
+                f"{'shipped' if sequence['shipped'] else 'not shipped (1.0 = the network alone)'}."
+            )
         if "sasrec" in details:
             lines.append(f"- sasrec: best epoch {details['sasrec']['best_epoch']} of {details['sasrec']['epochs']}, "
                          f"trained in {details['sasrec']['train_seconds']} s.")
@@ -202,10 +207,6 @@ def write_results_doc(reports: dict, skipped: dict, out_root: Path, docs_path: P
             if lift:
                 lines.append(f"Taste's lift (whisperlite / request_only): Recall@10 {_fmt_ratio(lift['recall@10'])}; "
                              f"NDCG@10 {_fmt_ratio(lift['ndcg@10'])}.")
-            fusion = comparison.get("whisperlite_sasrec")
-            if fusion:
-                lines.append(f"Diagnostic whisperlite_sasrec (not served) vs the best baseline: Recall@10 {_fmt_ratio(fusion['recall@10'])}; "
-                             f"NDCG@10 {_fmt_ratio(fusion['ndcg@10'])}.")
             lines.append("")
             closing.append(
                 f"| {name} | {report['n_test']} | {_ratio_cell(lift['recall@10']) if lift else 'n/a'} "

@@ -3,43 +3,33 @@
 Causal self-attention over each user's item sequence predicts the next item; trained on the train
 split (full softmax over the catalog), early-stopped on validation Recall@10, and scoring the full
 catalog from the last position's output. Every method sees the same user evidence: the train items.
-
-Details that decide whether it works (each has a test): sequences are padded on the LEFT, so the
-last position is always the newest item; positions are embedded as the distance from the newest
-item, so a short and a long sequence agree on what "newest" is; the mask lets position i see only
-real positions j <= i (a padding position sees itself only, so no row is all masked); item index k
-of the split is embedding row k + 1 (row 0 is padding).
+The network and its sequence conventions live in core/sequence.py, where a served model uses them.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from whisperlite.core.devices import torch_device
 from whisperlite.core.progress import bar_disabled
+from whisperlite.core.personalization import PersonalizationModel
+from whisperlite.core.sequence import TEXT_WEIGHTS, SASRecNetwork, SequenceArchitecture, SequenceModel, left_padded
 from whisperlite.trainer.experiment import Experiment
-from whisperlite.trainer.methods import validation_metrics
+from whisperlite.trainer.methods import WhisperLite, validation_metrics
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class SASRecConfig:
-    dimension: int = 64
-    blocks: int = 2
-    heads: int = 1
-    max_length: int = 50
-    dropout: float = 0.2
+class SASRecConfig(SequenceArchitecture):
     lr: float = 1e-3
     weight_decay: float = 0.0
     batch_size: int = 128
@@ -48,49 +38,6 @@ class SASRecConfig:
     validation_cases: int = 10000
     seed: int = 0
     device: str = "auto"
-
-
-class SASRecNetwork(nn.Module):
-    def __init__(self, n_items: int, config: SASRecConfig):
-        super().__init__()
-        d = config.dimension
-        self.items = nn.Embedding(n_items + 1, d, padding_idx=0)
-        self.positions = nn.Embedding(config.max_length, d)  # index = distance from the newest item
-        self.dropout = nn.Dropout(config.dropout)
-        layer = nn.TransformerEncoderLayer(d, config.heads, dim_feedforward=d, dropout=config.dropout, batch_first=True, norm_first=True)
-        self.encoder = nn.TransformerEncoder(layer, config.blocks, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(d)
-        self.heads = config.heads
-        nn.init.normal_(self.items.weight, std=d ** -0.5)
-        with torch.no_grad():
-            self.items.weight[0].zero_()
-
-    def forward(self, sequences: torch.Tensor) -> torch.Tensor:
-        """(B, L) item rows, 0 = padding on the left -> (B, L, d) hidden states (row i: after item i)."""
-        length = sequences.shape[1]
-        distance = torch.arange(length - 1, -1, -1, device=sequences.device)
-        x = self.items(sequences) * math.sqrt(self.items.embedding_dim) + self.positions(distance)[None]
-        x = self.dropout(x)
-        padding = sequences == 0
-        eye = torch.eye(length, dtype=torch.bool, device=sequences.device)
-        future = torch.triu(torch.ones(length, length, dtype=torch.bool, device=sequences.device), diagonal=1)
-        blocked = future[None] | (padding[:, None, :] & ~eye[None])  # True = may not attend
-        blocked = blocked.repeat_interleave(self.heads, dim=0)
-        return self.norm(self.encoder(x, mask=blocked))
-
-    def catalog_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """(N, d) hidden states -> (N, n_items) logits, column k = split item k."""
-        return hidden @ self.items.weight[1:].T
-
-
-def left_padded(sequences: list[np.ndarray], length: int) -> np.ndarray:
-    """The last `length` items of each sequence as embedding rows (item + 1), left-padded with 0."""
-    out = np.zeros((len(sequences), length), dtype=np.int64)
-    for row, items in enumerate(sequences):
-        tail = np.asarray(items[-length:], dtype=np.int64)
-        if len(tail):
-            out[row, length - len(tail) :] = tail + 1
-    return out
 
 
 def training_chunks(history: list[np.ndarray], length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -120,7 +67,7 @@ class SASRec:
         torch.manual_seed(config.seed)
         self._device = torch_device(config.device)
         self._history = experiment.split.history
-        self.network = SASRecNetwork(experiment.dataset.n_items, config).to(self._device)
+        self.network = SASRecNetwork(experiment.dataset.n_items, config.architecture()).to(self._device)
         inputs, targets = training_chunks(self._history, config.max_length)
         self.history_rows: list[dict] = []
         optimizer = torch.optim.Adam(self.network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -165,11 +112,8 @@ class SASRec:
         was_training = self.network.training
         self.network.eval()
         sequences = left_padded([self._history[u] for u in users], self.config.max_length)
-        used = sequences > 0
-        width = int(used.any(0).nonzero()[0].min()) if used.any() else self.config.max_length - 1
         with torch.inference_mode():
-            hidden = self.network(torch.from_numpy(sequences[:, width:]).to(self._device))[:, -1]
-            scores = self.network.catalog_logits(hidden).float().cpu().numpy()
+            scores = self.network.catalog_logits(self.network.last_states(sequences)).float().cpu().numpy()
         self.network.train(was_training)
         return scores
 
@@ -178,3 +122,32 @@ class SASRec:
             "config": asdict(self.config), "best_epoch": self.best_epoch, "epochs": len(self.history_rows),
             "train_seconds": round(self.seconds, 1), "validation": self.validation, "history": self.history_rows,
         }
+
+
+def fit_sequence_part(model: PersonalizationModel, experiment: Experiment, config: SASRecConfig, progress: bool = False,
+                      forced: bool = False) -> dict:
+    """Trains SASRec on the train split and chooses the fusion's text weight on validation Recall@10
+    (ties: the larger weight); the model keeps the sequence part unless 1.0 (the model alone) wins.
+    `forced` leaves 1.0 out: the part is always shipped. Returns the record for the manifest."""
+    started = time.perf_counter()
+    sasrec = SASRec(experiment, config, progress=progress)
+    sequence = SequenceModel.from_training(
+        sasrec.network, config.architecture(), experiment.dataset.items["item_id"].tolist(), experiment.split.history,
+        1.0, experiment.item_vectors,
+    )
+    model.sequence = sequence
+    scorer = WhisperLite(model, experiment)
+    selection = []
+    for weight in (w for w in TEXT_WEIGHTS if not (forced and w == 1.0)):
+        sequence.text_weight = weight
+        selection.append({"text_weight": weight, "validation": validation_metrics(scorer, experiment, config.validation_cases)})
+    best = max(reversed(selection), key=lambda s: s["validation"]["recall@10"])
+    sequence.text_weight = best["text_weight"]
+    if best["text_weight"] == 1.0:
+        model.sequence = None
+    log.info("sequence part: text weight %.1f chosen on validation (%s)", best["text_weight"],
+             "not shipped" if model.sequence is None else "shipped")
+    return {
+        "shipped": model.sequence is not None, "text_weight": best["text_weight"], "selection": selection,
+        "sasrec": sasrec.details(), "seconds": round(time.perf_counter() - started, 1),
+    }

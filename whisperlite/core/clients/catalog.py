@@ -77,16 +77,21 @@ class CatalogClient:
                 self._batch_search = False
         return list(await asyncio.gather(*(self.search(search) for search in searches)))
 
-    async def vectors(self, item_ids: list[str]) -> np.ndarray:
-        """Vectors of the ids the catalog knows (unknown ids are skipped: a recent item may have been deleted)."""
+    async def items(self, item_ids: list[str]) -> list[common_pb2.Item]:
+        """The items the catalog knows, with their vectors (unknown ids are skipped: an item may have been deleted)."""
         request = catalog_pb2.GetItemsRequest(item_ids=item_ids, include_vectors=True)
         try:
             response = await self._stub.GetItems(request, timeout=self._timeout, metadata=outgoing_metadata())
         except grpc.aio.AioRpcError as error:
             raise downstream_error(self._service, "GetItems", error) from None
-        if not response.items:
+        return list(response.items)
+
+    async def vectors(self, item_ids: list[str]) -> np.ndarray:
+        """Vectors of the ids the catalog knows, in request order (unknown ids skipped)."""
+        items = await self.items(item_ids)
+        if not items:
             return np.zeros((0, 0), dtype=np.float32)
-        return np.stack([np.asarray(item.vector, dtype=np.float32) for item in response.items])
+        return np.stack([np.asarray(item.vector, dtype=np.float32) for item in items])
 
 
 def _candidates(response: catalog_pb2.SearchResponse) -> list[Candidate]:

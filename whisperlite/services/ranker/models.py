@@ -148,7 +148,8 @@ def validate(model: PersonalizationModel, contract: ServingContract) -> None:
     user = model.user_ids[0] if model.n_users else None
     try:
         personalized = model.personalize(contract.probe_query, user)
-        scores = model.score(personalized, np.stack([contract.probe_query, personalized.vector]))
+        # Ids no sequence part knows: they score its table's mean row, so NaN weights there show too.
+        scores = model.score(personalized, np.stack([contract.probe_query, personalized.vector]), item_ids=["probe", "probe"])
     except (ValueError, RuntimeError) as error:
         raise FailedPrecondition(f"model {model.version}: smoke scoring failed: {type(error).__name__}: {error}") from None
     if not (np.isfinite(personalized.vector).all() and np.isfinite(scores).all()):

@@ -48,6 +48,9 @@ class RankerLimits:
     # the catalog searches by, so only the top_k best come with their item and vector (the others
     # with their cosine alone) and a margin over top_k only absorbs ANN misses.
     candidates: int = 50
+    # With a model's sequence part the fused score reorders candidates: on movielens the full-catalog fused
+    # top 10 lay 92.6% within the text side's top 50, 99.95% within its top 200 (docs/model.md).
+    fused_candidates: int = 200
     # Concurrent Recommends share downstream calls (services/ranker/batching.py): at most this many
     # texts per Embed and searches per SearchBatch, and this many of each call out at once.
     max_batch: int = 64
@@ -170,13 +173,13 @@ class Recommender:
             if model is not None and recent_vectors is None:
                 personalized = await self._personalizations.call((model, query_vector, user_id))
             else:
-                personalized = self._personalize(model, query_vector, user_id, recent_vectors)
+                personalized = self._personalize(model, query_vector, user_id, recent_item_ids, recent_vectors)
 
         with _stage("search"):
-            candidates = await self._search(personalized.vector, top_k, item_filter)
+            candidates = await self._search(personalized, top_k, item_filter)
 
         with _stage("score"):
-            items = self._rank(model, query_vector, personalized, candidates, top_k)
+            items = await self._rank(model, query_vector, personalized, candidates, top_k)
         version = model.version if model is not None else ""
         RECOMMENDATIONS.labels(personalized.path).inc()
         MODEL_REQUESTS.labels(version or NO_MODEL).inc()
@@ -191,8 +194,9 @@ class Recommender:
 
     async def _recent_vectors(self, model: PersonalizationModel | None, user_id: str, recent_item_ids: list[str]) -> np.ndarray | None:
         """The recent items' vectors in request order (most recent last), ids the catalog lacks skipped: they
-        join a known user's stored history and are an unknown user's whole taste. A request-only model reads none."""
-        if not recent_item_ids or (model is not None and model.taste_mode == TASTE_NONE):
+        join a known user's stored history and are an unknown user's whole taste. A model that reads no user
+        signal (no taste, no sequence part) reads none."""
+        if not recent_item_ids or (model is not None and model.taste_mode == TASTE_NONE and model.sequence is None):
             return None
         fetched = await self._catalog.vectors(list(recent_item_ids))
         return fetched if len(fetched) else None
@@ -213,9 +217,9 @@ class Recommender:
             recent_vectors = call.recent_vectors
             if recent_vectors is None:  # the live model reads no user signal; the candidate may
                 recent_vectors = await self._recent_vectors(candidate, call.user_id, call.recent_item_ids)
-            personalized = self._personalize(candidate, call.query_vector, call.user_id, recent_vectors)
-            found = await self._search(personalized.vector, call.top_k, call.item_filter)
-            ranked = self._rank(candidate, call.query_vector, personalized, found, call.top_k)
+            personalized = self._personalize(candidate, call.query_vector, call.user_id, call.recent_item_ids, recent_vectors)
+            found = await self._search(personalized, call.top_k, call.item_filter)
+            ranked = await self._rank(candidate, call.query_vector, personalized, found, call.top_k)
         except Exception:  # the caller already has the live answer; a failing candidate must only show in metrics
             SHADOW_OUTCOMES.labels(candidate.version, "failed").inc()
             log.exception("shadow scoring failed", extra={"candidate_version": candidate.version})
@@ -225,12 +229,11 @@ class Recommender:
         shadow_ids = [scored.item.item_id for scored in ranked]
         SHADOW_OVERLAP.labels(call.live_version or NO_MODEL, candidate.version).observe(overlap_at_k(call.live_ids, shadow_ids))
 
-    def _personalize(
-        self, model: PersonalizationModel | None, query_vector: np.ndarray, user_id: str, recent_vectors: np.ndarray | None
-    ) -> PersonalizedQuery:
+    def _personalize(self, model: PersonalizationModel | None, query_vector: np.ndarray, user_id: str,
+                     recent_item_ids: list[str], recent_vectors: np.ndarray | None) -> PersonalizedQuery:
         if model is None:
             return text_plus_history_query(query_vector, recent_vectors)
-        return model.personalize(query_vector, user_id or None, recent_vectors)
+        return model.personalize(query_vector, user_id or None, recent_vectors, list(recent_item_ids))
 
     @staticmethod
     async def _personalize_batch(calls: list[tuple[PersonalizationModel, np.ndarray, str]]) -> list[PersonalizedQuery]:
@@ -246,26 +249,52 @@ class Recommender:
                 results[index] = personalized
         return results
 
+    async def _complete(self, chosen: list[tuple[int, Candidate]]) -> list[tuple[int, Candidate]]:
+        """Fetches the chosen candidates that came without their item (a fused score picked them past the
+        catalog's top_k); one deleted since the search is dropped."""
+        missing = [candidate.item.item_id for _, candidate in chosen if candidate.vector is None]
+        fetched = {item.item_id: item for item in await self._catalog.items(missing)}
+        complete = []
+        for index, candidate in chosen:
+            if candidate.vector is None:
+                item = fetched.get(candidate.item.item_id)
+                if item is None:
+                    continue
+                vector = np.asarray(item.vector, dtype=np.float32)
+                item.ClearField("vector")
+                candidate = Candidate(item=item, cosine=candidate.cosine, vector=vector)
+            complete.append((index, candidate))
+        return complete
+
     async def _embed_batch(self, texts: list[str]) -> np.ndarray:
         embeddings = await self._encoder.embed_texts(texts)
         self._query_vectors.put(embeddings.model_name, texts, embeddings.vectors)
         return embeddings.vectors
 
-    async def _search(self, vector: np.ndarray, top_k: int, item_filter: common_pb2.ItemFilter) -> list[Candidate]:
-        search = CandidateSearch(vector, max(self._limits.candidates, top_k), item_filter, detailed_hits=top_k)
-        return await self._searches.call(search)
+    async def _search(self, personalized: PersonalizedQuery, top_k: int, item_filter: common_pb2.ItemFilter) -> list[Candidate]:
+        fused = personalized.sequence_state is not None
+        wanted = max(self._limits.fused_candidates if fused else self._limits.candidates, top_k)
+        return await self._searches.call(CandidateSearch(personalized.vector, wanted, item_filter, detailed_hits=top_k))
 
-    def _rank(self, model: PersonalizationModel | None, query_vector, personalized: PersonalizedQuery,
-              candidates: list[Candidate], top_k: int) -> list[ScoredItem]:
+    async def _rank(self, model: PersonalizationModel | None, query_vector, personalized: PersonalizedQuery,
+                    candidates: list[Candidate], top_k: int) -> list[ScoredItem]:
         if not candidates:
             return []
         cosines = np.array([candidate.cosine for candidate in candidates], dtype=np.float32)
-        scores = cosines if model is None else model.score_cosines(cosines)
+        if model is None:
+            scores = cosines
+        elif personalized.sequence_state is not None:
+            rows = model.sequence.item_rows([candidate.item.item_id for candidate in candidates])
+            scores = model.rank_scores(personalized.vector[None], cosines[None], personalized.sequence_state[None], rows)[0]
+        else:
+            scores = model.score_cosines(cosines)
         # Stable sort keeps the catalog's order among equal scores, so responses are deterministic.
         chosen = [(i, candidates[i]) for i in np.argsort(-scores, kind="stable")[:top_k]]
         if any(candidate.vector is None for _, candidate in chosen):
-            # The catalog sends the top_k best by cosine in full; a score monotone in it (calibrate) picks those.
-            raise FailedPrecondition("the model's scores do not follow the catalog's cosine order; the ranker cannot serve it")
+            if personalized.sequence_state is None:
+                # The catalog sends the top_k best by cosine in full; a score monotone in it picks those.
+                raise FailedPrecondition("the model's scores do not follow the catalog's cosine order; the ranker cannot serve it")
+            chosen = await self._complete(chosen)
         vectors = np.stack([candidate.vector for _, candidate in chosen])
         query_match = vectors @ query_vector
         affinity = vectors @ personalized.taste if personalized.taste is not None else np.zeros(len(chosen))

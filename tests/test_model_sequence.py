@@ -1,0 +1,124 @@
+"""A model's SASRec sequence part: chosen on validation, fused with exact catalog-wide z-scores, saved and
+served through the same personalize/score path (synthetic sequences where the next item is predictable)."""
+
+import numpy as np
+import pytest
+
+from tests.test_trainer_sequential import sequence_experiment
+from whisperlite.core.personalization import PATH_RECENT, PATH_TEXT, PATH_USER, PersonalizationModel
+from whisperlite.trainer.methods import WhisperLite, rank_cases, standardized
+from whisperlite.trainer.metrics import summarize
+from whisperlite.trainer.sequential import SASRecConfig, fit_sequence_part
+from whisperlite.trainer.train import TrainConfig, train_model
+
+NETWORK = TrainConfig(hidden=32, max_epochs=2, taste="mean", loss_mix="given", validation_cases=0, sequence="off", device="cpu")
+SEQUENCE = SASRecConfig(dimension=32, max_epochs=30, patience=3, batch_size=64, lr=5e-3, dropout=0.0, validation_cases=0, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def experiment():
+    return sequence_experiment()
+
+
+@pytest.fixture(scope="module")
+def fused(experiment):
+    """The network alone, then with the sequence part fitted; returns (model, the fit's record, test metrics without it)."""
+    model = train_model(experiment, NETWORK, progress=False).model
+    alone = summarize(rank_cases(WhisperLite(model, experiment), experiment, "test"))
+    record = fit_sequence_part(model, experiment, SEQUENCE)
+    return model, record, alone
+
+
+def test_validation_ships_the_sequence_part_where_the_sequence_decides(experiment, fused):
+    model, record, alone = fused
+    assert record["shipped"] and model.sequence is not None
+    assert record["text_weight"] == 0.5  # the request says nothing here: the lowest text weight allowed wins
+    assert [s["text_weight"] for s in record["selection"]] == [0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+    test = summarize(rank_cases(WhisperLite(model, experiment), experiment, "test"))
+    assert test["recall@10"] > alone["recall@10"] + 0.3  # 0.74 vs 0.22 when written
+
+
+def test_fused_scores_equal_standardizing_over_the_whole_catalog(experiment, fused):
+    """The moments stored with the model give exactly the z-scores a scan of every item gives."""
+    model = fused[0]
+    rows = np.array([model.user_row(u) for u in experiment.split.user_ids[:20]])
+    queries = experiment.test_queries[:20]
+    vectors = model.personalize_users(queries, rows)
+    cosines = vectors @ experiment.item_vectors.T
+    states = model.sequence_states(rows)
+    item_rows = model.sequence.item_rows(experiment.dataset.items["item_id"].tolist())
+    served = model.rank_scores(vectors, cosines, states, item_rows)
+    logits = states @ model.sequence.network.items.weight[1:].detach().numpy().T
+    weight = model.sequence.text_weight
+    scanned = weight * standardized(cosines) + (1 - weight) * standardized(logits)
+    np.testing.assert_allclose(served, scanned, atol=1e-4)
+
+
+def test_an_item_the_sequence_part_never_saw_scores_its_text_side_alone(experiment, fused):
+    model = fused[0]
+    user = experiment.split.user_ids[0]
+    personalized = model.personalize(experiment.test_queries[0], user)
+    ids = experiment.dataset.items["item_id"].tolist()
+    known = model.score(personalized, experiment.item_vectors, ids)
+    unseen = model.score(personalized, experiment.item_vectors, ["added-after-training"] * len(ids))
+    # z(sequence) = 0 for every unseen item, so their order is the cosine's
+    np.testing.assert_array_equal(np.argsort(-unseen, kind="stable"), np.argsort(-(experiment.item_vectors @ personalized.vector), kind="stable"))
+    assert not np.allclose(known, unseen)
+    with pytest.raises(ValueError, match="item_ids"):
+        model.score(personalized, experiment.item_vectors)
+
+
+def test_a_saved_model_loads_its_sequence_part_and_scores_the_same(experiment, fused, tmp_path):
+    model = fused[0]
+    model.save(tmp_path)
+    loaded = PersonalizationModel.load(tmp_path)
+    assert loaded.sequence is not None and loaded.sequence.text_weight == model.sequence.text_weight
+    assert loaded.manifest["sequence"]["text_weight"] == model.sequence.text_weight
+    ids = experiment.dataset.items["item_id"].tolist()
+    for user in experiment.split.user_ids[:5]:
+        query = experiment.test_queries[0]
+        np.testing.assert_allclose(
+            loaded.score(loaded.personalize(query, user), experiment.item_vectors, ids),
+            model.score(model.personalize(query, user), experiment.item_vectors, ids), atol=1e-5,
+        )
+
+
+def test_recent_item_ids_extend_the_sequence_and_make_a_stranger_s_sequence(experiment, fused):
+    model = fused[0]
+    query, ids = experiment.test_queries[0], experiment.dataset.items["item_id"].tolist()
+    user = experiment.split.user_ids[0]
+    stored = model.personalize(query, user)
+    session = model.personalize(query, user, experiment.item_vectors[[3, 4]], ["i3", "i4"])
+    assert stored.path == session.path == PATH_USER
+    assert not np.allclose(stored.sequence_state, session.sequence_state)
+    # After items 3 and 4 the walk goes on to item 5: the session's fused top item says so.
+    assert ids[int(np.argmax(model.score(session, experiment.item_vectors, ids)))] == "i5"
+    stranger = model.personalize(query, "never-seen", experiment.item_vectors[[3, 4]], ["i3", "i4"])
+    assert stranger.path == PATH_RECENT and stranger.sequence_state is not None
+    nobody = model.personalize(query, "never-seen")
+    assert nobody.path == PATH_TEXT and nobody.sequence_state is None
+
+
+def test_personalize_many_gives_the_states_personalize_gives(experiment, fused):
+    model = fused[0]
+    users = list(experiment.split.user_ids[:4]) + ["never-seen"]
+    queries = np.tile(experiment.test_queries[:1], (len(users), 1))
+    batch = model.personalize_many(queries, users)
+    for user, many in zip(users, batch):
+        one = model.personalize(queries[0], user)
+        assert many.path == one.path
+        if one.sequence_state is None:
+            assert many.sequence_state is None
+        else:
+            np.testing.assert_allclose(many.sequence_state, one.sequence_state, atol=1e-5)
+
+
+def test_auto_records_its_choice_and_ships_the_part_only_below_weight_one(experiment):
+    """`auto` through train_model: SASRec trains within sequence_epochs, and the text weight kept is the validation's best."""
+    model = train_model(experiment, NETWORK.replace(sequence="auto", sequence_epochs=1), progress=False).model
+    record = model.manifest["metrics"]["sequence"]
+    assert record["sasrec"]["epochs"] == 1
+    best = max(s["validation"]["recall@10"] for s in record["selection"])
+    chosen = next(s for s in record["selection"] if s["text_weight"] == record["text_weight"])
+    assert chosen["validation"]["recall@10"] == best
+    assert record["shipped"] == (record["text_weight"] < 1.0) == (model.sequence is not None)

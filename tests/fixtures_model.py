@@ -100,6 +100,9 @@ def train_tiny_version(out_root: Path, encoder_name: str, dim: int, seed: int = 
     from whisperlite.trainer.train import TrainConfig, train_model
 
     experiment = replace(synthetic_experiment(seed=seed, dim=dim), encoder_name=encoder_name)
-    config = TrainConfig(batch_size=256, max_epochs=2, patience=1, user_table="off", taste="mean", loss_mix="given", hidden=64, seed=seed)
+    # No sequence part: these models serve tests of the ranker's plumbing (tests/test_model_sequence.py and the
+    # trained-ranker e2e test cover the sequence part).
+    config = TrainConfig(batch_size=256, max_epochs=2, patience=1, user_table="off", taste="mean", loss_mix="given", hidden=64,
+                         seed=seed, sequence="off")
     model = train_model(experiment, config, name="tiny", progress=False).model
     return model.save(Path(out_root) / model.version)

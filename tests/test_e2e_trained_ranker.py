@@ -1,4 +1,7 @@
-"""A trained model served by the ranker: known users are personalized, and online scores equal offline ones."""
+"""A trained model served by the ranker: known users are personalized, and online scores equal offline ones.
+
+The model ships a SASRec sequence part (`--sequence on`), so known users' scores are the fused ones: not in
+the catalog's cosine order, and some chosen items come from past the catalog's top_k."""
 
 import asyncio
 import subprocess
@@ -43,7 +46,8 @@ def model_dir(subset, embedding_cache_dir, tmp_path_factory):
     # The attention taste: its history windows are gathered from the model directory at serving time.
     subprocess.run(
         [sys.executable, "-m", "whisperlite", "train", "--data", str(subset), "--out", str(models), "--max-epochs", "3",
-         "--taste", "attention", "--loss-mix", "given", "--cache-dir", str(embedding_cache_dir), "--quiet"],
+         "--taste", "attention", "--loss-mix", "given", "--sequence", "on", "--sequence-epochs", "3",
+         "--cache-dir", str(embedding_cache_dir), "--quiet"],
         cwd=REPO, check=True, timeout=900,
     )
     return models
@@ -100,14 +104,21 @@ def test_online_scores_equal_offline_evaluation_scores(trained_ranker, model, su
     cache = EmbeddingCache(cache_dir=embedding_cache_dir)
     item_vectors = cache.items(items)
     query_vector = cache.encoder.encode_texts([QUERY])[0]
+    item_ids = items["item_id"].tolist()
     users = [u for u in _subset_users(subset) if model.knows_user(u)][:5]
+    reordered = 0
+    assert model.sequence is not None
     for user in users:
-        offline = score_items(model, query_vector, user, item_vectors)
+        personalized = model.personalize(query_vector, user)
+        offline = score_items(model, query_vector, user, item_vectors, item_ids=item_ids)
         order = np.argsort(-offline, kind="stable")[:10]
         response = trained_ranker.Recommend(ranker_pb2.RecommendRequest(user_id=user, query=QUERY, top_k=10), timeout=30)
         online_ids = [r.item.item_id for r in response.items]
         assert online_ids == items["item_id"].to_numpy()[order].tolist()
         np.testing.assert_allclose([r.score for r in response.items], offline[order], atol=1e-3)
+        by_cosine = set(np.argsort(-(item_vectors @ personalized.vector))[:10])
+        reordered += len(set(order) - by_cosine)
+    assert reordered > 0  # the fusion chose items the catalog sent without their vector: the ranker fetched them
 
 
 def test_recent_items_of_a_known_user_join_their_history_over_grpc(trained_ranker, model, subset, embedding_cache_dir):
@@ -119,16 +130,17 @@ def test_recent_items_of_a_known_user_join_their_history_over_grpc(trained_ranke
     query_vector = cache.encoder.encode_texts([QUERY])[0]
     user = next(u for u in _subset_users(subset) if model.knows_user(u))
     recent = [0, 1, 2]  # catalog rows the user is sent as a session
-    offline = score_items(model, query_vector, user, item_vectors, recent_item_vectors=item_vectors[recent])
+    item_ids, recent_ids = items["item_id"].tolist(), items["item_id"].iloc[recent].tolist()
+    offline = score_items(model, query_vector, user, item_vectors, recent_item_vectors=item_vectors[recent], item_ids=item_ids,
+                          recent_item_ids=recent_ids)
     order = np.argsort(-offline, kind="stable")[:10]
     response = trained_ranker.Recommend(
-        ranker_pb2.RecommendRequest(user_id=user, query=QUERY, top_k=10, recent_item_ids=items["item_id"].iloc[recent].tolist()),
-        timeout=30,
+        ranker_pb2.RecommendRequest(user_id=user, query=QUERY, top_k=10, recent_item_ids=recent_ids), timeout=30,
     )
     assert response.path == ranker_pb2.PERSONALIZATION_PATH_USER_EMBEDDING
     assert [r.item.item_id for r in response.items] == items["item_id"].to_numpy()[order].tolist()
     np.testing.assert_allclose([r.score for r in response.items], offline[order], atol=1e-3)
-    without = score_items(model, query_vector, user, item_vectors)
+    without = score_items(model, query_vector, user, item_vectors, item_ids=item_ids)
     assert np.abs(without - offline).max() > 1e-2  # the session changed the taste
 
 

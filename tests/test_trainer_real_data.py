@@ -100,6 +100,8 @@ def test_train_writes_a_versioned_model_directory_the_ranker_can_load(amazon, ca
     assert set(manifest["metrics"]["validation"]) == {"recall@10", "recall@50", "ndcg@10", "mrr"}
     assert manifest["config"]["train"]["max_epochs"] == 2 and manifest["config"]["train"]["seed"] == 0
     assert len(manifest["history"]) in (1, 2)
+    sequence = manifest["metrics"]["sequence"]  # --sequence auto: SASRec trained, its text weight chosen on validation
+    assert sequence["shipped"] == ("sequence" in manifest) == (sequence["text_weight"] < 1.0)
     assert (version_dir / "curves.png").stat().st_size > 10_000
     model = PersonalizationModel.load(models)
     users = pd.read_csv(amazon / "interactions.csv", dtype=str)["user_id"].unique()

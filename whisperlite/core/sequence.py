@@ -120,10 +120,12 @@ def moments(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _standardize(values: np.ndarray, direction: np.ndarray, mean: np.ndarray, covariance: np.ndarray) -> np.ndarray:
-    """(B, n) dot products of (B, d) directions with items -> z-scores over the items the moments describe."""
+    """(B, n) dot products of (B, d) directions with items -> float32 z-scores over the items the moments
+    describe (each request's mean and spread computed in float64, as the moments are stored)."""
+    direction = np.asarray(direction, dtype=np.float64)
     centre = direction @ mean
     spread = np.sqrt(np.maximum(np.einsum("bd,de,be->b", direction, covariance, direction), 1e-24))
-    return (values - centre[:, None]) / spread[:, None]
+    return ((np.asarray(values, dtype=np.float32) - centre[:, None].astype(np.float32)) / spread[:, None].astype(np.float32))
 
 
 class SequenceModel:
@@ -189,12 +191,20 @@ class SequenceModel:
     def fused(self, personalized: np.ndarray, cosines: np.ndarray, states: np.ndarray, item_rows: np.ndarray) -> np.ndarray:
         """(B, d) personalized queries, (B, n) their cosines with items, (B, d_s) states (no NaN) and the
         items' SASRec rows ((n,) or (B, n)) -> (B, n) fused scores."""
-        p = np.asarray(personalized, dtype=np.float64)
-        text = _standardize(np.asarray(cosines, np.float64), p, *self._catalog)
-        h = np.asarray(states, dtype=np.float64)
-        logits = np.einsum("bd,bnd->bn", h, self._table[np.broadcast_to(item_rows, cosines.shape)].astype(np.float64))
-        sequence = _standardize(logits, h, *self._table_moments)
+        text, sequence = self.standardized_parts(personalized, cosines, states, item_rows)
         return (self.text_weight * text + (1.0 - self.text_weight) * sequence).astype(np.float32)
+
+    def standardized_parts(self, personalized: np.ndarray, cosines: np.ndarray, states: np.ndarray,
+                           item_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The fusion's two (B, n) z-scores (float32): the cosine's and SASRec's logit's."""
+        text = _standardize(cosines, np.asarray(personalized, dtype=np.float32), *self._catalog)
+        h = np.asarray(states, dtype=np.float32)
+        rows = np.asarray(item_rows)
+        if rows.ndim == 1:  # the same items for every request (a full catalog in evaluation): one matrix product
+            logits = h @ self._table[rows].T
+        else:
+            logits = np.einsum("bd,bnd->bn", h, self._table[rows])
+        return text, _standardize(logits, h, *self._table_moments)
 
     # ---- artifact -------------------------------------------------------------------------
     def manifest(self) -> dict:

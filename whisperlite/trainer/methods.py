@@ -8,7 +8,7 @@ of the baselines are chosen on the validation cases only.
 from __future__ import annotations
 
 import logging
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 import scipy.sparse as sp
@@ -40,6 +40,22 @@ def rank_cases(
     progress: bool = False,
 ) -> dict[str, np.ndarray]:
     """Per-case metrics of `method` on the validation or test cases, full catalog ranked."""
+    score = lambda users, queries: {method.name: method.scores(users, queries)}  # noqa: E731
+    return rank_variants(score, method.name, experiment, case, keep_seen, limit, batch_size, progress)[method.name]
+
+
+def rank_variants(
+    score_variants: Callable[[np.ndarray, np.ndarray], dict],
+    label: str,
+    experiment: Experiment,
+    case: str = "test",
+    keep_seen: bool = False,
+    limit: int | None = None,
+    batch_size: int = 512,
+    progress: bool = False,
+) -> dict:
+    """`rank_cases` for several variants of one method scored together (`score_variants(users, queries)`
+    -> {variant: (B, n_items) scores}), so work they share is done once per batch: {variant: per-case metrics}."""
     split = experiment.split
     frame = {"validation": split.validation, "test": split.test}[case]
     queries = {"validation": experiment.validation_queries, "test": experiment.test_queries}[case]
@@ -50,14 +66,14 @@ def rank_cases(
     targets = frame["item"].to_numpy()[rows]
     queries = queries[rows]
     seen = None if keep_seen else split.seen_before(case)
-    accumulator = MetricAccumulator()
+    accumulators: dict = {}
     starts = range(0, len(rows), batch_size)
-    for start in tqdm(starts, desc=f"{method.name} ({case})", unit="batch", disable=bar_disabled(progress), leave=False):
+    for start in tqdm(starts, desc=f"{label} ({case})", unit="batch", disable=bar_disabled(progress), leave=False):
         stop = start + batch_size
-        scores = np.array(method.scores(users[start:stop], queries[start:stop]), dtype=np.float32)
         excluded = None if seen is None else [seen[u] for u in users[start:stop]]
-        accumulator.add(scores, targets[start:stop], excluded)
-    return accumulator.per_case()
+        for variant, scores in score_variants(users[start:stop], queries[start:stop]).items():
+            accumulators.setdefault(variant, MetricAccumulator()).add(np.array(scores, dtype=np.float32), targets[start:stop], excluded)
+    return {variant: accumulator.per_case() for variant, accumulator in accumulators.items()}
 
 
 def validation_metrics(method: Method, experiment: Experiment, limit: int | None = None) -> dict[str, float]:
@@ -212,9 +228,20 @@ class WhisperLite:
         self._item_rows = None if model.sequence is None else model.sequence.item_rows(experiment.dataset.items["item_id"].tolist())
 
     def scores(self, users, queries):
+        return self.scores_at_text_weights(users, queries, [None])[None]
+
+    def scores_at_text_weights(self, users, queries, weights) -> dict:
+        """{weight: scores} with the sequence part's text weight set to each (None: as it is): the
+        personalized queries, cosines and sequence states are computed once for all."""
         rows = self._rows[users]
         vectors = self.model.personalize_users(queries, rows)
-        return self.model.rank_scores(vectors, vectors @ self._items.T, self.model.sequence_states(rows), self._item_rows)
+        cosines, states = vectors @ self._items.T, self.model.sequence_states(rows)
+        out = {}
+        for weight in weights:
+            if weight is not None:
+                self.model.sequence.text_weight = weight
+            out[weight] = self.model.rank_scores(vectors, cosines, states, self._item_rows)
+        return out
 
     def without_user(self) -> WhisperLite:
         """The same model with every taste dropped: the text-only path (a diagnostic)."""

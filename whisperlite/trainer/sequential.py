@@ -23,7 +23,8 @@ from whisperlite.core.progress import bar_disabled
 from whisperlite.core.personalization import PersonalizationModel
 from whisperlite.core.sequence import TEXT_WEIGHTS, SASRecNetwork, SequenceArchitecture, SequenceModel, left_padded
 from whisperlite.trainer.experiment import Experiment
-from whisperlite.trainer.methods import WhisperLite, validation_metrics
+from whisperlite.trainer.methods import WhisperLite, rank_variants, validation_metrics
+from whisperlite.trainer.metrics import summarize
 
 log = logging.getLogger(__name__)
 
@@ -137,10 +138,10 @@ def fit_sequence_part(model: PersonalizationModel, experiment: Experiment, confi
     )
     model.sequence = sequence
     scorer = WhisperLite(model, experiment)
-    selection = []
-    for weight in (w for w in TEXT_WEIGHTS if not (forced and w == 1.0)):
-        sequence.text_weight = weight
-        selection.append({"text_weight": weight, "validation": validation_metrics(scorer, experiment, config.validation_cases)})
+    weights = [w for w in TEXT_WEIGHTS if not (forced and w == 1.0)]
+    per_case = rank_variants(lambda users, queries: scorer.scores_at_text_weights(users, queries, weights),
+                             "sequence text weight", experiment, "validation", limit=config.validation_cases)
+    selection = [{"text_weight": weight, "validation": summarize(per_case[weight])} for weight in weights]
     best = max(reversed(selection), key=lambda s: s["validation"]["recall@10"])
     sequence.text_weight = best["text_weight"]
     if best["text_weight"] == 1.0:

@@ -109,10 +109,10 @@ class TrainConfig:
     residual_l2: float = 1e-3
     # sequence: "auto" trains SASRec after the network and ships the late fusion when validation prefers it
     # (core/sequence.py); "on" ships it with the best text weight below 1; "off" never trains it.
-    # sequence_epochs caps SASRec's epochs: on amazon (23k items) about 30 s each, so the cap keeps the
-    # whole training inside 10 minutes on 2 cores; movielens and yelp stop early before it
+    # sequence_epochs caps SASRec's epochs: on amazon (23k items, full softmax) each takes about 31 s on
+    # 2 cores, so 6 keep the whole training inside 10 minutes (docs/model.md); movielens stops before it
     sequence: str = "auto"
-    sequence_epochs: int = 8
+    sequence_epochs: int = 6
     # optimisation
     batch_size: int = 1024
     lr: float = 5e-3

@@ -156,6 +156,26 @@ def summary(samples: list[float]) -> tuple[float, float]:
     return statistics.median(samples), float(np.percentile(samples, 99))
 
 
+def timed_recommends(stub, requests: list[ranker_pb2.RecommendRequest]) -> list[float]:
+    """Each Recommend's latency in ms, one call at a time."""
+    samples = []
+    for request in requests:
+        start = time.perf_counter()
+        stub.Recommend(request, timeout=60)
+        samples.append((time.perf_counter() - start) * 1e3)
+    return samples
+
+
+def print_latency_rows(title: str, rows: dict[str, list[float]], base_label: str) -> None:
+    """One markdown table: each row's median and p99 in ms and their ratios to the `base_label` row."""
+    base = summary(rows[base_label])
+    print(title)
+    print("| row | median ms | p99 ms | median x | p99 x |\n|---|---:|---:|---:|---:|")
+    for label, samples in rows.items():
+        median, p99 = summary(samples)
+        print(f"| {label} | {median:.1f} | {p99:.1f} | {median / base[0]:.2f} | {p99 / base[1]:.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-n", type=int, default=300, help="Recommend calls per phase")

@@ -20,7 +20,7 @@ import grpc
 import numpy as np
 import torch
 
-from model_lifecycle import QUERIES, bench_root, start_catalog_and_ranker, summary
+from model_lifecycle import QUERIES, bench_root, print_latency_rows, start_catalog_and_ranker, timed_recommends
 from whisperlite.core.clients.model_admin import ModelAdminClient
 from whisperlite.core.personalization import PersonalizationModel, PersonalizationNetwork, UserHistories
 from whisperlite.v1 import ranker_pb2, ranker_pb2_grpc
@@ -48,16 +48,11 @@ def write_version(root: Path, version: str, created: datetime, encoder: str, dim
 
 
 def timed_calls(stub, n: int, users: int, recent: list[str]) -> list[float]:
-    import time
-
-    samples, rng = [], np.random.default_rng(0)
-    for i in range(n):
-        request = ranker_pb2.RecommendRequest(user_id=f"user-{rng.integers(users)}", query=QUERIES[i % len(QUERIES)], top_k=10,
-                                              recent_item_ids=recent)
-        start = time.perf_counter()
-        stub.Recommend(request, timeout=60)
-        samples.append((time.perf_counter() - start) * 1e3)
-    return samples
+    rng = np.random.default_rng(0)
+    return timed_recommends(stub, [
+        ranker_pb2.RecommendRequest(user_id=f"user-{rng.integers(users)}", query=QUERIES[i % len(QUERIES)], top_k=10, recent_item_ids=recent)
+        for i in range(n)
+    ])
 
 
 def main() -> None:
@@ -85,12 +80,8 @@ def main() -> None:
                     for label, ids in (("known user", []), ("known user + 5 recent items", recent)):
                         rows.setdefault(f"{taste} taste, {label}", []).extend(timed_calls(stub, args.n // 2, args.users, ids))
 
-    base = summary(rows["mean taste, known user"])
-    print(f"Recommend, one call at a time, n={args.n} per row, {args.users} users x {args.history} history items, {len(items)} items")
-    print("| row | median ms | p99 ms | median x | p99 x |\n|---|---:|---:|---:|---:|")
-    for label, samples in rows.items():
-        median, p99 = summary(samples)
-        print(f"| {label} | {median:.1f} | {p99:.1f} | {median / base[0]:.2f} | {p99 / base[1]:.2f} |")
+    print_latency_rows(f"Recommend, one call at a time, n={args.n} per row, {args.users} users x {args.history} history items, "
+                       f"{len(items)} items", rows, "mean taste, known user")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import pytest
 
 from tests.test_trainer_sequential import sequence_experiment
 from whisperlite.core.personalization import PATH_RECENT, PATH_TEXT, PATH_USER, PersonalizationModel
+from whisperlite.core.sequence import CANDIDATE_COUNTS, CANDIDATE_RECALL
 from whisperlite.trainer.methods import WhisperLite, rank_cases, standardized
 from whisperlite.trainer.metrics import summarize
 from whisperlite.trainer.sequential import SASRecConfig, fit_sequence_part
@@ -36,6 +37,28 @@ def test_validation_ships_the_sequence_part_where_the_sequence_decides(experimen
     assert [s["text_weight"] for s in record["selection"]] == [0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
     test = summarize(rank_cases(WhisperLite(model, experiment), experiment, "test"))
     assert test["recall@10"] > alone["recall@10"] + 0.3  # 0.74 vs 0.22 when written
+
+
+def test_the_candidate_count_is_the_smallest_whose_cosine_top_holds_the_fused_top_10(experiment, fused):
+    """Measured on validation in training: the ranker searches this many by cosine for a fused request."""
+    model, record, _ = fused
+    recall = record["candidate_recall"]
+    assert list(recall) == list(CANDIDATE_COUNTS) and all(0 <= r <= 1 for r in recall.values())
+    assert list(recall.values()) == sorted(recall.values())  # deeper searches hold more
+    chosen = record["candidates"]
+    assert model.sequence.candidates == chosen
+    assert recall[chosen] >= CANDIDATE_RECALL or chosen == CANDIDATE_COUNTS[-1]
+    assert all(recall[n] < CANDIDATE_RECALL for n in CANDIDATE_COUNTS if n < chosen)
+    assert recall[CANDIDATE_COUNTS[-1]] == 1.0  # 800 >= the 60-item catalog
+
+
+def test_stored_users_states_are_the_network_s_over_their_sequences(experiment, fused):
+    """A known user's request without recent items reads the stored state instead of running SASRec."""
+    sequence = fused[0].sequence
+    rows = np.arange(sequence.n_users)
+    computed = sequence.states([sequence.sequence(int(r)) for r in rows])
+    np.testing.assert_allclose(sequence.user_states(rows), computed, atol=1e-5)
+    assert np.isnan(sequence.user_states(np.array([-1]))).all()
 
 
 def test_fused_scores_equal_standardizing_over_the_whole_catalog(experiment, fused):
@@ -74,6 +97,7 @@ def test_a_saved_model_loads_its_sequence_part_and_scores_the_same(experiment, f
     loaded = PersonalizationModel.load(tmp_path)
     assert loaded.sequence is not None and loaded.sequence.text_weight == model.sequence.text_weight
     assert loaded.manifest["sequence"]["text_weight"] == model.sequence.text_weight
+    assert loaded.sequence.candidates == model.sequence.candidates
     ids = experiment.dataset.items["item_id"].tolist()
     for user in experiment.split.user_ids[:5]:
         query = experiment.test_queries[0]

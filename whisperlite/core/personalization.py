@@ -322,7 +322,10 @@ class PersonalizationModel:
         row = self.user_row(user_id)
         state = None
         if self.sequence is not None:
-            state = self.sequence.states([self.sequence.sequence(row, recent_item_ids)])[0]
+            if recent_item_ids:
+                state = self.sequence.states([self.sequence.sequence(row, recent_item_ids)])[0]
+            else:
+                state = self.sequence.user_states(np.array([row]))[0]
             state = None if np.isnan(state).any() else state
         path = PATH_USER if row >= 0 else PATH_RECENT
         if self.taste_mode == TASTE_NONE or (row < 0 and recent is None):

@@ -40,10 +40,17 @@ SEQUENCE_ITEM_IDS = "sequence_item_ids.json"
 # Each user's last max_length train items as SASRec rows, CSR over the model's user rows.
 SEQUENCE_OFFSETS = "sequence_offsets.npy"
 SEQUENCE_ROWS = "sequence_rows.npy"
+# Each user's SASRec state after their stored sequence (n_users, d_s), NaN rows for none: a known user's
+# request without recent items reads it instead of running the network.
+SEQUENCE_STATES = "sequence_states.npy"
 CATALOG_MOMENTS = "catalog_moments.npz"
 
 # Candidate text weights: the text side must dominate (see the module docstring).
 TEXT_WEIGHTS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+# Candidate counts a model may ask the ranker to search for fused requests: training keeps the smallest
+# whose cosine top holds CANDIDATE_RECALL of the fused top 10 on validation.
+CANDIDATE_COUNTS = (50, 100, 200, 400, 800)
+CANDIDATE_RECALL = 0.995
 
 
 @dataclass
@@ -133,7 +140,8 @@ class SequenceModel:
 
     def __init__(self, network: SASRecNetwork, architecture: SequenceArchitecture, item_ids: list[str],
                  offsets: np.ndarray, rows: np.ndarray, text_weight: float,
-                 catalog_mean: np.ndarray, catalog_covariance: np.ndarray):
+                 catalog_mean: np.ndarray, catalog_covariance: np.ndarray,
+                 user_states: np.ndarray | None = None, candidates: int = CANDIDATE_COUNTS[-1]):
         if not 0.0 <= text_weight <= 1.0:
             raise ValueError(f"text_weight: must be in [0, 1], got {text_weight}")
         if network.items.num_embeddings != len(item_ids) + 1:
@@ -144,11 +152,19 @@ class SequenceModel:
         self._row_of = {item_id: k + 1 for k, item_id in enumerate(self.item_ids)}
         self._offsets, self._rows = offsets, rows
         self.text_weight = float(text_weight)
+        self.candidates = int(candidates)  # how many the ranker searches for a fused request
         self._catalog = (np.asarray(catalog_mean, np.float64), np.asarray(catalog_covariance, np.float64))
         # The table's moments, with a mean row appended: an item SASRec never saw scores the mean logit.
         table = self.network.items.weight[1:].detach().cpu().numpy().astype(np.float64)
         self._table_moments = moments(table)
         self._table = np.vstack([self._table_moments[0], table]).astype(np.float32)  # row 0 = the mean
+        if user_states is None:
+            chunks = range(0, self.n_users, 2048)
+            user_states = np.concatenate([self.states([self.sequence(r) for r in range(c, min(c + 2048, self.n_users))]) for c in chunks]
+                                         or [np.zeros((0, architecture.dimension), np.float32)])
+        if user_states.shape != (self.n_users, architecture.dimension):
+            raise ValueError(f"user_states: expected shape {(self.n_users, architecture.dimension)}, got {user_states.shape}")
+        self._user_states = user_states
 
     @classmethod
     def from_training(cls, network: SASRecNetwork, architecture: SequenceArchitecture, item_ids: list[str],
@@ -186,17 +202,15 @@ class SequenceModel:
         return out
 
     def user_states(self, user_rows: np.ndarray) -> np.ndarray:
-        return self.states([self.sequence(int(r)) for r in np.asarray(user_rows)])
+        """(B, d) states after the stored sequences of users at `user_rows` (-1 or no sequence: a NaN row)."""
+        rows = np.asarray(user_rows, dtype=np.int64)
+        out = np.array(self._user_states[np.where(rows >= 0, rows, 0)], dtype=np.float32).reshape(len(rows), -1)
+        out[rows < 0] = np.nan
+        return out
 
     def fused(self, personalized: np.ndarray, cosines: np.ndarray, states: np.ndarray, item_rows: np.ndarray) -> np.ndarray:
         """(B, d) personalized queries, (B, n) their cosines with items, (B, d_s) states (no NaN) and the
         items' SASRec rows ((n,) or (B, n)) -> (B, n) fused scores."""
-        text, sequence = self.standardized_parts(personalized, cosines, states, item_rows)
-        return (self.text_weight * text + (1.0 - self.text_weight) * sequence).astype(np.float32)
-
-    def standardized_parts(self, personalized: np.ndarray, cosines: np.ndarray, states: np.ndarray,
-                           item_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The fusion's two (B, n) z-scores (float32): the cosine's and SASRec's logit's."""
         text = _standardize(cosines, np.asarray(personalized, dtype=np.float32), *self._catalog)
         h = np.asarray(states, dtype=np.float32)
         rows = np.asarray(item_rows)
@@ -204,17 +218,20 @@ class SequenceModel:
             logits = h @ self._table[rows].T
         else:
             logits = np.einsum("bd,bnd->bn", h, self._table[rows])
-        return text, _standardize(logits, h, *self._table_moments)
+        sequence = _standardize(logits, h, *self._table_moments)
+        return (self.text_weight * text + (1.0 - self.text_weight) * sequence).astype(np.float32)
 
     # ---- artifact -------------------------------------------------------------------------
     def manifest(self) -> dict:
-        return {"architecture": asdict(self.architecture), "text_weight": self.text_weight, "n_items": len(self.item_ids)}
+        return {"architecture": asdict(self.architecture), "text_weight": self.text_weight, "candidates": self.candidates,
+                "n_items": len(self.item_ids)}
 
     def save(self, directory: Path) -> None:
         torch.save(self.network.state_dict(), directory / SEQUENCE_WEIGHTS)
         (directory / SEQUENCE_ITEM_IDS).write_text(json.dumps(self.item_ids))
         np.save(directory / SEQUENCE_OFFSETS, self._offsets)
         np.save(directory / SEQUENCE_ROWS, self._rows)
+        np.save(directory / SEQUENCE_STATES, np.asarray(self._user_states, dtype=np.float32))
         np.savez(directory / CATALOG_MOMENTS, mean=self._catalog[0], covariance=self._catalog[1])
 
     @classmethod
@@ -227,4 +244,6 @@ class SequenceModel:
             mean, covariance = catalog["mean"], catalog["covariance"]
         offsets = np.load(directory / SEQUENCE_OFFSETS, mmap_mode="r")
         rows = np.load(directory / SEQUENCE_ROWS, mmap_mode="r")
-        return cls(network, architecture, item_ids, offsets, rows, float(manifest["text_weight"]), mean, covariance)
+        states = np.load(directory / SEQUENCE_STATES, mmap_mode="r")
+        return cls(network, architecture, item_ids, offsets, rows, float(manifest["text_weight"]), mean, covariance,
+                   user_states=states, candidates=int(manifest["candidates"]))

@@ -233,15 +233,23 @@ class WhisperLite:
     def scores_at_text_weights(self, users, queries, weights) -> dict:
         """{weight: scores} with the sequence part's text weight set to each (None: as it is): the
         personalized queries, cosines and sequence states are computed once for all."""
-        rows = self._rows[users]
-        vectors = self.model.personalize_users(queries, rows)
-        cosines, states = vectors @ self._items.T, self.model.sequence_states(rows)
+        vectors, cosines, states = self._parts(users, queries)
         out = {}
         for weight in weights:
             if weight is not None:
                 self.model.sequence.text_weight = weight
             out[weight] = self.model.rank_scores(vectors, cosines, states, self._item_rows)
         return out
+
+    def cosines_and_scores(self, users, queries) -> tuple[np.ndarray, np.ndarray]:
+        """(B, n) cosines of the personalized queries with every item (the catalog's search order) and final scores."""
+        vectors, cosines, states = self._parts(users, queries)
+        return cosines, self.model.rank_scores(vectors, cosines, states, self._item_rows)
+
+    def _parts(self, users, queries):
+        rows = self._rows[users]
+        vectors = self.model.personalize_users(queries, rows)
+        return vectors, vectors @ self._items.T, self.model.sequence_states(rows)
 
     def without_user(self) -> WhisperLite:
         """The same model with every taste dropped: the text-only path (a diagnostic)."""

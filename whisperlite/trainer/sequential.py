@@ -21,7 +21,9 @@ from tqdm.auto import tqdm
 from whisperlite.core.devices import torch_device
 from whisperlite.core.progress import bar_disabled
 from whisperlite.core.personalization import PersonalizationModel
-from whisperlite.core.sequence import TEXT_WEIGHTS, SASRecNetwork, SequenceArchitecture, SequenceModel, left_padded
+from whisperlite.core.sequence import (
+    CANDIDATE_COUNTS, CANDIDATE_RECALL, TEXT_WEIGHTS, SASRecNetwork, SequenceArchitecture, SequenceModel, left_padded,
+)
 from whisperlite.trainer.experiment import Experiment
 from whisperlite.trainer.methods import WhisperLite, rank_variants, validation_metrics
 from whisperlite.trainer.metrics import summarize
@@ -144,11 +146,33 @@ def fit_sequence_part(model: PersonalizationModel, experiment: Experiment, confi
     selection = [{"text_weight": weight, "validation": summarize(per_case[weight])} for weight in weights]
     best = max(reversed(selection), key=lambda s: s["validation"]["recall@10"])
     sequence.text_weight = best["text_weight"]
+    recall = {}
     if best["text_weight"] == 1.0:
         model.sequence = None
+    else:
+        recall = candidate_recall(scorer, experiment, min(config.validation_cases or 2000, 2000))
+        sequence.candidates = next((n for n in CANDIDATE_COUNTS if recall[n] >= CANDIDATE_RECALL), CANDIDATE_COUNTS[-1])
     log.info("sequence part: text weight %.1f chosen on validation (%s)", best["text_weight"],
-             "not shipped" if model.sequence is None else "shipped")
+             "not shipped" if model.sequence is None else f"shipped, {sequence.candidates} candidates")
     return {
         "shipped": model.sequence is not None, "text_weight": best["text_weight"], "selection": selection,
+        "candidates": sequence.candidates if model.sequence is not None else None, "candidate_recall": recall,
         "sasrec": sasrec.details(), "seconds": round(time.perf_counter() - started, 1),
     }
+
+
+def candidate_recall(scorer: WhisperLite, experiment: Experiment, cases: int, top: int = 10, batch: int = 128) -> dict[int, float]:
+    """{N: share of the fused top `top` items among the cosine's top N}, over `cases` seeded validation cases:
+    the ranker searches the catalog by cosine with the personalized query, then fuses, so its candidate
+    count must reach this deep. Seen items count too, as the ranker does not exclude them."""
+    frame = experiment.split.validation
+    rows = np.sort(np.random.default_rng(0).choice(len(frame), size=min(cases, len(frame)), replace=False))
+    users, queries = frame["user"].to_numpy()[rows], experiment.validation_queries[rows]
+    found = dict.fromkeys(CANDIDATE_COUNTS, 0)
+    for start in range(0, len(rows), batch):
+        cosines, scores = scorer.cosines_and_scores(users[start : start + batch], queries[start : start + batch])
+        best = np.argsort(-scores, axis=1)[:, :top]
+        depth = (cosines[:, None, :] > np.take_along_axis(cosines, best, axis=1)[:, :, None]).sum(axis=2)  # cosine rank, 0 = first
+        for n in CANDIDATE_COUNTS:
+            found[n] += int((depth < n).sum())
+    return {n: found[n] / max(len(rows) * top, 1) for n in CANDIDATE_COUNTS}

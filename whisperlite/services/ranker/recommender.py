@@ -47,10 +47,9 @@ class RankerLimits:
     # Candidates the catalog searches for and re-scored. The network's score is monotone in the cosine
     # the catalog searches by, so only the top_k best come with their item and vector (the others
     # with their cosine alone) and a margin over top_k only absorbs ANN misses.
+    # A model's sequence part reorders candidates (its fused score is not the cosine's order): the model says
+    # how many to search (measured on validation in training); the best `candidates` of them come in full.
     candidates: int = 50
-    # With a model's sequence part the fused score reorders candidates: on movielens the full-catalog fused
-    # top 10 lay 92.6% within the text side's top 50, 99.95% within its top 200 (docs/model.md).
-    fused_candidates: int = 200
     # Concurrent Recommends share downstream calls (services/ranker/batching.py): at most this many
     # texts per Embed and searches per SearchBatch, and this many of each call out at once.
     max_batch: int = 64
@@ -176,7 +175,7 @@ class Recommender:
                 personalized = self._personalize(model, query_vector, user_id, recent_item_ids, recent_vectors)
 
         with _stage("search"):
-            candidates = await self._search(personalized, top_k, item_filter)
+            candidates = await self._search(model, personalized, top_k, item_filter)
 
         with _stage("score"):
             items = await self._rank(model, query_vector, personalized, candidates, top_k)
@@ -218,7 +217,7 @@ class Recommender:
             if recent_vectors is None:  # the live model reads no user signal; the candidate may
                 recent_vectors = await self._recent_vectors(candidate, call.user_id, call.recent_item_ids)
             personalized = self._personalize(candidate, call.query_vector, call.user_id, call.recent_item_ids, recent_vectors)
-            found = await self._search(personalized, call.top_k, call.item_filter)
+            found = await self._search(candidate, personalized, call.top_k, call.item_filter)
             ranked = await self._rank(candidate, call.query_vector, personalized, found, call.top_k)
         except Exception:  # the caller already has the live answer; a failing candidate must only show in metrics
             SHADOW_OUTCOMES.labels(candidate.version, "failed").inc()
@@ -271,10 +270,13 @@ class Recommender:
         self._query_vectors.put(embeddings.model_name, texts, embeddings.vectors)
         return embeddings.vectors
 
-    async def _search(self, personalized: PersonalizedQuery, top_k: int, item_filter: common_pb2.ItemFilter) -> list[Candidate]:
-        fused = personalized.sequence_state is not None
-        wanted = max(self._limits.fused_candidates if fused else self._limits.candidates, top_k)
-        return await self._searches.call(CandidateSearch(personalized.vector, wanted, item_filter, detailed_hits=top_k))
+    async def _search(self, model: PersonalizationModel | None, personalized: PersonalizedQuery, top_k: int,
+                      item_filter: common_pb2.ItemFilter) -> list[Candidate]:
+        wanted, detailed = max(self._limits.candidates, top_k), top_k
+        if personalized.sequence_state is not None:
+            # The fused top items lie mostly, not only, in the cosine's best: those come in full, the rest by id.
+            wanted, detailed = max(model.sequence.candidates, top_k), wanted
+        return await self._searches.call(CandidateSearch(personalized.vector, wanted, item_filter, detailed_hits=detailed))
 
     async def _rank(self, model: PersonalizationModel | None, query_vector, personalized: PersonalizedQuery,
                     candidates: list[Candidate], top_k: int) -> list[ScoredItem]:

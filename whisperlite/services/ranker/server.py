@@ -90,13 +90,6 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"candidates the catalog searches for and re-scored per request; only the top_k best travel with their item (env {PREFIX}_CANDIDATES)",
     )
     parser.add_argument(
-        "--fused-candidates",
-        type=int,
-        default=env_int(f"{PREFIX}_FUSED_CANDIDATES", defaults.fused_candidates),
-        help="candidates searched for a request a model's sequence part fuses: its score is not the catalog's order, "
-        f"so the fused top 10 needs more of them (docs/model.md: candidate recall) (env {PREFIX}_FUSED_CANDIDATES)",
-    )
-    parser.add_argument(
         "--max-batch",
         type=int,
         default=env_int(f"{PREFIX}_MAX_BATCH", defaults.max_batch),
@@ -136,7 +129,7 @@ async def run(args: argparse.Namespace) -> None:
     try:
         limits = RankerLimits(
             max_top_k=args.max_top_k, max_query_chars=args.max_query_chars, candidates=args.candidates,
-            fused_candidates=args.fused_candidates, max_batch=args.max_batch, concurrent_batches=args.concurrent_batches,
+            max_batch=args.max_batch, concurrent_batches=args.concurrent_batches,
         )
     except ValueError as error:
         raise SystemExit(f"ranker: {error}") from None

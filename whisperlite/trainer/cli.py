@@ -187,6 +187,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             reuse=args.reuse,
             min_interactions=args.min_interactions,
             run_settings={"encoder": cache.encoder_name, "request_seed": args.request_seed},
+            models_out=Path(args.models_out) if args.models_out else None,
         )
         return 0
     if not args.data or not args.out:

@@ -43,10 +43,12 @@ def evaluate_all(
     reuse: bool = False,
     min_interactions: int = DEFAULT_MIN_INTERACTIONS,
     run_settings: dict | None = None,
+    models_out: Path | None = None,
 ) -> dict:
     """Evaluate every dataset and write `docs_path`. With `reuse`, a dataset whose metrics.json
     was made from the same data files, methods and settings (the training config, the split minimum
-    and `run_settings`: encoder, request seed) is not evaluated again."""
+    and `run_settings`: encoder, request seed) is not evaluated again. `models_out`: the trained models
+    are saved there too (one version directory per dataset and variant)."""
     from whisperlite.data.prepare import prepare_dataset
     from whisperlite.data.sources import CONVERTERS
 
@@ -79,7 +81,8 @@ def evaluate_all(
             continue
         started = time.perf_counter()
         experiment = experiment_factory(data_dir)
-        report = evaluate(experiment, out_root / name, config=config, methods=methods, keep_seen=keep_seen, progress=progress)
+        report = evaluate(experiment, out_root / name, config=config, methods=methods, keep_seen=keep_seen,
+                          models_out=models_out, progress=progress)
         report["seconds"] = round(time.perf_counter() - started, 1)
         (out_root / name / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
         reports[name] = report

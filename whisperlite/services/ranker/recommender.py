@@ -250,7 +250,7 @@ class Recommender:
 
     async def _complete(self, chosen: list[tuple[int, Candidate]]) -> list[tuple[int, Candidate]]:
         """Fetches the chosen candidates that came without their item (a fused score picked them past the
-        catalog's top_k); one deleted since the search is dropped."""
+        detailed hits); one deleted since the search is dropped."""
         missing = [candidate.item.item_id for _, candidate in chosen if candidate.vector is None]
         fetched = {item.item_id: item for item in await self._catalog.items(missing)}
         complete = []

@@ -87,7 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--candidates",
         type=int,
         default=env_int(f"{PREFIX}_CANDIDATES", defaults.candidates),
-        help=f"candidates the catalog searches for and re-scored per request; only the top_k best travel with their item (env {PREFIX}_CANDIDATES)",
+        help="candidates the catalog searches for and re-scored per request; only the top_k best travel with their item. "
+        "A model's sequence part sets how many it searches for the requests it fuses, these many of them in full "
+        f"(env {PREFIX}_CANDIDATES)",
     )
     parser.add_argument(
         "--max-batch",

@@ -1,7 +1,7 @@
 """A trained model served by the ranker: known users are personalized, and online scores equal offline ones.
 
 The model ships a SASRec sequence part (`--sequence on`), so known users' scores are the fused ones: not in
-the catalog's cosine order, and some chosen items come from past the catalog's top_k."""
+the catalog's cosine order, and some chosen items come from past the candidates the catalog sends in full."""
 
 import asyncio
 import subprocess
@@ -58,9 +58,11 @@ def ranker_process(subset, model_dir, encoder_service, tmp_path_factory):
     logs = tmp_path_factory.mktemp("logs")
     catalog = start_catalog(logs, tmp_path_factory.mktemp("catalog"), encoder_service.address)
     ingest(subset, catalog.address)
+    # --candidates 10: a fused request's candidates past the cosine's best 10 come as ids, so a fused top 10
+    # reaching past them makes the ranker fetch those items (the default, 50, rarely needs to on this data).
     ranker = start_service(
         "ranker", logs, "--model-dir", str(model_dir), "--query-encoder-addr", encoder_service.address,
-        "--catalog-addr", catalog.address,
+        "--catalog-addr", catalog.address, "--candidates", "10",
     )
     yield ranker
     ranker.stop()

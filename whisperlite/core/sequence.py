@@ -158,10 +158,8 @@ class SequenceModel:
         table = self.network.items.weight[1:].detach().cpu().numpy().astype(np.float64)
         self._table_moments = moments(table)
         self._table = np.vstack([self._table_moments[0], table]).astype(np.float32)  # row 0 = the mean
-        if user_states is None:
-            chunks = range(0, self.n_users, 2048)
-            user_states = np.concatenate([self.states([self.sequence(r) for r in range(c, min(c + 2048, self.n_users))]) for c in chunks]
-                                         or [np.zeros((0, architecture.dimension), np.float32)])
+        if user_states is None:  # built from training: computed once here, stored with the model
+            user_states = self._stored_sequence_states()
         if user_states.shape != (self.n_users, architecture.dimension):
             raise ValueError(f"user_states: expected shape {(self.n_users, architecture.dimension)}, got {user_states.shape}")
         self._user_states = user_states
@@ -175,6 +173,11 @@ class SequenceModel:
         rows = np.concatenate(tails).astype(np.int32) if offsets[-1] else np.zeros(0, np.int32)
         network = network.cpu().eval()
         return cls(network, architecture, item_ids, offsets, rows, text_weight, *moments(item_vectors))
+
+    def _stored_sequence_states(self, chunk: int = 2048) -> np.ndarray:
+        states = [self.states([self.sequence(r) for r in range(start, min(start + chunk, self.n_users))])
+                  for start in range(0, self.n_users, chunk)]
+        return np.concatenate(states) if states else np.zeros((0, self.architecture.dimension), np.float32)
 
     @property
     def n_users(self) -> int:

@@ -192,7 +192,7 @@ def write_results_doc(reports: dict, skipped: dict, out_root: Path, docs_path: P
         without_user = details.get("whisperlite", {}).get("test_without_user")
         if without_user:
             lines.append(
-                f"- Diagnostic: the trained whisperlite model with the user's taste removed (its text-only serving path) scores "
+                f"- Diagnostic: the trained whisperlite model with the user removed (no taste, no sequence: its text-only serving path) scores "
                 f"Recall@10 {without_user['recall@10']:.4f}, NDCG@10 {without_user['ndcg@10']:.4f}."
             )
         diag = report.get("diagnostics", {})

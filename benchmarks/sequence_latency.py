@@ -8,13 +8,16 @@ the same network files, linked, and a manifest without "sequence"), then switche
 the two with LoadModel in interleaved rounds and times Recommends one call at a time: known users of
 DATA (their request where the data has one, else one of a few fixed requests), alone and with their 5
 items before the last sent as recent_item_ids. Both versions see the same calls, so a text the ranker's
-query cache holds saves the same Embed for both. Medians and p99 in ms with their ratio to the
+query cache holds saves the same Embed for both; `--new-texts` makes every call's text new (a call
+number appended), so every call pays its Embed, as a shopper's first request does. Medians and p99 in ms with their ratio to the
 network-only known-user row. The twin stays (delete it by hand).
 """
 
 import argparse
+import itertools
 import json
 import os
+import uuid
 from pathlib import Path
 
 import grpc
@@ -52,6 +55,7 @@ def main() -> None:
     parser.add_argument("--version", required=True)
     parser.add_argument("--data", required=True)
     parser.add_argument("-n", type=int, default=300, help="Recommend calls per row")
+    parser.add_argument("--new-texts", action="store_true", help="a text never sent before in every call (no query-cache hits)")
     args = parser.parse_args()
 
     versions = {"sequence part": args.version, "network only": network_only_twin(args.model_dir / args.version)}
@@ -64,17 +68,27 @@ def main() -> None:
         "known user + 5 recent items": [ranker_pb2.RecommendRequest(user_id=u, query=q, top_k=10, recent_item_ids=earlier[u]) for u, q in calls],
     }
     rows: dict[str, list[float]] = {}
+    fresh = itertools.count()
+    run = uuid.uuid4().hex[:6]  # a second run must not find the first one's texts cached
+
+    def texts(batch: list[ranker_pb2.RecommendRequest]) -> list[ranker_pb2.RecommendRequest]:
+        if not args.new_texts:
+            return batch
+        return [ranker_pb2.RecommendRequest(user_id=r.user_id, query=f"{r.query} {run}{next(fresh)}", top_k=r.top_k,
+                                            recent_item_ids=r.recent_item_ids) for r in batch]
+
     with grpc.insecure_channel(args.ranker) as channel, ModelAdminClient(args.ranker) as admin:
         stub = ranker_pb2_grpc.RankerServiceStub(channel)
         for round_ in range(2):  # interleaved rounds: drift on a shared machine hits both versions alike
             for name, version in versions.items():
                 admin.load_model(version)
-                timed_recommends(stub, requests["known user"][:20])  # warm-up
+                timed_recommends(stub, texts(requests["known user"][:20]))  # warm-up
                 for label, batch in requests.items():
                     half = batch[round_ * len(batch) // 2 : (round_ + 1) * len(batch) // 2]
-                    rows.setdefault(f"{name}, {label}", []).extend(timed_recommends(stub, half))
+                    rows.setdefault(f"{name}, {label}", []).extend(timed_recommends(stub, texts(half)))
 
-    print_latency_rows(f"Recommend, one call at a time, {args.n} calls per row, model {args.version}, data {args.data}",
+    texts_kind = "every text new" if args.new_texts else "texts repeat (query cache)"
+    print_latency_rows(f"Recommend, one call at a time, {args.n} calls per row, {texts_kind}, model {args.version}, data {args.data}",
                        rows, "network only, known user")
 
 

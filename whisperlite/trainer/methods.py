@@ -41,11 +41,12 @@ def rank_cases(
 ) -> dict[str, np.ndarray]:
     """Per-case metrics of `method` on the validation or test cases, full catalog ranked."""
     score = lambda users, queries: {method.name: method.scores(users, queries)}  # noqa: E731
-    return rank_variants(score, method.name, experiment, case, keep_seen, limit, batch_size, progress)[method.name]
+    return rank_variants(score, [method.name], method.name, experiment, case, keep_seen, limit, batch_size, progress)[method.name]
 
 
 def rank_variants(
     score_variants: Callable[[np.ndarray, np.ndarray], dict],
+    variants: list,
     label: str,
     experiment: Experiment,
     case: str = "test",
@@ -55,7 +56,8 @@ def rank_variants(
     progress: bool = False,
 ) -> dict:
     """`rank_cases` for several variants of one method scored together (`score_variants(users, queries)`
-    -> {variant: (B, n_items) scores}), so work they share is done once per batch: {variant: per-case metrics}."""
+    -> {variant: (B, n_items) scores} for each of `variants`), so work they share is done once per batch:
+    {variant: per-case metrics} (empty where there are no cases)."""
     split = experiment.split
     frame = {"validation": split.validation, "test": split.test}[case]
     queries = {"validation": experiment.validation_queries, "test": experiment.test_queries}[case]
@@ -66,13 +68,13 @@ def rank_variants(
     targets = frame["item"].to_numpy()[rows]
     queries = queries[rows]
     seen = None if keep_seen else split.seen_before(case)
-    accumulators: dict = {}
+    accumulators = {variant: MetricAccumulator() for variant in variants}
     starts = range(0, len(rows), batch_size)
     for start in tqdm(starts, desc=f"{label} ({case})", unit="batch", disable=bar_disabled(progress), leave=False):
         stop = start + batch_size
         excluded = None if seen is None else [seen[u] for u in users[start:stop]]
         for variant, scores in score_variants(users[start:stop], queries[start:stop]).items():
-            accumulators.setdefault(variant, MetricAccumulator()).add(np.array(scores, dtype=np.float32), targets[start:stop], excluded)
+            accumulators[variant].add(np.array(scores, dtype=np.float32), targets[start:stop], excluded)
     return {variant: accumulator.per_case() for variant, accumulator in accumulators.items()}
 
 

@@ -141,7 +141,7 @@ def fit_sequence_part(model: PersonalizationModel, experiment: Experiment, confi
     model.sequence = sequence
     scorer = WhisperLite(model, experiment)
     weights = [w for w in TEXT_WEIGHTS if not (forced and w == 1.0)]
-    per_case = rank_variants(lambda users, queries: scorer.scores_at_text_weights(users, queries, weights),
+    per_case = rank_variants(lambda users, queries: scorer.scores_at_text_weights(users, queries, weights), weights,
                              "sequence text weight", experiment, "validation", limit=config.validation_cases)
     selection = [{"text_weight": weight, "validation": summarize(per_case[weight])} for weight in weights]
     best = max(reversed(selection), key=lambda s: s["validation"]["recall@10"])

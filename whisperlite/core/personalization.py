@@ -45,7 +45,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from whisperlite.core.sequence import SequenceModel
+from whisperlite.core.sequence import SequenceModel, csr
 
 MANIFEST = "manifest.json"
 WEIGHTS = "network.pt"
@@ -201,9 +201,7 @@ class UserHistories:
     @classmethod
     def from_sequences(cls, sequences: list[np.ndarray], item_vectors: np.ndarray) -> UserHistories:
         """From per-user arrays of item indices (time order) into `item_vectors`; only the used rows are kept."""
-        lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
-        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        flat = np.concatenate(sequences).astype(np.int64) if len(sequences) and offsets[-1] else np.zeros(0, np.int64)
+        offsets, flat = csr(sequences)
         used, items = np.unique(flat, return_inverse=True)
         vectors = np.ascontiguousarray(item_vectors[used], dtype=np.float32).reshape(-1, item_vectors.shape[1])
         return cls(offsets, items.astype(np.int32), vectors)
@@ -326,7 +324,7 @@ class PersonalizationModel:
                 state = self.sequence.states([self.sequence.sequence(row, recent_item_ids)])[0]
             else:
                 state = self.sequence.user_states(np.array([row]))[0]
-            state = None if np.isnan(state).any() else state
+            state = SequenceModel.present(state)
         path = PATH_USER if row >= 0 else PATH_RECENT
         if self.taste_mode == TASTE_NONE or (row < 0 and recent is None):
             path = PATH_TEXT if state is None else path
@@ -348,7 +346,7 @@ class PersonalizationModel:
         states = self.sequence_states(users)
         out = []
         for i, row in enumerate(rows):
-            state = None if states is None or np.isnan(states[i]).any() else states[i]
+            state = None if states is None else SequenceModel.present(states[i])
             taste = tastes[i] if row >= 0 else None
             path = PATH_USER if row >= 0 or state is not None else PATH_TEXT
             out.append(PersonalizedQuery(vector=vectors[i], taste=taste, path=path, sequence_state=state))
@@ -363,10 +361,12 @@ class PersonalizationModel:
         calibrated cosine, or, in rows with a (non-NaN) sequence state, the fused score (item_rows: the
         items' SASRec rows, `sequence.item_rows`)."""
         cosines = np.asarray(cosines, dtype=np.float32)
-        scores = self.score_cosines(cosines)
         if self.sequence is None or states is None:
-            return scores
+            return self.score_cosines(cosines)
         fused = ~np.isnan(states).any(axis=1)
+        scores = np.empty_like(cosines)
+        if not fused.all():
+            scores[~fused] = self.score_cosines(cosines[~fused])
         if fused.any():
             rows = np.asarray(item_rows)
             scores[fused] = self.sequence.fused(vectors[fused], cosines[fused], states[fused], rows if rows.ndim == 1 else rows[fused])

@@ -100,8 +100,8 @@ class SASRecNetwork(nn.Module):
         return hidden @ self.items.weight[1:].T
 
     def last_states(self, sequences: np.ndarray) -> torch.Tensor:
-        """(B, L) left-padded item rows -> (B, d) states after each newest item, read in eval mode
-        over the shortest width that holds every sequence."""
+        """(B, L) left-padded item rows -> (B, d) states after each newest item, read over the shortest
+        width that holds every sequence (the caller chooses train or eval mode)."""
         used = sequences > 0
         width = int(used.any(0).nonzero()[0].min()) if used.any() else sequences.shape[1] - 1
         device = self.items.weight.device
@@ -110,12 +110,25 @@ class SASRecNetwork(nn.Module):
 
 def left_padded(sequences: list[np.ndarray], length: int) -> np.ndarray:
     """The last `length` items of each sequence as embedding rows (item + 1), left-padded with 0."""
+    return padded_rows([np.asarray(items[-length:], dtype=np.int64) + 1 for items in sequences], length)
+
+
+def padded_rows(sequences: list[np.ndarray], length: int) -> np.ndarray:
+    """The last `length` embedding rows of each sequence, left-padded with 0."""
     out = np.zeros((len(sequences), length), dtype=np.int64)
-    for row, items in enumerate(sequences):
-        tail = np.asarray(items[-length:], dtype=np.int64)
+    for row, rows in enumerate(sequences):
+        tail = np.asarray(rows[-length:], dtype=np.int64)
         if len(tail):
-            out[row, length - len(tail) :] = tail + 1
+            out[row, length - len(tail) :] = tail
     return out
+
+
+def csr(sequences: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-user arrays as CSR: (n + 1,) int64 offsets and the concatenated int64 values."""
+    lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    values = np.concatenate(sequences).astype(np.int64) if offsets[-1] else np.zeros(0, np.int64)
+    return offsets, values
 
 
 def moments(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -168,11 +181,9 @@ class SequenceModel:
     def from_training(cls, network: SASRecNetwork, architecture: SequenceArchitecture, item_ids: list[str],
                       sequences: list[np.ndarray], text_weight: float, item_vectors: np.ndarray) -> SequenceModel:
         """From per-user arrays of split item indices (time order) and the training catalog's item vectors."""
-        tails = [np.asarray(s[-architecture.max_length:], dtype=np.int64) + 1 for s in sequences]
-        offsets = np.concatenate([[0], np.cumsum([len(t) for t in tails])]).astype(np.int64)
-        rows = np.concatenate(tails).astype(np.int32) if offsets[-1] else np.zeros(0, np.int32)
+        offsets, rows = csr([np.asarray(s[-architecture.max_length:], dtype=np.int64) + 1 for s in sequences])
         network = network.cpu().eval()
-        return cls(network, architecture, item_ids, offsets, rows, text_weight, *moments(item_vectors))
+        return cls(network, architecture, item_ids, offsets, rows.astype(np.int32), text_weight, *moments(item_vectors))
 
     def _stored_sequence_states(self, chunk: int = 2048) -> np.ndarray:
         states = [self.states([self.sequence(r) for r in range(start, min(start + chunk, self.n_users))])
@@ -198,11 +209,15 @@ class SequenceModel:
         out = np.full((len(sequences), self.architecture.dimension), np.nan, dtype=np.float32)
         filled = [i for i, s in enumerate(sequences) if len(s)]
         if filled:
-            # left_padded shifts indices by one; these are rows already.
-            padded = left_padded([sequences[i] - 1 for i in filled], self.architecture.max_length)
+            padded = padded_rows([sequences[i] for i in filled], self.architecture.max_length)
             with torch.inference_mode():
                 out[filled] = self.network.last_states(padded).float().cpu().numpy()
         return out
+
+    @staticmethod
+    def present(state: np.ndarray) -> np.ndarray | None:
+        """A state row as the request carries it: None where the user had no sequence (a NaN row)."""
+        return None if np.isnan(state).any() else state
 
     def user_states(self, user_rows: np.ndarray) -> np.ndarray:
         """(B, d) states after the stored sequences of users at `user_rows` (-1 or no sequence: a NaN row)."""

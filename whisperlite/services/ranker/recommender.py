@@ -169,7 +169,9 @@ class Recommender:
 
         with _stage("personalize"):
             recent_vectors = await self._recent_vectors(model, user_id, recent_item_ids)
-            if model is not None and recent_vectors is None:
+            # A sequence part reads the recent items by id: such a request is personalized on its own.
+            session = bool(recent_item_ids) and model is not None and model.sequence is not None
+            if model is not None and recent_vectors is None and not session:
                 personalized = await self._personalizations.call((model, query_vector, user_id))
             else:
                 personalized = self._personalize(model, query_vector, user_id, recent_item_ids, recent_vectors)
@@ -193,9 +195,9 @@ class Recommender:
 
     async def _recent_vectors(self, model: PersonalizationModel | None, user_id: str, recent_item_ids: list[str]) -> np.ndarray | None:
         """The recent items' vectors in request order (most recent last), ids the catalog lacks skipped: they
-        join a known user's stored history and are an unknown user's whole taste. A model that reads no user
-        signal (no taste, no sequence part) reads none."""
-        if not recent_item_ids or (model is not None and model.taste_mode == TASTE_NONE and model.sequence is None):
+        join a known user's stored history and are an unknown user's whole taste. A model without a taste
+        reads none (its sequence part reads the ids)."""
+        if not recent_item_ids or (model is not None and model.taste_mode == TASTE_NONE):
             return None
         fetched = await self._catalog.vectors(list(recent_item_ids))
         return fetched if len(fetched) else None

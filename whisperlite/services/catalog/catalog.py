@@ -34,6 +34,7 @@ from whisperlite.services.catalog.embedding import ItemEmbedder
 from whisperlite.services.catalog.filters import SearchFilter
 from whisperlite.services.catalog.items import ItemRecord, SearchHit, can_be_stored_id, records_from_request, validate_ids, validate_vector
 from whisperlite.services.catalog.store import CollectionInfo, CollectionSpec, MilvusStore, is_local_uri
+from whisperlite.services.catalog.graph_index import GraphSettings
 from whisperlite.services.catalog.vector_index import VectorIndex
 from whisperlite.core.errors import FailedPrecondition, InvalidArgument, ServiceError, Unavailable
 from whisperlite.v1 import common_pb2
@@ -93,10 +94,12 @@ class Catalog:
         limits: CatalogLimits = CatalogLimits(),
         creation: CollectionSpec = CollectionSpec(),
         search_index: str = "auto",
+        graph: GraphSettings | None = GraphSettings(),
     ):
         """`creation` is used only when the collection does not exist; dimension 0 asks the query encoder.
 
-        `search_index` is one of SEARCH_INDEXES.
+        `search_index` is one of SEARCH_INDEXES; `graph` (None: every in-process search exact) is the
+        in-process index's graph for unfiltered searches.
         """
         for name in ("max_top_k", "max_batch"):
             if getattr(limits, name) < 1:
@@ -109,6 +112,7 @@ class Catalog:
         self._info: CollectionInfo | None = None
         self._store_down: str | None = None  # why, while the store is dead or wedged
         self._memory_index = uses_memory_index(search_index, store.uri)
+        self._graph = graph
         # Where the index stands, changed only under _index_sync (worker threads): the index, or None while
         # searches go to Milvus; the writes to replay on the index being scanned; the newest scan's number.
         self._index_sync = threading.Lock()
@@ -208,7 +212,7 @@ class Catalog:
             self._index_generation += 1
             generation = self._index_generation
             self._index, self._writes_during_scan = None, []
-        index = VectorIndex(self.info.dimension)
+        index = VectorIndex(self.info.dimension, graph=self._graph)
         try:
             index.replace_all(itertools.takewhile(lambda _: generation == self._index_generation, self._store.scan()))
         except BaseException:
@@ -363,7 +367,8 @@ class Catalog:
         results: list[list[SearchHit]] = [[] for _ in queries]
         memory_index = self._index  # one searcher for the whole batch, even if a failed write drops the index meanwhile
         for (search_filter, top_k, include_vectors, detailed_hits), members in groups.items():
-            searcher, strategy = (memory_index, "memory") if memory_index is not None else (self._store, self._store.strategy(search_filter))
+            searcher = memory_index if memory_index is not None else self._store
+            strategy = searcher.strategy(search_filter)
             started = time.perf_counter()
             found = await self._on_store(
                 searcher.search_many, np.stack([vector for _, vector in members]), top_k, search_filter, include_vectors, detailed_hits

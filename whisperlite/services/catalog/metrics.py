@@ -5,7 +5,7 @@ from prometheus_client import Counter, Gauge, Histogram
 ITEMS = Gauge("whisperlite_catalog_items", "Items stored in the catalog collection.")
 SEARCH_SECONDS = Histogram(
     "whisperlite_catalog_search_seconds",
-    "Time of one vector search; strategy is memory (the in-process exact index), or in Milvus ann (the ANN index) or exact (brute force under a category/price filter).",
+    "Time of one vector search; strategy is memory (the in-process exact index), graph (its HNSW graph, unfiltered searches at scale), or in Milvus ann (the ANN index) or exact (brute force under a category/price filter).",
     ["strategy"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )

@@ -16,23 +16,30 @@ the tail's rows); replaced and deleted rows become dead rows, scored -inf. When 
 rows pass a fraction of the index, a compaction rebuilds the grouped matrix, so writes cost O(rows
 written) amortized.
 
+Searches without a category or price filter use an HNSW graph over the grouped rows once there are
+enough of them (graph_index.py; the tail is scanned exactly beside it): the one approximate path.
+
 Concurrency. Readers take no lock: a search reads one immutable `_Snapshot`, published by a single
 attribute assignment after a write is complete, so a search (and every query of a batch) sees a
 write either whole or not at all. Writes (serialized by a lock) never change a row a published
 snapshot can see: they append past its size, copy the small dead-row array, and grow or compact
-into new arrays that only later snapshots use.
+into new arrays that only later snapshots use. A graph is built in a background thread for each new
+layout (a compaction) and read, like the snapshot, from one attribute.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from whisperlite.services.catalog.filters import SearchFilter
+from whisperlite.services.catalog.graph_index import GraphSettings, RowGraph
 from whisperlite.services.catalog.items import ItemRecord, SearchHit
 
 # A compaction runs when the tail plus the dead rows exceed this share of the rows (and the floor
@@ -44,6 +51,8 @@ MIN_CAPACITY = 1024
 # Candidates beyond top_k that are rescored: BLAS rounds a cosine differently in a batch than alone
 # (another kernel), by a few float32 ulps, which can swap rows at the top_k boundary.
 RESCORED_MARGIN = 8
+
+log = logging.getLogger("whisperlite.catalog")
 
 
 @dataclass(frozen=True)
@@ -57,6 +66,7 @@ class _Snapshot:
     grouped_rows: int  # rows [0, grouped_rows) are grouped by category; [grouped_rows, size) is the tail
     spans: dict[int, tuple[int, int]]  # category code -> its [start, end) rows within the grouped rows
     dead: np.ndarray  # sorted rows replaced or deleted since the last compaction
+    layout: int  # which compaction grouped the rows: a graph serves the snapshots of its own layout only
 
     @property
     def live(self) -> int:
@@ -74,13 +84,21 @@ def _empty(dimension: int, capacity: int) -> _Snapshot:
         grouped_rows=0,
         spans={},
         dead=np.empty(0, dtype=np.int64),
+        layout=0,
     )
 
 
 class VectorIndex:
-    """Exact cosine top-k over L2-normalized vectors with the catalog's filters; thread-safe."""
+    """Cosine top-k over L2-normalized vectors with the catalog's filters; thread-safe.
 
-    def __init__(self, dimension: int, *, compact_fraction: float = COMPACT_FRACTION, compact_min_rows: int = COMPACT_MIN_ROWS):
+    Exact, except searches without a category or price filter once `graph` is given and the index has
+    `graph.min_rows` grouped rows.
+    """
+
+    def __init__(
+        self, dimension: int, *, compact_fraction: float = COMPACT_FRACTION, compact_min_rows: int = COMPACT_MIN_ROWS,
+        graph: GraphSettings | None = None,
+    ):
         if dimension < 1:
             raise ValueError(f"dimension: must be >= 1, got {dimension}")
         self.dimension = dimension
@@ -88,6 +106,13 @@ class VectorIndex:
         self._compact_min_rows = compact_min_rows
         self._write_lock = threading.Lock()
         self._snapshot = _empty(dimension, MIN_CAPACITY)
+        self._layouts = 0
+        self._graph_settings = graph
+        self._graph: RowGraph | None = None
+        # The newest layout waiting for its graph, and whether a builder thread runs (both under _graph_lock).
+        self._graph_lock = threading.Lock()
+        self._graph_wanted: _Snapshot | None = None
+        self._graph_builder: threading.Thread | None = None
         # Touched by writers only, under the lock: searches read ids and codes from their snapshot.
         self._row_of: dict[str, int] = {}
         # Codes are never removed or renumbered, so a search may read this dict without the lock.
@@ -95,6 +120,23 @@ class VectorIndex:
 
     def __len__(self) -> int:
         return self._snapshot.live
+
+    @property
+    def graph_ready(self) -> bool:
+        """Whether unfiltered searches walk a graph (false below the row floor, while one builds, and without one)."""
+        graph = self._graph
+        return graph is not None and graph.layout == self._snapshot.layout
+
+    def wait_for_graph(self, timeout: float) -> bool:
+        """Waits while a graph is being built (at most `timeout` s); returns `graph_ready`. For tests and benchmarks."""
+        deadline = time.monotonic() + timeout
+        while not self.graph_ready and self._graph_builder is not None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self.graph_ready
+
+    def strategy(self, search_filter: SearchFilter) -> str:
+        """How a search with this filter runs now, for the search metrics' label."""
+        return "graph" if self.graph_ready and _unfiltered(search_filter) else "memory"
 
     @property
     def nbytes(self) -> int:
@@ -112,6 +154,7 @@ class VectorIndex:
             for page in pages:
                 snapshot = self._append(snapshot, page)
             self._snapshot = self._compact(snapshot)
+            self._want_graph(self._snapshot)
             return self._snapshot.live
 
     def upsert(self, records: Sequence[ItemRecord]) -> None:
@@ -133,7 +176,37 @@ class VectorIndex:
         pending = snapshot.size - snapshot.grouped_rows + len(snapshot.dead)
         if pending > max(self._compact_min_rows, self._compact_fraction * snapshot.live):
             snapshot = self._compact(snapshot)
+            self._want_graph(snapshot)
         self._snapshot = snapshot
+
+    def _want_graph(self, snapshot: _Snapshot) -> None:
+        """Asks for a graph of this layout; one builder thread works through the newest wanted layout."""
+        settings = self._graph_settings
+        if settings is None or snapshot.grouped_rows < settings.min_rows:
+            return
+        with self._graph_lock:
+            self._graph_wanted = snapshot
+            if self._graph_builder is None:
+                self._graph_builder = threading.Thread(target=self._build_graphs, name="catalog-graph-build", daemon=True)
+                self._graph_builder.start()
+
+    def _build_graphs(self) -> None:
+        while True:
+            with self._graph_lock:
+                snapshot, self._graph_wanted = self._graph_wanted, None
+                if snapshot is None:
+                    self._graph_builder = None
+                    return
+            started = time.perf_counter()
+            try:
+                # The grouped rows of a layout never change: later writes append a tail and mark rows dead.
+                graph = RowGraph(snapshot.layout, snapshot.matrix[: snapshot.grouped_rows], self._graph_settings)
+            except Exception:  # searches stay exact; the next compaction tries again
+                log.exception("building the search graph failed; unfiltered searches stay exact")
+                continue
+            if graph.layout == self._snapshot.layout:  # else a newer layout is already wanted (or another build)
+                self._graph = graph
+                log.info("search graph ready", extra={"rows": graph.rows, "seconds": round(time.perf_counter() - started, 1)})
 
     def _append(self, snapshot: _Snapshot, records: Sequence[ItemRecord]) -> _Snapshot:
         """Writes the records past `snapshot.size` (rows no published snapshot reads) and returns the larger snapshot."""
@@ -166,7 +239,8 @@ class VectorIndex:
         codes = compacted.category[:count]
         bounds = [0, *(np.flatnonzero(codes[1:] != codes[:-1]) + 1).tolist(), count] if count else [0]
         spans = {int(codes[start]): (start, end) for start, end in zip(bounds[:-1], bounds[1:], strict=True)}
-        return dataclasses.replace(compacted, size=count, grouped_rows=count, spans=spans)
+        self._layouts += 1
+        return dataclasses.replace(compacted, size=count, grouped_rows=count, spans=spans, layout=self._layouts)
 
     # ---- search ----------------------------------------------------------------------------------
 
@@ -178,16 +252,21 @@ class VectorIndex:
         The first `detailed_hits` hits (0: all) carry their record, the vector too when `include_vectors`;
         the others only their id. Scores are cosine similarities.
         """
-        snapshot = self._snapshot
+        snapshot, graph = self._snapshot, self._graph
         queries = np.asarray(queries, dtype=np.float32).reshape(-1, self.dimension)
-        scores, rows = self._scores(snapshot, queries, search_filter)
         excluded = set(search_filter.exclude_item_ids)
         # Excluded items are at most len(excluded) of the best: that many more candidates leave top_k.
-        best = _best_columns(scores, min(top_k + len(excluded) + RESCORED_MARGIN, scores.shape[1]))
+        count = top_k + len(excluded) + RESCORED_MARGIN
+        if graph is not None and graph.layout == snapshot.layout and _unfiltered(search_filter):
+            dead_grouped = snapshot.dead[: np.searchsorted(snapshot.dead, snapshot.grouped_rows)]
+            walked = graph.search(queries, count, dead_grouped)
+            scanned = self._best_rows(snapshot, queries, search_filter, count, first_row=snapshot.grouped_rows)
+            candidate_rows = [np.concatenate(pair) for pair in zip(walked, scanned, strict=True)]
+        else:
+            candidate_rows = self._best_rows(snapshot, queries, search_filter, count)
         detailed = top_k if detailed_hits <= 0 else min(detailed_hits, top_k)
         results = []
-        for query, query_scores, columns in zip(queries, scores, best, strict=True):
-            candidates = rows[columns[query_scores[columns] > -np.inf]]  # -inf: a dead row or one the filter refused
+        for query, candidates in zip(queries, candidate_rows, strict=True):
             # The same cosine for a row whether its query came alone or in a batch: float64, per row,
             # independent of the other rows; ties go to the lower row, so the order is reproducible too.
             cosines = (snapshot.matrix[candidates].astype(np.float64) * query.astype(np.float64)).sum(axis=1)
@@ -207,8 +286,22 @@ class VectorIndex:
             results.append(hits)
         return results
 
-    def _scores(self, snapshot: _Snapshot, queries: np.ndarray, search_filter: SearchFilter) -> tuple[np.ndarray, np.ndarray]:
-        """(n, m) scores over the m candidate rows the filter leaves (-inf where a row is dead or refused), and those rows."""
+    def _best_rows(
+        self, snapshot: _Snapshot, queries: np.ndarray, search_filter: SearchFilter, count: int, first_row: int = 0
+    ) -> list[np.ndarray]:
+        """Per query, the (up to) `count` best live rows that pass the filter, from `first_row` on, exactly; in no order."""
+        scores, rows = self._scores(snapshot, queries, search_filter, first_row)
+        best = _best_columns(scores, min(count, scores.shape[1]))
+        # -inf: a dead row or one the filter refused
+        return [rows[columns[query_scores[columns] > -np.inf]] for query_scores, columns in zip(scores, best, strict=True)]
+
+    def _scores(
+        self, snapshot: _Snapshot, queries: np.ndarray, search_filter: SearchFilter, first_row: int = 0
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(n, m) scores over the m candidate rows the filter leaves (-inf where a row is dead or refused), and those rows.
+
+        Without a category filter, the rows from `first_row` on (a category filter always reads them all).
+        """
         pieces: list[slice | np.ndarray] = []
         if search_filter.categories:
             codes = [self._category_codes[c] for c in search_filter.categories if c in self._category_codes]
@@ -216,7 +309,7 @@ class VectorIndex:
             tail = np.arange(snapshot.grouped_rows, snapshot.size)
             pieces.append(tail[np.isin(snapshot.category[tail], codes)])
         else:
-            pieces.append(slice(0, snapshot.size))
+            pieces.append(slice(first_row, snapshot.size))
         blocks, rows = [], []
         for piece in pieces:
             piece_rows = np.arange(piece.start, piece.stop) if isinstance(piece, slice) else piece
@@ -248,6 +341,11 @@ def _refuse(block: np.ndarray, snapshot: _Snapshot, piece: slice | np.ndarray, p
         if search_filter.max_price is not None:
             outside |= snapshot.price[piece] > search_filter.max_price
         block[:, outside] = -np.inf
+
+
+def _unfiltered(search_filter: SearchFilter) -> bool:
+    """Whether a search may walk the graph: excluded ids are skipped afterwards, categories and prices would not be."""
+    return not search_filter.categories and search_filter.min_price is None and search_filter.max_price is None
 
 
 def _best_columns(scores: np.ndarray, count: int) -> np.ndarray:

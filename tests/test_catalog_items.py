@@ -1,11 +1,12 @@
-"""Vector validation of the catalog's domain module, without gRPC."""
+"""Vector validation and item protos of the catalog's domain module, without gRPC."""
 
 import re
 
 import numpy as np
 import pytest
 
-from whisperlite.services.catalog.items import validate_vector
+from whisperlite.services.catalog.items import ItemRecord, record_to_proto, validate_vector
+from whisperlite.v1 import common_pb2
 from whisperlite.core.errors import InvalidArgument
 
 
@@ -28,3 +29,14 @@ def test_extreme_but_finite_vectors_are_normalized(value):
 def test_unusable_vectors_are_refused_with_the_reason(values, message):
     with pytest.raises(InvalidArgument, match=re.escape(message)):
         validate_vector(values, 8, "vector")
+
+
+@pytest.mark.parametrize("dimension", [1, 16, 31, 32, 384, 512, 4096])  # the packed field's length prefix takes 1-3 bytes
+def test_an_item_proto_carries_its_vector_exactly_as_protobuf_writes_it(dimension):
+    vector = np.random.default_rng(dimension).normal(size=dimension).astype(np.float32)
+    record = ItemRecord(item_id="a", title="t", category="c", price=2.5, attributes={"k": "v"}, vector=vector)
+    item = record_to_proto(record, include_vector=True)
+    reference = common_pb2.Item(item_id="a", title="t", category="c", price=2.5, attributes={"k": "v"}, vector=vector.tolist())
+    assert item == reference and item.SerializeToString() == reference.SerializeToString()
+    assert np.array_equal(np.asarray(item.vector, dtype=np.float32), vector)
+    assert not record_to_proto(record, include_vector=False).vector

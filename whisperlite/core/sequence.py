@@ -144,7 +144,8 @@ def _standardize(values: np.ndarray, direction: np.ndarray, mean: np.ndarray, co
     describe (each request's mean and spread computed in float64, as the moments are stored)."""
     direction = np.asarray(direction, dtype=np.float64)
     centre = direction @ mean
-    spread = np.sqrt(np.maximum(np.einsum("bd,de,be->b", direction, covariance, direction), 1e-24))
+    # p'Cp per row as a matrix product: einsum's three-operand form does not use BLAS (0.14 ms a request, 9x this).
+    spread = np.sqrt(np.maximum(((direction @ covariance) * direction).sum(axis=1), 1e-24))
     return ((np.asarray(values, dtype=np.float32) - centre[:, None].astype(np.float32)) / spread[:, None].astype(np.float32))
 
 

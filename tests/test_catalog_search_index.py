@@ -161,6 +161,29 @@ async def test_writes_reach_the_index_and_a_restart_rebuilds_it_from_the_store(t
         await restarted.close()
 
 
+async def test_get_items_reads_the_index_as_the_store_holds_them(stocked, data):
+    catalog, store = stocked
+    await catalog.upsert([proto("i5", -data["vectors"][5], title="replaced", category="moved", attributes={"k": "v"})])
+    await catalog.delete(["i6"])
+    asked = ["i5", "i6", "absent", "i1", "i2", "i0"]
+    for include_vectors in (True, False):
+        found, missing = await catalog.get(asked, include_vectors)
+        assert catalog._index is not None and missing == ["i6", "absent"]
+        stored = store.get(asked, include_vectors=include_vectors)
+        assert [r.item_id for r in found] == ["i5", "i1", "i2", "i0"] and set(stored) == {"i5", "i1", "i2", "i0"}
+        for record in found:
+            expected = stored[record.item_id]
+            assert (record.title, record.text, record.category, record.price, record.image_uri, record.attributes) == (
+                expected.title, expected.text, expected.category, expected.price, expected.image_uri, expected.attributes,
+            )
+            if include_vectors:
+                np.testing.assert_allclose(record.vector, expected.vector, atol=1e-7)
+            else:
+                assert record.vector is None
+    (replaced,), _ = await catalog.get(["i5"], True)
+    assert replaced.title == "replaced" and np.allclose(replaced.vector, -data["vectors"][5], atol=1e-6)
+
+
 def milvus_lite_child(db_path: Path) -> int:
     """The pid of the milvus-lite process serving `db_path` (a child of this test process)."""
     for task in Path(f"/proc/{os.getpid()}/task").iterdir():

@@ -242,6 +242,19 @@ class VectorIndex:
         self._layouts += 1
         return dataclasses.replace(compacted, size=count, grouped_rows=count, spans=spans, layout=self._layouts)
 
+    # ---- reads -----------------------------------------------------------------------------------
+
+    def get(self, item_ids: Sequence[str], include_vectors: bool) -> dict[str, ItemRecord]:
+        """Records of the ids the index holds, keyed by id, as `MilvusStore.get` gives them."""
+        # The id -> row map belongs to writers: read it with the snapshot it matches, under their lock
+        # (held for in-memory updates only, never during a store write).
+        with self._write_lock:
+            snapshot = self._snapshot
+            rows = {item_id: self._row_of[item_id] for item_id in item_ids if item_id in self._row_of}
+        if not include_vectors:
+            return {item_id: snapshot.records[row] for item_id, row in rows.items()}
+        return {item_id: dataclasses.replace(snapshot.records[row], vector=snapshot.matrix[row].copy()) for item_id, row in rows.items()}
+
     # ---- search ----------------------------------------------------------------------------------
 
     def search_many(

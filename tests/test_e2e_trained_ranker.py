@@ -16,7 +16,7 @@ from tests.servers import REPO, start_catalog, start_service
 from whisperlite.trainer.embeddings import EmbeddingCache
 from whisperlite.trainer.evaluate import score_items
 from whisperlite.shell.ingest import ingest
-from whisperlite.core.personalization import PersonalizationModel
+from whisperlite.core.personalization import TASTE_NONE, PersonalizationModel
 from whisperlite.v1 import ranker_pb2, ranker_pb2_grpc
 
 QUERY = "women's black leather boots"
@@ -54,19 +54,45 @@ def model_dir(subset, embedding_cache_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def ranker_process(subset, model_dir, encoder_service, tmp_path_factory):
-    logs = tmp_path_factory.mktemp("logs")
+def sequence_only_model_dir(subset, embedding_cache_dir, tmp_path_factory):
+    """No taste at all: the user signal is the sequence part alone, which reads recent items by id."""
+    models = tmp_path_factory.mktemp("sequence-only-models")
+    subprocess.run(
+        [sys.executable, "-m", "whisperlite", "train", "--data", str(subset), "--out", str(models), "--max-epochs", "1",
+         "--taste", "none", "--loss-mix", "given", "--sequence", "on", "--sequence-epochs", "3",
+         "--cache-dir", str(embedding_cache_dir), "--quiet"],
+        cwd=REPO, check=True, timeout=900,
+    )
+    return models
+
+
+@pytest.fixture(scope="module")
+def logs(tmp_path_factory):
+    return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture(scope="module")
+def catalog_process(subset, encoder_service, logs, tmp_path_factory):
     catalog = start_catalog(logs, tmp_path_factory.mktemp("catalog"), encoder_service.address)
     ingest(subset, catalog.address)
+    yield catalog
+    catalog.stop()
+
+
+def serve_ranker(logs, model_dir, encoder_service, catalog_process):
     # --candidates 10: a fused request's candidates past the cosine's best 10 come as ids, so a fused top 10
     # reaching past them makes the ranker fetch those items (the default, 50, rarely needs to on this data).
-    ranker = start_service(
+    return start_service(
         "ranker", logs, "--model-dir", str(model_dir), "--query-encoder-addr", encoder_service.address,
-        "--catalog-addr", catalog.address, "--candidates", "10",
+        "--catalog-addr", catalog_process.address, "--candidates", "10",
     )
+
+
+@pytest.fixture(scope="module")
+def ranker_process(model_dir, encoder_service, catalog_process, logs):
+    ranker = serve_ranker(logs, model_dir, encoder_service, catalog_process)
     yield ranker
     ranker.stop()
-    catalog.stop()
 
 
 @pytest.fixture(scope="module")
@@ -144,6 +170,41 @@ def test_recent_items_of_a_known_user_join_their_history_over_grpc(trained_ranke
     np.testing.assert_allclose([r.score for r in response.items], offline[order], atol=1e-3)
     without = score_items(model, query_vector, user, item_vectors, item_ids=item_ids)
     assert np.abs(without - offline).max() > 1e-2  # the session changed the taste
+
+
+def test_a_model_without_a_taste_reads_recent_items_through_its_sequence_part_over_grpc(
+    sequence_only_model_dir, encoder_service, catalog_process, logs, subset, embedding_cache_dir,
+):
+    """With no taste, recent_item_ids reach the model as ids (its SASRec state), for known and unknown users alike."""
+    model = PersonalizationModel.load(sequence_only_model_dir)
+    assert model.taste_mode == TASTE_NONE and model.sequence is not None
+    items = pd.read_csv(subset / "items.csv", dtype=str, keep_default_na=False)
+    cache = EmbeddingCache(cache_dir=embedding_cache_dir)
+    item_vectors = cache.items(items)
+    query_vector = cache.encoder.encode_texts([QUERY])[0]
+    item_ids = items["item_id"].tolist()
+    known = next(u for u in _subset_users(subset) if model.knows_user(u))
+    recent_ids = items["item_id"].iloc[[3, 4, 5]].tolist()
+    ranker = serve_ranker(logs, sequence_only_model_dir, encoder_service, catalog_process)
+    try:
+        with grpc.insecure_channel(ranker.address) as channel:
+            stub = ranker_pb2_grpc.RankerServiceStub(channel)
+            for user, path in ((known, ranker_pb2.PERSONALIZATION_PATH_USER_EMBEDDING), ("never-seen", ranker_pb2.PERSONALIZATION_PATH_RECENT_ITEMS)):
+                offline = score_items(model, query_vector, user, item_vectors, item_ids=item_ids, recent_item_ids=recent_ids)
+                order = np.argsort(-offline, kind="stable")[:10]
+                response = stub.Recommend(
+                    ranker_pb2.RecommendRequest(user_id=user, query=QUERY, top_k=10, recent_item_ids=recent_ids), timeout=30,
+                )
+                assert response.path == path and response.model_version == model.version
+                assert [r.item.item_id for r in response.items] == items["item_id"].to_numpy()[order].tolist()
+                np.testing.assert_allclose([r.score for r in response.items], offline[order], atol=1e-3)
+                assert all(r.personal_affinity == 0.0 for r in response.items)  # no taste to be near
+                without = score_items(model, query_vector, user, item_vectors, item_ids=item_ids)
+                assert np.abs(without - offline).max() > 1e-2  # the recent items changed the sequence state
+            alone = stub.Recommend(ranker_pb2.RecommendRequest(user_id="never-seen", query=QUERY, top_k=5), timeout=30)
+            assert alone.path == ranker_pb2.PERSONALIZATION_PATH_TEXT_ONLY
+    finally:
+        ranker.stop()
 
 
 def test_concurrent_recommends_are_personalized_together_and_answer_as_one_at_a_time(trained_ranker, ranker_process, model, subset):

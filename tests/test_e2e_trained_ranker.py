@@ -40,30 +40,26 @@ def embedding_cache_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("embedding-cache")
 
 
-@pytest.fixture(scope="module")
-def model_dir(subset, embedding_cache_dir, tmp_path_factory):
-    models = tmp_path_factory.mktemp("models")
-    # The attention taste: its history windows are gathered from the model directory at serving time.
+def train(subset, embedding_cache_dir, models, *flags: str):
+    """`whisperlite train` on the subset with a sequence part (`--sequence on`), as a user runs it."""
     subprocess.run(
-        [sys.executable, "-m", "whisperlite", "train", "--data", str(subset), "--out", str(models), "--max-epochs", "3",
-         "--taste", "attention", "--loss-mix", "given", "--sequence", "on", "--sequence-epochs", "3",
-         "--cache-dir", str(embedding_cache_dir), "--quiet"],
+        [sys.executable, "-m", "whisperlite", "train", "--data", str(subset), "--out", str(models), *flags,
+         "--loss-mix", "given", "--sequence", "on", "--sequence-epochs", "3", "--cache-dir", str(embedding_cache_dir), "--quiet"],
         cwd=REPO, check=True, timeout=900,
     )
     return models
+
+
+@pytest.fixture(scope="module")
+def model_dir(subset, embedding_cache_dir, tmp_path_factory):
+    # The attention taste: its history windows are gathered from the model directory at serving time.
+    return train(subset, embedding_cache_dir, tmp_path_factory.mktemp("models"), "--max-epochs", "3", "--taste", "attention")
 
 
 @pytest.fixture(scope="module")
 def sequence_only_model_dir(subset, embedding_cache_dir, tmp_path_factory):
     """No taste at all: the user signal is the sequence part alone, which reads recent items by id."""
-    models = tmp_path_factory.mktemp("sequence-only-models")
-    subprocess.run(
-        [sys.executable, "-m", "whisperlite", "train", "--data", str(subset), "--out", str(models), "--max-epochs", "1",
-         "--taste", "none", "--loss-mix", "given", "--sequence", "on", "--sequence-epochs", "3",
-         "--cache-dir", str(embedding_cache_dir), "--quiet"],
-        cwd=REPO, check=True, timeout=900,
-    )
-    return models
+    return train(subset, embedding_cache_dir, tmp_path_factory.mktemp("sequence-only-models"), "--max-epochs", "1", "--taste", "none")
 
 
 @pytest.fixture(scope="module")

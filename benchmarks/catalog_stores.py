@@ -326,12 +326,11 @@ def run_catalog_memory(vectors, categories, query_vectors, truth, truth_filtered
     """
     sys.path.insert(0, str(REPO))
     from whisperlite.services.catalog.filters import SearchFilter
-    from whisperlite.services.catalog.graph_index import GraphSettings, set_threads
+    from whisperlite.services.catalog.graph_index import GraphSettings
     from whisperlite.services.catalog.items import ItemRecord
     from whisperlite.services.catalog.store import CollectionSpec, MilvusStore
     from whisperlite.services.catalog.vector_index import VectorIndex
 
-    set_threads(1)  # the catalog's default (--blas-threads 1)
 
     rng = np.random.default_rng(SEED + 1)
     prices = rng.uniform(0, 100, len(vectors)).round(2)

@@ -180,6 +180,7 @@ def test_the_catalog_refuses_a_bad_graph_flag_by_name(tmp_path, flags, message):
 def test_the_graph_flags_reach_the_index(tmp_path, monkeypatch):
     monkeypatch.setenv("CATALOG_ANN_EF", "300")
     args = catalog_server.build_parser().parse_args(["--data-dir", str(tmp_path), "--ann-min-rows", "70000"])
-    assert catalog_server.build_catalog(args)._graph == GraphSettings(min_rows=70_000, ef_search=300)
+    args.blas_threads = 2
+    assert catalog_server.build_catalog(args)._graph == GraphSettings(min_rows=70_000, ef_search=300, threads=2)
     args = catalog_server.build_parser().parse_args(["--data-dir", str(tmp_path), "--ann-min-rows", "0"])
     assert catalog_server.build_catalog(args)._graph is None  # every in-process search exact

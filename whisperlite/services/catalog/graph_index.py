@@ -28,16 +28,14 @@ class GraphSettings:
     ef_search: int = 256
     neighbours: int = 32  # HNSW M: links per node (16 gave 0.3-0.5 points less recall at the same cost)
     ef_construction: int = 80
+    # OpenMP threads of a build and of a batched search (a single query walks on one). The catalog passes
+    # its --blas-threads; OpenMP keeps this setting per thread, so each call sets it in its own thread.
+    threads: int = 1
 
     def __post_init__(self):
         for name, value in asdict(self).items():
             if value < 1:
                 raise ValueError(f"{name}: must be at least 1, got {value}")
-
-
-def set_threads(count: int) -> None:
-    """OpenMP threads of graph builds and of batched graph searches (one query is one thread anyway)."""
-    faiss.omp_set_num_threads(count)
 
 
 class RowGraph:
@@ -47,6 +45,8 @@ class RowGraph:
         self.layout = layout
         self.rows = len(vectors)
         self._ef_search = settings.ef_search
+        self._threads = settings.threads
+        faiss.omp_set_num_threads(self._threads)
         self._index = faiss.IndexHNSWFlat(vectors.shape[1], settings.neighbours, faiss.METRIC_INNER_PRODUCT)
         self._index.hnsw.efConstruction = settings.ef_construction
         self._index.add(np.ascontiguousarray(vectors, dtype=np.float32))
@@ -54,6 +54,7 @@ class RowGraph:
     def search(self, queries: np.ndarray, count: int, dead_rows: np.ndarray) -> list[np.ndarray]:
         """Per query, up to `count` rows by descending inner product, never one of `dead_rows` (sorted int64)."""
         count = min(count, self.rows)
+        faiss.omp_set_num_threads(self._threads)
         params = faiss.SearchParametersHNSW()
         params.efSearch = max(self._ef_search, 2 * count)
         if len(dead_rows):

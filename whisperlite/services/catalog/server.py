@@ -11,7 +11,6 @@ from whisperlite.core.topology import CATALOG, QUERY_ENCODER
 from whisperlite.services.catalog.catalog import SEARCH_INDEXES, Catalog, CatalogLimits
 from whisperlite.services.catalog.embedding import ItemEmbedder
 from whisperlite.services.catalog.graph_index import GraphSettings
-from whisperlite.services.catalog.graph_index import set_threads as set_graph_threads
 from whisperlite.services.catalog.servicer import CatalogServicer
 from whisperlite.services.catalog.store import INDEX_TYPES, CollectionSpec, MilvusStore, default_uri
 from whisperlite.services.catalog.store_watch import StoreWatch, StoreWatchSettings
@@ -148,7 +147,7 @@ def build_catalog(args: argparse.Namespace) -> Catalog:
     if args.ann_ef < 1:
         raise SystemExit(f"catalog: ann-ef: must be at least 1, got {args.ann_ef}")
     try:
-        graph = GraphSettings(min_rows=args.ann_min_rows, ef_search=args.ann_ef) if args.ann_min_rows else None
+        graph = GraphSettings(min_rows=args.ann_min_rows, ef_search=args.ann_ef, threads=args.blas_threads) if args.ann_min_rows else None
         return Catalog(
             store,
             embedder,
@@ -203,7 +202,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.blas_threads < 1:
         raise SystemExit(f"catalog: blas-threads: must be at least 1, got {args.blas_threads}")
     threadpool_limits(args.blas_threads, user_api="blas")
-    set_graph_threads(args.blas_threads)
     configure_logging(args.log_level, service="catalog")
     start_tracing("catalog")
     try:

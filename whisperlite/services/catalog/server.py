@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     store.add_argument(
         "--search-index", choices=SEARCH_INDEXES, default=env_str(f"{PREFIX}_SEARCH_INDEX", "auto"),
         help=(
-            "where searches run: memory (an exact index in this process, built from the store at start-up), milvus, or auto: "
+            "where searches run: memory (an index in this process, built from the store at start-up; see --ann-min-rows), milvus, or auto: "
             f"memory on the embedded milvus-lite store, milvus on a server, which other replicas may write (env {PREFIX}_SEARCH_INDEX)"
         ),
     )

@@ -109,6 +109,33 @@ def test_train_writes_a_versioned_model_directory_the_ranker_can_load(amazon, ca
     assert model.n_users == len(users)
 
 
+def test_train_without_validation_cases_trains_every_epoch_and_keeps_the_last(prepared, cache_dir, tmp_path):
+    """One interaction per user (as one anonymous review each): nothing to hold out, choose or stop on."""
+    data = prepared("amazon_clothing_2014_msl")
+    single = data.interactions.sort_values("timestamp", kind="stable").groupby("user_id").head(1).iloc[:80]
+    directory = tmp_path / "single"
+    directory.mkdir()
+    data.items[data.items["item_id"].isin(single["item_id"])].to_csv(directory / "items.csv", index=False)
+    single.to_csv(directory / "interactions.csv", index=False)
+    (directory / "dataset.json").write_text(json.dumps({**data.info, "name": "one_interaction_each"}))
+    models = tmp_path / "models"
+    done = subprocess.run(
+        [sys.executable, "-m", "whisperlite.trainer", "train", "--data", str(directory), "--out", str(models), "--max-epochs", "3",
+         "--cache-dir", str(cache_dir), "--quiet"],
+        cwd=REPO, check=True, timeout=600, capture_output=True, text=True,
+    )
+    assert "(best epoch 3): no validation cases, the last epoch kept" in done.stdout
+    assert "no validation cases" in done.stderr  # the warning says what happens instead
+    manifest = json.loads((next(models.iterdir()) / "manifest.json").read_text())
+    metrics = manifest["metrics"]
+    assert metrics["validation"] == {} and metrics["best_epoch"] == metrics["epochs"] == len(manifest["history"]) == 3
+    # taste auto: only its first candidate trains; sequence auto: no part without validation to choose it on
+    assert "selection" not in metrics and manifest["config"]["train"]["taste"] == "mean"
+    assert "sequence" not in manifest and "sequence" not in metrics
+    model = PersonalizationModel.load(models)
+    assert model.n_users == len(single)
+
+
 def test_evaluate_cli_with_a_given_model(amazon, cache_dir, tmp_path):
     models, out = tmp_path / "models", tmp_path / "evaluation"
     common = ["--data", str(amazon), "--cache-dir", str(cache_dir), "--max-epochs", "2", "--user-table", "off", "--quiet"]

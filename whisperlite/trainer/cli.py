@@ -146,11 +146,8 @@ def _run_train(args: argparse.Namespace) -> int:
     if rank == 0:
         directory = save_model_dir(result, args.out)
         metrics = result.model.manifest["metrics"]["validation"]
-        print(
-            f"trained {result.model.version} in {time.perf_counter() - started:.1f}s "
-            f"(best epoch {result.best_epoch}): validation "
-            + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-        )
+        validation = ("validation " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())) if metrics else "no validation cases, the last epoch kept"
+        print(f"trained {result.model.version} in {time.perf_counter() - started:.1f}s (best epoch {result.best_epoch}): {validation}")
         print(f"model directory: {directory}")
     if distributed:
         dist.destroy_process_group()

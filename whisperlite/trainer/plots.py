@@ -24,13 +24,15 @@ def plot_training_curves(history: list[dict], path: str | Path, title: str = "")
     left.set_xlabel("epoch")
     left.set_ylabel("training loss")
     left.legend()
-    for metric in METRICS:
-        key = f"val_{metric}"
-        if history and key in history[0]:
-            right.plot(epochs, [row[key] for row in history], marker="o", label=metric)
+    validated = [metric for metric in METRICS if history and f"val_{metric}" in history[0]]
+    for metric in validated:
+        right.plot(epochs, [row[f"val_{metric}"] for row in history], marker="o", label=metric)
     right.set_xlabel("epoch")
     right.set_ylabel("validation")
-    right.legend()
+    if validated:
+        right.legend()
+    else:  # a dataset without validation cases: say so rather than draw empty axes
+        right.text(0.5, 0.5, "no validation cases", ha="center", va="center", transform=right.transAxes)
     fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -290,18 +290,35 @@ def train_model(experiment: Experiment, config: TrainConfig, name: str | None = 
     """Train on the train split, early-stopped on validation Recall@10. Settings left "auto" expand to
     candidates (`candidate_configs`): each trains `select_epochs` epochs, the best on validation
     Recall@10 continues to `max_epochs`. Then, unless `sequence` is "off", the SASRec sequence part is
-    trained and kept where validation prefers the fusion (always with "on")."""
-    result = _train_network(experiment, config, name or experiment.dataset.name, progress)
+    trained and kept where validation prefers the fusion (always with "on").
+
+    A dataset without validation cases (no user has enough interactions to hold one out, e.g. one
+    review per anonymous user) has nothing to choose or stop on: the network trains every epoch and
+    keeps the last, "auto" settings take their first candidate, and "auto" ships no sequence part."""
+    name = name or experiment.dataset.name
+    if not has_validation(experiment):
+        log.warning(
+            "%s: no validation cases (no user has enough interactions to hold one out): the network trains all %d epochs "
+            "and keeps the last; settings left auto take their first candidate; no sequence part unless --sequence on",
+            name, config.max_epochs,
+        )
+    result = _train_network(experiment, config, name, progress)
     model = result.model
-    if model is not None and config.sequence != "off":
+    if model is not None and (config.sequence == "on" or (config.sequence == "auto" and has_validation(experiment))):
         sasrec = SASRecConfig(max_epochs=config.sequence_epochs, validation_cases=config.validation_cases, seed=config.seed,
                               device=config.device)
         model.manifest["metrics"]["sequence"] = fit_sequence_part(model, experiment, sasrec, progress, forced=config.sequence == "on")
     return result
 
 
+def has_validation(experiment: Experiment) -> bool:
+    return len(experiment.split.validation) > 0
+
+
 def _train_network(experiment: Experiment, config: TrainConfig, name: str, progress: bool) -> TrainResult:
     candidates = candidate_configs(config)
+    if not has_validation(experiment):
+        candidates = dict([next(iter(candidates.items()))])
     if len(candidates) == 1:
         run = TrainingRun(experiment, next(iter(candidates.values())), name, progress)
         run.advance(config.max_epochs)
@@ -523,8 +540,11 @@ class EarlyStopping:
         self.patience = patience
         self.recall, self.epoch, self.state, self.metrics = -1.0, 0, None, {}
 
-    def update(self, epoch: int, metrics: dict, network: nn.Module) -> bool:
-        """Records this epoch's validation; True when training should stop."""
+    def update(self, epoch: int, metrics: dict | None, network: nn.Module) -> bool:
+        """Records this epoch's validation (None: there is none, so the latest epoch is kept); True when training should stop."""
+        if metrics is None:
+            self.epoch, self.state = epoch, copy.deepcopy(network.state_dict())
+            return False
         if metrics["recall@10"] > self.recall:
             self.recall, self.epoch, self.metrics = metrics["recall@10"], epoch, metrics
             self.state = copy.deepcopy(network.state_dict())
@@ -599,8 +619,12 @@ class TrainingRun:
             row = {"epoch": epoch, **{f"train_{k}": v for k, v in losses.items()}}
             stop = False
             if self.rank == 0:
-                metrics = _validate_epoch(self.network, self.experiment, config, self.name, epoch, row,
-                                          self._started - self.seconds, self.progress)
+                metrics = None
+                if has_validation(self.experiment):
+                    metrics = _validate_epoch(self.network, self.experiment, config, self.name, epoch, row,
+                                              self._started - self.seconds, self.progress)
+                else:
+                    log.info("%s epoch %d: loss %.4f (no validation cases)", self.name, epoch, row["train_loss"])
                 stop = self.early_stopping.update(epoch, metrics, self.network)
             self.history.append(row)
             if self.distributed:

@@ -109,19 +109,23 @@ def test_train_writes_a_versioned_model_directory_the_ranker_can_load(amazon, ca
     assert model.n_users == len(users)
 
 
-def test_train_without_validation_cases_trains_every_epoch_and_keeps_the_last(prepared, cache_dir, tmp_path):
-    """One interaction per user (as one anonymous review each): nothing to hold out, choose or stop on."""
+@pytest.fixture(scope="module")
+def one_interaction_each(prepared, tmp_path_factory):
+    """80 users with one interaction each (as anonymous reviews are): nothing to hold out, choose or stop on."""
     data = prepared("amazon_clothing_2014_msl")
     single = data.interactions.sort_values("timestamp", kind="stable").groupby("user_id").head(1).iloc[:80]
-    directory = tmp_path / "single"
-    directory.mkdir()
+    directory = tmp_path_factory.mktemp("one-interaction-each")
     data.items[data.items["item_id"].isin(single["item_id"])].to_csv(directory / "items.csv", index=False)
     single.to_csv(directory / "interactions.csv", index=False)
     (directory / "dataset.json").write_text(json.dumps({**data.info, "name": "one_interaction_each"}))
+    return directory
+
+
+def test_train_without_validation_cases_trains_every_epoch_and_keeps_the_last(one_interaction_each, cache_dir, tmp_path):
     models = tmp_path / "models"
     done = subprocess.run(
-        [sys.executable, "-m", "whisperlite.trainer", "train", "--data", str(directory), "--out", str(models), "--max-epochs", "3",
-         "--cache-dir", str(cache_dir), "--quiet"],
+        [sys.executable, "-m", "whisperlite.trainer", "train", "--data", str(one_interaction_each), "--out", str(models),
+         "--max-epochs", "3", "--cache-dir", str(cache_dir), "--quiet"],
         cwd=REPO, check=True, timeout=600, capture_output=True, text=True,
     )
     assert "(best epoch 3): no validation cases, the last epoch kept" in done.stdout
@@ -132,8 +136,18 @@ def test_train_without_validation_cases_trains_every_epoch_and_keeps_the_last(pr
     # taste auto: only its first candidate trains; sequence auto: no part without validation to choose it on
     assert "selection" not in metrics and manifest["config"]["train"]["taste"] == "mean"
     assert "sequence" not in manifest and "sequence" not in metrics
-    model = PersonalizationModel.load(models)
-    assert model.n_users == len(single)
+    assert PersonalizationModel.load(models).n_users == 80
+
+
+def test_evaluate_without_test_cases_says_so_and_writes_nothing(one_interaction_each, cache_dir, tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "whisperlite.trainer", "evaluate", "--data", str(one_interaction_each), "--out", str(tmp_path / "out"),
+         "--cache-dir", str(cache_dir), "--quiet"],
+        cwd=REPO, timeout=600, capture_output=True, text=True,
+    )
+    assert done.returncode == 2
+    assert "error: one_interaction_each: no test cases: no user has 3 or more interactions (80 users, 80 interactions); nothing to evaluate" in done.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_evaluate_cli_with_a_given_model(amazon, cache_dir, tmp_path):

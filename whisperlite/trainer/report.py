@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from whisperlite.core.dataset import data_hash, load_dataset
-from whisperlite.trainer.split import DEFAULT_MIN_INTERACTIONS, temporal_split
+from whisperlite.trainer.split import DEFAULT_MIN_INTERACTIONS, no_test_cases, temporal_split
 from whisperlite.trainer.evaluate import BASELINES, METHODS, _jsonable, evaluate, markdown_table
 from whisperlite.trainer.train import TrainConfig
 
@@ -72,12 +72,9 @@ def evaluate_all(
             continue
         # The split is cheap, embedding is not: find out first whether there is anything to test.
         dataset = load_dataset(data_dir)
-        split = temporal_split(dataset, min_interactions)
-        if len(split.test) == 0:
-            skipped[name] = (
-                f"no test cases: no user has {min_interactions} or more interactions "
-                f"({dataset.interactions['user_id'].nunique()} users, {len(dataset.interactions)} interactions)"
-            )
+        reason = no_test_cases(dataset, temporal_split(dataset, min_interactions))
+        if reason:
+            skipped[name] = reason
             continue
         started = time.perf_counter()
         experiment = experiment_factory(data_dir)

@@ -42,6 +42,15 @@ class Split:
         return seen
 
 
+def no_test_cases(dataset: Dataset, split: Split) -> str | None:
+    """Why the split holds no test case to evaluate on, or None when it holds some."""
+    if len(split.test):
+        return None
+    interactions = dataset.interactions
+    return (f"no test cases: no user has {split.min_interactions} or more interactions "
+            f"({interactions['user_id'].nunique()} users, {len(interactions)} interactions)")
+
+
 def temporal_split(dataset: Dataset, min_interactions: int = DEFAULT_MIN_INTERACTIONS) -> Split:
     if min_interactions < 3:
         raise ValueError(f"min_interactions: must be >= 3 (train, validation and test), got {min_interactions}")

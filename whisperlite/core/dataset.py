@@ -146,14 +146,25 @@ def read_items(data_dir: str | os.PathLike) -> pd.DataFrame:
 
 
 def read_interactions(data_dir: str | os.PathLike) -> pd.DataFrame:
-    """interactions.csv with string ids and requests and int64 timestamps (unreadable ones 0), in file order."""
+    """interactions.csv with string ids and requests and int64 timestamps (blank ones 0), in file order.
+
+    A timestamp that is not a number is refused (ValueError naming its line): read as 0 it would
+    silently reorder the user's sequence, and the split is by time."""
     path = Path(data_dir) / INTERACTIONS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} missing: prepare the dataset with `whisperlite data prepare`")
-    frame = pd.read_csv(path, dtype={"user_id": str, "item_id": str, "request": str}, keep_default_na=False)
+    frame = pd.read_csv(path, dtype={"user_id": str, "item_id": str, "request": str, "timestamp": str}, keep_default_na=False)
+    missing = [column for column in ("user_id", "item_id", "timestamp") if column not in frame]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {', '.join(missing)} (user_id,item_id,timestamp[,request]; timestamp in unix seconds)")
     if "request" not in frame:
         frame["request"] = ""
-    frame["timestamp"] = pd.to_numeric(frame["timestamp"], errors="coerce").fillna(0).astype("int64")
+    parsed = pd.to_numeric(frame["timestamp"], errors="coerce")
+    unreadable = parsed.isna() & frame["timestamp"].str.strip().ne("")
+    if unreadable.any():
+        row = int(np.flatnonzero(unreadable.to_numpy())[0])
+        raise ValueError(f"{path} line {row + 2}: timestamp {frame['timestamp'].iloc[row]!r} is not unix seconds")
+    frame["timestamp"] = parsed.fillna(0).astype("int64")
     return frame
 
 

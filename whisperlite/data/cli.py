@@ -30,7 +30,7 @@ def _requests(args: argparse.Namespace) -> int:
     how many catalog items each request matches."""
     try:
         items, interactions = read_items(args.data), read_interactions(args.data)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, ValueError) as err:
         print(f"error: data: {err}", file=sys.stderr)
         return 2
     sample = interactions.sample(min(args.sample, len(interactions)), random_state=args.seed).assign(request="")

@@ -138,7 +138,11 @@ def _run_train(args: argparse.Namespace) -> int:
     # Rank 0 fills the embedding cache first; the others then read it.
     if rank != 0:
         dist.barrier()
-    experiment = _experiment(args, args.data)
+    try:
+        experiment = _experiment(args, args.data)
+    except (FileNotFoundError, ValueError) as err:  # a dataset that is missing or unusable: say why, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if distributed and rank == 0:
         dist.barrier()
     started = time.perf_counter()
@@ -192,12 +196,12 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         return 2
     from whisperlite.core.personalization import PersonalizationModel
 
-    model = PersonalizationModel.load(args.model) if args.model else None
-    experiment = _experiment(args, args.data)
     try:
+        model = PersonalizationModel.load(args.model) if args.model else None
+        experiment = _experiment(args, args.data)
         evaluate(experiment, args.out, model=model, config=config, methods=methods, keep_seen=args.keep_seen,
                  models_out=args.models_out, progress=not args.quiet)
-    except ValueError as err:
+    except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

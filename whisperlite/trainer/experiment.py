@@ -79,6 +79,8 @@ def prepare_experiment(
     without the example's own request (only `TrainConfig.positives="leave_one_out"` trains on them)."""
     dataset = load_dataset(data_dir)
     interactions = dataset.interactions
+    if interactions.empty:
+        raise ValueError(f"{dataset.directory}: no interactions (with an item in items.csv) to learn from")
     if (interactions["request"].str.strip() == "").any():
         interactions = fill_missing_requests(interactions, dataset.items, seed=request_seed)
     else:

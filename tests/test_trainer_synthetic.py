@@ -77,6 +77,13 @@ def test_same_seed_same_model(experiment, trained):
         ({"loss_mix": "half"}, "loss_mix: must be one of"),
         ({"taste_window": 0}, "taste_window: must be at least 1"),
         ({"bias_init": "random"}, "bias_init: must be one of"),
+        ({"max_epochs": 0}, "max_epochs: must be at least 1, got 0"),
+        ({"batch_size": -5}, "batch_size: must be at least 1, got -5"),
+        ({"lr": float("nan")}, "lr: must be a finite number, got nan"),
+        ({"temperature": 0.0}, "temperature: must be > 0, got 0.0"),
+        ({"validation_cases": -1}, "validation_cases: must be >= 0, got -1"),
+        ({"no_user_rate": 1.5}, "no_user_rate: must be between 0 and 1, got 1.5"),
+        ({"weight_decay": float("inf")}, "weight_decay: must be a finite number, got inf"),
     ],
 )
 def test_bad_config_is_rejected(changes, message):

@@ -64,6 +64,11 @@ LOSS_MIXES = ("auto", "given")
 POSITIVES = ("leave_one_out", "catalog")
 BIAS_INITS = ("zero", "calibrated")
 SEQUENCE_MODES = ("auto", "on", "off")
+# Numeric settings by the range a run can use; each also must be finite.
+AT_LEAST_ONE = ("hidden", "negatives_per_sampler", "hard_pool", "batch_size", "max_epochs", "patience", "sequence_epochs", "taste_window")
+ABOVE_ZERO = ("logit_scale", "temperature", "lr", "user_lr")
+AT_LEAST_ZERO = ("taste_weight", "bce_weight", "contrastive_weight", "weight_decay", "residual_l2", "validation_cases", "select_epochs", "seed")
+SHARES = ("dropout", "user_dropout", "no_user_rate")
 
 
 @dataclass
@@ -126,6 +131,7 @@ class TrainConfig:
     device: str = "auto"
 
     def __post_init__(self):
+        self._check_ranges()
         self.negatives = tuple(self.negatives)
         unknown = [s for s in self.negatives if s not in SAMPLERS]
         if unknown:
@@ -140,18 +146,27 @@ class TrainConfig:
             raise ValueError(f"taste: must be one of {', '.join(TASTE_MODES)}, got {self.taste!r}")
         if self.loss_mix not in LOSS_MIXES:
             raise ValueError(f"loss_mix: must be one of {', '.join(LOSS_MIXES)}, got {self.loss_mix!r}")
-        if self.taste_window < 1:
-            raise ValueError(f"taste_window: must be at least 1, got {self.taste_window}")
         if self.bias_init not in BIAS_INITS:
             raise ValueError(f"bias_init: must be one of {', '.join(BIAS_INITS)}, got {self.bias_init!r}")
         if self.sequence not in SEQUENCE_MODES:
             raise ValueError(f"sequence: must be one of {', '.join(SEQUENCE_MODES)}, got {self.sequence!r}")
-        if self.sequence_epochs < 1:
-            raise ValueError(f"sequence_epochs: must be at least 1, got {self.sequence_epochs}")
-        if self.select_epochs < 0:
-            raise ValueError(f"select_epochs: must be >= 0, got {self.select_epochs}")
         if self.bce_weight > 0 and not self.negatives:
             raise ValueError("negatives: BCE needs at least one negative sampler")
+
+    def _check_ranges(self) -> None:
+        for name in AT_LEAST_ONE + ABOVE_ZERO + AT_LEAST_ZERO + SHARES + ("popularity_power",):
+            value = getattr(self, name)
+            if not math.isfinite(value):
+                raise ValueError(f"{name}: must be a finite number, got {value}")
+        for names, bad, rule in (
+            (AT_LEAST_ONE, lambda v: v < 1, "must be at least 1"),
+            (ABOVE_ZERO, lambda v: v <= 0, "must be > 0"),
+            (AT_LEAST_ZERO, lambda v: v < 0, "must be >= 0"),
+            (SHARES, lambda v: not 0 <= v <= 1, "must be between 0 and 1"),
+        ):
+            for name in names:
+                if bad(getattr(self, name)):
+                    raise ValueError(f"{name}: {rule}, got {getattr(self, name)}")
 
     def network_kwargs(self) -> dict:
         if self.taste == "auto":

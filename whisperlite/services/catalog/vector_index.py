@@ -174,13 +174,16 @@ class VectorIndex:
 
     def _publish(self, snapshot: _Snapshot) -> None:
         pending = snapshot.size - snapshot.grouped_rows + len(snapshot.dead)
-        if pending > max(self._compact_min_rows, self._compact_fraction * snapshot.live):
+        compact = pending > max(self._compact_min_rows, self._compact_fraction * snapshot.live)
+        if compact:
             snapshot = self._compact(snapshot)
-            self._want_graph(snapshot)
         self._snapshot = snapshot
+        if compact:  # after the publish: a builder finishing at once must find its layout current
+            self._want_graph(snapshot)
 
     def _want_graph(self, snapshot: _Snapshot) -> None:
-        """Asks for a graph of this layout; one builder thread works through the newest wanted layout."""
+        """Asks for a graph of this (just published) layout; one builder thread works through the newest wanted layout."""
+        self._graph = None  # an older layout's: never walked again, and it holds a copy of every vector
         settings = self._graph_settings
         if settings is None or snapshot.grouped_rows < settings.min_rows:
             return

@@ -79,7 +79,7 @@ def test_filtered_searches_stay_exact_beside_the_graph(indexed):
 
 
 def test_dead_replaced_and_excluded_rows_never_come_back_and_new_rows_are_found(indexed):
-    index, model, rng = indexed
+    index, _, rng = indexed
     queries = unit_rows(rng, 20)
     first = index.search_many(queries, 5, SearchFilter())
     deleted = {hits[0].record.item_id for hits in first}

@@ -136,6 +136,47 @@ def test_detailed_hits_bound_the_hits_that_carry_their_item(stub, stocked):
     assert all(h.item == common_pb2.Item(item_id=h.item.item_id) for h in slim[2:])  # the id alone
 
 
+def explain(*vectors) -> list[catalog_pb2.ExplainVector]:
+    return [catalog_pb2.ExplainVector(values=v) for v in vectors]
+
+
+def test_explain_vectors_give_each_detailed_hit_its_dot_products_instead_of_its_vector(stub, stocked):
+    query, taste = vec(1, 0), [0.5, -2.0, *([1.0] * (DIM - 2))]  # not normalized: products, not cosines
+    full = stub.Search(catalog_pb2.SearchRequest(vector=query, top_k=4, include_vectors=True), timeout=30).hits
+    explained = stub.Search(
+        catalog_pb2.SearchRequest(vector=query, top_k=4, detailed_hits=3, explain=explain(query, taste)), timeout=30,
+    ).hits
+    assert [(h.item.item_id, h.score) for h in explained] == [(h.item.item_id, h.score) for h in full]
+    for hit, reference in zip(explained[:3], full[:3], strict=True):
+        stored = np.asarray(reference.item.vector, dtype=np.float32)
+        np.testing.assert_allclose(hit.explain_scores, [stored @ np.float32(query), stored @ np.float32(taste)], rtol=1e-5, atol=1e-6)
+        assert not hit.item.vector and hit.item.title == reference.item.title  # the item, without its vector
+    assert not explained[3].explain_scores and explained[3].item == common_pb2.Item(item_id=explained[3].item.item_id)
+    both = stub.SearchBatch(catalog_pb2.SearchBatchRequest(searches=[
+        catalog_pb2.SearchRequest(vector=query, top_k=2, include_vectors=True, explain=explain(taste)),
+        catalog_pb2.SearchRequest(vector=query, top_k=2),
+    ]), timeout=30).responses
+    assert [list(h.item.vector) for h in both[0].hits] == [list(h.item.vector) for h in full[:2]]  # asked for both: both
+    np.testing.assert_allclose([h.explain_scores[0] for h in both[0].hits], [explained[0].explain_scores[1], explained[1].explain_scores[1]], rtol=1e-6)
+    assert not any(h.explain_scores or h.item.vector for h in both[1].hits)  # a search of the same batch without them
+
+
+@pytest.mark.parametrize(
+    ("explain_vectors", "message"),
+    [
+        ([[1.0, 2.0]], "explain[0]: must have 8 values (the catalog's dimension), got 2"),
+        ([vec(1), [math.nan] * DIM], "explain[1]: values must be finite"),
+        ([vec(1)] * 5, "explain: at most 4 vectors, got 5"),
+    ],
+)
+def test_bad_explain_vectors_are_invalid_argument(stub, stocked, explain_vectors, message):
+    code, details = status_of(stub.Search, catalog_pb2.SearchRequest(vector=vec(1), top_k=3, explain=explain(*explain_vectors)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details == message, details
+    code, details = status_of(stub.SearchBatch, catalog_pb2.SearchBatchRequest(
+        searches=[catalog_pb2.SearchRequest(vector=vec(1), top_k=3, explain=explain(*explain_vectors))]))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details == f"searches[0].{message}", details
+
+
 @pytest.mark.parametrize(
     ("searches", "field"),
     [
@@ -358,3 +399,42 @@ async def test_the_ranker_client_falls_back_to_search_on_a_catalog_without_searc
     assert [[(c.item, c.cosine) for c in hits] for hits in via_old] == [[(c.item, c.cosine) for c in hits] for hits in via_batch]
     assert [c.vector is not None for c in via_old[0]] == [True, True, False, False]
     assert [c.item.item_id for c in via_old[1]] == ["dress", "gown"]
+
+
+async def test_the_ranker_client_asks_for_vectors_from_a_catalog_without_explain_scores(vector_catalog, stocked):
+    """A catalog from before SearchRequest.explain, played by a server that drops the field before forwarding
+    to the real catalog: the client finds no explain scores, asks again with vectors, and from then on asks for
+    vectors at once."""
+    from whisperlite.core.clients.catalog import CandidateSearch, CatalogClient
+
+    calls = []
+    async with grpc.aio.insecure_channel(vector_catalog.address) as upstream:
+        real = catalog_pb2_grpc.CatalogServiceStub(upstream)
+
+        class NoExplain(catalog_pb2_grpc.CatalogServiceServicer):
+            async def SearchBatch(self, request, context):
+                calls.append([search.include_vectors for search in request.searches])
+                for search in request.searches:
+                    search.ClearField("explain")
+                return await real.SearchBatch(request, timeout=30)
+
+        server = grpc.aio.server()
+        catalog_pb2_grpc.add_CatalogServiceServicer_to_server(NoExplain(), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        query = np.asarray(vec(1, 0), dtype=np.float32)
+        search = CandidateSearch(query, 4, common_pb2.ItemFilter(), detailed_hits=2, explain=(query,))
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as old:
+                client = CatalogClient(old, 30)
+                first, second = await client.search_batch([search]), await client.search_batch([search])
+            current = await CatalogClient(upstream, 30).search_batch([search])
+        finally:
+            await server.stop(None)
+    assert calls == [[False], [True], [True]]
+    for found in (first, second):
+        assert [c.vector is not None for c in found[0]] == [True, True, False, False]
+        assert all(c.explain_scores is None for c in found[0])
+    assert [(c.item, c.cosine) for c in first[0]] == [(c.item, c.cosine) for c in current[0]]
+    assert [c.vector is None and c.explain_scores is not None for c in current[0][:2]] == [True, True]
+    np.testing.assert_allclose([c.explain_scores[0] for c in current[0][:2]], [c.vector @ query for c in first[0][:2]], rtol=1e-6)

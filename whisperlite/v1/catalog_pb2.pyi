@@ -184,6 +184,7 @@ class SearchRequest(_message.Message):
     FILTER_FIELD_NUMBER: _builtins.int
     INCLUDE_VECTORS_FIELD_NUMBER: _builtins.int
     DETAILED_HITS_FIELD_NUMBER: _builtins.int
+    EXPLAIN_FIELD_NUMBER: _builtins.int
     top_k: _builtins.int
     """Number of hits wanted: 1 to the server's cap."""
     include_vectors: _builtins.bool
@@ -201,6 +202,13 @@ class SearchRequest(_message.Message):
     def filter(self) -> _common_pb2.ItemFilter:
         """Restrictions on the hits."""
 
+    @_builtins.property
+    def explain(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExplainVector]:
+        """At most 4 vectors of the catalog's dimension (finite values, not normalized): each detailed hit
+        carries its vector's dot product with each of them in explain_scores, in this order. A caller
+        that needs only such products (the ranker's explanations of its items) then needs no vectors.
+        """
+
     def __init__(
         self,
         *,
@@ -209,14 +217,39 @@ class SearchRequest(_message.Message):
         filter: _common_pb2.ItemFilter | None = ...,
         include_vectors: _builtins.bool = ...,
         detailed_hits: _builtins.int = ...,
+        explain: _abc.Iterable[Global___ExplainVector] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["detailed_hits", b"detailed_hits", "filter", b"filter", "include_vectors", b"include_vectors", "top_k", b"top_k", "vector", b"vector"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detailed_hits", b"detailed_hits", "explain", b"explain", "filter", b"filter", "include_vectors", b"include_vectors", "top_k", b"top_k", "vector", b"vector"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SearchRequest: _TypeAlias = SearchRequest  # noqa: Y015
+
+@_typing.final
+class ExplainVector(_message.Message):
+    """A vector to take dot products with (SearchRequest.explain)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALUES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """The vector's components, as many as the catalog's dimension."""
+
+    def __init__(
+        self,
+        *,
+        values: _abc.Iterable[_builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExplainVector: _TypeAlias = ExplainVector  # noqa: Y015
 
 @_typing.final
 class SearchHit(_message.Message):
@@ -226,21 +259,29 @@ class SearchHit(_message.Message):
 
     ITEM_FIELD_NUMBER: _builtins.int
     SCORE_FIELD_NUMBER: _builtins.int
+    EXPLAIN_SCORES_FIELD_NUMBER: _builtins.int
     score: _builtins.float
     """Cosine similarity between the query vector and the item's vector."""
     @_builtins.property
     def item(self) -> _common_pb2.Item:
         """The item."""
 
+    @_builtins.property
+    def explain_scores(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """For a detailed hit, the dot product of the item's vector with each of the request's explain
+        vectors, in their order; empty for the others. A catalog older than this field leaves it empty.
+        """
+
     def __init__(
         self,
         *,
         item: _common_pb2.Item | None = ...,
         score: _builtins.float = ...,
+        explain_scores: _abc.Iterable[_builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["item", b"item", "score", b"score"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["explain_scores", b"explain_scores", "item", b"item", "score", b"score"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -18,7 +18,8 @@ from whisperlite.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2
 class Candidate:
     item: common_pb2.Item  # without its vector; past the detailed hits, only its item_id
     cosine: float  # cosine similarity of the item and the query vector (the catalog's score)
-    vector: np.ndarray | None  # None past the detailed hits
+    vector: np.ndarray | None  # past the detailed hits, and for a search with explain vectors: None
+    explain_scores: np.ndarray | None = None  # a detailed hit's dot products with the search's explain vectors
 
 
 @dataclass(frozen=True)
@@ -27,10 +28,13 @@ class CandidateSearch:
     top_k: int
     item_filter: common_pb2.ItemFilter
     detailed_hits: int = 0  # hits, from the best, that come with their item and vector (0: all)
+    # Vectors whose dot products with each detailed hit come back instead of the hits' vectors.
+    explain: tuple[np.ndarray, ...] = ()
 
-    def request(self) -> catalog_pb2.SearchRequest:
+    def request(self, vectors: bool) -> catalog_pb2.SearchRequest:
         return catalog_pb2.SearchRequest(
-            vector=self.vector.tolist(), top_k=self.top_k, filter=self.item_filter, include_vectors=True, detailed_hits=self.detailed_hits
+            vector=self.vector.tolist(), top_k=self.top_k, filter=self.item_filter, include_vectors=vectors,
+            detailed_hits=self.detailed_hits, explain=[catalog_pb2.ExplainVector(values=v.tolist()) for v in self.explain],
         )
 
 
@@ -40,6 +44,7 @@ class CatalogClient:
         self._timeout = timeout_seconds
         self._service = f"catalog at {address}" if address else "catalog"
         self._batch_search = True  # until a catalog from before SearchBatch answers UNIMPLEMENTED
+        self._explains = True  # until a catalog from before SearchRequest.explain answers without explain_scores
 
     async def stats(self) -> catalog_pb2.GetStatsResponse:
         """Waits for a catalog that is not reachable yet; a catalog still opening answers UNAVAILABLE,
@@ -58,16 +63,23 @@ class CatalogClient:
         return response.upserted_count
 
     async def search(self, search: CandidateSearch) -> list[Candidate]:
-        try:
-            response = await self._stub.Search(search.request(), timeout=self._timeout, metadata=outgoing_metadata())
-        except grpc.aio.AioRpcError as error:
-            raise downstream_error(self._service, "Search", error) from None
-        return _candidates(response)
+        return (await self.search_batch([search]))[0]
 
     async def search_batch(self, searches: Sequence[CandidateSearch]) -> list[list[Candidate]]:
-        """Several searches in one call (SearchBatch), or one Search each from a catalog that predates it."""
+        """Several searches in one call (SearchBatch), or one Search each from a catalog that predates it.
+
+        A search with explain vectors gets its detailed hits' dot products instead of their vectors; a
+        catalog that predates them answers without (once: then this client asks for vectors instead)."""
+        vectors = not self._explains or not any(search.explain for search in searches)
+        found = await self._search_batch(searches, vectors)
+        if not vectors and any(hits and hits[0].explain_scores is None for hits in found):
+            self._explains = False
+            found = await self._search_batch(searches, vectors=True)
+        return found
+
+    async def _search_batch(self, searches: Sequence[CandidateSearch], vectors: bool) -> list[list[Candidate]]:
         if self._batch_search:
-            request = catalog_pb2.SearchBatchRequest(searches=[search.request() for search in searches])
+            request = catalog_pb2.SearchBatchRequest(searches=[search.request(vectors) for search in searches])
             try:
                 response = await self._stub.SearchBatch(request, timeout=self._timeout, metadata=outgoing_metadata())
                 return [_candidates(part) for part in response.responses]
@@ -75,7 +87,14 @@ class CatalogClient:
                 if error.code() != grpc.StatusCode.UNIMPLEMENTED:
                     raise downstream_error(self._service, "SearchBatch", error) from None
                 self._batch_search = False
-        return list(await asyncio.gather(*(self.search(search) for search in searches)))
+        return list(await asyncio.gather(*(self._search_one(search, vectors) for search in searches)))
+
+    async def _search_one(self, search: CandidateSearch, vectors: bool) -> list[Candidate]:
+        try:
+            response = await self._stub.Search(search.request(vectors), timeout=self._timeout, metadata=outgoing_metadata())
+        except grpc.aio.AioRpcError as error:
+            raise downstream_error(self._service, "Search", error) from None
+        return _candidates(response)
 
     async def items(self, item_ids: list[str]) -> list[common_pb2.Item]:
         """The items the catalog knows, with their vectors (unknown ids are skipped: an item may have been deleted)."""
@@ -100,5 +119,6 @@ def _candidates(response: catalog_pb2.SearchResponse) -> list[Candidate]:
         item = hit.item  # the response is ours: its items lose their vectors instead of being copied
         vector = np.asarray(item.vector, dtype=np.float32) if item.vector else None
         item.ClearField("vector")
-        candidates.append(Candidate(item=item, cosine=hit.score, vector=vector))
+        explain = np.asarray(hit.explain_scores, dtype=np.float32) if hit.explain_scores else None
+        candidates.append(Candidate(item=item, cosine=hit.score, vector=vector, explain_scores=explain))
     return candidates

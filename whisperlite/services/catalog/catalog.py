@@ -32,7 +32,9 @@ import numpy as np
 from whisperlite.services.catalog import metrics
 from whisperlite.services.catalog.embedding import ItemEmbedder
 from whisperlite.services.catalog.filters import SearchFilter
-from whisperlite.services.catalog.items import ItemRecord, SearchHit, can_be_stored_id, records_from_request, validate_ids, validate_vector
+from whisperlite.services.catalog.items import (
+    ItemRecord, SearchHit, can_be_stored_id, records_from_request, validate_explain, validate_ids, validate_vector,
+)
 from whisperlite.services.catalog.store import CollectionInfo, CollectionSpec, MilvusStore, is_local_uri
 from whisperlite.services.catalog.graph_index import GraphSettings
 from whisperlite.services.catalog.vector_index import VectorIndex
@@ -76,6 +78,7 @@ class SearchQuery:
     search_filter: SearchFilter
     include_vectors: bool = False
     detailed_hits: int = 0  # hits, from the best, that carry their record (0: all)
+    explain: Sequence[Sequence[float]] = ()  # vectors whose dot products with each detailed hit come back
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,21 @@ class Stats:
     dimension: int
     encoder_model: str
     collection: str
+
+
+def _explained(hits: list[SearchHit], explain: np.ndarray, keep_vectors: bool) -> list[SearchHit]:
+    """The hits with each detailed one's dot products with the explain vectors; vectors kept only when asked for."""
+    detailed = [i for i, hit in enumerate(hits) if hit.record.vector is not None]
+    if not detailed:
+        return hits
+    products = np.stack([hits[i].record.vector for i in detailed]) @ explain.T
+    out = list(hits)
+    for row, i in enumerate(detailed):
+        record = hits[i].record
+        if not keep_vectors:
+            record.vector = None  # a fresh record of this search: the store and the index hand out copies
+        out[i] = SearchHit(record=record, score=hits[i].score, explain_scores=products[row])
+    return out
 
 
 class Catalog:
@@ -346,9 +364,10 @@ class Catalog:
         return await self._write(self._store.delete, VectorIndex.delete, ids)
 
     async def search(
-        self, vector: Sequence[float], top_k: int, search_filter: SearchFilter, include_vectors: bool = False, detailed_hits: int = 0
+        self, vector: Sequence[float], top_k: int, search_filter: SearchFilter, include_vectors: bool = False, detailed_hits: int = 0,
+        explain: Sequence[Sequence[float]] = (),
     ) -> list[SearchHit]:
-        return (await self._search([SearchQuery(vector, top_k, search_filter, include_vectors, detailed_hits)], numbered=False))[0]
+        return (await self._search([SearchQuery(vector, top_k, search_filter, include_vectors, detailed_hits, explain)], numbered=False))[0]
 
     async def search_batch(self, queries: Sequence[SearchQuery]) -> list[list[SearchHit]]:
         """The hits of each query, in order; queries that share a filter and sizes go to the store as one search."""
@@ -358,6 +377,7 @@ class Catalog:
         if len(queries) > self._limits.max_batch:
             raise InvalidArgument(f"searches: at most {self._limits.max_batch} per call, got {len(queries)}")
         groups: dict[tuple, list[tuple[int, np.ndarray]]] = {}
+        explains: dict[int, np.ndarray] = {}
         for index, query in enumerate(queries):
             where = f"searches[{index}]." if numbered else ""
             if not 1 <= query.top_k <= self._limits.max_top_k:
@@ -365,20 +385,24 @@ class Catalog:
             if query.detailed_hits < 0:
                 raise InvalidArgument(f"{where}detailed_hits: must be 0 (all hits) or positive, got {query.detailed_hits}")
             vector = validate_vector(query.vector, self.info.dimension, f"{where}vector")
-            key = (query.search_filter, query.top_k, query.include_vectors, query.detailed_hits)
+            explain = validate_explain(query.explain, self.info.dimension, f"{where}explain")
+            if explain is not None:
+                explains[index] = explain
+            key = (query.search_filter, query.top_k, query.include_vectors, query.detailed_hits, explain is not None)
             groups.setdefault(key, []).append((index, vector))
         results: list[list[SearchHit]] = [[] for _ in queries]
         memory_index = self._index  # one searcher for the whole batch, even if a failed write drops the index meanwhile
-        for (search_filter, top_k, include_vectors, detailed_hits), members in groups.items():
+        for (search_filter, top_k, include_vectors, detailed_hits, explained), members in groups.items():
             searcher = memory_index if memory_index is not None else self._store
             strategy = searcher.strategy(search_filter)
             started = time.perf_counter()
             found = await self._on_store(
-                searcher.search_many, np.stack([vector for _, vector in members]), top_k, search_filter, include_vectors, detailed_hits
+                searcher.search_many, np.stack([vector for _, vector in members]), top_k, search_filter, include_vectors or explained,
+                detailed_hits,
             )
             metrics.SEARCH_SECONDS.labels(strategy).observe(time.perf_counter() - started)
             for (index, _), hits in zip(members, found, strict=True):
-                results[index] = hits
+                results[index] = _explained(hits, explains[index], include_vectors) if explained else hits
         return results
 
     async def page(self, page_size: int, page_token: str, include_vectors: bool) -> tuple[list[ItemRecord], str]:

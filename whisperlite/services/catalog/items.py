@@ -46,6 +46,7 @@ class ItemRecord:
 class SearchHit:
     record: ItemRecord
     score: float
+    explain_scores: np.ndarray | None = None  # a detailed hit's dot products with the request's explain vectors
 
 
 def _has_control_characters(value: str) -> bool:
@@ -93,6 +94,26 @@ def validate_vector(values: Sequence[float], dimension: int, name: str) -> np.nd
     if norm == 0.0:
         raise InvalidArgument(f"{name}: must not be all zeros (cosine similarity is undefined)")
     return (wide / norm).astype(np.float32)
+
+
+MAX_EXPLAIN_VECTORS = 4
+
+
+def validate_explain(vectors: Sequence[Sequence[float]], dimension: int, name: str) -> np.ndarray | None:
+    """(k, dimension) float32 of a search's explain vectors (finite, not normalized), None without any."""
+    if not vectors:
+        return None
+    if len(vectors) > MAX_EXPLAIN_VECTORS:
+        raise InvalidArgument(f"{name}: at most {MAX_EXPLAIN_VECTORS} vectors, got {len(vectors)}")
+    rows = []
+    for index, values in enumerate(vectors):
+        vector = np.asarray(values, dtype=np.float32)
+        if vector.shape != (dimension,):
+            raise InvalidArgument(f"{name}[{index}]: must have {dimension} values (the catalog's dimension), got {vector.size}")
+        if not np.isfinite(vector).all():
+            raise InvalidArgument(f"{name}[{index}]: values must be finite")
+        rows.append(vector)
+    return np.stack(rows)
 
 
 def _check_text(value: str, limit: int, name: str) -> None:

@@ -28,7 +28,9 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
 
     async def Search(self, request, context):
         query = _search_query(request)
-        hits = await self._catalog.search(query.vector, query.top_k, query.search_filter, query.include_vectors, query.detailed_hits)
+        hits = await self._catalog.search(
+            query.vector, query.top_k, query.search_filter, query.include_vectors, query.detailed_hits, query.explain
+        )
         return _search_response(request, hits)
 
     async def SearchBatch(self, request, context):
@@ -58,10 +60,17 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
 
 def _search_query(request: catalog_pb2.SearchRequest) -> SearchQuery:
     search_filter = filter_from_proto(request.filter if request.HasField("filter") else None)
-    return SearchQuery(request.vector, request.top_k, search_filter, request.include_vectors, request.detailed_hits)
+    explain = [vector.values for vector in request.explain]
+    return SearchQuery(request.vector, request.top_k, search_filter, request.include_vectors, request.detailed_hits, explain)
 
 
 def _search_response(request: catalog_pb2.SearchRequest, hits: list[SearchHit]) -> catalog_pb2.SearchResponse:
     return catalog_pb2.SearchResponse(
-        hits=[catalog_pb2.SearchHit(item=record_to_proto(hit.record, request.include_vectors), score=hit.score) for hit in hits]
+        hits=[
+            catalog_pb2.SearchHit(
+                item=record_to_proto(hit.record, request.include_vectors), score=hit.score,
+                explain_scores=hit.explain_scores.tolist() if hit.explain_scores is not None else (),
+            )
+            for hit in hits
+        ]
     )

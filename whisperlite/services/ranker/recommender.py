@@ -100,6 +100,20 @@ def _stage(name: str):
         STAGE_SECONDS.labels(name).observe(time.perf_counter() - start)
 
 
+def _detailed(candidate: Candidate) -> bool:
+    """Whether the catalog sent what explaining the item takes: its vector or its explain scores."""
+    return candidate.vector is not None or candidate.explain_scores is not None
+
+
+def _explanation(candidate: Candidate, query_vector: np.ndarray, taste: np.ndarray | None) -> dict[str, float]:
+    """query_match (the item with the request) and personal_affinity (with the taste; 0 without one)."""
+    if candidate.explain_scores is not None:  # the catalog's products with (query, taste), in that order
+        products = candidate.explain_scores
+        return {"query_match": float(products[0]), "personal_affinity": float(products[1]) if taste is not None else 0.0}
+    vector = candidate.vector
+    return {"query_match": float(vector @ query_vector), "personal_affinity": float(vector @ taste) if taste is not None else 0.0}
+
+
 class Recommender:
     def __init__(
         self,
@@ -177,7 +191,7 @@ class Recommender:
                 personalized = self._personalize(model, query_vector, user_id, recent_item_ids, recent_vectors)
 
         with _stage("search"):
-            candidates = await self._search(model, personalized, top_k, item_filter)
+            candidates = await self._search(model, query_vector, personalized, top_k, item_filter)
 
         with _stage("score"):
             items = await self._rank(model, query_vector, personalized, candidates, top_k)
@@ -219,7 +233,7 @@ class Recommender:
             if recent_vectors is None:  # the live model reads no user signal; the candidate may
                 recent_vectors = await self._recent_vectors(candidate, call.user_id, call.recent_item_ids)
             personalized = self._personalize(candidate, call.query_vector, call.user_id, call.recent_item_ids, recent_vectors)
-            found = await self._search(candidate, personalized, call.top_k, call.item_filter)
+            found = await self._search(candidate, call.query_vector, personalized, call.top_k, call.item_filter)
             ranked = await self._rank(candidate, call.query_vector, personalized, found, call.top_k)
         except Exception:  # the caller already has the live answer; a failing candidate must only show in metrics
             SHADOW_OUTCOMES.labels(candidate.version, "failed").inc()
@@ -253,11 +267,11 @@ class Recommender:
     async def _complete(self, chosen: list[tuple[int, Candidate]]) -> list[tuple[int, Candidate]]:
         """Fetches the chosen candidates that came without their item (a fused score picked them past the
         detailed hits); one deleted since the search is dropped."""
-        missing = [candidate.item.item_id for _, candidate in chosen if candidate.vector is None]
+        missing = [candidate.item.item_id for _, candidate in chosen if not _detailed(candidate)]
         fetched = {item.item_id: item for item in await self._catalog.items(missing)}
         complete = []
         for index, candidate in chosen:
-            if candidate.vector is None:
+            if not _detailed(candidate):
                 item = fetched.get(candidate.item.item_id)
                 if item is None:
                     continue
@@ -272,13 +286,16 @@ class Recommender:
         self._query_vectors.put(embeddings.model_name, texts, embeddings.vectors)
         return embeddings.vectors
 
-    async def _search(self, model: PersonalizationModel | None, personalized: PersonalizedQuery, top_k: int,
-                      item_filter: common_pb2.ItemFilter) -> list[Candidate]:
+    async def _search(self, model: PersonalizationModel | None, query_vector: np.ndarray, personalized: PersonalizedQuery,
+                      top_k: int, item_filter: common_pb2.ItemFilter) -> list[Candidate]:
         wanted, detailed = max(self._limits.candidates, top_k), top_k
         if personalized.sequence_state is not None:
             # The fused top items lie mostly, not only, in the cosine's best: those come in full, the rest by id.
             wanted, detailed = max(model.sequence.candidates, top_k), wanted
-        return await self._searches.call(CandidateSearch(personalized.vector, wanted, item_filter, detailed_hits=detailed))
+        # The explanations of the items shown are all the ranker needs of their vectors: the catalog sends
+        # the two dot products instead of 384 floats a hit.
+        explain = (query_vector,) if personalized.taste is None else (query_vector, personalized.taste)
+        return await self._searches.call(CandidateSearch(personalized.vector, wanted, item_filter, detailed_hits=detailed, explain=explain))
 
     async def _rank(self, model: PersonalizationModel | None, query_vector, personalized: PersonalizedQuery,
                     candidates: list[Candidate], top_k: int) -> list[ScoredItem]:
@@ -294,20 +311,12 @@ class Recommender:
             scores = model.score_cosines(cosines)
         # Stable sort keeps the catalog's order among equal scores, so responses are deterministic.
         chosen = [(i, candidates[i]) for i in np.argsort(-scores, kind="stable")[:top_k]]
-        if any(candidate.vector is None for _, candidate in chosen):
+        if not all(_detailed(candidate) for _, candidate in chosen):
             if personalized.sequence_state is None:
                 # The catalog sends the top_k best by cosine in full; a score monotone in it picks those.
                 raise FailedPrecondition("the model's scores do not follow the catalog's cosine order; the ranker cannot serve it")
             chosen = await self._complete(chosen)
-        vectors = np.stack([candidate.vector for _, candidate in chosen])
-        query_match = vectors @ query_vector
-        affinity = vectors @ personalized.taste if personalized.taste is not None else np.zeros(len(chosen))
         return [
-            ScoredItem(
-                item=candidate.item,
-                score=float(scores[i]),
-                query_match=float(query_match[n]),
-                personal_affinity=float(affinity[n]),
-            )
-            for n, (i, candidate) in enumerate(chosen)
+            ScoredItem(item=candidate.item, score=float(scores[i]), **_explanation(candidate, query_vector, personalized.taste))
+            for i, candidate in chosen
         ]

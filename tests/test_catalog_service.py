@@ -165,7 +165,7 @@ def test_explain_vectors_give_each_detailed_hit_its_dot_products_instead_of_its_
     ("explain_vectors", "message"),
     [
         ([[1.0, 2.0]], "explain[0]: must have 8 values (the catalog's dimension), got 2"),
-        ([vec(1), [math.nan] * DIM], "explain[1]: values must be finite"),
+        ([vec(1), [math.nan] * DIM], "explain[1]: values must be finite, got nan at position 0"),
         ([vec(1)] * 5, "explain: at most 4 vectors, got 5"),
     ],
 )

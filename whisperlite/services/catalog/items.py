@@ -79,8 +79,8 @@ def can_be_stored_category(category: str) -> bool:
     return len(category) <= MAX_CATEGORY_CHARS and not _has_control_characters(category)
 
 
-def validate_vector(values: Sequence[float], dimension: int, name: str) -> np.ndarray:
-    """Checks length and finiteness and returns the L2-normalized float32 vector."""
+def _finite_floats(values: Sequence[float], dimension: int, name: str) -> np.ndarray:
+    """The values as float32, checked for the catalog's dimension and finiteness."""
     vector = np.asarray(values, dtype=np.float32)
     if vector.shape != (dimension,):
         raise InvalidArgument(f"{name}: must have {dimension} values (the catalog's dimension), got {vector.size}")
@@ -88,6 +88,12 @@ def validate_vector(values: Sequence[float], dimension: int, name: str) -> np.nd
     if not finite.all():
         position = int(np.flatnonzero(~finite)[0])
         raise InvalidArgument(f"{name}: values must be finite, got {vector[position]} at position {position}")
+    return vector
+
+
+def validate_vector(values: Sequence[float], dimension: int, name: str) -> np.ndarray:
+    """Checks length and finiteness and returns the L2-normalized float32 vector."""
+    vector = _finite_floats(values, dimension, name)
     # In float64: the float32 norm of very large (or tiny) finite values overflows (or underflows to 0).
     wide = vector.astype(np.float64)
     norm = float(np.linalg.norm(wide))
@@ -105,15 +111,7 @@ def validate_explain(vectors: Sequence[Sequence[float]], dimension: int, name: s
         return None
     if len(vectors) > MAX_EXPLAIN_VECTORS:
         raise InvalidArgument(f"{name}: at most {MAX_EXPLAIN_VECTORS} vectors, got {len(vectors)}")
-    rows = []
-    for index, values in enumerate(vectors):
-        vector = np.asarray(values, dtype=np.float32)
-        if vector.shape != (dimension,):
-            raise InvalidArgument(f"{name}[{index}]: must have {dimension} values (the catalog's dimension), got {vector.size}")
-        if not np.isfinite(vector).all():
-            raise InvalidArgument(f"{name}[{index}]: values must be finite")
-        rows.append(vector)
-    return np.stack(rows)
+    return np.stack([_finite_floats(values, dimension, f"{name}[{index}]") for index, values in enumerate(vectors)])
 
 
 def _check_text(value: str, limit: int, name: str) -> None:

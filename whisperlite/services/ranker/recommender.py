@@ -45,7 +45,7 @@ class RankerLimits:
     max_query_chars: int = 1000
     max_recent_items: int = 50
     # Candidates the catalog searches for and re-scored. The network's score is monotone in the cosine
-    # the catalog searches by, so only the top_k best come with their item and vector (the others
+    # the catalog searches by, so only the top_k best come with their item and explain scores (the others
     # with their cosine alone) and a margin over top_k only absorbs ANN misses.
     # A model's sequence part reorders candidates (its fused score is not the cosine's order): the model says
     # how many to search (measured on validation in training); the best `candidates` of them come in full.

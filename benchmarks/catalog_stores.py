@@ -11,8 +11,8 @@ RSS growth after the data exists, plus the milvus-lite or Milvus server process)
 
 Variants that cannot live in the project's .venv (milvus-lite 3.2.2, the `milvus` 2.3.5 server) run
 under throwaway virtual environments made by benchmarks/catalog_venvs.sh; the driver runs each variant
-in a subprocess of the right interpreter and reads its JSON. This file therefore imports only numpy and
-pymilvus at the top, and the project's code only in the "catalog" variant.
+in a subprocess of the right interpreter and reads its JSON. This file therefore imports only numpy,
+psutil and pymilvus at the top, and the project's code only in the "catalog" variant.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_ROOT = Path(os.environ.get("WL_CATALOG_BENCH_VENVS", "/tmp/wl-catalog-bench"))
@@ -82,51 +83,30 @@ def exact_top_k(vectors: np.ndarray, queries: np.ndarray, mask: np.ndarray | Non
     return np.argsort(-scores, axis=1)[:, :K]
 
 
-def _rss_mb(pid: int) -> float:
+def _rss_mb(process: psutil.Process) -> float:
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
-def _descendants(pid: int) -> list[int]:
-    """Every process below `pid` (the milvus-lite 2.5.1 binary, the Milvus server)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-                ppid = int(stat.rsplit(")", 1)[1].split()[1])
-                children.setdefault(ppid, []).append(int(entry))
-            except (OSError, IndexError, ValueError):
-                continue
-    found, stack = [], list(children.get(pid, []))
-    while stack:
-        current = stack.pop()
-        found.append(current)
-        stack.extend(children.get(current, []))
-    return found
+        return process.memory_info().rss / 2**20
+    except psutil.NoSuchProcess:
+        return 0.0
 
 
 def store_rss_mb(baseline_mb: float) -> float:
     """Memory the store adds: this process's growth since `baseline_mb` (in-process stores: numpy,
     milvus-lite 3.2.2) plus every descendant process (the milvus-lite 2.5.1 binary, the Milvus server)."""
-    pid = os.getpid()
-    return max(_rss_mb(pid) - baseline_mb, 0.0) + sum(_rss_mb(child) for child in _descendants(pid))
+    this = psutil.Process()
+    return max(_rss_mb(this) - baseline_mb, 0.0) + sum(_rss_mb(child) for child in this.children(recursive=True))
 
 
 def cpu_seconds() -> float:
     """User + system CPU of this process and its descendants (a store's server process works for us too)."""
+    this = psutil.Process()
     total = 0.0
-    for pid in [os.getpid(), *_descendants(os.getpid())]:
+    for process in [this, *this.children(recursive=True)]:
         try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except (OSError, IndexError, ValueError):
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
             continue
+        total += times.user + times.system
     return total
 
 
@@ -362,13 +342,13 @@ def run_catalog_memory(vectors, categories, query_vectors, truth, truth_filtered
     del index
     # Start-up: reopen the store (load and warm-up: the catalog is SERVING after this, searching Milvus),
     # then the index is built from a scan of the store, which the catalog does in the background.
-    before_mb = _rss_mb(os.getpid())
+    before_mb = _rss_mb(psutil.Process())
     store = MilvusStore(uri, "items", timeout_seconds=120)
     startup = timed(store.open)
     index = VectorIndex(vectors.shape[1], graph=GraphSettings())
     scan_seconds = timed(lambda: index.replace_all(store.scan()))
     graph_after_scan_seconds = wait_for_graph(index)
-    index_mb = _rss_mb(os.getpid()) - before_mb
+    index_mb = _rss_mb(psutil.Process()) - before_mb
     assert len(index) == len(vectors)
     store.close()
     return {
@@ -436,7 +416,7 @@ def run_variant(variant: str, n: int, dim: int, queries: int, vector_files: list
     truth_filtered = exact_top_k(vectors, query_vectors, masks)
     del masks
     work = Path(tempfile.mkdtemp(prefix=f"wl-bench-{variant}-"))
-    baseline_mb = _rss_mb(os.getpid())
+    baseline_mb = _rss_mb(psutil.Process())
     data = (vectors, categories, query_vectors, truth, truth_filtered, work, baseline_mb)
     try:
         if variant == "numpy":

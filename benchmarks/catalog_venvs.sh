@@ -15,5 +15,5 @@ make_venv() {
   "$root/$name/bin/pip" install --quiet --disable-pip-version-check "$@"
   echo "$root/$name/bin/python"
 }
-make_venv lite3 "milvus-lite==3.2.2" "pymilvus==2.5.18" "numpy==2.4.6"
-make_venv milvus23 "milvus==2.3.5" "pymilvus==2.3.7" "numpy==2.4.6" "setuptools<81" "marshmallow==3.26.1" "environs==9.5.0"
+make_venv lite3 "milvus-lite==3.2.2" "pymilvus==2.5.18" "numpy==2.4.6" "psutil==7.2.2"
+make_venv milvus23 "milvus==2.3.5" "pymilvus==2.3.7" "numpy==2.4.6" "psutil==7.2.2" "setuptools<81" "marshmallow==3.26.1" "environs==9.5.0"

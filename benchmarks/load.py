@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
+import psutil
 import torch
 
 from encoder_bench import ADJECTIVES, COLORS, ITEMS, OCCASIONS, queries
@@ -55,10 +56,9 @@ ENCODER_CALLERS = 32  # the issue's encoder figure
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a local process, all its threads (Linux /proc)."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of a local process, all its threads."""
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
 
 
 def fresh_text(n: int) -> str:

@@ -7,7 +7,7 @@ two model versions of `--users` users each. The versions have random weights and
 measures serving cost, not quality) and the real network shape (384-d, hidden 512). In one run it
 measures Recommend latency (median / p99, one call at a time) while nothing changes, while another
 thread swaps the live version back and forth with LoadModel, and with 100% shadow scoring; and the
-ranker's memory (from /proc/PID/smaps_rollup) with one version loaded and with a second one loaded
+ranker's memory (its mappings, through psutil) with one version loaded and with a second one loaded
 as the candidate, next to the size of a version's user-taste table.
 """
 
@@ -29,6 +29,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import psutil
 import torch
 
 from whisperlite.core.clients.health import wait_until_serving
@@ -122,18 +123,13 @@ def start_catalog_and_ranker(root: Path, logs: Path, models: Path, encoder_addre
 
 def memory_mb(pid: int) -> dict[str, float]:
     """Resident, anonymous (owned outright) and mapped user-taste pages (page cache the kernel may evict), in MB."""
-    fields = {}
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
-        key, value = line.split(":")
-        fields[key] = int(value.split()[0]) / 1024
-    tastes, in_tastes = 0.0, False
-    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
-        parts = line.split()
-        if parts and "-" in parts[0] and not parts[0].endswith(":"):  # a mapping's header line
-            in_tastes = line.endswith(USER_TASTES)
-        elif in_tastes and parts[0] == "Rss:":
-            tastes += int(parts[1]) / 1024
-    return {"rss": fields["Rss"], "anonymous": fields["Anonymous"], "tastes": tastes}
+    process = psutil.Process(pid)
+    mappings = process.memory_maps()
+    return {
+        "rss": process.memory_info().rss / 2**20,
+        "anonymous": sum(mapping.anonymous for mapping in mappings) / 2**20,
+        "tastes": sum(mapping.rss for mapping in mappings if mapping.path.endswith(USER_TASTES)) / 2**20,
+    }
 
 
 def timed_calls(stub, n: int, users: int) -> tuple[list[float], list[str], int]:

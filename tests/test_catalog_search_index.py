@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
 from whisperlite.core.errors import Unavailable
@@ -186,10 +187,9 @@ async def test_get_items_reads_the_index_as_the_store_holds_them(stocked, data):
 
 def milvus_lite_child(db_path: Path) -> int:
     """The pid of the milvus-lite process serving `db_path` (a child of this test process)."""
-    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            if str(db_path) in Path(f"/proc/{child}/cmdline").read_bytes().decode(errors="replace"):
-                return int(child)
+    for child in psutil.Process().children():
+        if str(db_path) in " ".join(child.cmdline()):
+            return child.pid
     raise AssertionError(f"no milvus-lite process serves {db_path}")
 
 

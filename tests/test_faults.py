@@ -8,7 +8,6 @@ asserted with a margin for a loaded 2-core machine); everything else asserts out
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
@@ -22,6 +21,7 @@ from pathlib import Path
 import grpc
 import milvus_lite
 import numpy as np
+import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -64,11 +64,7 @@ def metric(service: ServiceProcess, name: str, **labels: str) -> float:
 
 
 def child_pids(pid: int) -> list[int]:
-    children = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(FileNotFoundError):  # a worker thread that ended since the listing
-            children += [int(child) for child in (task / "children").read_text().split()]
-    return children
+    return [child.pid for child in psutil.Process(pid).children()]
 
 
 def unit_vector(seed: int) -> list[float]:

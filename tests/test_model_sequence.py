@@ -77,6 +77,20 @@ def test_fused_scores_equal_standardizing_over_the_whole_catalog(experiment, fus
     np.testing.assert_allclose(served, scanned, atol=1e-4)
 
 
+def test_scoring_at_several_text_weights_leaves_the_part_s_own_weight(experiment, fused):
+    """The validation sweep of text weights scores each weight; the part keeps serving the one it had."""
+    model = fused[0]
+    method = WhisperLite(model, experiment)
+    users, queries = np.arange(10), experiment.test_queries[:10]
+    kept = model.sequence.text_weight
+    before = method.scores(users, queries)
+    swept = method.scores_at_text_weights(users, queries, [0.6, 1.0, None])
+    assert model.sequence.text_weight == kept
+    np.testing.assert_allclose(method.scores(users, queries), before)
+    np.testing.assert_allclose(swept[None], before)
+    assert not np.allclose(swept[0.6], swept[1.0])
+
+
 def test_an_item_the_sequence_part_never_saw_scores_its_text_side_alone(experiment, fused):
     model = fused[0]
     user = experiment.split.user_ids[0]

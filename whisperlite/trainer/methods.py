@@ -233,14 +233,21 @@ class WhisperLite:
         return self.scores_at_text_weights(users, queries, [None])[None]
 
     def scores_at_text_weights(self, users, queries, weights) -> dict:
-        """{weight: scores} with the sequence part's text weight set to each (None: as it is): the
-        personalized queries, cosines and sequence states are computed once for all."""
+        """{weight: scores} with the sequence part's text weight set to each (None: the part's own): the
+        personalized queries, cosines and sequence states are computed once for all. The part keeps
+        its own weight."""
         vectors, cosines, states = self._parts(users, queries)
+        sequence = self.model.sequence
+        if sequence is None:
+            return {weight: self.model.rank_scores(vectors, cosines, states, self._item_rows) for weight in weights}
+        own = sequence.text_weight
         out = {}
-        for weight in weights:
-            if weight is not None:
-                self.model.sequence.text_weight = weight
-            out[weight] = self.model.rank_scores(vectors, cosines, states, self._item_rows)
+        try:
+            for weight in weights:
+                sequence.text_weight = own if weight is None else weight
+                out[weight] = self.model.rank_scores(vectors, cosines, states, self._item_rows)
+        finally:
+            sequence.text_weight = own
         return out
 
     def cosines_and_scores(self, users, queries) -> tuple[np.ndarray, np.ndarray]:

@@ -62,6 +62,11 @@ def _cancelled_code(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
     return grpc.StatusCode.DEADLINE_EXCEEDED if _deadline_passed(context) else grpc.StatusCode.CANCELLED
 
 
+def _caller_gone(context: grpc.aio.ServicerContext) -> bool:
+    """The caller hung up or its deadline passed: nothing sent on this call can reach it any more."""
+    return _deadline_passed(context) or context.cancelled()
+
+
 class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
     """Wraps unary-unary handlers; streaming ones (health Watch, reflection) pass through untouched."""
 
@@ -104,8 +109,14 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
                         f"the response would be {size} bytes, over this server's {self._max_response_bytes}-byte message "
                         "limit: ask for fewer or smaller results (a lower top_k, fewer ids, no vectors)"
                     )
+                if _caller_gone(context):
+                    # Sending would fail inside grpc and be logged as a servicer error; the caller has its status.
+                    raise asyncio.CancelledError
                 return response
             except ServiceError as error:
+                if _caller_gone(context):
+                    code = _cancelled_code(context)  # the caller has its status; an abort now would fail inside grpc
+                    raise asyncio.CancelledError from None
                 code = error.code
                 trailer = ((REQUEST_ID_KEY, request_id),)
                 if isinstance(error, LoadShed):
@@ -122,6 +133,10 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
                 code = _cancelled_code(context)
                 raise
             except Exception:
+                if _caller_gone(context):
+                    # grpc fails a send on a call that ended meanwhile (ExecuteBatchError): not a server fault.
+                    code = _cancelled_code(context)
+                    raise asyncio.CancelledError from None
                 code = grpc.StatusCode.INTERNAL
                 log.exception("unhandled error", extra={"grpc_method": handler_call_details.method})
                 await context.abort(grpc.StatusCode.INTERNAL, "internal error; the server log has the details")

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from whisperlite.core.topology import CATALOG, GRPC_SERVICES, QUERY_ENCODER, RANKER
+from whisperlite.services.common.server import LIVENESS_SERVICE
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -75,8 +76,10 @@ def test_each_service_is_probed_over_grpc_on_its_port_with_resource_requests(ren
     _, resources = rendered
     pod = container(resources, spec.name)
     assert {port["name"]: port["containerPort"] for port in pod["ports"]} == {"grpc": spec.port, "metrics": spec.metrics_port}
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert pod[probe]["grpc"] == {"port": spec.port}, probe
+    for probe in ("startupProbe", "readinessProbe"):
+        assert pod[probe]["grpc"] == {"port": spec.port}, probe  # the overall health: loaded, store and dependencies up
+    # The process alone: a pod is not restarted for a dependency's outage.
+    assert pod["livenessProbe"]["grpc"] == {"port": spec.port, "service": LIVENESS_SERVICE}
     assert {"cpu", "memory"} <= set(pod["resources"]["requests"])
     env = {entry["name"]: entry.get("value") for entry in pod["env"]}
     assert env[f"{spec.env_prefix}_HOST"] == "0.0.0.0"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -36,10 +37,10 @@ RECOVERY_LIMIT_SECONDS = 1.5
 FAST_WATCH = ("--store-probe-interval-seconds", "0.3", "--store-probe-timeout-seconds", "1")
 
 
-def health_status(address: str) -> int | None:
+def health_status(address: str, service: str = "") -> int | None:
     try:
         with grpc.insecure_channel(address) as channel:
-            return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2).status
+            return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=2).status
     except grpc.RpcError:
         return None
 
@@ -242,13 +243,24 @@ def start_text_only_ranker(tmp_path: Path, encoder_address: str, catalog_address
     )
 
 
+# The ranker checks its dependencies' health this often, with this timeout, in the fault tests.
+FAST_DEPENDENCY_WATCH = ("--dependency-probe-interval-seconds", "0.3", "--dependency-probe-timeout-seconds", "0.5")
+
+
 def start_catalog_and_ranker(tmp_path: Path, encoder_address: str, items: int) -> tuple[ServiceProcess, ServiceProcess]:
     """A catalog holding `items` items and a text-only ranker over it, of a test's own, to kill."""
     catalog = start_catalog(tmp_path / "logs", tmp_path / "store", encoder_address)
     channel, stub = catalog_stub(catalog.address)
     upsert_items(stub, range(items))
     channel.close()
-    return catalog, start_text_only_ranker(tmp_path, encoder_address, catalog.address)
+    return catalog, start_text_only_ranker(tmp_path, encoder_address, catalog.address, *FAST_DEPENDENCY_WATCH)
+
+
+def ranker_follows_its_dependency(ranker: ServiceProcess, serving: bool) -> bool:
+    """The ranker's overall health is `serving`, while its liveness stays SERVING throughout."""
+    wanted = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    assert health_status(ranker.address, "liveness") == health_pb2.HealthCheckResponse.SERVING
+    return health_status(ranker.address) == wanted
 
 
 @pytest.fixture
@@ -300,6 +312,28 @@ def test_catalog_killed_under_writes_and_recommends_loses_no_acknowledged_write_
     assert recovery < RECOVERY_LIMIT_SECONDS
 
 
+def test_a_frozen_catalog_turns_the_ranker_not_serving_and_back_while_it_keeps_answering(stack):
+    """SIGSTOP: connections stay open and nothing answers, the case a refused connection does not cover."""
+    catalog, ranker = stack["catalog"], stack["ranker"]
+    assert health_status(ranker.address) == health_pb2.HealthCheckResponse.SERVING
+    os.kill(catalog.process.pid, signal.SIGSTOP)
+    try:
+        down_after = wait_for(lambda: ranker_follows_its_dependency(ranker, serving=False), timeout=10)
+        with grpc.insecure_channel(ranker.address) as channel:
+            stub = ranker_pb2_grpc.RankerServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as failed:
+                stub.Recommend(ranker_pb2.RecommendRequest(user_id="u", query="a wool scarf", top_k=3), timeout=30)
+        assert failed.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+        assert "catalog at localhost:" in failed.value.details()  # the ranker's own deadline, naming the dependency
+    finally:
+        os.kill(catalog.process.pid, signal.SIGCONT)
+    up_after = wait_for(lambda: ranker_follows_its_dependency(ranker, serving=True), timeout=10)
+    log = ranker.log()
+    assert re.search(r'"message": "dependency down.*catalog at localhost:\d+: health check failed: DEADLINE_EXCEEDED', log), log[-3000:]
+    assert "dependencies serving again" in log
+    print(f"ranker NOT_SERVING {down_after:.2f} s after the catalog froze, SERVING {up_after:.2f} s after it resumed")
+
+
 def catalog_query_encoder(catalog: ServiceProcess) -> str:
     args = catalog.process.args
     return args[args.index("--query-encoder-addr") + 1]
@@ -315,10 +349,13 @@ def test_encoder_killed_under_recommends_the_ranker_fails_fast_then_recovers(tmp
             encoder.process.kill()
             encoder.process.wait()
             killed_at = time.monotonic()
+            wait_for(lambda: ranker_follows_its_dependency(ranker, serving=False), timeout=10)
             encoder = restart_on_same_port(encoder, tmp_path / "logs")
             serving_at = serving_moment(encoder.address)
             recovery = load.first_ok_after(serving_at)
             assert load.codes_between(killed_at, serving_at) <= {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.OK}
+            wait_for(lambda: ranker_follows_its_dependency(ranker, serving=True), timeout=10)
+        assert re.search(r"dependency down.*query encoder at localhost:\d+: health check failed: UNAVAILABLE", ranker.log())
         print(f"ranker recovered {recovery:.3f} s after the encoder was SERVING again")
         assert recovery < RECOVERY_LIMIT_SECONDS
     finally:

@@ -20,6 +20,10 @@ from whisperlite.services.common.tracing import stop_tracing
 log = logging.getLogger("whisperlite.server")
 
 MAX_CONNECTION_AGE_MS = 5 * 60 * 1000
+# The health name of the process itself: SERVING from the moment it listens until shutdown, whatever its
+# model, store or dependencies do. Orchestrators' liveness probes ask for it, so a service that reports a
+# dependency's outage ("" and its own names NOT_SERVING: take it out of rotation) is not restarted for it.
+LIVENESS_SERVICE = "liveness"
 
 # (add_XServicer_to_server, servicer, full service name)
 ServicerBinding = tuple[Callable[[Any, grpc.aio.Server], None], Any, str]
@@ -53,7 +57,8 @@ async def serve(
     `security` adds token checks and TLS; SIGHUP re-reads its tokens and certificates. /metrics binds
     `metrics_host`, by default the gRPC `host`.
     `admission` bounds in-flight work (whisperlite.services.common.admission); `health_watch` runs
-    while serving and may turn health NOT_SERVING and back (the catalog watches its store with it).
+    while serving and may turn health NOT_SERVING and back (the catalog watches its store with it, the
+    ranker its dependencies); LIVENESS_SERVICE stays SERVING through that.
     """
     admitted = Admission(admission or AdmissionLimits(), name)
     server = grpc.aio.server(
@@ -77,6 +82,7 @@ async def serve(
         reflection.enable_server_reflection([*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     for service in ["", *service_names]:
         await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await health_servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
 
     if security.certificates is not None:
         bound = server.add_secure_port(f"{host}:{port}", security.certificates.credentials())

@@ -59,3 +59,9 @@ MODEL_LOADS = Counter(
     "Model versions loaded and validated ('loaded') or refused ('refused').",
     ["outcome"],
 )
+DEPENDENCY_UP = Gauge(
+    "whisperlite_ranker_dependency_up",
+    "1 while a dependency (query encoder, catalog) passes its health checks, 0 once it failed enough in a row "
+    "to turn the ranker's health NOT_SERVING.",
+    ["dependency"],
+)

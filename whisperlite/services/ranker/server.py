@@ -21,6 +21,7 @@ from whisperlite.services.common.security import ServerSecurity
 from whisperlite.services.common.tracing import start_tracing
 from whisperlite.services.common.server import serve
 from whisperlite.services.ranker.admin_servicer import ModelAdminServicer
+from whisperlite.services.ranker.dependency_watch import Dependency, DependencyWatch, DependencyWatchSettings
 from whisperlite.services.ranker.models import ModelRegistry, ServingContract, load_newest, watch
 from whisperlite.services.ranker.recommender import RankerLimits, Recommender
 from whisperlite.services.ranker.servicer import RankerServicer
@@ -69,6 +70,20 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=env_float(f"{PREFIX}_STARTUP_TIMEOUT_SECONDS", 120.0),
         help=f"how long start-up waits for the encoder and catalog to answer (env {PREFIX}_STARTUP_TIMEOUT_SECONDS)",
+    )
+    probes = DependencyWatchSettings()
+    parser.add_argument(
+        "--dependency-probe-interval-seconds",
+        type=float,
+        default=env_float(f"{PREFIX}_DEPENDENCY_PROBE_INTERVAL_SECONDS", probes.probe_interval_seconds),
+        help=f"how often the encoder's and the catalog's health are checked while serving; {probes.failures_to_trip} failed "
+        f"checks of one in a row turn the ranker's health NOT_SERVING until both serve (env {PREFIX}_DEPENDENCY_PROBE_INTERVAL_SECONDS)",
+    )
+    parser.add_argument(
+        "--dependency-probe-timeout-seconds",
+        type=float,
+        default=env_float(f"{PREFIX}_DEPENDENCY_PROBE_TIMEOUT_SECONDS", probes.probe_timeout_seconds),
+        help=f"a dependency whose health check takes longer has failed it (env {PREFIX}_DEPENDENCY_PROBE_TIMEOUT_SECONDS)",
     )
     defaults = RankerLimits()
     parser.add_argument(
@@ -135,6 +150,16 @@ async def run(args: argparse.Namespace) -> None:
         )
     except ValueError as error:
         raise SystemExit(f"ranker: {error}") from None
+    try:
+        dependency_watch = DependencyWatch(
+            [
+                Dependency("query encoder", args.query_encoder_addr, QUERY_ENCODER.grpc_service, encoder_channel),
+                Dependency("catalog", args.catalog_addr, CATALOG.grpc_service, catalog_channel),
+            ],
+            DependencyWatchSettings(args.dependency_probe_interval_seconds, args.dependency_probe_timeout_seconds),
+        )
+    except ValueError as error:
+        raise SystemExit(f"ranker: {error}") from None
     if args.model_poll_seconds < 0:
         raise SystemExit(f"ranker: model-poll-seconds: must be 0 (off) or positive, got {args.model_poll_seconds}")
     registry = ModelRegistry(args.model_dir)
@@ -185,6 +210,7 @@ async def run(args: argparse.Namespace) -> None:
         security=ServerSecurity.from_args(args),
         metrics_host=args.metrics_host,
         admission=admission_limits(args),
+        health_watch=dependency_watch.watch,
     )
 
 

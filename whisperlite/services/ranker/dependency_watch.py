@@ -1,0 +1,87 @@
+"""The ranker's health follows its dependencies': NOT_SERVING while the query encoder or the catalog
+fails its own health check, so a load balancer, `whisperlite health` and the gateway see an outage the
+ranker cannot answer through instead of a SERVING ranker that fails every call.
+
+The ranker keeps answering meanwhile: texts in its query cache need no encoder, and a failing call
+still gets UNAVAILABLE naming the dependency. The process's liveness (the `liveness` health name)
+stays SERVING, so an orchestrator does not restart a ranker for its dependency's outage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from whisperlite.services.ranker import metrics
+
+log = logging.getLogger("whisperlite.ranker.dependency_watch")
+
+
+@dataclass(frozen=True)
+class DependencyWatchSettings:
+    probe_interval_seconds: float = 1.0
+    probe_timeout_seconds: float = 2.0
+    # One slow probe of a busy dependency is not an outage; this many failed probes in a row are.
+    failures_to_trip: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("probe_interval_seconds", "probe_timeout_seconds"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}: must be > 0, got {getattr(self, name)}")
+        if self.failures_to_trip < 1:
+            raise ValueError(f"failures_to_trip: must be >= 1, got {self.failures_to_trip}")
+
+
+@dataclass(frozen=True)
+class Dependency:
+    name: str  # as error messages name it: "query encoder", "catalog"
+    address: str
+    grpc_service: str  # the health name whose status counts (a catalog whose store is down reports it there)
+    channel: grpc.aio.Channel
+
+
+class DependencyWatch:
+    def __init__(self, dependencies: Sequence[Dependency], settings: DependencyWatchSettings = DependencyWatchSettings()):
+        self._dependencies = list(dependencies)
+        self._settings = settings
+
+    async def probe(self, dependency: Dependency) -> str | None:
+        """Why the dependency is not serving, or None when it is."""
+        try:
+            response = await health_pb2_grpc.HealthStub(dependency.channel).Check(
+                health_pb2.HealthCheckRequest(service=dependency.grpc_service), timeout=self._settings.probe_timeout_seconds
+            )
+        except grpc.aio.AioRpcError as error:
+            return f"health check failed: {error.code().name}: {error.details()}"
+        if response.status != health_pb2.HealthCheckResponse.SERVING:
+            return f"health {health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)}"
+        return None
+
+    async def watch(self, set_serving: Callable[[bool], Awaitable[None]]) -> None:
+        """Runs while the ranker serves (whisperlite.services.common.server's health_watch)."""
+        failures = {dependency.name: 0 for dependency in self._dependencies}
+        for dependency in self._dependencies:
+            metrics.DEPENDENCY_UP.labels(dependency.name).set(1)
+        serving = True
+        while True:
+            await asyncio.sleep(self._settings.probe_interval_seconds)
+            reasons = await asyncio.gather(*(self.probe(dependency) for dependency in self._dependencies))
+            down = {}
+            for dependency, reason in zip(self._dependencies, reasons):
+                failures[dependency.name] = failures[dependency.name] + 1 if reason else 0
+                if failures[dependency.name] >= self._settings.failures_to_trip:
+                    down[dependency.name] = f"{dependency.name} at {dependency.address}: {reason}"
+                metrics.DEPENDENCY_UP.labels(dependency.name).set(0 if dependency.name in down else 1)
+            if serving and down:
+                serving = False
+                log.error("dependency down: health NOT_SERVING until it serves again", extra={"down": list(down.values())})
+                await set_serving(False)
+            elif not serving and not any(failures.values()):
+                serving = True
+                log.warning("dependencies serving again: health SERVING")
+                await set_serving(True)

@@ -128,6 +128,33 @@ async def test_search_batch_answers_each_query_as_search_does(stocked, data):
         assert [(h.record.item_id, h.score) for h in hits] == [(h.record.item_id, h.score) for h in alone]
 
 
+@pytest.mark.parametrize("search_index", ["memory", "milvus"])
+async def test_searches_of_a_batch_that_find_the_same_items_each_get_their_explain_scores(tmp_path, data, search_index):
+    """Milvus' path hands one record of an item to every search of a batch that found it; dropping the
+    vector after one search's explain products must not leave the next search without its own."""
+    catalog, store = open_catalog(tmp_path, search_index)
+    await catalog.open()
+    await catalog.upsert(data["items"][:200])
+    await catalog.index_built()
+    try:
+        query, taste = unit_rows(data["rng"], 2)
+        batch = [SearchQuery(query, 5, SearchFilter(), explain=(query, taste)) for _ in range(2)]
+        batch.append(SearchQuery(query, 5, SearchFilter(), detailed_hits=2, explain=(taste,)))
+        results = await catalog.search_batch(batch)
+        stored = store.get(ids(results[0]), include_vectors=True)
+        for search, hits in zip(batch, results, strict=True):
+            assert ids(hits) == ids(results[0])
+            for rank, hit in enumerate(hits):
+                if rank >= (search.detailed_hits or len(hits)):
+                    assert hit.explain_scores is None
+                    continue
+                expected = [stored[hit.record.item_id].vector @ vector for vector in search.explain]
+                np.testing.assert_allclose(hit.explain_scores, expected, rtol=1e-5, atol=1e-6)
+                assert hit.record.vector is None and hit.record.title  # the item without its vector
+    finally:
+        await catalog.close()
+
+
 async def test_writes_reach_the_index_and_a_restart_rebuilds_it_from_the_store(tmp_path, data):
     catalog, _ = open_catalog(tmp_path)
     await catalog.open()

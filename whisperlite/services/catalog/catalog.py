@@ -97,9 +97,8 @@ def _explained(hits: list[SearchHit], explain: np.ndarray, keep_vectors: bool) -
     products = np.stack([hits[i].record.vector for i in detailed]) @ explain.T
     out = list(hits)
     for row, i in enumerate(detailed):
-        record = hits[i].record
-        if not keep_vectors:
-            record.vector = None  # a fresh record of this search: the store and the index hand out copies
+        # A copy: the store hands one record of an item to every search of a batch that found it.
+        record = hits[i].record if keep_vectors else dataclasses.replace(hits[i].record, vector=None)
         out[i] = SearchHit(record=record, score=hits[i].score, explain_scores=products[row])
     return out
 

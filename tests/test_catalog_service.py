@@ -310,9 +310,15 @@ def test_a_response_over_the_message_limit_is_refused_and_counted(tmp_path):
                 code, details = status_of(call, request)
                 assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
                 assert re.search(rf"the response would be \d+ bytes, over this server's {limit}-byte message limit", details), details
+            # A batch whose items' characters alone pass the limit is refused before its response is built
+            # (the message has no exact size): 1,000 searches x top_k 1,000 would otherwise take gigabytes first.
+            code, details = status_of(stub.SearchBatch, catalog_pb2.SearchBatchRequest(
+                searches=[catalog_pb2.SearchRequest(vector=vec(1, 0), top_k=6)] * 4))  # fmt: skip
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert details.startswith(f"the response would be over this server's {limit}-byte message limit: ask for fewer"), details
             assert stub.GetStats(catalog_pb2.GetStatsRequest(), timeout=10).item_count == 6
         metrics = urllib.request.urlopen(catalog.metrics_url, timeout=10).read().decode()
-        for method in ("GetItems", "Search"):
+        for method in ("GetItems", "Search", "SearchBatch"):
             assert f'grpc_server_handled_total{{grpc_code="RESOURCE_EXHAUSTED",grpc_method="{method}",grpc_service="whisperlite.v1.CatalogService"}} 1.0' in metrics
     finally:
         assert catalog.stop() == 0

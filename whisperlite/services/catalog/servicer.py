@@ -2,16 +2,40 @@
 
 from __future__ import annotations
 
-from whisperlite.core.errors import InvalidArgument
+from collections.abc import Iterable
+
+from whisperlite.core.errors import InvalidArgument, ResourceExhausted
+from whisperlite.core.topology import DEFAULT_MAX_MESSAGE_BYTES
 from whisperlite.services.catalog.catalog import Catalog, SearchQuery
 from whisperlite.services.catalog.filters import filter_from_proto
-from whisperlite.services.catalog.items import SearchHit, record_to_proto
-from whisperlite.v1 import catalog_pb2, catalog_pb2_grpc
+from whisperlite.services.catalog.items import ItemRecord, SearchHit, least_proto_bytes, record_to_proto
+from whisperlite.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2
+
+
+class ResponseBudget:
+    """Refuses a response as soon as its items certainly exceed the message limit. The interceptor's exact
+    check runs on the finished response, and finishing, say, 1,000 searches x top_k 1,000 of large items
+    would take gigabytes first."""
+
+    def __init__(self, max_bytes: int):
+        self._max_bytes = max_bytes
+        self._left = max_bytes
+
+    def items(self, records: Iterable[ItemRecord], include_vectors: bool) -> list[common_pb2.Item]:
+        records = list(records)
+        self._left -= sum(least_proto_bytes(record, include_vectors) for record in records)
+        if self._left < 0:
+            raise ResourceExhausted(
+                f"the response would be over this server's {self._max_bytes}-byte message limit: ask for fewer or smaller "
+                "results (a lower top_k or detailed_hits, fewer searches or ids, a smaller page, no vectors)"
+            )
+        return [record_to_proto(record, include_vectors) for record in records]
 
 
 class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
-    def __init__(self, catalog: Catalog):
+    def __init__(self, catalog: Catalog, max_response_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
         self._catalog = catalog
+        self._max_response_bytes = max_response_bytes
 
     async def UpsertItems(self, request, context):
         result = await self._catalog.upsert(request.items)
@@ -19,9 +43,8 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
 
     async def GetItems(self, request, context):
         found, missing = await self._catalog.get(request.item_ids, request.include_vectors)
-        return catalog_pb2.GetItemsResponse(
-            items=[record_to_proto(record, request.include_vectors) for record in found], missing_item_ids=missing
-        )
+        items = ResponseBudget(self._max_response_bytes).items(found, request.include_vectors)
+        return catalog_pb2.GetItemsResponse(items=items, missing_item_ids=missing)
 
     async def DeleteItems(self, request, context):
         return catalog_pb2.DeleteItemsResponse(deleted_count=await self._catalog.delete(request.item_ids))
@@ -31,7 +54,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         hits = await self._catalog.search(
             query.vector, query.top_k, query.search_filter, query.include_vectors, query.detailed_hits, query.explain
         )
-        return _search_response(request, hits)
+        return _search_response(request, hits, ResponseBudget(self._max_response_bytes))
 
     async def SearchBatch(self, request, context):
         queries = []
@@ -41,8 +64,9 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
             except InvalidArgument as error:
                 raise InvalidArgument(f"searches[{index}].{error}") from None
         results = await self._catalog.search_batch(queries)
+        budget = ResponseBudget(self._max_response_bytes)  # one for the whole batch: it is one message
         return catalog_pb2.SearchBatchResponse(
-            responses=[_search_response(search, hits) for search, hits in zip(request.searches, results, strict=True)]
+            responses=[_search_response(search, hits, budget) for search, hits in zip(request.searches, results, strict=True)]
         )
 
     async def GetStats(self, request, context):
@@ -53,9 +77,8 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
 
     async def ListItems(self, request, context):
         records, next_token = await self._catalog.page(request.page_size, request.page_token, request.include_vectors)
-        return catalog_pb2.ListItemsResponse(
-            items=[record_to_proto(record, request.include_vectors) for record in records], next_page_token=next_token
-        )
+        items = ResponseBudget(self._max_response_bytes).items(records, request.include_vectors)
+        return catalog_pb2.ListItemsResponse(items=items, next_page_token=next_token)
 
 
 def _search_query(request: catalog_pb2.SearchRequest) -> SearchQuery:
@@ -64,13 +87,13 @@ def _search_query(request: catalog_pb2.SearchRequest) -> SearchQuery:
     return SearchQuery(request.vector, request.top_k, search_filter, request.include_vectors, request.detailed_hits, explain)
 
 
-def _search_response(request: catalog_pb2.SearchRequest, hits: list[SearchHit]) -> catalog_pb2.SearchResponse:
+def _search_response(request: catalog_pb2.SearchRequest, hits: list[SearchHit], budget: ResponseBudget) -> catalog_pb2.SearchResponse:
+    items = budget.items((hit.record for hit in hits), request.include_vectors)
     return catalog_pb2.SearchResponse(
         hits=[
             catalog_pb2.SearchHit(
-                item=record_to_proto(hit.record, request.include_vectors), score=hit.score,
-                explain_scores=hit.explain_scores.tolist() if hit.explain_scores is not None else (),
+                item=item, score=hit.score, explain_scores=hit.explain_scores.tolist() if hit.explain_scores is not None else ()
             )
-            for hit in hits
+            for item, hit in zip(items, hits, strict=True)
         ]
     )

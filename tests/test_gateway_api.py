@@ -5,6 +5,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from concurrent import futures
 
 import grpc
@@ -382,6 +383,53 @@ def test_a_broken_store_is_an_internal_error_in_json_not_a_crash(tmp_path, gatew
         assert "unexpected error" in gateway.log()
     finally:
         gateway.stop()
+
+
+class _SlowRanker(ranker_pb2_grpc.RankerServiceServicer):
+    """Stands in for a ranker that takes `seconds` to answer, noting when each call ended and whether its caller cancelled it."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.ended: list[tuple[float, bool]] = []
+
+    def Recommend(self, request, context):
+        started = time.monotonic()
+        while context.is_active() and time.monotonic() - started < self.seconds:
+            time.sleep(0.01)
+        self.ended.append((time.monotonic(), not context.is_active()))
+        return ranker_pb2.RecommendResponse(path=ranker_pb2.PERSONALIZATION_PATH_TEXT_ONLY)
+
+
+def test_a_client_that_hangs_up_cancels_the_upstream_call(tmp_path, gateway_catalog):
+    """uvicorn keeps running a handler whose client left; the ranker must not keep computing for no one."""
+    servicer = _SlowRanker(seconds=20)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    ranker_pb2_grpc.add_RankerServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    gateway = launch_gateway(tmp_path / "logs", f"127.0.0.1:{port}", gateway_catalog.address, tmp_path / "state", "--deadline-seconds", "30")
+    try:
+        base = f"http://127.0.0.1:{gateway.port}"
+        _wait_for_http(f"{base}/health", gateway.process)
+        for path, call in (("/v1/recommend", lambda: httpx.post(f"{base}/v1/recommend", json={"query": "boots"}, timeout=0.5)),
+                           ("/v1/study/comparisons", lambda: httpx.post(f"{base}/v1/study/comparisons", json={"query": "boots"}, timeout=0.5))):
+            before = len(servicer.ended)
+            with pytest.raises(httpx.ReadTimeout):
+                call()
+            left = time.monotonic()
+            deadline = left + 5
+            while len(servicer.ended) == before and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert len(servicer.ended) > before, f"{path}: the upstream call still ran 5 s after the client left"
+            ended, cancelled = servicer.ended[-1]
+            assert cancelled and ended - left < 2.0, (path, ended - left)
+        servicer.seconds = 0
+        assert httpx.post(f"{base}/v1/recommend", json={"query": "boots"}, timeout=30).status_code == 200  # a patient client is answered
+        metrics = httpx.get(f"{base}/metrics", timeout=10).text
+        assert re.search(r'whisperlite_gateway_requests_total\{method="POST",route="/v1/recommend",status="499"\} 1\.0', metrics)
+    finally:
+        gateway.stop()
+        server.stop(0)
 
 
 def test_an_overloaded_ranker_is_429_with_retry_after(tmp_path, encoder_service, gateway_catalog):

@@ -7,7 +7,9 @@ import math
 import re
 import time
 import uuid
+from collections.abc import Awaitable
 from importlib import resources
+from typing import TypeVar
 
 import grpc
 import prometheus_client
@@ -38,6 +40,7 @@ REQUEST_ID_HEADER = "x-request-id"
 # What a gRPC metadata value and a log field can carry unchanged.
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 STATIC = resources.files("whisperlite.services.gateway") / "static"
+T = TypeVar("T")
 
 REQUESTS = prometheus_client.Counter(
     "whisperlite_gateway_requests_total", "HTTP requests answered by the gateway.", ["method", "route", "status"]
@@ -108,6 +111,33 @@ async def _read_unsized_body(request: Request, max_body_bytes: int) -> JSONRespo
         chunks.append(chunk)
     request._body = b"".join(chunks)
     return None
+
+
+async def _client_gone(request: Request) -> None:
+    """Returns once the HTTP client disconnects (the body is read by then: what is left to receive is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _unless_client_leaves(request: Request, call: Awaitable[T]) -> T | JSONResponse:
+    """The upstream call's result; cancelled, with the upstream gRPC call, when the client hangs up first.
+
+    uvicorn does not cancel a handler whose client left, so without this every abandoned request would
+    still be computed by the ranker and hold one of its admission slots (32 HTTP callers that give up
+    early would overload a ranker that 32 gRPC callers do not).
+    """
+    answer, gone = asyncio.ensure_future(call), asyncio.ensure_future(_client_gone(request))
+    try:
+        await asyncio.wait({answer, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not answer.done():
+            answer.cancel()  # also when this handler itself is cancelled
+            with contextlib.suppress(asyncio.CancelledError):
+                await answer  # the upstream call is cancelled by the time the handler answers
+    if answer.cancelled():
+        return _grpc_error(grpc.StatusCode.CANCELLED, "the client closed the request before the answer came")  # 499: no one reads it
+    return answer.result()
 
 
 def create_app(
@@ -182,12 +212,15 @@ def create_app(
     # without FastAPI validating them again (response_model documents them in the OpenAPI schema).
     @app.post("/v1/recommend", response_model=RecommendResponse, tags=["ranker"], summary="RankerService/Recommend")
     async def recommend(body: RecommendRequest, request: Request):
-        return JSONResponse(from_proto(await upstream.recommend(to_proto(body), _metadata(request))))
+        answer = await _unless_client_leaves(request, upstream.recommend(to_proto(body), _metadata(request)))
+        return answer if isinstance(answer, JSONResponse) else JSONResponse(from_proto(answer))
 
     # `:path` lets an id hold "/" (ids are any 1 to 256 characters).
     @app.get("/v1/items/{item_id:path}", response_model=Item, tags=["catalog"], summary="CatalogService/GetItems for one id")
     async def get_item(item_id: str, request: Request, include_vectors: bool = False):
-        item = await upstream.get_item(item_id, include_vectors, _metadata(request))
+        item = await _unless_client_leaves(request, upstream.get_item(item_id, include_vectors, _metadata(request)))
+        if isinstance(item, JSONResponse):
+            return item
         if item is None:
             return _grpc_error(grpc.StatusCode.NOT_FOUND, f"item_id: {item_id!r} is not in the catalog")
         return JSONResponse(from_proto(item))
@@ -208,7 +241,9 @@ def create_app(
 
     @app.post("/v1/study/comparisons", tags=["study"], summary="answer a request personalized and non-personal, store what is shown")
     async def create_comparison(body: study.ComparisonRequest, request: Request):
-        comparison_id = await study.compare(upstream, store, body, blind, _metadata(request))
+        comparison_id = await _unless_client_leaves(request, study.compare(upstream, store, body, blind, _metadata(request)))
+        if isinstance(comparison_id, JSONResponse):
+            return comparison_id
         return await asyncio.to_thread(study.comparison_view, store, comparison_id)
 
     @app.get("/v1/study/comparisons/{comparison_id}", tags=["study"], summary="a stored comparison with its judgements")

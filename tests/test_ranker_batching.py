@@ -75,8 +75,31 @@ async def test_a_downstream_failure_reaches_every_member_and_a_cancelled_caller_
     assert results[0] == 0 and isinstance(results[1], asyncio.CancelledError) and results[2:] == [4, 6]
 
 
+async def test_a_call_queued_behind_hanging_batches_fails_within_its_own_wait():
+    """A frozen dependency: the batches out never answer, and a call queued behind them must not wait for
+    them to give up and then for its own batch (twice the deadline)."""
+    hanging = Doubler()
+    hanging.release.clear()
+    coalescer = Coalescer(hanging, max_batch=8, max_concurrent=1, wait_seconds=0.3, name="catalog at here:1: SearchBatch")
+    loop = asyncio.get_running_loop()
+    first = asyncio.ensure_future(coalescer.call(1))
+    await asyncio.sleep(0.15)
+    queued_at = loop.time()
+    with pytest.raises(Unavailable, match=r"^catalog at here:1: SearchBatch: no answer within 0\.3 s \(--deadline-seconds\)"):
+        await coalescer.call(2)
+    assert loop.time() - queued_at < 0.45  # its own 0.3 s, not the 0.15 s left of the batch ahead plus 0.3 s
+    with pytest.raises(Unavailable):
+        await first
+    assert hanging.batches == [[1]]  # the queued call never went out: it had left before a slot freed
+    hanging.release.set()
+    await asyncio.sleep(0.05)
+    assert await coalescer.call(3) == 6  # the hanging batch came back: calls flow again
+
+
 def test_limits_must_be_positive():
     with pytest.raises(ValueError, match="max_batch"):
         Coalescer(Doubler(), max_batch=0, max_concurrent=1)
     with pytest.raises(ValueError, match="max_concurrent"):
         Coalescer(Doubler(), max_batch=1, max_concurrent=0)
+    with pytest.raises(ValueError, match="wait_seconds"):
+        Coalescer(Doubler(), max_batch=1, max_concurrent=1, wait_seconds=0)

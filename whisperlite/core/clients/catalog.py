@@ -46,6 +46,16 @@ class CatalogClient:
         self._batch_search = True  # until a catalog from before SearchBatch answers UNIMPLEMENTED
         self._explains = True  # until a catalog from before SearchRequest.explain answers without explain_scores
 
+    @property
+    def service(self) -> str:
+        """How errors name the service, e.g. "catalog at host:port"."""
+        return self._service
+
+    @property
+    def timeout_seconds(self) -> float:
+        """The deadline of each call."""
+        return self._timeout
+
     async def stats(self) -> catalog_pb2.GetStatsResponse:
         """Waits for a catalog that is not reachable yet; a catalog still opening answers UNAVAILABLE,
         raised as such (the caller decides how long to wait)."""

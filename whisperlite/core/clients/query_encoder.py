@@ -39,6 +39,16 @@ class QueryEncoderClient:
         self._timeout = timeout_seconds
         self._service = f"query encoder at {address}" if address else "query encoder"
 
+    @property
+    def service(self) -> str:
+        """How errors name the service, e.g. "query encoder at host:port"."""
+        return self._service
+
+    @property
+    def timeout_seconds(self) -> float:
+        """The deadline of each call."""
+        return self._timeout
+
     async def model(self) -> EncoderModel:
         try:
             info = await self._stub.GetModelInfo(query_encoder_pb2.GetModelInfoRequest(), timeout=self._timeout, metadata=outgoing_metadata(), wait_for_ready=True)

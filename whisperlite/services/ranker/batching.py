@@ -18,21 +18,30 @@ import collections
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
-from whisperlite.core.errors import InvalidArgument
+from whisperlite.core.errors import InvalidArgument, Unavailable
 
 Q = TypeVar("Q")
 R = TypeVar("R")
 
 
 class Coalescer(Generic[Q, R]):
-    def __init__(self, run_batch: Callable[[list[Q]], Awaitable[Sequence[R]]], *, max_batch: int, max_concurrent: int):
+    def __init__(
+        self, run_batch: Callable[[list[Q]], Awaitable[Sequence[R]]], *, max_batch: int, max_concurrent: int,
+        wait_seconds: float | None = None, name: str = "batch",
+    ):  # fmt: skip
+        """`wait_seconds` bounds a call from its arrival, the wait for the batches ahead of it included (None:
+        unbounded); a call past it fails Unavailable naming `name`, e.g. "catalog at ...: SearchBatch"."""
         if max_batch < 1:
             raise ValueError(f"max_batch: must be >= 1, got {max_batch}")
         if max_concurrent < 1:
             raise ValueError(f"max_concurrent: must be >= 1, got {max_concurrent}")
+        if wait_seconds is not None and wait_seconds <= 0:
+            raise ValueError(f"wait_seconds: must be > 0, got {wait_seconds}")
         self._run_batch = run_batch
         self._max_batch = max_batch
         self._max_concurrent = max_concurrent
+        self._wait_seconds = wait_seconds
+        self._name = name
         self._waiting: collections.deque[tuple[Q, asyncio.Future[R]]] = collections.deque()
         self._batches: set[asyncio.Task] = set()  # the event loop keeps only weak references to tasks
 
@@ -40,7 +49,15 @@ class Coalescer(Generic[Q, R]):
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._waiting.append((query, future))
         self._dispatch()
-        return await future  # a caller that gives up cancels its future; its batch goes on for the others
+        try:
+            # A caller that gives up (or times out here) cancels its future; its batch goes on for the others.
+            return await asyncio.wait_for(future, self._wait_seconds)
+        except TimeoutError:
+            # Without this bound a call queued behind batches that hang (a frozen dependency) would wait for
+            # them to time out and then for its own batch: twice the dependency's deadline.
+            raise Unavailable(
+                f"{self._name}: no answer within {self._wait_seconds:g} s (--deadline-seconds), the wait for the batches ahead included"
+            ) from None
 
     def _dispatch(self) -> None:
         while self._waiting and len(self._batches) < self._max_concurrent:

@@ -132,8 +132,14 @@ class Recommender:
         self._max_shadow_in_flight = max_shadow_in_flight
         self._shadow_tasks: set[asyncio.Task] = set()
         self._query_vectors = QueryVectorCache(query_cache_size)
-        self._embeds = Coalescer(self._embed_batch, max_batch=limits.max_batch, max_concurrent=limits.concurrent_batches)
-        self._searches = Coalescer(catalog.search_batch, max_batch=limits.max_batch, max_concurrent=limits.concurrent_batches)
+        self._embeds = Coalescer(
+            self._embed_batch, max_batch=limits.max_batch, max_concurrent=limits.concurrent_batches,
+            wait_seconds=encoder.timeout_seconds, name=f"{encoder.service}: Embed",
+        )
+        self._searches = Coalescer(
+            catalog.search_batch, max_batch=limits.max_batch, max_concurrent=limits.concurrent_batches,
+            wait_seconds=catalog.timeout_seconds, name=f"{catalog.service}: SearchBatch",
+        )
         # The network costs ~1 ms of CPU per request alone and about as much for a whole batch: Recommends
         # whose Embed came back together are personalized together (one batch at a time: it is CPU work).
         self._personalizations = Coalescer(self._personalize_batch, max_batch=limits.max_batch, max_concurrent=1)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
-from whisperlite.core.clients.errors import downstream_error
+from whisperlite.core.clients.errors import DownstreamClient, downstream_error
 from whisperlite.core.request_context import outgoing_metadata
 from whisperlite.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2
 
@@ -38,23 +38,12 @@ class CandidateSearch:
         )
 
 
-class CatalogClient:
+class CatalogClient(DownstreamClient):
     def __init__(self, channel: grpc.aio.Channel, timeout_seconds: float, address: str = ""):
+        super().__init__("catalog", timeout_seconds, address)
         self._stub = catalog_pb2_grpc.CatalogServiceStub(channel)
-        self._timeout = timeout_seconds
-        self._service = f"catalog at {address}" if address else "catalog"
         self._batch_search = True  # until a catalog from before SearchBatch answers UNIMPLEMENTED
         self._explains = True  # until a catalog from before SearchRequest.explain answers without explain_scores
-
-    @property
-    def service(self) -> str:
-        """How errors name the service, e.g. "catalog at host:port"."""
-        return self._service
-
-    @property
-    def timeout_seconds(self) -> float:
-        """The deadline of each call."""
-        return self._timeout
 
     async def stats(self) -> catalog_pb2.GetStatsResponse:
         """Waits for a catalog that is not reachable yet; a catalog still opening answers UNAVAILABLE,

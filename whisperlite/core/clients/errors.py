@@ -23,6 +23,23 @@ T = TypeVar("T")
 TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED})
 
 
+class DownstreamClient:
+    """What a service's client of another service keeps: how its errors name that service, and each call's deadline."""
+
+    def __init__(self, kind: str, timeout_seconds: float, address: str = ""):
+        self._timeout = timeout_seconds
+        self._service = f"{kind} at {address}" if address else kind
+
+    @property
+    def service(self) -> str:
+        """How errors name the service, e.g. "catalog at host:port"."""
+        return self._service
+
+    @property
+    def timeout_seconds(self) -> float:
+        return self._timeout
+
+
 def retry_after_seconds(error: grpc.RpcError) -> float | None:
     """The server's hint of when to retry a refused call (its retry-after-ms trailer), or None."""
     trailer = error.trailing_metadata() if callable(getattr(error, "trailing_metadata", None)) else None

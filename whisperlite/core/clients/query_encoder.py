@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
-from whisperlite.core.clients.errors import downstream_error
+from whisperlite.core.clients.errors import DownstreamClient, downstream_error
 from whisperlite.core.request_context import outgoing_metadata
 from whisperlite.v1 import query_encoder_pb2, query_encoder_pb2_grpc
 
@@ -33,21 +33,10 @@ class TextEmbeddings:
     vectors: np.ndarray  # float32 (len(texts), dimension)
 
 
-class QueryEncoderClient:
+class QueryEncoderClient(DownstreamClient):
     def __init__(self, channel: grpc.aio.Channel, timeout_seconds: float, address: str = ""):
+        super().__init__("query encoder", timeout_seconds, address)
         self._stub = query_encoder_pb2_grpc.QueryEncoderServiceStub(channel)
-        self._timeout = timeout_seconds
-        self._service = f"query encoder at {address}" if address else "query encoder"
-
-    @property
-    def service(self) -> str:
-        """How errors name the service, e.g. "query encoder at host:port"."""
-        return self._service
-
-    @property
-    def timeout_seconds(self) -> float:
-        """The deadline of each call."""
-        return self._timeout
 
     async def model(self) -> EncoderModel:
         try:

@@ -1,6 +1,7 @@
 """`whisperlite up`: the three services and the HTTP gateway as separate processes on the embedded defaults."""
 
 import asyncio
+import collections
 import os
 import signal
 import subprocess
@@ -19,14 +20,22 @@ from whisperlite.shell.http_health import wait_until_http_serving
 from whisperlite.shell.ingest import ingest
 
 
+# A service that exits is started again, unless it exited this many times within the window: a crash
+# loop (a port taken, a broken store) that restarting cannot mend stops the stack with the reason.
+MAX_RESTARTS = 5
+RESTART_WINDOW_SECONDS = 60.0
+
+
 class Stack:
-    """Starts the services in dependency order, each after the previous one reports SERVING."""
+    """Starts the services in dependency order, each after the previous one reports SERVING, and starts
+    again any that exits while the stack runs (as a container runtime's restart policy would)."""
 
     def __init__(self, state_dir: Path, model_dir: Path, extra_env: dict[str, str] | None = None, secure: bool = False):
         self.state_dir = state_dir
         self.model_dir = model_dir
         self.log_dir = state_dir / "logs"
         self.processes: dict[str, subprocess.Popen] = {}
+        self._restarts: dict[str, collections.deque[float]] = collections.defaultdict(collections.deque)
         self.env = {
             **os.environ,
             QUERY_ENCODER.address_env: QUERY_ENCODER.local_address,
@@ -49,12 +58,8 @@ class Stack:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for spec in SERVICES:
             log_path = self.log_dir / f"{spec.name}.log"
-            command = [sys.executable, "-m", "whisperlite", "serve", spec.name, "--port", str(spec.port)]
-            if spec.speaks_grpc:  # the gateway serves /metrics on its HTTP port
-                command += ["--metrics-port", str(spec.metrics_port)]
             print(f"starting {spec.name} on :{spec.port} (logs: {log_path})", flush=True)
-            process = subprocess.Popen(command, env=self.env, stdout=subprocess.DEVNULL, stderr=log_path.open("ab"))
-            self.processes[spec.name] = process
+            process = self._launch(spec.name)
 
             def alive(p: subprocess.Popen = process) -> bool:
                 return p.poll() is None
@@ -67,6 +72,35 @@ class Stack:
                 tail = log_path.read_text(errors="replace").splitlines()[-15:]
                 self.stop()
                 raise SystemExit(f"{spec.name} did not become healthy; last log lines:\n" + "\n".join(tail))
+
+    def _launch(self, name: str) -> subprocess.Popen:
+        spec = next(spec for spec in SERVICES if spec.name == name)
+        command = [sys.executable, "-m", "whisperlite", "serve", spec.name, "--port", str(spec.port)]
+        if spec.speaks_grpc:  # the gateway serves /metrics on its HTTP port
+            command += ["--metrics-port", str(spec.metrics_port)]
+        with (self.log_dir / f"{spec.name}.log").open("ab") as log:
+            process = subprocess.Popen(command, env=self.env, stdout=subprocess.DEVNULL, stderr=log)
+        self.processes[spec.name] = process
+        return process
+
+    def restart_exited(self) -> None:
+        """Starts again each service that exited; raises SystemExit for one that keeps exiting."""
+        for name, process in list(self.processes.items()):
+            code = process.poll()
+            if code is None:
+                continue
+            now = time.monotonic()
+            recent = self._restarts[name]
+            while recent and now - recent[0] > RESTART_WINDOW_SECONDS:
+                recent.popleft()
+            if len(recent) >= MAX_RESTARTS:
+                raise SystemExit(
+                    f"{name} exited {len(recent) + 1} times within {RESTART_WINDOW_SECONDS:.0f} s (last exit code {code}); "
+                    f"not restarting it: see {self.log_dir / (name + '.log')}"
+                )
+            recent.append(now)
+            print(f"{name} exited with code {code}; starting it again (logs: {self.log_dir / (name + '.log')})", file=sys.stderr, flush=True)
+            self._launch(name)
 
     def stop(self, grace_seconds: float = 15.0) -> None:
         for process in reversed(list(self.processes.values())):
@@ -152,11 +186,9 @@ def up(data_dir: Path | None, state_dir: Path, model_dir: Path, secure: bool = F
             + "Ctrl-C stops the stack.",
             flush=True,
         )
-        while not stop_requested and all(p.poll() is None for p in stack.processes.values()):
+        while not stop_requested:
+            stack.restart_exited()
             time.sleep(0.5)
-        dead = [name for name, p in stack.processes.items() if p.poll() is not None]
-        if dead and not stop_requested:
-            print(f"service(s) exited: {', '.join(dead)}; see {stack.log_dir}", file=sys.stderr)
     finally:
         print("stopping the stack", flush=True)
         stack.stop()

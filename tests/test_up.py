@@ -1,0 +1,59 @@
+"""`whisperlite up` as a user runs it: the four processes on their fixed ports, a service that dies
+is started again, and Ctrl-C stops everything."""
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from tests.servers import REPO
+from whisperlite.core.clients.health import is_serving
+from whisperlite.core.topology import CATALOG, RANKER, SERVICES
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} not within {timeout} s")
+        time.sleep(0.2)
+
+
+def service_process(up: subprocess.Popen, name: str) -> psutil.Process:
+    (child,) = [child for child in psutil.Process(up.pid).children() if f"serve {name} " in " ".join(child.cmdline())]
+    return child
+
+
+def test_a_service_that_dies_is_started_again_and_the_stack_serves_on(tmp_path):
+    ports = [port for spec in SERVICES for port in {spec.port, spec.metrics_port}]
+    if not all(port_free(port) for port in ports):
+        pytest.skip(f"`whisperlite up` needs its fixed ports {ports}, and one is taken (a stack already running?)")
+    log = (tmp_path / "up.log").open("w")
+    up = subprocess.Popen(
+        [sys.executable, "-m", "whisperlite", "up", "--state-dir", str(tmp_path / "state"), "--model-dir", str(tmp_path / "no-model")],
+        cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for(lambda: "WhisperLite is up" in (tmp_path / "up.log").read_text(), 300, "the stack serving")
+        catalog = service_process(up, "catalog")
+        catalog.kill()
+        wait_for(lambda: "catalog exited with code -9; starting it again" in (tmp_path / "up.log").read_text(), 10, "the restart")
+        assert service_process(up, "catalog").pid != catalog.pid
+        wait_for(lambda: is_serving(CATALOG.local_address, timeout_seconds=1), 120, "the new catalog serving")
+        wait_for(lambda: is_serving(RANKER.local_address, timeout_seconds=1), 30, "the ranker serving again")  # it follows its catalog
+        assert up.poll() is None
+    finally:
+        up.send_signal(signal.SIGINT)
+        code = up.wait(60)
+        log.close()
+    assert code == 0, (tmp_path / "up.log").read_text()[-3000:]
+    assert all(port_free(port) for port in ports)  # every service stopped with it

@@ -152,7 +152,7 @@ def torch_threads(count: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def in_process(encoder, model: PersonalizationModel, items: np.ndarray, user: str, repeats: int) -> dict:
+def in_process(encoder, model: PersonalizationModel, item_ids: list[str], items: np.ndarray, user: str, repeats: int) -> dict:
     """The reference figures: the same encoder, network and vectors, called directly, each on the
     torch threads its service uses (the ranker's network on one: see its --torch-threads)."""
     encoder.encode_texts(fresh_texts(128, 90_000_000), batch_size=64)  # warm-up
@@ -186,7 +186,7 @@ def in_process(encoder, model: PersonalizationModel, items: np.ndarray, user: st
             searched = time.perf_counter()
             candidates = top_candidates(items @ personalized.vector, CANDIDATES)
             vectors = items[candidates]
-            scores = model.score(personalized, vectors)
+            scores = model.score(personalized, vectors, [item_ids[c] for c in candidates])  # ids: a sequence part's rows
             _ = vectors @ query, vectors @ personalized.taste  # the response's query_match and personal_affinity
             np.argsort(-scores, kind="stable")[:TOP_K]
         done = time.perf_counter()
@@ -343,8 +343,8 @@ def main() -> None:
     if user is None or not model.knows_user(user):
         user = model.user_ids[0]
     encoder = load_encoder()
-    _, items = catalog_vectors(args.catalog)
-    reference = in_process(encoder, model, items, user, args.repeats) | {"items": len(items)}
+    item_ids, items = catalog_vectors(args.catalog)
+    reference = in_process(encoder, model, item_ids, items, user, args.repeats) | {"items": len(items)}
     probe = encoder.encode_texts(["a light summer dress"])[0].tolist()
     results = asyncio.run(remote(args, user, probe))
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"

@@ -323,8 +323,14 @@ def test_a_frozen_catalog_turns_the_ranker_not_serving_and_back_while_it_keeps_a
             stub = ranker_pb2_grpc.RankerServiceStub(channel)
             with pytest.raises(grpc.RpcError) as failed:
                 stub.Recommend(ranker_pb2.RecommendRequest(user_id="u", query="a wool scarf", top_k=3), timeout=30)
-        assert failed.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-        assert "catalog at localhost:" in failed.value.details()  # the ranker's own deadline, naming the dependency
+            assert failed.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+            assert "catalog at localhost:" in failed.value.details()  # the ranker's own deadline, naming the dependency
+            # A caller with a shorter deadline hears, just before it, which stage ran out of time.
+            with pytest.raises(grpc.RpcError) as late:
+                stub.Recommend(ranker_pb2.RecommendRequest(user_id="u", query="a wool scarf", top_k=3), timeout=1.0)
+            assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert re.match(r"the caller's deadline passed during search, waiting on catalog at localhost:\d+ \(SearchBatch\) "
+                            r"\(\d+ ms were left when the call arrived\)", late.value.details()), late.value.details()
     finally:
         os.kill(catalog.process.pid, signal.SIGCONT)
     up_after = wait_for(lambda: ranker_follows_its_dependency(ranker, serving=True), timeout=10)

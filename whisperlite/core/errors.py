@@ -31,6 +31,10 @@ class Unavailable(ServiceError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class DeadlineExceeded(ServiceError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
 # Trailing metadata of a load-shedding refusal (RESOURCE_EXHAUSTED): milliseconds after which a
 # retry is likely to be admitted. Callers that honour it back off as long as the server needs.
 RETRY_AFTER_KEY = "retry-after-ms"

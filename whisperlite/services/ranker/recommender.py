@@ -10,7 +10,7 @@ import numpy as np
 
 from whisperlite.core.clients.catalog import Candidate, CandidateSearch, CatalogClient
 from whisperlite.core.clients.query_encoder import QueryEncoderClient
-from whisperlite.core.errors import FailedPrecondition, InvalidArgument, Unavailable
+from whisperlite.core.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, Unavailable
 from whisperlite.core.personalization import TASTE_NONE, PersonalizationModel, PersonalizedQuery, text_plus_history_query
 from whisperlite.services.ranker.metrics import (
     MODEL_REQUESTS,
@@ -92,12 +92,21 @@ class ShadowCall:
 
 
 @contextmanager
-def _stage(name: str):
+def _stage(name: str, current: list[str]):
+    current[0] = name  # what a deadline that passes now interrupted
     start = time.perf_counter()
     try:
         yield
     finally:
         STAGE_SECONDS.labels(name).observe(time.perf_counter() - start)
+
+
+def _answer_within(time_remaining: float | None) -> float | None:
+    """How long the ranker may work on a call: a little less than the caller waits, so that the caller
+    hears which stage ran out of time rather than its own bare DEADLINE_EXCEEDED."""
+    if time_remaining is None:
+        return None
+    return max(time_remaining - 0.02, 0.9 * time_remaining)
 
 
 def _detailed(candidate: Candidate) -> bool:
@@ -140,6 +149,13 @@ class Recommender:
             catalog.search_batch, max_batch=limits.max_batch, max_concurrent=limits.concurrent_batches,
             wait_seconds=catalog.timeout_seconds, name=f"{catalog.service}: SearchBatch",
         )
+        self._waits_on = {
+            "start": "nothing yet (the call came with next to no time left)",
+            "encode": f"{encoder.service} (Embed)",
+            "personalize": f"the personalization network, or {catalog.service} (the recent items' vectors)",
+            "search": f"{catalog.service} (SearchBatch)",
+            "score": f"{catalog.service} (GetItems of items past the detailed hits)",
+        }
         # The network costs ~1 ms of CPU per request alone and about as much for a whole batch: Recommends
         # whose Embed came back together are personalized together (one batch at a time: it is CPU work).
         self._personalizations = Coalescer(self._personalize_batch, max_batch=limits.max_batch, max_concurrent=1)
@@ -174,6 +190,23 @@ class Recommender:
         top_k: int,
         item_filter: common_pb2.ItemFilter,
         recent_item_ids: list[str],
+        time_remaining: float | None = None,
+    ) -> Recommendations:
+        """`time_remaining`: the caller's deadline, in seconds from now (None: none)."""
+        current = ["start"]
+        try:
+            async with asyncio.timeout(_answer_within(time_remaining)) as limit:
+                return await self._recommend(user_id, query, top_k, item_filter, recent_item_ids, current)
+        except TimeoutError:
+            if not limit.expired():
+                raise
+            raise DeadlineExceeded(
+                f"the caller's deadline passed during {current[0]}, waiting on {self._waits_on[current[0]]} "
+                f"({time_remaining * 1e3:.0f} ms were left when the call arrived)"
+            ) from None
+
+    async def _recommend(
+        self, user_id: str, query: str, top_k: int, item_filter: common_pb2.ItemFilter, recent_item_ids: list[str], current: list[str]
     ) -> Recommendations:
         traffic = self._models.traffic  # one snapshot per request: a swap in the middle cannot mix two versions
         if traffic is None:
@@ -182,12 +215,12 @@ class Recommender:
         started = time.perf_counter()
         route = traffic.route(user_id)
         model = route.model
-        with _stage("encode"):
+        with _stage("encode", current):
             query_vector = self._query_vectors.get(text)
             if query_vector is None:
                 query_vector = await self._embeds.call(text)
 
-        with _stage("personalize"):
+        with _stage("personalize", current):
             recent_vectors = await self._recent_vectors(model, user_id, recent_item_ids)
             # A sequence part reads the recent items by id: such a request is personalized on its own.
             session = bool(recent_item_ids) and model is not None and model.sequence is not None
@@ -196,10 +229,10 @@ class Recommender:
             else:
                 personalized = self._personalize(model, query_vector, user_id, recent_item_ids, recent_vectors)
 
-        with _stage("search"):
+        with _stage("search", current):
             candidates = await self._search(model, query_vector, personalized, top_k, item_filter)
 
-        with _stage("score"):
+        with _stage("score", current):
             items = await self._rank(model, query_vector, personalized, candidates, top_k)
         version = model.version if model is not None else ""
         RECOMMENDATIONS.labels(personalized.path).inc()

@@ -3,12 +3,15 @@ and the user-hash traffic split."""
 
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
 from tests.fixtures_model import train_tiny_version
+from tests.servers import REPO
 from whisperlite.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from whisperlite.core.personalization import MANIFEST, WEIGHTS, PersonalizationModel
 from whisperlite.services.ranker.models import (
@@ -78,6 +81,34 @@ def test_a_new_version_is_picked_up_and_rollback_is_not_undone(trained, tmp_path
     states = {entry.version: entry.state for entry in registry.list_models()}
     assert states == {_version(old): STATE_LIVE, _version(new): STATE_AVAILABLE}
 
+    # docs/models.md makes a rollback permanent by moving the bad version out: what is left is older than
+    # what was seen, so nothing is promoted.
+    newest = _copy_as(trained[1], models, "tiny-newest", "2999-01-01T00:00:00+00:00")
+    assert registry.poll() == "tiny-newest"
+    registry.load(_version(old))
+    shutil.move(newest, tmp_path / "moved-out")
+    assert registry.poll() is None
+    assert registry.traffic.live_version == _version(old)
+
+
+def test_a_refused_version_does_not_hide_a_good_one_written_after_it(trained, tmp_path, contract):
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copytree(trained[0], models / trained[0].name)
+    registry = _started(models, contract)
+    _manifest_not_an_object(_copy_as(trained[1], models, "tiny-unreadable", "2999-06-01T00:00:00+00:00"))
+    broken = _copy_as(trained[1], models, "tiny-broken", "2999-05-01T00:00:00+00:00")
+    _garbage_weights(broken)
+    assert registry.poll() is None
+    _copy_as(trained[1], models, "tiny-good", "2999-01-01T00:00:00+00:00")  # created before the refused ones
+    assert registry.poll() == "tiny-good"
+    states = {entry.directory.name: (entry.state, entry.error) for entry in registry.list_models()}
+    assert states["tiny-unreadable"][0] == STATE_REFUSED and "must be a JSON object" in states["tiny-unreadable"][1]
+    assert states["tiny-broken"][0] == STATE_REFUSED
+    with pytest.raises(NotFound) as missing:
+        registry.load("x" * 100_000)
+    assert len(str(missing.value)) < 400  # a huge name is not echoed whole (gRPC metadata holds 16 KB)
+
 
 def _nan_weights(directory):
     state = torch.load(directory / WEIGHTS, weights_only=True)
@@ -98,7 +129,26 @@ def _other_encoder(directory):
     return "training vectors come from 'another/encoder' (16-d) but the query encoder serves 'test-encoder' (16-d)"
 
 
-@pytest.mark.parametrize("corrupt", [_nan_weights, _garbage_weights, _other_encoder])
+def _taste_row_nan(directory):
+    tastes = np.load(directory / "user_tastes.npy")
+    tastes[5] = np.nan  # a row the smoke scoring of user 0 never reads
+    np.save(directory / "user_tastes.npy", tastes)
+    return "user_tastes: contains NaN or inf (row 5)"
+
+
+def _histories_past_the_end(directory):
+    offsets = np.load(directory / "history_offsets.npy")
+    offsets[-1] += 7  # user rows past the stored items: an IndexError at their first request
+    np.save(directory / "history_offsets.npy", offsets)
+    return "histories: offsets must run from 0 to"
+
+
+def _manifest_not_an_object(directory):
+    (directory / MANIFEST).write_text("[]")
+    return "must be a JSON object, got list"
+
+
+@pytest.mark.parametrize("corrupt", [_nan_weights, _garbage_weights, _other_encoder, _taste_row_nan, _histories_past_the_end])
 def test_a_broken_version_is_refused_and_the_old_one_keeps_serving(corrupt, trained, tmp_path, contract):
     models = tmp_path / "models"
     models.mkdir()
@@ -180,14 +230,33 @@ def test_bad_admin_requests_get_precise_errors(trained, tmp_path, contract):
     assert registry.traffic.live_version == _version(live)
 
 
-def test_two_loaded_versions_share_the_user_index_and_map_their_tastes(trained):
-    """Versions trained on the same users hold one user-id index between them; taste tables stay on disk."""
+def test_two_loaded_versions_share_the_user_index(trained):
+    """Versions trained on the same users hold one user-id index between them."""
     first, second = (PersonalizationModel.load(directory) for directory in trained)
     assert first.version != second.version
     assert first.user_ids is second.user_ids
-    assert isinstance(first._user_tastes, np.memmap) and isinstance(second._user_tastes, np.memmap)
     other_users = PersonalizationModel.load(_copy_with_users(trained[1], trained[1].parent / "renamed-users"))
     assert other_users.user_ids is not first.user_ids and other_users.knows_user("renamed-u0")
+
+
+def test_a_loaded_version_survives_its_files_rewritten_in_place(trained, tmp_path):
+    """`cp new/* models/LIVE/` truncates the live version's files under it: a memory-mapped table then
+    killed the process with SIGBUS at its next read. Run in a child process, so that a crash is a failure."""
+    copy = shutil.copytree(trained[0], tmp_path / "live")
+    script = f"""
+import numpy as np
+from whisperlite.core.personalization import PersonalizationModel
+model = PersonalizationModel.load({str(copy)!r})
+before = [model.personalize(np.ones({DIM}, np.float32), user).vector for user in model.user_ids[:5]]
+for name in ("user_tastes.npy", "history_offsets.npy", "history_items.npy", "history_vectors.npy"):
+    with open({str(copy)!r} + "/" + name, "r+b") as file:
+        file.truncate(64)
+after = [model.personalize(np.ones({DIM}, np.float32), user).vector for user in model.user_ids[:5]]
+assert all(np.array_equal(b, a) for b, a in zip(before, after))
+print("served on")
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "served on" in done.stdout, (done.returncode, done.stderr[-2000:])
 
 
 def _copy_with_users(source, target):

@@ -119,11 +119,27 @@ def _manifest_not_json(root):
 def _weights_missing(root):
     version = root / "v1"
     version.mkdir()
-    (version / "manifest.json").write_text('{"config": {"network": {}}, "dimension": 384, "created": "2026-01-01"}')
+    (version / "manifest.json").write_text(
+        '{"config": {"network": {}}, "dimension": 384, "created": "2026-01-01", "version": "v1", "encoder": "sentence-transformers/all-MiniLM-L6-v2"}'
+    )
     return version, "FileNotFoundError"
 
 
-@pytest.mark.parametrize("make_model", [_manifest_not_json, _weights_missing])
+def _manifest_not_an_object(root):
+    version = root / "v1"
+    version.mkdir()
+    (version / "manifest.json").write_text("[]")
+    return version.parent, "ValueError: manifest.json: must be a JSON object, got list"
+
+
+def _manifest_without_version(root):
+    version = root / "v1"
+    version.mkdir()
+    (version / "manifest.json").write_text('{"created": "2026-01-01", "encoder": "sentence-transformers/all-MiniLM-L6-v2"}')
+    return version.parent, "ValueError: manifest.json: version must be 1 to 256 printable characters, got 'None'"
+
+
+@pytest.mark.parametrize("make_model", [_manifest_not_json, _weights_missing, _manifest_not_an_object, _manifest_without_version])
 def test_an_unreadable_model_stops_start_up(make_model, encoder_service, catalog_service, tmp_path):
     model_dir, error_name = make_model(tmp_path)
     ranker = launch_service(

@@ -45,7 +45,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from whisperlite.core.sequence import SequenceModel, csr
+from whisperlite.core.sequence import SequenceModel, check_csr, check_finite, csr
 
 MANIFEST = "manifest.json"
 WEIGHTS = "network.pt"
@@ -192,7 +192,7 @@ _LOADED_USER_INDEXES: "weakref.WeakValueDictionary[bytes, UserIndex]" = weakref.
 
 @dataclass(frozen=True)
 class UserHistories:
-    """Each user's train items in time order (CSR), with the vectors they point at; memory-mapped when loaded."""
+    """Each user's train items in time order (CSR), with the vectors they point at."""
 
     offsets: np.ndarray  # (n_users + 1,) int64: user row r owns items[offsets[r]:offsets[r + 1]]
     items: np.ndarray  # (nnz,) int32 rows of `vectors`
@@ -249,8 +249,10 @@ class PersonalizationModel:
         users = user_ids if isinstance(user_ids, UserIndex) else UserIndex(user_ids)
         if user_tastes.shape != (len(users.ids), network.dimension):
             raise ValueError(f"user_tastes: expected shape {(len(users.ids), network.dimension)}, got {user_tastes.shape}")
-        if histories is not None and len(histories.offsets) != len(users.ids) + 1:
-            raise ValueError(f"histories: expected {len(users.ids) + 1} offsets, got {len(histories.offsets)}")
+        check_finite("user_tastes", user_tastes)
+        if histories is not None:
+            check_csr("histories", histories.offsets, histories.items, len(users.ids), len(histories.vectors))
+            check_finite("history vectors", histories.vectors)
         if network.taste_mode == TASTE_ATTENTION and histories is None:
             raise ValueError("histories: an attention taste needs the users' histories")
         if user_residuals is not None and user_residuals.shape != user_tastes.shape:
@@ -300,7 +302,7 @@ class PersonalizationModel:
     def user_taste(self, user_id: str) -> np.ndarray | None:
         """The mean-taste table's row for a known user (None: unknown); attention tastes depend on the request."""
         i = self._users.rows.get(user_id)
-        return None if i is None else np.array(self._user_tastes[i], dtype=np.float32)  # a copy, not the mmap
+        return None if i is None else np.array(self._user_tastes[i], dtype=np.float32)  # a copy: callers may change it
 
     # ---- inference ------------------------------------------------------------------------
     def personalize(
@@ -492,19 +494,20 @@ class PersonalizationModel:
     def load(cls, path: str | Path) -> PersonalizationModel:
         """Load a version directory, or the newest version inside a parent directory."""
         directory = resolve_version_dir(path)
-        manifest = json.loads((directory / MANIFEST).read_text())
+        manifest = read_manifest(directory)
         arch = manifest["config"]["network"]
         user_ids = (directory / USER_IDS).read_bytes()
         digest = hashlib.blake2b(user_ids, digest_size=16).digest()
         users = _LOADED_USER_INDEXES.get(digest)
         if users is None:
             users = _LOADED_USER_INDEXES[digest] = UserIndex(json.loads(user_ids))
-        # The user tables are memory-mapped: start-up cost does not grow with the number of users.
-        user_tastes = np.load(directory / USER_TASTES, mmap_mode="r")
-        residuals = np.load(directory / USER_RESIDUALS, mmap_mode="r") if (directory / USER_RESIDUALS).is_file() else None
+        # Read into memory, not memory-mapped: a file of a loaded version that is rewritten in place (a `cp`
+        # over it) would kill the process with SIGBUS at its next read, every replica sharing the volume at once.
+        user_tastes = np.load(directory / USER_TASTES)
+        residuals = np.load(directory / USER_RESIDUALS) if (directory / USER_RESIDUALS).is_file() else None
         histories = None
         if (directory / HISTORY_OFFSETS).is_file():
-            histories = UserHistories(*(np.load(directory / name, mmap_mode="r") for name in (HISTORY_OFFSETS, HISTORY_ITEMS, HISTORY_VECTORS)))
+            histories = UserHistories(*(np.load(directory / name) for name in (HISTORY_OFFSETS, HISTORY_ITEMS, HISTORY_VECTORS)))
         # The residual table is folded into user_tastes at export; the network keeps an empty one.
         network = PersonalizationNetwork(dimension=int(manifest["dimension"]), n_users=0, **arch)
         state = torch.load(directory / WEIGHTS, map_location="cpu", weights_only=True)
@@ -532,9 +535,23 @@ def version_dirs(parent: str | Path) -> list[Path]:
     return [child for child in Path(parent).iterdir() if (child / MANIFEST).is_file()]
 
 
+MAX_VERSION_CHARS = 256
+
+
 def read_manifest(directory: str | Path) -> dict:
-    """A version's manifest; ValueError when it is not JSON."""
-    return json.loads((Path(directory) / MANIFEST).read_text())
+    """A version's manifest; ValueError saying why when it is not a JSON object naming a usable version and encoder."""
+    manifest = json.loads((Path(directory) / MANIFEST).read_text())
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{MANIFEST}: must be a JSON object, got {type(manifest).__name__}")
+    version = manifest.get("version")
+    # The version is how admin calls, metrics and responses name the model: it must be printable and non-empty.
+    if not isinstance(version, str) or not version.strip() or len(version) > MAX_VERSION_CHARS or not version.isprintable():
+        raise ValueError(f"{MANIFEST}: version must be 1 to {MAX_VERSION_CHARS} printable characters, got {str(version)[:60]!r}")
+    if not isinstance(manifest.get("encoder"), str) or not manifest["encoder"]:
+        raise ValueError(f"{MANIFEST}: encoder must be a non-empty string, got {str(manifest.get('encoder'))[:60]!r}")
+    if not isinstance(manifest.get("created", ""), str):  # versions are ordered by it
+        raise ValueError(f"{MANIFEST}: created must be a string (an ISO time), got {str(manifest['created'])[:60]!r}")
+    return manifest
 
 
 def newest_first_key(manifest: dict, directory: Path) -> tuple[str, str]:

@@ -131,6 +131,24 @@ def csr(sequences: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return offsets, values
 
 
+def check_csr(name: str, offsets: np.ndarray, values: np.ndarray, n_rows: int, n_targets: int, first_target: int = 0) -> None:
+    """ValueError unless `offsets` split `values` into `n_rows` rows and every value is a row of a table of
+    `n_targets` (from `first_target`): a stored file that breaks this would fail or mislead requests later."""
+    if offsets.ndim != 1 or len(offsets) != n_rows + 1:
+        raise ValueError(f"{name}: expected {n_rows + 1} offsets, got shape {offsets.shape}")
+    if len(offsets) and (offsets[0] != 0 or offsets[-1] != len(values)):
+        raise ValueError(f"{name}: offsets must run from 0 to {len(values)} (the values), got {offsets[0]} to {offsets[-1]}")
+    if np.any(np.diff(offsets) < 0):
+        raise ValueError(f"{name}: offsets must not decrease")
+    if len(values) and (values.min() < first_target or values.max() >= n_targets):
+        raise ValueError(f"{name}: values must lie in [{first_target}, {n_targets}), got {values.min()} to {values.max()}")
+
+
+def check_finite(name: str, array: np.ndarray) -> None:
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name}: contains NaN or inf (row {int(np.argwhere(~np.isfinite(array))[0][0])})")
+
+
 def moments(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and (population) covariance of the rows, in float64: z-scores of dot products with them are exact."""
     x = np.asarray(vectors, dtype=np.float64)
@@ -176,6 +194,8 @@ class SequenceModel:
             user_states = self._stored_sequence_states()
         if user_states.shape != (self.n_users, architecture.dimension):
             raise ValueError(f"user_states: expected shape {(self.n_users, architecture.dimension)}, got {user_states.shape}")
+        check_csr("sequences", offsets, rows, self.n_users, len(self.item_ids) + 1, first_target=1)
+        check_finite("user_states", user_states)
         self._user_states = user_states
 
     @classmethod
@@ -261,8 +281,6 @@ class SequenceModel:
         network.load_state_dict(torch.load(directory / SEQUENCE_WEIGHTS, map_location="cpu", weights_only=True), strict=True)
         with np.load(directory / CATALOG_MOMENTS) as catalog:
             mean, covariance = catalog["mean"], catalog["covariance"]
-        offsets = np.load(directory / SEQUENCE_OFFSETS, mmap_mode="r")
-        rows = np.load(directory / SEQUENCE_ROWS, mmap_mode="r")
-        states = np.load(directory / SEQUENCE_STATES, mmap_mode="r")
+        offsets, rows, states = (np.load(directory / name) for name in (SEQUENCE_OFFSETS, SEQUENCE_ROWS, SEQUENCE_STATES))
         return cls(network, architecture, item_ids, offsets, rows, float(manifest["text_weight"]), mean, covariance,
                    user_states=states, candidates=int(manifest["candidates"]))

@@ -179,7 +179,10 @@ class ModelRegistry:
         self._traffic: Traffic | None = None
         # directory -> (fingerprint when refused, why): listed as refused until the files change
         self._refused: dict[Path, tuple[tuple, str]] = {}
-        self._newest_seen: Path | None = None
+        # The newest (created, directory name) seen: only a version newer than it is ever promoted by the watcher.
+        self._newest_seen: tuple[str, str] | None = None
+        # directory -> fingerprint of an unreadable manifest already reported: reported again once it changes
+        self._unreadable: dict[Path, tuple] = {}
 
     @property
     def traffic(self) -> Traffic | None:
@@ -194,8 +197,8 @@ class ModelRegistry:
         with self._lock:
             self._contract = contract
             self._swap(Traffic(live=model))
-            newest = self._newest()
-            self._newest_seen = newest[0] if newest else None
+            versions = self._readable()
+            self._newest_seen = max((key for key, _ in versions), default=None)
 
     def poll(self) -> str | None:
         """Picks up a version newer than any seen before (by manifest `created`); returns it once live.
@@ -206,23 +209,21 @@ class ModelRegistry:
         with self._lock:
             if self._traffic is None:
                 return None
-            newest = self._newest()
-            if newest is None:
-                return None
-            directory, _ = newest
-            refused = self._refused.get(directory)
-            if directory == self._newest_seen and refused is None:
-                return None
-            if refused is not None and refused[0] == _fingerprint(directory):
-                return None
-            try:
-                model = self._load_validated(directory)
-            except FailedPrecondition:
-                return None
-            self._newest_seen = directory
-            previous = self._promote(model)
-            log.info("picked up a new model version", extra={"model_version": model.version, "previous_version": previous})
-            return model.version
+            newer = [(key, directory) for key, directory in self._readable() if self._newest_seen is None or key > self._newest_seen]
+            # Newest first; a refused one (until its files change) does not hide a good one written after the last seen.
+            for key, directory in sorted(newer, reverse=True):
+                refused = self._refused.get(directory)
+                if refused is not None and refused[0] == _fingerprint(directory):
+                    continue
+                try:
+                    model = self._load_validated(directory)
+                except FailedPrecondition:
+                    continue
+                self._newest_seen = key
+                previous = self._promote(model)
+                log.info("picked up a new model version", extra={"model_version": model.version, "previous_version": previous})
+                return model.version
+            return None
 
     # ---- admin -------------------------------------------------------------------------------
     def get_traffic(self) -> Traffic:
@@ -333,21 +334,29 @@ class ModelRegistry:
         for entry in self.list_models():
             if entry.version == version:
                 return entry.directory
-        raise NotFound(f"version: no version {version!r} under {self.model_dir} (ListModels shows what is there)")
+        shown = version if len(version) <= 80 else f"{version[:80]}... ({len(version)} characters)"
+        raise NotFound(f"version: no version {shown!r} under {self.model_dir} (ListModels shows what is there)")
 
     def _directories(self) -> list[Path]:
         if (self.model_dir / MANIFEST).is_file():  # --model-dir names one version: nothing else to pick from
             return [self.model_dir]
         return version_dirs(self.model_dir) if self.model_dir.is_dir() else []
 
-    def _newest(self) -> tuple[Path, dict] | None:
+    def _readable(self) -> list[tuple[tuple[str, str], Path]]:
+        """(newest_first_key, directory) of each version whose manifest reads; an unreadable one is logged
+        and counted refused once (again when its files change), and listed as refused."""
         readable = []
         for directory in self._directories():
             try:
-                readable.append((directory, read_manifest(directory)))
-            except (OSError, ValueError):
-                continue  # listed as refused; a later version can still be picked up
-        return max(readable, key=lambda pair: newest_first_key(pair[1], pair[0]), default=None)
+                readable.append((newest_first_key(read_manifest(directory), directory), directory))
+                self._unreadable.pop(directory, None)
+            except (OSError, ValueError) as error:
+                fingerprint = _fingerprint(directory)
+                if self._unreadable.get(directory) != fingerprint:
+                    self._unreadable[directory] = fingerprint
+                    MODEL_LOADS.labels("refused").inc()
+                    log.error("model version refused", extra={"model_dir": str(directory), "reason": f"{MANIFEST}: {type(error).__name__}: {error}"})
+        return readable
 
 
 def _int(value) -> int:

@@ -1,6 +1,7 @@
 """A hand-made dataset folder that cannot be trained on is refused with the file, line and reason, before any
 embedding or training; `whisperlite train` and `evaluate` turn that into "error: ..." and exit 2."""
 
+import re
 import subprocess
 import sys
 
@@ -8,6 +9,7 @@ import pytest
 
 from tests.servers import REPO
 from whisperlite.core.dataset import load_dataset
+from whisperlite.trainer.train import version_slug
 
 ITEMS = "item_id,title,category\n1,Red summer dress,Dresses\n2,Blue oxford shirt,Tops\n"
 
@@ -54,3 +56,41 @@ def refused_with(tmp_path, command: str, data, message: str) -> None:
 def test_blank_timestamps_read_as_zero_and_numbers_in_any_notation(tmp_path):
     data = write(tmp_path / "data", ITEMS, "user_id,item_id,timestamp\nu1,1,\nu1,2,1.7e9\n")
     assert load_dataset(data).interactions["timestamp"].tolist() == [0, 1_700_000_000]
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ({"dataset.json": "[1, 2, 3]"}, "dataset.json: must be a JSON object, got list"),
+        ({"dataset.json": "{name: 1}"}, "dataset.json: not JSON"),
+        ({"interactions.csv": "user_id,item_id,timestamp\nu1,1,1\nu1,2,2,x,y\n"}, "interactions.csv: Error tokenizing data"),
+        ({"items.csv": "title\nRed dress\n"}, "items.csv: missing column item_id"),
+        ({"items.csv": "item_id,category\n1,Dresses\n"}, "items.csv: needs a title or a text column"),
+        ({"interactions.csv": "user_id,item_id,timestamp\n,1,1\n"}, "interactions.csv line 2: user_id is empty"),
+        ({"interactions.csv": "user_id,item_id,timestamp\nu1,1,1\nu1,2,inf\n"}, "interactions.csv line 3: timestamp 'inf' is not a finite number"),
+        ({"interactions.csv": "user_id,item_id,timestamp\nu1,1,1\nu1,2,1e30\n"}, "interactions.csv line 3: timestamp '1e30' lies past what int64"),
+    ],
+    ids=["info-not-an-object", "info-not-json", "ragged-row", "no-item-id", "no-item-text", "blank-user", "infinite-time", "time-past-int64"],
+)
+def test_a_broken_file_is_refused_naming_it(tmp_path, files, message):
+    data = write(tmp_path / "data", ITEMS, "user_id,item_id,timestamp\nu1,1,1\nu1,2,2\n")
+    for name, text in files.items():
+        (data / name).write_text(text)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_dataset(data)
+
+
+def test_timestamps_keep_their_exact_order(tmp_path):
+    """Fractions of a second order a user's items (they were cut to whole seconds, leaving file order to
+    decide), and nanosecond integers stay exact next to a blank cell (which sent them through float64)."""
+    data = write(tmp_path / "data", ITEMS, "user_id,item_id,timestamp\nu1,2,1600000000.2\nu1,1,1600000000.1\n")
+    assert load_dataset(data).interactions["timestamp"].tolist() == [1600000000.2, 1600000000.1]
+    (data / "interactions.csv").write_text("user_id,item_id,timestamp\nu1,1,1700000000000000093\nu1,2,1700000000000000108\nu2,1,\n")
+    assert load_dataset(data).interactions["timestamp"].tolist() == [1700000000000000093, 1700000000000000108, 0]
+
+
+def test_a_dataset_name_is_a_safe_start_of_a_version_directory():
+    assert version_slug("amazon_clothing_2014_msl") == "amazon_clothing_2014_msl"
+    assert version_slug("h&m/fashion") == "h-m-fashion"
+    assert version_slug("../../etc/../weird name/x") == "etc-weird-name-x"
+    assert version_slug("") == version_slug("---") == "model"  # never a version that reads as a flag

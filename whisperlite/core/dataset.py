@@ -138,7 +138,12 @@ def read_items(data_dir: str | os.PathLike) -> pd.DataFrame:
     path = Path(data_dir) / ITEMS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} missing: prepare the dataset with `whisperlite data prepare`")
-    items = pd.read_csv(path, dtype=str, keep_default_na=False)
+    items = _read_csv(path, dtype=str, keep_default_na=False)
+    if "item_id" not in items:
+        raise ValueError(f"{path}: missing column item_id (item_id,title[,text,category,...])")
+    if "title" not in items and "text" not in items:
+        raise ValueError(f"{path}: needs a title or a text column: an item is embedded from them")
+    _refuse_blank_ids(path, items, "item_id")
     for column in ITEM_COLUMNS:
         if column not in items:
             items[column] = ""
@@ -153,25 +158,70 @@ def read_interactions(data_dir: str | os.PathLike) -> pd.DataFrame:
     path = Path(data_dir) / INTERACTIONS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} missing: prepare the dataset with `whisperlite data prepare`")
-    frame = pd.read_csv(path, dtype={"user_id": str, "item_id": str, "request": str, "timestamp": str}, keep_default_na=False)
+    frame = _read_csv(path, dtype={"user_id": str, "item_id": str, "request": str, "timestamp": str}, keep_default_na=False)
     missing = [column for column in ("user_id", "item_id", "timestamp") if column not in frame]
     if missing:
         raise ValueError(f"{path}: missing column(s) {', '.join(missing)} (user_id,item_id,timestamp[,request]; timestamp in unix seconds)")
     if "request" not in frame:
         frame["request"] = ""
-    parsed = pd.to_numeric(frame["timestamp"], errors="coerce")
-    unreadable = parsed.isna() & frame["timestamp"].str.strip().ne("")
-    if unreadable.any():
-        row = int(np.flatnonzero(unreadable.to_numpy())[0])
-        raise ValueError(f"{path} line {row + 2}: timestamp {frame['timestamp'].iloc[row]!r} is not unix seconds")
-    frame["timestamp"] = parsed.fillna(0).astype("int64")
+    for column in ("user_id", "item_id"):
+        _refuse_blank_ids(path, frame, column)
+    frame["timestamp"] = _timestamps(path, frame["timestamp"])
     return frame
+
+
+def _read_csv(path: Path, **options) -> pd.DataFrame:
+    """pandas' reader, its errors (a ragged row, an open quote, bytes that are not UTF-8) naming the file."""
+    try:
+        return pd.read_csv(path, **options)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: {error}") from None
+
+
+def _refuse_blank_ids(path: Path, frame: pd.DataFrame, column: str) -> None:
+    blank = frame[column].str.strip().eq("")
+    if blank.any():
+        raise ValueError(f"{path} line {int(np.flatnonzero(blank.to_numpy())[0]) + 2}: {column} is empty")
+
+
+def _timestamps(path: Path, values: pd.Series) -> pd.Series:
+    """int64 unix seconds, each read exactly (no float64 round trip: nanosecond integers keep their order);
+    float64 when some carry a fraction of a second, so that their order is kept too. A value that is not
+    a finite number, or lies past int64, is refused naming its line."""
+    text = values.str.strip().mask(values.str.strip().eq(""), "0")  # blank: 0, as documented
+    numbers = pd.to_numeric(text, errors="coerce")
+
+    def refuse(bad: np.ndarray, why: str):
+        row = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{path} line {row + 2}: timestamp {values.iloc[row]!r} {why}")
+
+    if numbers.isna().any():
+        refuse(numbers.isna().to_numpy(), "is not unix seconds")
+    as_float = numbers.to_numpy(dtype=np.float64)
+    if not np.isfinite(as_float).all():
+        refuse(~np.isfinite(as_float), "is not a finite number")
+    if (np.abs(as_float) >= 2.0**63).any():
+        refuse(np.abs(as_float) >= 2.0**63, "lies past what int64 unix time holds")
+    whole = text.str.fullmatch(r"[+-]?\d+")
+    if whole.all():
+        return text.map(int).astype("int64")  # exact, however many digits
+    if (as_float % 1 == 0).all():
+        return pd.Series(as_float.astype(np.int64), index=values.index)  # "1.7e9", "1700000000.0"
+    return pd.Series(as_float, index=values.index)
 
 
 def read_info(data_dir: str | os.PathLike) -> dict:
     """dataset.json; {} for a hand-made dataset without one."""
     path = Path(data_dir) / INFO_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        info = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not JSON: {error}") from None
+    if not isinstance(info, dict):
+        raise ValueError(f"{path}: must be a JSON object, got {type(info).__name__}")
+    return info
 
 
 @dataclass

@@ -24,6 +24,7 @@ import copy
 import logging
 import math
 import os
+import re
 import random
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -253,6 +254,14 @@ class TrainingStep(nn.Module):
         return total, {k: float(v.detach()) for k, v in losses.items()}
 
 
+def version_slug(name: str) -> str:
+    """The dataset or --name as the start of a version directory's name: letters, digits, '.', '_' and '-'
+    only, so a name such as "h&m/fashion" or "../x" cannot put the model outside --out or make the version
+    read as a flag; "model" when nothing is left."""
+    slug = re.sub(r"-+", "-", re.sub(r"[^A-Za-z0-9._-]|\.{2,}", "-", name)).strip("-.")
+    return slug[:100] or "model"
+
+
 def export_model(network: PersonalizationNetwork, experiment: Experiment, config: TrainConfig, name: str,
                  metrics: dict | None = None) -> PersonalizationModel:
     """Fold the residual table into per-user taste vectors and wrap the network as a model."""
@@ -267,7 +276,7 @@ def export_model(network: PersonalizationNetwork, experiment: Experiment, config
     created = datetime.now(timezone.utc)
     manifest = {
         "name": name,
-        "version": f"{name}-{created.strftime('%Y%m%dT%H%M%S%fZ')}",
+        "version": f"{version_slug(name)}-{created.strftime('%Y%m%dT%H%M%S%fZ')}",
         "created": created.isoformat(),
         "encoder": experiment.encoder_name,
         "dimension": experiment.dimension,
@@ -402,6 +411,11 @@ def training_tensors(experiment: Experiment, config: TrainConfig, device: torch.
     if leave_one_out:
         positives = torch.from_numpy(np.ascontiguousarray(experiment.train_target_vectors)).to(device)
         rows = torch.from_numpy(np.flatnonzero(experiment.train_mask))
+        if not len(rows):
+            raise ValueError(
+                "positives: leave_one_out leaves no training example (every target's text is made only of its own "
+                "training request); train with --positives catalog"
+            )
     else:
         positives, rows = items[targets], torch.arange(len(targets))
     windows = distances = None

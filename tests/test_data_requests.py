@@ -160,3 +160,15 @@ def test_requests_command_prints_examples_and_ambiguity(prepared):
     assert stats["n_requests"] == 300 and stats["median_matching_items"] > 10
     missing = subprocess.run(cli + ["--data", str(movies.directory / "nope")], capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "error: data:" in missing.stderr
+
+
+def test_requests_command_skips_interactions_naming_unknown_items(tmp_path):
+    """As train does; it raised KeyError on the first unknown id."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "items.csv").write_text("item_id,title\nd1,Red summer dress\nb1,Black leather boots\n")
+    (data / "interactions.csv").write_text("user_id,item_id,timestamp\nu1,d1,1\nu1,ghost,2\nu2,b1,3\n")
+    run = subprocess.run([sys.executable, "-m", "whisperlite.data.cli", "data", "requests", "--quiet", "--data", str(data)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr
+    assert json.loads(run.stdout.splitlines()[-1])["n_requests"] == 2

@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from whisperlite.core.dataset import read_interactions, read_items
+from whisperlite.core.dataset import load_dataset
 from whisperlite.data.prepare import DATASETS_ROOT_ENV, prepare_dataset
 from whisperlite.data.requests import ambiguity, fill_missing_requests
 from whisperlite.data.sources import CONVERTERS
@@ -29,9 +29,13 @@ def _requests(args: argparse.Namespace) -> int:
     """Simulate requests for a sample of a prepared dataset's interactions; print examples and
     how many catalog items each request matches."""
     try:
-        items, interactions = read_items(args.data), read_interactions(args.data)
+        dataset = load_dataset(args.data)  # interactions naming unknown items dropped, with a warning
     except (FileNotFoundError, ValueError) as err:
         print(f"error: data: {err}", file=sys.stderr)
+        return 2
+    items, interactions = dataset.items, dataset.interactions.drop(columns="item")
+    if interactions.empty:
+        print(f"error: data: {args.data}: no interaction names an item of items.csv", file=sys.stderr)
         return 2
     sample = interactions.sample(min(args.sample, len(interactions)), random_state=args.seed).assign(request="")
     filled = fill_missing_requests(sample, items, seed=args.seed, progress=not args.quiet)

@@ -47,7 +47,11 @@ class ModelAdminServicer(model_admin_pb2_grpc.ModelAdminServiceServicer):
         model, previous = await asyncio.to_thread(self._registry.load, request.version)
         entries = await asyncio.to_thread(self._registry.list_models)
         entry = next((e for e in entries if e.version == model.version), None)
-        loaded = _version_proto(entry) if entry else model_admin_pb2.ModelVersion(version=model.version, state=model_admin_pb2.MODEL_STATE_LIVE)
+        loaded = _version_proto(entry) if entry else model_admin_pb2.ModelVersion(version=model.version)
+        # What this call did: made it live. A concurrent call may have swapped it out since, which the
+        # listing would show (GetTraffic says what serves now).
+        loaded.state = model_admin_pb2.MODEL_STATE_LIVE
+        loaded.error = ""
         return model_admin_pb2.LoadModelResponse(model=loaded, previous_version=previous)
 
     async def SetTraffic(self, request, context) -> model_admin_pb2.SetTrafficResponse:

@@ -90,6 +90,11 @@ def test_a_new_version_is_picked_up_and_rollback_is_not_undone(trained, tmp_path
     assert registry.poll() is None
     assert registry.traffic.live_version == _version(old)
 
+    live_version = _version(old)
+    shutil.rmtree(old)  # the live version's directory deleted: it still serves, and is still listed as live
+    (live,) = [entry for entry in registry.list_models() if entry.version == live_version]
+    assert live.state == STATE_LIVE and "no longer on disk" in live.error
+
 
 def test_a_refused_version_does_not_hide_a_good_one_written_after_it(trained, tmp_path, contract):
     models = tmp_path / "models"

@@ -152,7 +152,8 @@ def fit_sequence_part(model: PersonalizationModel, experiment: Experiment, confi
     else:
         recall = candidate_recall(scorer, experiment, min(config.validation_cases or 2000, 2000))
         sequence.candidates = next((n for n in CANDIDATE_COUNTS if recall[n] >= CANDIDATE_RECALL), CANDIDATE_COUNTS[-1])
-    log.info("sequence part: text weight %.1f chosen on validation (%s)", best["text_weight"],
+    chosen = "chosen on validation" if len(experiment.split.validation) else "the largest allowed (no validation cases to choose on)"
+    log.info("sequence part: text weight %.1f, %s (%s)", best["text_weight"], chosen,
              "not shipped" if model.sequence is None else f"shipped, {sequence.candidates} candidates")
     return {
         "shipped": model.sequence is not None, "text_weight": best["text_weight"], "selection": selection,

@@ -254,6 +254,16 @@ class ModelRegistry:
                 encoder=str(manifest.get("encoder", "")), dimension=_int(manifest.get("dimension")),
                 users=_int(manifest.get("n_users")), state=state, error=error,
             ))
+        listed = {entry.version for entry in entries}
+        for model, state in ((traffic.live, STATE_LIVE), (traffic.candidate, STATE_CANDIDATE)):
+            if model is not None and model.version not in listed:
+                # Its directory was removed: it serves from memory until replaced, and rollback still needs to see it.
+                manifest = model.manifest
+                entries.append(ModelEntry(
+                    version=model.version, directory=self.model_dir, created=str(manifest.get("created", "")),
+                    encoder=model.encoder_name, dimension=model.dimension, users=model.n_users, state=state,
+                    error=f"no longer on disk under {self.model_dir}: serving from memory until replaced",
+                ))
         entries.sort(key=lambda e: (e.created, e.directory.name), reverse=True)
         return entries
 

@@ -53,6 +53,16 @@ async def busy_server():
     await task
 
 
+def cancelled_calls(address: str, delays: list[float]) -> None:
+    """Calls hung up by the caller after `delays` seconds each (long deadlines: the hang-up ends them)."""
+    with grpc.insecure_channel(address) as channel:
+        stub = query_encoder_pb2_grpc.QueryEncoderServiceStub(channel)
+        for delay in delays:
+            call = stub.GetModelInfo.future(query_encoder_pb2.GetModelInfoRequest(), timeout=30)
+            time.sleep(delay)
+            call.cancel()
+
+
 def calls(address: str, deadlines: list[float]) -> list[grpc.StatusCode]:
     codes = []
     with grpc.insecure_channel(address) as channel:
@@ -67,8 +77,8 @@ def calls(address: str, deadlines: list[float]) -> list[grpc.StatusCode]:
 
 
 async def test_callers_that_give_up_at_any_stage_are_counted_as_such_and_log_no_error(busy_server, caplog):
-    """A caller whose deadline passes while its call waits, sends headers, runs or answers: grpc fails any
-    send on such a call, which must not read as a server fault (INTERNAL, an error with a traceback)."""
+    """A caller whose deadline passes, or who hangs up, while its call waits, sends headers, runs or answers:
+    grpc fails any send on such a call, which must not read as a server fault (INTERNAL, an error with a traceback)."""
     address, servicer = busy_server
     assert await asyncio.to_thread(calls, address, [10]) == [grpc.StatusCode.OK]
     servicer.seconds = 0.004
@@ -77,6 +87,9 @@ async def test_callers_that_give_up_at_any_stage_are_counted_as_such_and_log_no_
     with caplog.at_level(logging.INFO):
         per_caller = await asyncio.gather(*[
             asyncio.to_thread(calls, address, [rng.uniform(0.002, 0.03) for _ in range(40)]) for _ in range(6)
+        ])  # fmt: skip
+        await asyncio.gather(*[
+            asyncio.to_thread(cancelled_calls, address, [rng.uniform(0.0, 0.02) for _ in range(40)]) for _ in range(6)
         ])  # fmt: skip
         await asyncio.sleep(0.5)  # handlers still running when their callers gave up finish
     seen = [code for codes in per_caller for code in codes]

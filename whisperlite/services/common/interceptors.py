@@ -7,6 +7,7 @@ import time
 
 import grpc
 from google.protobuf.message import DecodeError
+from grpc._cython.cygrpc import ExecuteBatchError  # grpc.aio's own error for a failed send; no public name
 from prometheus_client import Counter, Histogram
 
 from whisperlite.core.errors import RETRY_AFTER_KEY, InvalidArgument, ResourceExhausted, ServiceError
@@ -124,7 +125,11 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
                     trailer += ((RETRY_AFTER_KEY, str(error.retry_after_ms)),)
                 if isinstance(request, MalformedRequest):
                     log.warning("malformed request", extra={"grpc_method": handler_call_details.method, "reason": request.reason})
-                await context.abort(error.code, str(error), trailing_metadata=trailer)
+                try:
+                    await context.abort(error.code, str(error), trailing_metadata=trailer)
+                except ExecuteBatchError:
+                    code = _cancelled_code(context)  # the call ended between the check above and the abort
+                    raise asyncio.CancelledError from None
             except grpc.aio.AbortError:
                 code = context.code() or grpc.StatusCode.UNKNOWN
                 raise
@@ -132,9 +137,10 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
                 # grpc cancels the handler when the caller's deadline passes or it hangs up: never an OK.
                 code = _cancelled_code(context)
                 raise
-            except Exception:
-                if _caller_gone(context):
-                    # grpc fails a send on a call that ended meanwhile (ExecuteBatchError): not a server fault.
+            except Exception as error:
+                if isinstance(error, ExecuteBatchError) or _caller_gone(context):
+                    # grpc fails a send (headers, the answer) on a call the caller ended meanwhile, sometimes
+                    # before the call reads as cancelled here: not a server fault, and nothing can reach the caller.
                     code = _cancelled_code(context)
                     raise asyncio.CancelledError from None
                 code = grpc.StatusCode.INTERNAL

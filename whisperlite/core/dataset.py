@@ -17,6 +17,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -151,9 +152,10 @@ def read_items(data_dir: str | os.PathLike) -> pd.DataFrame:
 
 
 def read_interactions(data_dir: str | os.PathLike) -> pd.DataFrame:
-    """interactions.csv with string ids and requests and int64 timestamps (blank ones 0), in file order.
+    """interactions.csv with string ids and requests and timestamps (int64 seconds, float64 where some carry
+    a fraction; blank ones 0), in file order.
 
-    A timestamp that is not a number is refused (ValueError naming its line): read as 0 it would
+    A timestamp that is not a finite number is refused (ValueError naming its line): read as 0 it would
     silently reorder the user's sequence, and the split is by time."""
     path = Path(data_dir) / INTERACTIONS_FILE
     if not path.is_file():
@@ -178,30 +180,32 @@ def _read_csv(path: Path, **options) -> pd.DataFrame:
         raise ValueError(f"{path}: {error}") from None
 
 
+def _refuse_first(path: Path, bad: np.ndarray, problem: Callable[[int], str]) -> None:
+    """ValueError naming the file line of the first row where `bad` holds (the header is line 1)."""
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{path} line {row + 2}: {problem(row)}")
+
+
 def _refuse_blank_ids(path: Path, frame: pd.DataFrame, column: str) -> None:
-    blank = frame[column].str.strip().eq("")
-    if blank.any():
-        raise ValueError(f"{path} line {int(np.flatnonzero(blank.to_numpy())[0]) + 2}: {column} is empty")
+    _refuse_first(path, frame[column].str.strip().eq("").to_numpy(), lambda _: f"{column} is empty")
 
 
 def _timestamps(path: Path, values: pd.Series) -> pd.Series:
     """int64 unix seconds, each read exactly (no float64 round trip: nanosecond integers keep their order);
     float64 when some carry a fraction of a second, so that their order is kept too. A value that is not
     a finite number, or lies past int64, is refused naming its line."""
-    text = values.str.strip().mask(values.str.strip().eq(""), "0")  # blank: 0, as documented
+    stripped = values.str.strip()
+    text = stripped.mask(stripped.eq(""), "0")  # blank: 0, as documented
     numbers = pd.to_numeric(text, errors="coerce")
 
-    def refuse(bad: np.ndarray, why: str):
-        row = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"{path} line {row + 2}: timestamp {values.iloc[row]!r} {why}")
+    def timestamp(why: str) -> Callable[[int], str]:
+        return lambda row: f"timestamp {values.iloc[row]!r} {why}"
 
-    if numbers.isna().any():
-        refuse(numbers.isna().to_numpy(), "is not unix seconds")
+    _refuse_first(path, numbers.isna().to_numpy(), timestamp("is not unix seconds"))
     as_float = numbers.to_numpy(dtype=np.float64)
-    if not np.isfinite(as_float).all():
-        refuse(~np.isfinite(as_float), "is not a finite number")
-    if (np.abs(as_float) >= 2.0**63).any():
-        refuse(np.abs(as_float) >= 2.0**63, "lies past what int64 unix time holds")
+    _refuse_first(path, ~np.isfinite(as_float), timestamp("is not a finite number"))
+    _refuse_first(path, np.abs(as_float) >= 2.0**63, timestamp("lies past what int64 unix time holds"))
     whole = text.str.fullmatch(r"[+-]?\d+")
     if whole.all():
         return text.map(int).astype("int64")  # exact, however many digits

@@ -133,8 +133,11 @@ async def _unless_client_leaves(request: Request, call: Awaitable[T]) -> T | JSO
         gone.cancel()
         if not answer.done():
             answer.cancel()  # also when this handler itself is cancelled
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await answer  # the upstream call is cancelled by the time the handler answers
+            except asyncio.CancelledError:
+                if asyncio.current_task().cancelling():
+                    raise  # this handler itself was cancelled (shutdown): that goes on up
     if answer.cancelled():
         return _grpc_error(grpc.StatusCode.CANCELLED, "the client closed the request before the answer came")  # 499: no one reads it
     return answer.result()

@@ -69,8 +69,14 @@ def test_blank_timestamps_read_as_zero_and_numbers_in_any_notation(tmp_path):
         ({"interactions.csv": "user_id,item_id,timestamp\n,1,1\n"}, "interactions.csv line 2: user_id is empty"),
         ({"interactions.csv": "user_id,item_id,timestamp\nu1,1,1\nu1,2,inf\n"}, "interactions.csv line 3: timestamp 'inf' is not a finite number"),
         ({"interactions.csv": "user_id,item_id,timestamp\nu1,1,1\nu1,2,1e30\n"}, "interactions.csv line 3: timestamp '1e30' lies past what int64"),
+        ({"interactions.csv": "user_id,item_id,timestamp\nu1,1,1\n\n\"u1\",\"2\nb\"\nu1,1,3\n"}, "interactions.csv line 4: 2 field(s), the row ends before its timestamp"),
+        ({"interactions.csv": f"user_id,item_id,timestamp\nu1,1,1\n{'u' * 257},2,2\n"}, "interactions.csv line 3: user_id is 257 characters, more than 256"),
+        ({"items.csv": f"item_id,title\n1,Red dress\n{'7' * 300},Shirt\n"}, "items.csv line 3: item_id is 300 characters, more than 256"),
     ],
-    ids=["info-not-an-object", "info-not-json", "ragged-row", "no-item-id", "no-item-text", "blank-user", "infinite-time", "time-past-int64"],
+    ids=[
+        "info-not-an-object", "info-not-json", "ragged-row", "no-item-id", "no-item-text", "blank-user", "infinite-time",
+        "time-past-int64", "row-cut-before-its-timestamp", "user-id-too-long", "item-id-too-long",
+    ],
 )
 def test_a_broken_file_is_refused_naming_it(tmp_path, files, message):
     data = write(tmp_path / "data", ITEMS, "user_id,item_id,timestamp\nu1,1,1\nu1,2,2\n")

@@ -153,7 +153,22 @@ def _manifest_not_an_object(directory):
     return "must be a JSON object, got list"
 
 
-@pytest.mark.parametrize("corrupt", [_nan_weights, _garbage_weights, _other_encoder, _taste_row_nan, _histories_past_the_end])
+def _user_ids_too_large(directory):
+    with (directory / "user_ids.json").open("ab") as file:  # far more than its users' ids can take: never read
+        file.truncate(1 << 30)
+    return "bytes is more than"
+
+
+def _user_ids_not_a_list_of_ids(directory):
+    n_users = len(json.loads((directory / "user_ids.json").read_text()))
+    (directory / "user_ids.json").write_text(json.dumps(list(range(n_users))))
+    return "user_ids.json: must be a JSON list of user ids"
+
+
+@pytest.mark.parametrize(
+    "corrupt",
+    [_nan_weights, _garbage_weights, _other_encoder, _taste_row_nan, _histories_past_the_end, _user_ids_too_large, _user_ids_not_a_list_of_ids],
+)
 def test_a_broken_version_is_refused_and_the_old_one_keeps_serving(corrupt, trained, tmp_path, contract):
     models = tmp_path / "models"
     models.mkdir()

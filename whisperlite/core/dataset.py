@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import logging
@@ -31,6 +32,9 @@ ITEMS_FILE = "items.csv"
 INTERACTIONS_FILE = "interactions.csv"
 INFO_FILE = "dataset.json"
 FORMAT_VERSION = 1
+# The longest user or item id: the ranker and the catalog refuse longer ones, so a dataset holding one is refused
+# when read rather than training a model that cannot serve it.
+MAX_ID_CHARS = 256
 
 # Where a dataset's request texts come from (dataset.json "request_source").
 REQUESTS_NONE = "none"  # no user text: fill with whisperlite.data.requests.fill_missing_requests
@@ -144,7 +148,7 @@ def read_items(data_dir: str | os.PathLike) -> pd.DataFrame:
         raise ValueError(f"{path}: missing column item_id (item_id,title[,text,category,...])")
     if "title" not in items and "text" not in items:
         raise ValueError(f"{path}: needs a title or a text column: an item is embedded from them")
-    _refuse_blank_ids(path, items, "item_id")
+    _check_ids(path, items, "item_id")
     for column in ITEM_COLUMNS:
         if column not in items:
             items[column] = ""
@@ -167,9 +171,24 @@ def read_interactions(data_dir: str | os.PathLike) -> pd.DataFrame:
     if "request" not in frame:
         frame["request"] = ""
     for column in ("user_id", "item_id"):
-        _refuse_blank_ids(path, frame, column)
+        _check_ids(path, frame, column)
+    if frame["timestamp"].str.strip().eq("").any():
+        _refuse_rows_ending_before(path, list(frame.columns).index("timestamp") + 1)
     frame["timestamp"] = _timestamps(path, frame["timestamp"])
     return frame
+
+
+def _refuse_rows_ending_before(path: Path, fields: int) -> None:
+    """pandas reads a row cut short as blank cells: its missing timestamp would pass for a blank one (0) and move
+    the row to the start of its user's sequence. Refuses the first row with fewer than `fields` fields."""
+    with path.open(newline="", encoding="utf-8") as file:
+        records = csv.reader(file)
+        next(records, None)
+        first_line = records.line_num + 1
+        for record in records:
+            if record and len(record) < fields:
+                raise ValueError(f"{path} line {first_line}: {len(record)} field(s), the row ends before its timestamp (field {fields})")
+            first_line = records.line_num + 1
 
 
 def _read_csv(path: Path, **options) -> pd.DataFrame:
@@ -187,8 +206,10 @@ def _refuse_first(path: Path, bad: np.ndarray, problem: Callable[[int], str]) ->
         raise ValueError(f"{path} line {row + 2}: {problem(row)}")
 
 
-def _refuse_blank_ids(path: Path, frame: pd.DataFrame, column: str) -> None:
+def _check_ids(path: Path, frame: pd.DataFrame, column: str) -> None:
     _refuse_first(path, frame[column].str.strip().eq("").to_numpy(), lambda _: f"{column} is empty")
+    lengths = frame[column].str.len()
+    _refuse_first(path, (lengths > MAX_ID_CHARS).to_numpy(), lambda row: f"{column} is {lengths.iloc[row]} characters, more than {MAX_ID_CHARS}")
 
 
 def _timestamps(path: Path, values: pd.Series) -> pd.Series:

@@ -45,6 +45,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from whisperlite.core.dataset import MAX_ID_CHARS
 from whisperlite.core.sequence import SequenceModel, check_csr, check_finite, csr
 
 MANIFEST = "manifest.json"
@@ -496,14 +497,10 @@ class PersonalizationModel:
         directory = resolve_version_dir(path)
         manifest = read_manifest(directory)
         arch = manifest["config"]["network"]
-        user_ids = (directory / USER_IDS).read_bytes()
-        digest = hashlib.blake2b(user_ids, digest_size=16).digest()
-        users = _LOADED_USER_INDEXES.get(digest)
-        if users is None:
-            users = _LOADED_USER_INDEXES[digest] = UserIndex(json.loads(user_ids))
         # Read into memory, not memory-mapped: a file of a loaded version that is rewritten in place (a `cp`
         # over it) would kill the process with SIGBUS at its next read, every replica sharing the volume at once.
         user_tastes = np.load(directory / USER_TASTES)
+        users = _user_index(directory / USER_IDS, n_users=len(user_tastes))
         residuals = np.load(directory / USER_RESIDUALS) if (directory / USER_RESIDUALS).is_file() else None
         histories = None
         if (directory / HISTORY_OFFSETS).is_file():
@@ -515,6 +512,27 @@ class PersonalizationModel:
         network.load_state_dict(state, strict=True)
         sequence = SequenceModel.load(directory, manifest["sequence"]) if "sequence" in manifest else None
         return cls(network, users, user_tastes, manifest, histories=histories, user_residuals=residuals, sequence=sequence)
+
+
+# json.dumps writes a character as at most 12 bytes (a surrogate pair of \\uXXXX escapes); 4 more for quotes and ", "
+MAX_USER_ID_JSON_BYTES = MAX_ID_CHARS * 12 + 4
+
+
+def _user_index(path: Path, n_users: int) -> UserIndex:
+    """The user-id index of `n_users` ids, shared between versions with byte-identical files. A file larger than
+    `n_users` ids can be is refused before it is read: a bad one could otherwise take the process's memory."""
+    size = path.stat().st_size
+    if size > 2 + n_users * MAX_USER_ID_JSON_BYTES:
+        raise ValueError(f"{USER_IDS}: {size} bytes is more than {n_users} user ids of at most {MAX_ID_CHARS} characters can take")
+    raw = path.read_bytes()
+    digest = hashlib.blake2b(raw, digest_size=16).digest()
+    users = _LOADED_USER_INDEXES.get(digest)
+    if users is None:
+        ids = json.loads(raw)
+        if not isinstance(ids, list) or not all(isinstance(uid, str) and len(uid) <= MAX_ID_CHARS for uid in ids):
+            raise ValueError(f"{USER_IDS}: must be a JSON list of user ids, strings of at most {MAX_ID_CHARS} characters")
+        users = _LOADED_USER_INDEXES[digest] = UserIndex(ids)
+    return users
 
 
 def resolve_version_dir(path: str | Path) -> Path:

@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from whisperlite.core.dataset import MAX_ID_CHARS
 from whisperlite.core.errors import InvalidArgument
 from whisperlite.v1 import common_pb2
 
 # Limits in characters. The Milvus VARCHAR fields are sized in bytes at 4x these (UTF-8 needs at most
 # 4 bytes a character), so a value that passes here always fits its field.
-MAX_ID_CHARS = 256
 MAX_TITLE_CHARS = 1024
 MAX_TEXT_CHARS = 16_000
 MAX_CATEGORY_CHARS = 256

@@ -10,6 +10,7 @@ import numpy as np
 
 from whisperlite.core.clients.catalog import Candidate, CandidateSearch, CatalogClient
 from whisperlite.core.clients.query_encoder import QueryEncoderClient
+from whisperlite.core.dataset import MAX_ID_CHARS
 from whisperlite.core.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, Unavailable
 from whisperlite.core.personalization import TASTE_NONE, PersonalizationModel, PersonalizedQuery, text_plus_history_query
 from whisperlite.services.ranker.metrics import (
@@ -28,7 +29,6 @@ from whisperlite.v1 import common_pb2
 
 log = logging.getLogger("whisperlite.ranker")
 
-MAX_USER_ID_CHARS = 256
 NO_MODEL = "none"  # the metrics' version label while no trained model serves (text-only)
 
 
@@ -173,8 +173,8 @@ class Recommender:
             raise InvalidArgument(f"query: at most {limits.max_query_chars} characters, got {len(text)}")
         if not 1 <= top_k <= limits.max_top_k:
             raise InvalidArgument(f"top_k: must be between 1 and {limits.max_top_k}, got {top_k}")
-        if len(user_id) > MAX_USER_ID_CHARS:
-            raise InvalidArgument(f"user_id: at most {MAX_USER_ID_CHARS} characters, got {len(user_id)}")
+        if len(user_id) > MAX_ID_CHARS:
+            raise InvalidArgument(f"user_id: at most {MAX_ID_CHARS} characters, got {len(user_id)}")
         if len(recent_item_ids) > limits.max_recent_items:
             raise InvalidArgument(f"recent_item_ids: at most {limits.max_recent_items} ids, got {len(recent_item_ids)}")
         for index, item_id in enumerate(recent_item_ids):

@@ -7,8 +7,9 @@ two model versions of `--users` users each. The versions have random weights and
 measures serving cost, not quality) and the real network shape (384-d, hidden 512). In one run it
 measures Recommend latency (median / p99, one call at a time) while nothing changes, while another
 thread swaps the live version back and forth with LoadModel, and with 100% shadow scoring; and the
-ranker's memory (its mappings, through psutil) with one version loaded and with a second one loaded
-as the candidate, next to the size of a version's user-taste table.
+ranker's memory (through psutil) with one version loaded and with a second one loaded as the candidate,
+next to the size of a version's arrays on disk: they are read into memory, so a second version costs
+about their size.
 """
 
 import argparse
@@ -34,7 +35,7 @@ import torch
 
 from whisperlite.core.clients.health import wait_until_serving
 from whisperlite.core.clients.model_admin import ModelAdminClient
-from whisperlite.core.personalization import USER_TASTES, PersonalizationModel, PersonalizationNetwork
+from whisperlite.core.personalization import PersonalizationModel, PersonalizationNetwork
 from whisperlite.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2, query_encoder_pb2, query_encoder_pb2_grpc, ranker_pb2, ranker_pb2_grpc
 
 QUERIES = ["black leather boots", "a light dress for a summer wedding", "men's automatic watch", "warm winter coat"]
@@ -122,14 +123,16 @@ def start_catalog_and_ranker(root: Path, logs: Path, models: Path, encoder_addre
 
 
 def memory_mb(pid: int) -> dict[str, float]:
-    """Resident, anonymous (owned outright) and mapped user-taste pages (page cache the kernel may evict), in MB."""
+    """Resident and anonymous (owned outright, not page cache) memory, in MB."""
     process = psutil.Process(pid)
-    mappings = process.memory_maps()
     return {
         "rss": process.memory_info().rss / 2**20,
-        "anonymous": sum(mapping.anonymous for mapping in mappings) / 2**20,
-        "tastes": sum(mapping.rss for mapping in mappings if mapping.path.endswith(USER_TASTES)) / 2**20,
+        "anonymous": sum(mapping.anonymous for mapping in process.memory_maps()) / 2**20,
     }
+
+
+def arrays_mb(version: Path) -> float:
+    return sum(path.stat().st_size for path in version.glob("*.npy")) / 2**20
 
 
 def timed_calls(stub, n: int, users: int) -> tuple[list[float], list[str], int]:
@@ -213,7 +216,7 @@ def main() -> None:
         admin.close()
         channel.close()
 
-        taste_mb = (old / USER_TASTES).stat().st_size / 2**20
+        version_mb = arrays_mb(old)
         print(f"Recommend, one call at a time, n={args.n} per row, {args.users} users per version, {len(items)} items")
         print(f"{'phase':<34}{'median ms':>10}{'p99 ms':>9}{'median x':>10}{'p99 x':>8}{'failed':>8}")
         base = summary(steady)
@@ -225,13 +228,12 @@ def main() -> None:
             median, p99 = summary(samples)
             print(f"{label:<34}{median:>10.1f}{p99:>9.1f}{median / base[0]:>10.2f}{p99 / base[1]:>8.2f}{failures:>8}")
         print(f"versions answered while swapping: {sorted(set(reload_versions))}")
-        print(f"\nranker memory (MB)          {'rss':>8}{'anonymous':>11}{'mapped tastes':>15}")
+        print(f"\nranker memory (MB)          {'rss':>8}{'anonymous':>11}")
         for label, memory in (("one version loaded", memory_one), ("two (live + candidate)", memory_two)):
-            print(f"{label:<28}{memory['rss']:>8.0f}{memory['anonymous']:>11.0f}{memory['tastes']:>15.0f}")
-        # Anonymous memory is what the process owns outright; mapped taste pages are page cache the kernel can evict.
+            print(f"{label:<28}{memory['rss']:>8.0f}{memory['anonymous']:>11.0f}")
         grown = memory_two["anonymous"] - memory_one["anonymous"]
-        print(f"second version adds {grown:.0f} MB anonymous memory; its user-taste table is {taste_mb:.0f} MB on disk "
-              f"(ratio {grown / taste_mb:.2f})")
+        print(f"second version adds {grown:.0f} MB anonymous memory; its arrays are {version_mb:.0f} MB on disk "
+              f"(ratio {grown / version_mb:.2f})")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import asyncio
 import dataclasses
 import datetime
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -216,3 +217,43 @@ def test_the_recommend_command_prints_the_typed_result_and_sends_the_request_id(
     assert "request cli-req-1" in text and "[cli-boots] Brown suede boots" in text
     refused = subprocess.run([*command[:-2], "--timeout", "60", "--max-attempts", "9"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert refused.returncode != 0 and "max_attempts: must be between 1 and 5" in refused.stderr
+
+
+class _CountingRanker(ranker_pb2_grpc.RankerServiceServicer):
+    def __init__(self):
+        self.calls = 0
+
+    def Recommend(self, request, context):
+        self.calls += 1
+        return ranker_pb2.RecommendResponse()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error", "message"),
+    [
+        ({"categories": "shoes"}, TypeError, "categories: must be a sequence of strings, got one str"),
+        ({"exclude_item_ids": "sku-1"}, TypeError, "exclude_item_ids: must be a sequence of strings"),
+        ({"recent_item_ids": "sku-1"}, TypeError, "recent_item_ids: must be a sequence of strings"),
+        ({"request_id": "a b"}, ValueError, "request_id: must be 1 to 128 letters, digits"),
+        ({"request_id": "ü"}, ValueError, "request_id: must be 1 to 128 letters, digits"),
+        ({"timeout_seconds": 0}, ValueError, "timeout_seconds: must be a positive number of seconds, got 0"),
+        ({"timeout_seconds": float("nan")}, ValueError, "timeout_seconds: must be a positive number of seconds, got nan"),
+    ],
+    ids=["categories-as-a-str", "excluded-as-a-str", "recent-as-a-str", "request-id-with-a-space", "request-id-not-ascii", "zero-timeout", "nan-timeout"],
+)
+def test_arguments_that_cannot_make_a_request_are_refused_before_any_call(arguments, error, message):
+    """A str where ids go was iterated ("shoes" filtered on the categories s, h, o, e), a zero timeout meant the default,
+    a NaN one failed every call at once, and a non-ASCII request id failed inside gRPC as INTERNAL."""
+    servicer = _CountingRanker()
+    server, port = serve(servicer)
+    try:
+        with RankerClient(f"127.0.0.1:{port}") as ranker:
+            with pytest.raises(error, match=re.escape(message)):
+                ranker.recommend(user_id="u1", query="boots", **arguments)
+            ranker.recommend(user_id="u1", query="boots", categories=["shoes"], request_id="req-1", timeout_seconds=5)
+        assert servicer.calls == 1
+        for timeout in (float("nan"), float("inf"), -1):
+            with pytest.raises(ValueError, match="timeout_seconds: must be a positive number of seconds"):
+                RankerClient(f"127.0.0.1:{port}", timeout_seconds=timeout)
+    finally:
+        server.stop(0)

@@ -145,9 +145,58 @@ def test_an_id_with_a_slash_and_unknown_routes(http, gateway_items):
     assert http.post("/v1/items", json={"items": [{"item_id": "gw/with/slashes", "title": "Striped silk scarf"}]}).status_code == 200
     assert http.get("/v1/items/gw/with/slashes").json()["title"] == "Striped silk scarf"
     unknown = http.get("/v1/no-such-route")
-    assert unknown.status_code == 404 and unknown.json() == {"error": {"code": "NOT_FOUND", "message": "Not Found"}}
+    assert unknown.status_code == 404
+    assert unknown.json() == {"error": {"code": "NOT_FOUND", "message": "no route GET /v1/no-such-route (the routes: /docs)"}}
+    assert http.post("/v1/recommend/", json={"query": "boots", "top_k": 1}).status_code == 404  # not an empty 307
     wrong_method = http.delete("/v1/recommend")
-    assert wrong_method.status_code == 405 and wrong_method.json()["error"]["code"] == "UNIMPLEMENTED"
+    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
+    assert wrong_method.json()["error"] == {"code": "UNIMPLEMENTED", "message": "DELETE is not allowed on /v1/recommend; use POST"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "headers", "status", "message"),
+    [
+        ("GET", "/v1/study/comparisons/99999999999999999999", None, {}, 400, "comparison_id: Input should be less than or equal to"),
+        ("PUT", "/v1/study/comparisons/1/judgements", {"position": "left", "rank": 10**20, "relevant": True}, {}, 400, "rank: Input should be less than or equal to"),
+        ("PUT", "/v1/study/comparisons/1/judgements", {"position": "left", "rank": 1, "relevant": "no"}, {}, 400, "relevant: Input should be a valid boolean"),
+        ("POST", "/v1/recommend", {"query": "boots", "top_k": "3"}, {}, 400, "top_k: Input should be a valid integer"),
+        ("POST", "/v1/recommend", {"query": "boots", "top_k": True}, {}, 400, "top_k: Input should be a valid integer"),
+        ("POST", "/v1/recommend", b'{"query": "boots", "top_k"', {}, 400, "body: not valid JSON (EOF while parsing"),
+        ("POST", "/v1/recommend", b'{"query": "\xff", "top_k": 1}', {}, 400, "body: not valid JSON"),
+        ("POST", "/v1/recommend", b"query=boots", {"content-type": "application/x-www-form-urlencoded"}, 415, "content-type: must be application/json"),
+        ("POST", "/v1/recommend", {"query": "boots", "top_k": 1}, {"authorization": b"Bearer \xff\x7f"}, 401, "authorization: must be 1 to 4096 printable ASCII"),
+        ("POST", "/v1/recommend", {"query": "boots", "top_k": 1}, {"authorization": "Bearer " + "t" * 20_000}, 401, "got 20007 characters"),
+        ("GET", "/v1/items/" + "x" * 300, None, {}, 400, "item_id: at most 256 characters, got 300"),
+    ],
+    ids=[
+        "comparison-id-past-int64", "rank-past-int64", "relevant-as-a-word", "top-k-as-a-string", "top-k-as-a-bool", "cut-json",
+        "not-utf8", "form-body", "authorization-not-ascii", "authorization-too-long", "item-id-too-long",
+    ],
+)
+def test_hostile_requests_get_a_precise_answer_with_a_request_id(gateway_url, method, path, body, headers, status, message):
+    """Each of these used to be a 500 (an overflow in the store, an Authorization header gRPC cannot carry: uvicorn then also
+    reset the connection and the answer had no request id), a 429 (retried for ever), or was accepted (`"relevant": "no"`)."""
+    content = body if isinstance(body, bytes) else None
+    with httpx.Client(base_url=gateway_url, timeout=60) as client:  # one connection: it must survive the answer
+        response = client.request(method, path, json=None if content else body, content=content, headers=headers)
+        assert response.status_code == status, response.text
+        assert message in response.json()["error"]["message"]
+        assert response.headers["x-request-id"]
+        assert client.get("/health").status_code == 200
+
+
+def test_two_authorization_headers_and_made_up_methods(gateway_url):
+    with httpx.Client(base_url=gateway_url, timeout=60) as client:
+        twice = client.post("/v1/recommend", json={"query": "boots", "top_k": 1}, headers=[("authorization", "Bearer a"), ("authorization", "Bearer b")])
+        assert twice.status_code == 401 and twice.json()["error"]["message"] == "authorization: sent 2 times; send one header"
+        assert client.request("X0METHOD", "/v1/recommend").status_code == 405
+        client.get("/metrics")
+        series = len(client.get("/metrics").text.splitlines())
+        for i in range(1, 5):
+            assert client.request(f"X{i}METHOD", "/v1/recommend").status_code == 405
+        metrics = client.get("/metrics").text
+        assert "METHOD" not in metrics and 'method="other"' in metrics
+        assert len(metrics.splitlines()) == series  # made-up methods share the "other" series: /metrics does not grow
 
 
 def test_a_bad_upsert_is_refused_and_keeps_what_is_stored(http, gateway_items):
@@ -158,10 +207,11 @@ def test_a_bad_upsert_is_refused_and_keeps_what_is_stored(http, gateway_items):
     assert http.get("/v1/items/gw-boots-0").json()["title"] == "Black leather ankle boots"
 
 
-def test_an_oversized_request_is_resource_exhausted(http):
+def test_an_oversized_request_is_413_naming_the_limit(http):
+    """413, not 429: clients and proxies retry a 429, and this request can never succeed."""
     response = http.post("/v1/recommend", json={"query": "q" * (17 * 1024 * 1024), "top_k": 5})
-    assert response.status_code == 429
-    assert response.json()["error"]["code"] == "RESOURCE_EXHAUSTED"
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "RESOURCE_EXHAUSTED" and "(--max-message-bytes)" in response.json()["error"]["message"]
 
 
 def test_a_body_over_the_gateway_limit_is_refused_unread(tmp_path, gateway_ranker, gateway_catalog):
@@ -170,7 +220,7 @@ def test_a_body_over_the_gateway_limit_is_refused_unread(tmp_path, gateway_ranke
     gateway = start_gateway(tmp_path / "logs", gateway_ranker.address, gateway_catalog.address, tmp_path / "state", "--max-body-bytes", "1000")
     try:
         response = httpx.post(f"http://127.0.0.1:{gateway.port}/v1/recommend", json={"query": "q" * 2000, "top_k": 5}, timeout=30)
-        assert response.status_code == 429
+        assert response.status_code == 413
         assert response.json()["error"]["code"] == "RESOURCE_EXHAUSTED"
         assert "larger than the gateway's limit of 1000 (--max-body-bytes)" in response.json()["error"]["message"]
         assert httpx.post(f"http://127.0.0.1:{gateway.port}/v1/recommend", json={"query": "coat", "top_k": 1}, timeout=30).status_code == 200
@@ -183,7 +233,7 @@ def test_a_body_over_the_gateway_limit_is_refused_unread(tmp_path, gateway_ranke
 
         chunked = httpx.post(f"http://127.0.0.1:{gateway.port}/v1/recommend", content=chunks(5000), timeout=30)
         assert "content-length" not in chunked.request.headers
-        assert chunked.status_code == 429 and "(--max-body-bytes)" in chunked.json()["error"]["message"]
+        assert chunked.status_code == 413 and "(--max-body-bytes)" in chunked.json()["error"]["message"]
         small = httpx.post(f"http://127.0.0.1:{gateway.port}/v1/recommend", content=chunks(4), headers={"content-type": "application/json"}, timeout=30)
         assert small.status_code == 200, small.text
     finally:
@@ -233,7 +283,8 @@ def _wait_for_http(url: str, process, timeout: float = 120.0) -> None:
 
 
 def test_an_unreachable_ranker_is_unavailable_and_health_says_so(tmp_path, gateway_catalog):
-    gateway = launch_gateway(tmp_path / "logs", f"127.0.0.1:{free_port()}", gateway_catalog.address, tmp_path / "state", "--deadline-seconds", "3")
+    ranker_address = f"127.0.0.1:{free_port()}"
+    gateway = launch_gateway(tmp_path / "logs", ranker_address, gateway_catalog.address, tmp_path / "state", "--deadline-seconds", "3")
     try:
         base = f"http://127.0.0.1:{gateway.port}"
         _wait_for_http(f"{base}/health", gateway.process)
@@ -242,8 +293,9 @@ def test_an_unreachable_ranker_is_unavailable_and_health_says_so(tmp_path, gatew
         assert health.json()["status"] == "NOT_SERVING"
         assert health.json()["upstreams"]["catalog"] == "SERVING" and health.json()["upstreams"]["ranker"] != "SERVING"
         response = httpx.post(f"{base}/v1/recommend", json={"query": "boots", "top_k": 3}, timeout=30)
-        assert response.status_code == 503
+        assert response.status_code == 503 and response.headers["retry-after"] == "1"
         assert response.json()["error"]["code"] == "UNAVAILABLE"
+        assert response.json()["error"]["message"].startswith(f"ranker at {ranker_address}: ")  # gRPC's own text names no service
         probe = subprocess.run([sys.executable, "-m", "whisperlite", "health", f"{base}/health"], capture_output=True, text=True, timeout=60)
         assert (probe.returncode, probe.stdout.strip()) == (1, "NOT_SERVING")  # what the image's HEALTHCHECK runs
     finally:
@@ -379,7 +431,10 @@ def test_a_broken_store_is_an_internal_error_in_json_not_a_crash(tmp_path, gatew
         )
         assert response.status_code == 500
         assert response.json() == {"error": {"code": "INTERNAL", "message": "the gateway failed: OperationalError; see its log"}}
+        assert response.headers["x-request-id"]  # answered by the gateway's own middleware, not the server's last resort
         assert httpx.get(f"{base}/health", timeout=30).status_code == 200  # still serving the rest
+        counted = re.search(r'whisperlite_gateway_requests_total\{method="PUT",route="[^"]+",status="500"\} 1.0', httpx.get(f"{base}/metrics").text)
+        assert counted, "the 500 is counted"
         assert "unexpected error" in gateway.log()
     finally:
         gateway.stop()
@@ -407,7 +462,7 @@ def test_a_client_that_hangs_up_cancels_the_upstream_call(tmp_path, gateway_cata
     ranker_pb2_grpc.add_RankerServiceServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
-    gateway = launch_gateway(tmp_path / "logs", f"127.0.0.1:{port}", gateway_catalog.address, tmp_path / "state", "--deadline-seconds", "30")
+    gateway = launch_gateway(tmp_path / "logs", f"127.0.0.1:{port}", gateway_catalog.address, tmp_path / "state", "--deadline-seconds", "3")
     try:
         base = f"http://127.0.0.1:{gateway.port}"
         _wait_for_http(f"{base}/health", gateway.process)
@@ -425,6 +480,10 @@ def test_a_client_that_hangs_up_cancels_the_upstream_call(tmp_path, gateway_cata
             assert cancelled and ended - left < 2.0, (path, ended - left)
         servicer.seconds = 0
         assert httpx.post(f"{base}/v1/recommend", json={"query": "boots"}, timeout=30).status_code == 200  # a patient client is answered
+        servicer.seconds = 20  # past the gateway's 3 s deadline: 504 naming the ranker and the flag, not gRPC's bare "Deadline Exceeded"
+        late = httpx.post(f"{base}/v1/recommend", json={"query": "boots"}, timeout=60)
+        assert late.status_code == 504
+        assert late.json()["error"]["message"] == f"ranker at 127.0.0.1:{port}: no answer within 3 s (--deadline-seconds)"
         metrics = httpx.get(f"{base}/metrics", timeout=10).text
         assert re.search(r'whisperlite_gateway_requests_total\{method="POST",route="/v1/recommend",status="499"\} 1\.0', metrics)
     finally:

@@ -1,6 +1,7 @@
 """The judgement page in real headless Chromium (Debian's package, driven by Playwright) over the real stack."""
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -78,15 +79,31 @@ def test_type_a_request_judge_three_items_reload_and_find_them(page, gateway_url
     expect(page.get_by_label("Request")).to_have_value("something to wear")
 
 
-def test_bad_input_in_the_form_shows_the_grpc_message(page, gateway_url, gateway_ranker):
+def test_bad_input_in_the_form_shows_the_grpc_message(page, gateway_url, gateway_ranker, gateway_items):
     with grpc.insecure_channel(gateway_ranker.address) as channel, pytest.raises(grpc.RpcError) as direct:
         ranker_pb2_grpc.RankerServiceStub(channel).Recommend(ranker_pb2.RecommendRequest(query="boots", top_k=0), timeout=30)
     page.goto(gateway_url)
     page.get_by_label("Request").fill("boots")
+    page.get_by_label("Items").fill("2")
+    page.get_by_role("button", name="Recommend").click()
+    expect(page.locator("#list-left li")).to_have_count(2)
+    expect(page).to_have_url(re.compile(r"\?comparison=\d+$"))
     page.get_by_label("Items").fill("0")
     page.get_by_role("button", name="Recommend").click()
     expect(page.get_by_role("alert")).to_have_text(f"INVALID_ARGUMENT: {direct.value.details()}")
     expect(page.locator("#lists li")).to_have_count(0)
+    # Nothing of the previous comparison is left to be reloaded or mistaken for this request's answer.
+    expect(page.locator("#status")).to_have_text("")
+    assert "comparison=" not in page.url
+
+
+def test_an_answer_that_is_not_json_shows_what_came_back(page, gateway_url):
+    """A proxy's HTML error page used to show as the browser's JSON parse error."""
+    page.route("**/v1/study/comparisons", lambda route: route.fulfill(status=502, content_type="text/html", body="<html><body>Bad gateway</body></html>"))
+    page.goto(gateway_url)
+    page.get_by_label("Request").fill("boots")
+    page.get_by_role("button", name="Recommend").click()
+    expect(page.get_by_role("alert")).to_have_text("HTTP 502: Bad Gateway")
 
 
 def test_blind_mode_shows_unlabelled_lists(browser, tmp_path, gateway_ranker, gateway_catalog, gateway_items):

@@ -6,13 +6,17 @@ it on every downstream call, so one id names the whole request in every service'
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterable
 from contextvars import ContextVar, Token
 
 REQUEST_ID_KEY = "x-request-id"
-# Longer ids are replaced by a minted one rather than logged and forwarded at any length.
 MAX_REQUEST_ID_CHARS = 128
+# What a request id may be: carried unchanged by gRPC metadata, HTTP headers and log fields. Servers replace
+# another id with a minted one; the gateway and the clients refuse it, naming the rule.
+REQUEST_ID = re.compile(rf"[A-Za-z0-9._:-]{{1,{MAX_REQUEST_ID_CHARS}}}")
+REQUEST_ID_RULE = f"must be 1 to {MAX_REQUEST_ID_CHARS} letters, digits or '.', '_', ':', '-'"
 
 _request_id: ContextVar[str] = ContextVar("whisperlite_request_id", default="")
 
@@ -25,7 +29,7 @@ def current_request_id() -> str:
 def bind_request_id(metadata: Iterable[tuple[str, str | bytes]] | None) -> tuple[str, Token]:
     """Binds the caller's x-request-id (or a new one) to the current context; reset with the token."""
     given = next((value for key, value in metadata or () if key == REQUEST_ID_KEY), "")
-    if isinstance(given, bytes) or not given or len(given) > MAX_REQUEST_ID_CHARS or not given.isprintable():
+    if not isinstance(given, str) or not REQUEST_ID.fullmatch(given):
         given = uuid.uuid4().hex
     return given, _request_id.set(given)
 

@@ -23,6 +23,7 @@ from whisperlite.core.clients.types import (
     item_from_proto,
     item_to_proto,
     stats_from_proto,
+    string_list,
 )
 from whisperlite.core.topology import CATALOG
 from whisperlite.v1 import catalog_pb2, catalog_pb2_grpc
@@ -53,12 +54,12 @@ class CatalogAdminClient(SyncClient):
 
     def get(self, item_ids: Sequence[str], *, include_vectors: bool = False, request_id: str | None = None) -> ItemsFound:
         _, call = self._call_kwargs(request_id, None)
-        return _found(self._stub.GetItems(catalog_pb2.GetItemsRequest(item_ids=list(item_ids), include_vectors=include_vectors), **call))
+        return _found(self._stub.GetItems(catalog_pb2.GetItemsRequest(item_ids=string_list("item_ids", item_ids), include_vectors=include_vectors), **call))
 
     def delete(self, item_ids: Sequence[str], *, request_id: str | None = None) -> int:
         """Deletes by id; returns how many existed (unknown ids are ignored)."""
         _, call = self._call_kwargs(request_id, None)
-        return self._stub.DeleteItems(catalog_pb2.DeleteItemsRequest(item_ids=list(item_ids)), **call).deleted_count
+        return self._stub.DeleteItems(catalog_pb2.DeleteItemsRequest(item_ids=string_list("item_ids", item_ids)), **call).deleted_count
 
     def stats(self, *, request_id: str | None = None) -> CatalogStats:
         _, call = self._call_kwargs(request_id, None)
@@ -94,12 +95,12 @@ class AsyncCatalogAdminClient(AsyncClient):
 
     async def get(self, item_ids: Sequence[str], *, include_vectors: bool = False, request_id: str | None = None) -> ItemsFound:
         _, call = self._call_kwargs(request_id, None)
-        request = catalog_pb2.GetItemsRequest(item_ids=list(item_ids), include_vectors=include_vectors)
+        request = catalog_pb2.GetItemsRequest(item_ids=string_list("item_ids", item_ids), include_vectors=include_vectors)
         return _found(await self._stub.GetItems(request, **call))
 
     async def delete(self, item_ids: Sequence[str], *, request_id: str | None = None) -> int:
         _, call = self._call_kwargs(request_id, None)
-        return (await self._stub.DeleteItems(catalog_pb2.DeleteItemsRequest(item_ids=list(item_ids)), **call)).deleted_count
+        return (await self._stub.DeleteItems(catalog_pb2.DeleteItemsRequest(item_ids=string_list("item_ids", item_ids)), **call)).deleted_count
 
     async def stats(self, *, request_id: str | None = None) -> CatalogStats:
         _, call = self._call_kwargs(request_id, None)

@@ -7,6 +7,7 @@ is all a caller needs.
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 import grpc
 
 from whisperlite.core.client_security import ClientSecurity
-from whisperlite.core.request_context import REQUEST_ID_KEY
+from whisperlite.core.request_context import REQUEST_ID, REQUEST_ID_KEY, REQUEST_ID_RULE
 from whisperlite.core.topology import DEFAULT_MAX_MESSAGE_BYTES
 
 # gRPC caps a retry policy at 5 attempts whatever the service config says.
@@ -52,8 +53,7 @@ class ClientOptions:
     def __post_init__(self) -> None:
         if not 1 <= self.max_attempts <= MAX_ATTEMPTS_CAP:
             raise ValueError(f"max_attempts: must be between 1 and {MAX_ATTEMPTS_CAP}, got {self.max_attempts}")
-        if self.timeout_seconds <= 0:
-            raise ValueError(f"timeout_seconds: must be positive, got {self.timeout_seconds}")
+        check_timeout(self.timeout_seconds)
         if (self.certificate_chain is None) != (self.private_key is None):
             raise ValueError("a client certificate needs both certificate_chain and private_key")
         own_fields = self.tls or self.root_certificates or self.certificate_chain or self.token
@@ -128,9 +128,19 @@ def async_channel(address: str, options: ClientOptions, grpc_services: Sequence[
     return grpc.aio.insecure_channel(_target(address), arguments)
 
 
+def check_timeout(seconds: float) -> float:
+    """A deadline in seconds: positive and finite (NaN or infinity would fail every call at once)."""
+    if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"timeout_seconds: must be a positive number of seconds, got {seconds!r}")
+    return float(seconds)
+
+
 def call_metadata(options: ClientOptions, request_id: str | None) -> tuple[str, tuple[tuple[str, str], ...]]:
     """The call's request id (the caller's, or a new one) and the metadata that carries it."""
-    request_id = request_id or uuid.uuid4().hex
+    if request_id is None:
+        request_id = uuid.uuid4().hex
+    elif not REQUEST_ID.fullmatch(request_id):
+        raise ValueError(f"request_id: {REQUEST_ID_RULE}, got {request_id[:40]!r}")
     return request_id, ((REQUEST_ID_KEY, request_id), *options.token_metadata())
 
 
@@ -144,7 +154,8 @@ class _Client:
 
     def _call_kwargs(self, request_id: str | None, timeout_seconds: float | None) -> tuple[str, dict]:
         request_id, metadata = call_metadata(self.options, request_id)
-        return request_id, {"metadata": metadata, "timeout": timeout_seconds or self.options.timeout_seconds}
+        timeout = self.options.timeout_seconds if timeout_seconds is None else check_timeout(timeout_seconds)
+        return request_id, {"metadata": metadata, "timeout": timeout}
 
 
 class SyncClient(_Client):

@@ -6,9 +6,11 @@
     for scored in result.items:
         print(scored.score, scored.item.title)
 
-Needs only grpcio and protobuf (`pip install whisperlite[client]`). Calls raise grpc.RpcError
-with the server's status code and message; an overloaded ranker's RESOURCE_EXHAUSTED says when to
-retry: `whisperlite.core.clients.errors.retry_after_seconds(error)`.
+Needs only grpcio and protobuf (`pip install whisperlite[client]`). Arguments that cannot make a
+request (a str where a list of ids goes, a NaN timeout, a request id with spaces) raise ValueError or
+TypeError before any call; calls raise grpc.RpcError with the server's status code and message. An
+overloaded ranker's RESOURCE_EXHAUSTED says when to retry:
+`whisperlite.core.clients.errors.retry_after_seconds(error)`.
 """
 
 from __future__ import annotations

@@ -97,6 +97,13 @@ def item_to_proto(item: Item) -> common_pb2.Item:
     return message
 
 
+def string_list(name: str, values: Sequence[str]) -> list[str]:
+    """`values` as a list; a lone string is refused (iterated, "cx" would become the ids "c" and "x")."""
+    if isinstance(values, (str, bytes)):
+        raise TypeError(f"{name}: must be a sequence of strings, got one {type(values).__name__} ({values[:40]!r}); wrap it in a list")
+    return list(values)
+
+
 def recommend_request(
     *,
     user_id: str,
@@ -108,13 +115,13 @@ def recommend_request(
     exclude_item_ids: Sequence[str] = (),
     recent_item_ids: Sequence[str] = (),
 ) -> ranker_pb2.RecommendRequest:
-    item_filter = common_pb2.ItemFilter(categories=list(categories), exclude_item_ids=list(exclude_item_ids))
+    item_filter = common_pb2.ItemFilter(categories=string_list("categories", categories), exclude_item_ids=string_list("exclude_item_ids", exclude_item_ids))
     if min_price is not None:
         item_filter.min_price = min_price
     if max_price is not None:
         item_filter.max_price = max_price
     return ranker_pb2.RecommendRequest(
-        user_id=user_id, query=query, top_k=top_k, filter=item_filter, recent_item_ids=list(recent_item_ids)
+        user_id=user_id, query=query, top_k=top_k, filter=item_filter, recent_item_ids=string_list("recent_item_ids", recent_item_ids)
     )
 
 

@@ -7,21 +7,27 @@ import math
 import re
 import time
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from importlib import resources
-from typing import TypeVar
+from typing import Annotated, Any, TypeVar
 
 import grpc
 import prometheus_client
 from fastapi import FastAPI, Request
+from fastapi import Path as PathParameter
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from google.protobuf import json_format
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from whisperlite.core.clients.errors import retry_after_seconds
+from whisperlite.core.dataset import MAX_ID_CHARS
+from whisperlite.core.request_context import REQUEST_ID, REQUEST_ID_RULE
+from whisperlite.core.request_context import REQUEST_ID_KEY as REQUEST_ID_HEADER
 from whisperlite.services.gateway import study
+from whisperlite.services.gateway.bodies import BodyReader, Refused, invalid
 from whisperlite.services.gateway.judgements import POSITIONS, JudgementStore, NotShown, UnknownComparison
 from whisperlite.services.gateway.schema import (
     Item,
@@ -33,12 +39,17 @@ from whisperlite.services.gateway.schema import (
     to_proto,
 )
 from whisperlite.services.gateway.status import error_body, http_status
-from whisperlite.services.gateway.upstream import Upstream
+from whisperlite.services.gateway.upstream import Upstream, UpstreamFailed
 
 log = logging.getLogger("whisperlite.gateway")
-REQUEST_ID_HEADER = "x-request-id"
-# What a gRPC metadata value and a log field can carry unchanged.
-REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# What gRPC metadata can carry of a caller's Authorization header: printable ASCII, well under the services'
+# 8 KiB metadata limit (past it gRPC answers RESOURCE_EXHAUSTED, which HTTP callers would retry as a 429).
+AUTHORIZATION = re.compile(r"[\x20-\x7e]{1,4096}")
+# W3C trace context, forwarded so that an HTTP request's trace goes on in the ranker and catalog.
+TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+TRACESTATE = re.compile(r"[\x20-\x7e]{1,512}")
+MAX_INT64 = 2**63 - 1
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 STATIC = resources.files("whisperlite.services.gateway") / "static"
 T = TypeVar("T")
 
@@ -62,20 +73,35 @@ def _grpc_error(code: grpc.StatusCode, message: str) -> JSONResponse:
 
 
 def _validation_message(error: RequestValidationError) -> str:
-    """`field.path: reason` for each problem, the way the services name fields in INVALID_ARGUMENT."""
+    """`field.path: reason` for each problem of a path or query parameter."""
     parts = []
     for problem in error.errors():
-        # The first element says where the value came from (body, path, query string), the rest is the field.
+        # The first element says where the value came from (path, query string), the rest is the parameter.
         location = [str(p) for p in problem["loc"][1:]]
         parts.append(f"{'.'.join(location) or 'body'}: {problem['msg']}")
     return "; ".join(parts)
 
 
 def _metadata(request: Request) -> list[tuple[str, str]]:
-    """What the upstream call carries: the caller's credentials unchanged and this request's id."""
+    """What the upstream call carries: the caller's credentials unchanged, this request's id and its trace context.
+
+    An Authorization header gRPC metadata cannot carry is refused here: sent on, it failed the call inside gRPC (500).
+    A trace context that is not W3C's is dropped, as a traced service would ignore it.
+    """
     metadata = [(REQUEST_ID_HEADER, request.state.request_id)]
-    if authorization := request.headers.get("authorization"):
+    if len(sent := request.headers.getlist("authorization")) > 1:  # gRPC refuses two as malformed: which one would count?
+        raise Refused(401, grpc.StatusCode.UNAUTHENTICATED, f"authorization: sent {len(sent)} times; send one header")
+    if (authorization := request.headers.get("authorization")) is not None:
+        if not AUTHORIZATION.fullmatch(authorization):
+            raise Refused(
+                401, grpc.StatusCode.UNAUTHENTICATED,
+                f"authorization: must be 1 to 4096 printable ASCII characters (Bearer <token>), got {len(authorization)} characters",
+            )  # fmt: skip
         metadata.append(("authorization", authorization))
+    if (traceparent := request.headers.get("traceparent")) is not None and TRACEPARENT.fullmatch(traceparent):
+        metadata.append(("traceparent", traceparent))
+        if (tracestate := request.headers.get("tracestate")) is not None and TRACESTATE.fullmatch(tracestate):
+            metadata.append(("tracestate", tracestate))
     return metadata
 
 
@@ -84,15 +110,15 @@ def _refusal(request: Request, max_body_bytes: int) -> JSONResponse | None:
     given = request.headers.get(REQUEST_ID_HEADER)
     if given is not None and not REQUEST_ID.fullmatch(given):
         return _grpc_error(
-            grpc.StatusCode.INVALID_ARGUMENT, f"{REQUEST_ID_HEADER}: must be 1 to 128 letters, digits or '.', '_', ':', '-', got {given[:40]!r}"
+            grpc.StatusCode.INVALID_ARGUMENT, f"{REQUEST_ID_HEADER}: {REQUEST_ID_RULE}, got {given[:40]!r}"
         )
     length = request.headers.get("content-length", "0")
     if not length.isdigit():
         return _grpc_error(grpc.StatusCode.INVALID_ARGUMENT, f"content-length: must be a number of bytes, got {length[:40]!r}")
     if int(length) > max_body_bytes:
-        return _grpc_error(
-            grpc.StatusCode.RESOURCE_EXHAUSTED, f"request body of {length} bytes is larger than the gateway's limit of {max_body_bytes} (--max-body-bytes)"
-        )
+        return _error(
+            413, grpc.StatusCode.RESOURCE_EXHAUSTED, f"request body of {length} bytes is larger than the gateway's limit of {max_body_bytes} (--max-body-bytes)"
+        )  # 413, not 429: the same request never succeeds, and HTTP clients and proxies retry a 429
     return None
 
 
@@ -104,8 +130,8 @@ async def _read_unsized_body(request: Request, max_body_bytes: int) -> JSONRespo
     async for chunk in request.stream():
         size += len(chunk)
         if size > max_body_bytes:
-            return _grpc_error(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
+            return _error(
+                413, grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"request body is larger than the gateway's limit of {max_body_bytes} (--max-body-bytes); stopped reading at {size} bytes",
             )
         chunks.append(chunk)
@@ -150,7 +176,13 @@ def create_app(
     blind: bool = False,
     suggested_users: tuple[str, ...] = (),
     max_body_bytes: int = 64 * 1024 * 1024,
+    max_message_bytes: int = 16 * 1024 * 1024,
 ) -> FastAPI:
+    bodies = BodyReader(max_message_bytes)
+
+    async def body(request: Request, model: type[BaseModel], convert: Callable[[Any], Any] | None = None) -> Any:
+        return await bodies.read(await request.body(), request.headers.get("content-type"), model, convert)
+
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
         yield
@@ -163,6 +195,7 @@ def create_app(
         title="WhisperLite gateway",
         summary="HTTP/JSON over the ranker's and catalog's gRPC contracts, and the relevance-judgement page.",
         version="v1",
+        redirect_slashes=False,  # "/v1/recommend/" is a 404 naming the path, not an empty 307
     )
 
     @app.middleware("http")
@@ -176,51 +209,65 @@ def create_app(
         else:
             request_id = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
             request.state.request_id = request_id
-            response = await call_next(request)
+            try:
+                response = await call_next(request)
+            except Exception as error:  # answered here, not by the server's last resort: with its request id, counted
+                log.exception("unexpected error", extra={"path": request.url.path, "request_id": request_id})
+                response = _grpc_error(grpc.StatusCode.INTERNAL, f"the gateway failed: {type(error).__name__}; see its log")
         response.headers[REQUEST_ID_HEADER] = request_id
         route = request.scope.get("route")
-        labels = (request.method, route.path if route is not None else "unmatched")
+        # The method is the caller's to choose: made-up ones share one label, or each would add series to /metrics.
+        labels = (request.method if request.method in HTTP_METHODS else "other", route.path if route is not None else "unmatched")
         LATENCY.labels(*labels).observe(time.perf_counter() - started)
         REQUESTS.labels(*labels, str(response.status_code)).inc()
         return response
 
-    @app.exception_handler(grpc.aio.AioRpcError)
-    async def upstream_failed(_: Request, error: grpc.aio.AioRpcError) -> JSONResponse:
-        response = _grpc_error(error.code(), error.details() or error.code().name)
-        retry_after = retry_after_seconds(error)
+    @app.exception_handler(UpstreamFailed)
+    async def upstream_failed(_: Request, failure: UpstreamFailed) -> JSONResponse:
+        response = _grpc_error(failure.code, failure.message)
+        retry_after = retry_after_seconds(failure.error)
+        if retry_after is None and failure.code == grpc.StatusCode.UNAVAILABLE:
+            retry_after = 1.0  # the channel retries within the second; HTTP callers are told to wait as long
         if retry_after is not None:
             response.headers["Retry-After"] = str(math.ceil(retry_after))  # HTTP counts whole seconds
         return response
 
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, error: Exception) -> JSONResponse:
-        log.exception("unexpected error", extra={"path": request.url.path, "request_id": getattr(request.state, "request_id", "")})
-        return _grpc_error(grpc.StatusCode.INTERNAL, f"the gateway failed: {type(error).__name__}; see its log")
+    @app.exception_handler(Refused)
+    async def refused(_: Request, refusal: Refused) -> JSONResponse:
+        return _error(refusal.status, refusal.code, refusal.message)
 
     @app.exception_handler(HTTPException)
-    async def http_error(_: Request, error: HTTPException) -> JSONResponse:
-        """Routing answers (no such route, wrong method) in the same error shape as everything else."""
+    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+        """Routing answers (no such route, wrong method, with its Allow header) in the same error shape as everything else."""
         code = {404: grpc.StatusCode.NOT_FOUND, 405: grpc.StatusCode.UNIMPLEMENTED}.get(error.status_code, grpc.StatusCode.UNKNOWN)
-        return _error(error.status_code, code, str(error.detail))
+        message = str(error.detail)
+        if error.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path[:200]}; use {(error.headers or {}).get('Allow', 'another method')}"
+        elif error.status_code == 404 and message == "Not Found":
+            message = f"no route {request.method} {request.url.path[:200]} (the routes: /docs)"
+        response = _error(error.status_code, code, message)
+        response.headers.update(error.headers or {})
+        return response
 
     @app.exception_handler(RequestValidationError)
-    async def invalid_body(_: Request, error: RequestValidationError) -> JSONResponse:
+    async def invalid_parameter(_: Request, error: RequestValidationError) -> JSONResponse:
         return _grpc_error(grpc.StatusCode.INVALID_ARGUMENT, _validation_message(error))
-
-    @app.exception_handler(json_format.ParseError)
-    async def unrepresentable(_: Request, error: json_format.ParseError) -> JSONResponse:
-        return _grpc_error(grpc.StatusCode.INVALID_ARGUMENT, str(error))
 
     # The /v1 answers are the upstream's proto as JSON, already the response model's shape: sent as is,
     # without FastAPI validating them again (response_model documents them in the OpenAPI schema).
-    @app.post("/v1/recommend", response_model=RecommendResponse, tags=["ranker"], summary="RankerService/Recommend")
-    async def recommend(body: RecommendRequest, request: Request):
-        answer = await _unless_client_leaves(request, upstream.recommend(to_proto(body), _metadata(request)))
+    # Bodies are read by `body` (bodies.py), not by FastAPI: `json_body` documents them in the OpenAPI schema.
+    @app.post("/v1/recommend", response_model=RecommendResponse, tags=["ranker"], summary="RankerService/Recommend",
+              openapi_extra=json_body(RecommendRequest))  # fmt: skip
+    async def recommend(request: Request):
+        message = await body(request, RecommendRequest, to_proto)
+        answer = await _unless_client_leaves(request, upstream.recommend(message, _metadata(request)))
         return answer if isinstance(answer, JSONResponse) else JSONResponse(from_proto(answer))
 
     # `:path` lets an id hold "/" (ids are any 1 to 256 characters).
     @app.get("/v1/items/{item_id:path}", response_model=Item, tags=["catalog"], summary="CatalogService/GetItems for one id")
     async def get_item(item_id: str, request: Request, include_vectors: bool = False):
+        if len(item_id) > MAX_ID_CHARS:
+            raise invalid(f"item_id: at most {MAX_ID_CHARS} characters, got {len(item_id)}")
         item = await _unless_client_leaves(request, upstream.get_item(item_id, include_vectors, _metadata(request)))
         if isinstance(item, JSONResponse):
             return item
@@ -228,9 +275,11 @@ def create_app(
             return _grpc_error(grpc.StatusCode.NOT_FOUND, f"item_id: {item_id!r} is not in the catalog")
         return JSONResponse(from_proto(item))
 
-    @app.post("/v1/items", response_model=UpsertItemsResponse, tags=["catalog"], summary="CatalogService/UpsertItems (write scope)")
-    async def upsert_items(body: UpsertItemsRequest, request: Request):
-        return JSONResponse(from_proto(await upstream.upsert_items(to_proto(body), _metadata(request))))
+    @app.post("/v1/items", response_model=UpsertItemsResponse, tags=["catalog"], summary="CatalogService/UpsertItems (write scope)",
+              openapi_extra=json_body(UpsertItemsRequest))  # fmt: skip
+    async def upsert_items(request: Request):
+        message = await body(request, UpsertItemsRequest, to_proto)
+        return JSONResponse(from_proto(await upstream.upsert_items(message, _metadata(request))))
 
     @app.get("/health", tags=["operations"], summary="SERVING only when the ranker and the catalog both are")
     async def health():
@@ -242,26 +291,30 @@ def create_app(
     async def metrics():
         return Response(prometheus_client.generate_latest(), media_type=prometheus_client.CONTENT_TYPE_LATEST)
 
-    @app.post("/v1/study/comparisons", tags=["study"], summary="answer a request personalized and non-personal, store what is shown")
-    async def create_comparison(body: study.ComparisonRequest, request: Request):
-        comparison_id = await _unless_client_leaves(request, study.compare(upstream, store, body, blind, _metadata(request)))
+    @app.post("/v1/study/comparisons", tags=["study"], summary="answer a request personalized and non-personal, store what is shown",
+              openapi_extra=json_body(study.ComparisonRequest))  # fmt: skip
+    async def create_comparison(request: Request):
+        asked = await body(request, study.ComparisonRequest)
+        comparison_id = await _unless_client_leaves(request, study.compare(upstream, store, asked, blind, _metadata(request)))
         if isinstance(comparison_id, JSONResponse):
             return comparison_id
         return await asyncio.to_thread(study.comparison_view, store, comparison_id)
 
     @app.get("/v1/study/comparisons/{comparison_id}", tags=["study"], summary="a stored comparison with its judgements")
-    async def get_comparison(comparison_id: int):
+    async def get_comparison(comparison_id: ComparisonId):
         try:
             return await asyncio.to_thread(study.comparison_view, store, comparison_id)
         except UnknownComparison as error:
             return _grpc_error(grpc.StatusCode.NOT_FOUND, f"comparison_id: {error}")
 
-    @app.put("/v1/study/comparisons/{comparison_id}/judgements", tags=["study"], summary="mark a shown item relevant or not")
-    async def judge(comparison_id: int, body: study.JudgementRequest):
-        if body.position not in POSITIONS:
-            return _grpc_error(grpc.StatusCode.INVALID_ARGUMENT, f"position: must be left or right, got {body.position!r}")
+    @app.put("/v1/study/comparisons/{comparison_id}/judgements", tags=["study"], summary="mark a shown item relevant or not",
+             openapi_extra=json_body(study.JudgementRequest))  # fmt: skip
+    async def judge(comparison_id: ComparisonId, request: Request):
+        asked = await body(request, study.JudgementRequest)
+        if asked.position not in POSITIONS:
+            return _grpc_error(grpc.StatusCode.INVALID_ARGUMENT, f"position: must be left or right, got {asked.position!r}")
         try:
-            judgement = await asyncio.to_thread(store.judge, comparison_id, body.position, body.rank, body.relevant)
+            judgement = await asyncio.to_thread(store.judge, comparison_id, asked.position, asked.rank, asked.relevant)
         except UnknownComparison as error:
             return _grpc_error(grpc.StatusCode.NOT_FOUND, f"comparison_id: {error}")
         except NotShown as error:
@@ -278,4 +331,28 @@ def create_app(
         return FileResponse(STATIC / "index.html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    def openapi() -> dict:
+        """FastAPI's schema, plus the body models the routes read themselves (bodies.py), under components."""
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in BODY_MODELS:
+                model_schema = model.model_json_schema(ref_template=COMPONENT_REF)
+                components.update(model_schema.pop("$defs", {}))
+                components[model.__name__] = model_schema
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
     return app
+
+
+COMPONENT_REF = "#/components/schemas/{model}"
+BODY_MODELS = (RecommendRequest, UpsertItemsRequest, study.ComparisonRequest, study.JudgementRequest)
+# Comparison ids are SQLite rowids: a larger number is refused as a parameter instead of overflowing the store.
+ComparisonId = Annotated[int, PathParameter(ge=1, le=MAX_INT64)]
+
+
+def json_body(model: type[BaseModel]) -> dict:
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": COMPONENT_REF.format(model=model.__name__)}}}}}

@@ -130,7 +130,10 @@ async def run(args: argparse.Namespace) -> None:
     )
     store = JudgementStore.in_folder(args.state_dir)
     suggested = tuple(user.strip() for user in args.suggested_users.split(",") if user.strip())
-    app = create_app(upstream, store, blind=args.blind, suggested_users=suggested, max_body_bytes=args.max_body_bytes)
+    app = create_app(
+        upstream, store, blind=args.blind, suggested_users=suggested, max_body_bytes=args.max_body_bytes,
+        max_message_bytes=args.max_message_bytes,
+    )
     sock = listening_socket(args.host, args.port)
     config = uvicorn.Config(app, log_config=None, access_log=False, timeout_graceful_shutdown=args.grace_seconds)
     log.info("listening", extra={"service": GATEWAY.name, "http_port": args.port, "judgements": str(store.path), "blind": args.blind})

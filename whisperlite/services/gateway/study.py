@@ -28,7 +28,7 @@ class ComparisonRequest(BaseModel):
 class JudgementRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     position: str = Field(description="the list the item was shown in: left or right")
-    rank: int = Field(description="its 1-based rank in that list")
+    rank: int = Field(ge=1, le=2**63 - 1, description="its 1-based rank in that list")
     relevant: bool
 
 

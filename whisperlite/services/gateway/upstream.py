@@ -1,11 +1,13 @@
 """The gateway's one way to reach the ranker and the catalog: grpc.aio stubs over shared channels.
 
-Callers' credentials and request ids travel as gRPC metadata; an upstream failure surfaces as the
-grpc.aio.AioRpcError it is, and the app turns its code into an HTTP status (status.py).
+Callers' credentials and request ids travel as gRPC metadata; an upstream failure surfaces as
+UpstreamFailed, with the upstream's code and message, and the app turns its code into an HTTP status
+(status.py).
 """
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
+from typing import TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -16,6 +18,24 @@ from whisperlite.core.topology import CATALOG, RANKER
 from whisperlite.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2, ranker_pb2, ranker_pb2_grpc
 
 Metadata = Sequence[tuple[str, str]]
+T = TypeVar("T")
+
+
+class UpstreamFailed(Exception):
+    """A failed upstream call: its gRPC code, and its message, which names the upstream where the failure was the
+    connection's or the deadline's (gRPC's own "Deadline Exceeded" or "failed to connect" name neither)."""
+
+    def __init__(self, upstream: str, error: grpc.aio.AioRpcError, deadline_seconds: float):
+        self.error, self.code = error, error.code()
+        details = error.details() or self.code.name
+        if self.code == grpc.StatusCode.DEADLINE_EXCEEDED and details == "Deadline Exceeded":
+            message = f"{upstream}: no answer within {deadline_seconds:g} s (--deadline-seconds)"
+        elif self.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            message = f"{upstream}: {details}"
+        else:
+            message = details  # the service's own answer (a refused field, a missing token...), unchanged
+        super().__init__(message)
+        self.message = message
 
 
 class Upstream:
@@ -35,16 +55,22 @@ class Upstream:
         }
 
     async def recommend(self, request: ranker_pb2.RecommendRequest, metadata: Metadata) -> ranker_pb2.RecommendResponse:
-        return await self._ranker.Recommend(request, timeout=self.deadline_seconds, metadata=metadata)
+        return await self._call(RANKER.name, self._ranker.Recommend(request, timeout=self.deadline_seconds, metadata=metadata))
 
     async def get_item(self, item_id: str, include_vectors: bool, metadata: Metadata) -> common_pb2.Item | None:
         """The item, or None when the catalog does not hold it."""
         request = catalog_pb2.GetItemsRequest(item_ids=[item_id], include_vectors=include_vectors)
-        response = await self._catalog.GetItems(request, timeout=self.deadline_seconds, metadata=metadata)
+        response = await self._call(CATALOG.name, self._catalog.GetItems(request, timeout=self.deadline_seconds, metadata=metadata))
         return response.items[0] if response.items else None
 
     async def upsert_items(self, request: catalog_pb2.UpsertItemsRequest, metadata: Metadata) -> catalog_pb2.UpsertItemsResponse:
-        return await self._catalog.UpsertItems(request, timeout=self.deadline_seconds, metadata=metadata)
+        return await self._call(CATALOG.name, self._catalog.UpsertItems(request, timeout=self.deadline_seconds, metadata=metadata))
+
+    async def _call(self, upstream: str, call: Awaitable[T]) -> T:
+        try:
+            return await call
+        except grpc.aio.AioRpcError as error:
+            raise UpstreamFailed(f"{upstream} at {self.addresses[upstream]}", error, self.deadline_seconds) from None
 
     async def health(self) -> dict[str, str]:
         """Each upstream's gRPC health status name (SERVING, NOT_SERVING, or the error code that stood in for one)."""

@@ -9,17 +9,34 @@ function showError(message) {
 }
 
 async function call(method, url, body) {
-  const response = await fetch(url, {
-    method,
-    headers: body ? { "content-type": "application/json" } : {},
-    body: body ? JSON.stringify(body) : undefined,
-  });
-  const data = await response.json();
+  let response;
+  try {
+    response = await fetch(url, {
+      method,
+      headers: body ? { "content-type": "application/json" } : {},
+      body: body ? JSON.stringify(body) : undefined,
+    });
+  } catch (error) {
+    throw new Error(`the gateway could not be reached (${error.message}); check that it runs, then try again`);
+  }
+  // A proxy in front of the gateway may answer with an HTML page: say what came back instead of a JSON parse error.
+  const json = (response.headers.get("content-type") || "").includes("application/json");
+  const data = json ? await response.json() : null;
   if (!response.ok) {
-    const error = data.error || { code: String(response.status), message: response.statusText };
+    const error = (data && data.error) || { code: `HTTP ${response.status}`, message: response.statusText || "no message" };
     throw new Error(`${error.code}: ${error.message}`);
   }
+  if (!json) {
+    throw new Error(`HTTP ${response.status}: expected JSON, got ${response.headers.get("content-type") || "no content type"}`);
+  }
   return data;
+}
+
+function clearComparison() {
+  // A failed request must not leave the previous comparison's lists, status line or address behind.
+  $("lists").replaceChildren();
+  $("status").textContent = "";
+  history.replaceState(null, "", location.pathname);
 }
 
 function fmt(value) {
@@ -113,7 +130,7 @@ async function ask(event) {
     history.replaceState(null, "", `?comparison=${comparison.comparison_id}`);
     render(comparison);
   } catch (error) {
-    $("lists").replaceChildren();
+    clearComparison();
     showError(error.message);
   }
 }

@@ -7,6 +7,8 @@ refusal is checked for its status, its message, and that nothing was written.
 
 from __future__ import annotations
 
+import asyncio
+import datetime
 import os
 import signal
 import socket
@@ -18,7 +20,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -116,6 +121,7 @@ def test_scopes_by_full_method_name_deny_by_default():
     assert required_scope("/whisperlite.v1.CatalogService/GetItems") == "recommend"
     assert required_scope("/whisperlite.v1.CatalogService/UpsertItems") == "write"
     assert required_scope("/whisperlite.v1.CatalogService/DeleteItems") == "write"
+    assert required_scope("/whisperlite.v1.CatalogService/ListItems") == "write"  # the export: for those who load the catalog
     assert required_scope("/whisperlite.v1.ModelAdminService/GetModel") == "admin"
     assert required_scope("/whisperlite.v1.CatalogService/SomethingNew") == "admin"
     assert required_scope("/grpc.health.v1.Health/Check") is None
@@ -128,6 +134,9 @@ def test_scopes_by_full_method_name_deny_by_default():
         ("short recommend", "shorter than 16"),
         ("a-long-enough-token-0123 recommend,delete", "unknown scope"),
         ("a-long-enough-token-0123 recommend\na-long-enough-token-0123 write", ":2: the same token is listed twice"),
+        ("", "holds no token; every call would be refused"),
+        ("# only a comment: a truncated write\n", "holds no token; every call would be refused"),
+        ("a-long-enough-token-0123-\u00e9 recommend", ":1: the token must be printable ASCII"),
     ],
 )
 def test_a_bad_tokens_file_names_the_line_never_the_token(text, message):
@@ -135,6 +144,73 @@ def test_a_bad_tokens_file_names_the_line_never_the_token(text, message):
         parse_tokens(text, "tokens.txt")
     assert message in str(raised.value)
     assert "a-long-enough-token-0123" not in str(raised.value) and "only-a-token-here" not in str(raised.value)
+
+
+def test_a_downstream_token_file_that_cannot_be_read_keeps_its_last_token(tmp_path, caplog):
+    """A secret mid-rotation (deleted, emptied) failed every downstream call INTERNAL; now the last token is kept, logged once."""
+    token_file = tmp_path / "service.token"
+    token_file.write_text("first-token-0123456789\n")
+    security = ClientSecurity(token_file=str(token_file))
+    assert security.metadata() == (("authorization", "Bearer first-token-0123456789"),)
+    token_file.unlink()
+    with caplog.at_level("ERROR", logger="whisperlite.security"):
+        assert [security.bearer_token() for _ in range(3)] == ["first-token-0123456789"] * 3
+    assert [record.getMessage() for record in caplog.records] == ["token file unreadable: calls keep its last token"]
+    token_file.write_text("")
+    assert security.bearer_token() == "first-token-0123456789"
+    token_file.write_text("second-token-0123456789")
+    assert security.bearer_token() == "second-token-0123456789"
+    blank = tmp_path / "blank.token"  # never read well: nothing to fall back on
+    blank.write_text(" ")
+    with pytest.raises(ValueError, match="must hold one token of printable ASCII"):
+        ClientSecurity(token_file=str(blank)).bearer_token()
+
+
+def _dated_pair(pki: Pki, starts_in_days: float, ends_in_days: float) -> KeyPair:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "catalog-dated")]))
+        .issuer_name(pki.ca.certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now + datetime.timedelta(days=starts_in_days))
+        .not_valid_after(now + datetime.timedelta(days=ends_in_days))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(pki.ca.key, hashes.SHA256())
+    )
+    return KeyPair(certificate, key)
+
+
+@pytest.mark.parametrize(("starts", "ends", "message"), [(-30, -1, "expired on"), (2, 30, "is not valid before")], ids=["expired", "not-yet-valid"])
+def test_a_certificate_outside_its_dates_stops_start_up_and_is_not_reloaded(secure_catalog, pki, tmp_path, starts, ends, message):
+    """Peers refuse such a certificate at every handshake: the service used to serve it (SERVING, every client failing),
+    and a stale pair copied in at rotation was logged as "certificates reloaded"."""
+    stale = _dated_pair(pki, starts, ends)
+    stale.write(tmp_path / "stale.pem", tmp_path / "stale-key.pem")
+    service = launch_service(
+        "catalog", tmp_path, "--query-encoder-addr", "", "--data-dir", str(tmp_path / "c"),
+        "--tls-cert-file", str(tmp_path / "stale.pem"), "--tls-key-file", str(tmp_path / "stale-key.pem"),
+    )  # fmt: skip
+    assert service.process.wait(60) != 0
+    assert message in service.log() and "Traceback" not in service.log()
+
+    served = _served_certificate(secure_catalog.port, pki.path("ca.pem"))
+    originals = {name: (pki.directory / name).read_bytes() for name in ("server.pem", "server-key.pem")}
+    try:
+        refusals = secure_catalog.log().count("certificates not reloaded")
+        stale.write(pki.directory / "server.pem", pki.directory / "server-key.pem")
+        secure_catalog.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while secure_catalog.log().count("certificates not reloaded") == refusals:
+            assert _served_certificate(secure_catalog.port, pki.path("ca.pem")) == served  # the old pair keeps serving
+            assert time.monotonic() < deadline, "the stale pair was neither refused nor logged within 30 s"
+            time.sleep(0.2)
+        assert _stats(secure_catalog, pki).item_count >= 5
+    finally:
+        for name, content in originals.items():
+            (pki.directory / name).write_bytes(content)
 
 
 # ---- TLS -----------------------------------------------------------------------------------------
@@ -359,3 +435,45 @@ def test_a_token_file_that_does_not_parse_stops_start_up(tmp_path):
     assert service.process.wait(60) != 0
     assert f"{bad}:1: unknown scope ['everything']" in service.log()
     assert "a-long-enough-token-0123" not in service.log()
+
+
+def test_refused_calls_take_no_admission_slot(tmp_path, pki):
+    """With one slot and no queue, 200 concurrent calls without a token were partly answered RESOURCE_EXHAUSTED (their
+    refusal ran inside admission), and such a flood shed a legitimate caller's calls."""
+    service = start_catalog(
+        tmp_path / "logs", tmp_path / "catalog", "",
+        "--dimension", str(DIMENSION), "--encoder-model", "test-vectors", "--auth-tokens-file", pki.path("tokens.txt"),
+        "--tls-cert-file", pki.path("server.pem"), "--tls-key-file", pki.path("server-key.pem"),
+        "--max-in-flight", "1", "--max-queued", "0",
+        security=pki.client(),
+    )  # fmt: skip
+
+    async def flood() -> list[grpc.StatusCode]:
+        async with grpc.aio.secure_channel(service.address, pki.client().channel_credentials()) as channel:
+            stub = catalog_pb2_grpc.CatalogServiceStub(channel)
+
+            async def call(metadata) -> grpc.StatusCode:
+                try:
+                    await stub.GetStats(catalog_pb2.GetStatsRequest(), metadata=metadata, timeout=30)
+                except grpc.aio.AioRpcError as error:
+                    return error.code()
+                return grpc.StatusCode.OK
+
+            return await asyncio.gather(*(call((("authorization", f"Bearer not-a-token-{i:020d}"),)) for i in range(200)))
+
+    try:
+        codes = asyncio.run(flood())
+        assert set(codes) == {grpc.StatusCode.UNAUTHENTICATED}, {code.name: codes.count(code) for code in set(codes)}
+    finally:
+        service.stop()
+
+
+def test_a_grpc_port_in_use_stops_start_up_saying_so(tmp_path):
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as taken:
+        taken.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        taken.bind(("::", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        service = launch_service("catalog", tmp_path, "--query-encoder-addr", "", "--data-dir", str(tmp_path / "c"), port=port)
+        assert service.process.wait(60) != 0
+    assert "catalog: cannot bind gRPC port " in service.log() and f":{port} (" in service.log() and "Traceback" not in service.log()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ import pytest
 from tests.servers import REPO, start_catalog, start_gateway, start_service
 from whisperlite.core.channels import create_sync_channel
 from whisperlite.core.client_security import ClientSecurity
+from whisperlite.core.clients.health import is_serving, poll_until
 from whisperlite.core.clients.model_admin import ModelAdminClient
 from whisperlite.core.clients.ranker import RankerClient
 from whisperlite.core.dataset import ITEM_COLUMNS, ITEMS_FILE
@@ -152,6 +154,7 @@ def test_cli_recommend_and_health_speak_tls(secure_stack, pki):
     assert (health.returncode, health.stdout.strip()) == (0, "SERVING")
     plaintext = subprocess.run([sys.executable, "-m", "whisperlite", "health", ranker, "--timeout", "3"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert (plaintext.returncode, plaintext.stdout.strip()) == (1, "NOT_SERVING")
+    assert f"{ranker}: UNAVAILABLE: " in plaintext.stderr  # why: the call failed, not the server's own status
 
 
 def test_model_admin_needs_the_admin_scope(secure_stack, pki):
@@ -200,3 +203,27 @@ def test_the_gateway_speaks_tls_upstream_and_forwards_the_callers_token(secure_s
         assert httpx.get(f"http://127.0.0.1:{gateway.port}/v1/items/defaced", headers=ingest, timeout=60).status_code == 404
     finally:
         gateway.stop()
+
+
+def test_a_revoked_service_token_turns_the_ranker_not_serving_and_blames_no_shopper(secure_stack, pki):
+    """The backends revoke the ranker's own token (a rotation done in the wrong order). Their open health checks still
+    say SERVING, so the ranker stayed SERVING, and shoppers got FAILED_PRECONDITION (HTTP 400) as if they were at fault."""
+    tokens = pki / "backend-tokens.txt"
+    original = tokens.read_text()
+    ranker, probe = secure_stack["ranker"], ClientSecurity(ca_file=str(pki / "ca.pem"))
+    shopper = ClientSecurity(ca_file=str(pki / "ca.pem"), token_file=str(pki / "shopper.token"))
+    try:
+        tokens.write_text(f"{_token(pki, 'ingest')} recommend,write\n")
+        for service in ("encoder", "catalog"):
+            secure_stack[service].process.send_signal(signal.SIGHUP)
+        assert poll_until(lambda: not is_serving(ranker.address, security=probe), 30), "the ranker stayed SERVING"
+        assert "refuses this ranker's token: UNAUTHENTICATED" in ranker.log()
+        with RankerClient(ranker.address, timeout_seconds=30, security=shopper) as client, pytest.raises(grpc.RpcError) as raised:
+            client.recommend(user_id="", query="a query no cache holds: silk scarf", top_k=3)
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "refused this service's own token (UNAUTHENTICATED" in raised.value.details()
+    finally:
+        tokens.write_text(original)
+        for service in ("encoder", "catalog"):
+            secure_stack[service].process.send_signal(signal.SIGHUP)
+    assert poll_until(lambda: is_serving(ranker.address, security=probe), 30), "the ranker did not serve again"

@@ -59,7 +59,7 @@ def create_channel(
 
 
 def _open_channel(target: str, security: ClientSecurity, options: list) -> grpc.aio.Channel:
-    interceptors = [BearerTokenInterceptor(security)] if security.token or security.token_file else None
+    interceptors = [BearerTokenInterceptor(security)] if security.sends_token else None
     credentials = security.channel_credentials()
     if credentials is None:
         return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)

@@ -8,6 +8,7 @@ encoder/catalog, catalog -> encoder), `RankerClient`, the CLI, `whisperlite inge
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,8 @@ import grpc
 # Where the CLI, `whisperlite ingest` and the image health checks read their defaults from.
 ENV_CA_FILE, ENV_CERT_FILE, ENV_KEY_FILE = "WHISPERLITE_TLS_CA_FILE", "WHISPERLITE_TLS_CERT_FILE", "WHISPERLITE_TLS_KEY_FILE"
 ENV_TOKEN, ENV_TOKEN_FILE = "WHISPERLITE_TOKEN", "WHISPERLITE_TOKEN_FILE"
+
+log = logging.getLogger("whisperlite.security")
 
 
 @dataclass(frozen=True)
@@ -51,11 +54,29 @@ class ClientSecurity:
             root_certificates=_read_bytes(self.ca_file), private_key=private_key, certificate_chain=certificate_chain
         )
 
+    @property
+    def sends_token(self) -> bool:
+        return bool(self.token or self.token_file)
+
     def bearer_token(self) -> str:
-        if self.token_file:
+        """The token; from a token file, as it is now. A file that cannot be read (deleted, emptied: a secret being
+        rotated) gives the last token read from it, logged once per state of the file; with none read yet it raises."""
+        if not self.token_file:
+            return self.token
+        try:
             stat = os.stat(self.token_file)
-            return _read_token(self.token_file, stat.st_mtime_ns, stat.st_size)
-        return self.token
+            token = _read_token(self.token_file, stat.st_mtime_ns, stat.st_size)
+        except (OSError, ValueError) as error:
+            last = _LAST_GOOD_TOKENS.get(self.token_file)
+            if last is None:
+                raise ValueError(f"token file {self.token_file}: {getattr(error, 'strerror', None) or error}") from None
+            if _UNREADABLE.get(self.token_file) != str(error):
+                _UNREADABLE[self.token_file] = str(error)
+                log.error("token file unreadable: calls keep its last token", extra={"token_file": self.token_file, "reason": str(error)})
+            return last
+        _LAST_GOOD_TOKENS[self.token_file] = token
+        _UNREADABLE.pop(self.token_file, None)
+        return token
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
         """The call metadata carrying the token (empty without one)."""
@@ -64,6 +85,9 @@ class ClientSecurity:
 
 
 PLAINTEXT = ClientSecurity()
+# token file -> the last token read from it, and the error it gave since (logged once)
+_LAST_GOOD_TOKENS: dict[str, str] = {}
+_UNREADABLE: dict[str, str] = {}
 
 
 def _read_bytes(path: str) -> bytes:
@@ -77,8 +101,8 @@ def _read_bytes(path: str) -> bytes:
 def _read_token(path: str, _mtime_ns: int, _size: int) -> str:
     """The token in `path`; cached per (mtime, size), so a rotated secret is picked up on the next call."""
     token = _read_bytes(path).decode().strip()
-    if not token or any(char.isspace() for char in token):
-        raise ValueError(f"token file {path} must hold one token without spaces")
+    if not token or not token.isascii() or not token.isprintable() or any(char.isspace() for char in token):
+        raise ValueError(f"token file {path} must hold one token of printable ASCII without spaces")
     return token
 
 

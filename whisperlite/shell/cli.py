@@ -83,9 +83,11 @@ def _health(args: argparse.Namespace) -> None:
 
         serving = is_http_serving(args.address, args.timeout)
     else:
-        from whisperlite.core.clients.health import is_serving
+        from whisperlite.core.clients.health import health_status
 
-        serving = is_serving(args.address, args.service, args.timeout, security=client_security(args))
+        serving, status = health_status(args.address, args.service, args.timeout, security=client_security(args))
+        if not serving:
+            print(f"{args.address}: {status}", file=sys.stderr)  # e.g. a refused TLS handshake, not the server's state
     print("SERVING" if serving else "NOT_SERVING")
     sys.exit(0 if serving else 1)
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
-from whisperlite.core.clients.errors import DownstreamClient, downstream_error
+from whisperlite.core.clients.errors import DownstreamClient, call_when_ready, downstream_error
 from whisperlite.core.request_context import outgoing_metadata
 from whisperlite.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2
 
@@ -48,17 +48,19 @@ class CatalogClient(DownstreamClient):
     async def stats(self) -> catalog_pb2.GetStatsResponse:
         """Waits for a catalog that is not reachable yet; a catalog still opening answers UNAVAILABLE,
         raised as such (the caller decides how long to wait)."""
-        try:
-            return await self._stub.GetStats(catalog_pb2.GetStatsRequest(), timeout=self._timeout, metadata=outgoing_metadata(), wait_for_ready=True)
-        except grpc.aio.AioRpcError as error:
-            raise downstream_error(self._service, "GetStats", error) from None
+        request = catalog_pb2.GetStatsRequest()
+        return await call_when_ready(
+            lambda wait: self._stub.GetStats(request, timeout=self._timeout, metadata=outgoing_metadata(), wait_for_ready=wait),
+            self._service, "GetStats",
+        )  # fmt: skip
 
     async def upsert(self, items: list[common_pb2.Item]) -> int:
         """Upserts (idempotent: items are replaced by id); waits for a catalog not reachable yet. Returns the count written."""
-        try:
-            response = await self._stub.UpsertItems(catalog_pb2.UpsertItemsRequest(items=items), timeout=self._timeout, metadata=outgoing_metadata(), wait_for_ready=True)
-        except grpc.aio.AioRpcError as error:
-            raise downstream_error(self._service, "UpsertItems", error) from None
+        request = catalog_pb2.UpsertItemsRequest(items=items)
+        response = await call_when_ready(
+            lambda wait: self._stub.UpsertItems(request, timeout=self._timeout, metadata=outgoing_metadata(), wait_for_ready=wait),
+            self._service, "UpsertItems",
+        )  # fmt: skip
         return response.upserted_count
 
     async def search(self, search: CandidateSearch) -> list[Candidate]:

@@ -3,6 +3,8 @@
 - INVALID_ARGUMENT stays the caller's fault: the caller's own input was refused downstream.
 - UNAVAILABLE, DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED (a busy service) may pass: UNAVAILABLE,
   so the caller retries later.
+- UNAUTHENTICATED and PERMISSION_DENIED (this service's own token refused) are UNAVAILABLE too, naming
+  the token: the caller is not at fault, and the service's health turns NOT_SERVING (ranker).
 - Anything else (UNIMPLEMENTED: an address that points at another service; FAILED_PRECONDITION;
   INTERNAL...) is a deployment fault no retry fixes: FAILED_PRECONDITION.
 """
@@ -40,6 +42,24 @@ class DownstreamClient:
         return self._timeout
 
 
+async def call_when_ready(call: Callable[[bool], Awaitable[T]], service: str, method: str) -> T:
+    """`call(wait_for_ready=True)`: waits for a service not reachable yet. Failures become this service's error
+    (`downstream_error`); when the wait times out, the channel is asked once more without waiting, since that
+    answer names why it is not connected (a refused TLS handshake, a refused connection), where the timeout's
+    "Deadline Exceeded" names nothing."""
+    try:
+        return await call(True)
+    except grpc.aio.AioRpcError as error:
+        failure = error
+    if failure.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+        try:
+            return await call(False)
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.UNAVAILABLE:
+                failure = error
+    raise downstream_error(service, method, failure) from None
+
+
 def retry_after_seconds(error: grpc.RpcError) -> float | None:
     """The server's hint of when to retry a refused call (its retry-after-ms trailer), or None."""
     trailer = error.trailing_metadata() if callable(getattr(error, "trailing_metadata", None)) else None
@@ -47,10 +67,24 @@ def retry_after_seconds(error: grpc.RpcError) -> float | None:
     return int(hint) / 1e3 if isinstance(hint, str) and hint.isdigit() else None
 
 
+class CredentialsRefused(Unavailable):
+    """The downstream service refused this service's own token: for this service's caller, that dependency is
+    unavailable (503), and the caller is not to blame (a 400 or 401 would say it is)."""
+
+    def __init__(self, service: str, method: str, refusal: str):
+        super().__init__(
+            f"{service}: {method} refused this service's own token ({refusal}); "
+            "a deployment fault: check --downstream-token-file against that service's tokens file"
+        )
+        self.refusal = refusal  # e.g. "UNAUTHENTICATED: unknown or revoked bearer token"
+
+
 def downstream_error(service: str, method: str, error: grpc.RpcError) -> ServiceError:
     code, details = error.code(), error.details()
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return InvalidArgument(details or f"{service} rejected the request")
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        return CredentialsRefused(service, method, f"{code.name}: {details}")
     kind = Unavailable if code in TRANSIENT else FailedPrecondition
     return kind(f"{service}: {method} failed: {code.name}: {details}")
 
@@ -62,6 +96,8 @@ async def wait_until_ready(call: Callable[[], Awaitable[T]], wait_seconds: float
     while True:
         try:
             return await call()
+        except CredentialsRefused:
+            raise  # waiting does not make a refused token good: stop start-up now, saying so
         except Unavailable as error:
             waited = time.monotonic() - started
             if waited >= wait_seconds:

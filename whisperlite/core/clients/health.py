@@ -10,16 +10,22 @@ from whisperlite.core.channels import create_sync_channel
 from whisperlite.core.client_security import PLAINTEXT, ClientSecurity
 
 
-def is_serving(address: str, service: str = "", timeout_seconds: float = 2.0, security: ClientSecurity = PLAINTEXT) -> bool:
-    """Health needs no token; a TLS server needs `security`'s CA (and a client certificate for mTLS)."""
+def health_status(address: str, service: str = "", timeout_seconds: float = 2.0, security: ClientSecurity = PLAINTEXT) -> tuple[bool, str]:
+    """Whether the service is SERVING, and why not: its status, or the call's failure (a refused TLS handshake, no
+    answer). Health needs no token; a TLS server needs `security`'s CA (and a client certificate for mTLS)."""
     try:
         with create_sync_channel(address, security) as channel:
             response = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=timeout_seconds
             )
-    except grpc.RpcError:
-        return False
-    return response.status == health_pb2.HealthCheckResponse.SERVING
+    except grpc.RpcError as error:
+        return False, f"{error.code().name}: {error.details()}"
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+    return response.status == health_pb2.HealthCheckResponse.SERVING, status
+
+
+def is_serving(address: str, service: str = "", timeout_seconds: float = 2.0, security: ClientSecurity = PLAINTEXT) -> bool:
+    return health_status(address, service, timeout_seconds, security)[0]
 
 
 def poll_until(check: Callable[[], bool], timeout_seconds: float, alive=lambda: True, interval_seconds: float = 0.5) -> bool:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
-from whisperlite.core.clients.errors import DownstreamClient, downstream_error
+from whisperlite.core.clients.errors import DownstreamClient, call_when_ready, downstream_error
 from whisperlite.core.request_context import outgoing_metadata
 from whisperlite.v1 import query_encoder_pb2, query_encoder_pb2_grpc
 
@@ -39,10 +39,11 @@ class QueryEncoderClient(DownstreamClient):
         self._stub = query_encoder_pb2_grpc.QueryEncoderServiceStub(channel)
 
     async def model(self) -> EncoderModel:
-        try:
-            info = await self._stub.GetModelInfo(query_encoder_pb2.GetModelInfoRequest(), timeout=self._timeout, metadata=outgoing_metadata(), wait_for_ready=True)
-        except grpc.aio.AioRpcError as error:
-            raise downstream_error(self._service, "GetModelInfo", error) from None
+        request = query_encoder_pb2.GetModelInfoRequest()
+        info = await call_when_ready(
+            lambda wait: self._stub.GetModelInfo(request, timeout=self._timeout, metadata=outgoing_metadata(), wait_for_ready=wait),
+            self._service, "GetModelInfo",
+        )  # fmt: skip
         return EncoderModel(info.model_name, info.dimension, info.max_text_chars, info.max_inputs)
 
     async def embed_texts(self, texts: Sequence[str], priority: str = INTERACTIVE) -> TextEmbeddings:

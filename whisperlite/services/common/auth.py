@@ -3,7 +3,7 @@
 The tokens file (`--auth-tokens-file`) holds one `token scope[,scope]` per line (`#` comments and
 blank lines are skipped); SIGHUP re-reads it, so a token is added or revoked without a restart.
 Scopes are decided by the full method name: `recommend` reads (Recommend, Search, Embed, Get*),
-`write` changes the catalog (Upsert, Delete), `admin` everything else, so a method added later is
+`write` changes the catalog (Upsert, Delete) and exports it (ListItems), `admin` everything else, so a method added later is
 closed until it is mapped (deny by default). Health checks stay open: orchestrators probe them
 without credentials. Tokens never reach a log line or a metric label.
 """
@@ -17,6 +17,8 @@ from pathlib import Path
 
 import grpc
 from prometheus_client import Counter
+
+from whisperlite.services.common.interceptors import without_admission
 
 log = logging.getLogger("whisperlite.auth")
 
@@ -42,6 +44,8 @@ METHOD_SCOPES = {
     "/whisperlite.v1.CatalogService/GetStats": RECOMMEND,
     "/whisperlite.v1.CatalogService/UpsertItems": WRITE,
     "/whisperlite.v1.CatalogService/DeleteItems": WRITE,
+    # Pages through the whole catalog (`whisperlite catalog export`): for those who load it, not for shoppers' callers.
+    "/whisperlite.v1.CatalogService/ListItems": WRITE,
     **_REFLECTION,
 }
 
@@ -81,6 +85,8 @@ def parse_tokens(text: str, source: str) -> tuple[_Grant, ...]:
         fields = line.split()
         if len(fields) != 2:
             raise TokenFileError(f"{source}:{number}: expected 'token scope[,scope]', got {len(fields)} fields")
+        if not (fields[0].isascii() and fields[0].isprintable()):
+            raise TokenFileError(f"{source}:{number}: the token must be printable ASCII: gRPC metadata cannot carry it otherwise")
         token, scope_list = fields[0].encode(), fields[1]
         if len(token) < MIN_TOKEN_CHARS:
             raise TokenFileError(f"{source}:{number}: the token is shorter than {MIN_TOKEN_CHARS} characters")
@@ -92,6 +98,8 @@ def parse_tokens(text: str, source: str) -> tuple[_Grant, ...]:
             raise TokenFileError(f"{source}:{number}: the same token is listed twice")
         seen.add(token)
         grants.append(_Grant(token, scopes))
+    if not grants:  # a truncated write during a rotation: every caller would be locked out
+        raise TokenFileError(f"{source}: holds no token; every call would be refused (list at least one 'token scope[,scope]')")
     return tuple(grants)
 
 
@@ -111,9 +119,11 @@ class TokenStore:
 
     def _read(self) -> tuple[_Grant, ...]:
         try:
-            text = Path(self.path).read_text()
+            text = Path(self.path).read_text(encoding="utf-8")
         except OSError as error:
             raise TokenFileError(f"cannot read the tokens file {self.path}: {error.strerror}") from None
+        except UnicodeDecodeError:
+            raise TokenFileError(f"the tokens file {self.path} is not UTF-8 text") from None
         return parse_tokens(text, self.path)
 
     def __len__(self) -> int:
@@ -185,6 +195,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 def _refusing(handler: grpc.RpcMethodHandler, denial: Denial) -> grpc.RpcMethodHandler:
     """A handler of the same shape that answers `denial`; no deserializer, so untrusted bytes stay unparsed."""
 
+    @without_admission
     async def refuse(_request, context: grpc.aio.ServicerContext):
         await context.abort(denial.code, denial.message)
 

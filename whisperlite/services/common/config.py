@@ -6,6 +6,7 @@ import os
 from whisperlite.core.client_security import ENV_CA_FILE, ClientSecurity
 from whisperlite.core.topology import DEFAULT_MAX_MESSAGE_BYTES, Service
 from whisperlite.services.common.admission import AdmissionLimits
+from whisperlite.services.common.tls import check_certificate_file
 
 
 def env_str(name: str, default: str) -> str:
@@ -147,6 +148,8 @@ def downstream_security(args: argparse.Namespace) -> ClientSecurity:
             token_file=args.downstream_token_file,
         )
         security.channel_credentials()  # unreadable files stop start-up here, not at the first call
+        if security.cert_file:
+            check_certificate_file(security.cert_file)
         security.bearer_token()
     except (OSError, ValueError) as error:
         raise SystemExit(f"downstream calls: {error}") from None

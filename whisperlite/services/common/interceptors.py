@@ -59,6 +59,13 @@ def _deadline_passed(context: grpc.aio.ServicerContext) -> bool:
     return remaining is not None and remaining <= 0
 
 
+def without_admission(behavior):
+    """Marks a handler that answers at once without work (a refused token): it takes no admission slot, so a flood of
+    refused calls cannot shed a legitimate caller's, nor be told RESOURCE_EXHAUSTED instead of why it was refused."""
+    behavior.whisperlite_without_admission = True
+    return behavior
+
+
 def _cancelled_code(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
     return grpc.StatusCode.DEADLINE_EXCEEDED if _deadline_passed(context) else grpc.StatusCode.CANCELLED
 
@@ -84,7 +91,8 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
             return handler
         service, method = _split_method(handler_call_details.method)
         behavior = handler.unary_unary
-        admission = None if service.startswith("grpc.") else self._admission
+        admitting = not service.startswith("grpc.") and not getattr(behavior, "whisperlite_without_admission", False)
+        admission = self._admission if admitting else None
 
         async def admitted(request, context: grpc.aio.ServicerContext, request_id: str):
             if isinstance(request, MalformedRequest):

@@ -84,12 +84,13 @@ async def serve(
         await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
     await health_servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
 
-    if security.certificates is not None:
-        bound = server.add_secure_port(f"{host}:{port}", security.certificates.credentials())
-    else:
-        bound = server.add_insecure_port(f"{host}:{port}")
-    if bound == 0:
-        raise SystemExit(f"{name}: cannot bind gRPC port {host}:{port}")
+    try:  # grpc.aio raises where grpc returned 0: a port in use, or TLS material gRPC itself refuses
+        if security.certificates is not None:
+            server.add_secure_port(f"{host}:{port}", security.certificates.credentials())
+        else:
+            server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError as error:
+        raise SystemExit(f"{name}: cannot bind gRPC port {host}:{port} ({error}): is another process on it?") from None
     await server.start()
     metrics_server = None
     if metrics_port:

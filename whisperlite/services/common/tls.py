@@ -3,12 +3,14 @@
 gRPC asks `_fetch` for the certificate configuration at every new connection's handshake; it
 answers None (keep the current one) unless a file changed on disk or SIGHUP asked for a reload.
 Established connections keep their session, so a rotation drops no call. A half-written rotation
-(a key that does not match the certificate, a truncated PEM) is refused and the previous pair
-stays in force until the files are consistent again.
+(a key that does not match the certificate, a truncated PEM) or a certificate outside its validity
+dates (a stale file copied in) is refused and the previous pair stays in force until the files are
+right again.
 """
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 from dataclasses import dataclass
@@ -54,6 +56,30 @@ def _read(path: str, what: str) -> bytes:
         raise CertificateError(f"cannot read the {what} {path}: {error.strerror}") from None
 
 
+# A certificate this close to its end is logged at WARNING each time it is loaded: time to rotate it.
+EXPIRY_WARNING = datetime.timedelta(days=14)
+
+
+def check_dates(certificate: x509.Certificate, path: str) -> None:
+    """Refuses a certificate outside its validity (peers would refuse every handshake); warns near its end."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    starts, ends = certificate.not_valid_before_utc, certificate.not_valid_after_utc
+    if now < starts:
+        raise CertificateError(f"the certificate {path} is not valid before {starts:%Y-%m-%d %H:%M} UTC: peers would refuse it")
+    if now > ends:
+        raise CertificateError(f"the certificate {path} expired on {ends:%Y-%m-%d %H:%M} UTC: peers would refuse it")
+    if ends - now < EXPIRY_WARNING:
+        log.warning("certificate expires soon: rotate it", extra={"cert_file": path, "expires": ends.isoformat()})
+
+
+def check_certificate_file(path: str) -> None:
+    """`check_dates` of a PEM certificate file (a client certificate presented to mTLS servers)."""
+    try:
+        check_dates(x509.load_pem_x509_certificate(_read(path, "certificate")), path)
+    except ValueError as error:
+        raise CertificateError(str(error) if isinstance(error, CertificateError) else f"{path} is not a PEM certificate") from None
+
+
 def load_configuration(files: CertificateFiles) -> grpc.ServerCertificateConfiguration:
     """Reads and checks the files: the key must be the certificate's, the client CA a certificate."""
     cert_pem, key_pem = _read(files.cert_file, "certificate"), _read(files.key_file, "private key")
@@ -61,6 +87,7 @@ def load_configuration(files: CertificateFiles) -> grpc.ServerCertificateConfigu
         certificate = x509.load_pem_x509_certificate(cert_pem)
     except ValueError:
         raise CertificateError(f"{files.cert_file} is not a PEM certificate") from None
+    check_dates(certificate, files.cert_file)
     try:
         key = serialization.load_pem_private_key(key_pem, password=None)
     except (ValueError, TypeError):

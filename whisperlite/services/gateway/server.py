@@ -11,6 +11,7 @@ import uvicorn
 from whisperlite.core.topology import CATALOG, DEFAULT_MAX_MESSAGE_BYTES, GATEWAY, RANKER
 from whisperlite.services.common.config import env_bool, env_float, env_int, env_str
 from whisperlite.services.common.logs import configure_logging
+from whisperlite.services.common.tls import check_certificate_file
 from whisperlite.services.gateway.app import create_app
 from whisperlite.services.gateway.judgements import JudgementStore
 from whisperlite.core.client_security import ENV_CA_FILE, ClientSecurity
@@ -96,6 +97,8 @@ def upstream_security(args: argparse.Namespace) -> ClientSecurity:
     try:
         security = ClientSecurity(ca_file=args.tls_ca_file, cert_file=args.tls_cert_file, key_file=args.tls_key_file)
         security.channel_credentials()  # unreadable files stop start-up here, not at the first call
+        if security.cert_file:
+            check_certificate_file(security.cert_file)
     except (OSError, ValueError) as error:
         raise SystemExit(f"{GATEWAY.name}: upstream TLS: {error}") from None
     return security

@@ -1,5 +1,5 @@
 """The ranker's health follows its dependencies': NOT_SERVING while the query encoder or the catalog
-fails its own health check, so a load balancer, `whisperlite health` and the gateway see an outage the
+fails its own health check, or refuses the ranker's own token, so a load balancer, `whisperlite health` and the gateway see an outage the
 ranker cannot answer through instead of a SERVING ranker that fails every call.
 
 The ranker keeps answering meanwhile: texts in its query cache need no encoder, and a failing call
@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from whisperlite.core.clients.errors import CredentialsRefused
+from whisperlite.core.errors import ServiceError
 from whisperlite.services.ranker import metrics
 
 log = logging.getLogger("whisperlite.ranker.dependency_watch")
@@ -43,6 +45,10 @@ class Dependency:
     address: str
     grpc_service: str  # the health name whose status counts (a catalog whose store is down reports it there)
     channel: grpc.aio.Channel
+    # An authenticated call made after a SERVING health check, where the ranker sends a token: a dependency that
+    # refuses the token (revoked, or rotated in the wrong order) serves, but not this ranker, which its open health
+    # check alone would hide.
+    credential_check: Callable[[], Awaitable[object]] | None = None
 
 
 class DependencyWatch:
@@ -60,6 +66,13 @@ class DependencyWatch:
             return f"health check failed: {error.code().name}: {error.details()}"
         if response.status != health_pb2.HealthCheckResponse.SERVING:
             return f"health {health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)}"
+        if dependency.credential_check is not None:
+            try:
+                await asyncio.wait_for(dependency.credential_check(), self._settings.probe_timeout_seconds)
+            except CredentialsRefused as error:
+                return f"refuses this ranker's token: {error.refusal}"
+            except (ServiceError, asyncio.TimeoutError):
+                pass  # only a refused token counts: a busy dependency may shed or delay this call, which is no outage
         return None
 
     async def watch(self, set_serving: Callable[[bool], Awaitable[None]]) -> None:

@@ -148,6 +148,7 @@ def test_an_id_with_a_slash_and_unknown_routes(http, gateway_items):
     assert unknown.status_code == 404
     assert unknown.json() == {"error": {"code": "NOT_FOUND", "message": "no route GET /v1/no-such-route (the routes: /docs)"}}
     assert http.post("/v1/recommend/", json={"query": "boots", "top_k": 1}).status_code == 404  # not an empty 307
+    assert http.head("/health").status_code == 200 and http.head("/").status_code == 200  # what load balancers probe with
     wrong_method = http.delete("/v1/recommend")
     assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
     assert wrong_method.json()["error"] == {"code": "UNIMPLEMENTED", "message": "DELETE is not allowed on /v1/recommend; use POST"}

@@ -281,7 +281,8 @@ def create_app(
         message = await body(request, UpsertItemsRequest, to_proto)
         return JSONResponse(from_proto(await upstream.upsert_items(message, _metadata(request))))
 
-    @app.get("/health", tags=["operations"], summary="SERVING only when the ranker and the catalog both are")
+    # HEAD too: load balancers and uptime checkers probe with it.
+    @app.api_route("/health", methods=["GET", "HEAD"], tags=["operations"], summary="SERVING only when the ranker and the catalog both are")
     async def health():
         upstreams = await upstream.health()
         serving = all(status == "SERVING" for status in upstreams.values())
@@ -326,7 +327,7 @@ def create_app(
         judged = await asyncio.to_thread(store.judged_users)
         return {"users": list(dict.fromkeys([*suggested_users, *judged]))}
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def page():
         return FileResponse(STATIC / "index.html")
 

@@ -70,7 +70,11 @@ class BodyReader:
     async def read(self, raw: bytes, content_type: str | None, model: type[M], convert: Callable[[M], Any] | None = None) -> Any:
         media = (content_type or "application/json").split(";")[0].strip().lower()  # none given: read as JSON
         if media not in JSON_MEDIA_TYPES and not media.endswith("+json"):
-            raise Refused(415, grpc.StatusCode.INVALID_ARGUMENT, f"content-type: must be application/json, got {content_type[:60]!r}")
+            # Also what keeps a cross-site HTML form (which can send only form and text types) from posting here.
+            raise Refused(
+                415, grpc.StatusCode.INVALID_ARGUMENT,
+                f"content-type: must be application/json, got {content_type[:60]!r} (curl -d sends a form: add -H 'content-type: application/json')",
+            )  # fmt: skip
         if len(raw) <= INLINE_BODY_BYTES:
             value = parse(model, raw, convert)
         else:

@@ -181,12 +181,18 @@ def test_unknown_user_with_recent_items_takes_the_recent_items_path(ranker, inge
         ({"query": "boots", "top_k": 100_000}, "top_k"),
         ({"query": "boots", "top_k": 5, "filter": common_pb2.ItemFilter(min_price=50, max_price=10)}, "price"),
         ({"query": "boots", "top_k": 5, "recent_item_ids": [""]}, "recent_item_ids"),
+        # These were answered OK: a query that embeds as the empty text, and an id no catalog can hold, ignored.
+        ({"query": "\x00", "top_k": 5}, "query: must contain a visible character"),
+        ({"query": "\u200b\u200b", "top_k": 5}, "query: must contain a visible character"),
+        ({"query": "boots", "top_k": 5, "recent_item_ids": ["x" * 300]}, "recent_item_ids[0]: at most 256 characters, got 300"),
+        # The catalog's refusal, named as the caller sent it (it said "searches[0].filter.min_price").
+        ({"query": "boots", "top_k": 5, "filter": common_pb2.ItemFilter(min_price=float("nan"))}, "filter.min_price"),
     ],
 )
 def test_ranker_rejects_bad_requests(ranker, ingested, request_fields, field):
     code, details = _status(ranker.Recommend, ranker_pb2.RecommendRequest(user_id="u", **request_fields))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
-    assert field in details
+    assert field in details and "searches[" not in details
 
 
 def _vector(value: float, dimension: int = 384) -> list[float]:

@@ -115,8 +115,12 @@ def test_repeated_queries_are_served_from_the_cache(backend, stub):
     ("texts", "images", "message"),
     [
         ([], [], "texts: at least one text"),
-        (["fine", "   "], [], "texts[1]: must not be empty or whitespace"),
-        (["fine", ""], [], "texts[1]: must not be empty"),
+        (["fine", "   "], [], "texts[1]: must hold a visible character"),
+        (["fine", ""], [], "texts[1]: must hold a visible character"),
+        # each embeds as the empty text: a meaningless vector served as if it were an answer
+        (["\x00"], [], "texts[0]: must hold a visible character"),
+        (["\u200b\ufeff\u00ad"], [], "texts[0]: must hold a visible character"),
+        (["\u0301"], [], "texts[0]: must hold a visible character"),
         (["x" * (MAX_TEXT_CHARS + 1)], [], f"texts[0]: {MAX_TEXT_CHARS + 1} characters, the limit is {MAX_TEXT_CHARS}"),
         (["q"] * (MAX_INPUTS + 1), [], f"at most {MAX_INPUTS} inputs per request, got {MAX_INPUTS + 1}"),
     ],
@@ -128,10 +132,25 @@ def test_bad_texts_are_invalid_argument(stub, texts, images, message):
     assert message in raised.value.details()
 
 
+def test_the_priority_header_sent_twice_is_refused(stub):
+    """Which of two values would count? The last one silently won."""
+    request = query_encoder_pb2.EmbedRequest(texts=["red dress"])
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.Embed(request, metadata=(("x-whisperlite-priority", "bulk"), ("x-whisperlite-priority", "interactive")), timeout=60)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert raised.value.details() == "metadata x-whisperlite-priority: sent 2 times; send it once"
+
+
 def test_images_on_a_text_only_backend_or_undecodable_are_invalid_argument(backend, stub):
     name = backend[0]
     good = png_bytes((10, 200, 10))
-    cases = [([good, b""], "images[1]: empty bytes"), ([good, good, b"\x89PNG broken"], "images[2]: not a decodable image")]
+    cases = [
+        ([good, b""], "images[1]: empty bytes"),
+        ([good, good, b"\x89PNG broken"], "images[2]: not a decodable image (PNG, JPEG, WebP, ...)"),
+        # Refused from the header, before decoding: 140 KB of PNG decoded to gigabytes, a 200-byte strip to 620 MB.
+        ([png_bytes((9, 9, 9), (5000, 5000))], "images[0]: 5000 x 5000 pixels; at most 16,777,216 pixels and an aspect ratio of 20:1"),
+        ([good, png_bytes((9, 9, 9), (1, 3000))], "images[1]: 1 x 3000 pixels; at most"),
+    ]
     if name == "minilm":
         cases = [([good], "images: the minilm backend embeds text only")]
     for images, message in cases:

@@ -96,15 +96,20 @@ def test_a_model_folder_without_a_version_serves_text_only(encoder_service, cata
     ranker = start_service(
         "ranker", tmp_path / "logs", "--model-dir", str(models),
         "--query-encoder-addr", encoder_service.address, "--catalog-addr", catalog_service.address,
+        "--max-query-chars", "5000",  # above the encoder's 2,000: lowered to it at start-up
     )
     try:
         with grpc.insecure_channel(ranker.address) as channel:
-            response = ranker_pb2_grpc.RankerServiceStub(channel).Recommend(
-                ranker_pb2.RecommendRequest(user_id="u1", query="red dress", top_k=3), timeout=30
-            )
+            stub = ranker_pb2_grpc.RankerServiceStub(channel)
+            response = stub.Recommend(ranker_pb2.RecommendRequest(user_id="u1", query="red dress", top_k=3), timeout=30)
+            with pytest.raises(grpc.RpcError) as long_query:
+                stub.Recommend(ranker_pb2.RecommendRequest(user_id="u1", query="dress " * 500, top_k=3), timeout=30)
         assert response.path == ranker_pb2.PERSONALIZATION_PATH_TEXT_ONLY
         assert response.model_version == ""
         assert "no trained model" in ranker.log()
+        # Named as the caller sent it, not as the encoder's "texts[0]", a field the caller never sent.
+        assert (long_query.value.code(), long_query.value.details()) == (grpc.StatusCode.INVALID_ARGUMENT, "query: at most 2000 characters, got 2999")
+        assert "--max-query-chars is above what the query encoder embeds" in ranker.log()
     finally:
         ranker.stop()
 

@@ -1,9 +1,10 @@
-"""Text clean-up shared by the dataset converters and the request simulator."""
+"""Text clean-up shared by the dataset converters and the request simulator, and what counts as a visible text."""
 
 from __future__ import annotations
 
 import html
 import re
+import unicodedata
 
 _WHITESPACE = re.compile(r"\s+")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -13,6 +14,15 @@ HTML_ENTITY = re.compile(r"&(?:[A-Za-z][A-Za-z0-9]{1,31}|#[0-9]{1,7}|#[xX][0-9A-
 # Requests are cut to what a text tower reads: CLIP's text tower stops at 77 BPE tokens, about
 # 50 English words; MiniLM reads 256 word pieces but was trained on 128.
 REQUEST_MAX_WORDS = 50
+
+
+# Characters that show nothing on their own: controls, format characters (zero-width spaces, joiners, the BOM, soft
+# hyphens), separators and combining marks with no base. A text made only of them embeds as the empty text.
+_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zs", "Zl", "Zp", "Mn", "Me"})
+
+
+def has_visible_characters(text: str) -> bool:
+    return any(unicodedata.category(char) not in _INVISIBLE_CATEGORIES for char in text)
 
 
 def clean_text(value: object) -> str:

@@ -17,20 +17,36 @@ from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 from whisperlite.core.encoders.base import Encoder, from_pretrained, to_unit_numpy
 
 
+# Decoded, an image takes about 14 bytes a pixel through preprocessing: the limit keeps one image near 230 MB
+# (4096 x 4096, more than product photos need). The aspect-ratio limit stops a 1 x 60000 strip, a few hundred
+# bytes, from becoming a 224 x 13-million-pixel image in the shortest-edge resize.
+MAX_IMAGE_PIXELS = 4096 * 4096
+MAX_ASPECT_RATIO = 20
+
+
 class ImageDecodeError(ValueError):
-    """An image's bytes are not a decodable image; `index` is its position in the batch."""
+    """An image's bytes are not a usable image; `index` is its position in the batch."""
 
     def __init__(self, index: int, reason: str):
-        super().__init__(f"images[{index}]: not a decodable image ({reason})")
+        super().__init__(f"images[{index}]: {reason}")
         self.index = index
 
 
 def decode_image(data: bytes, index: int = 0) -> Image.Image:
+    """The image as RGB; its size is checked from the header, before any pixel is decoded."""
     try:
         image = Image.open(io.BytesIO(data))
-        image.load()
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise ImageDecodeError(index, str(exc) or type(exc).__name__) from exc
+        raise ImageDecodeError(index, "not a decodable image (PNG, JPEG, WebP, ...)") from exc
+    width, height = image.size
+    if width < 1 or height < 1 or width * height > MAX_IMAGE_PIXELS or max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise ImageDecodeError(
+            index, f"{width} x {height} pixels; at most {MAX_IMAGE_PIXELS:,} pixels and an aspect ratio of {MAX_ASPECT_RATIO}:1",
+        )
+    try:
+        image.load()
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageDecodeError(index, f"not a decodable image ({type(exc).__name__}: truncated or corrupt data)") from exc
     return image.convert("RGB")
 
 
@@ -56,7 +72,10 @@ class ClipEncoder(Encoder):
         return to_unit_numpy(self._model.get_text_features(**batch).pooler_output)
 
     def _encode_image_batch(self, images: list[bytes], start: int) -> np.ndarray:
-        decoded = [decode_image(data, start + offset) for offset, data in enumerate(images)]
-        pixels = self._image_processor(images=decoded, return_tensors="pt")["pixel_values"]
+        # One image decoded at a time: a batch holds only the preprocessed tensors (3 x 224 x 224 each), not 64 photos.
+        pixels = torch.cat([
+            self._image_processor(images=[decode_image(data, start + offset)], return_tensors="pt")["pixel_values"]
+            for offset, data in enumerate(images)
+        ])  # fmt: skip
         pixels = pixels.to(self._device, dtype=self.dtype)
         return to_unit_numpy(self._model.get_image_features(pixel_values=pixels).pooler_output)

@@ -18,6 +18,7 @@ from whisperlite.services.query_encoder.batcher import MicroBatcher
 from whisperlite.services.query_encoder.metrics import CACHE_HITS, CACHE_MISSES
 from whisperlite.core.encoders import Encoder, load_encoder
 from whisperlite.core.encoders.clip import ImageDecodeError, decode_image
+from whisperlite.core.text import has_visible_characters
 
 log = logging.getLogger("whisperlite.query_encoder")
 
@@ -119,9 +120,11 @@ class Embedder:
         )
         self._texts.start()
         if encoder.supports_images:
+            # Images run on the bulk model thread: decoding and preprocessing a batch of photos takes seconds on a CPU,
+            # which a shopper's text query must not wait for (the ranker embeds only texts).
             self._images = MicroBatcher(
                 lambda images: encoder.encode_images(images, batch_size=s.max_batch_size),
-                max_batch_size=s.max_batch_size, max_wait_s=s.max_wait_ms / 1e3, executor=self._executor, kind="image",
+                max_batch_size=s.max_batch_size, max_wait_s=s.max_wait_ms / 1e3, executor=self._bulk_executor, kind="image",
             )
             self._images.start()
         self.encoder = encoder
@@ -145,8 +148,8 @@ class Embedder:
     async def embed(self, texts: list[str], images: list[bytes], bulk: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Embed texts and images; returns float32 (len(texts), d) and (len(images), d).
 
-        `bulk` (the caller says it is catalog or ingest work) waits behind interactive requests;
-        None decides by size: a request that fits one batch is interactive.
+        `bulk` (the caller says it is catalog or ingest work) waits behind interactive requests; a request larger
+        than one batch is bulk whatever the caller says, and one that fits a batch is interactive unless marked bulk.
         """
         encoder = self.require_encoder()
         self._validate(encoder, texts, images)
@@ -155,8 +158,10 @@ class Embedder:
         cached = self._cached(texts)
         tokens = await self._text_costs(encoder, texts, cached) if texts else {}
         missing = [text for text in tokens if text not in cached]
-        if bulk is None:  # decided by what the model has to compute
-            bulk = len(missing) > self.settings.max_batch_size or len(missing) * max((tokens[t] for t in missing), default=0) > self.settings.max_batch_tokens
+        # Decided by what the model has to compute; a request larger than one batch is bulk whatever its header claims,
+        # or one caller's "interactive" 64 long texts would hold every shopper's query for seconds.
+        oversized = len(missing) > self.settings.max_batch_size or len(missing) * max((tokens[t] for t in missing), default=0) > self.settings.max_batch_tokens
+        bulk = oversized or bool(bulk)
         text_vectors, image_vectors = await asyncio.gather(self._embed_texts(texts, cached, tokens, bulk), self._embed_images(images, bulk))
         return text_vectors, image_vectors
 
@@ -211,8 +216,8 @@ class Embedder:
                 "split the request"
             )
         for index, text in enumerate(texts):
-            if not text.strip():
-                raise InvalidArgument(f"texts[{index}]: must not be empty or whitespace")
+            if not has_visible_characters(text):  # NUL, zero-width spaces, a BOM...: the vector of the empty text
+                raise InvalidArgument(f"texts[{index}]: must hold a visible character, not only whitespace, control or format characters")
             if len(text) > limit:
                 raise InvalidArgument(f"texts[{index}]: {len(text)} characters, the limit is {limit}")
         if images and not encoder.supports_images:
@@ -260,5 +265,4 @@ class Embedder:
         if not images:
             return np.zeros((0, encoder.dimension), dtype=np.float32)
         assert self._images is not None
-        # Images share the interactive model thread: their bulk batches go only while no query waits.
         return await self._images.submit(images, bulk=bulk)

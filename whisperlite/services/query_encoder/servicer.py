@@ -27,7 +27,10 @@ class QueryEncoderServicer(query_encoder_pb2_grpc.QueryEncoderServiceServicer):
         self._embedder = embedder
 
     async def Embed(self, request, context):
-        bulk = _bulk_priority(dict(context.invocation_metadata() or ()).get(PRIORITY_METADATA_KEY))
+        priorities = [value for key, value in context.invocation_metadata() or () if key == PRIORITY_METADATA_KEY]
+        if len(priorities) > 1:
+            raise InvalidArgument(f"metadata {PRIORITY_METADATA_KEY}: sent {len(priorities)} times; send it once")
+        bulk = _bulk_priority(priorities[0] if priorities else None)
         text_vectors, image_vectors = await self._embedder.embed(list(request.texts), list(request.images), bulk=bulk)
         encoder = self._embedder.require_encoder()
         return query_encoder_pb2.EmbedResponse(

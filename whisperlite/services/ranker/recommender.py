@@ -2,15 +2,17 @@
 
 import asyncio
 import logging
+import re
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
 from whisperlite.core.clients.catalog import Candidate, CandidateSearch, CatalogClient
 from whisperlite.core.clients.query_encoder import QueryEncoderClient
 from whisperlite.core.dataset import MAX_ID_CHARS
+from whisperlite.core.text import has_visible_characters
 from whisperlite.core.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, Unavailable
 from whisperlite.core.personalization import TASTE_NONE, PersonalizationModel, PersonalizedQuery, text_plus_history_query
 from whisperlite.services.ranker.metrics import (
@@ -29,6 +31,9 @@ from whisperlite.v1 import common_pb2
 
 log = logging.getLogger("whisperlite.ranker")
 
+# The catalog names a refused filter within its SearchBatch ("searches[3].filter.min_price: ..."); the ranker's caller
+# sent one filter, "filter.min_price".
+_SEARCH_FIELD = re.compile(r"^searches\[\d+\]\.")
 NO_MODEL = "none"  # the metrics' version label while no trained model serves (text-only)
 
 
@@ -167,8 +172,8 @@ class Recommender:
         """
         limits = self._limits
         text = query.strip()
-        if not text:
-            raise InvalidArgument("query: must contain non-whitespace text")
+        if not has_visible_characters(text):  # NUL or zero-width spaces would rank by the empty text's vector
+            raise InvalidArgument("query: must contain a visible character, not only whitespace, control or format characters")
         if len(text) > limits.max_query_chars:
             raise InvalidArgument(f"query: at most {limits.max_query_chars} characters, got {len(text)}")
         if not 1 <= top_k <= limits.max_top_k:
@@ -180,7 +185,19 @@ class Recommender:
         for index, item_id in enumerate(recent_item_ids):
             if not item_id.strip():
                 raise InvalidArgument(f"recent_item_ids[{index}]: must be a non-empty item id")
+            if len(item_id) > MAX_ID_CHARS:  # no catalog item has such an id: it was silently ignored
+                raise InvalidArgument(f"recent_item_ids[{index}]: at most {MAX_ID_CHARS} characters, got {len(item_id)}")
         return text
+
+    def fit_query_limit(self, encoder_max_text_chars: int) -> None:
+        """Lowers --max-query-chars to what the query encoder embeds (read at start-up), so a long query is refused
+        here as `query: ...` rather than by the encoder as `texts[0]: ...`, a field the caller never sent."""
+        if self._limits.max_query_chars > encoder_max_text_chars:
+            log.warning(
+                "--max-query-chars is above what the query encoder embeds: using the encoder's limit",
+                extra={"max_query_chars": self._limits.max_query_chars, "encoder_max_text_chars": encoder_max_text_chars},
+            )
+            self._limits = replace(self._limits, max_query_chars=encoder_max_text_chars)
 
     async def recommend(
         self,
@@ -334,7 +351,10 @@ class Recommender:
         # The explanations of the items shown are all the ranker needs of their vectors: the catalog sends
         # the two dot products instead of 384 floats a hit.
         explain = (query_vector,) if personalized.taste is None else (query_vector, personalized.taste)
-        return await self._searches.call(CandidateSearch(personalized.vector, wanted, item_filter, detailed_hits=detailed, explain=explain))
+        try:
+            return await self._searches.call(CandidateSearch(personalized.vector, wanted, item_filter, detailed_hits=detailed, explain=explain))
+        except InvalidArgument as error:  # the caller's filter, refused by the catalog: named as the caller sent it
+            raise InvalidArgument(_SEARCH_FIELD.sub("", str(error), count=1)) from None
 
     async def _rank(self, model: PersonalizationModel | None, query_vector, personalized: PersonalizedQuery,
                     candidates: list[Candidate], top_k: int) -> list[ScoredItem]:

@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-query-chars",
         type=int,
         default=env_int(f"{PREFIX}_MAX_QUERY_CHARS", defaults.max_query_chars),
-        help=f"longest request text accepted, in characters (env {PREFIX}_MAX_QUERY_CHARS)",
+        help=f"longest request text accepted, in characters; lowered to the query encoder's own limit at start-up (env {PREFIX}_MAX_QUERY_CHARS)",
     )
     parser.add_argument(
         "--candidates",
@@ -179,6 +179,7 @@ async def run(args: argparse.Namespace) -> None:
             log.info("waiting for downstream services", extra={"reason": reason})
 
         encoder_model = await wait_until_ready(encoder.model, args.startup_timeout_seconds, waiting)
+        recommender.fit_query_limit(encoder_model.max_text_chars)
         stats = await wait_until_ready(catalog.stats, args.startup_timeout_seconds, waiting)
         require_same_encoder(
             "catalog vectors", stats.encoder_model, "the query encoder serves", encoder_model.name,

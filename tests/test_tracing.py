@@ -12,10 +12,11 @@ import time
 from concurrent import futures
 
 import grpc
+import httpx
 import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
-from tests.servers import free_port, start_catalog, start_service
+from tests.servers import free_port, start_catalog, start_gateway, start_service
 from whisperlite.core.clients.catalog_admin import CatalogAdminClient, Item
 from whisperlite.core.clients.ranker import RankerClient
 from whisperlite.core.topology import CATALOG, QUERY_ENCODER, RANKER
@@ -119,6 +120,29 @@ def test_one_recommend_is_one_trace_across_the_three_services(traced_stack, rece
             assert parent_service == "ranker" and parent.kind == parent.SPAN_KIND_CLIENT and parent.name == span.name
     # Health checks are not traced.
     assert not [span for _, span in spans.snapshot() if "grpc.health" in span.name]
+
+
+def test_the_gateway_passes_on_the_callers_trace_context(traced_stack, receiver, tmp_path):
+    """An HTTP request's trace used to stop at the gateway: the ranker started a new one. A malformed traceparent is dropped."""
+    spans, _ = receiver
+    trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    gateway = start_gateway(tmp_path / "logs", traced_stack["ranker"].address, traced_stack["catalog"].address, tmp_path / "state")
+    try:
+        url = f"http://127.0.0.1:{gateway.port}/v1/recommend"
+        body = {"query": "red summer dress", "top_k": 1}
+        assert httpx.post(url, json=body, headers={"traceparent": f"00-{trace_id}-{parent_id}-01"}, timeout=60).status_code == 200
+        assert httpx.post(url, json=body, headers={"traceparent": "00-not-a-trace-01"}, timeout=60).status_code == 200
+    finally:
+        gateway.stop()
+
+    def continued():
+        return next(
+            (span for service, span in spans.snapshot()
+             if service == "ranker" and span.name == "/whisperlite.v1.RankerService/Recommend" and span.trace_id.hex() == trace_id),
+            None,
+        )  # fmt: skip
+
+    assert wait_for(continued).parent_span_id.hex() == parent_id
 
 
 def test_the_request_id_is_on_every_log_line_of_the_call_in_every_service(traced_stack):

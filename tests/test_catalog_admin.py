@@ -166,3 +166,37 @@ def test_list_items_refuses_bad_pages_with_invalid_argument(catalog):
         with pytest.raises(grpc.RpcError) as raised:
             catalog.list_page(**kwargs)
         assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in raised.value.details()
+
+
+def test_a_failed_export_leaves_the_previous_one_unchanged(catalog, admin_catalog, tmp_path):
+    """The file used to be opened before the first page: a refused or interrupted export left a header-only CSV, or a
+    valid-looking Parquet file of 0 rows, in place of the last good export."""
+    write_csv(tmp_path / "shop.csv", shop_rows(5))
+    cli("import", str(tmp_path / "shop.csv"), "--catalog", admin_catalog.address, *MAPPING)
+    for suffix in ("csv", "parquet"):
+        backup = tmp_path / f"backup.{suffix}"
+        cli("export", str(backup), "--catalog", admin_catalog.address)
+        good = backup.read_bytes()
+        failed = cli("export", str(backup), "--catalog", admin_catalog.address, "--page-size", "5000", check=False)
+        assert failed.returncode == 1 and f"export stopped; {backup} is unchanged" in failed.stderr, failed.stderr
+        assert backup.read_bytes() == good
+        assert [path.name for path in tmp_path.iterdir() if "partial" in path.name] == []
+    nowhere = cli("export", str(tmp_path / "missing-dir" / "x.csv"), "--catalog", admin_catalog.address, check=False)
+    assert nowhere.returncode == 1 and "not a file in an existing directory" in nowhere.stderr and "Traceback" not in nowhere.stderr
+
+
+def test_import_reads_a_spreadsheets_bom_and_refuses_a_missing_id_column_before_writing(catalog, admin_catalog, tmp_path):
+    excel = tmp_path / "excel.csv"  # "CSV UTF-8" as spreadsheets save it: a byte order mark and CRLF line ends
+    excel.write_bytes("\ufeffitem_id,title\r\nbom-1,Red dress\r\nbom-2,Blue shirt\r\n".encode())
+    assert "imported 2 items" in cli("import", str(excel), "--catalog", admin_catalog.address).stdout
+    wrong = cli("import", str(excel), "--catalog", admin_catalog.address, "--id-column", "sku", check=False)
+    assert wrong.returncode == 1 and f"{excel}: no column 'sku' (--id-column); its columns are item_id, title" in wrong.stderr
+    latin1 = tmp_path / "latin1.csv"
+    latin1.write_bytes("item_id,title\nl-1,Caf\xe9 dress\n".encode("latin-1"))
+    refused = cli("import", str(latin1), "--catalog", admin_catalog.address, check=False)
+    assert refused.returncode == 1 and "not UTF-8 text" in refused.stderr and "Traceback" not in refused.stderr
+    bad_list = tmp_path / "bad.jsonl"
+    bad_list.write_text('{"item_id": "j-1", "title": "a", "attributes": [1, 2]}\n{"item_id": "j-2", "title": "b"}\n')
+    partly = cli("import", str(bad_list), "--catalog", admin_catalog.address, check=False)  # one bad row: reported, the rest imported
+    assert "imported 1 items" in partly.stdout and "1 rows refused" in partly.stdout and "Traceback" not in partly.stderr
+    assert sorted(item.item_id for item in catalog.iter_items()) == ["bom-1", "bom-2", "j-2"]

@@ -26,7 +26,7 @@ import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.servers import REPO, ServiceProcess, start_catalog, start_service
+from tests.servers import REPO, ServiceProcess, free_port, start_catalog, start_service
 from whisperlite.core.clients.health import is_serving
 from whisperlite.core.clients.query_encoder import PRIORITY_METADATA_KEY
 from whisperlite.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2, query_encoder_pb2, ranker_pb2, ranker_pb2_grpc
@@ -483,6 +483,21 @@ def test_ingest_retries_through_a_catalog_restart_and_says_where_it_resumed(tmp_
     finally:
         ingest.kill()
         catalog.stop()
+
+
+def test_ingest_to_a_catalog_nobody_serves_fails_within_seconds_saying_why(tmp_path):
+    """Each upsert waited for a connection up to its 300 s deadline, silently: with the retries, ~46 minutes."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "items.csv").write_text("item_id,title\ni1,wool scarf\n")
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "whisperlite", "ingest", "--data", str(data), "--catalog", f"127.0.0.1:{free_port()}"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 1 and time.monotonic() - started < 60
+    assert "UNAVAILABLE: not reachable within 15 s" in done.stderr and "Connection refused" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_retry_after_seconds_reads_the_hint_and_ignores_what_is_not_one():

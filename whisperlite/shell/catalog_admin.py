@@ -11,8 +11,8 @@ from __future__ import annotations
 import csv
 import json
 import math
-import sys
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,7 +86,10 @@ def _attributes(row: dict, mapping: ColumnMapping) -> dict[str, str]:
         except json.JSONDecodeError as error:
             raise RowError(f"{mapping.attributes}: not a JSON object: {error.msg}") from None
     if isinstance(raw, list):  # Parquet stores a map column as (key, value) pairs
-        raw = dict(raw)
+        try:
+            raw = dict(raw)
+        except (TypeError, ValueError):
+            raise RowError(f"{mapping.attributes}: must be a JSON object of names to values, got a list") from None
     if raw not in (None, ""):
         if not isinstance(raw, dict):
             raise RowError(f"{mapping.attributes}: must be a JSON object of names to values, got {type(raw).__name__}")
@@ -117,7 +120,8 @@ def read_rows(path: Path, file_format: str) -> Iterator[tuple[int, dict | RowErr
     """(row number from 1, the row as a dict) for every data row; a row that cannot be parsed comes
     as a RowError so the caller reports it and goes on."""
     if file_format == "csv":
-        with path.open(newline="", encoding="utf-8") as handle:
+        # utf-8-sig: spreadsheets save "CSV UTF-8" with a byte order mark, which would otherwise stick to the first column's name
+        with path.open(newline="", encoding="utf-8-sig", errors="strict") as handle:
             reader = csv.DictReader(handle)
             for number, row in enumerate(reader, 1):
                 if None in row:  # more fields than the header names
@@ -171,13 +175,17 @@ class Checkpoint:
         stat = source_file.stat()
         source = {"file": str(source_file.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
         if path.is_file() and not restart:
-            saved = json.loads(path.read_text())
+            try:
+                saved = json.loads(path.read_text())
+                rows_done, upserted, failed = saved["rows_done"], saved["upserted"], saved["failed"]
+            except (ValueError, KeyError, TypeError):
+                raise SystemExit(f"{path}: not a checkpoint this command wrote: pass --restart to import from the first row") from None
             if saved.get("source") != source:
                 raise SystemExit(
                     f"{path} belongs to another version of {source_file} (size or modification time differ): "
                     "pass --restart to import from the first row"
                 )
-            return cls(path, source, saved["rows_done"], saved["upserted"], saved["failed"])
+            return cls(path, source, rows_done, upserted, failed)
         return cls(path, source)
 
     def save(self) -> None:
@@ -306,12 +314,25 @@ def _export_row(item: Item) -> dict:
         "category": item.category,
         "price": item.price,
         "image_uri": item.image_uri,
-        "attributes": dict(item.attributes),
+        "attributes": dict(sorted(item.attributes.items())),  # one order: two exports of the same items are byte-identical
     }
 
 
 def export_file(client: CatalogAdminClient, path: Path, file_format: str, page_size: int = 0, progress: bool = True) -> int:
-    """Writes every item in id order, in a form `catalog import` reads back with its default mapping."""
+    """Writes every item in id order, in a form `catalog import` reads back with its default mapping.
+
+    The items go to a temporary file beside `path`, which replaces `path` only once every item is written: an export
+    that fails or is interrupted leaves the previous export as it was, never a partial file that looks complete."""
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        written = _export_to(client, partial, file_format, page_size, progress)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return written
+
+
+def _export_to(client: CatalogAdminClient, path: Path, file_format: str, page_size: int, progress: bool) -> int:
     total = client.stats().item_count
     written = 0
     with tqdm(total=total, desc="export", unit="item", disable=bar_disabled(progress)) as bar:
@@ -389,10 +410,15 @@ def _import(args) -> None:
     )
     checkpoint = args.checkpoint or path.with_name(path.name + ".import-checkpoint.json")
     errors = args.errors or path.with_name(path.name + ".import-errors.jsonl")
+    for what, written in (("--checkpoint", checkpoint), ("--errors", errors)):  # before anything is written to the catalog
+        if written.is_dir() or not written.parent.is_dir():
+            raise SystemExit(f"{what} {written}: not a file in an existing directory")
+    file_format = detect_format(path, args.format)
+    _check_columns(path, file_format, mapping)
     with _client(args) as client:
         try:
             report = import_file(
-                client, path, file_format=detect_format(path, args.format), mapping=mapping, batch_size=args.batch_size,
+                client, path, file_format=file_format, mapping=mapping, batch_size=args.batch_size,
                 checkpoint_path=checkpoint, errors_path=errors, restart=args.restart,
             )  # fmt: skip
         except grpc.RpcError as error:
@@ -400,11 +426,29 @@ def _import(args) -> None:
                 f"{error.code().name}: {error.details()}\nstopped; the rows done so far are in {checkpoint}: "
                 "run the same command again to resume"
             ) from None
+        except UnicodeDecodeError as error:
+            raise SystemExit(f"{path}: not UTF-8 text (byte {error.start}: {error.reason}); save it as UTF-8 and import again") from None
+        except (ValueError, OSError) as error:  # a file that is not of its --format, an unreadable checkpoint
+            raise SystemExit(f"{path}: cannot be read as {file_format}: {error}") from None
     resumed = f" (resumed after row {report.skipped_rows})" if report.skipped_rows else ""
     print(f"imported {report.upserted} items into the catalog at {args.catalog}{resumed}; {report.failed} rows refused")
     if report.failed:
         print(f"refused rows and why: {errors}")
-        sys.exit(1 if args.strict else 0)
+        # Nothing imported at all is a failure whatever --strict says: a wrong mapping refuses every row.
+        sys.exit(1 if args.strict or not report.upserted else 0)
+
+
+def _check_columns(path: Path, file_format: str, mapping: ColumnMapping) -> None:
+    """A CSV whose header lacks the id column would refuse every row, one by one: said once, before any write."""
+    if file_format != "csv":
+        return
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            header = next(csv.reader(handle), [])
+    except UnicodeDecodeError as error:
+        raise SystemExit(f"{path}: not UTF-8 text (byte {error.start}: {error.reason}); save it as UTF-8 and import again") from None
+    if mapping.item_id not in header:
+        raise SystemExit(f"{path}: no column {mapping.item_id!r} (--id-column); its columns are {', '.join(header)[:300]}")
 
 
 def _get(args) -> None:
@@ -441,11 +485,16 @@ def _count(args) -> None:
 
 
 def _export(args) -> None:
+    path: Path = args.file
+    if path.is_dir() or not path.parent.is_dir():
+        raise SystemExit(f"{path}: not a file in an existing directory")
     with _client(args) as client:
         try:
-            written = export_file(client, args.file, detect_format(args.file, args.format), args.page_size)
+            written = export_file(client, path, detect_format(path, args.format), args.page_size)
         except grpc.RpcError as error:
-            raise _fail(error) from None
+            raise SystemExit(f"{error.code().name}: {error.details()}\nexport stopped; {path} is unchanged") from None
+        except OSError as error:
+            raise SystemExit(f"{path}: cannot write: {error.strerror}") from None
     print(f"exported {written} items to {args.file}")
 
 

@@ -66,6 +66,8 @@ def _recommend(args: argparse.Namespace) -> None:
         except grpc.RpcError as error:
             hint = " (if the ranker speaks TLS, pass --tls-ca-file)" if error.code() == grpc.StatusCode.UNAVAILABLE and not args.tls_ca_file else ""
             raise SystemExit(f"{error.code().name}: {error.details()}{hint}") from None
+        except ValueError as error:  # refused by the client before any call: a --request-id with spaces, -k past int32...
+            raise SystemExit(f"error: {error}") from None
     if args.json:
         print(json.dumps(dataclasses.asdict(result), indent=2, ensure_ascii=False))
         return
@@ -123,9 +125,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     ingest = commands.add_parser("ingest", help="upsert a dataset's items.csv into the catalog")
     ingest.add_argument("--data", type=Path, required=True, help="canonical dataset directory")
     ingest.add_argument("--catalog", default=CATALOG.local_address, help="catalog address")
-    ingest.add_argument("--batch-size", type=int, default=256)
+    ingest.add_argument("--batch-size", type=_at_least(1), default=256, help="items per upsert call")
     ingest.add_argument(
-        "--retries", type=int, default=8, help="times a batch that failed with UNAVAILABLE (a catalog restarting) is sent again, with backoff"
+        "--retries", type=_at_least(0), default=8, help="times a batch that failed with UNAVAILABLE (a catalog restarting) is sent again, with backoff"
     )
     add_client_security_flags(ingest)
     ingest.set_defaults(func=_ingest)
@@ -133,7 +135,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     recommend = commands.add_parser("recommend", help="ask the ranker for recommendations")
     recommend.add_argument("--user", default="", help="user id (unknown users get text-only results)")
     recommend.add_argument("--query", required=True, help="what the user typed")
-    recommend.add_argument("-k", type=int, default=10, help="number of items")
+    recommend.add_argument("-k", type=_at_least(1), default=10, help="number of items")
     recommend.add_argument("--category", action="append", help="keep only this category (repeatable)")
     recommend.add_argument("--min-price", type=float)
     recommend.add_argument("--max-price", type=float)
@@ -163,4 +165,23 @@ BUILTINS = {"serve", "up", "ingest", "recommend", "health", "model"}
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser(argv).parse_args(argv)
-    sys.exit(args.func(args) or 0)
+    try:
+        sys.exit(args.func(args) or 0)
+    except KeyboardInterrupt:
+        # What is written stays written (upserts are idempotent, an import resumes from its checkpoint, a model
+        # version appears only once complete): one line, not a traceback.
+        print(f"whisperlite {args.command}: interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+def _at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse

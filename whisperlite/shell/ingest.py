@@ -13,6 +13,7 @@ from whisperlite.core.progress import bar_disabled
 from whisperlite.core.channels import create_channel
 from whisperlite.core.client_security import PLAINTEXT, ClientSecurity
 from whisperlite.core.clients.catalog import CatalogClient
+from whisperlite.core.clients.errors import CredentialsRefused
 from whisperlite.core.clients.types import item_to_proto
 from whisperlite.core.dataset import read_items
 from whisperlite.shell.catalog_admin import ColumnMapping, RowError, row_to_item
@@ -28,6 +29,8 @@ DEFAULT_BATCH_SIZE = 256
 DEFAULT_RETRIES = 8
 FIRST_RETRY_WAIT_SECONDS = 0.5
 MAX_RETRY_WAIT_SECONDS = 30.0
+# How long ingest waits to reach the catalog at all (a catalog just started binds its port within seconds).
+CONNECT_SECONDS = 15.0
 
 
 # items.csv names the image column image_path; price and attributes (a JSON object) are optional
@@ -68,10 +71,22 @@ async def _upsert_with_retries(catalog: CatalogClient, batch: list[common_pb2.It
     raise AssertionError("unreachable")
 
 
+async def _reach(channel, catalog_addr: str) -> None:
+    """Fails within CONNECT_SECONDS when the catalog cannot be reached (nothing listens, a TLS mismatch), naming why:
+    an upsert waits for a connection up to its whole deadline, and with the retries that was ~46 minutes of silence."""
+    try:
+        await CatalogClient(channel, CONNECT_SECONDS, catalog_addr).stats()
+    except CredentialsRefused:
+        pass  # reached: a write-only token may not read the stats, and the upserts say whether it may write
+    except Unavailable as error:
+        raise Unavailable(f"not reachable within {CONNECT_SECONDS:g} s: {error}") from None
+
+
 async def _upsert_all(items: pd.DataFrame, catalog_addr: str, batch_size: int, timeout_seconds: float, retries: int, security: ClientSecurity) -> int:
     written = 0
     channel = create_channel(catalog_addr, security=security)
     try:
+        await _reach(channel, catalog_addr)
         catalog = CatalogClient(channel, timeout_seconds, catalog_addr)
         with tqdm(total=len(items), desc="ingest", unit="item", disable=bar_disabled()) as progress:
             for batch in _batches(items, batch_size):

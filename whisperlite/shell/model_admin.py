@@ -90,6 +90,11 @@ def previous_version(models) -> str:
 
 
 def _traffic(args: argparse.Namespace) -> None:
+    # Flags that would be ignored are refused: "--percent 50" alone printed the unchanged split and exited 0.
+    if args.clear and (args.candidate or args.percent is not None or args.shadow):
+        raise SystemExit("traffic: --clear takes no other flag")
+    if not args.candidate and (args.percent is not None or args.shadow):
+        raise SystemExit("traffic: --percent and --shadow need --candidate VERSION")
     if args.clear:
         traffic = _call(args, lambda admin: admin.set_traffic("", 0.0))
     elif args.candidate:

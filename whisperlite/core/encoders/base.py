@@ -6,6 +6,7 @@ import abc
 import copy
 import functools
 import os
+import sys
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
@@ -33,6 +34,10 @@ def from_pretrained(loader: Callable[..., T], model: str, **kwargs) -> T:
     Only a hub name that is missing from the cache goes to the network, and not even then when
     HF_HUB_OFFLINE=1 (transformers then raises an error naming the model).
     """
+    if not sys.stderr.isatty():  # transformers draws its "Loading weights" bar into logs too
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
     path = os.path.expanduser(model)
     if os.path.isdir(path):
         return loader(path, local_files_only=True, **kwargs)

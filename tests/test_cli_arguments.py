@@ -1,0 +1,61 @@
+"""Operator mistakes on the command line get one line saying what to fix, never a traceback, and no work is done first."""
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.servers import REPO, free_port
+
+
+def whisperlite(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "whisperlite", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["ingest", "--data", ".", "--retries", "-1"], 2, "argument --retries: must be at least 0, got -1"),
+        (["ingest", "--data", ".", "--batch-size", "0"], 2, "argument --batch-size: must be at least 1, got 0"),
+        (["recommend", "--query", "boots", "-k", "0"], 2, "argument -k: must be at least 1, got 0"),
+        (["recommend", "--query", "boots", "--request-id", "two words", "--ranker", "127.0.0.1:1"], 1, "error: request_id: must be 1 to 128"),
+        (["recommend", "--query", "boots", "-k", "99999999999", "--ranker", "127.0.0.1:1"], 1, "error: Value out of range"),
+        (["model", "--ranker", "127.0.0.1:1", "traffic", "--percent", "50"], 1, "traffic: --percent and --shadow need --candidate VERSION"),
+        (["model", "--ranker", "127.0.0.1:1", "traffic", "--clear", "--candidate", "v1"], 1, "traffic: --clear takes no other flag"),
+    ],
+    ids=["negative-retries", "zero-batch", "zero-k", "request-id-with-a-space", "k-past-int32", "percent-without-candidate", "clear-and-candidate"],
+)
+def test_a_bad_flag_is_one_line_saying_what_to_fix(args, code, message):
+    done = whisperlite(*args)
+    assert done.returncode == code, done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_train_refuses_an_unusable_out_before_training(tmp_path):
+    """It trained first (9 minutes on the demo data), then failed writing the model with a traceback."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "items.csv").write_text("item_id,title\n1,Red dress\n2,Blue shirt\n")
+    (data / "interactions.csv").write_text("user_id,item_id,timestamp\nu1,1,1\nu1,2,2\nu1,1,3\n")
+    not_a_directory = tmp_path / "a-file"
+    not_a_directory.write_text("")
+    done = whisperlite("train", "--data", str(data), "--out", str(not_a_directory), "--quiet")
+    assert done.returncode == 2 and f"error: --out {not_a_directory}: not a directory" in done.stderr
+    assert "Traceback" not in done.stderr and "epoch" not in done.stderr
+
+
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "items.csv").write_text("item_id,title\n1,Red dress\n")
+    ingest = subprocess.Popen(
+        [sys.executable, "-m", "whisperlite", "ingest", "--data", str(data), "--catalog", f"127.0.0.1:{free_port()}"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # it waits up to 15 s to reach a catalog nobody serves
+    time.sleep(4)
+    ingest.send_signal(signal.SIGINT)
+    _, stderr = ingest.communicate(timeout=60)
+    assert ingest.returncode == 130, stderr
+    assert stderr.strip() == "whisperlite ingest: interrupted"

@@ -57,3 +57,49 @@ def test_a_service_that_dies_is_started_again_and_the_stack_serves_on(tmp_path):
         log.close()
     assert code == 0, (tmp_path / "up.log").read_text()[-3000:]
     assert all(port_free(port) for port in ports)  # every service stopped with it
+
+
+def _launch_up(tmp_path) -> tuple[subprocess.Popen, object]:
+    log = (tmp_path / "up.log").open("w")
+    up = subprocess.Popen(
+        [sys.executable, "-m", "whisperlite", "up", "--state-dir", str(tmp_path / "state"), "--model-dir", str(tmp_path / "no-model")],
+        cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+    )
+    return up, log
+
+
+def test_a_taken_port_ctrl_c_while_starting_and_a_killed_up(tmp_path):
+    """A foreign process on a port used to pass for the service (and the failure blamed the next one); Ctrl-C while
+    starting waited for the whole stack and its ingest; a SIGKILLed `up` left every service running on its port."""
+    ports = [port for spec in SERVICES for port in {spec.port, spec.metrics_port}]
+    if not all(port_free(port) for port in ports):
+        pytest.skip(f"`whisperlite up` needs its fixed ports {ports}, and one is taken (a stack already running?)")
+    with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind(("127.0.0.1", CATALOG.port))
+        squatter.listen()
+        up, log = _launch_up(tmp_path)
+        assert up.wait(60) == 1
+    log.close()
+    assert f"port {CATALOG.port} (catalog) is taken by another process" in (tmp_path / "up.log").read_text()
+
+    up, log = _launch_up(tmp_path)
+    wait_for(lambda: "starting catalog" in (tmp_path / "up.log").read_text(), 120, "the catalog starting")
+    up.send_signal(signal.SIGINT)
+    assert up.wait(60) == 130
+    log.close()
+    assert "WhisperLite is up" not in (tmp_path / "up.log").read_text()
+    wait_for(lambda: all(port_free(port) for port in ports), 30, "every started service stopped")
+
+    up, log = _launch_up(tmp_path)
+    try:
+        wait_for(lambda: "starting ranker" in (tmp_path / "up.log").read_text(), 300, "the ranker starting")
+        services = psutil.Process(up.pid).children()
+        up.kill()
+        up.wait(10)
+        wait_for(lambda: not any(service.is_running() and service.status() != psutil.STATUS_ZOMBIE for service in services), 60, "the services ending with it")
+    finally:
+        log.close()
+        for service in psutil.Process().children(recursive=True):
+            service.kill()
+    wait_for(lambda: all(port_free(port) for port in ports), 30, "the ports free again")

@@ -23,6 +23,9 @@ PLUGINS = {
 
 
 def _serve(args: argparse.Namespace) -> None:
+    from whisperlite.shell.parent import exit_with_parent
+
+    exit_with_parent()
     importlib.import_module(BY_NAME[args.service].module).main(args.server_args)
 
 

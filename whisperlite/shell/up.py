@@ -4,6 +4,7 @@ import asyncio
 import collections
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ from whisperlite.core.dataset import most_active_user
 from whisperlite.core.topology import CATALOG, GATEWAY, GRPC_SERVICES, QUERY_ENCODER, RANKER, SERVICES
 from whisperlite.shell.http_health import wait_until_http_serving
 from whisperlite.shell.ingest import ingest
+from whisperlite.shell.parent import EXIT_WITH_PARENT_ENV
 
 
 # A service that exits is started again, unless it exited this many times within the window: a crash
@@ -56,6 +58,10 @@ class Stack:
 
     def start(self, startup_timeout_seconds: float = 300.0) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        for spec in SERVICES:  # all checked first: a service on a taken port would meet another program's health answer
+            for port in {spec.port, spec.metrics_port if spec.speaks_grpc else spec.port}:
+                if not _port_free(port):
+                    raise SystemExit(f"port {port} ({spec.name}) is taken by another process: stop it (another `whisperlite up`?) and start again")
         for spec in SERVICES:
             log_path = self.log_dir / f"{spec.name}.log"
             print(f"starting {spec.name} on :{spec.port} (logs: {log_path})", flush=True)
@@ -79,7 +85,9 @@ class Stack:
         if spec.speaks_grpc:  # the gateway serves /metrics on its HTTP port
             command += ["--metrics-port", str(spec.metrics_port)]
         with (self.log_dir / f"{spec.name}.log").open("ab") as log:
-            process = subprocess.Popen(command, env=self.env, stdout=subprocess.DEVNULL, stderr=log)
+            # The service ends with this process, even one killed without a chance to stop it (SIGKILL, the OOM killer).
+            env = {**self.env, EXIT_WITH_PARENT_ENV: str(os.getpid())}
+            process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=log)
         self.processes[spec.name] = process
         return process
 
@@ -111,6 +119,20 @@ class Stack:
                 process.wait(grace_seconds)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+def _port_free(port: int) -> bool:
+    """Whether a service can bind `port` on every address, as the services do."""
+    family, address = (socket.AF_INET6, "::") if socket.has_ipv6 else (socket.AF_INET, "0.0.0.0")
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the services bind: a closed connection's TIME_WAIT is no owner
+        if family == socket.AF_INET6:
+            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        try:
+            probe.bind((address, port))
+        except OSError:
+            return False
+    return True
 
 
 def _secure_env(pki: Path) -> dict[str, str]:
@@ -161,16 +183,18 @@ def up(data_dir: Path | None, state_dir: Path, model_dir: Path, secure: bool = F
     user = real_user or "some-user"
     suggested = {f"{GATEWAY.env_prefix}_SUGGESTED_USERS": real_user} if real_user else None
     stack = Stack(state_dir, model_dir, suggested, secure=secure)
-    stop_requested = False
+    stop_requested = serving = False
 
     def request_stop(*_):
         nonlocal stop_requested
         stop_requested = True
+        if not serving:  # starting or ingesting: stop now (the finally below stops what was started), not once all is up
+            raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    stack.start()
     try:
+        stack.start()
         catalog_addr = stack.env[CATALOG.address_env]
         if data_dir is not None and catalog_item_count(catalog_addr, stack.security) == 0:
             print(f"catalog is empty: ingesting {data_dir}", flush=True)
@@ -186,6 +210,7 @@ def up(data_dir: Path | None, state_dir: Path, model_dir: Path, secure: bool = F
             + "Ctrl-C stops the stack.",
             flush=True,
         )
+        serving = True
         while not stop_requested:
             stack.restart_exited()
             time.sleep(0.5)

@@ -303,9 +303,14 @@ def test_an_unreachable_ranker_is_unavailable_and_health_says_so(tmp_path, gatew
         gateway.stop()
 
 
-def test_the_health_command_probes_the_gateway_over_http(gateway_url):
+def test_the_health_command_probes_the_gateway_over_http(gateway_url, gateway_ranker):
     probe = subprocess.run([sys.executable, "-m", "whisperlite", "health", f"{gateway_url}/health"], capture_output=True, text=True, timeout=60)
     assert (probe.returncode, probe.stdout.strip()) == (0, "SERVING")
+    # Any HTTP server answers 200 somewhere: a probe pointed at a /metrics port by mistake passed.
+    wrong = subprocess.run(
+        [sys.executable, "-m", "whisperlite", "health", f"http://127.0.0.1:{gateway_ranker.metrics_port}/health"], capture_output=True, text=True, timeout=60
+    )
+    assert (wrong.returncode, wrong.stdout.strip()) == (1, "NOT_SERVING") and "not the gateway's health answer" in wrong.stderr
 
 
 def test_a_port_in_use_stops_start_up_saying_so(gateway, tmp_path):

@@ -83,11 +83,18 @@ def _recommend(args: argparse.Namespace) -> None:
 
 
 def _health(args: argparse.Namespace) -> None:
+    if not 0 < args.timeout <= 3600:  # NaN, 0, or so far off that the deadline overflows and fails at once
+        raise SystemExit(f"--timeout: must be between 0 and 3600 seconds, got {args.timeout}")
     if args.address.startswith(("http://", "https://")):
-        from whisperlite.shell.http_health import is_http_serving
+        from whisperlite.shell.http_health import http_health_status
 
-        serving = is_http_serving(args.address, args.timeout)
+        serving, status = http_health_status(args.address, args.timeout)
+        if not serving:
+            print(f"{args.address}: {status}", file=sys.stderr)
     else:
+        port = args.address.rpartition(":")[2]
+        if "/" not in args.address and not (port.isdigit() and 0 < int(port) < 65536):  # gRPC would wrap 111539 to 46003
+            raise SystemExit(f"{args.address}: expected host:port with a port from 1 to 65535")
         from whisperlite.core.clients.health import health_status
 
         serving, status = health_status(args.address, args.service, args.timeout, security=client_security(args))

@@ -102,8 +102,8 @@ def _attributes(row: dict, mapping: ColumnMapping) -> dict[str, str]:
 
 
 def row_to_item(row: dict, mapping: ColumnMapping) -> Item:
-    item_id = _text(row, mapping.item_id).strip()
-    if not item_id:
+    item_id = _text(row, mapping.item_id)  # exactly as written: an export's " sp1 " must come back as " sp1 ", not "sp1"
+    if not item_id.strip():
         raise RowError(f"{mapping.item_id}: missing or empty (every item needs an id)")
     return Item(
         item_id=item_id,

@@ -189,6 +189,7 @@ def test_import_reads_a_spreadsheets_bom_and_refuses_a_missing_id_column_before_
     excel = tmp_path / "excel.csv"  # "CSV UTF-8" as spreadsheets save it: a byte order mark and CRLF line ends
     excel.write_bytes("\ufeffitem_id,title\r\nbom-1,Red dress\r\nbom-2,Blue shirt\r\n".encode())
     assert "imported 2 items" in cli("import", str(excel), "--catalog", admin_catalog.address).stdout
+    assert not (tmp_path / "excel.csv.import-errors.jsonl").exists()  # a clean import leaves no empty report
     wrong = cli("import", str(excel), "--catalog", admin_catalog.address, "--id-column", "sku", check=False)
     assert wrong.returncode == 1 and f"{excel}: no column 'sku' (--id-column); its columns are item_id, title" in wrong.stderr
     latin1 = tmp_path / "latin1.csv"

@@ -208,14 +208,19 @@ class _ErrorLog:
 
     def __init__(self, path: Path, append: bool):
         self.path = path
-        self._handle = path.open("a" if append else "w", encoding="utf-8")
+        if not append:
+            path.unlink(missing_ok=True)  # an earlier run's report would be read as this one's
+        self._handle = None  # opened at the first refused row: a clean import leaves no empty report behind
 
     def write(self, row: int, item_id: str, error: str) -> None:
+        if self._handle is None:
+            self._handle = self.path.open("a", encoding="utf-8")
         self._handle.write(json.dumps({"row": row, "item_id": item_id, "error": error}) + "\n")
         self._handle.flush()
 
     def close(self) -> None:
-        self._handle.close()
+        if self._handle is not None:
+            self._handle.close()
 
 
 def _upsert_batch(client: CatalogAdminClient, batch: list[tuple[int, Item]], errors: _ErrorLog) -> tuple[int, int]:

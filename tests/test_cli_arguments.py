@@ -24,8 +24,13 @@ def whisperlite(*args: str, timeout: float = 120) -> subprocess.CompletedProcess
         (["recommend", "--query", "boots", "-k", "99999999999", "--ranker", "127.0.0.1:1"], 1, "error: Value out of range"),
         (["model", "--ranker", "127.0.0.1:1", "traffic", "--percent", "50"], 1, "traffic: --percent and --shadow need --candidate VERSION"),
         (["model", "--ranker", "127.0.0.1:1", "traffic", "--clear", "--candidate", "v1"], 1, "traffic: --clear takes no other flag"),
+        (["evaluate", "--all", "--data", ".", "--data-root", "/nonexistent"], 2, "give --data or --all, not both"),
+        (["evaluate", "--data", ".", "--out", "x", "--methods", ""], 2, "--methods: name at least one of"),
     ],
-    ids=["negative-retries", "zero-batch", "zero-k", "request-id-with-a-space", "k-past-int32", "percent-without-candidate", "clear-and-candidate"],
+    ids=[
+        "negative-retries", "zero-batch", "zero-k", "request-id-with-a-space", "k-past-int32", "percent-without-candidate",
+        "clear-and-candidate", "all-and-data", "no-methods",
+    ],
 )
 def test_a_bad_flag_is_one_line_saying_what_to_fix(args, code, message):
     done = whisperlite(*args)

@@ -169,6 +169,12 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     _setup_logging()
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     unknown = [m for m in methods if m not in METHODS]
+    if args.all and args.data:  # --all would evaluate every dataset under --data-root, not this one
+        print("error: --all evaluates every dataset under --data-root; give --data or --all, not both", file=sys.stderr)
+        return 2
+    if not methods:
+        print(f"error: --methods: name at least one of {', '.join(METHODS)}", file=sys.stderr)
+        return 2
     if unknown:
         print(f"error: --methods: unknown {unknown}; choose from {', '.join(METHODS)}", file=sys.stderr)
         return 2

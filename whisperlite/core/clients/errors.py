@@ -22,6 +22,8 @@ from whisperlite.core.errors import RETRY_AFTER_KEY, FailedPrecondition, Invalid
 
 T = TypeVar("T")
 
+# How long a timed-out call's follow-up, which asks the channel why it is not connected, may take.
+WHY_NOT_CONNECTED_SECONDS = 2.0
 TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED})
 
 
@@ -52,11 +54,13 @@ async def call_when_ready(call: Callable[[bool], Awaitable[T]], service: str, me
     except grpc.aio.AioRpcError as error:
         failure = error
     if failure.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-        try:
-            return await call(False)
+        try:  # briefly: a connected but slow service must not be waited for twice
+            return await asyncio.wait_for(call(False), WHY_NOT_CONNECTED_SECONDS)
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.UNAVAILABLE:
                 failure = error
+        except TimeoutError:
+            pass
     raise downstream_error(service, method, failure) from None
 
 

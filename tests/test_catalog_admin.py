@@ -1,9 +1,12 @@
 """`whisperlite catalog import|get|delete|count|export` and ListItems against a real catalog process
 (real milvus-lite store, items embedded by the real MiniLM encoder)."""
 
+import concurrent.futures
 import csv
 import json
+import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -181,6 +184,12 @@ def test_a_failed_export_leaves_the_previous_one_unchanged(catalog, admin_catalo
         assert failed.returncode == 1 and f"export stopped; {backup} is unchanged" in failed.stderr, failed.stderr
         assert backup.read_bytes() == good
         assert [path.name for path in tmp_path.iterdir() if "partial" in path.name] == []
+    pipe = tmp_path / "items.csv"  # a pipe holds no previous export: written directly, and stays a pipe
+    os.mkfifo(pipe)
+    with concurrent.futures.ThreadPoolExecutor(1) as reader:
+        read = reader.submit(pipe.read_text)
+        cli("export", str(pipe), "--catalog", admin_catalog.address, "--format", "csv")
+        assert len(read.result(timeout=60).splitlines()) == 6 and stat.S_ISFIFO(os.stat(pipe).st_mode)
     nowhere = cli("export", str(tmp_path / "missing-dir" / "x.csv"), "--catalog", admin_catalog.address, check=False)
     assert nowhere.returncode == 1 and "not a file in an existing directory" in nowhere.stderr and "Traceback" not in nowhere.stderr
 

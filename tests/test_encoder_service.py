@@ -148,7 +148,7 @@ def test_images_on_a_text_only_backend_or_undecodable_are_invalid_argument(backe
         ([good, b""], "images[1]: empty bytes"),
         ([good, good, b"\x89PNG broken"], "images[2]: not a decodable image (PNG, JPEG, WebP, ...)"),
         # Refused from the header, before decoding: 140 KB of PNG decoded to gigabytes, a 200-byte strip to 620 MB.
-        ([png_bytes((9, 9, 9), (5000, 5000))], "images[0]: 5000 x 5000 pixels; at most 16,777,216 pixels and an aspect ratio of 20:1"),
+        ([png_bytes((9, 9, 9), (7000, 7000))], "images[0]: 7000 x 7000 pixels; at most 48,000,000 pixels and an aspect ratio of 20:1"),
         ([good, png_bytes((9, 9, 9), (1, 3000))], "images[1]: 1 x 3000 pixels; at most"),
     ]
     if name == "minilm":
@@ -160,15 +160,25 @@ def test_images_on_a_text_only_backend_or_undecodable_are_invalid_argument(backe
         assert message in raised.value.details()
 
 
+def _camera_jpeg(size: tuple[int, int]) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.linear_gradient("L").resize(size).convert("RGB").save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()
+
+
 def test_clip_embeds_images_and_texts_together(backend, stub):
     name, model, _ = backend
     if name != "clip":
         pytest.skip("images need an image backend")
-    images = [png_bytes((200, 10, 10)), png_bytes((10, 10, 200))]
+    images = [png_bytes((200, 10, 10)), png_bytes((10, 10, 200)), _camera_jpeg((8000, 6000))]  # a 48 MP phone photo too
     response = embed(stub, ["red dress"], images)
     vectors = as_matrix(response.image_vectors)
     reference = load_encoder("clip", model, device="cpu").encode_images(images)
-    assert vectors.shape == (2, TINY_CLIP_DIM) and len(response.text_vectors) == 1
+    assert vectors.shape == (3, TINY_CLIP_DIM) and len(response.text_vectors) == 1
     np.testing.assert_allclose(vectors, reference, atol=1e-5)
 
 

@@ -59,6 +59,10 @@ def test_a_service_that_dies_is_started_again_and_the_stack_serves_on(tmp_path):
     assert all(port_free(port) for port in ports)  # every service stopped with it
 
 
+def _alive(process: psutil.Process) -> bool:
+    return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+
+
 def _launch_up(tmp_path) -> tuple[subprocess.Popen, object]:
     log = (tmp_path / "up.log").open("w")
     up = subprocess.Popen(
@@ -92,14 +96,16 @@ def test_a_taken_port_ctrl_c_while_starting_and_a_killed_up(tmp_path):
     wait_for(lambda: all(port_free(port) for port in ports), 30, "every started service stopped")
 
     up, log = _launch_up(tmp_path)
+    services: list[psutil.Process] = []
     try:
         wait_for(lambda: "starting ranker" in (tmp_path / "up.log").read_text(), 300, "the ranker starting")
         services = psutil.Process(up.pid).children()
         up.kill()
         up.wait(10)
-        wait_for(lambda: not any(service.is_running() and service.status() != psutil.STATUS_ZOMBIE for service in services), 60, "the services ending with it")
+        wait_for(lambda: not any(_alive(service) for service in services), 60, "the services ending with it")
     finally:
         log.close()
-        for service in psutil.Process().children(recursive=True):
-            service.kill()
+        for service in services:  # only what this `up` started: other tests' services are children of pytest too
+            if _alive(service):
+                service.kill()
     wait_for(lambda: all(port_free(port) for port in ports), 30, "the ports free again")

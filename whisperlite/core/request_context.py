@@ -15,8 +15,8 @@ REQUEST_ID_KEY = "x-request-id"
 MAX_REQUEST_ID_CHARS = 128
 # What a request id may be: carried unchanged by gRPC metadata, HTTP headers and log fields. Servers replace
 # another id with a minted one; the gateway and the clients refuse it, naming the rule.
-REQUEST_ID = re.compile(rf"[A-Za-z0-9._:-]{{1,{MAX_REQUEST_ID_CHARS}}}")
-REQUEST_ID_RULE = f"must be 1 to {MAX_REQUEST_ID_CHARS} letters, digits or '.', '_', ':', '-'"
+REQUEST_ID = re.compile(rf"[\x21-\x7e]{{1,{MAX_REQUEST_ID_CHARS}}}")  # "orders/42" and base64 ids included
+REQUEST_ID_RULE = f"must be 1 to {MAX_REQUEST_ID_CHARS} visible ASCII characters (no spaces)"
 
 _request_id: ContextVar[str] = ContextVar("whisperlite_request_id", default="")
 

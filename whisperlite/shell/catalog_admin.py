@@ -327,7 +327,10 @@ def export_file(client: CatalogAdminClient, path: Path, file_format: str, page_s
     """Writes every item in id order, in a form `catalog import` reads back with its default mapping.
 
     The items go to a temporary file beside `path`, which replaces `path` only once every item is written: an export
-    that fails or is interrupted leaves the previous export as it was, never a partial file that looks complete."""
+    that fails or is interrupted leaves the previous export as it was, never a partial file that looks complete.
+    A pipe or a device (`>(gzip > items.csv.gz)`, /dev/stdout) is written directly: it holds no previous export."""
+    if path.exists() and not path.is_file():
+        return _export_to(client, path, file_format, page_size, progress)
     partial = path.with_name(f".{path.name}.partial")
     try:
         written = _export_to(client, partial, file_format, page_size, progress)
@@ -491,7 +494,7 @@ def _count(args) -> None:
 
 def _export(args) -> None:
     path: Path = args.file
-    if path.is_dir() or not path.parent.is_dir():
+    if path.is_dir() or not path.exists() and not path.parent.is_dir():
         raise SystemExit(f"{path}: not a file in an existing directory")
     with _client(args) as client:
         try:

@@ -93,7 +93,8 @@ def _health(args: argparse.Namespace) -> None:
             print(f"{args.address}: {status}", file=sys.stderr)
     else:
         port = args.address.rpartition(":")[2]
-        if "/" not in args.address and not (port.isdigit() and 0 < int(port) < 65536):  # gRPC would wrap 111539 to 46003
+        plain = "/" not in args.address and not args.address.startswith(GRPC_TARGET_SCHEMES)  # host:port, not unix:...
+        if plain and not (port.isdigit() and 0 < int(port) < 65536):  # gRPC would wrap 111539 to 46003
             raise SystemExit(f"{args.address}: expected host:port with a port from 1 to 65535")
         from whisperlite.core.clients.health import health_status
 
@@ -171,6 +172,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 BUILTINS = {"serve", "up", "ingest", "recommend", "health", "model"}
+# gRPC target names other than host:port (https://github.com/grpc/grpc/blob/master/doc/naming.md)
+GRPC_TARGET_SCHEMES = ("unix:", "unix-abstract:", "vsock:", "dns:", "ipv4:", "ipv6:")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pandas as pd
 from tqdm import tqdm
 
@@ -13,7 +14,6 @@ from whisperlite.core.progress import bar_disabled
 from whisperlite.core.channels import create_channel
 from whisperlite.core.client_security import PLAINTEXT, ClientSecurity
 from whisperlite.core.clients.catalog import CatalogClient
-from whisperlite.core.clients.errors import CredentialsRefused
 from whisperlite.core.clients.types import item_to_proto
 from whisperlite.core.dataset import read_items
 from whisperlite.shell.catalog_admin import ColumnMapping, RowError, row_to_item
@@ -71,15 +71,17 @@ async def _upsert_with_retries(catalog: CatalogClient, batch: list[common_pb2.It
     raise AssertionError("unreachable")
 
 
-async def _reach(channel, catalog_addr: str) -> None:
-    """Fails within CONNECT_SECONDS when the catalog cannot be reached (nothing listens, a TLS mismatch), naming why:
-    an upsert waits for a connection up to its whole deadline, and with the retries that was ~46 minutes of silence."""
+async def _reach(channel: grpc.aio.Channel, catalog_addr: str) -> None:
+    """Fails within CONNECT_SECONDS when no connection to the catalog can be made (nothing listens, a TLS mismatch),
+    naming why: an upsert waits for a connection up to its whole deadline, and with the retries that was ~46 minutes
+    of silence. A catalog that answers, even "still opening its store", is reached: the upserts' retries wait for it."""
     try:
-        await CatalogClient(channel, CONNECT_SECONDS, catalog_addr).stats()
-    except CredentialsRefused:
-        pass  # reached: a write-only token may not read the stats, and the upserts say whether it may write
-    except Unavailable as error:
-        raise Unavailable(f"not reachable within {CONNECT_SECONDS:g} s: {error}") from None
+        await asyncio.wait_for(channel.channel_ready(), CONNECT_SECONDS)
+    except TimeoutError:
+        try:  # the channel's last failure, which a call that does not wait reports
+            await channel.unary_unary("/grpc.health.v1.Health/Check")(b"", timeout=2.0)
+        except grpc.aio.AioRpcError as error:
+            raise Unavailable(f"catalog at {catalog_addr}: not reachable within {CONNECT_SECONDS:g} s: {error.details()}") from None
 
 
 async def _upsert_all(items: pd.DataFrame, catalog_addr: str, batch_size: int, timeout_seconds: float, retries: int, security: ClientSecurity) -> int:

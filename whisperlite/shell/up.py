@@ -123,8 +123,13 @@ class Stack:
 
 def _port_free(port: int) -> bool:
     """Whether a service can bind `port` on every address, as the services do."""
-    family, address = (socket.AF_INET6, "::") if socket.has_ipv6 else (socket.AF_INET, "0.0.0.0")
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
+    try:
+        probe = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        family, address = socket.AF_INET6, "::"
+    except OSError:  # IPv6 off in this kernel
+        probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        family, address = socket.AF_INET, "0.0.0.0"
+    with probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the services bind: a closed connection's TIME_WAIT is no owner
         if family == socket.AF_INET6:
             probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)

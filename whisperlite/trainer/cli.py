@@ -122,6 +122,15 @@ def _setup_logging() -> None:
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+def _can_hold_a_directory(path: Path) -> bool:
+    """A directory to write in: `path`, or the nearest existing folder above it, where the missing ones are created."""
+    while not path.exists():
+        if path.parent == path:
+            return False
+        path = path.parent
+    return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
+
+
 def _run_train(args: argparse.Namespace) -> int:
     from whisperlite.trainer.train import init_distributed, save_model_dir, train_model
 
@@ -131,10 +140,8 @@ def _run_train(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    out = Path(args.out)
-    if out.exists() and not out.is_dir() or not out.exists() and not out.parent.is_dir() or out.is_dir() and not os.access(out, os.W_OK):
-        # said now, not as a traceback once training is done (9 minutes on the demo data)
-        print(f"error: --out {out}: not a directory that can be written, nor a new one in an existing directory", file=sys.stderr)
+    if not _can_hold_a_directory(Path(args.out)):  # said now, not as a traceback once training is done (9 minutes on the demo data)
+        print(f"error: --out {args.out}: not a directory this user can write, nor one it can create", file=sys.stderr)
         return 2
     distributed = init_distributed()
     import torch.distributed as dist

@@ -17,10 +17,13 @@ from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 from whisperlite.core.encoders.base import Encoder, from_pretrained, to_unit_numpy
 
 
-# Decoded, an image takes about 14 bytes a pixel through preprocessing: the limit keeps one image near 230 MB
-# (4096 x 4096, more than product photos need). The aspect-ratio limit stops a 1 x 60000 strip, a few hundred
-# bytes, from becoming a 224 x 13-million-pixel image in the shortest-edge resize.
-MAX_IMAGE_PIXELS = 4096 * 4096
+# Decoded, an image takes about 14 bytes a pixel through preprocessing. A JPEG (camera photos: 12 to 200 MP) is
+# decoded at a reduced scale of at least JPEG_DECODE_SIDE pixels a side, which its format does cheaply, so its
+# limit is Pillow's own (about 179 MP). Other formats decode in full: at most MAX_IMAGE_PIXELS (48 MP, about
+# 670 MB transient, one image at a time). The aspect-ratio limit stops a 1 x 60000 strip, a few hundred bytes,
+# from becoming a 224 x 13-million-pixel image in the shortest-edge resize.
+MAX_IMAGE_PIXELS = 8000 * 6000
+JPEG_DECODE_SIDE = 1024
 MAX_ASPECT_RATIO = 20
 
 
@@ -39,10 +42,11 @@ def decode_image(data: bytes, index: int = 0) -> Image.Image:
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageDecodeError(index, "not a decodable image (PNG, JPEG, WebP, ...)") from exc
     width, height = image.size
-    if width < 1 or height < 1 or width * height > MAX_IMAGE_PIXELS or max(width, height) > MAX_ASPECT_RATIO * min(width, height):
-        raise ImageDecodeError(
-            index, f"{width} x {height} pixels; at most {MAX_IMAGE_PIXELS:,} pixels and an aspect ratio of {MAX_ASPECT_RATIO}:1",
-        )
+    limit = Image.MAX_IMAGE_PIXELS if image.format == "JPEG" else MAX_IMAGE_PIXELS
+    if width < 1 or height < 1 or width * height > limit or max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise ImageDecodeError(index, f"{width} x {height} pixels; at most {limit:,} pixels and an aspect ratio of {MAX_ASPECT_RATIO}:1")
+    if image.format == "JPEG":
+        image.draft("RGB", (JPEG_DECODE_SIDE, JPEG_DECODE_SIDE))  # a scale whose sides stay >= 1024: still far above 224
     try:
         image.load()
     except (OSError, ValueError, Image.DecompressionBombError) as exc:

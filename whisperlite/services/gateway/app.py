@@ -42,9 +42,11 @@ from whisperlite.services.gateway.status import error_body, http_status
 from whisperlite.services.gateway.upstream import Upstream, UpstreamFailed
 
 log = logging.getLogger("whisperlite.gateway")
-# What gRPC metadata can carry of a caller's Authorization header: printable ASCII, well under the services'
-# 8 KiB metadata limit (past it gRPC answers RESOURCE_EXHAUSTED, which HTTP callers would retry as a 429).
-AUTHORIZATION = re.compile(r"[\x20-\x7e]{1,4096}")
+# What gRPC metadata can carry of a caller's Authorization header: printable ASCII, under the services' 8 KiB
+# metadata limit with the rest of the call's metadata (past it gRPC answers RESOURCE_EXHAUSTED, which HTTP callers
+# would retry as a 429).
+MAX_AUTHORIZATION_CHARS = 7168
+AUTHORIZATION = re.compile(rf"[\x20-\x7e]{{1,{MAX_AUTHORIZATION_CHARS}}}")
 # W3C trace context, forwarded so that an HTTP request's trace goes on in the ranker and catalog.
 TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 TRACESTATE = re.compile(r"[\x20-\x7e]{1,512}")
@@ -91,11 +93,12 @@ def _metadata(request: Request) -> list[tuple[str, str]]:
     metadata = [(REQUEST_ID_HEADER, request.state.request_id)]
     if len(sent := request.headers.getlist("authorization")) > 1:  # gRPC refuses two as malformed: which one would count?
         raise Refused(401, grpc.StatusCode.UNAUTHENTICATED, f"authorization: sent {len(sent)} times; send one header")
-    if (authorization := request.headers.get("authorization")) is not None:
+    if authorization := request.headers.get("authorization"):  # an empty one says nothing: not sent on
         if not AUTHORIZATION.fullmatch(authorization):
             raise Refused(
                 401, grpc.StatusCode.UNAUTHENTICATED,
-                f"authorization: must be 1 to 4096 printable ASCII characters (Bearer <token>), got {len(authorization)} characters",
+                f"authorization: must be 1 to {MAX_AUTHORIZATION_CHARS} printable ASCII characters (Bearer <token>), "
+                f"got {len(authorization)} characters",
             )  # fmt: skip
         metadata.append(("authorization", authorization))
     if (traceparent := request.headers.get("traceparent")) is not None and TRACEPARENT.fullmatch(traceparent):

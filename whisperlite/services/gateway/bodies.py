@@ -3,8 +3,9 @@
 FastAPI would parse and validate a body on the event loop: a 16 MiB body of small JSON values held it for
 about 6 s (every other HTTP caller and /health waited) and took 270 MiB to refuse. Here a body up to
 `INLINE_BODY_BYTES` is read on the loop, and a larger one in a worker thread, one large body at a time, so
-memory stays bounded by one body however many callers send one. Types are strict: `"top_k": "3"` or `true`
-is refused naming the field, as the protos would refuse it, and `"relevant": "no"` never means false.
+memory stays bounded by one body however many callers send one. Values are read as protobuf's JSON mapping
+reads them (schema.py): numbers from numbers or numeric strings, never from true/false, and `"relevant": "no"`
+never means false.
 """
 
 import asyncio
@@ -17,6 +18,7 @@ from google.protobuf.message import Message
 from pydantic import BaseModel, ValidationError
 
 INLINE_BODY_BYTES = 256 * 1024
+UTF8_BOM = b"\xef\xbb\xbf"
 JSON_MEDIA_TYPES = ("application/json",)
 
 M = TypeVar("M", bound=BaseModel)
@@ -49,7 +51,7 @@ def validation_message(error: ValidationError) -> str:
 def parse(model: type[M], raw: bytes, convert: Callable[[M], Any] | None = None) -> Any:
     """The body as `model` (then through `convert`, e.g. to its proto), or Refused with what to fix."""
     try:
-        value = model.model_validate_json(raw, strict=True)
+        value = model.model_validate_json(raw.removeprefix(UTF8_BOM))  # RFC 8259 lets a parser ignore a BOM
     except ValidationError as error:
         raise invalid(validation_message(error)) from None
     if convert is None:

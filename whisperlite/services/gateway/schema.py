@@ -6,13 +6,25 @@ the two cannot drift. Values are checked here only for their JSON type: the serv
 so an HTTP caller gets exactly the message a gRPC caller gets.
 """
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from whisperlite.v1 import catalog_pb2, common_pb2, ranker_pb2
+
+
+def _not_true_or_false(value: object) -> object:
+    if isinstance(value, bool):  # JSON's true/false is no number, though Python's bool is an int
+        raise ValueError("expected a number, got true/false")
+    return value
+
+
+# Numbers as protobuf's JSON mapping reads them: a JSON number (3, 3.0) or a numeric string ("3", "19.99"), never
+# true/false. Strings and booleans take only their own JSON type (bool fields are StrictBool where they occur).
+ProtoInt = Annotated[int, BeforeValidator(_not_true_or_false)]
+ProtoFloat = Annotated[float, BeforeValidator(_not_true_or_false)]
 
 
 class ProtoModel(BaseModel):
@@ -22,8 +34,8 @@ class ProtoModel(BaseModel):
 
 class ItemFilter(ProtoModel):
     categories: list[str] = Field(default_factory=list, description="keep only items whose category is one of these (exact match)")
-    min_price: float | None = Field(None, description="keep only items with a price at least this")
-    max_price: float | None = Field(None, description="keep only items with a price at most this")
+    min_price: ProtoFloat | None = Field(None, description="keep only items with a price at least this")
+    max_price: ProtoFloat | None = Field(None, description="keep only items with a price at most this")
     exclude_item_ids: list[str] = Field(default_factory=list, description="never return these item ids")
 
 
@@ -32,16 +44,16 @@ class Item(ProtoModel):
     title: str = Field("", description="human-readable name")
     text: str = Field("", description="longer description embedded by the text tower")
     category: str = ""
-    price: float | None = Field(None, description="absent when unknown (never matches a price filter)")
+    price: ProtoFloat | None = Field(None, description="absent when unknown (never matches a price filter)")
     image_uri: str = ""
     attributes: dict[str, str] = Field(default_factory=dict)
-    vector: list[float] = Field(default_factory=list, description="item embedding; on upsert optional (the catalog embeds the text)")
+    vector: list[ProtoFloat] = Field(default_factory=list, description="item embedding; on upsert optional (the catalog embeds the text)")
 
 
 class RecommendRequest(ProtoModel):
     user_id: str = Field("", description="the user asking; unknown or empty ids are served without personal history")
     query: str = Field("", description="what the user typed; non-blank, bounded length")
-    top_k: int = Field(0, description="number of items wanted: 1 to the ranker's cap")
+    top_k: ProtoInt = Field(0, description="number of items wanted: 1 to the ranker's cap")
     filter: ItemFilter | None = None
     recent_item_ids: list[str] = Field(default_factory=list, description="items the user looked at recently, newest last")
 

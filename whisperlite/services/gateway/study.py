@@ -8,10 +8,10 @@ path or personal-affinity labels, so a judge cannot tell which list is which.
 import asyncio
 import random
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from whisperlite.services.gateway.judgements import POSITIONS, JudgementStore, ShownItem, ShownList
-from whisperlite.services.gateway.schema import ItemFilter, RecommendRequest, to_proto
+from whisperlite.services.gateway.schema import ItemFilter, ProtoInt, RecommendRequest, to_proto
 from whisperlite.services.gateway.upstream import Metadata, Upstream
 from whisperlite.v1 import ranker_pb2
 
@@ -20,7 +20,7 @@ class ComparisonRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     user_id: str = Field("", description="the user to personalize for; empty: no user (both lists text-only unless recent items are given)")
     query: str = ""
-    top_k: int = 10
+    top_k: ProtoInt = 10
     filter: ItemFilter | None = None
     recent_item_ids: list[str] = Field(default_factory=list)
 
@@ -28,8 +28,8 @@ class ComparisonRequest(BaseModel):
 class JudgementRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     position: str = Field(description="the list the item was shown in: left or right")
-    rank: int = Field(ge=1, le=2**63 - 1, description="its 1-based rank in that list")
-    relevant: bool
+    rank: ProtoInt = Field(ge=1, le=2**63 - 1, description="its 1-based rank in that list")
+    relevant: StrictBool
 
 
 async def compare(upstream: Upstream, store: JudgementStore, request: ComparisonRequest, blind: bool, metadata: Metadata) -> int:

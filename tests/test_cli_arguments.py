@@ -26,10 +26,12 @@ def whisperlite(*args: str, timeout: float = 120) -> subprocess.CompletedProcess
         (["model", "--ranker", "127.0.0.1:1", "traffic", "--clear", "--candidate", "v1"], 1, "traffic: --clear takes no other flag"),
         (["evaluate", "--all", "--data", ".", "--data-root", "/nonexistent"], 2, "give --data or --all, not both"),
         (["evaluate", "--data", ".", "--out", "x", "--methods", ""], 2, "--methods: name at least one of"),
+        (["recommend", "--query", "boots", "--token", "t\u00f6ken-0123456789"], 1, "--token: must be printable ASCII without spaces"),
+        (["recommend", "--query", "boots", "--tls-ca-file", "pyproject.toml"], 1, "pyproject.toml: not a PEM certificate"),
     ],
     ids=[
         "negative-retries", "zero-batch", "zero-k", "request-id-with-a-space", "k-past-int32", "percent-without-candidate",
-        "clear-and-candidate", "all-and-data", "no-methods",
+        "clear-and-candidate", "all-and-data", "no-methods", "token-not-ascii", "ca-not-pem",
     ],
 )
 def test_a_bad_flag_is_one_line_saying_what_to_fix(args, code, message):
@@ -64,3 +66,10 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
     _, stderr = ingest.communicate(timeout=60)
     assert ingest.returncode == 130, stderr
     assert stderr.strip() == "whisperlite ingest: interrupted"
+
+
+def test_a_command_pointed_at_another_service_says_so(encoder_service):
+    """gRPC's own answer is a bare "UNIMPLEMENTED: Method not found!"."""
+    done = whisperlite("catalog", "count", "--catalog", encoder_service.address)
+    assert done.returncode == 1
+    assert f"({encoder_service.address} does not serve the catalog's API: is it another service's address?)" in done.stderr

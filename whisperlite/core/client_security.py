@@ -37,6 +37,8 @@ class ClientSecurity:
             raise ValueError("a client certificate is only sent over TLS: give --tls-ca-file as well")
         if self.token and self.token_file:
             raise ValueError("give a token or a token file, not both")
+        if self.token and not _is_token(self.token):
+            raise ValueError("--token: must be printable ASCII without spaces (gRPC metadata cannot carry it otherwise)")
 
     @classmethod
     def from_env(cls) -> ClientSecurity:
@@ -50,9 +52,10 @@ class ClientSecurity:
             return None
         certificate_chain = _read_bytes(self.cert_file) if self.cert_file else None
         private_key = _read_bytes(self.key_file) if self.key_file else None
-        return grpc.ssl_channel_credentials(
-            root_certificates=_read_bytes(self.ca_file), private_key=private_key, certificate_chain=certificate_chain
-        )
+        roots = _read_bytes(self.ca_file)
+        if b"-----BEGIN CERTIFICATE-----" not in roots:  # else every handshake fails naming nothing
+            raise ValueError(f"{self.ca_file}: not a PEM certificate (-----BEGIN CERTIFICATE-----)")
+        return grpc.ssl_channel_credentials(root_certificates=roots, private_key=private_key, certificate_chain=certificate_chain)
 
     @property
     def sends_token(self) -> bool:
@@ -100,10 +103,14 @@ def _read_bytes(path: str) -> bytes:
 @functools.lru_cache(maxsize=16)
 def _read_token(path: str, _mtime_ns: int, _size: int) -> str:
     """The token in `path`; cached per (mtime, size), so a rotated secret is picked up on the next call."""
-    token = _read_bytes(path).decode().strip()
-    if not token or not token.isascii() or not token.isprintable() or any(char.isspace() for char in token):
+    token = _read_bytes(path).decode(errors="replace").strip()
+    if not _is_token(token):
         raise ValueError(f"token file {path} must hold one token of printable ASCII without spaces")
     return token
+
+
+def _is_token(token: str) -> bool:
+    return bool(token) and token.isascii() and token.isprintable() and not any(char.isspace() for char in token)
 
 
 class BearerTokenInterceptor(grpc.aio.UnaryUnaryClientInterceptor):

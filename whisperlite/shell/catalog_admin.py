@@ -23,6 +23,7 @@ from tqdm import tqdm
 from whisperlite.core.progress import bar_disabled
 from whisperlite.core.clients.catalog_admin import CatalogAdminClient
 from whisperlite.core.clients.types import Item
+from whisperlite.shell.client_flags import call_failed
 
 FORMATS = ("csv", "jsonl", "parquet")
 EXPORT_COLUMNS = ("item_id", "title", "text", "category", "price", "image_uri", "attributes")
@@ -390,8 +391,6 @@ def _write_parquet(path: Path, rows: Iterator[dict], bar: tqdm, rows_per_group: 
 # ---- command line ----------------------------------------------------------------------------------
 
 
-def _fail(error: grpc.RpcError) -> SystemExit:
-    return SystemExit(f"{error.code().name}: {error.details()}")
 
 
 def _client(args) -> CatalogAdminClient:
@@ -464,7 +463,7 @@ def _get(args) -> None:
         try:
             found = client.get(args.item_ids, include_vectors=args.vectors)
         except grpc.RpcError as error:
-            raise _fail(error) from None
+            raise call_failed(error, args.catalog, "catalog") from None
     for item in found.items:
         row = _export_row(item)
         if args.vectors:
@@ -480,7 +479,7 @@ def _delete(args) -> None:
         try:
             deleted = client.delete(args.item_ids)
         except grpc.RpcError as error:
-            raise _fail(error) from None
+            raise call_failed(error, args.catalog, "catalog") from None
     print(f"deleted {deleted} of {len(set(args.item_ids))} ids (the others were not in the catalog)")
 
 
@@ -489,7 +488,7 @@ def _count(args) -> None:
         try:
             print(client.stats().item_count)
         except grpc.RpcError as error:
-            raise _fail(error) from None
+            raise call_failed(error, args.catalog, "catalog") from None
 
 
 def _export(args) -> None:

@@ -69,3 +69,13 @@ def client_options(args: argparse.Namespace) -> ClientOptions:
         )
     except ValueError as error:
         raise SystemExit(str(error)) from None
+
+
+def call_failed(error, address: str, service: str) -> SystemExit:
+    """A failed call as the command's one-line exit, with the likely cause where gRPC's own words name none."""
+    import grpc
+
+    hint = ""
+    if error.code() == grpc.StatusCode.UNIMPLEMENTED:
+        hint = f" ({address} does not serve the {service}'s API: is it another service's address?)"
+    return SystemExit(f"{error.code().name}: {error.details()}{hint}")

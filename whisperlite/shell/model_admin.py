@@ -7,7 +7,7 @@ import grpc
 from google.protobuf import json_format
 
 from whisperlite.core.clients.model_admin import ModelAdminClient
-from whisperlite.shell.client_flags import add_client_security_flags, client_security
+from whisperlite.shell.client_flags import add_client_security_flags, call_failed, client_security
 from whisperlite.core.topology import RANKER
 from whisperlite.v1 import model_admin_pb2
 
@@ -45,7 +45,7 @@ def _call(args: argparse.Namespace, action):
         try:
             return action(admin)
         except grpc.RpcError as error:
-            raise SystemExit(f"{error.code().name}: {error.details()}") from None
+            raise call_failed(error, args.ranker, "ranker") from None
 
 
 def _state(model: model_admin_pb2.ModelVersion) -> str:

@@ -89,8 +89,6 @@ def _health(args: argparse.Namespace) -> None:
         from whisperlite.shell.http_health import http_health_status
 
         serving, status = http_health_status(args.address, args.timeout)
-        if not serving:
-            print(f"{args.address}: {status}", file=sys.stderr)
     else:
         port = args.address.rpartition(":")[2]
         plain = "/" not in args.address and not args.address.startswith(GRPC_TARGET_SCHEMES)  # host:port, not unix:...
@@ -99,8 +97,8 @@ def _health(args: argparse.Namespace) -> None:
         from whisperlite.core.clients.health import health_status
 
         serving, status = health_status(args.address, args.service, args.timeout, security=client_security(args))
-        if not serving:
-            print(f"{args.address}: {status}", file=sys.stderr)  # e.g. a refused TLS handshake, not the server's state
+    if not serving:
+        print(f"{args.address}: {status}", file=sys.stderr)  # why: a refused TLS handshake is not the server's state
     print("SERVING" if serving else "NOT_SERVING")
     sys.exit(0 if serving else 1)
 

@@ -20,6 +20,7 @@ def whisperlite(*args: str, timeout: float = 120) -> subprocess.CompletedProcess
         (["ingest", "--data", ".", "--retries", "-1"], 2, "argument --retries: must be at least 0, got -1"),
         (["ingest", "--data", ".", "--batch-size", "0"], 2, "argument --batch-size: must be at least 1, got 0"),
         (["recommend", "--query", "boots", "-k", "0"], 2, "argument -k: must be at least 1, got 0"),
+        (["catalog", "import", "pyproject.toml", "--batch-size", "0"], 2, "argument --batch-size: must be at least 1, got 0"),
         (["recommend", "--query", "boots", "--request-id", "two words", "--ranker", "127.0.0.1:1"], 1, "error: request_id: must be 1 to 128"),
         (["recommend", "--query", "boots", "-k", "99999999999", "--ranker", "127.0.0.1:1"], 1, "error: Value out of range"),
         (["model", "--ranker", "127.0.0.1:1", "traffic", "--percent", "50"], 1, "traffic: --percent and --shadow need --candidate VERSION"),
@@ -30,7 +31,7 @@ def whisperlite(*args: str, timeout: float = 120) -> subprocess.CompletedProcess
         (["recommend", "--query", "boots", "--tls-ca-file", "pyproject.toml"], 1, "pyproject.toml: not a PEM certificate"),
     ],
     ids=[
-        "negative-retries", "zero-batch", "zero-k", "request-id-with-a-space", "k-past-int32", "percent-without-candidate",
+        "negative-retries", "zero-batch", "zero-k", "zero-import-batch", "request-id-with-a-space", "k-past-int32", "percent-without-candidate",
         "clear-and-candidate", "all-and-data", "no-methods", "token-not-ascii", "ca-not-pem",
     ],
 )

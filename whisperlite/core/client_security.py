@@ -37,7 +37,7 @@ class ClientSecurity:
             raise ValueError("a client certificate is only sent over TLS: give --tls-ca-file as well")
         if self.token and self.token_file:
             raise ValueError("give a token or a token file, not both")
-        if self.token and not _is_token(self.token):
+        if self.token and not is_bearer_token(self.token):
             raise ValueError("--token: must be printable ASCII without spaces (gRPC metadata cannot carry it otherwise)")
 
     @classmethod
@@ -104,12 +104,13 @@ def _read_bytes(path: str) -> bytes:
 def _read_token(path: str, _mtime_ns: int, _size: int) -> str:
     """The token in `path`; cached per (mtime, size), so a rotated secret is picked up on the next call."""
     token = _read_bytes(path).decode(errors="replace").strip()
-    if not _is_token(token):
+    if not is_bearer_token(token):
         raise ValueError(f"token file {path} must hold one token of printable ASCII without spaces")
     return token
 
 
-def _is_token(token: str) -> bool:
+def is_bearer_token(token: str) -> bool:
+    """What gRPC metadata carries as a token: printable ASCII without spaces (the services' tokens files hold the same)."""
     return bool(token) and token.isascii() and token.isprintable() and not any(char.isspace() for char in token)
 
 

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from whisperlite.core.progress import bar_disabled
 from whisperlite.core.clients.catalog_admin import CatalogAdminClient
 from whisperlite.core.clients.types import Item
-from whisperlite.shell.client_flags import call_failed
+from whisperlite.shell.client_flags import at_least, call_failed
 
 FORMATS = ("csv", "jsonl", "parquet")
 EXPORT_COLUMNS = ("item_id", "title", "text", "category", "price", "image_uri", "attributes")
@@ -403,8 +403,6 @@ def _import(args) -> None:
     path: Path = args.file
     if not path.is_file():
         raise SystemExit(f"{path}: no such file")
-    if args.batch_size < 1:
-        raise SystemExit(f"--batch-size: must be >= 1, got {args.batch_size}")
     mapping = ColumnMapping(
         item_id=args.id_column,
         title=args.title_column,
@@ -527,7 +525,7 @@ def register(commands) -> None:
         importer.add_argument(f"--{name}-column", default=default, help=f"source column of the item's {name} (default {default}; '' for none)")
     importer.add_argument("--attributes-column", default="attributes", help="column holding a JSON object of attributes (default attributes)")
     importer.add_argument("--attribute-column", action="append", help="a column stored as the attribute of its name (repeatable, or comma-separated)")
-    importer.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help=f"items per upsert (default {DEFAULT_BATCH_SIZE})")
+    importer.add_argument("--batch-size", type=at_least(1), default=DEFAULT_BATCH_SIZE, help=f"items per upsert (default {DEFAULT_BATCH_SIZE})")
     importer.add_argument("--checkpoint", type=Path, help="where rows done are recorded (default FILE.import-checkpoint.json)")
     importer.add_argument("--errors", type=Path, help="per-row error report, JSON lines (default FILE.import-errors.jsonl)")
     importer.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and import from the first row")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from whisperlite.core.topology import BY_NAME, CATALOG, RANKER
 from whisperlite.shell import model_admin
-from whisperlite.shell.client_flags import add_client_flags, add_client_security_flags, client_security
+from whisperlite.shell.client_flags import add_client_flags, add_client_security_flags, at_least, client_security
 
 # Commands whose modules import pandas or torch are registered only when asked for (or for --help),
 # so quick commands such as `health`, which containers run every few seconds, start fast.
@@ -134,9 +134,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     ingest = commands.add_parser("ingest", help="upsert a dataset's items.csv into the catalog")
     ingest.add_argument("--data", type=Path, required=True, help="canonical dataset directory")
     ingest.add_argument("--catalog", default=CATALOG.local_address, help="catalog address")
-    ingest.add_argument("--batch-size", type=_at_least(1), default=256, help="items per upsert call")
+    ingest.add_argument("--batch-size", type=at_least(1), default=256, help="items per upsert call")
     ingest.add_argument(
-        "--retries", type=_at_least(0), default=8, help="times a batch that failed with UNAVAILABLE (a catalog restarting) is sent again, with backoff"
+        "--retries", type=at_least(0), default=8, help="times a batch that failed with UNAVAILABLE (a catalog restarting) is sent again, with backoff"
     )
     add_client_security_flags(ingest)
     ingest.set_defaults(func=_ingest)
@@ -144,7 +144,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     recommend = commands.add_parser("recommend", help="ask the ranker for recommendations")
     recommend.add_argument("--user", default="", help="user id (unknown users get text-only results)")
     recommend.add_argument("--query", required=True, help="what the user typed")
-    recommend.add_argument("-k", type=_at_least(1), default=10, help="number of items")
+    recommend.add_argument("-k", type=at_least(1), default=10, help="number of items")
     recommend.add_argument("--category", action="append", help="keep only this category (repeatable)")
     recommend.add_argument("--min-price", type=float)
     recommend.add_argument("--max-price", type=float)
@@ -184,15 +184,3 @@ def main(argv: list[str] | None = None) -> None:
         print(f"whisperlite {args.command}: interrupted", file=sys.stderr)
         sys.exit(130)
 
-
-def _at_least(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-
-    return parse

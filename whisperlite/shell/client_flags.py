@@ -71,6 +71,21 @@ def client_options(args: argparse.Namespace) -> ClientOptions:
         raise SystemExit(str(error)) from None
 
 
+def at_least(minimum: int):
+    """An argparse type: a whole number no smaller than `minimum`, refused by argparse naming the flag."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
 def call_failed(error, address: str, service: str) -> SystemExit:
     """A failed call as the command's one-line exit, with the likely cause where gRPC's own words name none."""
     import grpc

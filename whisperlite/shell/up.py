@@ -59,7 +59,7 @@ class Stack:
     def start(self, startup_timeout_seconds: float = 300.0) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for spec in SERVICES:  # all checked first: a service on a taken port would meet another program's health answer
-            for port in {spec.port, spec.metrics_port if spec.speaks_grpc else spec.port}:
+            for port in {spec.port, spec.metrics_port}:  # one port for the gateway: its /metrics is on its HTTP port
                 if not _port_free(port):
                     raise SystemExit(f"port {port} ({spec.name}) is taken by another process: stop it (another `whisperlite up`?) and start again")
         for spec in SERVICES:

@@ -18,6 +18,7 @@ from pathlib import Path
 import grpc
 from prometheus_client import Counter
 
+from whisperlite.core.client_security import is_bearer_token
 from whisperlite.services.common.interceptors import without_admission
 
 log = logging.getLogger("whisperlite.auth")
@@ -85,7 +86,7 @@ def parse_tokens(text: str, source: str) -> tuple[_Grant, ...]:
         fields = line.split()
         if len(fields) != 2:
             raise TokenFileError(f"{source}:{number}: expected 'token scope[,scope]', got {len(fields)} fields")
-        if not (fields[0].isascii() and fields[0].isprintable()):
+        if not is_bearer_token(fields[0]):
             raise TokenFileError(f"{source}:{number}: the token must be printable ASCII: gRPC metadata cannot carry it otherwise")
         token, scope_list = fields[0].encode(), fields[1]
         if len(token) < MIN_TOKEN_CHARS:

@@ -27,7 +27,7 @@ from whisperlite.core.dataset import MAX_ID_CHARS
 from whisperlite.core.request_context import REQUEST_ID, REQUEST_ID_RULE
 from whisperlite.core.request_context import REQUEST_ID_KEY as REQUEST_ID_HEADER
 from whisperlite.services.gateway import study
-from whisperlite.services.gateway.bodies import BodyReader, Refused, invalid
+from whisperlite.services.gateway.bodies import BodyReader, Refused, invalid, validation_message
 from whisperlite.services.gateway.judgements import POSITIONS, JudgementStore, NotShown, UnknownComparison
 from whisperlite.services.gateway.schema import (
     Item,
@@ -72,16 +72,6 @@ def _error(status: int, code: grpc.StatusCode, message: str) -> JSONResponse:
 
 def _grpc_error(code: grpc.StatusCode, message: str) -> JSONResponse:
     return _error(http_status(code), code, message)
-
-
-def _validation_message(error: RequestValidationError) -> str:
-    """`field.path: reason` for each problem of a path or query parameter."""
-    parts = []
-    for problem in error.errors():
-        # The first element says where the value came from (path, query string), the rest is the parameter.
-        location = [str(p) for p in problem["loc"][1:]]
-        parts.append(f"{'.'.join(location) or 'body'}: {problem['msg']}")
-    return "; ".join(parts)
 
 
 def _metadata(request: Request) -> list[tuple[str, str]]:
@@ -254,7 +244,7 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def invalid_parameter(_: Request, error: RequestValidationError) -> JSONResponse:
-        return _grpc_error(grpc.StatusCode.INVALID_ARGUMENT, _validation_message(error))
+        return _grpc_error(grpc.StatusCode.INVALID_ARGUMENT, validation_message(error.errors(), skip=1))
 
     # The /v1 answers are the upstream's proto as JSON, already the response model's shape: sent as is,
     # without FastAPI validating them again (response_model documents them in the OpenAPI schema).

@@ -9,7 +9,7 @@ never means false.
 """
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import grpc
@@ -36,11 +36,12 @@ def invalid(message: str) -> Refused:
     return Refused(400, grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
-def validation_message(error: ValidationError) -> str:
-    """`field.path: reason` for each problem, the way the services name fields in INVALID_ARGUMENT."""
+def validation_message(problems: Iterable[dict], skip: int = 0) -> str:
+    """`field.path: reason` for each of pydantic's problems, the way the services name fields in INVALID_ARGUMENT;
+    `skip` drops leading location parts (FastAPI's first says where a parameter came from: path, query string)."""
     parts = []
-    for problem in error.errors(include_url=False):
-        location = ".".join(str(part) for part in problem["loc"]) or "body"
+    for problem in problems:
+        location = ".".join(str(part) for part in problem["loc"][skip:]) or "body"
         reason = problem["msg"]
         if problem["type"] == "json_invalid":
             reason = f"not valid JSON ({problem['ctx']['error'] if 'ctx' in problem else reason})"
@@ -53,7 +54,7 @@ def parse(model: type[M], raw: bytes, convert: Callable[[M], Any] | None = None)
     try:
         value = model.model_validate_json(raw.removeprefix(UTF8_BOM))  # RFC 8259 lets a parser ignore a BOM
     except ValidationError as error:
-        raise invalid(validation_message(error)) from None
+        raise invalid(validation_message(error.errors(include_url=False))) from None
     if convert is None:
         return value
     try:

@@ -1,6 +1,7 @@
-"""`whisperlite up` as a user runs it: the four processes on their fixed ports, a service that dies
+"""`whisperlite up` as a user runs it: the four processes on their ports, a service that dies
 is started again, and Ctrl-C stops everything."""
 
+import contextlib
 import signal
 import socket
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 from tests.servers import REPO
 from whisperlite.core.clients.health import is_serving
 from whisperlite.core.topology import CATALOG, RANKER, SERVICES
+from whisperlite.shell.up import StackPorts
 
 
 def port_free(port: int) -> bool:
@@ -34,27 +36,38 @@ def service_process(up: subprocess.Popen, name: str) -> psutil.Process:
 
 
 def test_a_service_that_dies_is_started_again_and_the_stack_serves_on(tmp_path):
-    ports = [port for spec in SERVICES for port in {spec.port, spec.metrics_port}]
+    """Run with --port-offset beside whatever holds the default ports (here a squatter on the catalog's, when free)."""
+    offset = 1000
+    stack = StackPorts(offset)
+    ports = [port for port, _ in stack.all_ports()]
     if not all(port_free(port) for port in ports):
-        pytest.skip(f"`whisperlite up` needs its fixed ports {ports}, and one is taken (a stack already running?)")
+        pytest.skip(f"`whisperlite up --port-offset {offset}` needs the ports {ports}, and one is taken")
     log = (tmp_path / "up.log").open("w")
-    up = subprocess.Popen(
-        [sys.executable, "-m", "whisperlite", "up", "--state-dir", str(tmp_path / "state"), "--model-dir", str(tmp_path / "no-model")],
-        cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-    )
-    try:
-        wait_for(lambda: "WhisperLite is up" in (tmp_path / "up.log").read_text(), 300, "the stack serving")
-        catalog = service_process(up, "catalog")
-        catalog.kill()
-        wait_for(lambda: "catalog exited with code -9; starting it again" in (tmp_path / "up.log").read_text(), 10, "the restart")
-        assert service_process(up, "catalog").pid != catalog.pid
-        wait_for(lambda: is_serving(CATALOG.local_address, timeout_seconds=1), 120, "the new catalog serving")
-        wait_for(lambda: is_serving(RANKER.local_address, timeout_seconds=1), 30, "the ranker serving again")  # it follows its catalog
-        assert up.poll() is None
-    finally:
-        up.send_signal(signal.SIGINT)
-        code = up.wait(60)
-        log.close()
+    with contextlib.ExitStack() as held:
+        if port_free(CATALOG.port):
+            squatter = held.enter_context(socket.socket())
+            squatter.bind(("127.0.0.1", CATALOG.port))
+            squatter.listen()
+        up = subprocess.Popen(
+            [sys.executable, "-m", "whisperlite", "up", "--state-dir", str(tmp_path / "state"), "--model-dir", str(tmp_path / "no-model"),
+             "--port-offset", str(offset)],
+            cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_for(lambda: "WhisperLite is up" in (tmp_path / "up.log").read_text(), 300, "the stack serving")
+            assert f"grpc {stack.address(RANKER)}" in (tmp_path / "up.log").read_text()
+            assert is_serving(stack.address(CATALOG), timeout_seconds=5)
+            catalog = service_process(up, "catalog")
+            catalog.kill()
+            wait_for(lambda: "catalog exited with code -9; starting it again" in (tmp_path / "up.log").read_text(), 10, "the restart")
+            assert service_process(up, "catalog").pid != catalog.pid
+            wait_for(lambda: is_serving(stack.address(CATALOG), timeout_seconds=1), 120, "the new catalog serving")
+            wait_for(lambda: is_serving(stack.address(RANKER), timeout_seconds=1), 30, "the ranker serving again")  # it follows its catalog
+            assert up.poll() is None
+        finally:
+            up.send_signal(signal.SIGINT)
+            code = up.wait(60)
+            log.close()
     assert code == 0, (tmp_path / "up.log").read_text()[-3000:]
     assert all(port_free(port) for port in ports)  # every service stopped with it
 
@@ -86,6 +99,7 @@ def test_a_taken_port_ctrl_c_while_starting_and_a_killed_up(tmp_path):
         assert up.wait(60) == 1
     log.close()
     assert f"port {CATALOG.port} (catalog) is taken by another process" in (tmp_path / "up.log").read_text()
+    assert "--port-offset" in (tmp_path / "up.log").read_text()
 
     up, log = _launch_up(tmp_path)
     wait_for(lambda: "starting catalog" in (tmp_path / "up.log").read_text(), 120, "the catalog starting")

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 # Largest gRPC message a service accepts or sends and a client receives: 300 items with text, or
 # 200 candidates with 512-d vectors, fit; grpc's own 4 MB default does not.
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+MAX_PORT = 65535
 
 
 @dataclass(frozen=True)
@@ -26,10 +27,6 @@ class Service:
     def speaks_grpc(self) -> bool:
         """False for the HTTP gateway: it has no gRPC health service and serves /metrics on its own port."""
         return bool(self.grpc_service)
-
-    @property
-    def health_url(self) -> str:
-        return f"http://localhost:{self.port}/health"
 
     @property
     def address_env(self) -> str:

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from whisperlite.core.topology import BY_NAME, CATALOG, RANKER
+from whisperlite.core.topology import BY_NAME, CATALOG, MAX_PORT, RANKER, SERVICES
 from whisperlite.shell import model_admin
 from whisperlite.shell.client_flags import add_client_flags, add_client_security_flags, at_least, client_security
 
@@ -30,9 +30,9 @@ def _serve(args: argparse.Namespace) -> None:
 
 
 def _up(args: argparse.Namespace) -> None:
-    from whisperlite.shell.up import up
+    from whisperlite.shell.up import StackPorts, up
 
-    up(args.data, args.state_dir, args.model_dir, secure=args.secure)
+    up(args.data, args.state_dir, args.model_dir, secure=args.secure, ports=StackPorts(args.port_offset))
 
 
 def _ingest(args: argparse.Namespace) -> None:
@@ -92,8 +92,8 @@ def _health(args: argparse.Namespace) -> None:
     else:
         port = args.address.rpartition(":")[2]
         plain = "/" not in args.address and not args.address.startswith(GRPC_TARGET_SCHEMES)  # host:port, not unix:...
-        if plain and not (port.isdigit() and 0 < int(port) < 65536):  # gRPC would wrap 111539 to 46003
-            raise SystemExit(f"{args.address}: expected host:port with a port from 1 to 65535")
+        if plain and not (port.isdigit() and 0 < int(port) <= MAX_PORT):  # gRPC would wrap 111539 to 46003
+            raise SystemExit(f"{args.address}: expected host:port with a port from 1 to {MAX_PORT}")
         from whisperlite.core.clients.health import health_status
 
         serving, status = health_status(args.address, args.service, args.timeout, security=client_security(args))
@@ -128,6 +128,11 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     up.add_argument(
         "--secure", action="store_true",
         help="TLS and bearer tokens on every service, with a development CA and tokens made in STATE_DIR/security",
+    )
+    up.add_argument(
+        "--port-offset", type=at_least(0, at_most=MAX_PORT - max(spec.port for spec in SERVICES)), default=0,
+        help="add this to every service's port (gRPC, metrics, the gateway's HTTP), so a second stack can run beside "
+        "the first, e.g. 1000: ranker 51050, gateway 9080 (default 0)",
     )
     up.set_defaults(func=_up)
 

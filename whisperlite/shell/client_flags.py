@@ -71,8 +71,9 @@ def client_options(args: argparse.Namespace) -> ClientOptions:
         raise SystemExit(str(error)) from None
 
 
-def at_least(minimum: int):
-    """An argparse type: a whole number no smaller than `minimum`, refused by argparse naming the flag."""
+def at_least(minimum: int, at_most: int | None = None):
+    """An argparse type: a whole number no smaller than `minimum` (nor larger than `at_most`), refused by argparse
+    naming the flag."""
 
     def parse(text: str) -> int:
         try:
@@ -81,6 +82,8 @@ def at_least(minimum: int):
             raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        if at_most is not None and value > at_most:
+            raise argparse.ArgumentTypeError(f"must be at most {at_most}, got {value}")
         return value
 
     return parse

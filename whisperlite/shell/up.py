@@ -16,7 +16,7 @@ from whisperlite.core.client_security import PLAINTEXT, ClientSecurity
 from whisperlite.core.clients.catalog import CatalogClient
 from whisperlite.core.clients.health import wait_until_serving
 from whisperlite.core.dataset import most_active_user
-from whisperlite.core.topology import CATALOG, GATEWAY, GRPC_SERVICES, QUERY_ENCODER, RANKER, SERVICES
+from whisperlite.core.topology import CATALOG, GATEWAY, GRPC_SERVICES, QUERY_ENCODER, RANKER, SERVICES, Service
 from whisperlite.shell.http_health import wait_until_http_serving
 from whisperlite.shell.ingest import ingest
 from whisperlite.shell.parent import EXIT_WITH_PARENT_ENV
@@ -28,11 +28,36 @@ MAX_RESTARTS = 5
 RESTART_WINDOW_SECONDS = 60.0
 
 
+@dataclass(frozen=True)
+class StackPorts:
+    """Where the stack's services listen: their default ports (core.topology) plus `offset`, so that a second stack
+    (another checkout, a test run) can serve beside the first on one host."""
+
+    offset: int = 0
+
+    def port(self, spec: Service) -> int:
+        return spec.port + self.offset
+
+    def metrics_port(self, spec: Service) -> int:
+        return spec.metrics_port + self.offset
+
+    def address(self, spec: Service) -> str:
+        return f"localhost:{self.port(spec)}"
+
+    def all_ports(self) -> list[tuple[int, Service]]:
+        """Every port the stack binds, once each: the gateway serves /metrics on its HTTP port."""
+        return [(port, spec) for spec in SERVICES for port in sorted({self.port(spec), self.metrics_port(spec)})]
+
+
 class Stack:
     """Starts the services in dependency order, each after the previous one reports SERVING, and starts
     again any that exits while the stack runs (as a container runtime's restart policy would)."""
 
-    def __init__(self, state_dir: Path, model_dir: Path, extra_env: dict[str, str] | None = None, secure: bool = False):
+    def __init__(
+        self, state_dir: Path, model_dir: Path, extra_env: dict[str, str] | None = None, secure: bool = False,
+        ports: StackPorts = StackPorts(),
+    ):
+        self.ports = ports
         self.state_dir = state_dir
         self.model_dir = model_dir
         self.log_dir = state_dir / "logs"
@@ -40,12 +65,12 @@ class Stack:
         self._restarts: dict[str, collections.deque[float]] = collections.defaultdict(collections.deque)
         self.env = {
             **os.environ,
-            QUERY_ENCODER.address_env: QUERY_ENCODER.local_address,
-            CATALOG.address_env: CATALOG.local_address,
+            QUERY_ENCODER.address_env: ports.address(QUERY_ENCODER),
+            CATALOG.address_env: ports.address(CATALOG),
             f"{CATALOG.env_prefix}_DATA_DIR": str(state_dir / "catalog"),
             f"{RANKER.env_prefix}_MODEL_DIR": str(model_dir),
             **(_secure_env(state_dir / "security") if secure else {}),
-            RANKER.address_env: RANKER.local_address,
+            RANKER.address_env: ports.address(RANKER),
             f"{GATEWAY.env_prefix}_STATE_DIR": str(state_dir),
             **(extra_env or {}),
         }
@@ -58,22 +83,24 @@ class Stack:
 
     def start(self, startup_timeout_seconds: float = 300.0) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        for spec in SERVICES:  # all checked first: a service on a taken port would meet another program's health answer
-            for port in {spec.port, spec.metrics_port}:  # one port for the gateway: its /metrics is on its HTTP port
-                if not _port_free(port):
-                    raise SystemExit(f"port {port} ({spec.name}) is taken by another process: stop it (another `whisperlite up`?) and start again")
+        for port, spec in self.ports.all_ports():  # all checked first: a service on a taken port would meet another program's health answer
+            if not _port_free(port):
+                raise SystemExit(
+                    f"port {port} ({spec.name}) is taken by another process: stop it (another `whisperlite up`?), "
+                    "or run this stack beside it with --port-offset"
+                )
         for spec in SERVICES:
             log_path = self.log_dir / f"{spec.name}.log"
-            print(f"starting {spec.name} on :{spec.port} (logs: {log_path})", flush=True)
+            print(f"starting {spec.name} on :{self.ports.port(spec)} (logs: {log_path})", flush=True)
             process = self._launch(spec.name)
 
             def alive(p: subprocess.Popen = process) -> bool:
                 return p.poll() is None
 
             if spec.speaks_grpc:
-                serving = wait_until_serving(spec.local_address, startup_timeout_seconds, alive=alive, security=self.health_security)
+                serving = wait_until_serving(self.ports.address(spec), startup_timeout_seconds, alive=alive, security=self.health_security)
             else:
-                serving = wait_until_http_serving(spec.health_url, startup_timeout_seconds, alive=alive)
+                serving = wait_until_http_serving(f"http://{self.ports.address(spec)}/health", startup_timeout_seconds, alive=alive)
             if not serving:
                 tail = log_path.read_text(errors="replace").splitlines()[-15:]
                 self.stop()
@@ -81,9 +108,9 @@ class Stack:
 
     def _launch(self, name: str) -> subprocess.Popen:
         spec = next(spec for spec in SERVICES if spec.name == name)
-        command = [sys.executable, "-m", "whisperlite", "serve", spec.name, "--port", str(spec.port)]
+        command = [sys.executable, "-m", "whisperlite", "serve", spec.name, "--port", str(self.ports.port(spec))]
         if spec.speaks_grpc:  # the gateway serves /metrics on its HTTP port
-            command += ["--metrics-port", str(spec.metrics_port)]
+            command += ["--metrics-port", str(self.ports.metrics_port(spec))]
         with (self.log_dir / f"{spec.name}.log").open("ab") as log:
             # The service ends with this process, even one killed without a chance to stop it (SIGKILL, the OOM killer).
             env = {**self.env, EXIT_WITH_PARENT_ENV: str(os.getpid())}
@@ -154,20 +181,22 @@ def _secure_env(pki: Path) -> dict[str, str]:
     return env
 
 
-def _examples(user: str, ranker: str, pki: Path | None) -> str:
+def _examples(user: str, ports: StackPorts, pki: Path | None) -> str:
+    ranker, gateway = ports.address(RANKER), ports.address(GATEWAY)
+    ranker_flag = "" if ranker == RANKER.local_address else f" --ranker {ranker}"
     request = f"'{{\"user_id\": \"{user}\", \"query\": \"black leather boots\", \"top_k\": 5}}'"
     if pki is None:
         return (
-            f"  .venv/bin/whisperlite recommend --user {user} --query 'black leather boots' -k 5\n"
+            f"  .venv/bin/whisperlite recommend{ranker_flag} --user {user} --query 'black leather boots' -k 5\n"
             f"  grpcurl -plaintext -d {request} {ranker} whisperlite.v1.RankerService/Recommend\n"
-            f"  curl -s localhost:{GATEWAY.port}/v1/recommend -H 'content-type: application/json' -d {request}\n\n"
+            f"  curl -s {gateway}/v1/recommend -H 'content-type: application/json' -d {request}\n\n"
         )
     return (
-        f"  .venv/bin/whisperlite recommend --tls-ca-file {pki}/ca.pem --token-file {pki}/shopper.token "
+        f"  .venv/bin/whisperlite recommend{ranker_flag} --tls-ca-file {pki}/ca.pem --token-file {pki}/shopper.token "
         f"--user {user} --query 'black leather boots' -k 5\n"
         f"  grpcurl -cacert {pki}/ca.pem -H \"authorization: Bearer $(cat {pki}/shopper.token)\" -d {request} "
         f"{ranker} whisperlite.v1.RankerService/Recommend\n"
-        f"  curl -s localhost:{GATEWAY.port}/v1/recommend -H \"authorization: Bearer $(cat {pki}/shopper.token)\" "
+        f"  curl -s {gateway}/v1/recommend -H \"authorization: Bearer $(cat {pki}/shopper.token)\" "
         f"-H 'content-type: application/json' -d {request}\n\n"
     )
 
@@ -183,11 +212,11 @@ def catalog_item_count(address: str, security: ClientSecurity = PLAINTEXT) -> in
     return asyncio.run(count())
 
 
-def up(data_dir: Path | None, state_dir: Path, model_dir: Path, secure: bool = False) -> None:
+def up(data_dir: Path | None, state_dir: Path, model_dir: Path, secure: bool = False, ports: StackPorts = StackPorts()) -> None:
     real_user = most_active_user(data_dir) if data_dir else None
     user = real_user or "some-user"
     suggested = {f"{GATEWAY.env_prefix}_SUGGESTED_USERS": real_user} if real_user else None
-    stack = Stack(state_dir, model_dir, suggested, secure=secure)
+    stack = Stack(state_dir, model_dir, suggested, secure=secure, ports=ports)
     stop_requested = serving = False
 
     def request_stop(*_):
@@ -204,14 +233,16 @@ def up(data_dir: Path | None, state_dir: Path, model_dir: Path, secure: bool = F
         if data_dir is not None and catalog_item_count(catalog_addr, stack.security) == 0:
             print(f"catalog is empty: ingesting {data_dir}", flush=True)
             ingest(data_dir, catalog_addr, security=stack.security)
-        ranker = RANKER.local_address
         print(
             "\nWhisperLite is up:\n"
-            + "".join(f"  {s.name:<14} grpc localhost:{s.port}   metrics http://localhost:{s.metrics_port}/metrics\n" for s in SERVICES if s.speaks_grpc)
-            + f"  {GATEWAY.name:<14} http://localhost:{GATEWAY.port}/ (judgement page, API docs at /docs, metrics at /metrics)\n"
+            + "".join(
+                f"  {s.name:<14} grpc {ports.address(s)}   metrics http://localhost:{ports.metrics_port(s)}/metrics\n"
+                for s in SERVICES if s.speaks_grpc
+            )
+            + f"  {GATEWAY.name:<14} http://{ports.address(GATEWAY)}/ (judgement page, API docs at /docs, metrics at /metrics)\n"
             + f"  items in catalog: {catalog_item_count(catalog_addr, stack.security)}\n\n"
             "Try:\n"
-            + _examples(user, ranker, state_dir / "security" if secure else None)
+            + _examples(user, ports, state_dir / "security" if secure else None)
             + "Ctrl-C stops the stack.",
             flush=True,
         )

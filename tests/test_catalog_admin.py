@@ -210,3 +210,28 @@ def test_import_reads_a_spreadsheets_bom_and_refuses_a_missing_id_column_before_
     partly = cli("import", str(bad_list), "--catalog", admin_catalog.address, check=False)  # one bad row: reported, the rest imported
     assert "imported 1 items" in partly.stdout and "1 rows refused" in partly.stdout and "Traceback" not in partly.stderr
     assert sorted(item.item_id for item in catalog.iter_items()) == ["bom-1", "bom-2", "j-2"]
+
+
+def test_get_and_delete_take_more_ids_than_one_call_from_a_file_or_stdin(catalog, admin_catalog, tmp_path):
+    """Ids past the catalog's --max-batch used to be one refused call; now they go in calls of --batch-size."""
+    write_csv(tmp_path / "shop.csv", shop_rows(45))
+    cli("import", str(tmp_path / "shop.csv"), "--catalog", admin_catalog.address, *MAPPING)
+    ids = [f"sku-{n:04d}" for n in range(45)]
+    (tmp_path / "ids.txt").write_text("\n".join([*ids, "", "sku-gone"]) + "\n")
+    target = ("--catalog", admin_catalog.address, "--batch-size", str(PAGE_LIMIT))
+
+    one_call = cli("get", "--ids-file", str(tmp_path / "ids.txt"), "--catalog", admin_catalog.address, check=False)
+    assert one_call.returncode == 1 and "INVALID_ARGUMENT" in one_call.stderr and str(PAGE_LIMIT) in one_call.stderr
+    found = cli("get", "--ids-file", str(tmp_path / "ids.txt"), *target, check=False)
+    assert found.returncode == 1 and found.stderr.strip() == "not in the catalog: sku-gone"
+    assert [json.loads(line)["item_id"] for line in found.stdout.splitlines()] == ids
+
+    deleted = subprocess.run(
+        [sys.executable, "-m", "whisperlite", "catalog", "delete", "sku-0000", "--ids-file", "-", *target],
+        cwd=REPO, input=(tmp_path / "ids.txt").read_text(), capture_output=True, text=True, timeout=300,
+    )
+    assert deleted.returncode == 0, deleted.stderr
+    assert "deleted 45 of 46 ids" in deleted.stdout  # sku-0000 named twice counts once
+    assert catalog.stats().item_count == 0
+    nothing = cli("delete", "--catalog", admin_catalog.address, check=False)
+    assert nothing.returncode == 1 and "name at least one item id" in nothing.stderr

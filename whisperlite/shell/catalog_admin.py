@@ -28,6 +28,7 @@ from whisperlite.shell.client_flags import at_least, call_failed
 FORMATS = ("csv", "jsonl", "parquet")
 EXPORT_COLUMNS = ("item_id", "title", "text", "category", "price", "image_uri", "attributes")
 DEFAULT_BATCH_SIZE = 256
+DEFAULT_IDS_PER_CALL = 1000  # the catalog's default --max-batch
 
 
 def detect_format(path: Path, given: str | None) -> str:
@@ -456,29 +457,54 @@ def _check_columns(path: Path, file_format: str, mapping: ColumnMapping) -> None
         raise SystemExit(f"{path}: no column {mapping.item_id!r} (--id-column); its columns are {', '.join(header)[:300]}")
 
 
-def _get(args) -> None:
-    with _client(args) as client:
+def _item_ids(args) -> list[str]:
+    """The ids named on the command line, then those of --ids-file (one per line, '-' for stdin), in order."""
+    ids = list(args.item_ids)
+    if args.ids_file is not None:
         try:
-            found = client.get(args.item_ids, include_vectors=args.vectors)
-        except grpc.RpcError as error:
-            raise call_failed(error, args.catalog, "catalog") from None
-    for item in found.items:
-        row = _export_row(item)
-        if args.vectors:
-            row["vector"] = list(item.vector)
-        print(json.dumps(row, ensure_ascii=False))
-    if found.missing_item_ids:
-        print(f"not in the catalog: {', '.join(found.missing_item_ids)}", file=sys.stderr)
+            text = sys.stdin.read() if str(args.ids_file) == "-" else args.ids_file.read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as error:
+            raise SystemExit(f"{args.ids_file}: cannot read ids: {getattr(error, 'strerror', None) or error}") from None
+        ids += [line for line in text.splitlines() if line.strip()]  # ids kept exactly, as import keeps them
+    if not ids:
+        raise SystemExit("name at least one item id, as arguments or in --ids-file")
+    return ids
+
+
+def _batches(ids: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(ids), size):
+        yield ids[start : start + size]
+
+
+def _get(args) -> None:
+    ids, missing = _item_ids(args), []
+    with _client(args) as client:
+        for batch in _batches(ids, args.batch_size):
+            try:
+                found = client.get(batch, include_vectors=args.vectors)
+            except grpc.RpcError as error:
+                raise call_failed(error, args.catalog, "catalog") from None
+            for item in found.items:
+                row = _export_row(item)
+                if args.vectors:
+                    row["vector"] = list(item.vector)
+                print(json.dumps(row, ensure_ascii=False))
+            missing += found.missing_item_ids
+    if missing:
+        print(f"not in the catalog: {', '.join(missing)}", file=sys.stderr)
         sys.exit(1)
 
 
 def _delete(args) -> None:
+    ids, deleted = list(dict.fromkeys(_item_ids(args))), 0
     with _client(args) as client:
-        try:
-            deleted = client.delete(args.item_ids)
-        except grpc.RpcError as error:
-            raise call_failed(error, args.catalog, "catalog") from None
-    print(f"deleted {deleted} of {len(set(args.item_ids))} ids (the others were not in the catalog)")
+        for batch in _batches(ids, args.batch_size):
+            try:
+                deleted += client.delete(batch)
+            except grpc.RpcError as error:
+                done = f" ({deleted} deleted before this call)" if deleted else ""
+                raise SystemExit(str(call_failed(error, args.catalog, "catalog")) + done) from None
+    print(f"deleted {deleted} of {len(ids)} ids (the others were not in the catalog)")
 
 
 def _count(args) -> None:
@@ -532,11 +558,15 @@ def register(commands) -> None:
     importer.add_argument("--strict", action="store_true", help="exit 1 when any row was refused")
 
     getter = action("get", "print items by id as JSON lines", _get)
-    getter.add_argument("item_ids", nargs="+")
     getter.add_argument("--vectors", action="store_true", help="include each item's vector")
-
     deleter = action("delete", "delete items by id", _delete)
-    deleter.add_argument("item_ids", nargs="+")
+    for parser in (getter, deleter):
+        parser.add_argument("item_ids", nargs="*", help="item ids")
+        parser.add_argument("--ids-file", type=Path, help="more ids, one per line ('-': standard input)")
+        parser.add_argument(
+            "--batch-size", type=at_least(1), default=DEFAULT_IDS_PER_CALL,
+            help=f"ids per call, at most the catalog's --max-batch (default {DEFAULT_IDS_PER_CALL})",
+        )
 
     action("count", "print the number of items", _count)
 

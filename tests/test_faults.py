@@ -314,31 +314,74 @@ def test_catalog_killed_under_writes_and_recommends_loses_no_acknowledged_write_
 
 
 def test_a_frozen_catalog_turns_the_ranker_not_serving_and_back_while_it_keeps_answering(stack):
-    """SIGSTOP: connections stay open and nothing answers, the case a refused connection does not cover."""
+    """SIGSTOP: connections stay open and nothing answers, the case a refused connection does not cover. Once the
+    ranker's health checks find the catalog down, a call that needs it fails at once instead of holding an admission
+    slot for the whole deadline (every such call used to wait 5 s)."""
     catalog, ranker = stack["catalog"], stack["ranker"]
     assert health_status(ranker.address) == health_pb2.HealthCheckResponse.SERVING
-    os.kill(catalog.process.pid, signal.SIGSTOP)
-    try:
-        down_after = wait_for(lambda: ranker_follows_its_dependency(ranker, serving=False), timeout=10)
-        with grpc.insecure_channel(ranker.address) as channel:
-            stub = ranker_pb2_grpc.RankerServiceStub(channel)
-            with pytest.raises(grpc.RpcError) as failed:
-                stub.Recommend(ranker_pb2.RecommendRequest(user_id="u", query="a wool scarf", top_k=3), timeout=30)
-            assert failed.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-            assert "catalog at localhost:" in failed.value.details()  # the ranker's own deadline, naming the dependency
-            # A caller with a shorter deadline hears, just before it, which stage ran out of time.
+    request = ranker_pb2.RecommendRequest(user_id="u", query="a wool scarf", top_k=3)
+    with grpc.insecure_channel(ranker.address) as channel:
+        stub = ranker_pb2_grpc.RankerServiceStub(channel)
+        stub.Recommend(request, timeout=30)
+        os.kill(catalog.process.pid, signal.SIGSTOP)
+        try:
+            # Before the health checks trip, a caller with a short deadline hears, just before it, which stage ran out of time.
             with pytest.raises(grpc.RpcError) as late:
-                stub.Recommend(ranker_pb2.RecommendRequest(user_id="u", query="a wool scarf", top_k=3), timeout=1.0)
+                stub.Recommend(request, timeout=1.0)
             assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             assert re.match(r"the caller's deadline passed during search, waiting on catalog at localhost:\d+ \(SearchBatch\) "
                             r"\(\d+ ms were left when the call arrived\)", late.value.details()), late.value.details()
-    finally:
-        os.kill(catalog.process.pid, signal.SIGCONT)
-    up_after = wait_for(lambda: ranker_follows_its_dependency(ranker, serving=True), timeout=10)
+            down_after = wait_for(lambda: ranker_follows_its_dependency(ranker, serving=False), timeout=10)
+            started = time.monotonic()
+            with pytest.raises(grpc.RpcError) as failed:
+                stub.Recommend(request, timeout=30)
+            failed_within = time.monotonic() - started
+            assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert re.match(r"catalog at localhost:\d+: health check failed: DEADLINE_EXCEEDED.* \(down for [\d.]+ s by the ranker's "
+                            r"health checks: not called until it answers again\)", failed.value.details()), failed.value.details()
+            assert failed_within < 1.0, failed_within
+        finally:
+            os.kill(catalog.process.pid, signal.SIGCONT)
+        up_after = wait_for(lambda: ranker_follows_its_dependency(ranker, serving=True), timeout=10)
+        assert len(stub.Recommend(request, timeout=30).items) == 3
     log = ranker.log()
     assert re.search(r'"message": "dependency down.*catalog at localhost:\d+: health check failed: DEADLINE_EXCEEDED', log), log[-3000:]
     assert "dependencies serving again" in log
-    print(f"ranker NOT_SERVING {down_after:.2f} s after the catalog froze, SERVING {up_after:.2f} s after it resumed")
+    print(f"ranker NOT_SERVING {down_after:.2f} s after the catalog froze, SERVING {up_after:.2f} s after it resumed; "
+          f"a Recommend meanwhile failed in {failed_within * 1e3:.0f} ms")
+
+
+def test_a_frozen_encoder_fails_new_texts_at_once_and_keeps_serving_cached_ones(tmp_path):
+    """Calls that need the frozen encoder used to wait out their deadline in admission slots, so under load cached
+    texts, which need no encoder, were refused as overloaded."""
+    encoder = start_service("query-encoder", tmp_path / "logs")
+    catalog = ranker = None
+    try:
+        catalog, ranker = start_catalog_and_ranker(tmp_path, encoder.address, items=20)
+        with grpc.insecure_channel(ranker.address) as channel:
+            stub = ranker_pb2_grpc.RankerServiceStub(channel)
+            cached = ranker_pb2.RecommendRequest(user_id="u", query="a wool scarf", top_k=3)
+            stub.Recommend(cached, timeout=30)
+            os.kill(encoder.process.pid, signal.SIGSTOP)
+            try:
+                wait_for(lambda: ranker_follows_its_dependency(ranker, serving=False), timeout=10)
+                started = time.monotonic()
+                with pytest.raises(grpc.RpcError) as failed:
+                    stub.Recommend(ranker_pb2.RecommendRequest(user_id="u", query="a text never sent", top_k=3), timeout=30)
+                failed_within = time.monotonic() - started
+                assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+                assert re.match(r"query encoder at localhost:\d+: health check failed: .*query texts in the ranker's cache are "
+                                r"still answered\)", failed.value.details()), failed.value.details()
+                assert failed_within < 1.0, failed_within
+                assert len(stub.Recommend(cached, timeout=5).items) == 3
+            finally:
+                os.kill(encoder.process.pid, signal.SIGCONT)
+            wait_for(lambda: ranker_follows_its_dependency(ranker, serving=True), timeout=10)
+            assert len(stub.Recommend(ranker_pb2.RecommendRequest(user_id="u", query="a text never sent", top_k=3), timeout=30).items) == 3
+    finally:
+        for service in (ranker, catalog, encoder):
+            if service is not None:
+                service.stop()
 
 
 def catalog_query_encoder(catalog: ServiceProcess) -> str:

@@ -3,6 +3,7 @@
 import asyncio
 import json
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -248,6 +249,65 @@ def test_a_body_over_the_gateway_limit_is_refused_unread(tmp_path, gateway_ranke
         assert chunked.status_code == 413 and "(--max-body-bytes)" in chunked.json()["error"]["message"]
         small = httpx.post(f"http://127.0.0.1:{gateway.port}/v1/recommend", content=chunks(4), headers={"content-type": "application/json"}, timeout=30)
         assert small.status_code == 200, small.text
+    finally:
+        gateway.stop()
+
+
+def _raw_post(port: int, declared: int, sent: bytes) -> "socket.socket":
+    """A POST /v1/recommend declaring `declared` body bytes and sending only `sent` of them (the rest never comes)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    head = f"POST /v1/recommend HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {declared}\r\n\r\n"
+    sock.sendall(head.encode() + sent)
+    return sock
+
+
+def _raw_answer(sock: "socket.socket") -> tuple[int, str]:
+    """(status, the rest of the answer) of a raw request, read until the server closes or sends its whole JSON."""
+    data = b""
+    while b"\r\n\r\n" not in data or not data.rstrip().endswith(b"}"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return int(data.split(b" ", 2)[1]), data.decode(errors="replace")
+
+
+def test_slow_stalled_and_abandoned_bodies_are_bounded(tmp_path, gateway_ranker, gateway_catalog):
+    """Stalled uploads used to hold their connections and every byte sent for as long as their clients liked (eight
+    60 MB uploads held 490 MB), and a client hanging up mid-body was a 500 with an ERROR traceback."""
+    from tests.servers import start_gateway
+
+    gateway = start_gateway(
+        tmp_path / "logs", gateway_ranker.address, gateway_catalog.address, tmp_path / "state",
+        "--max-body-bytes", "100000", "--max-buffered-body-bytes", "150000", "--body-timeout-seconds", "2",
+    )
+    base = f"http://127.0.0.1:{gateway.port}"
+    padded = lambda size: b'{"query": "boots", "top_k": 1}'.ljust(size)  # noqa: E731 JSON allows the trailing spaces
+    try:
+        stalled = _raw_post(gateway.port, 100_000, b'{"query": ')
+        started = time.monotonic()
+        time.sleep(0.3)  # the gateway holds the stalled body's 100,000 bytes
+        refused = httpx.post(f"{base}/v1/recommend", content=padded(80_000), headers={"content-type": "application/json"}, timeout=30)
+        assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
+        assert "(--max-buffered-body-bytes 150000); retry" in refused.json()["error"]["message"]
+        assert httpx.post(f"{base}/v1/recommend", json={"query": "boots", "top_k": 1}, timeout=30).status_code == 200  # small ones fit
+
+        status, answer = _raw_answer(stalled)
+        waited = time.monotonic() - started
+        assert status == 408 and "did not arrive within 2 s (--body-timeout-seconds): 10 of 100000 bytes came" in answer, answer
+        assert 1.5 < waited < 10, waited
+        assert stalled.recv(1) == b""  # and the connection is closed
+        stalled.close()
+        again = httpx.post(f"{base}/v1/recommend", content=padded(80_000), headers={"content-type": "application/json"}, timeout=30)
+        assert again.status_code == 200, again.text  # the stalled body's bytes were given back
+
+        for _ in range(3):  # hang up mid-body
+            _raw_post(gateway.port, 1000, b'{"query"').close()
+        time.sleep(1.0)
+        metrics = httpx.get(f"{base}/metrics", timeout=10).text
+        assert re.search(r'whisperlite_gateway_requests_total\{method="POST",route="/v1/recommend",status="499"\} 3\.0', metrics), metrics
+        assert not re.search(r'route="/v1/recommend",status="500"', metrics)
+        assert "unexpected error" not in gateway.log()
     finally:
         gateway.stop()
 
@@ -532,3 +592,13 @@ def test_an_overloaded_ranker_is_429_with_retry_after(tmp_path, encoder_service,
     finally:
         gateway.stop()
         ranker.stop()
+
+
+@pytest.mark.parametrize("details", ["Deadline Exceeded", "Stream removed (Deadline Exceeded)"])
+def test_grpcs_own_deadline_words_become_the_upstream_and_the_flag(details):
+    from whisperlite.services.gateway.upstream import UpstreamFailed
+
+    error = grpc.aio.AioRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details)
+    assert str(UpstreamFailed("catalog at db:50052", error, 10)) == "catalog at db:50052: no answer within 10 s (--deadline-seconds)"
+    refused = grpc.aio.AioRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, grpc.aio.Metadata(), grpc.aio.Metadata(), details="the caller's deadline passed")
+    assert str(UpstreamFailed("ranker at r:50050", refused, 10)) == "ranker at r:50050: the caller's deadline passed"

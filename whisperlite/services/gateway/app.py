@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import re
@@ -21,13 +22,15 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
+from starlette.routing import Match
 
 from whisperlite.core.clients.errors import retry_after_seconds
 from whisperlite.core.dataset import MAX_ID_CHARS
 from whisperlite.core.request_context import REQUEST_ID, REQUEST_ID_RULE
 from whisperlite.core.request_context import REQUEST_ID_KEY as REQUEST_ID_HEADER
 from whisperlite.services.gateway import study
-from whisperlite.services.gateway.bodies import BodyReader, Refused, invalid, validation_message
+from whisperlite.services.gateway.bodies import BodyBudget, BodyReader, Refused, invalid, validation_message
 from whisperlite.services.gateway.judgements import POSITIONS, JudgementStore, NotShown, UnknownComparison
 from whisperlite.services.gateway.schema import (
     Item,
@@ -115,21 +118,75 @@ def _refusal(request: Request, max_body_bytes: int) -> JSONResponse | None:
     return None
 
 
-async def _read_unsized_body(request: Request, max_body_bytes: int) -> JSONResponse | None:
-    """A chunked body (no Content-Length) is read here, stopping as soon as it passes the limit, so
-    no request can make the gateway buffer more than --max-body-bytes. The handler then gets the
-    bytes read (Starlette's middleware replays `request._body`)."""
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_body_bytes:
-            return _error(
-                413, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"request body is larger than the gateway's limit of {max_body_bytes} (--max-body-bytes); stopped reading at {size} bytes",
-            )
-        chunks.append(chunk)
+@dataclasses.dataclass(frozen=True)
+class BodyLimits:
+    max_body_bytes: int = 64 * 1024 * 1024  # one body
+    max_buffered_body_bytes: int = 128 * 1024 * 1024  # every body held at once
+    body_timeout_seconds: float = 60.0  # from the request's headers to its body's last byte
+
+
+async def _read_body(request: Request, limits: BodyLimits, budget: BodyBudget) -> tuple[JSONResponse | None, int]:
+    """Reads the request's body before its handler runs (which gets the bytes read: Starlette's middleware replays
+    `request._body`): (a refusal or None, the bytes taken from `budget`, to give back once the request is answered).
+
+    A body must arrive within --body-timeout-seconds, and the bodies held at once stay within
+    --max-buffered-body-bytes: slow or stalled uploads used to keep their connections and every byte sent so far
+    (eight stalled 60 MB uploads held 490 MB for as long as their clients liked). A chunked body (no Content-Length)
+    stops being read as soon as it passes --max-body-bytes. A client that hangs up mid-body is answered 499.
+    """
+    declared = int(request.headers.get("content-length", "0"))  # a number within --max-body-bytes: _refusal checked it
+    if not budget.take(declared):
+        return _busy(budget), 0
+    held, chunks, size = declared, [], 0
+    try:
+        async with asyncio.timeout(limits.body_timeout_seconds):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limits.max_body_bytes:
+                    budget.give(held)
+                    return _error(
+                        413, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"request body is larger than the gateway's limit of {limits.max_body_bytes} (--max-body-bytes); "
+                        f"stopped reading at {size} bytes",
+                    ), 0
+                if size > held:  # a chunked body takes its bytes as it grows
+                    if not budget.take(size - held):
+                        budget.give(held)
+                        return _busy(budget), 0
+                    held = size
+                chunks.append(chunk)
+    except TimeoutError:
+        budget.give(held)
+        response = _error(
+            408, grpc.StatusCode.DEADLINE_EXCEEDED,
+            f"request body did not arrive within {limits.body_timeout_seconds:g} s (--body-timeout-seconds): {size} of "
+            f"{declared or 'an unsized body'} bytes came",
+        )
+        response.headers["Connection"] = "close"
+        return response, 0
+    except ClientDisconnect:
+        budget.give(held)
+        return _grpc_error(grpc.StatusCode.CANCELLED, "the client closed the connection before sending the whole body"), 0
     request._body = b"".join(chunks)
-    return None
+    return None, held
+
+
+def _route_label(app: FastAPI, request: Request) -> str:
+    """The route's path template: a request refused before routing (its body) is counted under its route too."""
+    route = request.scope.get("route")
+    if route is None:
+        route = next((candidate for candidate in app.router.routes if candidate.matches(request.scope)[0] == Match.FULL), None)
+    return route.path if route is not None else "unmatched"
+
+
+def _busy(budget: BodyBudget) -> JSONResponse:
+    response = _error(
+        429, grpc.StatusCode.RESOURCE_EXHAUSTED,
+        f"the gateway holds {budget.held_bytes} bytes of request bodies, its limit (--max-buffered-body-bytes "
+        f"{budget.limit_bytes}); retry",
+    )
+    response.headers["Retry-After"] = "1"
+    return response
 
 
 async def _client_gone(request: Request) -> None:
@@ -168,10 +225,11 @@ def create_app(
     *,
     blind: bool = False,
     suggested_users: tuple[str, ...] = (),
-    max_body_bytes: int = 64 * 1024 * 1024,
+    body_limits: BodyLimits = BodyLimits(),
     max_message_bytes: int = 16 * 1024 * 1024,
 ) -> FastAPI:
     bodies = BodyReader(max_message_bytes)
+    budget = BodyBudget(body_limits.max_buffered_body_bytes)
 
     async def body(request: Request, model: type[BaseModel], convert: Callable[[Any], Any] | None = None) -> Any:
         return await bodies.read(await request.body(), request.headers.get("content-type"), model, convert)
@@ -194,9 +252,9 @@ def create_app(
     @app.middleware("http")
     async def request_id_and_metrics(request: Request, call_next):
         started = time.perf_counter()
-        refusal = _refusal(request, max_body_bytes)
-        if refusal is None and "content-length" not in request.headers:
-            refusal = await _read_unsized_body(request, max_body_bytes)
+        refusal, held = _refusal(request, body_limits.max_body_bytes), 0
+        if refusal is None:
+            refusal, held = await _read_body(request, body_limits, budget)
         if refusal is not None:
             response, request_id = refusal, uuid.uuid4().hex
         else:
@@ -207,10 +265,11 @@ def create_app(
             except Exception as error:  # answered here, not by the server's last resort: with its request id, counted
                 log.exception("unexpected error", extra={"path": request.url.path, "request_id": request_id})
                 response = _grpc_error(grpc.StatusCode.INTERNAL, f"the gateway failed: {type(error).__name__}; see its log")
+            finally:
+                budget.give(held)
         response.headers[REQUEST_ID_HEADER] = request_id
-        route = request.scope.get("route")
         # The method is the caller's to choose: made-up ones share one label, or each would add series to /metrics.
-        labels = (request.method if request.method in HTTP_METHODS else "other", route.path if route is not None else "unmatched")
+        labels = (request.method if request.method in HTTP_METHODS else "other", _route_label(app, request))
         LATENCY.labels(*labels).observe(time.perf_counter() - started)
         REQUESTS.labels(*labels, str(response.status_code)).inc()
         return response

@@ -63,6 +63,30 @@ def parse(model: type[M], raw: bytes, convert: Callable[[M], Any] | None = None)
         raise invalid(str(error)) from None
 
 
+class BodyBudget:
+    """Bytes of request bodies the gateway holds at once, however many callers send one.
+
+    Each body's bytes are taken before they are read (its Content-Length, or as a chunked body grows) and given
+    back when its request is answered. With nothing held, one body of any accepted size goes through, so the
+    budget never refuses what --max-body-bytes allows to a lone caller.
+    """
+
+    def __init__(self, limit_bytes: int):
+        if limit_bytes < 1:
+            raise ValueError(f"max_buffered_body_bytes: must be at least 1, got {limit_bytes}")
+        self.limit_bytes = limit_bytes
+        self.held_bytes = 0
+
+    def take(self, size: int) -> bool:
+        if self.held_bytes and self.held_bytes + size > self.limit_bytes:
+            return False
+        self.held_bytes += size
+        return True
+
+    def give(self, size: int) -> None:
+        self.held_bytes -= size
+
+
 class BodyReader:
     """Reads JSON bodies; `max_message_bytes` refuses, with 413, a body whose proto no upstream would take."""
 

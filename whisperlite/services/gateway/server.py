@@ -12,7 +12,7 @@ from whisperlite.core.topology import CATALOG, DEFAULT_MAX_MESSAGE_BYTES, GATEWA
 from whisperlite.services.common.config import env_bool, env_float, env_int, env_str
 from whisperlite.services.common.logs import configure_logging
 from whisperlite.services.common.tls import check_certificate_file
-from whisperlite.services.gateway.app import create_app
+from whisperlite.services.gateway.app import BodyLimits, create_app
 from whisperlite.services.gateway.judgements import JudgementStore
 from whisperlite.core.client_security import ENV_CA_FILE, ClientSecurity
 from whisperlite.services.gateway.upstream import Upstream
@@ -65,6 +65,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=env_int(f"{PREFIX}_MAX_BODY_BYTES", 64 * 1024 * 1024),
         help=f"largest HTTP request body accepted; JSON spells numbers out, so it is above --max-message-bytes (env {PREFIX}_MAX_BODY_BYTES)",
+    )
+    parser.add_argument(
+        "--max-buffered-body-bytes",
+        type=int,
+        default=env_int(f"{PREFIX}_MAX_BUFFERED_BODY_BYTES", BodyLimits.max_buffered_body_bytes),
+        help="request bodies held at once, all callers together; past it a body is refused with 429 and Retry-After "
+        f"(env {PREFIX}_MAX_BUFFERED_BODY_BYTES)",
+    )
+    parser.add_argument(
+        "--body-timeout-seconds",
+        type=float,
+        default=env_float(f"{PREFIX}_BODY_TIMEOUT_SECONDS", BodyLimits.body_timeout_seconds),
+        help=f"time a request's body may take to arrive, else 408 and the connection closed (env {PREFIX}_BODY_TIMEOUT_SECONDS)",
     )
     parser.add_argument(
         "--max-message-bytes",
@@ -127,6 +140,12 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 
 async def run(args: argparse.Namespace) -> None:
+    if not (args.max_body_bytes >= 1 and args.max_buffered_body_bytes >= 1 and 0 < args.body_timeout_seconds <= 3600):
+        raise SystemExit(
+            f"{GATEWAY.name}: --max-body-bytes and --max-buffered-body-bytes must be at least 1, --body-timeout-seconds "
+            f"between 0 and 3600; got {args.max_body_bytes}, {args.max_buffered_body_bytes}, {args.body_timeout_seconds}"
+        )
+    body_limits = BodyLimits(args.max_body_bytes, args.max_buffered_body_bytes, args.body_timeout_seconds)
     upstream = Upstream(
         args.ranker_addr, args.catalog_addr, deadline_seconds=args.deadline_seconds, max_message_bytes=args.max_message_bytes,
         security=upstream_security(args),
@@ -134,8 +153,7 @@ async def run(args: argparse.Namespace) -> None:
     store = JudgementStore.in_folder(args.state_dir)
     suggested = tuple(user.strip() for user in args.suggested_users.split(",") if user.strip())
     app = create_app(
-        upstream, store, blind=args.blind, suggested_users=suggested, max_body_bytes=args.max_body_bytes,
-        max_message_bytes=args.max_message_bytes,
+        upstream, store, blind=args.blind, suggested_users=suggested, body_limits=body_limits, max_message_bytes=args.max_message_bytes,
     )
     sock = listening_socket(args.host, args.port)
     config = uvicorn.Config(app, log_config=None, access_log=False, timeout_graceful_shutdown=args.grace_seconds)

@@ -28,7 +28,8 @@ class UpstreamFailed(Exception):
     def __init__(self, upstream: str, error: grpc.aio.AioRpcError, deadline_seconds: float):
         self.error, self.code = error, error.code()
         details = error.details() or self.code.name
-        if self.code == grpc.StatusCode.DEADLINE_EXCEEDED and details == "Deadline Exceeded":
+        # gRPC's own words: "Deadline Exceeded", or "Stream removed (Deadline Exceeded)" when it passed mid-stream.
+        if self.code == grpc.StatusCode.DEADLINE_EXCEEDED and details.removeprefix("Stream removed (").rstrip(")") == "Deadline Exceeded":
             message = f"{upstream}: no answer within {deadline_seconds:g} s (--deadline-seconds)"
         elif self.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             message = f"{upstream}: {details}"

@@ -2,8 +2,8 @@
 fails its own health check, or refuses the ranker's own token, so a load balancer, `whisperlite health` and the gateway see an outage the
 ranker cannot answer through instead of a SERVING ranker that fails every call.
 
-The ranker keeps answering meanwhile: texts in its query cache need no encoder, and a failing call
-still gets UNAVAILABLE naming the dependency. The process's liveness (the `liveness` health name)
+The ranker keeps answering meanwhile: texts in its query cache need no encoder, and a call that needs
+the dependency gets UNAVAILABLE at once, naming it and why (outages.py). The process's liveness (the `liveness` health name)
 stays SERVING, so an orchestrator does not restart a ranker for its dependency's outage.
 """
 
@@ -20,8 +20,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from whisperlite.core.clients.errors import CredentialsRefused
 from whisperlite.core.errors import ServiceError
 from whisperlite.services.ranker import metrics
+from whisperlite.services.ranker.outages import Outages
 
 log = logging.getLogger("whisperlite.ranker.dependency_watch")
+
+REFUSES_TOKEN = "refuses this ranker's token"
 
 
 @dataclass(frozen=True)
@@ -52,12 +55,15 @@ class Dependency:
 
 
 class DependencyWatch:
-    def __init__(self, dependencies: Sequence[Dependency], settings: DependencyWatchSettings = DependencyWatchSettings()):
+    def __init__(
+        self, dependencies: Sequence[Dependency], settings: DependencyWatchSettings = DependencyWatchSettings(), outages: Outages | None = None
+    ):
         self._dependencies = list(dependencies)
         self._settings = settings
+        self.outages = outages or Outages()
 
     async def probe(self, dependency: Dependency) -> str | None:
-        """Why the dependency is not serving, or None when it is."""
+        """Why the dependency is not serving, or None when it is (a refused token: `REFUSES_TOKEN` starts the reason)."""
         try:
             response = await health_pb2_grpc.HealthStub(dependency.channel).Check(
                 health_pb2.HealthCheckRequest(service=dependency.grpc_service), timeout=self._settings.probe_timeout_seconds
@@ -70,7 +76,7 @@ class DependencyWatch:
             try:
                 await asyncio.wait_for(dependency.credential_check(), self._settings.probe_timeout_seconds)
             except CredentialsRefused as error:
-                return f"refuses this ranker's token: {error.refusal}"
+                return f"{REFUSES_TOKEN}: {error.refusal}"
             except (ServiceError, asyncio.TimeoutError):
                 pass  # only a refused token counts: a busy dependency may shed or delay this call, which is no outage
         return None
@@ -89,6 +95,10 @@ class DependencyWatch:
                 failures[dependency.name] = failures[dependency.name] + 1 if reason else 0
                 if failures[dependency.name] >= self._settings.failures_to_trip:
                     down[dependency.name] = f"{dependency.name} at {dependency.address}: {reason}"
+                    if not reason.startswith(REFUSES_TOKEN):  # a refusal is an answer, at once and naming the flag to fix
+                        self.outages.begin(dependency.name, down[dependency.name])
+                elif not failures[dependency.name]:
+                    self.outages.end(dependency.name)
                 metrics.DEPENDENCY_UP.labels(dependency.name).set(0 if dependency.name in down else 1)
             if serving and down:
                 serving = False

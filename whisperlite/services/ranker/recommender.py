@@ -4,6 +4,7 @@ import asyncio
 import logging
 import re
 import time
+from collections.abc import Awaitable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 
@@ -13,7 +14,7 @@ from whisperlite.core.clients.catalog import Candidate, CandidateSearch, Catalog
 from whisperlite.core.clients.query_encoder import QueryEncoderClient
 from whisperlite.core.dataset import MAX_ID_CHARS
 from whisperlite.core.text import has_visible_characters
-from whisperlite.core.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, Unavailable
+from whisperlite.core.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, ServiceError, Unavailable
 from whisperlite.core.personalization import TASTE_NONE, PersonalizationModel, PersonalizedQuery, text_plus_history_query
 from whisperlite.services.ranker.metrics import (
     MODEL_REQUESTS,
@@ -26,6 +27,7 @@ from whisperlite.services.ranker.metrics import (
 )
 from whisperlite.services.ranker.batching import Coalescer
 from whisperlite.services.ranker.models import ModelRegistry
+from whisperlite.services.ranker.outages import CATALOG, QUERY_ENCODER, Outages
 from whisperlite.services.ranker.query_cache import QueryVectorCache
 from whisperlite.v1 import common_pb2
 
@@ -137,8 +139,10 @@ class Recommender:
         limits: RankerLimits = RankerLimits(),
         max_shadow_in_flight: int = 16,
         query_cache_size: int = 10_000,
+        outages: Outages | None = None,
     ):
         self._encoder = encoder
+        self._outages = outages or Outages()
         self._catalog = catalog
         self._models = models
         self._limits = limits
@@ -151,7 +155,7 @@ class Recommender:
             wait_seconds=encoder.timeout_seconds, name=f"{encoder.service}: Embed",
         )
         self._searches = Coalescer(
-            catalog.search_batch, max_batch=limits.max_batch, max_concurrent=limits.concurrent_batches,
+            self._search_batch, max_batch=limits.max_batch, max_concurrent=limits.concurrent_batches,
             wait_seconds=catalog.timeout_seconds, name=f"{catalog.service}: SearchBatch",
         )
         self._waits_on = {
@@ -235,6 +239,7 @@ class Recommender:
         with _stage("encode", current):
             query_vector = self._query_vectors.get(text)
             if query_vector is None:
+                self._outages.check(QUERY_ENCODER, still_served="query texts in the ranker's cache are still answered")
                 query_vector = await self._embeds.call(text)
 
         with _stage("personalize", current):
@@ -269,7 +274,7 @@ class Recommender:
         reads none (its sequence part reads the ids)."""
         if not recent_item_ids or (model is not None and model.taste_mode == TASTE_NONE):
             return None
-        fetched = await self._catalog.vectors(list(recent_item_ids))
+        fetched = await self._from_catalog(self._catalog.vectors(list(recent_item_ids)))
         return fetched if len(fetched) else None
 
     def _start_shadow(self, call: ShadowCall) -> None:
@@ -324,7 +329,7 @@ class Recommender:
         """Fetches the chosen candidates that came without their item (a fused score picked them past the
         detailed hits); one deleted since the search is dropped."""
         missing = [candidate.item.item_id for _, candidate in chosen if not _detailed(candidate)]
-        fetched = {item.item_id: item for item in await self._catalog.items(missing)}
+        fetched = {item.item_id: item for item in await self._from_catalog(self._catalog.items(missing))}
         complete = []
         for index, candidate in chosen:
             if not _detailed(candidate):
@@ -338,9 +343,29 @@ class Recommender:
         return complete
 
     async def _embed_batch(self, texts: list[str]) -> np.ndarray:
-        embeddings = await self._encoder.embed_texts(texts)
+        embeddings = await self._answer_from(QUERY_ENCODER, self._encoder.embed_texts(texts))
         self._query_vectors.put(embeddings.model_name, texts, embeddings.vectors)
         return embeddings.vectors
+
+    async def _search_batch(self, searches: list[CandidateSearch]) -> list[list[Candidate]]:
+        return await self._answer_from(CATALOG, self._catalog.search_batch(searches))
+
+    async def _from_catalog(self, call: Awaitable):
+        self._outages.check(CATALOG)
+        return await self._answer_from(CATALOG, call)
+
+    async def _answer_from(self, dependency: str, call: Awaitable):
+        """`await call`, noting that `dependency` answered, unless it gave no answer (Unavailable: down, refused
+        to connect, or silent past the deadline): an answer proves it alive whatever its health checks say."""
+        try:
+            result = await call
+        except Unavailable:
+            raise
+        except ServiceError:  # an answer about the request (INVALID_ARGUMENT...)
+            self._outages.answered(dependency)
+            raise
+        self._outages.answered(dependency)
+        return result
 
     async def _search(self, model: PersonalizationModel | None, query_vector: np.ndarray, personalized: PersonalizedQuery,
                       top_k: int, item_filter: common_pb2.ItemFilter) -> list[Candidate]:
@@ -351,6 +376,7 @@ class Recommender:
         # The explanations of the items shown are all the ranker needs of their vectors: the catalog sends
         # the two dot products instead of 384 floats a hit.
         explain = (query_vector,) if personalized.taste is None else (query_vector, personalized.taste)
+        self._outages.check(CATALOG)
         try:
             return await self._searches.call(CandidateSearch(personalized.vector, wanted, item_filter, detailed_hits=detailed, explain=explain))
         except InvalidArgument as error:  # the caller's filter, refused by the catalog: named as the caller sent it

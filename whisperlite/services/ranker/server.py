@@ -22,6 +22,7 @@ from whisperlite.services.common.tracing import start_tracing
 from whisperlite.services.common.server import serve
 from whisperlite.services.ranker.admin_servicer import ModelAdminServicer
 from whisperlite.services.ranker.dependency_watch import Dependency, DependencyWatch, DependencyWatchSettings
+from whisperlite.services.ranker import outages
 from whisperlite.services.ranker.models import ModelRegistry, ServingContract, load_newest, watch
 from whisperlite.services.ranker.recommender import RankerLimits, Recommender
 from whisperlite.services.ranker.servicer import RankerServicer
@@ -153,9 +154,9 @@ async def run(args: argparse.Namespace) -> None:
     try:
         dependency_watch = DependencyWatch(
             [
-                Dependency("query encoder", args.query_encoder_addr, QUERY_ENCODER.grpc_service, encoder_channel,
+                Dependency(outages.QUERY_ENCODER, args.query_encoder_addr, QUERY_ENCODER.grpc_service, encoder_channel,
                            credential_check=encoder.model if security.sends_token else None),
-                Dependency("catalog", args.catalog_addr, CATALOG.grpc_service, catalog_channel,
+                Dependency(outages.CATALOG, args.catalog_addr, CATALOG.grpc_service, catalog_channel,
                            credential_check=catalog.stats if security.sends_token else None),
             ],
             DependencyWatchSettings(args.dependency_probe_interval_seconds, args.dependency_probe_timeout_seconds),
@@ -166,7 +167,9 @@ async def run(args: argparse.Namespace) -> None:
         raise SystemExit(f"ranker: model-poll-seconds: must be 0 (off) or positive, got {args.model_poll_seconds}")
     registry = ModelRegistry(args.model_dir)
     try:
-        recommender = Recommender(encoder, catalog, registry, limits, query_cache_size=args.query_cache_size)
+        recommender = Recommender(
+            encoder, catalog, registry, limits, query_cache_size=args.query_cache_size, outages=dependency_watch.outages
+        )
     except ValueError as error:
         raise SystemExit(f"ranker: {error}") from None
     watcher: asyncio.Task | None = None

@@ -1,0 +1,38 @@
+"""Failing fast on a dependency the watch found down (services/ranker/outages.py), without gRPC."""
+
+import pytest
+
+from whisperlite.core.errors import Unavailable
+from whisperlite.services.ranker.outages import CATALOG, QUERY_ENCODER, Outages
+
+
+class Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_dependency_down_fails_at_once_naming_it_until_it_answers_or_passes_its_checks():
+    clock = Clock()
+    outages = Outages(clock)
+    outages.check(CATALOG)  # nothing known down: no refusal
+    outages.answered(CATALOG)
+    clock.now += 1
+    outages.begin(CATALOG, "catalog at db:50052: health check failed: DEADLINE_EXCEEDED")
+    clock.now += 2.5
+    outages.begin(CATALOG, "catalog at db:50052: health check failed: UNAVAILABLE")  # the outage keeps its start
+    with pytest.raises(Unavailable) as refused:
+        outages.check(CATALOG)
+    assert str(refused.value).startswith("catalog at db:50052: health check failed: DEADLINE_EXCEEDED (down for 2.5 s")
+    outages.check(QUERY_ENCODER)  # the other dependency is not held back by this one's outage
+
+    with pytest.raises(Unavailable, match="query texts in the cache are still answered"):
+        outages.begin(QUERY_ENCODER, "query encoder at enc:50051: health NOT_SERVING")
+        outages.check(QUERY_ENCODER, still_served="query texts in the cache are still answered")
+
+    outages.answered(CATALOG)  # a busy catalog that misses its health checks but answers calls is not refused
+    outages.check(CATALOG)
+    outages.end(QUERY_ENCODER)
+    outages.check(QUERY_ENCODER)

@@ -1,0 +1,63 @@
+"""Failing fast on a dependency that is known to be down.
+
+The dependency watch (dependency_watch.py) finds a dependency down by its failed health checks. Until then a
+Recommend that needs it waits its whole deadline (--deadline-seconds) for an answer that does not come, and holds an
+admission slot meanwhile: under load the slots fill with such calls and requests that need no dependency (a query
+text in the ranker's cache) are refused as "overloaded". From the moment the watch reports the outage, a call that
+needs the dependency fails at once with UNAVAILABLE naming it and why.
+
+A busy dependency can miss health checks and still answer calls, so the watch's word alone does not stop the
+calls: any answer from the dependency after the outage began (a result, or an error about the request) ends
+failing fast for it, as the next passing health check does.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from whisperlite.core.errors import Unavailable
+
+# The names the watch and the Recommend path use for the ranker's two dependencies.
+QUERY_ENCODER = "query encoder"
+CATALOG = "catalog"
+
+
+@dataclass(frozen=True)
+class Outage:
+    since: float
+    reason: str
+
+
+class Outages:
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self._clock = clock
+        self._down: dict[str, Outage] = {}
+        self._last_answer: dict[str, float] = {}
+
+    def begin(self, name: str, reason: str) -> None:
+        """The watch found `name` down (`reason` names its address and the failed check)."""
+        if name not in self._down:
+            self._down[name] = Outage(self._clock(), reason)
+
+    def end(self, name: str) -> None:
+        """`name` passes its health checks again."""
+        self._down.pop(name, None)
+
+    def answered(self, name: str) -> None:
+        """A call to `name` got an answer: it is alive, whatever its health checks say."""
+        self._last_answer[name] = self._clock()
+
+    def check(self, name: str, still_served: str = "") -> None:
+        """Raises Unavailable when `name` is down and has not answered since; `still_served` tells the caller
+        what the ranker still answers without it."""
+        outage = self._down.get(name)
+        if outage is None or self._last_answer.get(name, float("-inf")) >= outage.since:
+            return
+        age = self._clock() - outage.since
+        raise Unavailable(
+            f"{outage.reason} (down for {age:.1f} s by the ranker's health checks: not called until it answers again"
+            + (f"; {still_served}" if still_served else "")
+            + ")"
+        )

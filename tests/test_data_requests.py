@@ -13,6 +13,7 @@ import pytest
 
 from whisperlite.data.requests import (
     SIZE_WORDS,
+    RequestParts,
     TitleVocabulary,
     ambiguity,
     fill_missing_requests,
@@ -172,3 +173,26 @@ def test_requests_command_skips_interactions_naming_unknown_items(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr
     assert json.loads(run.stdout.splitlines()[-1])["n_requests"] == 2
+
+
+def test_words_of_any_script_stay_whole():
+    """The pattern was ASCII-only: "Jupe plissée crème" was asked for as "me", a Chinese title as "item"."""
+    assert tokenize("Jupe plissée crème") == ["jupe", "plissée", "crème"]
+    assert tokenize("連衣裙 夏") == ["連衣裙", "夏"]
+    assert tokenize("Men's T-Shirt") == ["men's", "t-shirt"]  # ASCII titles read as before
+    assert request_parts("Jupe plissée crème", "Femme > Jupes") == RequestParts("jupes", ("plissée", "crème"))  # first word: the brand
+
+
+def test_items_with_text_but_no_title_are_asked_for_by_their_text(caplog):
+    items = pd.DataFrame({
+        "item_id": ["a", "b", "c"],
+        "title": ["", "", ""],
+        "text": ["Floral midi dress in light cotton. Machine wash.", "Leather ankle boots with a block heel.", "XJ-200 / 44"],
+    })
+    interactions = pd.DataFrame({"user_id": ["u", "u", "v"], "item_id": ["a", "b", "c"], "request": ["", "", ""]})
+    with caplog.at_level("WARNING"):
+        filled = fill_missing_requests(interactions, items, progress=False)
+    assert filled["request"].iloc[0].split()[-1] == "dress"
+    assert filled["request"].iloc[1].split()[-1] == "boots"
+    assert filled["request"].iloc[2] == "item"  # nothing to ask for: said so
+    assert "1 of 3 items requested have no product word" in caplog.text and "'c'" in caplog.text

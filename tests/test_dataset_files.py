@@ -72,10 +72,14 @@ def test_blank_timestamps_read_as_zero_and_numbers_in_any_notation(tmp_path):
         ({"interactions.csv": "user_id,item_id,timestamp\nu1,1,1\n\n\"u1\",\"2\nb\"\nu1,1,3\n"}, "interactions.csv line 4: 2 field(s), the row ends before its timestamp"),
         ({"interactions.csv": f"user_id,item_id,timestamp\nu1,1,1\n{'u' * 257},2,2\n"}, "interactions.csv line 3: user_id is 257 characters, more than 256"),
         ({"items.csv": f"item_id,title\n1,Red dress\n{'7' * 300},Shirt\n"}, "items.csv line 3: item_id is 300 characters, more than 256"),
+        ({"dataset.json": '{"name": 2024}'}, "dataset.json: 'name' must be a string, got 2024"),
+        ({"dataset.json": '{"item_text_source": "reviews"}'}, "'item_text_source' must be 'metadata' or 'train_requests', got 'reviews'"),
+        ({"interactions.csv": "user_id,item_id,timestamp\nu1, 1 ,1\n"}, "1 of 1 interactions name items missing from items.csv (e.g. ' 1 '); 1 of them"),
     ],
     ids=[
         "info-not-an-object", "info-not-json", "ragged-row", "no-item-id", "no-item-text", "blank-user", "infinite-time",
-        "time-past-int64", "row-cut-before-its-timestamp", "user-id-too-long", "item-id-too-long",
+        "time-past-int64", "row-cut-before-its-timestamp", "user-id-too-long", "item-id-too-long", "name-not-a-string",
+        "unknown-item-text-source", "every-item-id-with-spaces",
     ],
 )
 def test_a_broken_file_is_refused_naming_it(tmp_path, files, message):
@@ -100,3 +104,29 @@ def test_a_dataset_name_is_a_safe_start_of_a_version_directory():
     assert version_slug("h&m/fashion") == "h-m-fashion"
     assert version_slug("../../etc/../weird name/x") == "etc-weird-name-x"
     assert version_slug("") == version_slug("---") == "model"  # never a version that reads as a flag
+
+
+def test_what_loading_sets_aside_or_guesses_is_said_with_counts(tmp_path, caplog):
+    """Each of these used to pass without a word (or one line without numbers), and the H&M-like shapes of a held-back
+    fashion set (day-precision baskets, ids with leading zeros) met them all."""
+    data = write(
+        tmp_path / "data",
+        "item_id,title,text\n0012,Red dress,\n0013,Blue shirt,\n0012,Red dress again,\n0099,,\n",
+        "user_id,item_id,timestamp\nu1,0012,1700000000\nu1,0013,1700000000\nu1,12,1700000100\nu2, 0013 ,1700000000000\nu2,0012,1700000001\n",
+    )
+    with caplog.at_level("WARNING"):
+        dataset = load_dataset(data)
+    assert dataset.items["item_id"].tolist() == ["0012", "0013", "0099"] and dataset.items["title"][0] == "Red dress"
+    assert dataset.interactions["item_id"].tolist() == ["0012", "0013", "0012"]
+    text = caplog.text
+    assert "1 rows repeat an item_id listed above them (e.g. '0012'); the first row of each id is kept" in text
+    assert "1 items have neither title nor text (e.g. '0099')" in text
+    assert ("2 of 5 interactions name items missing from items.csv (e.g. '12', ' 0013 '); 1 of them match an item once spaces "
+            "around them are stripped; 2 of them match an item once leading zeros are ignored") in text
+    assert "2 interactions share their timestamp with another of the same user (1 users): file order decides" in text
+    assert "1 timestamps look like milliseconds" not in text  # the millisecond row was dropped with its unknown item
+    (data / "interactions.csv").write_text("user_id,item_id,timestamp\nu1,0012,1700000000\nu1,0013,1700000000123\n")
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        load_dataset(data)
+    assert "1 timestamps look like milliseconds and 1 like seconds" in caplog.text

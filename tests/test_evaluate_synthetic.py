@@ -121,3 +121,14 @@ def test_results_doc_reports_both_ratios_with_intervals(report, tmp_path):
     row = next(line for line in doc.splitlines() if line.startswith("| synthetic |"))
     assert f"{lift['ratio']:.3f} [{lift['ratio_95ci'][0]:.3f}, {lift['ratio_95ci'][1]:.3f}]" in row
     assert "Taste's lift (whisperlite / request_only)" in doc
+    assert "reads no user signal" not in doc  # this one personalizes
+
+
+def test_a_whisperlite_that_chose_no_taste_is_called_non_personal(experiment, tmp_path, capsys):
+    """A held-back dataset's validation chose no taste: results.md still called the request-only network "whisperlite"
+    at 1.13x the best baseline, with nothing outside the manifest saying it does not personalize."""
+    config = FAST.replace(max_epochs=2, taste="none", sequence="off")
+    result = evaluate(experiment, tmp_path / "out", config=config, methods=("text_only", "whisperlite"), progress=False)
+    assert "whisperlite reads no user signal on this dataset" in capsys.readouterr().out
+    doc = write_results_doc({"synthetic": result}, {}, tmp_path, tmp_path / "results.md", config).read_text()
+    assert "**whisperlite reads no user signal on this dataset**" in doc

@@ -139,15 +139,18 @@ def test_train_without_validation_cases_trains_every_epoch_and_keeps_the_last(on
     assert PersonalizationModel.load(models).n_users == 80
 
 
-def test_evaluate_without_test_cases_says_so_and_writes_nothing(one_interaction_each, cache_dir, tmp_path):
+def test_evaluate_without_test_cases_says_so_and_writes_nothing(one_interaction_each, tmp_path):
+    """...before embedding anything: it used to embed the whole catalog first."""
+    fresh_cache = tmp_path / "cache"
     done = subprocess.run(
         [sys.executable, "-m", "whisperlite.trainer", "evaluate", "--data", str(one_interaction_each), "--out", str(tmp_path / "out"),
-         "--cache-dir", str(cache_dir), "--quiet"],
+         "--cache-dir", str(fresh_cache), "--quiet"],
         cwd=REPO, timeout=600, capture_output=True, text=True,
     )
     assert done.returncode == 2
     assert "error: one_interaction_each: no test cases: no user has 3 or more interactions (80 users, 80 interactions); nothing to evaluate" in done.stderr
     assert not (tmp_path / "out").exists()
+    assert not list(fresh_cache.rglob("*.npy"))
 
 
 def test_evaluate_cli_with_a_given_model(amazon, cache_dir, tmp_path):

@@ -246,6 +246,12 @@ def read_info(data_dir: str | os.PathLike) -> dict:
         raise ValueError(f"{path}: not JSON: {error}") from None
     if not isinstance(info, dict):
         raise ValueError(f"{path}: must be a JSON object, got {type(info).__name__}")
+    for field_name in ("name", "item_text_source"):  # the fields WhisperLite reads (the others are for people)
+        if field_name in info and not isinstance(info[field_name], str):
+            raise ValueError(f"{path}: {field_name!r} must be a string, got {info[field_name]!r}")
+    source = info.get("item_text_source", ITEM_TEXT_METADATA)
+    if source not in (ITEM_TEXT_METADATA, ITEM_TEXT_TRAIN_REQUESTS):
+        raise ValueError(f"{path}: 'item_text_source' must be {ITEM_TEXT_METADATA!r} or {ITEM_TEXT_TRAIN_REQUESTS!r}, got {source!r}")
     return info
 
 
@@ -266,19 +272,36 @@ class Dataset:
 
 
 def load_dataset(data_dir: str | os.PathLike) -> Dataset:
-    """The dataset with each interaction's item index; a repeated item id keeps its first row and
-    interactions naming unknown items are dropped with a warning."""
+    """The dataset with each interaction's item index. What it has to set aside or guess is said in a WARNING
+    with counts and examples: a repeated item id keeps its first row, interactions naming unknown items are
+    dropped (all of them: ValueError, with what would have matched), items without words, and timestamps
+    that tie within a user or mix seconds and milliseconds."""
     directory = Path(data_dir)
-    items = read_items(directory).drop_duplicates("item_id", keep="first").reset_index(drop=True)
+    listed = read_items(directory)
+    items = listed.drop_duplicates("item_id", keep="first").reset_index(drop=True)
+    if len(items) < len(listed):
+        repeated = listed["item_id"][listed["item_id"].duplicated()]
+        log.warning("%s: %d rows repeat an item_id listed above them (e.g. %s); the first row of each id is kept",
+                    directory / ITEMS_FILE, len(repeated), _examples(repeated))
+    wordless = (items["title"].str.strip() == "") & (items["text"].str.strip() == "")
+    if wordless.any():
+        log.warning("%s: %d items have neither title nor text (e.g. %s): they embed as the empty text, all alike",
+                    directory / ITEMS_FILE, int(wordless.sum()), _examples(items["item_id"][wordless]))
     interactions = read_interactions(directory)
     info = read_info(directory)
     index = pd.Series(np.arange(len(items)), index=items["item_id"])
     interactions["item"] = interactions["item_id"].map(index)
-    unknown = int(interactions["item"].isna().sum())
-    if unknown:
-        log.warning("%s: %d interactions name items missing from items.csv; dropped", directory, unknown)
-        interactions = interactions.dropna(subset=["item"])
+    unknown = interactions["item"].isna()
+    if unknown.any():
+        ids = interactions["item_id"][unknown]
+        what = (f"{directory / INTERACTIONS_FILE}: {int(unknown.sum())} of {len(interactions)} interactions name items missing "
+                f"from items.csv (e.g. {_examples(ids)}){_near_misses(ids, items['item_id'])}")
+        if unknown.all():
+            raise ValueError(f"{what}: no interactions (with an item in items.csv) to learn from")
+        log.warning("%s; dropped", what)
+        interactions = interactions[~unknown]
     interactions["item"] = interactions["item"].astype(np.int64)
+    _warn_about_times(directory / INTERACTIONS_FILE, interactions)
     return Dataset(
         name=info.get("name") or directory.name,
         directory=directory,
@@ -287,6 +310,42 @@ def load_dataset(data_dir: str | os.PathLike) -> Dataset:
         info=info,
         data_hash=data_hash(directory),
     )
+
+
+def _examples(values: pd.Series, count: int = 3) -> str:
+    return ", ".join(repr(value) for value in list(dict.fromkeys(values.tolist()))[:count])
+
+
+def _near_misses(unknown_ids: pd.Series, item_ids: pd.Series) -> str:
+    """What the unknown ids would have matched, read less exactly: ids are read as written, so these stay unmatched."""
+    known, hints = set(item_ids), []
+    for how, normal in (("once spaces around them are stripped", str.strip),
+                        ("once leading zeros are ignored (ids read as numbers by a spreadsheet?)", lambda i: i.strip().lstrip("0") or "0")):
+        normalized = {normal(i) for i in known}
+        matching = int(unknown_ids.map(lambda i, n=normal, s=normalized: n(i) in s).sum())
+        if matching:
+            hints.append(f"{matching} of them match an item {how}")
+    return "; " + "; ".join(hints) + ": ids are read exactly as written" if hints else ""
+
+
+# Unix time in milliseconds passes 1e11 (year 5138 in seconds), in seconds it stays below it until then.
+_MILLISECONDS_FROM = 1e11
+
+
+def _warn_about_times(path: Path, interactions: pd.DataFrame) -> None:
+    """Ties within a user leave file order to decide which of the tied interactions is the later one (the split
+    holds the last one out), and a mix of units orders the millisecond rows after every second one."""
+    times = interactions["timestamp"].to_numpy(dtype=np.float64)
+    large = times >= _MILLISECONDS_FROM
+    if large.any() and (times[~large] > 0).any():
+        log.warning("%s: %d timestamps look like milliseconds and %d like seconds: a user's rows are ordered by these "
+                    "numbers, so write them all in one unit (seconds)", path, int(large.sum()), int((times[~large] > 0).sum()))
+    tied = interactions.duplicated(["user_id", "timestamp"], keep=False)
+    if tied.any():
+        users = interactions["user_id"][tied].nunique()
+        log.warning("%s: %d interactions share their timestamp with another of the same user (%d users): file order decides "
+                    "which of them comes later, and so which one the temporal split holds out (space tied rows apart in the "
+                    "order they happened, as `whisperlite data prepare` does)", path, int(tied.sum()), users)
 
 
 def most_active_user(data_dir: str | os.PathLike) -> str | None:

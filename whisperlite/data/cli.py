@@ -9,7 +9,7 @@ import sys
 
 from whisperlite.core.dataset import load_dataset
 from whisperlite.data.prepare import DATASETS_ROOT_ENV, prepare_dataset
-from whisperlite.data.requests import ambiguity, fill_missing_requests
+from whisperlite.data.requests import ambiguity, fill_missing_requests, item_titles
 from whisperlite.data.sources import CONVERTERS
 
 
@@ -39,7 +39,7 @@ def _requests(args: argparse.Namespace) -> int:
         return 2
     sample = interactions.sample(min(args.sample, len(interactions)), random_state=args.seed).assign(request="")
     filled = fill_missing_requests(sample, items, seed=args.seed, progress=not args.quiet)
-    titles = items.set_index("item_id")["title"]
+    titles = dict(zip(items["item_id"], item_titles(items)))
     for row in filled.head(args.examples).itertuples():
         print(f"{titles[row.item_id]!r} -> {row.request!r}")
     print(json.dumps(ambiguity(filled["request"].tolist(), items)))

@@ -25,6 +25,7 @@ Everything is seeded: :func:`fill_missing_requests` gives every (user, item) pai
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 from collections import Counter, defaultdict
@@ -39,9 +40,16 @@ from tqdm.auto import tqdm
 from whisperlite.core.progress import bar_disabled
 from whisperlite.core.text import clean_text
 
-_TOKEN = re.compile(r"[a-z0-9]+(?:['\-][a-z0-9]+)*'?")
+log = logging.getLogger(__name__)
+
+# Letters and digits of any script ("plissée", "連衣裙"): an ASCII-only pattern cut "crème" into "cr" and "me".
+_TOKEN = re.compile(r"[^\W_]+(?:['\-][^\W_]+)*'?")
 # Where a title's main phrase ends and colour, size, pack count or materials begin.
 _MAIN_PHRASE_END = re.compile(r",|\s[-\u2013\u2014]\s|\(|\[|\||;|\s(?:with|for|w/|featuring|by|in)\s", re.I)
+_SENTENCE_END = re.compile(r"[.!?\n]\s")
+TEXT_AS_TITLE_WORDS = 12
+# The request of an item whose metadata names nothing generic (a brand and model codes).
+NO_PRODUCT_WORD = "item"
 _MOVIE_YEAR = re.compile(r"\((\d{4})\)\s*$")
 _MULTI_VALUE_SEP = "|"
 _PATH_SEP = re.compile(r"\s*(?:/|>)\s*")
@@ -251,7 +259,7 @@ def request_parts(title: str, category: str = "", vocabulary: TitleVocabulary | 
         generic = [t for t in title_words if t not in AUDIENCE_WORDS]
         pool = (main_words or generic) if vocabulary is None else (generic or main_words)
         pool = pool or title_words
-        product_type = pool[-1] if pool else "item"
+        product_type = pool[-1] if pool else NO_PRODUCT_WORD
     return RequestParts(product_type=product_type, attributes=_dedupe(title_words, exclude=product_type.split()))
 
 
@@ -293,6 +301,19 @@ def _seed_for_pair(rng: random.Random, seed: int, user_id: object, item_id: obje
     return rng
 
 
+def item_titles(items: pd.DataFrame) -> list[str]:
+    """Each item's title, or where it has none the head of its text (its first sentence, at most
+    `TEXT_AS_TITLE_WORDS` words): a catalog of descriptions only still has words to ask for."""
+    titles = items["title"].fillna("").astype(str) if "title" in items else pd.Series([""] * len(items))
+    texts = items["text"].fillna("").astype(str) if "text" in items else pd.Series([""] * len(items))
+    return [title if title.strip() else _text_head(text) for title, text in zip(titles, texts)]
+
+
+def _text_head(text: str) -> str:
+    sentence = _SENTENCE_END.split(clean_text(text), maxsplit=1)[0]
+    return " ".join(sentence.split()[:TEXT_AS_TITLE_WORDS])
+
+
 def fill_missing_requests(
     interactions: pd.DataFrame,
     items: pd.DataFrame,
@@ -308,9 +329,9 @@ def fill_missing_requests(
     requests = out["request"].fillna("").astype(str)
     missing = requests.str.strip() == ""
     if vocabulary is None:
-        vocabulary = TitleVocabulary.from_titles(items["title"].fillna("").astype(str))
+        vocabulary = TitleVocabulary.from_titles(item_titles(items))
     item_ids = items["item_id"].astype(str)
-    titles = dict(zip(item_ids, items["title"].fillna("").astype(str)))
+    titles = dict(zip(item_ids, item_titles(items)))
     categories = dict(zip(item_ids, items["category"].fillna("").astype(str))) if "category" in items else {}
     parts_cache: dict[str, RequestParts] = {}
     filled = requests.to_numpy(dtype=object, copy=True)
@@ -325,6 +346,13 @@ def fill_missing_requests(
             parts = request_parts(titles[item_id], categories.get(item_id, ""), vocabulary)
             parts_cache[item_id] = parts
         filled[row] = compose_request(parts, _seed_for_pair(rng, seed, users[row], item_id))
+    nameless = sorted(item_id for item_id, parts in parts_cache.items() if parts.product_type == NO_PRODUCT_WORD)
+    if nameless:
+        log.warning(
+            "%d of %d items requested have no product word in their title, text or category (e.g. %s): their simulated "
+            "requests are the bare word %r",
+            len(nameless), len(parts_cache), ", ".join(repr(i) for i in nameless[:3]), NO_PRODUCT_WORD,
+        )
     out["request"] = filled
     out["request_simulated"] = missing.to_numpy()
     return out
@@ -335,7 +363,7 @@ class MatchIndex:
     measure of a request's ambiguity."""
 
     def __init__(self, items: pd.DataFrame):
-        titles = items["title"].fillna("").astype(str)
+        titles = item_titles(items)
         categories = items["category"].fillna("").astype(str) if "category" in items else [""] * len(items)
         postings: dict[str, set[int]] = defaultdict(set)
         for row, (title, category) in enumerate(zip(titles, categories)):

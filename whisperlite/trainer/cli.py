@@ -213,9 +213,13 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         print("error: --data and --out are required (or --all)", file=sys.stderr)
         return 2
     from whisperlite.core.personalization import PersonalizationModel
+    from whisperlite.trainer.split import untestable
 
     try:
         model = PersonalizationModel.load(args.model) if args.model else None
+        name, reason = untestable(args.data, args.min_interactions)
+        if reason:  # said before the catalog is embedded, not after
+            raise ValueError(f"{name}: {reason}; nothing to evaluate")
         experiment = _experiment(args, args.data)
         evaluate(experiment, args.out, model=model, config=config, methods=methods, keep_seen=args.keep_seen,
                  models_out=args.models_out, progress=not args.quiet)

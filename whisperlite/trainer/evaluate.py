@@ -210,7 +210,16 @@ def evaluate(
     )
     plot_metric_bars(test_metrics, out_dir / "metrics.png", title=f"{experiment.dataset.name} (n_test={report['n_test']})")
     print(f"\n{experiment.dataset.name}: {report['n_test']} test cases\n{table}\n")
+    if non_personal(details.get("whisperlite", {})):
+        print("note: whisperlite reads no user signal on this dataset (validation chose no taste, no sequence part shipped): "
+              "its row is the request-only network\n")
     return report
+
+
+def non_personal(whisperlite: dict) -> bool:
+    """Whether the trained whisperlite model reads no user signal: no taste chosen, no sequence part shipped."""
+    sequence = whisperlite.get("sequence") or {}
+    return bool(whisperlite.get("trained")) and whisperlite.get("taste") == "none" and not sequence.get("shipped")
 
 
 def _train_variant(experiment: Experiment, config: TrainConfig, name: str, out_dir: Path, models_out, progress: bool):

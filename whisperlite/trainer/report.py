@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from whisperlite.core.dataset import data_hash, load_dataset
-from whisperlite.trainer.split import DEFAULT_MIN_INTERACTIONS, no_test_cases, temporal_split
-from whisperlite.trainer.evaluate import BASELINES, METHODS, _jsonable, evaluate, markdown_table
+from whisperlite.core.dataset import data_hash
+from whisperlite.trainer.split import DEFAULT_MIN_INTERACTIONS, untestable
+from whisperlite.trainer.evaluate import BASELINES, METHODS, _jsonable, evaluate, markdown_table, non_personal
 from whisperlite.trainer.train import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -70,9 +70,7 @@ def evaluate_all(
             log.info("%s: reusing %s", name, out_root / name / "metrics.json")
             reports[name] = previous
             continue
-        # The split is cheap, embedding is not: find out first whether there is anything to test.
-        dataset = load_dataset(data_dir)
-        reason = no_test_cases(dataset, temporal_split(dataset, min_interactions))
+        _, reason = untestable(data_dir, min_interactions)
         if reason:
             skipped[name] = reason
             continue
@@ -186,6 +184,11 @@ def write_results_doc(reports: dict, skipped: dict, out_root: Path, docs_path: P
                     chosen += (f" (chosen on validation Recall@10 after {selection['select_epochs']} epochs each: {candidates}; "
                                f"all candidates {d['train_seconds_all_candidates']} s)")
                 lines.append(f"- {variant}: best epoch {d['best_epoch']} of {d['epochs']}, trained in {d['train_seconds']} s{chosen}.")
+        if non_personal(details.get("whisperlite", {})):
+            lines.append(
+                "- **whisperlite reads no user signal on this dataset**: validation chose no taste and no sequence part was "
+                "shipped, so its row is the request-only network, not a personalized model (its taste's lift is 1 by construction)."
+            )
         without_user = details.get("whisperlite", {}).get("test_without_user")
         if without_user:
             lines.append(
@@ -209,7 +212,7 @@ def write_results_doc(reports: dict, skipped: dict, out_root: Path, docs_path: P
                              f"NDCG@10 {_fmt_ratio(lift['ndcg@10'])}.")
             lines.append("")
             closing.append(
-                f"| {name} | {report['n_test']} | {_ratio_cell(lift['recall@10']) if lift else 'n/a'} "
+                f"| {name}{' (non-personal: no taste chosen)' if non_personal(details.get('whisperlite', {})) else ''} | {report['n_test']} | {_ratio_cell(lift['recall@10']) if lift else 'n/a'} "
                 f"| {_ratio_cell(comparison['recall@10'])} (vs {comparison['recall@10']['best_baseline']}) "
                 f"| {_ratio_cell(comparison['ndcg@10'])} (vs {comparison['ndcg@10']['best_baseline']}) |"
             )

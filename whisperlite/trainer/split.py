@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from whisperlite.core.dataset import Dataset
+from whisperlite.core.dataset import Dataset, load_dataset
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,13 @@ def no_test_cases(dataset: Dataset, split: Split) -> str | None:
     interactions = dataset.interactions
     return (f"no test cases: no user has {split.min_interactions} or more interactions "
             f"({interactions['user_id'].nunique()} users, {len(interactions)} interactions)")
+
+
+def untestable(data_dir, min_interactions: int = DEFAULT_MIN_INTERACTIONS) -> tuple[str, str | None]:
+    """(the dataset's name, `no_test_cases`) of a dataset directory, read without embedding anything: the split is
+    cheap, embedding is not."""
+    dataset = load_dataset(data_dir)
+    return dataset.name, no_test_cases(dataset, temporal_split(dataset, min_interactions))
 
 
 def temporal_split(dataset: Dataset, min_interactions: int = DEFAULT_MIN_INTERACTIONS) -> Split:

@@ -75,3 +75,30 @@ def test_standardized_rows_have_zero_mean_and_unit_spread():
     np.testing.assert_allclose(z.mean(axis=1), 0, atol=1e-6)
     np.testing.assert_allclose(z[0].std(), 1, atol=1e-6)
     assert (z[1] == 0).all()
+
+
+def test_a_large_catalogs_logits_are_made_a_slice_at_a_time_with_the_same_gradient(experiment, monkeypatch):
+    """A batch's positions x items logits grow with the catalog (2.7 GB a batch at H&M's 105k articles): past a bound
+    they are made and back-propagated in slices, which must give the gradient of the whole batch."""
+    import torch
+
+    from whisperlite.trainer import sequential
+
+    sasrec = SASRec(experiment, SASRecConfig(max_epochs=1, validation_cases=50))
+    sasrec.network.eval()  # no dropout: both passes see the same network
+    x = torch.from_numpy(left_padded([np.arange(1, 9)] * 6, sasrec.config.max_length))
+    targets = torch.arange(6 * 8) % experiment.dataset.n_items
+
+    def gradients(logits_per_chunk: int) -> tuple[float, list[torch.Tensor]]:
+        monkeypatch.setattr(sequential, "LOGITS_PER_CHUNK", logits_per_chunk)
+        sasrec.network.zero_grad(set_to_none=True)
+        hidden = sasrec.network(x)[x > 0]
+        loss = sasrec._full_softmax_loss(hidden, targets)
+        return float(loss), [p.grad.clone() for p in sasrec.network.parameters() if p.grad is not None]
+
+    whole_loss, whole = gradients(10**9)
+    sliced_loss, sliced = gradients(7 * experiment.dataset.n_items)  # 7 positions a slice: 7 slices for 48
+    assert sliced_loss == pytest.approx(whole_loss, rel=1e-5)
+    assert len(sliced) == len(whole)
+    for a, b in zip(whole, sliced):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

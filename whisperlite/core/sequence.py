@@ -70,6 +70,7 @@ class SASRecNetwork(nn.Module):
     def __init__(self, n_items: int, architecture: SequenceArchitecture):
         super().__init__()
         d = architecture.dimension
+        self.n_items = n_items
         self.items = nn.Embedding(n_items + 1, d, padding_idx=0)
         self.positions = nn.Embedding(architecture.max_length, d)  # index = distance from the newest item
         self.dropout = nn.Dropout(architecture.dropout)

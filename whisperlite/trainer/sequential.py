@@ -30,6 +30,9 @@ from whisperlite.trainer.metrics import summarize
 
 log = logging.getLogger(__name__)
 
+# Largest positions x items block of logits made at once in training (floats): 256 MB.
+LOGITS_PER_CHUNK = 64 * 1024 * 1024
+
 
 @dataclass
 class SASRecConfig(SequenceArchitecture):
@@ -103,13 +106,31 @@ class SASRec:
             width = int(valid.any(0).nonzero().min()) if valid.any() else 0  # left padding common to the batch
             x, y, valid = x[:, width:], y[:, width:], valid[:, width:]
             hidden = self.network(x)[valid]
-            loss = F.cross_entropy(self.network.catalog_logits(hidden), y[valid] - 1)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = self._full_softmax_loss(hidden, y[valid] - 1)
             optimizer.step()
             total += float(loss.detach()) * int(valid.sum())
             count += int(valid.sum())
         return total / max(count, 1)
+
+    def _full_softmax_loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Cross entropy over the whole catalog, back-propagated. The logits of a batch are positions x items: at
+        105k articles (H&M's catalog) a batch's would be 2.7 GB before their gradient, so past LOGITS_PER_CHUNK
+        they are made and back-propagated a slice of positions at a time (the same gradient, summed)."""
+        rows_per_chunk = max(1, LOGITS_PER_CHUNK // self.network.n_items)
+        if len(hidden) <= rows_per_chunk:
+            loss = F.cross_entropy(self.network.catalog_logits(hidden), targets)
+            loss.backward()
+            return loss.detach()
+        states = hidden.detach().requires_grad_()
+        total = torch.zeros((), device=hidden.device)
+        for start in range(0, len(states), rows_per_chunk):
+            part = slice(start, start + rows_per_chunk)
+            loss = F.cross_entropy(self.network.catalog_logits(states[part]), targets[part], reduction="sum") / len(states)
+            loss.backward()  # the item table's gradient, and this slice's of `states`
+            total += loss.detach()
+        hidden.backward(states.grad)  # through the transformer once
+        return total
 
     def scores(self, users, queries):
         was_training = self.network.training

@@ -283,6 +283,10 @@ def load_dataset(data_dir: str | os.PathLike) -> Dataset:
         repeated = listed["item_id"][listed["item_id"].duplicated()]
         log.warning("%s: %d rows repeat an item_id listed above them (e.g. %s); the first row of each id is kept",
                     directory / ITEMS_FILE, len(repeated), _examples(repeated))
+    unread = [column for column in listed.columns if column not in ITEM_COLUMNS]
+    if unread:  # an item is embedded from title and text alone: say so rather than let a colour column look used
+        log.info("%s: columns %s are not read by training or evaluation (items embed from title and text; `ingest` keeps "
+                 "price and attributes for the catalog's filters)", directory / ITEMS_FILE, ", ".join(unread))
     wordless = (items["title"].str.strip() == "") & (items["text"].str.strip() == "")
     if wordless.any():
         log.warning("%s: %d items have neither title nor text (e.g. %s): they embed as the empty text, all alike",

@@ -4,7 +4,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 
@@ -274,7 +274,7 @@ class Recommender:
         reads none (its sequence part reads the ids)."""
         if not recent_item_ids or (model is not None and model.taste_mode == TASTE_NONE):
             return None
-        fetched = await self._from_catalog(self._catalog.vectors(list(recent_item_ids)))
+        fetched = await self._from_catalog(lambda: self._catalog.vectors(list(recent_item_ids)))
         return fetched if len(fetched) else None
 
     def _start_shadow(self, call: ShadowCall) -> None:
@@ -329,7 +329,7 @@ class Recommender:
         """Fetches the chosen candidates that came without their item (a fused score picked them past the
         detailed hits); one deleted since the search is dropped."""
         missing = [candidate.item.item_id for _, candidate in chosen if not _detailed(candidate)]
-        fetched = {item.item_id: item for item in await self._from_catalog(self._catalog.items(missing))}
+        fetched = {item.item_id: item for item in await self._from_catalog(lambda: self._catalog.items(missing))}
         complete = []
         for index, candidate in chosen:
             if not _detailed(candidate):
@@ -350,9 +350,9 @@ class Recommender:
     async def _search_batch(self, searches: list[CandidateSearch]) -> list[list[Candidate]]:
         return await self._answer_from(CATALOG, self._catalog.search_batch(searches))
 
-    async def _from_catalog(self, call: Awaitable):
-        self._outages.check(CATALOG)
-        return await self._answer_from(CATALOG, call)
+    async def _from_catalog(self, call: Callable[[], Awaitable]):
+        self._outages.check(CATALOG)  # before the call is made: a refused one is never awaited
+        return await self._answer_from(CATALOG, call())
 
     async def _answer_from(self, dependency: str, call: Awaitable):
         """`await call`, noting that `dependency` answered, unless it gave no answer (Unavailable: down, refused

@@ -38,6 +38,10 @@ def test_encoding_is_deterministic_and_independent_of_batching(encoder):
     # Padding a short text next to a long one must not change its vector.
     np.testing.assert_allclose(together, one_by_one, atol=1e-5)
     np.testing.assert_allclose(together, again, atol=1e-5)
+    # Batches are made shortest first: each row must still be its own text's vector.
+    assert [len(t) for t in TEXTS] != sorted(len(t) for t in TEXTS)
+    alone = np.stack([encoder.encode_texts([text])[0] for text in TEXTS])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
 
 
 def test_empty_input_gives_empty_matrix(encoder):

@@ -79,7 +79,15 @@ class Encoder(abc.ABC):
 
     def encode_texts(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
         """Embed texts; returns float32 (len(texts), dimension), each row of unit length."""
-        return self._batched(list(texts), batch_size, progress, "texts", self._encode_text_batch)
+        # Batched shortest first, as sentence-transformers does: a batch is padded to its longest text, so texts of
+        # like length waste less. 768 yelp reviews in batches of 128: 28-32 s against 35-40 s in their own order;
+        # the vectors differ by float rounding (9e-8 at most).
+        texts = list(texts)
+        order = np.argsort([len(text) for text in texts], kind="stable")
+        vectors = self._batched([texts[i] for i in order], batch_size, progress, "texts", self._encode_text_batch)
+        in_order = np.empty_like(vectors)
+        in_order[order] = vectors
+        return in_order
 
     def encode_images(self, images: Sequence[bytes], batch_size: int = 32, progress: bool = False) -> np.ndarray:
         """Embed encoded images (PNG, JPEG...); only backends with supports_images accept them."""

@@ -196,3 +196,8 @@ def test_items_with_text_but_no_title_are_asked_for_by_their_text(caplog):
     assert filled["request"].iloc[1].split()[-1] == "boots"
     assert filled["request"].iloc[2] == "item"  # nothing to ask for: said so
     assert "1 of 3 items requested have no product word" in caplog.text and "'c'" in caplog.text
+
+
+def test_facets_that_are_paths_give_their_leaves():
+    assert request_parts("Jersey top", "Ladieswear > Tops|Jersey Basic").type_choices == ("tops", "jersey basic")
+    assert request_parts("Toy Story (1995)", "Adventure|Animation|Sci-Fi").type_choices == ("adventure", "animation", "sci-fi")

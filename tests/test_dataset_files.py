@@ -125,8 +125,9 @@ def test_what_loading_sets_aside_or_guesses_is_said_with_counts(tmp_path, caplog
             "around them are stripped; 2 of them match an item once leading zeros are ignored") in text
     assert "2 interactions share their timestamp with another of the same user (1 users): file order decides" in text
     assert "1 timestamps look like milliseconds" not in text  # the millisecond row was dropped with its unknown item
-    (data / "interactions.csv").write_text("user_id,item_id,timestamp\nu1,0012,1700000000\nu1,0013,1700000000123\n")
+    (data / "interactions.csv").write_text("user_id,item_id,timestamp,request\nu1,0012,1700000000,N/A\nu1,0013,1700000000123,\n")
     caplog.clear()
     with caplog.at_level("WARNING"):
         load_dataset(data)
     assert "1 timestamps look like milliseconds and 1 like seconds" in caplog.text
+    assert "1 requests are placeholders such as 'N/A'" in caplog.text

@@ -306,6 +306,11 @@ def load_dataset(data_dir: str | os.PathLike) -> Dataset:
         interactions = interactions[~unknown]
     interactions["item"] = interactions["item"].astype(np.int64)
     _warn_about_times(directory / INTERACTIONS_FILE, interactions)
+    placeholders = interactions["request"].str.strip().str.lower().isin(PLACEHOLDER_REQUESTS)
+    if placeholders.any():
+        log.warning("%s: %d requests are placeholders such as %s: they are read as what the user wrote; leave the cell "
+                    "empty for a simulated request", directory / INTERACTIONS_FILE, int(placeholders.sum()),
+                    _examples(interactions["request"][placeholders]))
     return Dataset(
         name=info.get("name") or directory.name,
         directory=directory,
@@ -331,6 +336,9 @@ def _near_misses(unknown_ids: pd.Series, item_ids: pd.Series) -> str:
             hints.append(f"{matching} of them match an item {how}")
     return "; " + "; ".join(hints) + ": ids are read exactly as written" if hints else ""
 
+
+# What a spreadsheet or an export writes for "no text": a request of these words is no request.
+PLACEHOLDER_REQUESTS = frozenset({"n/a", "na", "null", "none", "nan", "-", "?"})
 
 # Unix time in milliseconds passes 1e11 (year 5138 in seconds), in seconds it stays below it until then.
 _MILLISECONDS_FROM = 1e11

@@ -241,7 +241,7 @@ def request_parts(title: str, category: str = "", vocabulary: TitleVocabulary | 
     decade = _decade(title)
     if len(facets) > 1 or (facets and decade):
         # A facet list, or a dated work ("Crumb (1994)") whose title is a name, not a description.
-        words = tuple(f.lower() for f in facets)
+        words = tuple(_PATH_SEP.split(f)[-1].lower() for f in facets)  # "Ladieswear > Tops|Jersey": tops, jersey
         return RequestParts(product_type=words[0], attributes=decade + words[1:], type_choices=words)
 
     title_words = _generic_tokens(title, vocabulary)

@@ -327,14 +327,20 @@ def main() -> None:
     parser.add_argument("--encoder", default=QUERY_ENCODER.local_address)
     parser.add_argument("--model-dir", required=True, help="the model the ranker serves (its newest version), for the in-process reference")
     parser.add_argument("--data", help="canonical dataset, to pick its most active user (default: the model's first user)")
-    parser.add_argument("--levels", default="1,4,16,64,256", help="comma-separated caller counts")
+    parser.add_argument("--levels", default="1,4,16,64,256", help="comma-separated caller counts (1 is always run: the idle ratios need it)")
     parser.add_argument("--seconds", type=float, default=8.0, help="duration of each level")
     parser.add_argument("--repeats", type=int, default=5, help="repeats of the in-process batched measurements (median)")
     parser.add_argument("--cpu-of", default="", metavar="NAME=PID,...",
                         help="local processes whose CPU time per accepted call the table shows, e.g. ranker=123,catalog=456,milvus=789 "
                         "(the load client itself is always counted)")
     args = parser.parse_args()
-    args.levels = [int(level) for level in args.levels.split(",")]
+    try:
+        levels = {int(level) for level in args.levels.split(",") if level.strip()}
+    except ValueError:
+        parser.error(f"--levels: comma-separated whole numbers, got {args.levels!r}")
+    if min(levels, default=1) < 1:
+        parser.error(f"--levels: caller counts must be at least 1, got {args.levels!r}")
+    args.levels = sorted(levels | {1})
     args.processes = dict((name, int(pid)) for name, _, pid in (entry.partition("=") for entry in args.cpu_of.split(",") if entry))
     args.processes["client"] = os.getpid()
 

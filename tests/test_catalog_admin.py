@@ -222,9 +222,9 @@ def test_get_and_delete_take_more_ids_than_one_call_from_a_file_or_stdin(catalog
 
     one_call = cli("get", "--ids-file", str(tmp_path / "ids.txt"), "--catalog", admin_catalog.address, check=False)
     assert one_call.returncode == 1 and "INVALID_ARGUMENT" in one_call.stderr and str(PAGE_LIMIT) in one_call.stderr
-    found = cli("get", "--ids-file", str(tmp_path / "ids.txt"), *target, check=False)
+    found = cli("get", "sku-0044", "--ids-file", str(tmp_path / "ids.txt"), *target, check=False)  # sku-0044 named twice
     assert found.returncode == 1 and found.stderr.strip() == "not in the catalog: sku-gone"
-    assert [json.loads(line)["item_id"] for line in found.stdout.splitlines()] == ids
+    assert [json.loads(line)["item_id"] for line in found.stdout.splitlines()] == ["sku-0044", *ids[:-1]]  # each once
 
     deleted = subprocess.run(
         [sys.executable, "-m", "whisperlite", "catalog", "delete", "sku-0000", "--ids-file", "-", *target],
@@ -234,4 +234,4 @@ def test_get_and_delete_take_more_ids_than_one_call_from_a_file_or_stdin(catalog
     assert "deleted 45 of 46 ids" in deleted.stdout  # sku-0000 named twice counts once
     assert catalog.stats().item_count == 0
     nothing = cli("delete", "--catalog", admin_catalog.address, check=False)
-    assert nothing.returncode == 1 and "name at least one item id" in nothing.stderr
+    assert nothing.returncode == 2 and "name at least one item id" in nothing.stderr

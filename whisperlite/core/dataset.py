@@ -246,12 +246,16 @@ def read_info(data_dir: str | os.PathLike) -> dict:
         raise ValueError(f"{path}: not JSON: {error}") from None
     if not isinstance(info, dict):
         raise ValueError(f"{path}: must be a JSON object, got {type(info).__name__}")
-    for field_name in ("name", "item_text_source"):  # the fields WhisperLite reads (the others are for people)
-        if field_name in info and not isinstance(info[field_name], str):
-            raise ValueError(f"{path}: {field_name!r} must be a string, got {info[field_name]!r}")
-    source = info.get("item_text_source", ITEM_TEXT_METADATA)
-    if source not in (ITEM_TEXT_METADATA, ITEM_TEXT_TRAIN_REQUESTS):
-        raise ValueError(f"{path}: 'item_text_source' must be {ITEM_TEXT_METADATA!r} or {ITEM_TEXT_TRAIN_REQUESTS!r}, got {source!r}")
+    # The two fields WhisperLite reads (the others are for people); null means absent, as it always did.
+    name = info.get("name")
+    if isinstance(name, (int, float)) and not isinstance(name, bool):
+        info["name"] = str(name)  # {"name": 2024}: a name, written as a number
+    elif name is not None and not isinstance(name, str):
+        raise ValueError(f"{path}: 'name' must be a string, got {name!r}")
+    source = info.get("item_text_source")
+    if source is not None and source not in (ITEM_TEXT_METADATA, ITEM_TEXT_TRAIN_REQUESTS):
+        log.warning("%s: item_text_source %r is neither %r nor %r: items.csv's text is used as written (%r)",
+                    path, source, ITEM_TEXT_METADATA, ITEM_TEXT_TRAIN_REQUESTS, ITEM_TEXT_METADATA)
     return info
 
 

@@ -458,7 +458,7 @@ def _check_columns(path: Path, file_format: str, mapping: ColumnMapping) -> None
 
 
 def _item_ids(args) -> list[str]:
-    """The ids named on the command line, then those of --ids-file (one per line, '-' for stdin), in order."""
+    """The ids named on the command line, then those of --ids-file (one per line, '-' for stdin), in order, each once."""
     ids = list(args.item_ids)
     if args.ids_file is not None:
         try:
@@ -466,9 +466,10 @@ def _item_ids(args) -> list[str]:
         except (OSError, UnicodeDecodeError) as error:
             raise SystemExit(f"{args.ids_file}: cannot read ids: {getattr(error, 'strerror', None) or error}") from None
         ids += [line for line in text.splitlines() if line.strip()]  # ids kept exactly, as import keeps them
-    if not ids:
-        raise SystemExit("name at least one item id, as arguments or in --ids-file")
-    return ids
+    if not ids:  # a usage error, as argparse's own (exit 2)
+        print("error: name at least one item id, as arguments or in --ids-file", file=sys.stderr)
+        sys.exit(2)
+    return list(dict.fromkeys(ids))  # the catalog answers an id once per call: once in all, across calls too
 
 
 def _batches(ids: list[str], size: int) -> Iterator[list[str]]:
@@ -496,7 +497,7 @@ def _get(args) -> None:
 
 
 def _delete(args) -> None:
-    ids, deleted = list(dict.fromkeys(_item_ids(args))), 0
+    ids, deleted = _item_ids(args), 0
     with _client(args) as client:
         for batch in _batches(ids, args.batch_size):
             try:

@@ -167,6 +167,9 @@ async def _read_body(request: Request, limits: BodyLimits, budget: BodyBudget) -
     except ClientDisconnect:
         budget.give(held)
         return _grpc_error(grpc.StatusCode.CANCELLED, "the client closed the connection before sending the whole body"), 0
+    except BaseException:  # cancelled (the server shutting down): the bytes go back all the same
+        budget.give(held)
+        raise
     request._body = b"".join(chunks)
     return None, held
 

@@ -251,10 +251,14 @@ FAST_DEPENDENCY_WATCH = ("--dependency-probe-interval-seconds", "0.3", "--depend
 def start_catalog_and_ranker(tmp_path: Path, encoder_address: str, items: int) -> tuple[ServiceProcess, ServiceProcess]:
     """A catalog holding `items` items and a text-only ranker over it, of a test's own, to kill."""
     catalog = start_catalog(tmp_path / "logs", tmp_path / "store", encoder_address)
-    channel, stub = catalog_stub(catalog.address)
-    upsert_items(stub, range(items))
-    channel.close()
-    return catalog, start_text_only_ranker(tmp_path, encoder_address, catalog.address, *FAST_DEPENDENCY_WATCH)
+    try:
+        channel, stub = catalog_stub(catalog.address)
+        upsert_items(stub, range(items))
+        channel.close()
+        return catalog, start_text_only_ranker(tmp_path, encoder_address, catalog.address, *FAST_DEPENDENCY_WATCH)
+    except BaseException:  # no caller gets the catalog to stop: a ranker that fails to start must not leave it running
+        catalog.stop()
+        raise
 
 
 def ranker_follows_its_dependency(ranker: ServiceProcess, serving: bool) -> bool:

@@ -36,6 +36,13 @@ FORMAT_VERSION = 1
 # when read rather than training a model that cannot serve it.
 MAX_ID_CHARS = 256
 
+# What a spreadsheet or an export writes for "no text": a request of these words is no request.
+PLACEHOLDER_REQUESTS = frozenset({"n/a", "na", "null", "none", "nan", "-", "?"})
+
+# Unix time in milliseconds passes 1e11 (year 5138 in seconds), in seconds it stays below it until then.
+_MILLISECONDS_FROM = 1e11
+
+
 # Where a dataset's request texts come from (dataset.json "request_source").
 REQUESTS_NONE = "none"  # no user text: fill with whisperlite.data.requests.fill_missing_requests
 # Where item text comes from (dataset.json "item_text_source").
@@ -339,13 +346,6 @@ def _near_misses(unknown_ids: pd.Series, item_ids: pd.Series) -> str:
         if matching:
             hints.append(f"{matching} of them match an item {how}")
     return "; " + "; ".join(hints) + ": ids are read exactly as written" if hints else ""
-
-
-# What a spreadsheet or an export writes for "no text": a request of these words is no request.
-PLACEHOLDER_REQUESTS = frozenset({"n/a", "na", "null", "none", "nan", "-", "?"})
-
-# Unix time in milliseconds passes 1e11 (year 5138 in seconds), in seconds it stays below it until then.
-_MILLISECONDS_FROM = 1e11
 
 
 def _warn_about_times(path: Path, interactions: pd.DataFrame) -> None:

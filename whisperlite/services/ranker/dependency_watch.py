@@ -3,8 +3,9 @@ fails its own health check, or refuses the ranker's own token, so a load balance
 ranker cannot answer through instead of a SERVING ranker that fails every call.
 
 The ranker keeps answering meanwhile: texts in its query cache need no encoder, and a call that needs
-the dependency gets UNAVAILABLE at once, naming it and why (outages.py). The process's liveness (the `liveness` health name)
-stays SERVING, so an orchestrator does not restart a ranker for its dependency's outage.
+the dependency gets UNAVAILABLE at once, naming it and why (outages.py). The process's liveness (the
+`liveness` health name) stays SERVING, so an orchestrator does not restart a ranker for its dependency's
+outage.
 """
 
 from __future__ import annotations

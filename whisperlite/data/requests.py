@@ -328,10 +328,10 @@ def fill_missing_requests(
     out = interactions.copy()
     requests = out["request"].fillna("").astype(str)
     missing = requests.str.strip() == ""
+    item_ids, item_title_list = items["item_id"].astype(str), item_titles(items)
     if vocabulary is None:
-        vocabulary = TitleVocabulary.from_titles(item_titles(items))
-    item_ids = items["item_id"].astype(str)
-    titles = dict(zip(item_ids, item_titles(items)))
+        vocabulary = TitleVocabulary.from_titles(item_title_list)
+    titles = dict(zip(item_ids, item_title_list))
     categories = dict(zip(item_ids, items["category"].fillna("").astype(str))) if "category" in items else {}
     parts_cache: dict[str, RequestParts] = {}
     filled = requests.to_numpy(dtype=object, copy=True)

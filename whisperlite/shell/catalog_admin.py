@@ -392,6 +392,8 @@ def _write_parquet(path: Path, rows: Iterator[dict], bar: tqdm, rows_per_group: 
 # ---- command line ----------------------------------------------------------------------------------
 
 
+def _not_utf8(path: Path, error: UnicodeDecodeError) -> SystemExit:
+    return SystemExit(f"{path}: not UTF-8 text (byte {error.start}: {error.reason}); save it as UTF-8 and import again")
 
 
 def _client(args) -> CatalogAdminClient:
@@ -433,7 +435,7 @@ def _import(args) -> None:
                 "run the same command again to resume"
             ) from None
         except UnicodeDecodeError as error:
-            raise SystemExit(f"{path}: not UTF-8 text (byte {error.start}: {error.reason}); save it as UTF-8 and import again") from None
+            raise _not_utf8(path, error) from None
         except (ValueError, OSError) as error:  # a file that is not of its --format, an unreadable checkpoint
             raise SystemExit(f"{path}: cannot be read as {file_format}: {error}") from None
     resumed = f" (resumed after row {report.skipped_rows})" if report.skipped_rows else ""
@@ -452,7 +454,7 @@ def _check_columns(path: Path, file_format: str, mapping: ColumnMapping) -> None
         with path.open(newline="", encoding="utf-8-sig") as handle:
             header = next(csv.reader(handle), [])
     except UnicodeDecodeError as error:
-        raise SystemExit(f"{path}: not UTF-8 text (byte {error.start}: {error.reason}); save it as UTF-8 and import again") from None
+        raise _not_utf8(path, error) from None
     if mapping.item_id not in header:
         raise SystemExit(f"{path}: no column {mapping.item_id!r} (--id-column); its columns are {', '.join(header)[:300]}")
 

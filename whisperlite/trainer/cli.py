@@ -109,12 +109,12 @@ def _embedding_cache(args: argparse.Namespace):
     return EmbeddingCache(args.encoder_backend, args.encoder_model, device=args.device, cache_dir=args.cache_dir)
 
 
-def _experiment(args: argparse.Namespace, data_dir: str | Path, cache=None):
+def _experiment(args: argparse.Namespace, data_dir: str | Path, cache=None, require_test_cases: bool = False):
     from whisperlite.trainer.experiment import prepare_experiment
 
     return prepare_experiment(
         data_dir, cache or _embedding_cache(args), args.min_interactions, args.request_seed,
-        leave_one_out_positives=args.positives == "leave_one_out",
+        leave_one_out_positives=args.positives == "leave_one_out", require_test_cases=require_test_cases,
     )
 
 
@@ -198,7 +198,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             data_root=Path(args.data_root),
             out_root=Path(args.out or "docs/results"),
             docs_path=Path(args.docs),
-            experiment_factory=lambda data_dir: _experiment(args, data_dir, cache),
+            experiment_factory=lambda data_dir: _experiment(args, data_dir, cache, require_test_cases=True),
             config=config,
             methods=methods,
             keep_seen=args.keep_seen,
@@ -213,14 +213,10 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         print("error: --data and --out are required (or --all)", file=sys.stderr)
         return 2
     from whisperlite.core.personalization import PersonalizationModel
-    from whisperlite.trainer.split import untestable
 
     try:
         model = PersonalizationModel.load(args.model) if args.model else None
-        name, reason = untestable(args.data, args.min_interactions)
-        if reason:  # said before the catalog is embedded, not after
-            raise ValueError(f"{name}: {reason}; nothing to evaluate")
-        experiment = _experiment(args, args.data)
+        experiment = _experiment(args, args.data, require_test_cases=True)
         evaluate(experiment, args.out, model=model, config=config, methods=methods, keep_seen=args.keep_seen,
                  models_out=args.models_out, progress=not args.quiet)
     except (FileNotFoundError, ValueError) as err:

@@ -26,7 +26,7 @@ from whisperlite.trainer.methods import (
 )
 from whisperlite.trainer.metrics import METRICS, summarize
 from whisperlite.trainer.sequential import SASRec, SASRecConfig
-from whisperlite.trainer.split import no_test_cases
+from whisperlite.trainer.split import NoTestCases, no_test_cases
 from whisperlite.trainer.plots import plot_metric_bars, plot_training_curves
 from whisperlite.trainer.train import TrainConfig, save_model_dir, train_model
 from whisperlite.core.personalization import PersonalizationModel
@@ -137,7 +137,7 @@ def evaluate(
     config = config or TrainConfig()
     reason = no_test_cases(experiment.dataset, experiment.split)
     if reason:  # every method would score 0 on nothing: say so instead of training them all
-        raise ValueError(f"{experiment.dataset.name}: {reason}; nothing to evaluate")
+        raise NoTestCases(experiment.dataset.name, reason)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     unknown = [m for m in methods if m not in METHODS]

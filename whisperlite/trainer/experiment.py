@@ -12,7 +12,7 @@ from whisperlite.core.dataset import ITEM_TEXT_TRAIN_REQUESTS, Dataset, load_dat
 from whisperlite.core.item_text import item_text, items_with_request_text, leave_one_out_item_texts
 from whisperlite.data.requests import fill_missing_requests
 from whisperlite.trainer.embeddings import EmbeddingCache
-from whisperlite.trainer.split import DEFAULT_MIN_INTERACTIONS, Split, temporal_split
+from whisperlite.trainer.split import DEFAULT_MIN_INTERACTIONS, NoTestCases, Split, no_test_cases, temporal_split
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +74,11 @@ def prepare_experiment(
     min_interactions: int = DEFAULT_MIN_INTERACTIONS,
     request_seed: int = DEFAULT_REQUEST_SEED,
     leave_one_out_positives: bool = False,
+    require_test_cases: bool = False,
 ) -> Experiment:
     """Loads, splits and embeds a dataset. `leave_one_out_positives` also embeds each training target
-    without the example's own request (only `TrainConfig.positives="leave_one_out"` trains on them)."""
+    without the example's own request (only `TrainConfig.positives="leave_one_out"` trains on them).
+    `require_test_cases`: NoTestCases, before anything is embedded, for a split without test cases."""
     dataset = load_dataset(data_dir)
     interactions = dataset.interactions
     if interactions.empty:
@@ -88,6 +90,9 @@ def prepare_experiment(
     dataset.interactions = interactions
     simulated_share = float(interactions["request_simulated"].mean()) if len(interactions) else 0.0
     split = temporal_split(dataset, min_interactions)
+    reason = no_test_cases(dataset, split) if require_test_cases else None
+    if reason:  # said before anything is embedded: the split is cheap, embedding is not
+        raise NoTestCases(dataset.name, reason)
     train_target_vectors = train_mask = None
     if dataset.info.get("item_text_source") == ITEM_TEXT_TRAIN_REQUESTS:
         # Items described by what users wrote about them: training rows only, so no held-out

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from whisperlite.core.dataset import data_hash
-from whisperlite.trainer.split import DEFAULT_MIN_INTERACTIONS, untestable
+from whisperlite.trainer.split import DEFAULT_MIN_INTERACTIONS, NoTestCases
 from whisperlite.trainer.evaluate import BASELINES, METHODS, _jsonable, evaluate, markdown_table, non_personal
 from whisperlite.trainer.train import TrainConfig
 
@@ -70,12 +70,12 @@ def evaluate_all(
             log.info("%s: reusing %s", name, out_root / name / "metrics.json")
             reports[name] = previous
             continue
-        _, reason = untestable(data_dir, min_interactions)
-        if reason:
-            skipped[name] = reason
-            continue
         started = time.perf_counter()
-        experiment = experiment_factory(data_dir)
+        try:
+            experiment = experiment_factory(data_dir)  # refuses a dataset without test cases before embedding it
+        except NoTestCases as refusal:
+            skipped[name] = refusal.reason
+            continue
         report = evaluate(experiment, out_root / name, config=config, methods=methods, keep_seen=keep_seen,
                           models_out=models_out, progress=progress)
         report["seconds"] = round(time.perf_counter() - started, 1)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from whisperlite.core.dataset import Dataset, load_dataset
+from whisperlite.core.dataset import Dataset
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +51,12 @@ def no_test_cases(dataset: Dataset, split: Split) -> str | None:
             f"({interactions['user_id'].nunique()} users, {len(interactions)} interactions)")
 
 
-def untestable(data_dir, min_interactions: int = DEFAULT_MIN_INTERACTIONS) -> tuple[str, str | None]:
-    """(the dataset's name, `no_test_cases`) of a dataset directory, read without embedding anything: the split is
-    cheap, embedding is not."""
-    dataset = load_dataset(data_dir)
-    return dataset.name, no_test_cases(dataset, temporal_split(dataset, min_interactions))
+class NoTestCases(ValueError):
+    """A dataset with nothing to evaluate on; `reason` is `no_test_cases`'s."""
+
+    def __init__(self, dataset_name: str, reason: str):
+        super().__init__(f"{dataset_name}: {reason}; nothing to evaluate")
+        self.reason = reason
 
 
 def temporal_split(dataset: Dataset, min_interactions: int = DEFAULT_MIN_INTERACTIONS) -> Split:

@@ -124,6 +124,13 @@ class BodyLimits:
     max_buffered_body_bytes: int = 128 * 1024 * 1024  # every body held at once
     body_timeout_seconds: float = 60.0  # from the request's headers to its body's last byte
 
+    def __post_init__(self):
+        if self.max_body_bytes < 1 or self.max_buffered_body_bytes < 1:
+            raise ValueError(f"max_body_bytes and max_buffered_body_bytes: must be at least 1, got {self.max_body_bytes}, "
+                             f"{self.max_buffered_body_bytes}")
+        if not 0 < self.body_timeout_seconds <= 3600:  # NaN too
+            raise ValueError(f"body_timeout_seconds: must be between 0 and 3600, got {self.body_timeout_seconds}")
+
 
 async def _read_body(request: Request, limits: BodyLimits, budget: BodyBudget) -> tuple[JSONResponse | None, int]:
     """Reads the request's body before its handler runs (which gets the bytes read: Starlette's middleware replays

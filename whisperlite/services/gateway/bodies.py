@@ -72,8 +72,6 @@ class BodyBudget:
     """
 
     def __init__(self, limit_bytes: int):
-        if limit_bytes < 1:
-            raise ValueError(f"max_buffered_body_bytes: must be at least 1, got {limit_bytes}")
         self.limit_bytes = limit_bytes
         self.held_bytes = 0
 

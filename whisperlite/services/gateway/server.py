@@ -140,12 +140,10 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 
 async def run(args: argparse.Namespace) -> None:
-    if not (args.max_body_bytes >= 1 and args.max_buffered_body_bytes >= 1 and 0 < args.body_timeout_seconds <= 3600):
-        raise SystemExit(
-            f"{GATEWAY.name}: --max-body-bytes and --max-buffered-body-bytes must be at least 1, --body-timeout-seconds "
-            f"between 0 and 3600; got {args.max_body_bytes}, {args.max_buffered_body_bytes}, {args.body_timeout_seconds}"
-        )
-    body_limits = BodyLimits(args.max_body_bytes, args.max_buffered_body_bytes, args.body_timeout_seconds)
+    try:
+        body_limits = BodyLimits(args.max_body_bytes, args.max_buffered_body_bytes, args.body_timeout_seconds)
+    except ValueError as error:
+        raise SystemExit(f"{GATEWAY.name}: {error}") from None
     upstream = Upstream(
         args.ranker_addr, args.catalog_addr, deadline_seconds=args.deadline_seconds, max_message_bytes=args.max_message_bytes,
         security=upstream_security(args),

@@ -20,15 +20,17 @@ import urllib.request
 from pathlib import Path
 
 import grpc
+import httpx
 import milvus_lite
 import numpy as np
 import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.servers import REPO, ServiceProcess, free_port, launch_service, start_catalog, start_service
+from tests.servers import REPO, ServiceProcess, free_port, launch_service, start_catalog, start_gateway, start_service
 from whisperlite.core.clients.health import is_serving
 from whisperlite.core.clients.query_encoder import PRIORITY_METADATA_KEY
+from whisperlite.core.topology import RANKER_DEPENDENCIES, dependency_health_name
 from whisperlite.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2, query_encoder_pb2, ranker_pb2, ranker_pb2_grpc
 
 DIMENSION = 384  # the session encoder's MiniLM
@@ -268,6 +270,12 @@ def ranker_follows_its_dependency(ranker: ServiceProcess, serving: bool) -> bool
     return health_status(ranker.address) == wanted
 
 
+def ranker_dependency_health(ranker: ServiceProcess) -> dict[str, str]:
+    """The ranker's `dependency/<service>` health names, by service."""
+    statuses = {service.name: health_status(ranker.address, dependency_health_name(service)) for service in RANKER_DEPENDENCIES}
+    return {name: "no answer" if status is None else health_pb2.HealthCheckResponse.ServingStatus.Name(status) for name, status in statuses.items()}
+
+
 @pytest.fixture
 def stack(tmp_path, encoder_service):
     catalog, ranker = start_catalog_and_ranker(tmp_path, encoder_service.address, items=100)
@@ -336,6 +344,7 @@ def test_a_frozen_catalog_turns_the_ranker_not_serving_and_back_while_it_keeps_a
             assert re.match(r"the caller's deadline passed during search, waiting on catalog at localhost:\d+ \(SearchBatch\) "
                             r"\(\d+ ms were left when the call arrived\)", late.value.details()), late.value.details()
             down_after = wait_for(lambda: ranker_follows_its_dependency(ranker, serving=False), timeout=10)
+            assert ranker_dependency_health(ranker) == {"query-encoder": "SERVING", "catalog": "NOT_SERVING"}
             started = time.monotonic()
             with pytest.raises(grpc.RpcError) as failed:
                 stub.Recommend(request, timeout=30)
@@ -347,6 +356,7 @@ def test_a_frozen_catalog_turns_the_ranker_not_serving_and_back_while_it_keeps_a
         finally:
             os.kill(catalog.process.pid, signal.SIGCONT)
         up_after = wait_for(lambda: ranker_follows_its_dependency(ranker, serving=True), timeout=10)
+        assert ranker_dependency_health(ranker) == {"query-encoder": "SERVING", "catalog": "SERVING"}
         assert len(stub.Recommend(request, timeout=30).items) == 3
     log = ranker.log()
     assert re.search(r'"message": "dependency down.*catalog at localhost:\d+: health check failed: DEADLINE_EXCEEDED', log), log[-3000:]
@@ -357,11 +367,14 @@ def test_a_frozen_catalog_turns_the_ranker_not_serving_and_back_while_it_keeps_a
 
 def test_a_frozen_encoder_fails_new_texts_at_once_and_keeps_serving_cached_ones(tmp_path):
     """Calls that need the frozen encoder used to wait out their deadline in admission slots, so under load cached
-    texts, which need no encoder, were refused as overloaded."""
+    texts, which need no encoder, were refused as overloaded. The gateway's /health names the encoder, which it
+    cannot reach itself, from the ranker's own checks."""
     encoder = start_service("query-encoder", tmp_path / "logs")
-    catalog = ranker = None
+    catalog = ranker = gateway = None
     try:
         catalog, ranker = start_catalog_and_ranker(tmp_path, encoder.address, items=20)
+        gateway = start_gateway(tmp_path / "logs", ranker.address, catalog.address, tmp_path / "gateway-state")
+        assert "ranker_dependencies" not in httpx.get(f"http://127.0.0.1:{gateway.port}/health", timeout=30).json()
         with grpc.insecure_channel(ranker.address) as channel:
             stub = ranker_pb2_grpc.RankerServiceStub(channel)
             cached = ranker_pb2.RecommendRequest(user_id="u", query="a wool scarf", top_k=3)
@@ -378,12 +391,19 @@ def test_a_frozen_encoder_fails_new_texts_at_once_and_keeps_serving_cached_ones(
                                 r"still answered\)", failed.value.details()), failed.value.details()
                 assert failed_within < 1.0, failed_within
                 assert len(stub.Recommend(cached, timeout=5).items) == 3
+                health = httpx.get(f"http://127.0.0.1:{gateway.port}/health", timeout=30)
+                assert health.status_code == 503, health.text
+                assert health.json() == {
+                    "status": "NOT_SERVING", "upstreams": {"ranker": "NOT_SERVING", "catalog": "SERVING"},
+                    "ranker_dependencies": {"query-encoder": "NOT_SERVING", "catalog": "SERVING"},
+                }
             finally:
                 os.kill(encoder.process.pid, signal.SIGCONT)
             wait_for(lambda: ranker_follows_its_dependency(ranker, serving=True), timeout=10)
+            assert ranker_dependency_health(ranker) == {"query-encoder": "SERVING", "catalog": "SERVING"}
             assert len(stub.Recommend(ranker_pb2.RecommendRequest(user_id="u", query="a text never sent", top_k=3), timeout=30).items) == 3
     finally:
-        for service in (ranker, catalog, encoder):
+        for service in (gateway, ranker, catalog, encoder):
             if service is not None:
                 service.stop()
 

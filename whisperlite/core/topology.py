@@ -51,3 +51,11 @@ SERVICES = (QUERY_ENCODER, CATALOG, RANKER, GATEWAY)
 BY_NAME = {service.name: service for service in SERVICES}
 # The gRPC services (health-checked, TLS-served, scaled in Kubernetes); the gateway fronts them over HTTP.
 GRPC_SERVICES = tuple(service for service in SERVICES if service.speaks_grpc)
+# What the ranker calls; its health follows theirs.
+RANKER_DEPENDENCIES = (QUERY_ENCODER, CATALOG)
+
+
+def dependency_health_name(dependency: Service) -> str:
+    """The health name under which a service reports a dependency as its own checks find it ("dependency/catalog" on
+    the ranker): SERVING or NOT_SERVING, so whoever sees the ranker NOT_SERVING can tell which dependency is down."""
+    return f"dependency/{dependency.name}"

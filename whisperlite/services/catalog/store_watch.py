@@ -12,12 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from whisperlite.core.errors import ServiceError, Unavailable
 from whisperlite.services.catalog import metrics
 from whisperlite.services.catalog.catalog import Catalog
+from whisperlite.services.common.server import HealthReport
 
 log = logging.getLogger("whisperlite.catalog.store_watch")
 
@@ -39,7 +39,7 @@ class StoreWatch:
         self._catalog = catalog
         self._settings = settings
 
-    async def watch(self, set_serving: Callable[[bool], Awaitable[None]]) -> None:
+    async def watch(self, health: HealthReport) -> None:
         while True:
             await asyncio.sleep(self._settings.probe_interval_seconds)
             reason = await self._catalog.probe_store(self._settings.probe_timeout_seconds)
@@ -47,12 +47,12 @@ class StoreWatch:
                 continue
             log.error("store down: health NOT_SERVING until it is reopened", extra={"reason": reason})
             self._catalog.mark_store_down(reason)
-            await set_serving(False)
+            await health.set_serving(False)
             metrics.STORE_UP.set(0)
             seconds = await self._reopen()
             metrics.STORE_UP.set(1)
             metrics.STORE_REOPENS.inc()
-            await set_serving(True)
+            await health.set_serving(True)
             log.warning("store reopened: health SERVING", extra={"seconds_down": round(seconds, 3)})
 
     async def _reopen(self) -> float:

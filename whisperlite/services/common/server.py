@@ -27,8 +27,29 @@ LIVENESS_SERVICE = "liveness"
 
 # (add_XServicer_to_server, servicer, full service name)
 ServicerBinding = tuple[Callable[[Any, grpc.aio.Server], None], Any, str]
-# Given a way to set the service's health, watches a dependency for as long as the service serves.
-HealthWatch = Callable[[Callable[[bool], Awaitable[None]]], Awaitable[None]]
+
+
+class HealthReport:
+    """What a health watch sets: the service's own health ("" and its service names), and the health names of parts
+    it watches (a dependency's), which say which part a NOT_SERVING service is waiting for."""
+
+    def __init__(self, servicer: health.aio.HealthServicer, service_names: Sequence[str]):
+        self._servicer, self._service_names = servicer, list(service_names)
+
+    async def set_serving(self, serving: bool) -> None:
+        for service in ["", *self._service_names]:
+            await self._servicer.set(service, _status(serving))
+
+    async def set_part(self, health_name: str, serving: bool) -> None:
+        await self._servicer.set(health_name, _status(serving))
+
+
+def _status(serving: bool) -> int:
+    return health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+# Given the service's HealthReport, watches a dependency for as long as the service serves.
+HealthWatch = Callable[[HealthReport], Awaitable[None]]
 
 
 async def serve(
@@ -80,8 +101,8 @@ async def serve(
     service_names = [full_name for _, _, full_name in servicers]
     if security.reflection:
         reflection.enable_server_reflection([*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-    for service in ["", *service_names]:
-        await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+    report = HealthReport(health_servicer, service_names)
+    await report.set_serving(False)
     await health_servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
 
     try:  # grpc.aio raises where grpc returned 0: a port in use, or TLS material gRPC itself refuses
@@ -122,12 +143,12 @@ async def serve(
             else:
                 startup_task.result()
         if not stop.is_set():
-            await _set_health(health_servicer, service_names, True)
+            await report.set_serving(True)
             log.info("serving", extra={"service": name})
             if ready is not None:
                 ready.set()
             if health_watch is not None:
-                watch_task = asyncio.ensure_future(health_watch(lambda serving: _set_health(health_servicer, service_names, serving)))
+                watch_task = asyncio.ensure_future(health_watch(report))
                 stop_task = asyncio.ensure_future(stop.wait())
                 await asyncio.wait({watch_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
                 stop_task.cancel()
@@ -147,9 +168,3 @@ async def serve(
             metrics_server.shutdown()
         stop_tracing()
         log.info("stopped", extra={"service": name})
-
-
-async def _set_health(health_servicer, service_names: Sequence[str], serving: bool) -> None:
-    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-    for service in ["", *service_names]:
-        await health_servicer.set(service, status)

@@ -29,6 +29,7 @@ from whisperlite.core.clients.errors import retry_after_seconds
 from whisperlite.core.dataset import MAX_ID_CHARS
 from whisperlite.core.request_context import REQUEST_ID, REQUEST_ID_RULE
 from whisperlite.core.request_context import REQUEST_ID_KEY as REQUEST_ID_HEADER
+from whisperlite.core.topology import RANKER
 from whisperlite.services.gateway import study
 from whisperlite.services.gateway.bodies import BodyBudget, BodyReader, Refused, invalid, validation_message
 from whisperlite.services.gateway.judgements import POSITIONS, JudgementStore, NotShown, UnknownComparison
@@ -348,7 +349,12 @@ def create_app(
     async def health():
         upstreams = await upstream.health()
         serving = all(status == "SERVING" for status in upstreams.values())
-        return JSONResponse({"status": "SERVING" if serving else "NOT_SERVING", "upstreams": upstreams}, status_code=200 if serving else 503)
+        report = {"status": "SERVING" if serving else "NOT_SERVING", "upstreams": upstreams}
+        if upstreams[RANKER.name] == "NOT_SERVING":  # it answered: say which of its dependencies it waits for
+            dependencies = await upstream.ranker_dependencies()
+            if dependencies:
+                report["ranker_dependencies"] = dependencies
+        return JSONResponse(report, status_code=200 if serving else 503)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics():

@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from whisperlite.core.channels import create_channel
 from whisperlite.core.client_security import PLAINTEXT, ClientSecurity
-from whisperlite.core.topology import CATALOG, RANKER
+from whisperlite.core.topology import CATALOG, RANKER, RANKER_DEPENDENCIES, dependency_health_name
 from whisperlite.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2, ranker_pb2, ranker_pb2_grpc
 
 Metadata = Sequence[tuple[str, str]]
@@ -75,17 +75,24 @@ class Upstream:
 
     async def health(self) -> dict[str, str]:
         """Each upstream's gRPC health status name (SERVING, NOT_SERVING, or the error code that stood in for one)."""
-
-        async def check(stub: health_pb2_grpc.HealthStub, service: str) -> str:
-            try:
-                response = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=min(self.deadline_seconds, 2.0))
-            except grpc.aio.AioRpcError as error:
-                return error.code().name
-            return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
-
         names = list(self._health)
-        statuses = await asyncio.gather(*(check(*self._health[name]) for name in names))
+        statuses = await asyncio.gather(*(self._check(*self._health[name]) for name in names))
         return dict(zip(names, statuses))
+
+    async def ranker_dependencies(self) -> dict[str, str]:
+        """Each of the ranker's dependencies as the ranker's own checks find it (its `dependency/<service>` health names),
+        by service name: which one a NOT_SERVING ranker waits for. Left out where the ranker reports none: while it
+        starts (before its first check) or when it predates these names."""
+        stub = self._health[RANKER.name][0]
+        statuses = await asyncio.gather(*(self._check(stub, dependency_health_name(service)) for service in RANKER_DEPENDENCIES))
+        return {service.name: status for service, status in zip(RANKER_DEPENDENCIES, statuses) if status != grpc.StatusCode.NOT_FOUND.name}
+
+    async def _check(self, stub: health_pb2_grpc.HealthStub, service: str) -> str:
+        try:
+            response = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=min(self.deadline_seconds, 2.0))
+        except grpc.aio.AioRpcError as error:
+            return error.code().name
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
 
     async def close(self) -> None:
         await self._ranker_channel.close()

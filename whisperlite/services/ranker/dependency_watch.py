@@ -2,6 +2,9 @@
 fails its own health check, or refuses the ranker's own token, so a load balancer, `whisperlite health` and the gateway see an outage the
 ranker cannot answer through instead of a SERVING ranker that fails every call.
 
+Each dependency's state is also the ranker's health name `dependency/<service>` (`dependency/query-encoder`,
+`dependency/catalog`), so whoever sees the ranker NOT_SERVING (the gateway's /health) can name the dependency.
+
 The ranker keeps answering meanwhile: texts in its query cache need no encoder, and a call that needs
 the dependency gets UNAVAILABLE at once, naming it and why (outages.py). The process's liveness (the
 `liveness` health name) stays SERVING, so an orchestrator does not restart a ranker for its dependency's
@@ -20,6 +23,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from whisperlite.core.clients.errors import CredentialsRefused
 from whisperlite.core.errors import ServiceError
+from whisperlite.core.topology import Service, dependency_health_name
+from whisperlite.services.common.server import HealthReport
 from whisperlite.services.ranker import metrics
 from whisperlite.services.ranker.outages import Outages
 
@@ -47,7 +52,7 @@ class DependencyWatchSettings:
 class Dependency:
     name: str  # as error messages name it: "query encoder", "catalog"
     address: str
-    grpc_service: str  # the health name whose status counts (a catalog whose store is down reports it there)
+    service: Service  # its grpc_service is the health name whose status counts (a catalog whose store is down reports it there)
     channel: grpc.aio.Channel
     # An authenticated call made after a SERVING health check, where the ranker sends a token: a dependency that
     # refuses the token (revoked, or rotated in the wrong order) serves, but not this ranker, which its open health
@@ -67,7 +72,7 @@ class DependencyWatch:
         """Why the dependency is not serving, or None when it is (a refused token: `REFUSES_TOKEN` starts the reason)."""
         try:
             response = await health_pb2_grpc.HealthStub(dependency.channel).Check(
-                health_pb2.HealthCheckRequest(service=dependency.grpc_service), timeout=self._settings.probe_timeout_seconds
+                health_pb2.HealthCheckRequest(service=dependency.service.grpc_service), timeout=self._settings.probe_timeout_seconds
             )
         except grpc.aio.AioRpcError as error:
             return f"health check failed: {error.code().name}: {error.details()}"
@@ -82,11 +87,13 @@ class DependencyWatch:
                 pass  # only a refused token counts: a busy dependency may shed or delay this call, which is no outage
         return None
 
-    async def watch(self, set_serving: Callable[[bool], Awaitable[None]]) -> None:
+    async def watch(self, health: HealthReport) -> None:
         """Runs while the ranker serves (whisperlite.services.common.server's health_watch)."""
         failures = {dependency.name: 0 for dependency in self._dependencies}
+        up = {dependency.name: True for dependency in self._dependencies}
         for dependency in self._dependencies:
             metrics.DEPENDENCY_UP.labels(dependency.name).set(1)
+            await health.set_part(dependency_health_name(dependency.service), True)
         serving = True
         while True:
             await asyncio.sleep(self._settings.probe_interval_seconds)
@@ -100,12 +107,17 @@ class DependencyWatch:
                         self.outages.begin(dependency.name, down[dependency.name])
                 elif not failures[dependency.name]:
                     self.outages.end(dependency.name)
-                metrics.DEPENDENCY_UP.labels(dependency.name).set(0 if dependency.name in down else 1)
+                # Down from the trip until a check passes: one failed check short of the trip changes nothing.
+                now_up = False if dependency.name in down else (True if not failures[dependency.name] else up[dependency.name])
+                if now_up != up[dependency.name]:
+                    up[dependency.name] = now_up
+                    metrics.DEPENDENCY_UP.labels(dependency.name).set(int(now_up))
+                    await health.set_part(dependency_health_name(dependency.service), now_up)
             if serving and down:
                 serving = False
                 log.error("dependency down: health NOT_SERVING until it serves again", extra={"down": list(down.values())})
-                await set_serving(False)
+                await health.set_serving(False)
             elif not serving and not any(failures.values()):
                 serving = True
                 log.warning("dependencies serving again: health SERVING")
-                await set_serving(True)
+                await health.set_serving(True)

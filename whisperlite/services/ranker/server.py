@@ -154,9 +154,9 @@ async def run(args: argparse.Namespace) -> None:
     try:
         dependency_watch = DependencyWatch(
             [
-                Dependency(outages.QUERY_ENCODER, args.query_encoder_addr, QUERY_ENCODER.grpc_service, encoder_channel,
+                Dependency(outages.QUERY_ENCODER, args.query_encoder_addr, QUERY_ENCODER, encoder_channel,
                            credential_check=encoder.model if security.sends_token else None),
-                Dependency(outages.CATALOG, args.catalog_addr, CATALOG.grpc_service, catalog_channel,
+                Dependency(outages.CATALOG, args.catalog_addr, CATALOG, catalog_channel,
                            credential_check=catalog.stats if security.sends_token else None),
             ],
             DependencyWatchSettings(args.dependency_probe_interval_seconds, args.dependency_probe_timeout_seconds),

@@ -327,6 +327,26 @@ def test_the_named_status_mapping():
     assert {code: http_status(code) for code in expected} == expected
 
 
+def test_every_answer_carries_the_security_headers_and_only_the_page_may_load_its_own_files(http):
+    from whisperlite.services.gateway.app import NOTHING_POLICY, PAGE_POLICY
+
+    answers = {
+        "page": http.get("/"), "script": http.get("/static/study.js"), "health": http.get("/health"),
+        "refused body": http.post("/v1/recommend", content=b"<script>alert(1)</script>", headers={"content-type": "application/json"}),
+        "no route": http.get("/<img src=x onerror=alert(1)>"), "docs": http.get("/docs"),
+    }
+    assert answers["refused body"].status_code == 400 and answers["no route"].status_code == 404
+    for name, answer in answers.items():
+        assert answer.headers["x-content-type-options"] == "nosniff", name
+        assert answer.headers["x-frame-options"] == "DENY", name
+        assert answer.headers["referrer-policy"] == "no-referrer", name
+    assert answers["page"].headers["content-security-policy"] == answers["script"].headers["content-security-policy"] == PAGE_POLICY
+    for name in ("health", "refused body", "no route"):
+        assert answers[name].headers["content-security-policy"] == NOTHING_POLICY, name
+        assert answers[name].headers["content-type"] == "application/json", name
+    assert "content-security-policy" not in answers["docs"].headers  # Swagger UI's inline script and CDN files
+
+
 def test_health_and_metrics(http, gateway_items):
     assert http.get("/health").json() == {"status": "SERVING", "upstreams": {"ranker": "SERVING", "catalog": "SERVING"}}
     http.post("/v1/recommend", json={"query": "sandals", "top_k": 1})

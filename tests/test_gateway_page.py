@@ -45,6 +45,10 @@ def _item(page, position: str, rank: int):
 
 
 def test_type_a_request_judge_three_items_reload_and_find_them(page, gateway_url, gateway_items, tmp_path):
+    # The page runs under its Content-Security-Policy: anything it loads or runs that the policy refuses is a console error.
+    console_errors = []
+    page.on("console", lambda message: message.type == "error" and console_errors.append(message.text))
+    page.on("response", lambda response: response.status >= 400 and console_errors.append(f"{response.status} {response.url}"))
     page.goto(gateway_url)
     page.get_by_label("Request").fill("something to wear")
     page.get_by_label("Recent item ids").fill(", ".join(WATCH_IDS[:2]))
@@ -77,6 +81,19 @@ def test_type_a_request_judge_three_items_reload_and_find_them(page, gateway_url
         expect(_item(page, position, rank)).to_have_attribute("data-judged", judged)
     expect(_item(page, "right", 2)).to_have_attribute("data-judged", "")
     expect(page.get_by_label("Request")).to_have_value("something to wear")
+    assert console_errors == []
+
+
+def test_another_site_cannot_frame_the_page(page, gateway_url, tmp_path):
+    """Clickjacking: a page elsewhere that frames the study page under a decoy gets an empty frame."""
+    framing = tmp_path / "framing.html"
+    framing.write_text(f'<html><body><iframe id="frame" src="{gateway_url}/"></iframe></body></html>')
+    page.goto(framing.as_uri())
+    page.wait_for_function("() => performance.getEntriesByType('resource').some(entry => entry.name.startsWith(%r))" % gateway_url)
+    frame = page.frame_locator("#frame")
+    expect(frame.get_by_label("Request")).to_have_count(0)
+    page.goto(gateway_url)  # the same page, not framed, shows
+    expect(page.get_by_label("Request")).to_have_count(1)
 
 
 def test_bad_input_in_the_form_shows_the_grpc_message(page, gateway_url, gateway_ranker, gateway_items):

@@ -57,6 +57,22 @@ TRACESTATE = re.compile(r"[\x20-\x7e]{1,512}")
 MAX_INT64 = 2**63 - 1
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 STATIC = resources.files("whisperlite.services.gateway") / "static"
+# On every answer: the browser never guesses a type (a JSON error echoing a caller's text is not run as HTML), no
+# page frames the gateway (the judgement buttons cannot be clickjacked), and no URL (a comparison id) leaks as a
+# referrer. The study page loads only its own script and stylesheet and calls only this origin; answers that are
+# not pages load nothing. /docs is Swagger UI, which runs an inline script and loads from a CDN.
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Opener-Policy": "same-origin",
+}
+PAGE_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; "
+    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+NOTHING_POLICY = "default-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+SWAGGER_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc"})
 T = TypeVar("T")
 
 REQUESTS = prometheus_client.Counter(
@@ -230,6 +246,14 @@ async def _unless_client_leaves(request: Request, call: Awaitable[T]) -> T | JSO
     return answer.result()
 
 
+def _add_security_headers(path: str, response: Response) -> None:
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    if path not in SWAGGER_PATHS:
+        page = path == "/" or path.startswith("/static/")
+        response.headers.setdefault("Content-Security-Policy", PAGE_POLICY if page else NOTHING_POLICY)
+
+
 def create_app(
     upstream: Upstream,
     store: JudgementStore,
@@ -279,6 +303,7 @@ def create_app(
             finally:
                 budget.give(held)
         response.headers[REQUEST_ID_HEADER] = request_id
+        _add_security_headers(request.url.path, response)
         # The method is the caller's to choose: made-up ones share one label, or each would add series to /metrics.
         labels = (request.method if request.method in HTTP_METHODS else "other", _route_label(app, request))
         LATENCY.labels(*labels).observe(time.perf_counter() - started)

@@ -328,7 +328,7 @@ def test_the_named_status_mapping():
 
 
 def test_every_answer_carries_the_security_headers_and_only_the_page_may_load_its_own_files(http):
-    from whisperlite.services.gateway.app import NOTHING_POLICY, PAGE_POLICY
+    from whisperlite.services.gateway.browsers import NOTHING_POLICY, PAGE_POLICY
 
     answers = {
         "page": http.get("/"), "script": http.get("/static/study.js"), "health": http.get("/health"),

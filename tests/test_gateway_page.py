@@ -1,8 +1,11 @@
 """The judgement page in real headless Chromium (Debian's package, driven by Playwright) over the real stack."""
 
+import functools
+import http.server
 import os
 import re
 import shutil
+import threading
 from pathlib import Path
 
 import grpc
@@ -143,4 +146,66 @@ def test_blind_mode_shows_unlabelled_lists(browser, tmp_path, gateway_ranker, ga
             assert label not in lists
     finally:
         context.close()
+        gateway.stop()
+
+
+@pytest.fixture
+def shop_origin(tmp_path):
+    """A shop's front end on another origin (another loopback port): a real HTTP server of one empty page."""
+    root = tmp_path / "shop"
+    root.mkdir()
+    (root / "index.html").write_text("<!doctype html><title>shop</title>")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+FETCH_RECOMMEND = """async ([url, recent]) => {
+    try {
+        const response = await fetch(url + "/v1/recommend", {
+            method: "POST", headers: {"content-type": "application/json", "x-request-id": "shop-call-1"},
+            body: JSON.stringify({query: "something to wear", top_k: 3, recent_item_ids: recent}),
+        });
+        const body = await response.json();
+        return {status: response.status, items: (body.items || []).length, requestId: response.headers.get("x-request-id")};
+    } catch (error) {
+        return {error: String(error)};
+    }
+}"""
+
+
+def test_a_page_on_an_allowed_origin_calls_the_api_and_others_are_refused(browser, tmp_path, shop_origin, gateway_url, gateway_ranker,
+                                                                          gateway_catalog, gateway_items):
+    from tests.servers import start_gateway
+
+    gateway = start_gateway(tmp_path / "logs", gateway_ranker.address, gateway_catalog.address, tmp_path / "state", "--cors-origins", shop_origin)
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(f"{shop_origin}/")
+        # A JSON POST with a custom header: the browser asks first (preflight), then reads the answer and its request id.
+        allowed = page.evaluate(FETCH_RECOMMEND, [f"http://127.0.0.1:{gateway.port}", WATCH_IDS[:1]])
+        assert allowed == {"status": 200, "items": 3, "requestId": "shop-call-1"}, allowed
+        # A refusal is readable by the page too, so it can show why.
+        refused = page.evaluate(FETCH_RECOMMEND.replace("top_k: 3", "top_k: 0"), [f"http://127.0.0.1:{gateway.port}", []])
+        assert refused == {"status": 400, "items": 0, "requestId": "shop-call-1"}, refused
+        # The gateway without --cors-origins (the default): the browser refuses the shop's page the answer.
+        assert "Failed to fetch" in page.evaluate(FETCH_RECOMMEND, [gateway_url, []]).get("error", ""), "the default must allow no other origin"
+    finally:
+        context.close()
+        gateway.stop()
+
+
+def test_cors_origins_are_checked_at_start_up(tmp_path, gateway_ranker, gateway_catalog):
+    from tests.servers import launch_gateway
+
+    gateway = launch_gateway(tmp_path / "logs", gateway_ranker.address, gateway_catalog.address, tmp_path / "state", "--cors-origins", "shop.example")
+    try:
+        assert gateway.process.wait(timeout=60) != 0
+        assert "cors-origins: 'shop.example' is not an origin: write scheme://host[:port]" in gateway.log()
+    finally:
         gateway.stop()

@@ -17,6 +17,7 @@ import prometheus_client
 from fastapi import FastAPI, Request
 from fastapi import Path as PathParameter
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -31,6 +32,9 @@ from whisperlite.core.request_context import REQUEST_ID, REQUEST_ID_RULE
 from whisperlite.core.request_context import REQUEST_ID_KEY as REQUEST_ID_HEADER
 from whisperlite.core.topology import RANKER
 from whisperlite.services.gateway import study
+from whisperlite.services.gateway.browsers import (
+    CORS_MAX_AGE_SECONDS, CORS_METHODS, CORS_REQUEST_HEADERS, CORS_RESPONSE_HEADERS, add_security_headers,
+)
 from whisperlite.services.gateway.bodies import BodyBudget, BodyReader, Refused, invalid, validation_message
 from whisperlite.services.gateway.judgements import POSITIONS, JudgementStore, NotShown, UnknownComparison
 from whisperlite.services.gateway.schema import (
@@ -57,22 +61,7 @@ TRACESTATE = re.compile(r"[\x20-\x7e]{1,512}")
 MAX_INT64 = 2**63 - 1
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 STATIC = resources.files("whisperlite.services.gateway") / "static"
-# On every answer: the browser never guesses a type (a JSON error echoing a caller's text is not run as HTML), no
-# page frames the gateway (the judgement buttons cannot be clickjacked), and no URL (a comparison id) leaks as a
-# referrer. The study page loads only its own script and stylesheet and calls only this origin; answers that are
-# not pages load nothing. /docs is Swagger UI, which runs an inline script and loads from a CDN.
-SECURITY_HEADERS = {
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
-    "Cross-Origin-Opener-Policy": "same-origin",
-}
-PAGE_POLICY = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; "
-    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
-)
-NOTHING_POLICY = "default-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-SWAGGER_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc"})
+
 T = TypeVar("T")
 
 REQUESTS = prometheus_client.Counter(
@@ -246,14 +235,6 @@ async def _unless_client_leaves(request: Request, call: Awaitable[T]) -> T | JSO
     return answer.result()
 
 
-def _add_security_headers(path: str, response: Response) -> None:
-    for name, value in SECURITY_HEADERS.items():
-        response.headers.setdefault(name, value)
-    if path not in SWAGGER_PATHS:
-        page = path == "/" or path.startswith("/static/")
-        response.headers.setdefault("Content-Security-Policy", PAGE_POLICY if page else NOTHING_POLICY)
-
-
 def create_app(
     upstream: Upstream,
     store: JudgementStore,
@@ -262,6 +243,7 @@ def create_app(
     suggested_users: tuple[str, ...] = (),
     body_limits: BodyLimits = BodyLimits(),
     max_message_bytes: int = 16 * 1024 * 1024,
+    cors_origins: tuple[str, ...] = (),
 ) -> FastAPI:
     bodies = BodyReader(max_message_bytes)
     budget = BodyBudget(body_limits.max_buffered_body_bytes)
@@ -303,12 +285,18 @@ def create_app(
             finally:
                 budget.give(held)
         response.headers[REQUEST_ID_HEADER] = request_id
-        _add_security_headers(request.url.path, response)
+        add_security_headers(request.url.path, response)
         # The method is the caller's to choose: made-up ones share one label, or each would add series to /metrics.
         labels = (request.method if request.method in HTTP_METHODS else "other", _route_label(app, request))
         LATENCY.labels(*labels).observe(time.perf_counter() - started)
         REQUESTS.labels(*labels, str(response.status_code)).inc()
         return response
+
+    if cors_origins:  # added last, so outermost: a refusal above (413, 429) reaches the calling page readable too
+        app.add_middleware(
+            CORSMiddleware, allow_origins=list(cors_origins), allow_methods=CORS_METHODS, allow_headers=CORS_REQUEST_HEADERS,
+            expose_headers=CORS_RESPONSE_HEADERS, max_age=CORS_MAX_AGE_SECONDS,
+        )
 
     @app.exception_handler(UpstreamFailed)
     async def upstream_failed(_: Request, failure: UpstreamFailed) -> JSONResponse:

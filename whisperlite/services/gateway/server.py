@@ -13,6 +13,7 @@ from whisperlite.services.common.config import env_bool, env_float, env_int, env
 from whisperlite.services.common.logs import configure_logging
 from whisperlite.services.common.tls import check_certificate_file
 from whisperlite.services.gateway.app import BodyLimits, create_app
+from whisperlite.services.gateway.browsers import cors_origins
 from whisperlite.services.gateway.judgements import JudgementStore
 from whisperlite.core.client_security import ENV_CA_FILE, ClientSecurity
 from whisperlite.services.gateway.upstream import Upstream
@@ -91,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=env_float(f"{PREFIX}_GRACE_SECONDS", 10.0),
         help=f"how long in-flight requests may finish after SIGTERM (env {PREFIX}_GRACE_SECONDS)",
     )
+    parser.add_argument(
+        "--cors-origins",
+        default=env_str(f"{PREFIX}_CORS_ORIGINS", ""),
+        help="comma-separated origins (https://shop.example) whose pages may call the API from the browser, or *; empty: "
+        f"only the gateway's own page (env {PREFIX}_CORS_ORIGINS)",
+    )
     parser.add_argument("--log-level", default=env_str("LOG_LEVEL", "INFO"), help="log level (env LOG_LEVEL)")
     upstream = parser.add_argument_group("upstream TLS (docs/security.md); callers' tokens are forwarded as they came")
     upstream.add_argument(
@@ -142,6 +149,7 @@ def listening_socket(host: str, port: int) -> socket.socket:
 async def run(args: argparse.Namespace) -> None:
     try:
         body_limits = BodyLimits(args.max_body_bytes, args.max_buffered_body_bytes, args.body_timeout_seconds)
+        origins = cors_origins(args.cors_origins)
     except ValueError as error:
         raise SystemExit(f"{GATEWAY.name}: {error}") from None
     upstream = Upstream(
@@ -152,6 +160,7 @@ async def run(args: argparse.Namespace) -> None:
     suggested = tuple(user.strip() for user in args.suggested_users.split(",") if user.strip())
     app = create_app(
         upstream, store, blind=args.blind, suggested_users=suggested, body_limits=body_limits, max_message_bytes=args.max_message_bytes,
+        cors_origins=origins,
     )
     sock = listening_socket(args.host, args.port)
     config = uvicorn.Config(app, log_config=None, access_log=False, timeout_graceful_shutdown=args.grace_seconds)

@@ -1,0 +1,56 @@
+"""What the gateway tells browsers: security headers on every answer, and which other origins' pages may call
+the API (CORS)."""
+
+from urllib.parse import urlsplit
+
+from starlette.responses import Response
+
+# On every answer: the browser never guesses a type (a JSON error echoing a caller's text is not run as HTML), no
+# page frames the gateway (the judgement buttons cannot be clickjacked), and no URL (a comparison id) leaks as a
+# referrer. The study page loads only its own script and stylesheet and calls only this origin; answers that are
+# not pages load nothing. /docs is Swagger UI, which runs an inline script and loads from a CDN.
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Opener-Policy": "same-origin",
+}
+PAGE_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; "
+    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+NOTHING_POLICY = "default-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+SWAGGER_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc"})
+# A page on another origin (a shop's front end) calling /v1 from the browser: what it may send and read.
+CORS_METHODS = ("GET", "HEAD", "POST", "PUT")
+CORS_REQUEST_HEADERS = ("authorization", "content-type", "x-request-id", "traceparent", "tracestate")
+CORS_RESPONSE_HEADERS = ("x-request-id", "retry-after")
+CORS_MAX_AGE_SECONDS = 600
+
+
+def add_security_headers(path: str, response: Response) -> None:
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    if path not in SWAGGER_PATHS:
+        page = path == "/" or path.startswith("/static/")
+        response.headers.setdefault("Content-Security-Policy", PAGE_POLICY if page else NOTHING_POLICY)
+
+
+def cors_origins(value: str) -> tuple[str, ...]:
+    """The origins of --cors-origins: comma-separated `scheme://host[:port]` as a browser sends them in `Origin`, or
+    `*` alone (any page; tokens still decide what a call may do). Empty: no other origin's page may call."""
+    # Browsers send the scheme and host in lower case, and CORS compares the strings exactly.
+    origins = tuple(origin.strip().lower() for origin in value.split(",") if origin.strip())
+    if "*" in origins and len(origins) > 1:
+        raise ValueError(f"cors-origins: '*' allows every origin and cannot be listed with others, got {value!r}")
+    for origin in origins:
+        if origin == "*":
+            continue
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path or parts.query or parts.fragment or origin.endswith("/"):
+            raise ValueError(f"cors-origins: {origin!r} is not an origin: write scheme://host[:port], as in https://shop.example")
+        try:
+            parts.port
+        except ValueError:
+            raise ValueError(f"cors-origins: {origin!r} has no valid port") from None
+    return origins

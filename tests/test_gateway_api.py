@@ -3,6 +3,7 @@
 import asyncio
 import json
 import re
+import select
 import socket
 import subprocess
 import sys
@@ -308,6 +309,64 @@ def test_slow_stalled_and_abandoned_bodies_are_bounded(tmp_path, gateway_ranker,
         assert re.search(r'whisperlite_gateway_requests_total\{method="POST",route="/v1/recommend",status="499"\} 3\.0', metrics), metrics
         assert not re.search(r'route="/v1/recommend",status="500"', metrics)
         assert "unexpected error" not in gateway.log()
+    finally:
+        gateway.stop()
+
+
+def _trickle_until_answered(sock: "socket.socket", data: bytes, interval: float = 0.25) -> tuple[int, str, float]:
+    """Sends `data` a byte every `interval` until the server answers: (status, answer, seconds it took)."""
+    started = time.monotonic()
+    for byte in data:
+        if select.select([sock], [], [], interval)[0]:
+            break
+        sock.sendall(bytes([byte]))
+    status, answer = _raw_answer(sock)
+    return status, answer, time.monotonic() - started
+
+
+def test_headers_that_come_too_slowly_get_408_and_lose_the_connection(tmp_path, gateway_ranker, gateway_catalog):
+    """Slowloris: uvicorn bounds no header time, and each byte restarted its keep-alive timer, so a client sending its
+    headers a byte at a time held a connection as long as it liked."""
+    from tests.servers import start_gateway
+
+    gateway = start_gateway(
+        tmp_path / "logs", gateway_ranker.address, gateway_catalog.address, tmp_path / "state",
+        "--header-timeout-seconds", "1.5", "--body-timeout-seconds", "20",
+    )
+    endless_header = b"x-slow: " + b"a" * 400
+    try:
+        with socket.create_connection(("127.0.0.1", gateway.port), timeout=30) as sock:
+            sock.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\n")
+            status, answer, waited = _trickle_until_answered(sock, endless_header)
+            assert status == 408 and "request headers did not arrive within 1.5 s (--header-timeout-seconds)" in answer, answer
+            assert "x-content-type-options: nosniff" in answer
+            assert 1.2 < waited < 6, waited
+            assert sock.recv(1) == b""  # closed
+
+        # On a kept-alive connection the next request's headers get the same time, from the previous answer.
+        with socket.create_connection(("127.0.0.1", gateway.port), timeout=30) as sock:
+            sock.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+            assert _raw_answer(sock)[0] == 200
+            sock.sendall(b"GET /health HTTP/1.1\r\n")
+            assert _trickle_until_answered(sock, endless_header)[0] == 408
+
+        # Headers in time and a body that takes longer than the header timeout (within --body-timeout-seconds): answered.
+        body = b'{"query": "boots", "top_k": 1}'
+        with socket.create_connection(("127.0.0.1", gateway.port), timeout=30) as sock:
+            sock.sendall(f"POST /v1/recommend HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n".encode())
+            for start in range(0, len(body), 3):
+                time.sleep(0.1)
+                sock.sendall(body[start:start + 3])
+            status, answer = _raw_answer(sock)
+            assert status == 200, answer
+
+        # A connection that sends nothing is closed without an answer, as an idle keep-alive one is.
+        with socket.create_connection(("127.0.0.1", gateway.port), timeout=30) as sock:
+            assert sock.recv(1) == b""
+
+        metrics = httpx.get(f"http://127.0.0.1:{gateway.port}/metrics", timeout=10).text
+        assert re.search(r"^whisperlite_gateway_header_timeouts_total 2\.0$", metrics, re.M), metrics
+        assert httpx.get(f"http://127.0.0.1:{gateway.port}/health", timeout=10).status_code == 200
     finally:
         gateway.stop()
 

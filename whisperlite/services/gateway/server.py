@@ -14,6 +14,7 @@ from whisperlite.services.common.logs import configure_logging
 from whisperlite.services.common.tls import check_certificate_file
 from whisperlite.services.gateway.app import BodyLimits, create_app
 from whisperlite.services.gateway.browsers import cors_origins
+from whisperlite.services.gateway.connections import header_deadline_protocol
 from whisperlite.services.gateway.judgements import JudgementStore
 from whisperlite.core.client_security import ENV_CA_FILE, ClientSecurity
 from whisperlite.services.gateway.upstream import Upstream
@@ -79,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=env_float(f"{PREFIX}_BODY_TIMEOUT_SECONDS", BodyLimits.body_timeout_seconds),
         help=f"time a request's body may take to arrive, else 408 and the connection closed (env {PREFIX}_BODY_TIMEOUT_SECONDS)",
+    )
+    parser.add_argument(
+        "--header-timeout-seconds",
+        type=float,
+        default=env_float(f"{PREFIX}_HEADER_TIMEOUT_SECONDS", 10.0),
+        help="time a request's headers may take to arrive, from the connection's start or its previous answer, else 408 "
+        f"and the connection closed (env {PREFIX}_HEADER_TIMEOUT_SECONDS)",
     )
     parser.add_argument(
         "--max-message-bytes",
@@ -150,6 +158,7 @@ async def run(args: argparse.Namespace) -> None:
     try:
         body_limits = BodyLimits(args.max_body_bytes, args.max_buffered_body_bytes, args.body_timeout_seconds)
         origins = cors_origins(args.cors_origins)
+        protocol = header_deadline_protocol(args.header_timeout_seconds)
     except ValueError as error:
         raise SystemExit(f"{GATEWAY.name}: {error}") from None
     upstream = Upstream(
@@ -163,7 +172,7 @@ async def run(args: argparse.Namespace) -> None:
         cors_origins=origins,
     )
     sock = listening_socket(args.host, args.port)
-    config = uvicorn.Config(app, log_config=None, access_log=False, timeout_graceful_shutdown=args.grace_seconds)
+    config = uvicorn.Config(app, http=protocol, log_config=None, access_log=False, timeout_graceful_shutdown=args.grace_seconds)
     log.info("listening", extra={"service": GATEWAY.name, "http_port": args.port, "judgements": str(store.path), "blind": args.blind})
     # uvicorn handles SIGTERM/SIGINT: stops accepting, drains in-flight requests, runs the app's shutdown
     # (closes the channels and the store), then re-raises the signal so the process ends with it.

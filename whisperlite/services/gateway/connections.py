@@ -1,0 +1,77 @@
+"""A deadline on request headers: uvicorn has none, so a client sending its headers a byte at a time (slowloris)
+held a connection, and its file descriptor, for as long as it liked (each byte also restarts uvicorn's keep-alive
+timer). Here a request's headers must be complete within --header-timeout-seconds of the connection opening or of
+the previous answer on it; past that the client gets 408 and the connection is closed, as nginx's
+client_header_timeout does. A request whose headers came is not timed here: its body has --body-timeout-seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import prometheus_client
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from whisperlite.services.gateway.browsers import SECURITY_HEADERS
+
+HEADER_TIMEOUTS = prometheus_client.Counter(
+    "whisperlite_gateway_header_timeouts_total", "Connections closed with 408 because a request's headers came too slowly."
+)
+
+
+def header_deadline_protocol(header_timeout_seconds: float) -> type[H11Protocol]:
+    """uvicorn's HTTP/1.1 protocol with that deadline (uvicorn.Config(http=...) takes the class)."""
+    if not 0 < header_timeout_seconds <= 3600:  # NaN too
+        raise ValueError(f"header_timeout_seconds: must be between 0 and 3600, got {header_timeout_seconds}")
+    message = f"request headers did not arrive within {header_timeout_seconds:g} s (--header-timeout-seconds)"
+    body = json.dumps({"error": {"code": "DEADLINE_EXCEEDED", "message": message}}).encode()
+    head = [
+        "HTTP/1.1 408 Request Timeout", "content-type: application/json", f"content-length: {len(body)}", "connection: close",
+        *(f"{name.lower()}: {value}" for name, value in SECURITY_HEADERS.items()),
+    ]
+    answer = ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+    class HeaderDeadlineProtocol(H11Protocol):
+        _header_timer: asyncio.TimerHandle | None = None
+        _bytes_since_armed = 0
+
+        def data_received(self, data: bytes) -> None:
+            self._bytes_since_armed += len(data)
+            super().data_received(data)
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm_header_deadline()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm_header_deadline()  # the next request on this connection
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+            super().connection_lost(exc)
+
+        def _arm_header_deadline(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+            self._bytes_since_armed = 0
+            self._header_timer = self.loop.call_later(header_timeout_seconds, self._header_deadline_passed, self.cycle)
+
+        def _header_deadline_passed(self, cycle_when_armed) -> None:
+            self._header_timer = None
+            # A new request began since (its headers came), or the one armed with is still being answered
+            # (a pipelined request started when the previous answer completed).
+            if self.cycle is not cycle_when_armed or (self.cycle is not None and not self.cycle.response_complete):
+                return
+            if self.transport.is_closing():
+                return
+            if not self._bytes_since_armed:  # an idle connection: closed quietly, as the keep-alive timeout does
+                self.timeout_keep_alive_handler()
+                return
+            HEADER_TIMEOUTS.inc()
+            self.transport.write(answer)
+            self.transport.close()
+
+    return HeaderDeadlineProtocol

@@ -15,7 +15,7 @@ from unittest import mock
 import pytest
 import yaml
 
-from whisperlite.core.topology import CATALOG, GRPC_SERVICES, QUERY_ENCODER, RANKER
+from whisperlite.core.topology import CATALOG, GATEWAY, GRPC_SERVICES, QUERY_ENCODER, RANKER, SERVICES
 from whisperlite.services.common.server import LIVENESS_SERVICE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,7 +40,7 @@ def rendered(request) -> tuple[str, dict[tuple[str, str], dict]]:
 
 def service_env_names() -> set[str]:
     names = set(NON_FLAG_ENV)
-    for spec in GRPC_SERVICES:
+    for spec in SERVICES:
         with mock.patch.dict(os.environ, clear=True):
             parser = importlib.import_module(spec.module).build_parser()
         names |= {match for action in parser._actions for match in ENV_IN_HELP.findall(action.help or "")}
@@ -128,3 +128,29 @@ def test_the_gpu_overlay_gives_each_encoder_pod_a_gpu_and_the_cuda_image(rendere
         assert "nvidia.com/gpu" not in encoder["resources"].get("limits", {})
     for spec in (CATALOG, RANKER):
         assert "nvidia.com/gpu" not in container(resources, spec.name)["resources"].get("limits", {})
+
+
+def test_the_gateway_is_probed_over_http_keeps_its_judgements_on_a_claim_and_reaches_the_ranker(rendered):
+    _, resources = rendered
+    deployment = resources[("Deployment", GATEWAY.name)]["spec"]
+    pod = container(resources, GATEWAY.name)
+    assert {port["name"]: port["containerPort"] for port in pod["ports"]} == {"http": GATEWAY.port}
+    for probe in ("startupProbe", "readinessProbe"):
+        assert pod[probe]["httpGet"] == {"path": "/health", "port": "http"}, probe  # SERVING only while both upstreams are
+    assert pod["livenessProbe"]["httpGet"] == {"path": "/health/liveness", "port": "http"}  # the process alone
+    assert {"cpu", "memory"} <= set(pod["resources"]["requests"])
+    env = {entry["name"]: entry.get("value") for entry in pod["env"]}
+    assert env[f"{GATEWAY.env_prefix}_HOST"] == "0.0.0.0"
+    config = resources[("ConfigMap", "whisperlite-config")]["data"]
+    assert config[RANKER.address_env] == f"{RANKER.name}:{RANKER.port}" and config[CATALOG.address_env] == f"{CATALOG.name}:{CATALOG.port}"
+    assert set(env) - service_env_names() == set(), "env vars no service reads"
+    # The judgements' SQLite file: one writer on a ReadWriteOnce claim, never two pods during a rollout.
+    mounts = {mount["name"]: mount["mountPath"] for mount in pod["volumeMounts"]}
+    assert mounts["judgements"] == env[f"{GATEWAY.env_prefix}_STATE_DIR"]
+    (volume,) = deployment["template"]["spec"]["volumes"]
+    claim = resources[("PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"])]["spec"]
+    assert claim["accessModes"] == ["ReadWriteOnce"]
+    assert deployment["replicas"] == 1 and deployment["strategy"] == {"type": "Recreate"}
+    service = resources[("Service", GATEWAY.name)]["spec"]
+    assert service["selector"].items() <= deployment["template"]["metadata"]["labels"].items()
+    assert service["ports"] == [{"name": "http", "port": GATEWAY.port, "targetPort": "http"}]

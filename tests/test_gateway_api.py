@@ -443,6 +443,8 @@ def test_an_unreachable_ranker_is_unavailable_and_health_says_so(tmp_path, gatew
         assert health.status_code == 503
         assert health.json()["status"] == "NOT_SERVING"
         assert health.json()["upstreams"]["catalog"] == "SERVING" and health.json()["upstreams"]["ranker"] != "SERVING"
+        liveness = httpx.get(f"{base}/health/liveness", timeout=30)  # what an orchestrator's liveness probe asks: not restarted for it
+        assert (liveness.status_code, liveness.json()) == (200, {"status": "SERVING"})
         response = httpx.post(f"{base}/v1/recommend", json={"query": "boots", "top_k": 3}, timeout=30)
         assert response.status_code == 503 and response.headers["retry-after"] == "1"
         assert response.json()["error"]["code"] == "UNAVAILABLE"

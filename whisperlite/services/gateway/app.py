@@ -369,6 +369,12 @@ def create_app(
                 report["ranker_dependencies"] = dependencies
         return JSONResponse(report, status_code=200 if serving else 503)
 
+    # The process alone, as the services' gRPC `liveness` name: an orchestrator's liveness probe must not restart the
+    # gateway for an upstream's outage, which /health reports.
+    @app.api_route("/health/liveness", methods=["GET", "HEAD"], tags=["operations"], summary="SERVING while the gateway answers, whatever its upstreams")
+    async def liveness():
+        return JSONResponse({"status": "SERVING"})
+
     @app.get("/metrics", include_in_schema=False)
     async def metrics():
         return Response(prometheus_client.generate_latest(), media_type=prometheus_client.CONTENT_TYPE_LATEST)

@@ -61,7 +61,6 @@ TRACESTATE = re.compile(r"[\x20-\x7e]{1,512}")
 MAX_INT64 = 2**63 - 1
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 STATIC = resources.files("whisperlite.services.gateway") / "static"
-
 T = TypeVar("T")
 
 REQUESTS = prometheus_client.Counter(

@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import json
 
+import grpc
 import prometheus_client
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from whisperlite.services.gateway.browsers import SECURITY_HEADERS
+from whisperlite.services.gateway.status import error_body
 
 HEADER_TIMEOUTS = prometheus_client.Counter(
     "whisperlite_gateway_header_timeouts_total", "Connections closed with 408 because a request's headers came too slowly."
@@ -25,7 +27,7 @@ def header_deadline_protocol(header_timeout_seconds: float) -> type[H11Protocol]
     if not 0 < header_timeout_seconds <= 3600:  # NaN too
         raise ValueError(f"header_timeout_seconds: must be between 0 and 3600, got {header_timeout_seconds}")
     message = f"request headers did not arrive within {header_timeout_seconds:g} s (--header-timeout-seconds)"
-    body = json.dumps({"error": {"code": "DEADLINE_EXCEEDED", "message": message}}).encode()
+    body = json.dumps(error_body(grpc.StatusCode.DEADLINE_EXCEEDED, message)).encode()
     head = [
         "HTTP/1.1 408 Request Timeout", "content-type: application/json", f"content-length: {len(body)}", "connection: close",
         *(f"{name.lower()}: {value}" for name, value in SECURITY_HEADERS.items()),

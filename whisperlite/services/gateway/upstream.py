@@ -15,6 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from whisperlite.core.channels import create_channel
 from whisperlite.core.client_security import PLAINTEXT, ClientSecurity
 from whisperlite.core.topology import CATALOG, RANKER, RANKER_DEPENDENCIES, dependency_health_name
+from whisperlite.services.common.server import LIVENESS_SERVICE
 from whisperlite.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2, ranker_pb2, ranker_pb2_grpc
 
 Metadata = Sequence[tuple[str, str]]
@@ -81,10 +82,15 @@ class Upstream:
 
     async def ranker_dependencies(self) -> dict[str, str]:
         """Each of the ranker's dependencies as the ranker's own checks find it (its `dependency/<service>` health names),
-        by service name: which one a NOT_SERVING ranker waits for. Left out where the ranker reports none: while it
-        starts (before its first check) or when it predates these names."""
+        by service name: which one a NOT_SERVING ranker waits for. None while the ranker itself stops (draining turns
+        every health name NOT_SERVING, its liveness too, which a dependency's outage never does); left out where the
+        ranker reports none: while it starts (before its first check) or when it predates these names."""
         stub = self._health[RANKER.name][0]
-        statuses = await asyncio.gather(*(self._check(stub, dependency_health_name(service)) for service in RANKER_DEPENDENCIES))
+        liveness, *statuses = await asyncio.gather(
+            self._check(stub, LIVENESS_SERVICE), *(self._check(stub, dependency_health_name(service)) for service in RANKER_DEPENDENCIES)
+        )
+        if liveness != "SERVING":
+            return {}
         return {service.name: status for service, status in zip(RANKER_DEPENDENCIES, statuses) if status != grpc.StatusCode.NOT_FOUND.name}
 
     async def _check(self, stub: health_pb2_grpc.HealthStub, service: str) -> str:

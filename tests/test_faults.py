@@ -391,6 +391,9 @@ def test_a_frozen_encoder_fails_new_texts_at_once_and_keeps_serving_cached_ones(
                                 r"still answered\)", failed.value.details()), failed.value.details()
                 assert failed_within < 1.0, failed_within
                 assert len(stub.Recommend(cached, timeout=5).items) == 3
+                probe = subprocess.run([sys.executable, "-m", "whisperlite", "health", ranker.address], capture_output=True, text=True, timeout=60)
+                assert (probe.returncode, probe.stdout.strip()) == (1, "NOT_SERVING")
+                assert probe.stderr.strip() == f"{ranker.address}: NOT_SERVING (its dependencies down: query-encoder)", probe.stderr
                 health = httpx.get(f"http://127.0.0.1:{gateway.port}/health", timeout=30)
                 assert health.status_code == 503, health.text
                 assert health.json() == {

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from whisperlite.core.topology import BY_NAME, CATALOG, MAX_PORT, RANKER, SERVICES
+from whisperlite.core.topology import BY_NAME, CATALOG, MAX_PORT, RANKER, RANKER_DEPENDENCIES, SERVICES, dependency_health_name
 from whisperlite.shell import model_admin
 from whisperlite.shell.client_flags import add_client_flags, add_client_security_flags, at_least, client_security
 
@@ -97,6 +97,13 @@ def _health(args: argparse.Namespace) -> None:
         from whisperlite.core.clients.health import health_status
 
         serving, status = health_status(args.address, args.service, args.timeout, security=client_security(args))
+        if status == "NOT_SERVING" and not args.service:  # a ranker says which dependency it waits for; others have no such names
+            down = [
+                service.name for service in RANKER_DEPENDENCIES
+                if health_status(args.address, dependency_health_name(service), args.timeout, security=client_security(args))[1] == "NOT_SERVING"
+            ]
+            if down:
+                status += f" (its dependencies down: {', '.join(down)})"
     if not serving:
         print(f"{args.address}: {status}", file=sys.stderr)  # why: a refused TLS handshake is not the server's state
     print("SERVING" if serving else "NOT_SERVING")

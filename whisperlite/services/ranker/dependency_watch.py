@@ -108,7 +108,11 @@ class DependencyWatch:
                 elif not failures[dependency.name]:
                     self.outages.end(dependency.name)
                 # Down from the trip until a check passes: one failed check short of the trip changes nothing.
-                now_up = False if dependency.name in down else (True if not failures[dependency.name] else up[dependency.name])
+                now_up = up[dependency.name]
+                if dependency.name in down:
+                    now_up = False
+                elif not failures[dependency.name]:
+                    now_up = True
                 if now_up != up[dependency.name]:
                     up[dependency.name] = now_up
                     metrics.DEPENDENCY_UP.labels(dependency.name).set(int(now_up))

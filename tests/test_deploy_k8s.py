@@ -15,8 +15,7 @@ from unittest import mock
 import pytest
 import yaml
 
-from whisperlite.core.topology import CATALOG, GATEWAY, GRPC_SERVICES, QUERY_ENCODER, RANKER, SERVICES
-from whisperlite.services.common.server import LIVENESS_SERVICE
+from whisperlite.core.topology import CATALOG, GATEWAY, GRPC_SERVICES, LIVENESS_SERVICE, QUERY_ENCODER, RANKER, SERVICES
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

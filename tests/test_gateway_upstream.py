@@ -5,8 +5,7 @@ import asyncio
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from whisperlite.core.topology import CATALOG, QUERY_ENCODER, RANKER, dependency_health_name
-from whisperlite.services.common.server import LIVENESS_SERVICE
+from whisperlite.core.topology import CATALOG, LIVENESS_SERVICE, QUERY_ENCODER, RANKER, dependency_health_name
 from whisperlite.services.gateway.upstream import Upstream
 
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING

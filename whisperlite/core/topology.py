@@ -51,6 +51,10 @@ SERVICES = (QUERY_ENCODER, CATALOG, RANKER, GATEWAY)
 BY_NAME = {service.name: service for service in SERVICES}
 # The gRPC services (health-checked, TLS-served, scaled in Kubernetes); the gateway fronts them over HTTP.
 GRPC_SERVICES = tuple(service for service in SERVICES if service.speaks_grpc)
+# The health name of the process itself: SERVING from the moment it listens until shutdown, whatever its
+# model, store or dependencies do. Orchestrators' liveness probes ask for it, so a service that reports a
+# dependency's outage ("" and its own names NOT_SERVING: take it out of rotation) is not restarted for it.
+LIVENESS_SERVICE = "liveness"
 # What the ranker calls; its health follows theirs.
 RANKER_DEPENDENCIES = (QUERY_ENCODER, CATALOG)
 

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from whisperlite.core.topology import BY_NAME, CATALOG, MAX_PORT, RANKER, RANKER_DEPENDENCIES, SERVICES, dependency_health_name
+from whisperlite.core.topology import BY_NAME, CATALOG, MAX_PORT, RANKER, SERVICES
 from whisperlite.shell import model_admin
 from whisperlite.shell.client_flags import add_client_flags, add_client_security_flags, at_least, client_security
 
@@ -98,10 +98,13 @@ def _health(args: argparse.Namespace) -> None:
 
         serving, status = health_status(args.address, args.service, args.timeout, security=client_security(args))
         if status == "NOT_SERVING" and not args.service:  # a ranker says which dependency it waits for; others have no such names
-            down = [
-                service.name for service in RANKER_DEPENDENCIES
-                if health_status(args.address, dependency_health_name(service), args.timeout, security=client_security(args))[1] == "NOT_SERVING"
+            from whisperlite.core.clients.health import RANKER_DEPENDENCY_HEALTH_NAMES, dependencies_waited_for
+
+            statuses = [  # an error's "CODE: details" as the code alone
+                health_status(args.address, name, args.timeout, security=client_security(args))[1].partition(":")[0]
+                for name in RANKER_DEPENDENCY_HEALTH_NAMES
             ]
+            down = [name for name, state in dependencies_waited_for(statuses).items() if state == "NOT_SERVING"]
             if down:
                 status += f" (its dependencies down: {', '.join(down)})"
     if not serving:

@@ -1,13 +1,17 @@
 """gRPC health probing: `whisperlite health ADDR` (Docker HEALTHCHECK) and `whisperlite up` use it."""
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from whisperlite.core.channels import create_sync_channel
 from whisperlite.core.client_security import PLAINTEXT, ClientSecurity
+from whisperlite.core.topology import LIVENESS_SERVICE, RANKER_DEPENDENCIES, dependency_health_name
+
+# What to ask a ranker to learn which dependency it waits for, liveness first (read by `dependencies_waited_for`).
+RANKER_DEPENDENCY_HEALTH_NAMES = (LIVENESS_SERVICE, *(dependency_health_name(service) for service in RANKER_DEPENDENCIES))
 
 
 def health_status(address: str, service: str = "", timeout_seconds: float = 2.0, security: ClientSecurity = PLAINTEXT) -> tuple[bool, str]:
@@ -46,3 +50,15 @@ def wait_until_serving(
 ) -> bool:
     """Polls the gRPC health service until SERVING (see poll_until)."""
     return poll_until(lambda: is_serving(address, security=security), timeout_seconds, alive, interval_seconds)
+
+
+def dependencies_waited_for(statuses: Sequence[str]) -> dict[str, str]:
+    """The ranker's dependencies by service name and their state as its own checks find them, from the statuses
+    (SERVING, NOT_SERVING or an error code's name) of RANKER_DEPENDENCY_HEALTH_NAMES, in order. None while the ranker
+    itself stops (draining turns every health name NOT_SERVING, its liveness too, which a dependency's outage never
+    does); left out where the ranker reports none: while it starts (before its first check) or when it predates
+    these names (NOT_FOUND)."""
+    liveness, *states = statuses
+    if liveness != "SERVING":
+        return {}
+    return {service.name: state for service, state in zip(RANKER_DEPENDENCIES, states) if state != grpc.StatusCode.NOT_FOUND.name}

@@ -11,7 +11,7 @@ import prometheus_client
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from whisperlite.core.topology import DEFAULT_MAX_MESSAGE_BYTES
+from whisperlite.core.topology import DEFAULT_MAX_MESSAGE_BYTES, LIVENESS_SERVICE
 from whisperlite.services.common.admission import Admission, AdmissionLimits
 from whisperlite.services.common.interceptors import ObservabilityInterceptor
 from whisperlite.services.common.security import ServerSecurity
@@ -20,10 +20,6 @@ from whisperlite.services.common.tracing import stop_tracing
 log = logging.getLogger("whisperlite.server")
 
 MAX_CONNECTION_AGE_MS = 5 * 60 * 1000
-# The health name of the process itself: SERVING from the moment it listens until shutdown, whatever its
-# model, store or dependencies do. Orchestrators' liveness probes ask for it, so a service that reports a
-# dependency's outage ("" and its own names NOT_SERVING: take it out of rotation) is not restarted for it.
-LIVENESS_SERVICE = "liveness"
 
 # (add_XServicer_to_server, servicer, full service name)
 ServicerBinding = tuple[Callable[[Any, grpc.aio.Server], None], Any, str]

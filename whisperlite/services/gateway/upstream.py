@@ -14,8 +14,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from whisperlite.core.channels import create_channel
 from whisperlite.core.client_security import PLAINTEXT, ClientSecurity
-from whisperlite.core.topology import CATALOG, RANKER, RANKER_DEPENDENCIES, dependency_health_name
-from whisperlite.services.common.server import LIVENESS_SERVICE
+from whisperlite.core.clients.health import RANKER_DEPENDENCY_HEALTH_NAMES, dependencies_waited_for
+from whisperlite.core.topology import CATALOG, RANKER
 from whisperlite.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2, ranker_pb2, ranker_pb2_grpc
 
 Metadata = Sequence[tuple[str, str]]
@@ -82,16 +82,9 @@ class Upstream:
 
     async def ranker_dependencies(self) -> dict[str, str]:
         """Each of the ranker's dependencies as the ranker's own checks find it (its `dependency/<service>` health names),
-        by service name: which one a NOT_SERVING ranker waits for. None while the ranker itself stops (draining turns
-        every health name NOT_SERVING, its liveness too, which a dependency's outage never does); left out where the
-        ranker reports none: while it starts (before its first check) or when it predates these names."""
+        by service name: which one a NOT_SERVING ranker waits for (`dependencies_waited_for`)."""
         stub = self._health[RANKER.name][0]
-        liveness, *statuses = await asyncio.gather(
-            self._check(stub, LIVENESS_SERVICE), *(self._check(stub, dependency_health_name(service)) for service in RANKER_DEPENDENCIES)
-        )
-        if liveness != "SERVING":
-            return {}
-        return {service.name: status for service, status in zip(RANKER_DEPENDENCIES, statuses) if status != grpc.StatusCode.NOT_FOUND.name}
+        return dependencies_waited_for(await asyncio.gather(*(self._check(stub, name) for name in RANKER_DEPENDENCY_HEALTH_NAMES)))
 
     async def _check(self, stub: health_pb2_grpc.HealthStub, service: str) -> str:
         try:

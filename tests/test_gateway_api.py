@@ -210,6 +210,8 @@ def test_two_authorization_headers_and_made_up_methods(gateway_url):
             assert client.request(f"X{i}METHOD", "/v1/recommend").status_code == 405
         metrics = client.get("/metrics").text
         assert "METHOD" not in metrics and 'method="other"' in metrics
+        # A method the route does not take is counted under the route its path names, not as an unknown path.
+        assert re.search(r'^whisperlite_gateway_requests_total\{method="other",route="/v1/recommend",status="405"\} ', metrics, re.M), metrics
         assert len(metrics.splitlines()) == series  # made-up methods share the "other" series: /metrics does not grow
 
 

@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
@@ -195,6 +196,16 @@ def test_a_page_on_an_allowed_origin_calls_the_api_and_others_are_refused(browse
         assert refused == {"status": 400, "items": 0, "requestId": "shop-call-1"}, refused
         # The gateway without --cors-origins (the default): the browser refuses the shop's page the answer.
         assert "Failed to fetch" in page.evaluate(FETCH_RECOMMEND, [gateway_url, []]).get("error", ""), "the default must allow no other origin"
+        # Preflights never reach the gateway's own middleware (CORS answers them): they are counted all the same,
+        # under the route they ask about, refused ones too.
+        base = f"http://127.0.0.1:{gateway.port}"
+        stranger = httpx.options(f"{base}/v1/recommend", headers={"origin": "https://elsewhere.example", "access-control-request-method": "POST"})
+        assert stranger.status_code == 400
+        metrics = httpx.get(f"{base}/metrics").text
+        allowed_preflights = re.search(r'^whisperlite_gateway_requests_total\{method="OPTIONS",route="/v1/recommend",status="200"\} (\S+)$', metrics, re.M)
+        assert allowed_preflights and float(allowed_preflights[1]) >= 1, metrics
+        assert re.search(r'^whisperlite_gateway_requests_total\{method="OPTIONS",route="/v1/recommend",status="400"\} 1\.0$', metrics, re.M), metrics
+        assert re.search(r'^whisperlite_gateway_request_seconds_count\{method="OPTIONS",route="/v1/recommend"\} ', metrics, re.M), metrics
     finally:
         context.close()
         gateway.stop()

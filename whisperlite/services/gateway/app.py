@@ -17,7 +17,6 @@ import prometheus_client
 from fastapi import FastAPI, Request
 from fastapi import Path as PathParameter
 from fastapi.exceptions import RequestValidationError
-from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -33,7 +32,8 @@ from whisperlite.core.request_context import REQUEST_ID_KEY as REQUEST_ID_HEADER
 from whisperlite.core.topology import RANKER
 from whisperlite.services.gateway import study
 from whisperlite.services.gateway.browsers import (
-    CORS_MAX_AGE_SECONDS, CORS_METHODS, CORS_REQUEST_HEADERS, CORS_RESPONSE_HEADERS, add_security_headers,
+    CORS_MAX_AGE_SECONDS, CORS_METHODS, CORS_REQUEST_HEADERS, CORS_RESPONSE_HEADERS, ObservedCORSMiddleware,
+    add_security_headers,
 )
 from whisperlite.services.gateway.bodies import BodyBudget, BodyReader, Refused, invalid, validation_message
 from whisperlite.services.gateway.judgements import POSITIONS, JudgementStore, NotShown, UnknownComparison
@@ -186,12 +186,25 @@ async def _read_body(request: Request, limits: BodyLimits, budget: BodyBudget) -
     return None, held
 
 
-def _route_label(app: FastAPI, request: Request) -> str:
-    """The route's path template: a request refused before routing (its body) is counted under its route too."""
-    route = request.scope.get("route")
+def _route_label(app: FastAPI, scope: dict) -> str:
+    """The route's path template: a request refused before routing (its body) is counted under its route too, and
+    one whose method the route does not take (a CORS preflight, a 405) under the route its path names."""
+    route = scope.get("route")
     if route is None:
-        route = next((candidate for candidate in app.router.routes if candidate.matches(request.scope)[0] == Match.FULL), None)
+        matches = {Match.FULL: None, Match.PARTIAL: None}
+        for candidate in app.router.routes:
+            match = candidate.matches(scope)[0]
+            if match in matches and matches[match] is None:
+                matches[match] = candidate
+        route = matches[Match.FULL] or matches[Match.PARTIAL]
     return route.path if route is not None else "unmatched"
+
+
+def _count(app: FastAPI, scope: dict, status: int, seconds: float) -> None:
+    # The method is the caller's to choose: made-up ones share one label, or each would add series to /metrics.
+    labels = (scope["method"] if scope["method"] in HTTP_METHODS else "other", _route_label(app, scope))
+    LATENCY.labels(*labels).observe(seconds)
+    REQUESTS.labels(*labels, str(status)).inc()
 
 
 def _busy(budget: BodyBudget) -> JSONResponse:
@@ -285,15 +298,13 @@ def create_app(
                 budget.give(held)
         response.headers[REQUEST_ID_HEADER] = request_id
         add_security_headers(request.url.path, response)
-        # The method is the caller's to choose: made-up ones share one label, or each would add series to /metrics.
-        labels = (request.method if request.method in HTTP_METHODS else "other", _route_label(app, request))
-        LATENCY.labels(*labels).observe(time.perf_counter() - started)
-        REQUESTS.labels(*labels, str(response.status_code)).inc()
+        _count(app, request.scope, response.status_code, time.perf_counter() - started)
         return response
 
     if cors_origins:  # added last, so outermost: a refusal above (413, 429) reaches the calling page readable too
         app.add_middleware(
-            CORSMiddleware, allow_origins=list(cors_origins), allow_methods=CORS_METHODS, allow_headers=CORS_REQUEST_HEADERS,
+            ObservedCORSMiddleware, observe=lambda scope, status, seconds: _count(app, scope, status, seconds),
+            allow_origins=list(cors_origins), allow_methods=CORS_METHODS, allow_headers=CORS_REQUEST_HEADERS,
             expose_headers=CORS_RESPONSE_HEADERS, max_age=CORS_MAX_AGE_SECONDS,
         )
 

@@ -1,9 +1,14 @@
 """What the gateway tells browsers: security headers on every answer, and which other origins' pages may call
 the API (CORS)."""
 
+import time
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
+from starlette.datastructures import Headers
+from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 # On every answer: the browser never guesses a type (a JSON error echoing a caller's text is not run as HTML), no
 # page frames the gateway (the judgement buttons cannot be clickjacked), and no URL (a comparison id) leaks as a
@@ -54,3 +59,37 @@ def cors_origins(value: str) -> tuple[str, ...]:
         except ValueError:
             raise ValueError(f"cors-origins: {origin!r} has no valid port") from None
     return origins
+
+
+class ObservedCORSMiddleware(CORSMiddleware):
+    """Starlette's CORS, which answers a preflight itself: the app's middleware never sees it, so it is handed to
+    `observe(scope, status, seconds)` to be counted with the app's requests."""
+
+    def __init__(self, app: ASGIApp, *, observe: Callable[[Scope, int, float], None], **options) -> None:
+        super().__init__(app, **options)
+        self._observe = observe
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not _is_preflight(scope):
+            await super().__call__(scope, receive, send)
+            return
+        started, status = time.perf_counter(), 0
+
+        async def send_observed(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await super().__call__(scope, receive, send_observed)
+        finally:
+            self._observe(scope, status, time.perf_counter() - started)
+
+
+def _is_preflight(scope: Scope) -> bool:
+    """What CORSMiddleware answers without calling the app (its own test, read the same way)."""
+    if scope["type"] != "http" or scope["method"] != "OPTIONS":
+        return False
+    headers = Headers(scope=scope)
+    return "origin" in headers and "access-control-request-method" in headers

@@ -129,27 +129,50 @@ def test_the_gpu_overlay_gives_each_encoder_pod_a_gpu_and_the_cuda_image(rendere
         assert "nvidia.com/gpu" not in container(resources, spec.name)["resources"].get("limits", {})
 
 
-def test_the_gateway_is_probed_over_http_keeps_its_judgements_on_a_claim_and_reaches_the_ranker(rendered):
+STUDY = f"{GATEWAY.name}-study"
+
+
+def test_the_gateway_api_scales_and_the_study_keeps_its_judgements_on_one_claim(rendered):
     _, resources = rendered
-    deployment = resources[("Deployment", GATEWAY.name)]["spec"]
-    pod = container(resources, GATEWAY.name)
-    assert {port["name"]: port["containerPort"] for port in pod["ports"]} == {"http": GATEWAY.port}
-    for probe in ("startupProbe", "readinessProbe"):
-        assert pod[probe]["httpGet"] == {"path": "/health", "port": "http"}, probe  # SERVING only while both upstreams are
-    assert pod["livenessProbe"]["httpGet"] == {"path": "/health/liveness", "port": "http"}  # the process alone
-    assert {"cpu", "memory"} <= set(pod["resources"]["requests"])
-    env = {entry["name"]: entry.get("value") for entry in pod["env"]}
-    assert env[f"{GATEWAY.env_prefix}_HOST"] == "0.0.0.0"
     config = resources[("ConfigMap", "whisperlite-config")]["data"]
     assert config[RANKER.address_env] == f"{RANKER.name}:{RANKER.port}" and config[CATALOG.address_env] == f"{CATALOG.name}:{CATALOG.port}"
-    assert set(env) - service_env_names() == set(), "env vars no service reads"
-    # The judgements' SQLite file: one writer on a ReadWriteOnce claim, never two pods during a rollout.
+    for name in (GATEWAY.name, STUDY):
+        pod = container(resources, name)
+        assert {port["name"]: port["containerPort"] for port in pod["ports"]} == {"http": GATEWAY.port}
+        for probe in ("startupProbe", "readinessProbe"):
+            assert pod[probe]["httpGet"] == {"path": "/health", "port": "http"}, probe  # SERVING only while both upstreams are
+        assert pod["livenessProbe"]["httpGet"] == {"path": "/health/liveness", "port": "http"}  # the process alone
+        assert {"cpu", "memory"} <= set(pod["resources"]["requests"])
+        env = {entry["name"]: entry.get("value") for entry in pod["env"]}
+        assert env[f"{GATEWAY.env_prefix}_HOST"] == "0.0.0.0"
+        assert set(env) - service_env_names() == set(), "env vars no service reads"
+        deployment = resources[("Deployment", name)]["spec"]
+        service = resources[("Service", name)]["spec"]
+        assert service["selector"].items() <= deployment["template"]["metadata"]["labels"].items()
+        assert service["ports"] == [{"name": "http", "port": GATEWAY.port, "targetPort": "http"}]
+    # Each Service reaches its own Deployment's pods only: the API's never sends a caller to the study pod.
+    assert resources[("Service", GATEWAY.name)]["spec"]["selector"] != resources[("Service", STUDY)]["spec"]["selector"]
+
+    # The API: no state, so several pods, rolled out one by one without dropping below the count, scaled on CPU.
+    api = resources[("Deployment", GATEWAY.name)]["spec"]
+    api_env = {entry["name"]: entry.get("value") for entry in container(resources, GATEWAY.name)["env"]}
+    assert api_env[f"{GATEWAY.env_prefix}_STUDY"] == "off"
+    assert "volumes" not in api["template"]["spec"] and "volumeMounts" not in container(resources, GATEWAY.name)
+    assert api["replicas"] >= 2 and api["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    autoscaler = resources[("HorizontalPodAutoscaler", GATEWAY.name)]["spec"]
+    assert autoscaler["scaleTargetRef"]["name"] == GATEWAY.name and autoscaler["minReplicas"] >= 2
+    budget = resources[("PodDisruptionBudget", GATEWAY.name)]["spec"]
+    assert budget["selector"]["matchLabels"].items() <= api["template"]["metadata"]["labels"].items()
+
+    # The study: its judgements' SQLite file has one writer on a ReadWriteOnce claim, never two pods during a rollout.
+    study = resources[("Deployment", STUDY)]["spec"]
+    pod = container(resources, STUDY)
+    env = {entry["name"]: entry.get("value") for entry in pod["env"]}
+    assert env[f"{GATEWAY.env_prefix}_STUDY"] == "on"
     mounts = {mount["name"]: mount["mountPath"] for mount in pod["volumeMounts"]}
     assert mounts["judgements"] == env[f"{GATEWAY.env_prefix}_STATE_DIR"]
-    (volume,) = deployment["template"]["spec"]["volumes"]
+    (volume,) = study["template"]["spec"]["volumes"]
     claim = resources[("PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"])]["spec"]
     assert claim["accessModes"] == ["ReadWriteOnce"]
-    assert deployment["replicas"] == 1 and deployment["strategy"] == {"type": "Recreate"}
-    service = resources[("Service", GATEWAY.name)]["spec"]
-    assert service["selector"].items() <= deployment["template"]["metadata"]["labels"].items()
-    assert service["ports"] == [{"name": "http", "port": GATEWAY.port, "targetPort": "http"}]
+    assert study["replicas"] == 1 and study["strategy"] == {"type": "Recreate"}
+    assert ("HorizontalPodAutoscaler", STUDY) not in resources

@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import os
 import re
 import select
 import socket
@@ -465,6 +466,39 @@ def test_the_health_command_probes_the_gateway_over_http(gateway_url, gateway_ra
         [sys.executable, "-m", "whisperlite", "health", f"http://127.0.0.1:{gateway_ranker.metrics_port}/health"], capture_output=True, text=True, timeout=60
     )
     assert (wrong.returncode, wrong.stdout.strip()) == (1, "NOT_SERVING") and "not the gateway's health answer" in wrong.stderr
+
+
+def test_an_api_only_gateway_keeps_no_state_and_names_the_flag_for_the_study(tmp_path, gateway_ranker, gateway_catalog, gateway_items):
+    from tests.servers import start_gateway
+
+    state = tmp_path / "state"
+    gateway = start_gateway(tmp_path / "logs", gateway_ranker.address, gateway_catalog.address, state, "--study", "off")
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{gateway.port}", timeout=60) as client:
+            answer = client.post("/v1/recommend", json={"query": "a watch", "top_k": 3, "recent_item_ids": WATCH_IDS[:1]})
+            assert answer.status_code == 200 and len(answer.json()["items"]) == 3
+            for method, path in (("POST", "/v1/study/comparisons"), ("GET", "/v1/study/users"), ("PUT", "/v1/study/comparisons/1/judgements"), ("GET", "/")):
+                off = client.request(method, path, json={})
+                assert off.status_code == 404, (path, off.text)
+                assert off.json()["error"] == {"code": "NOT_FOUND", "message": (
+                    "this gateway serves the API only (--study off): the study page and its judgements are served by a gateway "
+                    "started with --study on"
+                )}
+            schema = client.get("/openapi.json").json()
+            assert "/v1/recommend" in schema["paths"] and not [path for path in schema["paths"] if path.startswith("/v1/study")]
+            assert "ComparisonRequest" not in schema["components"]["schemas"]
+        assert not state.exists() or not any(state.iterdir()), "an API-only gateway writes nothing"
+    finally:
+        gateway.stop()
+
+
+def test_an_unknown_study_setting_stops_start_up(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "whisperlite", "serve", "gateway", "--port", str(free_port()), "--state-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "GATEWAY_STUDY": "maybe"},
+    )
+    assert result.returncode == 1
+    assert "gateway: GATEWAY_STUDY: must be one of on, off, got 'maybe'" in result.stderr
 
 
 def test_a_port_in_use_stops_start_up_saying_so(gateway, tmp_path):

@@ -249,7 +249,7 @@ async def _unless_client_leaves(request: Request, call: Awaitable[T]) -> T | JSO
 
 def create_app(
     upstream: Upstream,
-    store: JudgementStore,
+    store: JudgementStore | None,
     *,
     blind: bool = False,
     suggested_users: tuple[str, ...] = (),
@@ -268,7 +268,8 @@ def create_app(
         yield
         # Runs once uvicorn has drained in-flight requests after SIGTERM.
         await upstream.close()
-        store.close()
+        if store is not None:
+            store.close()
 
     app = FastAPI(
         lifespan=lifespan,
@@ -389,53 +390,60 @@ def create_app(
     async def metrics():
         return Response(prometheus_client.generate_latest(), media_type=prometheus_client.CONTENT_TYPE_LATEST)
 
-    @app.post("/v1/study/comparisons", tags=["study"], summary="answer a request personalized and non-personal, store what is shown",
-              openapi_extra=json_body(study.ComparisonRequest))  # fmt: skip
-    async def create_comparison(request: Request):
-        asked = await body(request, study.ComparisonRequest)
-        comparison_id = await _unless_client_leaves(request, study.compare(upstream, store, asked, blind, _metadata(request)))
-        if isinstance(comparison_id, JSONResponse):
-            return comparison_id
-        return await asyncio.to_thread(study.comparison_view, store, comparison_id)
-
-    @app.get("/v1/study/comparisons/{comparison_id}", tags=["study"], summary="a stored comparison with its judgements")
-    async def get_comparison(comparison_id: ComparisonId):
-        try:
+    if store is None:
+        # An API-only gateway (--study off) scales to many replicas: it keeps no state. The study is another gateway's.
+        @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
+        @app.api_route("/v1/study/{rest:path}", methods=sorted(HTTP_METHODS), include_in_schema=False)
+        async def study_off():
+            return _grpc_error(grpc.StatusCode.NOT_FOUND, STUDY_OFF)
+    else:
+        @app.post("/v1/study/comparisons", tags=["study"], summary="answer a request personalized and non-personal, store what is shown",
+                  openapi_extra=json_body(study.ComparisonRequest))  # fmt: skip
+        async def create_comparison(request: Request):
+            asked = await body(request, study.ComparisonRequest)
+            comparison_id = await _unless_client_leaves(request, study.compare(upstream, store, asked, blind, _metadata(request)))
+            if isinstance(comparison_id, JSONResponse):
+                return comparison_id
             return await asyncio.to_thread(study.comparison_view, store, comparison_id)
-        except UnknownComparison as error:
-            return _grpc_error(grpc.StatusCode.NOT_FOUND, f"comparison_id: {error}")
 
-    @app.put("/v1/study/comparisons/{comparison_id}/judgements", tags=["study"], summary="mark a shown item relevant or not",
-             openapi_extra=json_body(study.JudgementRequest))  # fmt: skip
-    async def judge(comparison_id: ComparisonId, request: Request):
-        asked = await body(request, study.JudgementRequest)
-        if asked.position not in POSITIONS:
-            return _grpc_error(grpc.StatusCode.INVALID_ARGUMENT, f"position: must be left or right, got {asked.position!r}")
-        try:
-            judgement = await asyncio.to_thread(store.judge, comparison_id, asked.position, asked.rank, asked.relevant)
-        except UnknownComparison as error:
-            return _grpc_error(grpc.StatusCode.NOT_FOUND, f"comparison_id: {error}")
-        except NotShown as error:
-            return _grpc_error(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-        return {"comparison_id": comparison_id, "position": judgement.position, "rank": judgement.rank, "relevant": judgement.relevant}
+        @app.get("/v1/study/comparisons/{comparison_id}", tags=["study"], summary="a stored comparison with its judgements")
+        async def get_comparison(comparison_id: ComparisonId):
+            try:
+                return await asyncio.to_thread(study.comparison_view, store, comparison_id)
+            except UnknownComparison as error:
+                return _grpc_error(grpc.StatusCode.NOT_FOUND, f"comparison_id: {error}")
 
-    @app.get("/v1/study/users", tags=["study"], summary="users to offer in the page's picker")
-    async def users():
-        judged = await asyncio.to_thread(store.judged_users)
-        return {"users": list(dict.fromkeys([*suggested_users, *judged]))}
+        @app.put("/v1/study/comparisons/{comparison_id}/judgements", tags=["study"], summary="mark a shown item relevant or not",
+                 openapi_extra=json_body(study.JudgementRequest))  # fmt: skip
+        async def judge(comparison_id: ComparisonId, request: Request):
+            asked = await body(request, study.JudgementRequest)
+            if asked.position not in POSITIONS:
+                return _grpc_error(grpc.StatusCode.INVALID_ARGUMENT, f"position: must be left or right, got {asked.position!r}")
+            try:
+                judgement = await asyncio.to_thread(store.judge, comparison_id, asked.position, asked.rank, asked.relevant)
+            except UnknownComparison as error:
+                return _grpc_error(grpc.StatusCode.NOT_FOUND, f"comparison_id: {error}")
+            except NotShown as error:
+                return _grpc_error(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            return {"comparison_id": comparison_id, "position": judgement.position, "rank": judgement.rank, "relevant": judgement.relevant}
 
-    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
-    async def page():
-        return FileResponse(STATIC / "index.html")
+        @app.get("/v1/study/users", tags=["study"], summary="users to offer in the page's picker")
+        async def users():
+            judged = await asyncio.to_thread(store.judged_users)
+            return {"users": list(dict.fromkeys([*suggested_users, *judged]))}
 
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+        @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
+        async def page():
+            return FileResponse(STATIC / "index.html")
+
+        app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     def openapi() -> dict:
         """FastAPI's schema, plus the body models the routes read themselves (bodies.py), under components."""
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
             components = schema.setdefault("components", {}).setdefault("schemas", {})
-            for model in BODY_MODELS:
+            for model in BODY_MODELS if store is not None else API_BODY_MODELS:
                 model_schema = model.model_json_schema(ref_template=COMPONENT_REF)
                 components.update(model_schema.pop("$defs", {}))
                 components[model.__name__] = model_schema
@@ -447,7 +455,12 @@ def create_app(
 
 
 COMPONENT_REF = "#/components/schemas/{model}"
-BODY_MODELS = (RecommendRequest, UpsertItemsRequest, study.ComparisonRequest, study.JudgementRequest)
+API_BODY_MODELS = (RecommendRequest, UpsertItemsRequest)
+BODY_MODELS = (*API_BODY_MODELS, study.ComparisonRequest, study.JudgementRequest)
+STUDY_OFF = (
+    "this gateway serves the API only (--study off): the study page and its judgements are served by a gateway "
+    "started with --study on"
+)
 # Comparison ids are SQLite rowids: a larger number is refused as a parameter instead of overflowing the store.
 ComparisonId = Annotated[int, PathParameter(ge=1, le=MAX_INT64)]
 

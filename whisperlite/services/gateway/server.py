@@ -21,6 +21,7 @@ from whisperlite.services.gateway.upstream import Upstream
 
 log = logging.getLogger("whisperlite.gateway")
 PREFIX = GATEWAY.env_prefix
+STUDY_CHOICES = ("on", "off")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--state-dir",
         type=Path,
         default=Path(env_str(f"{PREFIX}_STATE_DIR", "var")),
-        help=f"folder of the judgement store judgements.sqlite (env {PREFIX}_STATE_DIR)",
+        help=f"folder of the judgement store judgements.sqlite, with --study on (env {PREFIX}_STATE_DIR)",
+    )
+    parser.add_argument(
+        "--study",
+        choices=STUDY_CHOICES,
+        default=env_str(f"{PREFIX}_STUDY", "on"),
+        help="on: also serve the judgement page and its store (one replica: SQLite); off: the API only, no state, any "
+        f"number of replicas (env {PREFIX}_STUDY)",
     )
     parser.add_argument(
         "--blind",
@@ -156,6 +164,8 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 async def run(args: argparse.Namespace) -> None:
     try:
+        if args.study not in STUDY_CHOICES:  # argparse checks the flag's choices, not a default read from the env
+            raise ValueError(f"{PREFIX}_STUDY: must be one of {', '.join(STUDY_CHOICES)}, got {args.study!r}")
         body_limits = BodyLimits(args.max_body_bytes, args.max_buffered_body_bytes, args.body_timeout_seconds)
         origins = cors_origins(args.cors_origins)
         protocol = header_deadline_protocol(args.header_timeout_seconds)
@@ -165,7 +175,7 @@ async def run(args: argparse.Namespace) -> None:
         args.ranker_addr, args.catalog_addr, deadline_seconds=args.deadline_seconds, max_message_bytes=args.max_message_bytes,
         security=upstream_security(args),
     )
-    store = JudgementStore.in_folder(args.state_dir)
+    store = JudgementStore.in_folder(args.state_dir) if args.study == "on" else None
     suggested = tuple(user.strip() for user in args.suggested_users.split(",") if user.strip())
     app = create_app(
         upstream, store, blind=args.blind, suggested_users=suggested, body_limits=body_limits, max_message_bytes=args.max_message_bytes,
@@ -173,7 +183,8 @@ async def run(args: argparse.Namespace) -> None:
     )
     sock = listening_socket(args.host, args.port)
     config = uvicorn.Config(app, http=protocol, log_config=None, access_log=False, timeout_graceful_shutdown=args.grace_seconds)
-    log.info("listening", extra={"service": GATEWAY.name, "http_port": args.port, "judgements": str(store.path), "blind": args.blind})
+    judgements = str(store.path) if store is not None else "none (--study off)"
+    log.info("listening", extra={"service": GATEWAY.name, "http_port": args.port, "judgements": judgements, "blind": args.blind})
     # uvicorn handles SIGTERM/SIGINT: stops accepting, drains in-flight requests, runs the app's shutdown
     # (closes the channels and the store), then re-raises the signal so the process ends with it.
     await uvicorn.Server(config).serve(sockets=[sock])

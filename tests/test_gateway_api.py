@@ -498,7 +498,7 @@ def test_an_unknown_study_setting_stops_start_up(tmp_path):
         capture_output=True, text=True, timeout=60, env={**os.environ, "GATEWAY_STUDY": "maybe"},
     )
     assert result.returncode == 1
-    assert "gateway: GATEWAY_STUDY: must be one of on, off, got 'maybe'" in result.stderr
+    assert "environment variable GATEWAY_STUDY must be one of on, off, got 'maybe'" in result.stderr
 
 
 def test_a_port_in_use_stops_start_up_saying_so(gateway, tmp_path):

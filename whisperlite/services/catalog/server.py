@@ -21,6 +21,7 @@ from whisperlite.services.common.config import (
     admission_limits,
     downstream_security,
     env_bool,
+    env_choice,
     env_float,
     env_int,
     env_str,
@@ -53,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"deadline of each Milvus call (env {PREFIX}_MILVUS_TIMEOUT_SECONDS)",
     )
     store.add_argument(
-        "--search-index", choices=SEARCH_INDEXES, default=env_str(f"{PREFIX}_SEARCH_INDEX", "auto"),
+        "--search-index", choices=SEARCH_INDEXES, default=env_choice(f"{PREFIX}_SEARCH_INDEX", "auto", SEARCH_INDEXES),
         help=(
             "where searches run: memory (an index in this process, built from the store at start-up; see --ann-min-rows), milvus, or auto: "
             f"memory on the embedded milvus-lite store, milvus on a server, which other replicas may write (env {PREFIX}_SEARCH_INDEX)"
@@ -104,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"name of the model behind the vectors, recorded with (and required by) --dimension (env {PREFIX}_ENCODER_MODEL)",
     )
     create.add_argument(
-        "--index-type", choices=INDEX_TYPES, default=env_str(f"{PREFIX}_INDEX_TYPE", creation.index_type),
+        "--index-type", choices=INDEX_TYPES, default=env_choice(f"{PREFIX}_INDEX_TYPE", creation.index_type, INDEX_TYPES),
         help=f"ANN index of the vector field; milvus-lite takes AUTOINDEX, FLAT, IVF_FLAT (env {PREFIX}_INDEX_TYPE)",
     )
     create.add_argument(

@@ -33,6 +33,14 @@ def env_float(name: str, default: float) -> float:
         raise SystemExit(f"environment variable {name} must be a number, got {value!r}") from None
 
 
+def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    """A flag's default from the environment, checked as argparse checks the flag's own value (it checks no default)."""
+    value = env_str(name, "") or default
+    if value not in choices:
+        raise SystemExit(f"environment variable {name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
 def env_bool(name: str, default: bool) -> bool:
     value = env_str(name, "").strip().lower()
     if not value:

@@ -9,7 +9,7 @@ from pathlib import Path
 import uvicorn
 
 from whisperlite.core.topology import CATALOG, DEFAULT_MAX_MESSAGE_BYTES, GATEWAY, RANKER
-from whisperlite.services.common.config import env_bool, env_float, env_int, env_str
+from whisperlite.services.common.config import env_bool, env_choice, env_float, env_int, env_str
 from whisperlite.services.common.logs import configure_logging
 from whisperlite.services.common.tls import check_certificate_file
 from whisperlite.services.gateway.app import BodyLimits, create_app
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--study",
         choices=STUDY_CHOICES,
-        default=env_str(f"{PREFIX}_STUDY", "on"),
+        default=env_choice(f"{PREFIX}_STUDY", "on", STUDY_CHOICES),
         help="on: also serve the judgement page and its store (one replica: SQLite); off: the API only, no state, any "
         f"number of replicas (env {PREFIX}_STUDY)",
     )
@@ -164,8 +164,6 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 async def run(args: argparse.Namespace) -> None:
     try:
-        if args.study not in STUDY_CHOICES:  # argparse checks the flag's choices, not a default read from the env
-            raise ValueError(f"{PREFIX}_STUDY: must be one of {', '.join(STUDY_CHOICES)}, got {args.study!r}")
         body_limits = BodyLimits(args.max_body_bytes, args.max_buffered_body_bytes, args.body_timeout_seconds)
         origins = cors_origins(args.cors_origins)
         protocol = header_deadline_protocol(args.header_timeout_seconds)

@@ -9,7 +9,7 @@ import torch
 import transformers
 
 from whisperlite.core.topology import QUERY_ENCODER
-from whisperlite.services.common.config import add_server_flags, admission_limits, env_float, env_int, env_str
+from whisperlite.services.common.config import add_server_flags, admission_limits, env_choice, env_float, env_int, env_str
 from whisperlite.services.common.logs import configure_logging
 from whisperlite.services.common.security import ServerSecurity
 from whisperlite.services.common.tracing import start_tracing
@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = EmbedderSettings()
     group = parser.add_argument_group("encoder")
     group.add_argument(
-        "--backend", choices=BACKENDS, default=env_str(f"{PREFIX}_BACKEND", DEFAULT_BACKEND),
+        "--backend", choices=BACKENDS, default=env_choice(f"{PREFIX}_BACKEND", DEFAULT_BACKEND, BACKENDS),
         help=f"encoder backend (env {PREFIX}_BACKEND)",
     )
     group.add_argument(

@@ -152,6 +152,15 @@ def test_an_id_with_a_slash_and_unknown_routes(http, gateway_items):
     assert unknown.json() == {"error": {"code": "NOT_FOUND", "message": "no route GET /v1/no-such-route (the routes: /docs)"}}
     assert http.post("/v1/recommend/", json={"query": "boots", "top_k": 1}).status_code == 404  # not an empty 307
     assert http.head("/health").status_code == 200 and http.head("/").status_code == 200  # what load balancers probe with
+    for path in ("/v1/items/gw/with/slashes", "/metrics", "/v1/study/users", "/health/liveness"):  # every GET route takes HEAD
+        head = http.head(path)
+        assert head.status_code == 200 and head.content == b"", (path, head.status_code)
+    assert http.head("/v1/items/no-such-item").status_code == 404
+    # Starlette's route patterns let a final newline through: /v1/items/ID%0A was the item ID.
+    for path in ("/v1/items/gw/with/slashes%0A", "/v1/recommend%0A", "/v1/items/a%00b"):
+        refused = http.get(path)
+        assert refused.status_code == 400, (path, refused.text)
+        assert refused.json()["error"]["message"].startswith("path: must not hold control characters, got '/v1/")
     wrong_method = http.delete("/v1/recommend")
     assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
     assert wrong_method.json()["error"] == {"code": "UNIMPLEMENTED", "message": "DELETE is not allowed on /v1/recommend; use POST"}
@@ -198,6 +207,13 @@ def test_json_as_protobufs_mapping_reads_it(http, gateway_items):
         assert [i["item"]["item_id"] for i in answer.json()["items"]] == [i["item"]["item_id"] for i in plain["items"]]
     with_bom = http.post("/v1/recommend", content=b"\xef\xbb\xbf" + json.dumps({"query": "black boots", "top_k": 2}).encode(), headers={"content-type": "application/json"})
     assert with_bom.status_code == 200, with_bom.text
+
+
+def test_the_page_files_are_counted_under_their_mount(http):
+    assert http.get("/static/study.js").status_code == 200 and http.get("/static/none.js").status_code == 404
+    metrics = http.get("/metrics").text
+    assert re.search(r'^whisperlite_gateway_requests_total\{method="GET",route="/static",status="200"\} ', metrics, re.M), metrics
+    assert re.search(r'^whisperlite_gateway_requests_total\{method="GET",route="/static",status="404"\} ', metrics, re.M), metrics
 
 
 def test_two_authorization_headers_and_made_up_methods(gateway_url):
@@ -288,9 +304,18 @@ def test_slow_stalled_and_abandoned_bodies_are_bounded(tmp_path, gateway_ranker,
     base = f"http://127.0.0.1:{gateway.port}"
     padded = lambda size: b'{"query": "boots", "top_k": 1}'.ljust(size)  # noqa: E731 JSON allows the trailing spaces
     try:
-        stalled = _raw_post(gateway.port, 100_000, b'{"query": ')
+        # A body's bytes count as they arrive: what a connection only announces holds nothing (two idle connections
+        # announcing 64 MB each used to refuse every other body for as long as they stalled).
+        announced = [_raw_post(gateway.port, 100_000, b'{"query": ') for _ in range(3)]
+        time.sleep(0.3)
+        fits = httpx.post(f"{base}/v1/recommend", content=padded(80_000), headers={"content-type": "application/json"}, timeout=30)
+        assert fits.status_code == 200, fits.text
+        for sock in announced:
+            sock.close()
+
+        stalled = _raw_post(gateway.port, 100_000, b'{"query": "' + b"x" * 89_989)
         started = time.monotonic()
-        time.sleep(0.3)  # the gateway holds the stalled body's 100,000 bytes
+        time.sleep(0.3)  # the gateway holds the stalled body's 90,000 bytes
         refused = httpx.post(f"{base}/v1/recommend", content=padded(80_000), headers={"content-type": "application/json"}, timeout=30)
         assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
         assert "(--max-buffered-body-bytes 150000); retry" in refused.json()["error"]["message"]
@@ -298,18 +323,18 @@ def test_slow_stalled_and_abandoned_bodies_are_bounded(tmp_path, gateway_ranker,
 
         status, answer = _raw_answer(stalled)
         waited = time.monotonic() - started
-        assert status == 408 and "did not arrive within 2 s (--body-timeout-seconds): 10 of 100000 bytes came" in answer, answer
+        assert status == 408 and "did not arrive within 2 s (--body-timeout-seconds): 90000 of 100000 bytes came" in answer, answer
         assert 1.5 < waited < 10, waited
         assert stalled.recv(1) == b""  # and the connection is closed
         stalled.close()
         again = httpx.post(f"{base}/v1/recommend", content=padded(80_000), headers={"content-type": "application/json"}, timeout=30)
         assert again.status_code == 200, again.text  # the stalled body's bytes were given back
 
-        for _ in range(3):  # hang up mid-body
+        for _ in range(3):  # hang up mid-body (and the three announced bodies above)
             _raw_post(gateway.port, 1000, b'{"query"').close()
         time.sleep(1.0)
         metrics = httpx.get(f"{base}/metrics", timeout=10).text
-        assert re.search(r'whisperlite_gateway_requests_total\{method="POST",route="/v1/recommend",status="499"\} 3\.0', metrics), metrics
+        assert re.search(r'whisperlite_gateway_requests_total\{method="POST",route="/v1/recommend",status="499"\} 6\.0', metrics), metrics
         assert not re.search(r'route="/v1/recommend",status="500"', metrics)
         assert "unexpected error" not in gateway.log()
     finally:
@@ -583,6 +608,12 @@ def test_study_bad_request_gets_the_ranker_message(http, ranker):
     with pytest.raises(grpc.RpcError) as direct:
         ranker.Recommend(ranker_pb2.RecommendRequest(query="", top_k=5), timeout=30)
     assert response.status_code == 400 and response.json()["error"]["message"] == direct.value.details()
+    # What the proto cannot hold is the body's INVALID_ARGUMENT, as for /v1/recommend (it was a 500).
+    for body in ('{"query": "boots", "top_k": 2147483648}', '{"query": "boots", "top_k": 1e10}', '{"query": "boots", "filter": {"max_price": 1e400}}'):
+        json_body = {"content": body, "headers": {"content-type": "application/json"}}
+        study, recommend = http.post("/v1/study/comparisons", **json_body), http.post("/v1/recommend", **json_body)
+        assert study.status_code == recommend.status_code == 400, (body, study.text)
+        assert study.json()["error"] == recommend.json()["error"]
 
 
 def test_blind_mode_hides_the_sides_and_shuffles_them(tmp_path, gateway_ranker, gateway_catalog, gateway_items):

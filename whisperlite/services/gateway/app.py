@@ -55,11 +55,14 @@ log = logging.getLogger("whisperlite.gateway")
 # would retry as a 429).
 MAX_AUTHORIZATION_CHARS = 7168
 AUTHORIZATION = re.compile(rf"[\x20-\x7e]{{1,{MAX_AUTHORIZATION_CHARS}}}")
+CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
 # W3C trace context, forwarded so that an HTTP request's trace goes on in the ranker and catalog.
 TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 TRACESTATE = re.compile(r"[\x20-\x7e]{1,512}")
 MAX_INT64 = 2**63 - 1
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# Every GET route answers HEAD too (RFC 9110): load balancers, uptime checkers and caches probe with it.
+READ_METHODS = ["GET", "HEAD"]
 STATIC = resources.files("whisperlite.services.gateway") / "static"
 T = TypeVar("T")
 
@@ -107,7 +110,11 @@ def _metadata(request: Request) -> list[tuple[str, str]]:
 
 
 def _refusal(request: Request, max_body_bytes: int) -> JSONResponse | None:
-    """The answer to a request refused before it is read: an unusable request id, or a body over the limit."""
+    """The answer to a request refused before it is read: a path with control characters, an unusable request id, or
+    a body over the limit."""
+    if CONTROL_CHARACTER.search(path := request.scope["path"]):
+        # Starlette's route patterns end in `$`, which matches before a final newline: /v1/items/13306%0A was item 13306.
+        return _grpc_error(grpc.StatusCode.INVALID_ARGUMENT, f"path: must not hold control characters, got {path[:80]!r}")
     given = request.headers.get(REQUEST_ID_HEADER)
     if given is not None and not REQUEST_ID.fullmatch(given):
         return _grpc_error(
@@ -147,9 +154,7 @@ async def _read_body(request: Request, limits: BodyLimits, budget: BodyBudget) -
     stops being read as soon as it passes --max-body-bytes. A client that hangs up mid-body is answered 499.
     """
     declared = int(request.headers.get("content-length", "0"))  # a number within --max-body-bytes: _refusal checked it
-    if not budget.take(declared):
-        return _busy(budget), 0
-    held, chunks, size = declared, [], 0
+    held, chunks, size = 0, [], 0
     try:
         async with asyncio.timeout(limits.body_timeout_seconds):
             async for chunk in request.stream():
@@ -161,11 +166,10 @@ async def _read_body(request: Request, limits: BodyLimits, budget: BodyBudget) -
                         f"request body is larger than the gateway's limit of {limits.max_body_bytes} (--max-body-bytes); "
                         f"stopped reading at {size} bytes",
                     ), 0
-                if size > held:  # a chunked body takes its bytes as it grows
-                    if not budget.take(size - held):
-                        budget.give(held)
-                        return _busy(budget), 0
-                    held = size
+                if not budget.take(len(chunk), held):
+                    budget.give(held)
+                    return _busy(budget), 0
+                held = size
                 chunks.append(chunk)
     except TimeoutError:
         budget.give(held)
@@ -186,23 +190,23 @@ async def _read_body(request: Request, limits: BodyLimits, budget: BodyBudget) -
     return None, held
 
 
-def _route_label(app: FastAPI, scope: dict) -> str:
-    """The route's path template: a request refused before routing (its body) is counted under its route too, and
-    one whose method the route does not take (a CORS preflight, a 405) under the route its path names."""
-    route = scope.get("route")
-    if route is None:
-        matches = {Match.FULL: None, Match.PARTIAL: None}
-        for candidate in app.router.routes:
-            match = candidate.matches(scope)[0]
-            if match in matches and matches[match] is None:
-                matches[match] = candidate
-        route = matches[Match.FULL] or matches[Match.PARTIAL]
-    return route.path if route is not None else "unmatched"
+def _labels(app: FastAPI, scope: dict) -> tuple[str, str]:
+    """(method, route) of a request's metrics, read before it is routed (a mount such as /static rewrites the scope).
+
+    The route is its path template: a request refused before routing (its body) is counted under its route too, and
+    one whose method the route does not take (a CORS preflight, a 405) under the route its path names. The method is
+    the caller's to choose: made-up ones share one label, or each would add series to /metrics.
+    """
+    matches = {Match.FULL: None, Match.PARTIAL: None}
+    for candidate in app.router.routes:
+        match = candidate.matches(scope)[0]
+        if match in matches and matches[match] is None:
+            matches[match] = candidate
+    route = matches[Match.FULL] or matches[Match.PARTIAL]
+    return scope["method"] if scope["method"] in HTTP_METHODS else "other", route.path if route is not None else "unmatched"
 
 
-def _count(app: FastAPI, scope: dict, status: int, seconds: float) -> None:
-    # The method is the caller's to choose: made-up ones share one label, or each would add series to /metrics.
-    labels = (scope["method"] if scope["method"] in HTTP_METHODS else "other", _route_label(app, scope))
+def _count(labels: tuple[str, str], status: int, seconds: float) -> None:
     LATENCY.labels(*labels).observe(seconds)
     REQUESTS.labels(*labels, str(status)).inc()
 
@@ -282,6 +286,7 @@ def create_app(
     @app.middleware("http")
     async def request_id_and_metrics(request: Request, call_next):
         started = time.perf_counter()
+        labels = _labels(app, request.scope)
         refusal, held = _refusal(request, body_limits.max_body_bytes), 0
         if refusal is None:
             refusal, held = await _read_body(request, body_limits, budget)
@@ -299,12 +304,12 @@ def create_app(
                 budget.give(held)
         response.headers[REQUEST_ID_HEADER] = request_id
         add_security_headers(request.url.path, response)
-        _count(app, request.scope, response.status_code, time.perf_counter() - started)
+        _count(labels, response.status_code, time.perf_counter() - started)
         return response
 
     if cors_origins:  # added last, so outermost: a refusal above (413, 429) reaches the calling page readable too
         app.add_middleware(
-            ObservedCORSMiddleware, observe=lambda scope, status, seconds: _count(app, scope, status, seconds),
+            ObservedCORSMiddleware, observe=lambda scope, status, seconds: _count(_labels(app, scope), status, seconds),
             allow_origins=list(cors_origins), allow_methods=CORS_METHODS, allow_headers=CORS_REQUEST_HEADERS,
             expose_headers=CORS_RESPONSE_HEADERS, max_age=CORS_MAX_AGE_SECONDS,
         )
@@ -351,7 +356,7 @@ def create_app(
         return answer if isinstance(answer, JSONResponse) else JSONResponse(from_proto(answer))
 
     # `:path` lets an id hold "/" (ids are any 1 to 256 characters).
-    @app.get("/v1/items/{item_id:path}", response_model=Item, tags=["catalog"], summary="CatalogService/GetItems for one id")
+    @app.api_route("/v1/items/{item_id:path}", methods=READ_METHODS, response_model=Item, tags=["catalog"], summary="CatalogService/GetItems for one id")
     async def get_item(item_id: str, request: Request, include_vectors: bool = False):
         if len(item_id) > MAX_ID_CHARS:
             raise invalid(f"item_id: at most {MAX_ID_CHARS} characters, got {len(item_id)}")
@@ -368,8 +373,7 @@ def create_app(
         message = await body(request, UpsertItemsRequest, to_proto)
         return JSONResponse(from_proto(await upstream.upsert_items(message, _metadata(request))))
 
-    # HEAD too: load balancers and uptime checkers probe with it.
-    @app.api_route("/health", methods=["GET", "HEAD"], tags=["operations"], summary="SERVING only when the ranker and the catalog both are")
+    @app.api_route("/health", methods=READ_METHODS, tags=["operations"], summary="SERVING only when the ranker and the catalog both are")
     async def health():
         upstreams = await upstream.health()
         serving = all(status == "SERVING" for status in upstreams.values())
@@ -382,17 +386,17 @@ def create_app(
 
     # The process alone, as the services' gRPC `liveness` name: an orchestrator's liveness probe must not restart the
     # gateway for an upstream's outage, which /health reports.
-    @app.api_route("/health/liveness", methods=["GET", "HEAD"], tags=["operations"], summary="SERVING while the gateway answers, whatever its upstreams")
+    @app.api_route("/health/liveness", methods=READ_METHODS, tags=["operations"], summary="SERVING while the gateway answers, whatever its upstreams")
     async def liveness():
         return JSONResponse({"status": "SERVING"})
 
-    @app.get("/metrics", include_in_schema=False)
+    @app.api_route("/metrics", methods=READ_METHODS, include_in_schema=False)
     async def metrics():
         return Response(prometheus_client.generate_latest(), media_type=prometheus_client.CONTENT_TYPE_LATEST)
 
     if store is None:
         # An API-only gateway (--study off) scales to many replicas: it keeps no state. The study is another gateway's.
-        @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
+        @app.api_route("/", methods=READ_METHODS, include_in_schema=False)
         @app.api_route("/v1/study/{rest:path}", methods=sorted(HTTP_METHODS), include_in_schema=False)
         async def study_off():
             return _grpc_error(grpc.StatusCode.NOT_FOUND, STUDY_OFF)
@@ -400,13 +404,13 @@ def create_app(
         @app.post("/v1/study/comparisons", tags=["study"], summary="answer a request personalized and non-personal, store what is shown",
                   openapi_extra=json_body(study.ComparisonRequest))  # fmt: skip
         async def create_comparison(request: Request):
-            asked = await body(request, study.ComparisonRequest)
+            asked = await body(request, study.ComparisonRequest, study.read_comparison)
             comparison_id = await _unless_client_leaves(request, study.compare(upstream, store, asked, blind, _metadata(request)))
             if isinstance(comparison_id, JSONResponse):
                 return comparison_id
             return await asyncio.to_thread(study.comparison_view, store, comparison_id)
 
-        @app.get("/v1/study/comparisons/{comparison_id}", tags=["study"], summary="a stored comparison with its judgements")
+        @app.api_route("/v1/study/comparisons/{comparison_id}", methods=READ_METHODS, tags=["study"], summary="a stored comparison with its judgements")
         async def get_comparison(comparison_id: ComparisonId):
             try:
                 return await asyncio.to_thread(study.comparison_view, store, comparison_id)
@@ -427,12 +431,12 @@ def create_app(
                 return _grpc_error(grpc.StatusCode.INVALID_ARGUMENT, str(error))
             return {"comparison_id": comparison_id, "position": judgement.position, "rank": judgement.rank, "relevant": judgement.relevant}
 
-        @app.get("/v1/study/users", tags=["study"], summary="users to offer in the page's picker")
+        @app.api_route("/v1/study/users", methods=READ_METHODS, tags=["study"], summary="users to offer in the page's picker")
         async def users():
             judged = await asyncio.to_thread(store.judged_users)
             return {"users": list(dict.fromkeys([*suggested_users, *judged]))}
 
-        @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
+        @app.api_route("/", methods=READ_METHODS, include_in_schema=False)
         async def page():
             return FileResponse(STATIC / "index.html")
 

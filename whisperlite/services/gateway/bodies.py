@@ -66,17 +66,19 @@ def parse(model: type[M], raw: bytes, convert: Callable[[M], Any] | None = None)
 class BodyBudget:
     """Bytes of request bodies the gateway holds at once, however many callers send one.
 
-    Each body's bytes are taken before they are read (its Content-Length, or as a chunked body grows) and given
-    back when its request is answered. With nothing held, one body of any accepted size goes through, so the
-    budget never refuses what --max-body-bytes allows to a lone caller.
+    Each body's bytes are taken as they arrive, not as its Content-Length announces them (two idle connections
+    announcing 64 MB each used to refuse every other body for as long as they stalled), and given back when its
+    request is answered. A body that no other holds bytes beside goes through at any accepted size, so the budget
+    never refuses what --max-body-bytes allows to a lone caller.
     """
 
     def __init__(self, limit_bytes: int):
         self.limit_bytes = limit_bytes
         self.held_bytes = 0
 
-    def take(self, size: int) -> bool:
-        if self.held_bytes and self.held_bytes + size > self.limit_bytes:
+    def take(self, size: int, held_already: int = 0) -> bool:
+        """Takes `size` more bytes for a body that holds `held_already`, unless others' bytes leave no room."""
+        if self.held_bytes > held_already and self.held_bytes + size > self.limit_bytes:
             return False
         self.held_bytes += size
         return True

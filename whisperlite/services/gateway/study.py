@@ -6,6 +6,7 @@ path or personal-affinity labels, so a judge cannot tell which list is which.
 """
 
 import asyncio
+import dataclasses
 import random
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
@@ -32,8 +33,20 @@ class JudgementRequest(BaseModel):
     relevant: StrictBool
 
 
-async def compare(upstream: Upstream, store: JudgementStore, request: ComparisonRequest, blind: bool, metadata: Metadata) -> int:
-    personal = to_proto(RecommendRequest(**request.model_dump()))
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    asked: ComparisonRequest
+    personal: ranker_pb2.RecommendRequest
+
+
+def read_comparison(asked: ComparisonRequest) -> Comparison:
+    """The body's Recommend, built while the body is read: a value the proto cannot hold (a top_k past int32) is
+    then the body's INVALID_ARGUMENT, like /v1/recommend's."""
+    return Comparison(asked, to_proto(RecommendRequest(**asked.model_dump())))
+
+
+async def compare(upstream: Upstream, store: JudgementStore, comparison: Comparison, blind: bool, metadata: Metadata) -> int:
+    request, personal = comparison.asked, comparison.personal
     non_personal = ranker_pb2.RecommendRequest()
     non_personal.CopyFrom(personal)
     non_personal.user_id = ""

@@ -168,6 +168,32 @@ def test_recent_items_of_a_known_user_join_their_history_over_grpc(trained_ranke
     assert np.abs(without - offline).max() > 1e-2  # the session changed the taste
 
 
+def test_a_session_that_returns_to_an_item_keeps_its_order_and_repeats_over_grpc(trained_ranker, model, subset, embedding_cache_dir):
+    """recent_item_ids ("c", "a", "c"): "c" is the newest item and counts twice. The catalog answers each id once, in
+    its own order; the ranker used to build the session from that answer ("c", "a" or "a", "c")."""
+    items = pd.read_csv(subset / "items.csv", dtype=str, keep_default_na=False)
+    cache = EmbeddingCache(cache_dir=embedding_cache_dir)
+    item_vectors = cache.items(items)
+    query_vector = cache.encoder.encode_texts([QUERY])[0]
+    user = next(u for u in _subset_users(subset) if model.knows_user(u))
+    item_ids = items["item_id"].tolist()
+    session = [5, 0, 5]
+
+    def offline(rows: list[int]) -> np.ndarray:
+        return score_items(model, query_vector, user, item_vectors, recent_item_vectors=item_vectors[rows], item_ids=item_ids,
+                           recent_item_ids=[item_ids[row] for row in rows])
+
+    expected = offline(session)
+    for collapsed in ([5, 0], [0, 5]):
+        assert np.abs(offline(collapsed) - expected).max() > 1e-3  # what the collapsed session would have scored differs
+    order = np.argsort(-expected, kind="stable")[:10]
+    response = trained_ranker.Recommend(
+        ranker_pb2.RecommendRequest(user_id=user, query=QUERY, top_k=10, recent_item_ids=[item_ids[row] for row in session]), timeout=30,
+    )
+    assert [r.item.item_id for r in response.items] == np.asarray(item_ids)[order].tolist()
+    np.testing.assert_allclose([r.score for r in response.items], expected[order], atol=1e-3)
+
+
 def test_a_model_without_a_taste_reads_recent_items_through_its_sequence_part_over_grpc(
     sequence_only_model_dir, encoder_service, catalog_process, logs, subset, embedding_cache_dir,
 ):

@@ -107,11 +107,15 @@ class CatalogClient(DownstreamClient):
         return list(response.items)
 
     async def vectors(self, item_ids: list[str]) -> np.ndarray:
-        """Vectors of the ids the catalog knows, in request order (unknown ids skipped)."""
-        items = await self.items(item_ids)
-        if not items:
+        """Vectors of the ids the catalog knows, one row per id asked for, in that order (unknown ids skipped).
+
+        GetItems answers each id once: a session that came back to an item ("a", "b", "a") must keep "a" as its
+        newest item and count it twice, so the rows are laid out from the ids asked for, not from the answer."""
+        by_id = {item.item_id: item for item in await self.items(list(dict.fromkeys(item_ids)))}
+        known = [item_id for item_id in item_ids if item_id in by_id]
+        if not known:
             return np.zeros((0, 0), dtype=np.float32)
-        return np.stack([np.asarray(item.vector, dtype=np.float32) for item in items])
+        return np.stack([np.asarray(by_id[item_id].vector, dtype=np.float32) for item_id in known])
 
 
 def _candidates(response: catalog_pb2.SearchResponse) -> list[Candidate]:

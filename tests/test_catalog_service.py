@@ -30,7 +30,7 @@ def vector_catalog(tmp_path_factory):
         "catalog",
         tmp_path_factory.mktemp("logs"),
         *catalog_args(tmp_path_factory.mktemp("store"), "--dimension", str(DIM), "--encoder-model", "test/vectors",
-                      "--query-encoder-addr", "", "--max-top-k", "50", "--max-batch", "100"),
+                      "--query-encoder-addr", "", "--max-top-k", "50", "--max-batch", "100", "--max-batch-hits", "1000"),
     )
     yield service
     assert service.stop() == 0
@@ -193,6 +193,19 @@ def test_bad_search_batches_are_invalid_argument_naming_the_search(stub, stocked
     assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith(field), details
 
 
+def test_a_search_batch_asking_for_more_hits_than_the_limit_is_refused_before_any_search(stub, stocked):
+    """The hits a batch asks for, all searches together, are bounded (--max-batch-hits, 1,000 here): 1,000 searches x
+    top_k 1,000 used to run every search (~9 s of CPU) before the response was refused as too large."""
+    fits = stub.SearchBatch(catalog_pb2.SearchBatchRequest(searches=[catalog_pb2.SearchRequest(vector=vec(1), top_k=50)] * 20), timeout=30)
+    assert len(fits.responses) == 20
+    code, details = status_of(stub.SearchBatch, catalog_pb2.SearchBatchRequest(searches=[catalog_pb2.SearchRequest(vector=vec(1), top_k=50)] * 21))
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, (code, details)
+    assert details == (
+        "searches: 1050 hits asked for in all (the sum of their top_k), over this catalog's limit of 1000 (--max-batch-hits): "
+        "send fewer searches per call or a lower top_k"
+    )
+
+
 @pytest.mark.parametrize(
     ("request_", "field"),
     [
@@ -235,12 +248,15 @@ def test_get_and_delete_limits(stub, stocked):
     for call, request in (
         (stub.GetItems, catalog_pb2.GetItemsRequest(item_ids=["boots", ""])),
         (stub.GetItems, catalog_pb2.GetItemsRequest(item_ids=[f"i{i}" for i in range(101)])),
+        (stub.GetItems, catalog_pb2.GetItemsRequest(item_ids=["boots", "x" * 257])),
         (stub.DeleteItems, catalog_pb2.DeleteItemsRequest(item_ids=[""])),
+        (stub.DeleteItems, catalog_pb2.DeleteItemsRequest(item_ids=["x" * 300_000])),
         (stub.DeleteItems, catalog_pb2.DeleteItemsRequest(item_ids=[f"i{i}" for i in range(101)])),
         (stub.UpsertItems, catalog_pb2.UpsertItemsRequest(items=[common_pb2.Item(item_id=f"i{i}", vector=vec(1)) for i in range(101)])),
     ):
         code, details = status_of(call, request)
         assert code == grpc.StatusCode.INVALID_ARGUMENT and ("item_ids" in details or "items" in details), details
+        assert len(details) < 200, details  # a refused id is measured, not echoed
     assert stub.GetStats(catalog_pb2.GetStatsRequest(), timeout=10).item_count == 5
 
 
@@ -372,6 +388,22 @@ def test_catalog_embeds_items_with_the_query_encoder(tmp_path, encoder_service):
             query = encoder.Embed(query_encoder_pb2.EmbedRequest(texts=["black leather boots"]), timeout=60).text_vectors[0].values
             assert search_ids(stub, query, top_k=3)[0] == "boots"
             assert search_ids(stub, query, top_k=3, categories=["Dresses", "Kitchen"])[0] in {"dress", "mug"}
+
+            # Nothing the encoder could read: refused naming the request's item, never the encoder's texts[k], and
+            # nothing written. The encoder reads the first max_text_chars (2,000) of title and text only.
+            max_chars = info.max_text_chars
+            for bad, message in (
+                (common_pb2.Item(item_id="blank", title="\u200b\u200b"),
+                 "items[1]: without a vector it needs a title or text with a visible character to embed"),
+                (common_pb2.Item(item_id="hidden", text="\u200b" * max_chars + " dress"),
+                 f"items[1]: without a vector it needs a visible character to embed, within the first {max_chars} characters"),
+            ):
+                good = common_pb2.Item(item_id="fine-scarf", title="Silk scarf")
+                with pytest.raises(grpc.RpcError) as refused:
+                    stub.UpsertItems(catalog_pb2.UpsertItemsRequest(items=[good, bad]), timeout=60)
+                assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and refused.value.details().startswith(message), refused.value.details()
+            assert list(stub.GetItems(catalog_pb2.GetItemsRequest(item_ids=["fine-scarf", "blank", "hidden"]), timeout=10).missing_item_ids) == [
+                "fine-scarf", "blank", "hidden"]
     finally:
         assert catalog.stop() == 0
 

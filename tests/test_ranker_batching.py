@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from whisperlite.core.errors import InvalidArgument, Unavailable
+from whisperlite.core.errors import InvalidArgument, ResponseTooLarge, Unavailable
 from whisperlite.services.ranker.batching import Coalescer
 
 
@@ -59,6 +59,41 @@ async def test_bad_input_fails_only_its_own_call():
     assert results[0] == 2 and results[2] == 4
     assert isinstance(results[1], InvalidArgument) and "-1 is negative" in str(results[1])
     assert [1, -1, 2] in doubler.batches and [-1] in doubler.batches  # the batch failed, then each went alone
+
+
+class SizeLimited:
+    """A batch function whose answer is refused, as the catalog refuses it, once its members' sizes pass a limit."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.batches: list[list[int]] = []
+        self.release = asyncio.Event()
+
+    async def __call__(self, sizes: list[int]) -> list[int]:
+        self.batches.append(list(sizes))
+        await self.release.wait()
+        if sum(sizes) > self.limit:
+            raise ResponseTooLarge(f"catalog: SearchBatch refused: the response would be {sum(sizes)} bytes, over {self.limit}")
+        return sizes
+
+
+async def test_members_whose_answers_together_pass_the_message_limit_each_get_their_own():
+    """Eight searches of 300 each fit alone (and four by four), not together under 1,000: the batch is halved until
+    they fit, and only a member too large on its own hears the refusal. It used to be every member's UNAVAILABLE."""
+    limited = SizeLimited(limit=1000)
+    coalescer = Coalescer(limited, max_batch=16, max_concurrent=1)
+    blocker = asyncio.create_task(coalescer.call(1))
+    await asyncio.sleep(0)
+    sizes = [300, 300, 300, 300, 300, 300, 5000, 300]
+    calls = [asyncio.create_task(coalescer.call(size)) for size in sizes]
+    await asyncio.sleep(0)
+    limited.release.set()
+    assert await blocker == 1
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    assert [result for i, result in enumerate(results) if i != 6] == [300] * 7
+    assert isinstance(results[6], ResponseTooLarge) and "5000 bytes, over 1000" in str(results[6])
+    assert sizes in limited.batches and [300, 300] in limited.batches and [5000] in limited.batches
+    assert len(limited.batches) <= 1 + 2 * len(sizes)  # halving: a few calls more, not one per member after a failure
 
 
 async def test_a_downstream_failure_reaches_every_member_and_a_cancelled_caller_leaves_the_rest_alone():

@@ -27,6 +27,11 @@ class ResourceExhausted(ServiceError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class ResponseTooLarge(ResourceExhausted):
+    """A downstream service's answer would pass a message limit: what was asked is too large, and asking again
+    gets the same refusal (a busy service's RESOURCE_EXHAUSTED carries a retry hint instead)."""
+
+
 class Unavailable(ServiceError):
     code = grpc.StatusCode.UNAVAILABLE
 

@@ -1,8 +1,10 @@
 """How a failed call to another WhisperLite service becomes this service's error: decided once.
 
 - INVALID_ARGUMENT stays the caller's fault: the caller's own input was refused downstream.
-- UNAVAILABLE, DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED (a busy service) may pass: UNAVAILABLE,
-  so the caller retries later.
+- UNAVAILABLE, DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED with a retry hint (a busy service) may pass:
+  UNAVAILABLE, so the caller retries later.
+- RESOURCE_EXHAUSTED without one (an answer over a message limit: the request asks too much) stays
+  RESOURCE_EXHAUSTED with its message: a retry fails the same way, so the caller must ask for less.
 - UNAUTHENTICATED and PERMISSION_DENIED (this service's own token refused) are UNAVAILABLE too, naming
   the token: the caller is not at fault, and the service's health turns NOT_SERVING (ranker).
 - Anything else (UNIMPLEMENTED: an address that points at another service; FAILED_PRECONDITION;
@@ -18,7 +20,7 @@ from typing import TypeVar
 
 import grpc
 
-from whisperlite.core.errors import RETRY_AFTER_KEY, FailedPrecondition, InvalidArgument, ServiceError, Unavailable
+from whisperlite.core.errors import RETRY_AFTER_KEY, FailedPrecondition, InvalidArgument, ResponseTooLarge, ServiceError, Unavailable
 
 T = TypeVar("T")
 
@@ -89,6 +91,8 @@ def downstream_error(service: str, method: str, error: grpc.RpcError) -> Service
         return InvalidArgument(details or f"{service} rejected the request")
     if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
         return CredentialsRefused(service, method, f"{code.name}: {details}")
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and retry_after_seconds(error) is None:
+        return ResponseTooLarge(f"{service}: {method} refused: {details}")
     kind = Unavailable if code in TRANSIENT else FailedPrecondition
     return kind(f"{service}: {method} failed: {code.name}: {details}")
 

@@ -38,7 +38,7 @@ from whisperlite.services.catalog.items import (
 from whisperlite.services.catalog.store import CollectionInfo, CollectionSpec, MilvusStore, is_local_uri
 from whisperlite.services.catalog.graph_index import GraphSettings
 from whisperlite.services.catalog.vector_index import VectorIndex
-from whisperlite.core.errors import FailedPrecondition, InvalidArgument, ServiceError, Unavailable
+from whisperlite.core.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, ServiceError, Unavailable
 from whisperlite.v1 import common_pb2
 
 log = logging.getLogger("whisperlite.catalog")
@@ -63,6 +63,9 @@ def uses_memory_index(search_index: str, uri: str) -> bool:
 class CatalogLimits:
     max_top_k: int = 1000
     max_batch: int = 1000  # items per upsert, ids per get or delete
+    # The hits one SearchBatch may ask for, all searches together: 1,000 searches x top_k 1,000 took ~9 s of CPU
+    # before the response was refused as too large. The ranker's batches ask for at most 64 x 800.
+    max_batch_hits: int = 100_000
 
 
 @dataclass(frozen=True)
@@ -118,7 +121,7 @@ class Catalog:
         `search_index` is one of SEARCH_INDEXES; `graph` (None: every in-process search exact) is the
         in-process index's graph for unfiltered searches.
         """
-        for name in ("max_top_k", "max_batch"):
+        for name in ("max_top_k", "max_batch", "max_batch_hits"):
             if getattr(limits, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(limits, name)}")
         self._store = store
@@ -328,18 +331,20 @@ class Catalog:
 
     async def upsert(self, items: Sequence[common_pb2.Item]) -> UpsertResult:
         records = records_from_request(items, self.info.dimension, self._limits.max_batch)
-        missing = [record for record in records if record.vector is None]
+        missing = {f"items[{index}]": record for index, record in enumerate(records) if record.vector is None}
         if missing:
             await self._embed(missing)
         await self._write(self._store.upsert, VectorIndex.upsert, records)
         return UpsertResult(upserted=len(records), embedded=len(missing))
 
-    async def _embed(self, records: list[ItemRecord]) -> None:
+    async def _embed(self, named: dict[str, ItemRecord]) -> None:
+        """Embeds the records without a vector, each named by its field in the request (a refusal names it)."""
+        records = list(named.values())
         if self._embedder is None:
             raise FailedPrecondition(
                 f"{len(records)} item(s) have no vector and this catalog has no query encoder to embed them; send vectors"
             )
-        vectors = await self._embedder.embed_items([(r.title, r.text) for r in records], self.info.encoder_model)
+        vectors = await self._embedder.embed_items([(r.title, r.text) for r in records], self.info.encoder_model, list(named))
         if vectors.shape != (len(records), self.info.dimension):
             raise FailedPrecondition(
                 f"the query encoder returned {vectors.shape[1]}-d vectors but the collection holds {self.info.dimension}-d ones"
@@ -370,6 +375,12 @@ class Catalog:
 
     async def search_batch(self, queries: Sequence[SearchQuery]) -> list[list[SearchHit]]:
         """The hits of each query, in order; queries that share a filter and sizes go to the store as one search."""
+        if (asked := sum(query.top_k for query in queries)) > self._limits.max_batch_hits:
+            # RESOURCE_EXHAUSTED with no retry hint, as a response over the message limit: the caller must ask for less.
+            raise ResourceExhausted(
+                f"searches: {asked} hits asked for in all (the sum of their top_k), over this catalog's limit of "
+                f"{self._limits.max_batch_hits} (--max-batch-hits): send fewer searches per call or a lower top_k"
+            )
         return await self._search(queries, numbered=True)
 
     async def _search(self, queries: Sequence[SearchQuery], numbered: bool) -> list[list[SearchHit]]:

@@ -8,8 +8,9 @@ from whisperlite.core.channels import create_channel
 from whisperlite.core.client_security import PLAINTEXT, ClientSecurity
 from whisperlite.core.clients.errors import wait_until_ready
 from whisperlite.core.clients.query_encoder import BULK, EncoderModel, QueryEncoderClient
-from whisperlite.core.errors import FailedPrecondition
+from whisperlite.core.errors import FailedPrecondition, InvalidArgument
 from whisperlite.core.item_text import item_text
+from whisperlite.core.text import has_visible_characters
 from whisperlite.core.vector_space import require_same_encoder
 
 # Texts per Embed call (fewer when the encoder accepts fewer): small enough that one call's work
@@ -38,8 +39,9 @@ class ItemEmbedder:
             self._model = await wait_until_ready(self._encoder().model, self._timeout)
         return self._model
 
-    async def embed_items(self, titles_and_texts: list[tuple[str, str]], expected_model: str) -> np.ndarray:
-        """Vectors for the item text of each (title, text), in order; refuses a different model's vectors."""
+    async def embed_items(self, titles_and_texts: list[tuple[str, str]], expected_model: str, names: list[str]) -> np.ndarray:
+        """Vectors for the item text of each (title, text), in order; refuses a different model's vectors. `names`
+        say how a refusal names each item (the caller's field, e.g. "items[3]"), not as the encoder's texts[k]."""
         model = await self.model()
         if expected_model:
             require_same_encoder(
@@ -49,6 +51,10 @@ class ItemEmbedder:
         # The encoder refuses input longer than its limit rather than cutting it, so the catalog
         # sends the leading part (the stored text stays whole).
         texts = [item_text(title, text, max_chars=model.max_text_chars) for title, text in titles_and_texts]
+        for name, text in zip(names, texts, strict=True):
+            if not has_visible_characters(text):  # the encoder would refuse it as its own texts[k]
+                read = f"within the first {model.max_text_chars} characters of its title and text, the part the encoder reads"
+                raise InvalidArgument(f"{name}: without a vector it needs a visible character to embed, {read}")
         vectors = []
         batch_size = min(EMBED_BATCH, model.max_inputs or EMBED_BATCH)
         for start in range(0, len(texts), batch_size):

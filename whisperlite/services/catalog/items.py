@@ -16,6 +16,7 @@ import numpy as np
 
 from whisperlite.core.dataset import MAX_ID_CHARS
 from whisperlite.core.errors import InvalidArgument
+from whisperlite.core.text import has_visible_characters
 from whisperlite.v1 import common_pb2
 
 # Limits in characters. The Milvus VARCHAR fields are sized in bytes at 4x these (UTF-8 needs at most
@@ -141,8 +142,8 @@ def record_from_proto(item: common_pb2.Item, index: int, dimension: int) -> Item
     vector = None
     if len(item.vector):
         vector = validate_vector(item.vector, dimension, f"{where}.vector")
-    elif not (item.title.strip() or item.text.strip()):
-        raise InvalidArgument(f"{where}: without a vector it needs a non-blank title or text to embed")
+    elif not (has_visible_characters(item.title) or has_visible_characters(item.text)):
+        raise InvalidArgument(f"{where}: without a vector it needs a title or text with a visible character to embed")
     return ItemRecord(
         item_id=item.item_id,
         title=item.title,
@@ -181,6 +182,8 @@ def validate_ids(item_ids: Sequence[str], max_ids: int, name: str = "item_ids") 
     for index, item_id in enumerate(item_ids):
         if not item_id:
             raise InvalidArgument(f"{name}[{index}]: must not be empty")
+        if len(item_id) > MAX_ID_CHARS:  # no stored item has one (upserts refuse it); echoed in missing_item_ids, a 1 MB id went back whole
+            raise InvalidArgument(f"{name}[{index}]: at most {MAX_ID_CHARS} characters, got {len(item_id)}")
     return list(dict.fromkeys(item_ids))
 
 

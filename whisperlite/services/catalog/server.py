@@ -131,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-batch", type=int, default=env_int(f"{PREFIX}_MAX_BATCH", limits.max_batch),
         help=f"most items per upsert and ids per get or delete (env {PREFIX}_MAX_BATCH)",
     )
+    requests.add_argument(
+        "--max-batch-hits", type=int, default=env_int(f"{PREFIX}_MAX_BATCH_HITS", limits.max_batch_hits),
+        help=f"most hits one SearchBatch may ask for, the sum of its searches' top_k (env {PREFIX}_MAX_BATCH_HITS)",
+    )
     add_server_flags(parser, CATALOG)
     add_downstream_flags(parser, CATALOG)
     return parser
@@ -152,7 +156,7 @@ def build_catalog(args: argparse.Namespace) -> Catalog:
         return Catalog(
             store,
             embedder,
-            CatalogLimits(max_top_k=args.max_top_k, max_batch=args.max_batch),
+            CatalogLimits(max_top_k=args.max_top_k, max_batch=args.max_batch, max_batch_hits=args.max_batch_hits),
             CollectionSpec(
                 dimension=args.dimension,
                 encoder_model=args.encoder_model,

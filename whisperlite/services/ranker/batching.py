@@ -6,9 +6,11 @@ Embed carries many texts and one SearchBatch runs one multi-vector Milvus search
 
 A `Coalescer` sends a call at once while fewer than `max_concurrent` batches are out, so an idle
 ranker adds no wait; calls that arrive while they all are out leave together, up to `max_batch`,
-when one comes back. Batches grow with the load and no timer is involved. A batch that fails with
-an error about its input (INVALID_ARGUMENT) is retried call by call, so each caller gets the answer
-its own call would have had; any other error (UNAVAILABLE...) is every member's.
+when one comes back. Batches grow with the load and no timer is involved. A batch refused for what
+its members ask (INVALID_ARGUMENT: one member's input; RESOURCE_EXHAUSTED with no retry hint: an answer
+over the message limit, which their answers together may pass where each alone would not) is halved
+until each refusal is one member's own, so each caller gets the answer its own call would have had;
+any other error (UNAVAILABLE...) is every member's.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import collections
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
-from whisperlite.core.errors import InvalidArgument, Unavailable
+from whisperlite.core.errors import InvalidArgument, ResponseTooLarge, Unavailable
 
 Q = TypeVar("Q")
 R = TypeVar("R")
@@ -78,18 +80,11 @@ class Coalescer(Generic[Q, R]):
 
     async def _run(self, batch: list[tuple[Q, asyncio.Future[R]]]) -> None:
         try:
-            try:
-                results = await self._run_batch([query for query, _ in batch])
-            except InvalidArgument:
-                if len(batch) == 1:
-                    raise
-                results = await asyncio.gather(*(self._run_alone(query) for query, _ in batch), return_exceptions=True)
+            results = await self._answers([query for query, _ in batch])
         except asyncio.CancelledError:  # shutting down: nobody waits for an answer that will not come
             for _, future in batch:
                 future.cancel()
             raise
-        except Exception as error:  # every member waits on this batch: each must hear how it ended
-            results = [error] * len(batch)
         for (_, future), result in zip(batch, results, strict=True):
             if future.done():
                 continue
@@ -98,5 +93,15 @@ class Coalescer(Generic[Q, R]):
             else:
                 future.set_result(result)
 
-    async def _run_alone(self, query: Q) -> R:
-        return (await self._run_batch([query]))[0]
+    async def _answers(self, queries: list[Q]) -> list[R | Exception]:
+        """Each query's answer or error (every member waits on its batch: each must hear how it ended)."""
+        try:
+            return list(await self._run_batch(queries))
+        except (InvalidArgument, ResponseTooLarge) as refusal:
+            if len(queries) == 1:
+                return [refusal]
+        except Exception as error:
+            return [error] * len(queries)
+        middle = len(queries) // 2
+        first, second = await asyncio.gather(self._answers(queries[:middle]), self._answers(queries[middle:]))
+        return first + second

@@ -547,6 +547,8 @@ class _TokenCheckingRanker(ranker_pb2_grpc.RankerServiceServicer):
         token = metadata.get("authorization")
         if token is None:
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "authorization: a bearer token is required")
+        if token == "Bearer greedy":  # what a ranker answers when the catalog's answer would pass the message limit
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "catalog at x: SearchBatch refused: the response would be over ...")
         if token != "Bearer reader":
             context.abort(grpc.StatusCode.PERMISSION_DENIED, "token lacks the read scope")
         return ranker_pb2.RecommendResponse(request_id=metadata["x-request-id"], path=ranker_pb2.PERSONALIZATION_PATH_TEXT_ONLY)
@@ -571,6 +573,10 @@ def test_tokens_are_passed_through_and_auth_failures_map_to_401_and_403(tmp_path
         good = httpx.post(f"{base}/v1/recommend", json=body, headers={"authorization": "Bearer reader", "x-request-id": "r-1"}, timeout=30)
         assert good.status_code == 200 and good.json()["request_id"] == "r-1"
         assert servicer.seen[-1]["authorization"] == "Bearer reader"
+        # RESOURCE_EXHAUSTED without a retry hint: the request asks too much, so 413 (never retried), not 429.
+        too_large = httpx.post(f"{base}/v1/recommend", json=body, headers={"authorization": "Bearer greedy"}, timeout=30)
+        assert too_large.status_code == 413 and "retry-after" not in too_large.headers
+        assert too_large.json()["error"] == {"code": "RESOURCE_EXHAUSTED", "message": "catalog at x: SearchBatch refused: the response would be over ..."}
     finally:
         gateway.stop()
         server.stop(0)

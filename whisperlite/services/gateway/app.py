@@ -316,8 +316,13 @@ def create_app(
 
     @app.exception_handler(UpstreamFailed)
     async def upstream_failed(_: Request, failure: UpstreamFailed) -> JSONResponse:
-        response = _grpc_error(failure.code, failure.message)
         retry_after = retry_after_seconds(failure.error)
+        if failure.code == grpc.StatusCode.RESOURCE_EXHAUSTED and retry_after is None:
+            # Not a busy service (that one says when to retry): an answer over a message limit. 413, not 429, which
+            # HTTP clients and proxies retry, and the same request never succeeds.
+            response = _error(413, failure.code, failure.message)
+        else:
+            response = _grpc_error(failure.code, failure.message)
         if retry_after is None and failure.code == grpc.StatusCode.UNAVAILABLE:
             retry_after = 1.0  # the channel retries within the second; HTTP callers are told to wait as long
         if retry_after is not None:

@@ -284,12 +284,12 @@ def test_shadow_mode_never_answers_and_records_overlap_and_latency(stack, reload
 @pytest.mark.parametrize(
     "call, request_message, code, message",
     [
-        ("LoadModel", model_admin_pb2.LoadModelRequest(version="no-such-version"), grpc.StatusCode.NOT_FOUND, "no version 'no-such-version'"),
+        ("LoadModel", model_admin_pb2.LoadModelRequest(version="no-such-version"), grpc.StatusCode.NOT_FOUND, "version: no version 'no-such-version'"),
         ("LoadModel", model_admin_pb2.LoadModelRequest(), grpc.StatusCode.INVALID_ARGUMENT, "version: must name a version"),
         ("SetTraffic", model_admin_pb2.SetTrafficRequest(candidate_version="x", candidate_percent=150),
          grpc.StatusCode.INVALID_ARGUMENT, "candidate_percent: must be between 0 and 100, got 150"),
         ("SetTraffic", model_admin_pb2.SetTrafficRequest(candidate_version="no-such-version", candidate_percent=5),
-         grpc.StatusCode.NOT_FOUND, "no version 'no-such-version'"),
+         grpc.StatusCode.NOT_FOUND, "candidate_version: no version 'no-such-version'"),
     ],
 )
 def test_bad_admin_calls_get_a_precise_status(stack, reloaded, call, request_message, code, message):

@@ -296,7 +296,7 @@ class ModelRegistry:
                 raise InvalidArgument(f"candidate_version: {candidate_version} is already live")
             candidate = (
                 traffic.candidate if candidate_version == traffic.candidate_version
-                else self._load_validated(self._find(candidate_version))
+                else self._load_validated(self._find(candidate_version, "candidate_version"))
             )
             self._swap(replace(traffic, candidate=candidate, candidate_percent=float(candidate_percent), shadow=bool(shadow)))
             log.info("traffic split set", extra={"candidate_version": candidate.version, "candidate_percent": candidate_percent, "shadow": shadow})
@@ -340,12 +340,13 @@ class ModelRegistry:
         MODEL_LOADS.labels("loaded").inc()
         return model
 
-    def _find(self, version: str) -> Path:
+    def _find(self, version: str, field: str = "version") -> Path:
+        """The directory of `version`; NotFound names the request's `field` that asked for it."""
         for entry in self.list_models():
             if entry.version == version:
                 return entry.directory
         shown = version if len(version) <= 80 else f"{version[:80]}... ({len(version)} characters)"
-        raise NotFound(f"version: no version {shown!r} under {self.model_dir} (ListModels shows what is there)")
+        raise NotFound(f"{field}: no version {shown!r} under {self.model_dir} (ListModels shows what is there)")
 
     def _directories(self) -> list[Path]:
         if (self.model_dir / MANIFEST).is_file():  # --model-dir names one version: nothing else to pick from

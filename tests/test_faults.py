@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 import urllib.request
+from concurrent import futures
 from pathlib import Path
 
 import grpc
@@ -250,14 +251,14 @@ def start_text_only_ranker(tmp_path: Path, encoder_address: str, catalog_address
 FAST_DEPENDENCY_WATCH = ("--dependency-probe-interval-seconds", "0.3", "--dependency-probe-timeout-seconds", "0.5")
 
 
-def start_catalog_and_ranker(tmp_path: Path, encoder_address: str, items: int) -> tuple[ServiceProcess, ServiceProcess]:
+def start_catalog_and_ranker(tmp_path: Path, encoder_address: str, items: int, *ranker_args: str) -> tuple[ServiceProcess, ServiceProcess]:
     """A catalog holding `items` items and a text-only ranker over it, of a test's own, to kill."""
     catalog = start_catalog(tmp_path / "logs", tmp_path / "store", encoder_address)
     try:
         channel, stub = catalog_stub(catalog.address)
         upsert_items(stub, range(items))
         channel.close()
-        return catalog, start_text_only_ranker(tmp_path, encoder_address, catalog.address, *FAST_DEPENDENCY_WATCH)
+        return catalog, start_text_only_ranker(tmp_path, encoder_address, catalog.address, *FAST_DEPENDENCY_WATCH, *ranker_args)
     except BaseException:  # no caller gets the catalog to stop: a ranker that fails to start must not leave it running
         catalog.stop()
         raise
@@ -372,7 +373,9 @@ def test_a_frozen_encoder_fails_new_texts_at_once_and_keeps_serving_cached_ones(
     encoder = start_service("query-encoder", tmp_path / "logs")
     catalog = ranker = gateway = None
     try:
-        catalog, ranker = start_catalog_and_ranker(tmp_path, encoder.address, items=20)
+        # A long downstream deadline: a call waiting on the frozen encoder must be let go when the ranker finds the
+        # outage, not when its deadline passes.
+        catalog, ranker = start_catalog_and_ranker(tmp_path, encoder.address, 20, "--deadline-seconds", "25")
         gateway = start_gateway(tmp_path / "logs", ranker.address, catalog.address, tmp_path / "gateway-state")
         assert "ranker_dependencies" not in httpx.get(f"http://127.0.0.1:{gateway.port}/health", timeout=30).json()
         with grpc.insecure_channel(ranker.address) as channel:
@@ -381,7 +384,16 @@ def test_a_frozen_encoder_fails_new_texts_at_once_and_keeps_serving_cached_ones(
             stub.Recommend(cached, timeout=30)
             os.kill(encoder.process.pid, signal.SIGSTOP)
             try:
+                frozen_at = time.monotonic()
+                waiting = futures.ThreadPoolExecutor(1).submit(
+                    lambda: stub.Recommend(ranker_pb2.RecommendRequest(user_id="u", query="sent as the encoder froze", top_k=3), timeout=30)
+                )
                 wait_for(lambda: ranker_follows_its_dependency(ranker, serving=False), timeout=10)
+                with pytest.raises(grpc.RpcError) as let_go:
+                    waiting.result(timeout=30)
+                assert let_go.value.code() == grpc.StatusCode.UNAVAILABLE, let_go.value.details()
+                assert "query encoder at localhost:" in let_go.value.details() and "health check failed" in let_go.value.details()
+                assert time.monotonic() - frozen_at < 12, "released at the outage, well before its 25 s deadline"
                 started = time.monotonic()
                 with pytest.raises(grpc.RpcError) as failed:
                     stub.Recommend(ranker_pb2.RecommendRequest(user_id="u", query="a text never sent", top_k=3), timeout=30)

@@ -110,6 +110,21 @@ async def test_a_downstream_failure_reaches_every_member_and_a_cancelled_caller_
     assert results[0] == 0 and isinstance(results[1], asyncio.CancelledError) and results[2:] == [4, 6]
 
 
+async def test_failing_all_releases_the_calls_out_and_queued_at_once_and_later_calls_go_on():
+    """The dependency's outage began: calls waiting on a batch that will not answer before its deadline are failed
+    then, freeing their admission slots; what the hung batch answers later is dropped."""
+    doubler = Doubler()
+    doubler.release.clear()
+    coalescer = Coalescer(doubler, max_batch=2, max_concurrent=1, wait_seconds=30)
+    calls = [asyncio.create_task(coalescer.call(n)) for n in range(5)]  # one batch out, the rest queued
+    await asyncio.sleep(0.01)
+    coalescer.fail_all(Unavailable("query encoder at e:50051: health check failed"))
+    results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), timeout=1)
+    assert all(isinstance(result, Unavailable) and "health check failed" in str(result) for result in results), results
+    doubler.release.set()  # the hung batch answers after all: nobody is left to hear it
+    assert await asyncio.wait_for(coalescer.call(7), timeout=5) == 14
+
+
 async def test_a_call_queued_behind_hanging_batches_fails_within_its_own_wait():
     """A frozen dependency: the batches out never answer, and a call queued behind them must not wait for
     them to give up and then for its own batch (twice the deadline)."""

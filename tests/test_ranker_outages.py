@@ -36,3 +36,18 @@ def test_a_dependency_down_fails_at_once_naming_it_until_it_answers_or_passes_it
     outages.check(CATALOG)
     outages.end(QUERY_ENCODER)
     outages.check(QUERY_ENCODER)
+
+
+def test_an_outage_tells_its_listeners_once_when_it_begins():
+    outages = Outages(Clock())
+    heard = []
+    outages.on_outage(CATALOG, lambda: heard.append(str(outages.refusal(CATALOG))))
+    outages.begin(QUERY_ENCODER, "query encoder at e:50051: health check failed")
+    assert heard == [] and outages.refusal(CATALOG) is None
+    outages.begin(CATALOG, "catalog at db:50052: health check failed: DEADLINE_EXCEEDED")
+    outages.begin(CATALOG, "catalog at db:50052: health check failed: UNAVAILABLE")  # the same outage goes on
+    assert heard == ["catalog at db:50052: health check failed: DEADLINE_EXCEEDED (down for 0.0 s by the ranker's health checks: "
+                     "not called until it answers again)"]
+    outages.end(CATALOG)
+    outages.begin(CATALOG, "catalog at db:50052: health check failed: UNAVAILABLE")  # a new outage
+    assert len(heard) == 2

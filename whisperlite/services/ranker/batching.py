@@ -46,6 +46,7 @@ class Coalescer(Generic[Q, R]):
         self._name = name
         self._waiting: collections.deque[tuple[Q, asyncio.Future[R]]] = collections.deque()
         self._batches: set[asyncio.Task] = set()  # the event loop keeps only weak references to tasks
+        self._out: set[asyncio.Future[R]] = set()  # the calls whose batch is out
 
     async def call(self, query: Q) -> R:
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
@@ -70,6 +71,7 @@ class Coalescer(Generic[Q, R]):
                     batch.append((query, future))
             if not batch:
                 return
+            self._out.update(future for _, future in batch)
             task = asyncio.create_task(self._run(batch))
             self._batches.add(task)
             task.add_done_callback(self._finished)
@@ -78,6 +80,17 @@ class Coalescer(Generic[Q, R]):
         self._batches.discard(task)
         self._dispatch()
 
+    def fail_all(self, error: Exception) -> None:
+        """Fails every call waiting or out with `error` (their dependency is known to be down). Batches out go on
+        until their own deadline; whatever they answer is dropped."""
+        for _, future in self._waiting:
+            if not future.done():
+                future.set_exception(error)
+        self._waiting.clear()
+        for future in self._out:
+            if not future.done():
+                future.set_exception(error)
+
     async def _run(self, batch: list[tuple[Q, asyncio.Future[R]]]) -> None:
         try:
             results = await self._answers([query for query, _ in batch])
@@ -85,6 +98,8 @@ class Coalescer(Generic[Q, R]):
             for _, future in batch:
                 future.cancel()
             raise
+        finally:
+            self._out.difference_update(future for _, future in batch)
         for (_, future), result in zip(batch, results, strict=True):
             if future.done():
                 continue

@@ -9,6 +9,9 @@ needs the dependency fails at once with UNAVAILABLE naming it and why.
 A busy dependency can miss health checks and still answer calls, so the watch's word alone does not stop the
 calls: any answer from the dependency after the outage began (a result, or an error about the request) ends
 failing fast for it, as the next passing health check does.
+
+Calls already waiting on the dependency when the outage begins are told too (`on_outage`): they would otherwise
+keep their admission slots until their deadline, past the moment the ranker knows no answer is coming.
 """
 
 from __future__ import annotations
@@ -35,11 +38,18 @@ class Outages:
         self._clock = clock
         self._down: dict[str, Outage] = {}
         self._last_answer: dict[str, float] = {}
+        self._listeners: dict[str, list[Callable[[], None]]] = {}
+
+    def on_outage(self, name: str, listener: Callable[[], None]) -> None:
+        """`listener()` runs each time an outage of `name` begins."""
+        self._listeners.setdefault(name, []).append(listener)
 
     def begin(self, name: str, reason: str) -> None:
         """The watch found `name` down (`reason` names its address and the failed check)."""
         if name not in self._down:
             self._down[name] = Outage(self._clock(), reason)
+            for listener in self._listeners.get(name, ()):
+                listener()
 
     def end(self, name: str) -> None:
         """`name` passes its health checks again."""
@@ -52,11 +62,16 @@ class Outages:
     def check(self, name: str, still_served: str = "") -> None:
         """Raises Unavailable when `name` is down and has not answered since; `still_served` tells the caller
         what the ranker still answers without it."""
+        if (refusal := self.refusal(name, still_served)) is not None:
+            raise refusal
+
+    def refusal(self, name: str, still_served: str = "") -> Unavailable | None:
+        """What `check` raises, or None."""
         outage = self._down.get(name)
         if outage is None or self._last_answer.get(name, float("-inf")) >= outage.since:
-            return
+            return None
         age = self._clock() - outage.since
-        raise Unavailable(
+        return Unavailable(
             f"{outage.reason} (down for {age:.1f} s by the ranker's health checks: not called until it answers again"
             + (f"; {still_served}" if still_served else "")
             + ")"

@@ -37,6 +37,7 @@ log = logging.getLogger("whisperlite.ranker")
 # sent one filter, "filter.min_price".
 _SEARCH_FIELD = re.compile(r"^searches\[\d+\]\.")
 NO_MODEL = "none"  # the metrics' version label while no trained model serves (text-only)
+ENCODER_STILL_SERVED = "query texts in the ranker's cache are still answered"
 
 
 def overlap_at_k(live_ids: list[str], candidate_ids: list[str]) -> float:
@@ -168,6 +169,9 @@ class Recommender:
         # The network costs ~1 ms of CPU per request alone and about as much for a whole batch: Recommends
         # whose Embed came back together are personalized together (one batch at a time: it is CPU work).
         self._personalizations = Coalescer(self._personalize_batch, max_batch=limits.max_batch, max_concurrent=1)
+        # Calls waiting on a dependency when its outage begins fail then, not at their deadline.
+        self._outages.on_outage(QUERY_ENCODER, lambda: self._embeds.fail_all(self._outages.refusal(QUERY_ENCODER, ENCODER_STILL_SERVED)))
+        self._outages.on_outage(CATALOG, lambda: self._searches.fail_all(self._outages.refusal(CATALOG)))
 
     def validate(self, user_id: str, query: str, top_k: int, recent_item_ids: list[str]) -> str:
         """Checks the ranker's own fields before any downstream call; returns the query as it will be embedded.
@@ -239,7 +243,7 @@ class Recommender:
         with _stage("encode", current):
             query_vector = self._query_vectors.get(text)
             if query_vector is None:
-                self._outages.check(QUERY_ENCODER, still_served="query texts in the ranker's cache are still answered")
+                self._outages.check(QUERY_ENCODER, ENCODER_STILL_SERVED)
                 query_vector = await self._embeds.call(text)
 
         with _stage("personalize", current):

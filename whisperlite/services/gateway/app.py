@@ -197,12 +197,14 @@ def _labels(app: FastAPI, scope: dict) -> tuple[str, str]:
     one whose method the route does not take (a CORS preflight, a 405) under the route its path names. The method is
     the caller's to choose: made-up ones share one label, or each would add series to /metrics.
     """
-    matches = {Match.FULL: None, Match.PARTIAL: None}
+    route = None
     for candidate in app.router.routes:
         match = candidate.matches(scope)[0]
-        if match in matches and matches[match] is None:
-            matches[match] = candidate
-    route = matches[Match.FULL] or matches[Match.PARTIAL]
+        if match == Match.FULL:
+            route = candidate
+            break
+        if match == Match.PARTIAL and route is None:
+            route = candidate
     return scope["method"] if scope["method"] in HTTP_METHODS else "other", route.path if route is not None else "unmatched"
 
 

@@ -74,11 +74,19 @@ def test_blank_timestamps_read_as_zero_and_numbers_in_any_notation(tmp_path):
         ({"items.csv": f"item_id,title\n1,Red dress\n{'7' * 300},Shirt\n"}, "items.csv line 3: item_id is 300 characters, more than 256"),
         ({"dataset.json": '{"name": ["h&m"]}'}, "dataset.json: 'name' must be a string, got ['h&m']"),
         ({"interactions.csv": "user_id,item_id,timestamp\nu1, 1 ,1\n"}, "1 of 1 interactions name items missing from items.csv (e.g. ' 1 '); 1 of them"),
+        ({"interactions.csv": 'user_id,item_id,timestamp,request\nu1,1,1,"a review\n\nover lines"\n\nu1,2,soon,x\n'},
+         "interactions.csv line 6: timestamp 'soon' is not unix seconds"),
+        # What the catalog cannot store is refused when read, not when `up` ingests the trained model's items.
+        ({"items.csv": "item_id,title\n1,Red dress\nLevi's 501,Jeans\n"},
+         "items.csv line 3: item_id \"Levi's 501\" must not contain an apostrophe (')"),
+        ({"items.csv": 'item_id,title\n1,Red dress\n"tab\there",Shirt\n'}, "items.csv line 3: item_id 'tab\\there' must not contain control characters"),
+        # One unquoted comma in the first row: pandas read the ids as an index and every column shifted.
+        ({"items.csv": "item_id,title,text\n1,Dress, red,cotton\n2,Shirt,x\n"}, "items.csv line 2: 4 fields, the header has 3 (quote a value"),
     ],
     ids=[
         "info-not-an-object", "info-not-json", "ragged-row", "no-item-id", "no-item-text", "blank-user", "infinite-time",
         "time-past-int64", "row-cut-before-its-timestamp", "user-id-too-long", "item-id-too-long", "name-not-a-string",
-        "every-item-id-with-spaces",
+        "every-item-id-with-spaces", "line-after-a-value-over-lines", "item-id-with-an-apostrophe", "item-id-with-a-tab", "first-row-with-an-extra-field",
     ],
 )
 def test_a_broken_file_is_refused_naming_it(tmp_path, files, message):
@@ -87,6 +95,21 @@ def test_a_broken_file_is_refused_naming_it(tmp_path, files, message):
         (data / name).write_text(text)
     with pytest.raises(ValueError, match=re.escape(message)):
         load_dataset(data)
+
+
+def test_bytes_that_are_not_utf8_are_refused_with_their_line(tmp_path):
+    data = write(tmp_path / "data", None, "user_id,item_id,timestamp\nu1,1,1\nu1,2,2\n")
+    (data / "items.csv").write_bytes(ITEMS.encode() + "3,Caf\u00e9 apron,Aprons\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=re.escape("items.csv line 4: not UTF-8")):
+        load_dataset(data)
+
+
+def test_a_trailing_delimiter_on_every_row_is_read_as_the_columns_it_names(tmp_path):
+    """A spreadsheet export's empty last field; it used to shift every column (ids read as titles)."""
+    data = write(tmp_path / "data", "item_id,title,category,\n1,Red summer dress,Dresses,\n2,Blue oxford shirt,Tops,\n",
+                 "user_id,item_id,timestamp\nu1,1,1\nu1,2,2\n")
+    items = load_dataset(data).items
+    assert items["item_id"].tolist() == ["1", "2"] and items["title"].tolist() == ["Red summer dress", "Blue oxford shirt"]
 
 
 def test_timestamps_keep_their_exact_order(tmp_path):
@@ -144,3 +167,21 @@ def test_dataset_json_fields_written_loosely_still_load(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         load_dataset(data)
     assert "item_text_source 'reviews' is neither 'metadata' nor 'train_requests'" in caplog.text
+
+
+def test_evaluate_says_what_is_wrong_with_its_out_and_model_before_any_work(tmp_path):
+    """They were tracebacks (FileExistsError once the methods had trained; torch's or json's error for a broken model)."""
+    data = write(tmp_path / "data", ITEMS, "user_id,item_id,timestamp\nu1,1,1\nu1,2,2\n")
+    a_file = tmp_path / "results.csv"
+    a_file.write_text("x")
+    broken = tmp_path / "model"
+    broken.mkdir()
+    (broken / "manifest.json").write_text('{"version": ')
+    for extra, message in (
+        (["--out", str(a_file)], f"error: --out {a_file}: not a directory this user can write"),
+        (["--out", str(tmp_path / "out"), "--models-out", str(a_file / "models")], "error: --models-out"),
+        (["--out", str(tmp_path / "out"), "--model", str(broken)], f"error: --model {broken}: cannot be loaded"),
+    ):
+        done = subprocess.run([sys.executable, "-m", "whisperlite", "evaluate", "--data", str(data), "--quiet", *extra],
+                              cwd=REPO, timeout=300, capture_output=True, text=True)
+        assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]

@@ -255,3 +255,24 @@ def test_health_reflection_and_metrics(encoder_service, catalog_service, text_on
     ranker_metrics = urllib.request.urlopen(text_only_ranker.metrics_url, timeout=5).read().decode()
     for stage in ("encode", "personalize", "search", "score"):
         assert f'whisperlite_ranker_stage_seconds_count{{stage="{stage}"}}' in ranker_metrics
+
+
+def test_ingest_keeps_the_first_row_of_a_repeated_id_as_training_does(tmp_path, catalog_service, catalog, ingested):
+    """The catalog must hold the item the model learned: training keeps the first row of a repeated id, and ingest
+    used to upsert every row, so the last one won."""
+    from whisperlite.core.dataset import load_dataset
+    from whisperlite.shell.ingest import ingest
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "items.csv").write_text(
+        "item_id,title\ningest-dup,Capezio ultra soft transition tight\ningest-other,Wool scarf\ningest-dup,Steel toe leather work boots\n"
+    )
+    (data / "interactions.csv").write_text("user_id,item_id,timestamp\nu1,ingest-dup,1\nu1,ingest-other,2\n")
+    trained_on = load_dataset(data).items.set_index("item_id")["title"]["ingest-dup"]
+    try:
+        assert ingest(data, catalog_service.address) == 2
+        stored = catalog.GetItems(catalog_pb2.GetItemsRequest(item_ids=["ingest-dup"]), timeout=30).items[0]
+        assert stored.title == trained_on == "Capezio ultra soft transition tight"
+    finally:  # the catalog is shared with other modules' tests
+        catalog.DeleteItems(catalog_pb2.DeleteItemsRequest(item_ids=["ingest-dup", "ingest-other"]), timeout=30)

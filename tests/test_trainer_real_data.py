@@ -148,7 +148,7 @@ def test_evaluate_without_test_cases_says_so_and_writes_nothing(one_interaction_
         cwd=REPO, timeout=600, capture_output=True, text=True,
     )
     assert done.returncode == 2
-    assert "error: one_interaction_each: no test cases: no user has 3 or more interactions (80 users, 80 interactions); nothing to evaluate" in done.stderr
+    assert "error: one_interaction_each: no test cases: no user has 3 or more interactions with distinct items (80 users, 80 interactions); nothing to evaluate" in done.stderr
     assert not (tmp_path / "out").exists()
     assert not list(fresh_cache.rglob("*.npy"))
 

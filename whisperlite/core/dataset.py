@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Callable
@@ -35,6 +36,29 @@ FORMAT_VERSION = 1
 # The longest user or item id: the ranker and the catalog refuse longer ones, so a dataset holding one is refused
 # when read rather than training a model that cannot serve it.
 MAX_ID_CHARS = 256
+
+
+def has_control_characters(value: str) -> bool:
+    return any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value)
+
+
+def item_id_problem(item_id: str) -> str | None:
+    """Why `item_id` cannot be a catalog id, or None when it can: the catalog's rule, which a dataset's item ids
+    meet too, or the model would train on items the stack cannot ingest.
+
+    Apostrophes are refused because milvus-lite 2.5.1 pastes primary keys into SQL between single
+    quotes when it upserts and deletes (an id like `x' or '1'='1` would reach its SQLite store as SQL);
+    control characters because a filter expression cannot express a newline in a string literal.
+    """
+    if not item_id:
+        return "must not be empty"
+    if len(item_id) > MAX_ID_CHARS:
+        return f"must be at most {MAX_ID_CHARS} characters, got {len(item_id)}"
+    if "'" in item_id:
+        return "must not contain an apostrophe (')"
+    if has_control_characters(item_id):
+        return "must not contain control characters (newline, tab, ...)"
+    return None
 
 # What a spreadsheet or an export writes for "no text": a request of these words is no request.
 PLACEHOLDER_REQUESTS = frozenset({"n/a", "na", "null", "none", "nan", "-", "?"})
@@ -156,6 +180,8 @@ def read_items(data_dir: str | os.PathLike) -> pd.DataFrame:
     if "title" not in items and "text" not in items:
         raise ValueError(f"{path}: needs a title or a text column: an item is embedded from them")
     _check_ids(path, items, "item_id")
+    problems = items["item_id"].map(item_id_problem)
+    _refuse_first(path, problems.notna().to_numpy(), lambda row: f"item_id {items['item_id'].iloc[row]!r} {problems.iloc[row]}: the catalog cannot store it")
     for column in ITEM_COLUMNS:
         if column not in items:
             items[column] = ""
@@ -199,18 +225,69 @@ def _refuse_rows_ending_before(path: Path, fields: int) -> None:
 
 
 def _read_csv(path: Path, **options) -> pd.DataFrame:
-    """pandas' reader, its errors (a ragged row, an open quote, bytes that are not UTF-8) naming the file."""
+    """pandas' reader, its errors (a ragged row, an open quote, bytes that are not UTF-8) naming the file and, for
+    bytes that are not UTF-8, the line."""
     try:
-        return pd.read_csv(path, **options)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        frame = pd.read_csv(path, **options)
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} line {_first_line_not_utf8(path)}: not UTF-8 ({error.reason}); save the file as UTF-8") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
         raise ValueError(f"{path}: {error}") from None
+    if not isinstance(frame.index, pd.RangeIndex):
+        # The first row held more fields than the header, so pandas read its first column as the index and shifted
+        # every column: item ids became titles. A trailing delimiter on every row (a spreadsheet export) adds only
+        # empty fields, which are dropped; a value holding an unquoted comma is refused with its line.
+        _refuse_extra_fields(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", pd.errors.ParserWarning)  # the dropped fields are empty: checked above
+            frame = pd.read_csv(path, index_col=False, **options)
+    return frame
+
+
+def _first_line_not_utf8(path: Path) -> int:
+    raw = path.read_bytes()
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return raw.count(b"\n", 0, error.start) + 1
+    return 0
+
+
+def _refuse_extra_fields(path: Path) -> None:
+    with path.open(newline="", encoding="utf-8-sig") as file:
+        records = csv.reader(file)
+        header = next(records, [])
+        first_line = records.line_num + 1
+        for record in records:
+            if len(record) > len(header) and any(value.strip() for value in record[len(header):]):
+                raise ValueError(
+                    f"{path} line {first_line}: {len(record)} fields, the header has {len(header)} "
+                    "(quote a value that holds a comma)"
+                )
+            first_line = records.line_num + 1
 
 
 def _refuse_first(path: Path, bad: np.ndarray, problem: Callable[[int], str]) -> None:
     """ValueError naming the file line of the first row where `bad` holds (the header is line 1)."""
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"{path} line {row + 2}: {problem(row)}")
+        raise ValueError(f"{path} line {_line_of_row(path, row)}: {problem(row)}")
+
+
+def _line_of_row(path: Path, row: int) -> int:
+    """The line data row `row` starts on: a quoted value can span lines (a review with paragraphs), and pandas skips
+    blank lines."""
+    with path.open(newline="", encoding="utf-8-sig") as file:
+        records = csv.reader(file)
+        next(records, None)
+        start, index = records.line_num + 1, 0
+        for record in records:
+            if record:
+                if index == row:
+                    return start
+                index += 1
+            start = records.line_num + 1
+    return row + 2
 
 
 def _check_ids(path: Path, frame: pd.DataFrame, column: str) -> None:
@@ -282,6 +359,17 @@ class Dataset:
         return len(self.items)
 
 
+def first_row_of_each_item(listed: pd.DataFrame, directory: Path) -> pd.DataFrame:
+    """items.csv's rows with the first of each repeated item_id (a WARNING says how many were set aside): training
+    and ingest both keep it, so the catalog holds the item the model learned."""
+    items = listed.drop_duplicates("item_id", keep="first").reset_index(drop=True)
+    if len(items) < len(listed):
+        repeated = listed["item_id"][listed["item_id"].duplicated()]
+        log.warning("%s: %d rows repeat an item_id listed above them (e.g. %s); the first row of each id is kept",
+                    directory / ITEMS_FILE, len(repeated), _examples(repeated))
+    return items
+
+
 def load_dataset(data_dir: str | os.PathLike) -> Dataset:
     """The dataset with each interaction's item index. What it has to set aside or guess is said in a WARNING
     with counts and examples: a repeated item id keeps its first row, interactions naming unknown items are
@@ -289,11 +377,7 @@ def load_dataset(data_dir: str | os.PathLike) -> Dataset:
     that tie within a user or mix seconds and milliseconds."""
     directory = Path(data_dir)
     listed = read_items(directory)
-    items = listed.drop_duplicates("item_id", keep="first").reset_index(drop=True)
-    if len(items) < len(listed):
-        repeated = listed["item_id"][listed["item_id"].duplicated()]
-        log.warning("%s: %d rows repeat an item_id listed above them (e.g. %s); the first row of each id is kept",
-                    directory / ITEMS_FILE, len(repeated), _examples(repeated))
+    items = first_row_of_each_item(listed, directory)
     unread = [column for column in listed.columns if column not in ITEM_COLUMNS]
     if unread:  # an item is embedded from title and text alone: say so rather than let a colour column look used
         log.info("%s: columns %s are not read by training or evaluation (items embed from title and text; `ingest` keeps "

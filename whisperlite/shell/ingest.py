@@ -15,7 +15,7 @@ from whisperlite.core.channels import create_channel
 from whisperlite.core.client_security import PLAINTEXT, ClientSecurity
 from whisperlite.core.clients.catalog import CatalogClient
 from whisperlite.core.clients.types import item_to_proto
-from whisperlite.core.dataset import read_items
+from whisperlite.core.dataset import first_row_of_each_item, read_items
 from whisperlite.shell.catalog_admin import ColumnMapping, RowError, row_to_item
 from whisperlite.core.errors import Unavailable
 from whisperlite.v1 import common_pb2
@@ -111,7 +111,8 @@ def ingest(
     with a transient error `retries` times with backoff. Returns the number written; a token without
     the `write` scope fails the first batch with PERMISSION_DENIED."""
     try:
-        items = read_items(data_dir)
-    except FileNotFoundError as error:
+        # The first row of a repeated id, as training keeps it: the catalog must hold the item the model learned.
+        items = first_row_of_each_item(read_items(data_dir), Path(data_dir))
+    except (FileNotFoundError, ValueError) as error:
         raise SystemExit(str(error)) from None
     return asyncio.run(_upsert_all(items, catalog_addr, batch_size, timeout_seconds, retries, security))

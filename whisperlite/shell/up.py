@@ -16,6 +16,7 @@ from whisperlite.core.client_security import PLAINTEXT, ClientSecurity
 from whisperlite.core.clients.catalog import CatalogClient
 from whisperlite.core.clients.health import wait_until_serving
 from whisperlite.core.dataset import most_active_user
+from whisperlite.core.errors import ServiceError
 from whisperlite.core.topology import CATALOG, GATEWAY, GRPC_SERVICES, QUERY_ENCODER, RANKER, SERVICES, Service
 from whisperlite.shell.http_health import wait_until_http_serving
 from whisperlite.shell.ingest import ingest
@@ -232,7 +233,10 @@ def up(data_dir: Path | None, state_dir: Path, model_dir: Path, secure: bool = F
         catalog_addr = stack.env[CATALOG.address_env]
         if data_dir is not None and catalog_item_count(catalog_addr, stack.security) == 0:
             print(f"catalog is empty: ingesting {data_dir}", flush=True)
-            ingest(data_dir, catalog_addr, security=stack.security)
+            try:
+                ingest(data_dir, catalog_addr, security=stack.security)
+            except ServiceError as error:  # the catalog refused the dataset: say why and stop the stack, no traceback
+                raise SystemExit(f"ingest of {data_dir} failed: {error.code.name}: {error}") from None
         print(
             "\nWhisperLite is up:\n"
             + "".join(

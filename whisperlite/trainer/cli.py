@@ -190,6 +190,11 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    # Said now, not as a traceback once the methods have trained.
+    for flag, path in (("--out", args.out or ("docs/results" if args.all else "")), ("--models-out", args.models_out)):
+        if path and not _can_hold_a_directory(Path(path)):
+            print(f"error: {flag} {path}: not a directory this user can write, nor one it can create", file=sys.stderr)
+            return 2
     if args.all:
         from whisperlite.trainer.report import evaluate_all
 
@@ -216,6 +221,10 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
     try:
         model = PersonalizationModel.load(args.model) if args.model else None
+    except Exception as err:  # a broken file fails in any way (JSON, zip, torch): each one is the model's refusal
+        print(f"error: --model {args.model}: cannot be loaded: {type(err).__name__}: {err}", file=sys.stderr)
+        return 2
+    try:
         experiment = _experiment(args, args.data, require_test_cases=True)
         evaluate(experiment, args.out, model=model, config=config, methods=methods, keep_seen=args.keep_seen,
                  models_out=args.models_out, progress=not args.quiet)

@@ -191,6 +191,7 @@ def candidate_recall(scorer: WhisperLite, experiment: Experiment, cases: int, to
     rows = np.sort(np.random.default_rng(0).choice(len(frame), size=min(cases, len(frame)), replace=False))
     users, queries = frame["user"].to_numpy()[rows], experiment.validation_queries[rows]
     found = dict.fromkeys(CANDIDATE_COUNTS, 0)
+    top = min(top, experiment.dataset.n_items)  # a catalog under `top` items has that many to find
     for start in range(0, len(rows), batch):
         cosines, scores = scorer.cosines_and_scores(users[start : start + batch], queries[start : start + batch])
         best = np.argsort(-scores, axis=1)[:, :top]

@@ -47,8 +47,10 @@ def no_test_cases(dataset: Dataset, split: Split) -> str | None:
     if len(split.test):
         return None
     interactions = dataset.interactions
-    return (f"no test cases: no user has {split.min_interactions} or more interactions "
-            f"({interactions['user_id'].nunique()} users, {len(interactions)} interactions)")
+    distinct = len(interactions.drop_duplicates(["user_id", "item"]))
+    repeats = f", of which {len(interactions) - distinct} repeat a (user, item) pair and count once" if distinct < len(interactions) else ""
+    return (f"no test cases: no user has {split.min_interactions} or more interactions with distinct items "
+            f"({interactions['user_id'].nunique()} users, {len(interactions)} interactions{repeats})")
 
 
 class NoTestCases(ValueError):

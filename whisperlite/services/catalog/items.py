@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from whisperlite.core.dataset import MAX_ID_CHARS
+from whisperlite.core.dataset import MAX_ID_CHARS, has_control_characters, item_id_problem
 from whisperlite.core.errors import InvalidArgument
 from whisperlite.core.text import has_visible_characters
 from whisperlite.v1 import common_pb2
@@ -50,34 +50,12 @@ class SearchHit:
     explain_scores: np.ndarray | None = None  # a detailed hit's dot products with the request's explain vectors
 
 
-def _has_control_characters(value: str) -> bool:
-    return any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value)
-
-
-def id_problem(item_id: str) -> str | None:
-    """Why `item_id` cannot be a catalog id, or None when it can.
-
-    Apostrophes are refused because milvus-lite 2.5.1 pastes primary keys into SQL between single
-    quotes when it upserts and deletes (an id like `x' or '1'='1` would reach its SQLite store as SQL);
-    control characters because a filter expression cannot express a newline in a string literal.
-    """
-    if not item_id:
-        return "must not be empty"
-    if len(item_id) > MAX_ID_CHARS:
-        return f"must be at most {MAX_ID_CHARS} characters, got {len(item_id)}"
-    if "'" in item_id:
-        return "must not contain an apostrophe (')"
-    if _has_control_characters(item_id):
-        return "must not contain control characters (newline, tab, ...)"
-    return None
-
-
 def can_be_stored_id(item_id: str) -> bool:
-    return id_problem(item_id) is None
+    return item_id_problem(item_id) is None
 
 
 def can_be_stored_category(category: str) -> bool:
-    return len(category) <= MAX_CATEGORY_CHARS and not _has_control_characters(category)
+    return len(category) <= MAX_CATEGORY_CHARS and not has_control_characters(category)
 
 
 def _finite_floats(values: Sequence[float], dimension: int, name: str) -> np.ndarray:
@@ -122,14 +100,14 @@ def _check_text(value: str, limit: int, name: str) -> None:
 
 def record_from_proto(item: common_pb2.Item, index: int, dimension: int) -> ItemRecord:
     where = f"items[{index}]"
-    problem = id_problem(item.item_id)
+    problem = item_id_problem(item.item_id)
     if problem:
         raise InvalidArgument(f"{where}.item_id: {problem}")
     _check_text(item.title, MAX_TITLE_CHARS, f"{where}.title")
     _check_text(item.text, MAX_TEXT_CHARS, f"{where}.text")
     _check_text(item.image_uri, MAX_IMAGE_URI_CHARS, f"{where}.image_uri")
     _check_text(item.category, MAX_CATEGORY_CHARS, f"{where}.category")
-    if _has_control_characters(item.category):
+    if has_control_characters(item.category):
         raise InvalidArgument(f"{where}.category: must not contain control characters (newline, tab, ...)")
     price = None
     if item.HasField("price"):

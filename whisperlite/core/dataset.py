@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import itertools
 import json
 import logging
 import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -214,14 +215,22 @@ def read_interactions(data_dir: str | os.PathLike) -> pd.DataFrame:
 def _refuse_rows_ending_before(path: Path, fields: int) -> None:
     """pandas reads a row cut short as blank cells: its missing timestamp would pass for a blank one (0) and move
     the row to the start of its user's sequence. Refuses the first row with fewer than `fields` fields."""
-    with path.open(newline="", encoding="utf-8") as file:
+    rows = _rows_with_lines(path)
+    next(rows, None)
+    for line, record in rows:
+        if record and len(record) < fields:
+            raise ValueError(f"{path} line {line}: {len(record)} field(s), the row ends before its timestamp (field {fields})")
+
+
+def _rows_with_lines(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """(the line it starts on, its fields) of each row, the header first: a quoted value can span lines (a review
+    with paragraphs), so pandas' row number does not give the line."""
+    with path.open(newline="", encoding="utf-8-sig") as file:
         records = csv.reader(file)
-        next(records, None)
-        first_line = records.line_num + 1
+        start = 1
         for record in records:
-            if record and len(record) < fields:
-                raise ValueError(f"{path} line {first_line}: {len(record)} field(s), the row ends before its timestamp (field {fields})")
-            first_line = records.line_num + 1
+            yield start, record
+            start = records.line_num + 1
 
 
 def _read_csv(path: Path, **options) -> pd.DataFrame:
@@ -254,17 +263,11 @@ def _first_line_not_utf8(path: Path) -> int:
 
 
 def _refuse_extra_fields(path: Path) -> None:
-    with path.open(newline="", encoding="utf-8-sig") as file:
-        records = csv.reader(file)
-        header = next(records, [])
-        first_line = records.line_num + 1
-        for record in records:
-            if len(record) > len(header) and any(value.strip() for value in record[len(header):]):
-                raise ValueError(
-                    f"{path} line {first_line}: {len(record)} fields, the header has {len(header)} "
-                    "(quote a value that holds a comma)"
-                )
-            first_line = records.line_num + 1
+    rows = _rows_with_lines(path)
+    _, header = next(rows, (1, []))
+    for line, record in rows:
+        if len(record) > len(header) and any(value.strip() for value in record[len(header):]):
+            raise ValueError(f"{path} line {line}: {len(record)} fields, the header has {len(header)} (quote a value that holds a comma)")
 
 
 def _refuse_first(path: Path, bad: np.ndarray, problem: Callable[[int], str]) -> None:
@@ -275,19 +278,11 @@ def _refuse_first(path: Path, bad: np.ndarray, problem: Callable[[int], str]) ->
 
 
 def _line_of_row(path: Path, row: int) -> int:
-    """The line data row `row` starts on: a quoted value can span lines (a review with paragraphs), and pandas skips
-    blank lines."""
-    with path.open(newline="", encoding="utf-8-sig") as file:
-        records = csv.reader(file)
-        next(records, None)
-        start, index = records.line_num + 1, 0
-        for record in records:
-            if record:
-                if index == row:
-                    return start
-                index += 1
-            start = records.line_num + 1
-    return row + 2
+    """The line data row `row` starts on (pandas skips blank lines)."""
+    rows = _rows_with_lines(path)
+    next(rows, None)
+    data_lines = (line for line, record in rows if record)
+    return next(itertools.islice(data_lines, row, None), row + 2)
 
 
 def _check_ids(path: Path, frame: pd.DataFrame, column: str) -> None:

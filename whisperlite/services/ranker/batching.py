@@ -45,8 +45,8 @@ class Coalescer(Generic[Q, R]):
         self._wait_seconds = wait_seconds
         self._name = name
         self._waiting: collections.deque[tuple[Q, asyncio.Future[R]]] = collections.deque()
-        self._batches: set[asyncio.Task] = set()  # the event loop keeps only weak references to tasks
-        self._out: set[asyncio.Future[R]] = set()  # the calls whose batch is out
+        # The batches out, with their calls (the event loop keeps only weak references to tasks).
+        self._batches: dict[asyncio.Task, list[asyncio.Future[R]]] = {}
 
     async def call(self, query: Q) -> R:
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
@@ -71,13 +71,12 @@ class Coalescer(Generic[Q, R]):
                     batch.append((query, future))
             if not batch:
                 return
-            self._out.update(future for _, future in batch)
             task = asyncio.create_task(self._run(batch))
-            self._batches.add(task)
+            self._batches[task] = [future for _, future in batch]
             task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task) -> None:
-        self._batches.discard(task)
+        self._batches.pop(task, None)
         self._dispatch()
 
     def fail_all(self, error: Exception) -> None:
@@ -87,9 +86,10 @@ class Coalescer(Generic[Q, R]):
             if not future.done():
                 future.set_exception(error)
         self._waiting.clear()
-        for future in self._out:
-            if not future.done():
-                future.set_exception(error)
+        for futures in self._batches.values():
+            for future in futures:
+                if not future.done():
+                    future.set_exception(error)
 
     async def _run(self, batch: list[tuple[Q, asyncio.Future[R]]]) -> None:
         try:
@@ -98,8 +98,6 @@ class Coalescer(Generic[Q, R]):
             for _, future in batch:
                 future.cancel()
             raise
-        finally:
-            self._out.difference_update(future for _, future in batch)
         for (_, future), result in zip(batch, results, strict=True):
             if future.done():
                 continue

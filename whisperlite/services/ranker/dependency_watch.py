@@ -6,7 +6,7 @@ Each dependency's state is also the ranker's health name `dependency/<service>` 
 `dependency/catalog`), so whoever sees the ranker NOT_SERVING (the gateway's /health) can name the dependency.
 
 The ranker keeps answering meanwhile: texts in its query cache need no encoder, and a call that needs
-the dependency gets UNAVAILABLE at once, naming it and why (outages.py). The process's liveness (the
+the dependency gets UNAVAILABLE at once, naming it and why (services/common/outages.py). The process's liveness (the
 `liveness` health name) stays SERVING, so an orchestrator does not restart a ranker for its dependency's
 outage.
 """
@@ -14,6 +14,7 @@ outage.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -24,28 +25,17 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from whisperlite.core.clients.errors import CredentialsRefused
 from whisperlite.core.errors import ServiceError
 from whisperlite.core.topology import Service, dependency_health_name
+from whisperlite.services.common.outages import Outages
+from whisperlite.services.common.probing import ProbeCount, ProbeSettings, keep_probing
 from whisperlite.services.common.server import HealthReport
 from whisperlite.services.ranker import metrics
-from whisperlite.services.ranker.outages import Outages
 
 log = logging.getLogger("whisperlite.ranker.dependency_watch")
 
 REFUSES_TOKEN = "refuses this ranker's token"
-
-
-@dataclass(frozen=True)
-class DependencyWatchSettings:
-    probe_interval_seconds: float = 1.0
-    probe_timeout_seconds: float = 2.0
-    # One slow probe of a busy dependency is not an outage; this many failed probes in a row are.
-    failures_to_trip: int = 2
-
-    def __post_init__(self) -> None:
-        for name in ("probe_interval_seconds", "probe_timeout_seconds"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name}: must be > 0, got {getattr(self, name)}")
-        if self.failures_to_trip < 1:
-            raise ValueError(f"failures_to_trip: must be >= 1, got {self.failures_to_trip}")
+# The names the watch and the Recommend path use for the ranker's two dependencies.
+QUERY_ENCODER = "query encoder"
+CATALOG = "catalog"
 
 
 @dataclass(frozen=True)
@@ -62,11 +52,11 @@ class Dependency:
 
 class DependencyWatch:
     def __init__(
-        self, dependencies: Sequence[Dependency], settings: DependencyWatchSettings = DependencyWatchSettings(), outages: Outages | None = None
+        self, dependencies: Sequence[Dependency], settings: ProbeSettings = ProbeSettings(), outages: Outages | None = None
     ):
         self._dependencies = list(dependencies)
         self._settings = settings
-        self.outages = outages or Outages()
+        self.outages = outages or Outages("ranker")
 
     async def probe(self, dependency: Dependency) -> str | None:
         """Why the dependency is not serving, or None when it is (a refused token: `REFUSES_TOKEN` starts the reason)."""
@@ -89,39 +79,38 @@ class DependencyWatch:
 
     async def watch(self, health: HealthReport) -> None:
         """Runs while the ranker serves (whisperlite.services.common.server's health_watch)."""
-        failures = {dependency.name: 0 for dependency in self._dependencies}
-        up = {dependency.name: True for dependency in self._dependencies}
-        for dependency in self._dependencies:
-            metrics.DEPENDENCY_UP.labels(dependency.name).set(1)
-            await health.set_part(dependency_health_name(dependency.service), True)
+        counts = {dependency.name: ProbeCount(self._settings.failures_to_trip) for dependency in self._dependencies}
         serving = True
-        while True:
-            await asyncio.sleep(self._settings.probe_interval_seconds)
-            reasons = await asyncio.gather(*(self.probe(dependency) for dependency in self._dependencies))
-            down = {}
-            for dependency, reason in zip(self._dependencies, reasons):
-                failures[dependency.name] = failures[dependency.name] + 1 if reason else 0
-                if failures[dependency.name] >= self._settings.failures_to_trip:
-                    down[dependency.name] = f"{dependency.name} at {dependency.address}: {reason}"
-                    if not reason.startswith(REFUSES_TOKEN):  # a refusal is an answer, at once and naming the flag to fix
-                        self.outages.begin(dependency.name, down[dependency.name])
-                elif not failures[dependency.name]:
-                    self.outages.end(dependency.name)
-                # Down from the trip until a check passes: one failed check short of the trip changes nothing.
-                now_up = up[dependency.name]
-                if dependency.name in down:
-                    now_up = False
-                elif not failures[dependency.name]:
-                    now_up = True
-                if now_up != up[dependency.name]:
-                    up[dependency.name] = now_up
-                    metrics.DEPENDENCY_UP.labels(dependency.name).set(int(now_up))
-                    await health.set_part(dependency_health_name(dependency.service), now_up)
-            if serving and down:
+
+        async def record(dependency: Dependency, reason: str | None) -> bool:
+            nonlocal serving
+            count = counts[dependency.name]
+            was_down = count.down
+            count.add(failed=reason is not None)
+            down_reason = f"{dependency.name} at {dependency.address}: {reason}" if count.down and reason else None
+            if down_reason and not reason.startswith(REFUSES_TOKEN):  # a refusal is an answer, at once and naming the flag to fix
+                self.outages.begin(dependency.name, down_reason)
+            elif not count.failures:
+                self.outages.end(dependency.name)
+            if count.down != was_down:
+                metrics.DEPENDENCY_UP.labels(dependency.name).set(int(not count.down))
+                await health.set_part(dependency_health_name(dependency.service), not count.down)
+            if serving and down_reason:
                 serving = False
-                log.error("dependency down: health NOT_SERVING until it serves again", extra={"down": list(down.values())})
+                log.error("dependency down: health NOT_SERVING until it serves again", extra={"down": [down_reason]})
                 await health.set_serving(False)
-            elif not serving and not any(failures.values()):
+            elif not serving and not any(other.failures for other in counts.values()):
                 serving = True
                 log.warning("dependencies serving again: health SERVING")
                 await health.set_serving(True)
+            return count.down
+
+        for dependency in self._dependencies:
+            metrics.DEPENDENCY_UP.labels(dependency.name).set(1)
+            await health.set_part(dependency_health_name(dependency.service), True)
+        await asyncio.gather(
+            *(
+                keep_probing(functools.partial(self.probe, dependency), self._settings, functools.partial(record, dependency))
+                for dependency in self._dependencies
+            )
+        )

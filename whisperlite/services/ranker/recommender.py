@@ -27,7 +27,8 @@ from whisperlite.services.ranker.metrics import (
 )
 from whisperlite.services.ranker.batching import Coalescer
 from whisperlite.services.ranker.models import ModelRegistry
-from whisperlite.services.ranker.outages import CATALOG, QUERY_ENCODER, Outages
+from whisperlite.services.common.outages import Outages
+from whisperlite.services.ranker.dependency_watch import CATALOG, QUERY_ENCODER
 from whisperlite.services.ranker.query_cache import QueryVectorCache
 from whisperlite.v1 import common_pb2
 
@@ -143,7 +144,7 @@ class Recommender:
         outages: Outages | None = None,
     ):
         self._encoder = encoder
-        self._outages = outages or Outages()
+        self._outages = outages or Outages("ranker")
         self._catalog = catalog
         self._models = models
         self._limits = limits

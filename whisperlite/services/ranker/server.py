@@ -21,8 +21,10 @@ from whisperlite.services.common.security import ServerSecurity
 from whisperlite.services.common.tracing import start_tracing
 from whisperlite.services.common.server import serve
 from whisperlite.services.ranker.admin_servicer import ModelAdminServicer
-from whisperlite.services.ranker.dependency_watch import Dependency, DependencyWatch, DependencyWatchSettings
-from whisperlite.services.ranker import outages
+from whisperlite.services.common.probing import ProbeSettings
+from whisperlite.services.ranker.dependency_watch import CATALOG as CATALOG_DEPENDENCY
+from whisperlite.services.ranker.dependency_watch import QUERY_ENCODER as QUERY_ENCODER_DEPENDENCY
+from whisperlite.services.ranker.dependency_watch import Dependency, DependencyWatch
 from whisperlite.services.ranker.models import ModelRegistry, ServingContract, load_newest, watch
 from whisperlite.services.ranker.recommender import RankerLimits, Recommender
 from whisperlite.services.ranker.servicer import RankerServicer
@@ -72,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=env_float(f"{PREFIX}_STARTUP_TIMEOUT_SECONDS", 120.0),
         help=f"how long start-up waits for the encoder and catalog to answer (env {PREFIX}_STARTUP_TIMEOUT_SECONDS)",
     )
-    probes = DependencyWatchSettings()
+    probes = ProbeSettings()
     parser.add_argument(
         "--dependency-probe-interval-seconds",
         type=float,
@@ -154,12 +156,12 @@ async def run(args: argparse.Namespace) -> None:
     try:
         dependency_watch = DependencyWatch(
             [
-                Dependency(outages.QUERY_ENCODER, args.query_encoder_addr, QUERY_ENCODER, encoder_channel,
+                Dependency(QUERY_ENCODER_DEPENDENCY, args.query_encoder_addr, QUERY_ENCODER, encoder_channel,
                            credential_check=encoder.model if security.sends_token else None),
-                Dependency(outages.CATALOG, args.catalog_addr, CATALOG, catalog_channel,
+                Dependency(CATALOG_DEPENDENCY, args.catalog_addr, CATALOG, catalog_channel,
                            credential_check=catalog.stats if security.sends_token else None),
             ],
-            DependencyWatchSettings(args.dependency_probe_interval_seconds, args.dependency_probe_timeout_seconds),
+            ProbeSettings(args.dependency_probe_interval_seconds, args.dependency_probe_timeout_seconds),
         )
     except ValueError as error:
         raise SystemExit(f"ranker: {error}") from None

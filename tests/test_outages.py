@@ -1,9 +1,10 @@
-"""Failing fast on a dependency the watch found down (services/ranker/outages.py), without gRPC."""
+"""Failing fast on a dependency the watch found down (services/common/outages.py), without gRPC."""
 
 import pytest
 
 from whisperlite.core.errors import Unavailable
-from whisperlite.services.ranker.outages import CATALOG, QUERY_ENCODER, Outages
+from whisperlite.services.common.outages import Outages
+from whisperlite.services.ranker.dependency_watch import CATALOG, QUERY_ENCODER
 
 
 class Clock:
@@ -16,7 +17,7 @@ class Clock:
 
 def test_a_dependency_down_fails_at_once_naming_it_until_it_answers_or_passes_its_checks():
     clock = Clock()
-    outages = Outages(clock)
+    outages = Outages("ranker", clock)
     outages.check(CATALOG)  # nothing known down: no refusal
     outages.answered(CATALOG)
     clock.now += 1
@@ -39,7 +40,7 @@ def test_a_dependency_down_fails_at_once_naming_it_until_it_answers_or_passes_it
 
 
 def test_an_outage_tells_its_listeners_once_when_it_begins():
-    outages = Outages(Clock())
+    outages = Outages("ranker", Clock())
     heard = []
     outages.on_outage(CATALOG, lambda: heard.append(str(outages.refusal(CATALOG))))
     outages.begin(QUERY_ENCODER, "query encoder at e:50051: health check failed")

@@ -1,17 +1,17 @@
 """Failing fast on a dependency that is known to be down.
 
-The dependency watch (dependency_watch.py) finds a dependency down by its failed health checks. Until then a
-Recommend that needs it waits its whole deadline (--deadline-seconds) for an answer that does not come, and holds an
-admission slot meanwhile: under load the slots fill with such calls and requests that need no dependency (a query
-text in the ranker's cache) are refused as "overloaded". From the moment the watch reports the outage, a call that
-needs the dependency fails at once with UNAVAILABLE naming it and why.
+A service's watch (services/common/probing.py: the ranker's of its encoder and catalog, the gateway's of the ranker
+and the catalog) finds a dependency down by its failed health checks. Until then a call that needs it waits its whole
+deadline for an answer that does not come, and holds an admission slot meanwhile: under load the slots fill with such
+calls and requests that need no dependency (a query text in the ranker's cache) are refused as "overloaded". From the
+moment the watch reports the outage, a call that needs the dependency fails at once with UNAVAILABLE naming it and why.
 
 A busy dependency can miss health checks and still answer calls, so the watch's word alone does not stop the
 calls: any answer from the dependency after the outage began (a result, or an error about the request) ends
 failing fast for it, as the next passing health check does.
 
 Calls already waiting on the dependency when the outage begins are told too (`on_outage`): they would otherwise
-keep their admission slots until their deadline, past the moment the ranker knows no answer is coming.
+keep their admission slots until their deadline, past the moment the service knows no answer is coming.
 """
 
 from __future__ import annotations
@@ -22,11 +22,6 @@ from dataclasses import dataclass
 
 from whisperlite.core.errors import Unavailable
 
-# The names the watch and the Recommend path use for the ranker's two dependencies.
-QUERY_ENCODER = "query encoder"
-CATALOG = "catalog"
-
-
 @dataclass(frozen=True)
 class Outage:
     since: float
@@ -34,7 +29,8 @@ class Outage:
 
 
 class Outages:
-    def __init__(self, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, watcher: str, clock: Callable[[], float] = time.monotonic):
+        self._watcher = watcher  # the service whose checks found the outage, as refusals name it: "ranker"
         self._clock = clock
         self._down: dict[str, Outage] = {}
         self._last_answer: dict[str, float] = {}
@@ -61,7 +57,7 @@ class Outages:
 
     def check(self, name: str, still_served: str = "") -> None:
         """Raises Unavailable when `name` is down and has not answered since; `still_served` tells the caller
-        what the ranker still answers without it."""
+        what the service still answers without it."""
         if (refusal := self.refusal(name, still_served)) is not None:
             raise refusal
 
@@ -72,7 +68,7 @@ class Outages:
             return None
         age = self._clock() - outage.since
         return Unavailable(
-            f"{outage.reason} (down for {age:.1f} s by the ranker's health checks: not called until it answers again"
+            f"{outage.reason} (down for {age:.1f} s by the {self._watcher}'s health checks: not called until it answers again"
             + (f"; {still_served}" if still_served else "")
             + ")"
         )

@@ -431,6 +431,47 @@ def test_a_frozen_encoder_fails_new_texts_at_once_and_keeps_serving_cached_ones(
                 service.stop()
 
 
+def test_a_frozen_ranker_lets_the_gateways_callers_go_with_503_and_retry_after_before_the_deadline(tmp_path, stack):
+    """The gateway used to hold every caller of a frozen ranker for its whole 10 s deadline, then answer 504 without
+    Retry-After. Its own checks (the default interval and timeout) now find a ranker that answers nothing."""
+    ranker, catalog = stack["ranker"], stack["catalog"]
+    gateway = start_gateway(tmp_path / "logs", ranker.address, catalog.address, tmp_path / "gateway-state", "--study", "off")
+    url = f"http://127.0.0.1:{gateway.port}"
+    body = {"user_id": "u", "query": "a wool scarf", "top_k": 3}
+    try:
+        assert httpx.post(f"{url}/v1/recommend", json=body, timeout=30).status_code == 200
+        os.kill(ranker.process.pid, signal.SIGSTOP)
+        try:
+            frozen_at = time.monotonic()
+            sent_at_the_freeze = httpx.post(f"{url}/v1/recommend", json=body, timeout=30)
+            let_go_after = time.monotonic() - frozen_at
+            assert sent_at_the_freeze.status_code == 503, sent_at_the_freeze.text
+            assert sent_at_the_freeze.headers["Retry-After"] == "1"
+            assert let_go_after < 10, "let go at the outage, before the gateway's 10 s deadline"
+            started = time.monotonic()
+            refused = httpx.post(f"{url}/v1/recommend", json=body, timeout=30)
+            refused_within = time.monotonic() - started
+            assert refused.status_code == 503 and refused.headers["Retry-After"] == "1", refused.text
+            assert re.match(r"ranker at localhost:\d+: health check failed: DEADLINE_EXCEEDED.* \(down for [\d.]+ s by the "
+                            r"gateway's health checks: not called until it answers again\)", refused.json()["error"]["message"]), refused.text
+            assert refused_within < 1.0, refused_within
+            item = httpx.get(f"{url}/v1/items/item-1", timeout=30)  # the catalog, which did not freeze, still answers
+            assert item.status_code == 200, item.text
+            health = httpx.get(f"{url}/health", timeout=30)
+            assert (health.status_code, health.json()["upstreams"]["ranker"]) == (503, "DEADLINE_EXCEEDED"), health.text
+        finally:
+            os.kill(ranker.process.pid, signal.SIGCONT)
+        resumed_at = time.monotonic()
+        wait_for(lambda: httpx.post(f"{url}/v1/recommend", json=body, timeout=30).status_code == 200, timeout=10)
+        answered_after = time.monotonic() - resumed_at
+    finally:
+        gateway.stop()
+    assert re.search(r'"message": "upstream down: its calls fail at once until it answers".*"upstream": "ranker"', gateway.log())
+    assert "upstream answers again" in gateway.log()
+    print(f"a caller of the frozen ranker got 503 after {let_go_after:.2f} s (the deadline is 10 s), a later one in "
+          f"{refused_within * 1e3:.0f} ms; the gateway called the ranker again {answered_after:.2f} s after it resumed")
+
+
 def catalog_query_encoder(catalog: ServiceProcess) -> str:
     args = catalog.process.args
     return args[args.index("--query-encoder-addr") + 1]

@@ -715,6 +715,7 @@ def test_a_client_that_hangs_up_cancels_the_upstream_call(tmp_path, gateway_cata
         late = httpx.post(f"{base}/v1/recommend", json={"query": "boots"}, timeout=60)
         assert late.status_code == 504
         assert late.json()["error"]["message"] == f"ranker at 127.0.0.1:{port}: no answer within 3 s (--deadline-seconds)"
+        assert late.headers["Retry-After"] == "1"  # a 504 says when to try again
         metrics = httpx.get(f"{base}/metrics", timeout=10).text
         assert re.search(r'whisperlite_gateway_requests_total\{method="POST",route="/v1/recommend",status="499"\} 1\.0', metrics)
     finally:
@@ -753,6 +754,8 @@ def test_grpcs_own_deadline_words_become_the_upstream_and_the_flag(details):
     from whisperlite.services.gateway.upstream import UpstreamFailed
 
     error = grpc.aio.AioRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details)
-    assert str(UpstreamFailed("catalog at db:50052", error, 10)) == "catalog at db:50052: no answer within 10 s (--deadline-seconds)"
+    failed = UpstreamFailed.of_call("catalog at db:50052", error, 10)
+    assert str(failed) == "catalog at db:50052: no answer within 10 s (--deadline-seconds)"
+    assert failed.retry_after == 1.0  # an HTTP 504 says when to try again, as a 503 does
     refused = grpc.aio.AioRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, grpc.aio.Metadata(), grpc.aio.Metadata(), details="the caller's deadline passed")
-    assert str(UpstreamFailed("ranker at r:50050", refused, 10)) == "ranker at r:50050: the caller's deadline passed"
+    assert str(UpstreamFailed.of_call("ranker at r:50050", refused, 10)) == "ranker at r:50050: the caller's deadline passed"

@@ -25,7 +25,6 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
-from whisperlite.core.clients.errors import retry_after_seconds
 from whisperlite.core.dataset import MAX_ID_CHARS
 from whisperlite.core.request_context import REQUEST_ID, REQUEST_ID_RULE
 from whisperlite.core.request_context import REQUEST_ID_KEY as REQUEST_ID_HEADER
@@ -271,7 +270,9 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
+        watch = asyncio.ensure_future(upstream.watch())
         yield
+        watch.cancel()
         # Runs once uvicorn has drained in-flight requests after SIGTERM.
         await upstream.close()
         if store is not None:
@@ -318,15 +319,13 @@ def create_app(
 
     @app.exception_handler(UpstreamFailed)
     async def upstream_failed(_: Request, failure: UpstreamFailed) -> JSONResponse:
-        retry_after = retry_after_seconds(failure.error)
+        retry_after = failure.retry_after
         if failure.code == grpc.StatusCode.RESOURCE_EXHAUSTED and retry_after is None:
             # Not a busy service (that one says when to retry): an answer over a message limit. 413, not 429, which
             # HTTP clients and proxies retry, and the same request never succeeds.
             response = _error(413, failure.code, failure.message)
         else:
             response = _grpc_error(failure.code, failure.message)
-        if retry_after is None and failure.code == grpc.StatusCode.UNAVAILABLE:
-            retry_after = 1.0  # the channel retries within the second; HTTP callers are told to wait as long
         if retry_after is not None:
             response.headers["Retry-After"] = str(math.ceil(retry_after))  # HTTP counts whole seconds
         return response

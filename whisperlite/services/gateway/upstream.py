@@ -3,10 +3,18 @@
 Callers' credentials and request ids travel as gRPC metadata; an upstream failure surfaces as
 UpstreamFailed, with the upstream's code and message, and the app turns its code into an HTTP status
 (status.py).
+
+While it serves, the gateway checks each upstream's health (`watch`, services/common/probing.py). An upstream that
+does not answer its checks at all (a frozen or dead process) is down: calls to it fail at once with UNAVAILABLE
+(HTTP 503 and Retry-After) naming it, and calls already waiting on it are let go, where they used to wait out the
+deadline (10 s) and end in a 504. A NOT_SERVING answer is an answer: a ranker whose encoder is down still answers
+texts in its cache, and the gateway's /health names what it waits for.
 """
 
 import asyncio
-from collections.abc import Awaitable, Sequence
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 import grpc
@@ -14,39 +22,55 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from whisperlite.core.channels import create_channel
 from whisperlite.core.client_security import PLAINTEXT, ClientSecurity
+from whisperlite.core.clients.errors import retry_after_seconds
 from whisperlite.core.clients.health import RANKER_DEPENDENCY_HEALTH_NAMES, dependencies_waited_for
 from whisperlite.core.topology import CATALOG, RANKER
+from whisperlite.services.common.outages import Outages
+from whisperlite.services.common.probing import ProbeCount, ProbeSettings, keep_probing
 from whisperlite.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2, ranker_pb2, ranker_pb2_grpc
 
 Metadata = Sequence[tuple[str, str]]
 T = TypeVar("T")
+log = logging.getLogger("whisperlite.gateway.upstream")
+# How long an HTTP caller is told to wait after an upstream was unavailable or ran past the deadline: the channel
+# reconnects within it (core/channels.py), and a down upstream is checked again every 0.1 s.
+RETRY_AFTER_SECONDS = 1.0
 
 
 class UpstreamFailed(Exception):
-    """A failed upstream call: its gRPC code, and its message, which names the upstream where the failure was the
-    connection's or the deadline's (gRPC's own "Deadline Exceeded" or "failed to connect" name neither)."""
+    """A failed upstream call: its gRPC code, its message, which names the upstream where the failure was the
+    connection's or the deadline's (gRPC's own "Deadline Exceeded" or "failed to connect" name neither), and when
+    to retry (the upstream's hint; a second for an unavailable upstream or a deadline; None: not worth retrying)."""
 
-    def __init__(self, upstream: str, error: grpc.aio.AioRpcError, deadline_seconds: float):
-        self.error, self.code = error, error.code()
-        details = error.details() or self.code.name
+    def __init__(self, code: grpc.StatusCode, message: str, retry_after: float | None):
+        super().__init__(message)
+        self.code, self.message, self.retry_after = code, message, retry_after
+
+    @classmethod
+    def of_call(cls, upstream: str, error: grpc.aio.AioRpcError, deadline_seconds: float) -> "UpstreamFailed":
+        code = error.code()
+        details = error.details() or code.name
         # gRPC's own words: "Deadline Exceeded", or "Stream removed (Deadline Exceeded)" when it passed mid-stream.
-        if self.code == grpc.StatusCode.DEADLINE_EXCEEDED and details.removeprefix("Stream removed (").rstrip(")") == "Deadline Exceeded":
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED and details.removeprefix("Stream removed (").rstrip(")") == "Deadline Exceeded":
             message = f"{upstream}: no answer within {deadline_seconds:g} s (--deadline-seconds)"
-        elif self.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        elif code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             message = f"{upstream}: {details}"
         else:
             message = details  # the service's own answer (a refused field, a missing token...), unchanged
-        super().__init__(message)
-        self.message = message
+        retry_after = retry_after_seconds(error)
+        if retry_after is None and code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            retry_after = RETRY_AFTER_SECONDS
+        return cls(code, message, retry_after)
 
 
 class Upstream:
     def __init__(
         self, ranker_address: str, catalog_address: str, *, deadline_seconds: float, max_message_bytes: int,
-        security: ClientSecurity = PLAINTEXT,
+        security: ClientSecurity = PLAINTEXT, probes: ProbeSettings = ProbeSettings(),
     ):  # fmt: skip
         self.addresses = {RANKER.name: ranker_address, CATALOG.name: catalog_address}
         self.deadline_seconds = deadline_seconds
+        self._probes = probes
         self._ranker_channel = create_channel(ranker_address, max_message_bytes=max_message_bytes, security=security)
         self._catalog_channel = create_channel(catalog_address, max_message_bytes=max_message_bytes, security=security)
         self._ranker = ranker_pb2_grpc.RankerServiceStub(self._ranker_channel)
@@ -55,24 +79,84 @@ class Upstream:
             RANKER.name: (health_pb2_grpc.HealthStub(self._ranker_channel), RANKER.grpc_service),
             CATALOG.name: (health_pb2_grpc.HealthStub(self._catalog_channel), CATALOG.grpc_service),
         }
+        self.outages = Outages("gateway")
+        self._waiting: dict[str, set[asyncio.Future]] = {name: set() for name in self.addresses}
+        for name in self.addresses:
+            self.outages.on_outage(name, functools.partial(self._let_go, name))
 
     async def recommend(self, request: ranker_pb2.RecommendRequest, metadata: Metadata) -> ranker_pb2.RecommendResponse:
-        return await self._call(RANKER.name, self._ranker.Recommend(request, timeout=self.deadline_seconds, metadata=metadata))
+        return await self._call(RANKER.name, lambda: self._ranker.Recommend(request, timeout=self.deadline_seconds, metadata=metadata))
 
     async def get_item(self, item_id: str, include_vectors: bool, metadata: Metadata) -> common_pb2.Item | None:
         """The item, or None when the catalog does not hold it."""
         request = catalog_pb2.GetItemsRequest(item_ids=[item_id], include_vectors=include_vectors)
-        response = await self._call(CATALOG.name, self._catalog.GetItems(request, timeout=self.deadline_seconds, metadata=metadata))
+        response = await self._call(CATALOG.name, lambda: self._catalog.GetItems(request, timeout=self.deadline_seconds, metadata=metadata))
         return response.items[0] if response.items else None
 
     async def upsert_items(self, request: catalog_pb2.UpsertItemsRequest, metadata: Metadata) -> catalog_pb2.UpsertItemsResponse:
-        return await self._call(CATALOG.name, self._catalog.UpsertItems(request, timeout=self.deadline_seconds, metadata=metadata))
+        return await self._call(CATALOG.name, lambda: self._catalog.UpsertItems(request, timeout=self.deadline_seconds, metadata=metadata))
 
-    async def _call(self, upstream: str, call: Awaitable[T]) -> T:
+    async def _call(self, upstream: str, start: Callable[[], Awaitable[T]]) -> T:
+        if (refusal := self.outages.refusal(upstream)) is not None:
+            raise UpstreamFailed(grpc.StatusCode.UNAVAILABLE, str(refusal), RETRY_AFTER_SECONDS)
+        call = asyncio.ensure_future(start())
+        outage = asyncio.get_running_loop().create_future()
+        self._waiting[upstream].add(outage)
         try:
-            return await call
+            await asyncio.wait({call, outage}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._waiting[upstream].discard(outage)
+            if not call.done():
+                call.cancel()  # the outage let it go, or this caller was cancelled (its client left): the RPC goes too
+        if not call.done():  # the outage let it go (a cancelled caller does not get here)
+            raise UpstreamFailed(grpc.StatusCode.UNAVAILABLE, str(outage.result()), RETRY_AFTER_SECONDS)
+        try:
+            answer = call.result()
         except grpc.aio.AioRpcError as error:
-            raise UpstreamFailed(f"{upstream} at {self.addresses[upstream]}", error, self.deadline_seconds) from None
+            if error.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                self.outages.answered(upstream)  # an answer about the request: the upstream is alive
+            raise UpstreamFailed.of_call(f"{upstream} at {self.addresses[upstream]}", error, self.deadline_seconds) from None
+        self.outages.answered(upstream)
+        return answer
+
+    def _let_go(self, upstream: str) -> None:
+        """The watch found `upstream` down: calls waiting on it end now with the outage's reason."""
+        refusal = self.outages.refusal(upstream)
+        for outage in self._waiting[upstream]:
+            if not outage.done():
+                outage.set_result(refusal)
+
+    async def watch(self) -> None:
+        """Checks each upstream's health until cancelled (the app runs it while it serves)."""
+        await asyncio.gather(
+            *(keep_probing(functools.partial(self._probe, name), self._probes, self._recorder(name)) for name in self.addresses)
+        )
+
+    async def _probe(self, upstream: str) -> str | None:
+        stub, service = self._health[upstream]
+        try:
+            await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=self._probes.probe_timeout_seconds)
+        except grpc.aio.AioRpcError as error:
+            if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                return f"health check failed: {error.code().name}: {error.details()}"
+        return None  # SERVING or not, or an error of its own (a server without the health service): it answered
+
+    def _recorder(self, upstream: str):
+        count = ProbeCount(self._probes.failures_to_trip)
+
+        async def record(reason: str | None) -> bool:
+            was_down = count.down
+            count.add(failed=reason is not None)
+            if count.down:
+                self.outages.begin(upstream, f"{upstream} at {self.addresses[upstream]}: {reason}")
+                if not was_down:
+                    log.error("upstream down: its calls fail at once until it answers", extra={"upstream": upstream, "reason": reason})
+            elif was_down:
+                self.outages.end(upstream)
+                log.warning("upstream answers again", extra={"upstream": upstream})
+            return count.down
+
+        return record
 
     async def health(self) -> dict[str, str]:
         """Each upstream's gRPC health status name (SERVING, NOT_SERVING, or the error code that stood in for one)."""

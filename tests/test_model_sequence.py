@@ -9,7 +9,7 @@ from whisperlite.core.personalization import PATH_RECENT, PATH_TEXT, PATH_USER, 
 from whisperlite.core.sequence import CANDIDATE_COUNTS, CANDIDATE_RECALL
 from whisperlite.trainer.methods import WhisperLite, rank_cases, standardized
 from whisperlite.trainer.metrics import summarize
-from whisperlite.trainer.sequential import SASRecConfig, fit_sequence_part
+from whisperlite.trainer.sequential import SASRecConfig, candidate_recall, fit_sequence_part
 from whisperlite.trainer.train import TrainConfig, train_model
 
 NETWORK = TrainConfig(hidden=32, max_epochs=2, taste="mean", loss_mix="given", validation_cases=0, sequence="off", device="cpu")
@@ -50,6 +50,8 @@ def test_the_candidate_count_is_the_smallest_whose_cosine_top_holds_the_fused_to
     assert recall[chosen] >= CANDIDATE_RECALL or chosen == CANDIDATE_COUNTS[-1]
     assert all(recall[n] < CANDIDATE_RECALL for n in CANDIDATE_COUNTS if n < chosen)
     assert recall[CANDIDATE_COUNTS[-1]] == 1.0  # 800 >= the 60-item catalog
+    # Without a case to measure on, recall is unmeasured: no figure rather than 0.
+    assert candidate_recall(WhisperLite(model, experiment), experiment, cases=0) == {}
 
 
 def test_stored_users_states_are_the_network_s_over_their_sequences(experiment, fused):

@@ -172,7 +172,7 @@ def fit_sequence_part(model: PersonalizationModel, experiment: Experiment, confi
         model.sequence = None
     else:
         recall = candidate_recall(scorer, experiment, min(config.validation_cases or 2000, 2000))
-        sequence.candidates = next((n for n in CANDIDATE_COUNTS if recall[n] >= CANDIDATE_RECALL), CANDIDATE_COUNTS[-1])
+        sequence.candidates = next((n for n in recall if recall[n] >= CANDIDATE_RECALL), CANDIDATE_COUNTS[-1])
     chosen = "chosen on validation" if len(experiment.split.validation) else "the largest allowed (no validation cases to choose on)"
     log.info("sequence part: text weight %.1f, %s (%s)", best["text_weight"], chosen,
              "not shipped" if model.sequence is None else f"shipped, {sequence.candidates} candidates")
@@ -186,9 +186,12 @@ def fit_sequence_part(model: PersonalizationModel, experiment: Experiment, confi
 def candidate_recall(scorer: WhisperLite, experiment: Experiment, cases: int, top: int = 10, batch: int = 128) -> dict[int, float]:
     """{N: share of the fused top `top` items among the cosine's top N}, over `cases` seeded validation cases:
     the ranker searches the catalog by cosine with the personalized query, then fuses, so its candidate
-    count must reach this deep. Seen items count too, as the ranker does not exclude them."""
+    count must reach this deep. Seen items count too, as the ranker does not exclude them. Empty where there is no
+    case to measure on (no validation split): unmeasured, which a recall of 0 would misstate."""
     frame = experiment.split.validation
     rows = np.sort(np.random.default_rng(0).choice(len(frame), size=min(cases, len(frame)), replace=False))
+    if not len(rows):
+        return {}
     users, queries = frame["user"].to_numpy()[rows], experiment.validation_queries[rows]
     found = dict.fromkeys(CANDIDATE_COUNTS, 0)
     top = min(top, experiment.dataset.n_items)  # a catalog under `top` items has that many to find
@@ -198,4 +201,4 @@ def candidate_recall(scorer: WhisperLite, experiment: Experiment, cases: int, to
         depth = (cosines[:, None, :] > np.take_along_axis(cosines, best, axis=1)[:, :, None]).sum(axis=2)  # cosine rank, 0 = first
         for n in CANDIDATE_COUNTS:
             found[n] += int((depth < n).sum())
-    return {n: found[n] / max(len(rows) * top, 1) for n in CANDIDATE_COUNTS}
+    return {n: found[n] / (len(rows) * top) for n in CANDIDATE_COUNTS}

@@ -343,9 +343,10 @@ def test_a_frozen_catalog_turns_the_ranker_not_serving_and_back_while_it_keeps_a
         stub.Recommend(request, timeout=30)
         os.kill(catalog.process.pid, signal.SIGSTOP)
         try:
-            # Before the health checks trip, a caller with a short deadline hears, just before it, which stage ran out of time.
+            # Before the health checks trip (no sooner than the probe timeout and an interval, 0.8 s), a caller with a
+            # shorter deadline hears, just before it passes, which stage ran out of time.
             with pytest.raises(grpc.RpcError) as late:
-                stub.Recommend(request, timeout=1.0)
+                stub.Recommend(request, timeout=0.5)
             assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             assert re.match(r"the caller's deadline passed during search, waiting on catalog at localhost:\d+ \(SearchBatch\) "
                             r"\(\d+ ms were left when the call arrived\)", late.value.details()), late.value.details()

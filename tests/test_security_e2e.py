@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -227,3 +228,44 @@ def test_a_revoked_service_token_turns_the_ranker_not_serving_and_blames_no_shop
         for service in ("encoder", "catalog"):
             secure_stack[service].process.send_signal(signal.SIGHUP)
     assert poll_until(lambda: is_serving(ranker.address, security=probe), 30), "the ranker did not serve again"
+
+
+def test_the_study_s_stored_comparisons_and_judgements_need_a_token_the_ranker_would_take(secure_stack, pki, tmp_path):
+    """The study's routes that answer from the gateway's own store called no upstream, so on a secured stack anyone
+    could read every stored request (ids count up) and change judgements. The gateway now checks them against the
+    ranker's tokens file (the `recommend` scope, which creating a comparison needs at the ranker); SIGHUP re-reads it."""
+    tokens = tmp_path / "ranker-tokens.txt"
+    tokens.write_text((pki / "ranker-tokens.txt").read_text())
+    gateway = start_gateway(
+        tmp_path / "logs", secure_stack["ranker"].address, secure_stack["catalog"].address, tmp_path / "state",
+        "--tls-ca-file", str(pki / "ca.pem"), "--tls-cert-file", str(pki / "client.pem"), "--tls-key-file", str(pki / "client-key.pem"),
+        "--auth-tokens-file", str(tokens),
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{gateway.port}/v1/study"
+    shopper = {"authorization": f"Bearer {_token(pki, 'shopper')}"}
+    admin_only = {"authorization": f"Bearer {_token(pki, 'admin')}"}
+    try:
+        created = httpx.post(f"{base}/comparisons", json={"user_id": "alice", "query": "a private request", "top_k": 2}, headers=shopper, timeout=60)
+        assert created.status_code == 200, created.text
+        comparison = created.json()["comparison_id"]
+        judgement = {"position": "left", "rank": 1, "relevant": True}
+        for method, path, body in (("GET", f"/comparisons/{comparison}", None), ("PUT", f"/comparisons/{comparison}/judgements", judgement),
+                                   ("GET", "/users", None), ("POST", "/comparisons", {"query": "boots", "top_k": 2})):  # fmt: skip
+            anonymous = httpx.request(method, f"{base}{path}", json=body, timeout=60)
+            assert anonymous.status_code == 401, (path, anonymous.text)
+            assert anonymous.json()["error"] == {"code": "UNAUTHENTICATED", "message": "missing 'authorization' metadata: send 'authorization: Bearer <token>'"}
+            unscoped = httpx.request(method, f"{base}{path}", json=body, headers=admin_only, timeout=60)
+            assert unscoped.status_code == 403, (path, unscoped.text)
+            assert "needs the 'recommend' scope; this token has admin" in unscoped.json()["error"]["message"]
+        stored = httpx.get(f"{base}/comparisons/{comparison}", headers=shopper, timeout=60)
+        assert stored.status_code == 200 and stored.json()["query"] == "a private request", stored.text
+        assert stored.json()["judged"] == 0, "no refused judgement was stored"
+        assert httpx.put(f"{base}/comparisons/{comparison}/judgements", json=judgement, headers=shopper, timeout=60).status_code == 200
+        tokens.write_text(f"{_token(pki, 'admin')} admin\n")  # the shopper's token revoked
+        gateway.process.send_signal(signal.SIGHUP)
+        wait_for_status = time.monotonic() + 10
+        while httpx.get(f"{base}/users", headers=shopper, timeout=60).status_code != 401:
+            assert time.monotonic() < wait_for_status, "the revoked token still works 10 s after SIGHUP"
+            time.sleep(0.1)
+    finally:
+        gateway.stop()

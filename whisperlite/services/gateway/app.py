@@ -46,6 +46,7 @@ from whisperlite.services.gateway.schema import (
     to_proto,
 )
 from whisperlite.services.gateway.status import error_body, http_status
+from whisperlite.services.common.auth import RECOMMEND, TokenStore
 from whisperlite.services.gateway.upstream import Upstream, UpstreamFailed
 
 log = logging.getLogger("whisperlite.gateway")
@@ -261,9 +262,20 @@ def create_app(
     body_limits: BodyLimits = BodyLimits(),
     max_message_bytes: int = 16 * 1024 * 1024,
     cors_origins: tuple[str, ...] = (),
+    tokens: TokenStore | None = None,
 ) -> FastAPI:
+    """`tokens` guard the routes the gateway answers from its own store (the study's); the API's routes are guarded by
+    the ranker and the catalog, which get the caller's token as it came."""
     bodies = BodyReader(max_message_bytes)
     budget = BodyBudget(body_limits.max_buffered_body_bytes)
+
+    def check_token(request: Request) -> None:
+        """Refuses a caller whose token does not grant `recommend` (the scope that creates comparisons at the ranker)."""
+        if tokens is None:
+            return
+        denial = tokens.check(request.headers.getlist("authorization"), f"{request.method} {_labels(app, request.scope)[1]}", RECOMMEND)
+        if denial is not None:
+            raise Refused(401 if denial.code == grpc.StatusCode.UNAUTHENTICATED else 403, denial.code, denial.message)
 
     async def body(request: Request, model: type[BaseModel], convert: Callable[[Any], Any] | None = None) -> Any:
         return await bodies.read(await request.body(), request.headers.get("content-type"), model, convert)
@@ -410,6 +422,7 @@ def create_app(
         @app.post("/v1/study/comparisons", tags=["study"], summary="answer a request personalized and non-personal, store what is shown",
                   openapi_extra=json_body(study.ComparisonRequest))  # fmt: skip
         async def create_comparison(request: Request):
+            check_token(request)
             asked = await body(request, study.ComparisonRequest, study.read_comparison)
             comparison_id = await _unless_client_leaves(request, study.compare(upstream, store, asked, blind, _metadata(request)))
             if isinstance(comparison_id, JSONResponse):
@@ -417,7 +430,8 @@ def create_app(
             return await asyncio.to_thread(study.comparison_view, store, comparison_id)
 
         @app.api_route("/v1/study/comparisons/{comparison_id}", methods=READ_METHODS, tags=["study"], summary="a stored comparison with its judgements")
-        async def get_comparison(comparison_id: ComparisonId):
+        async def get_comparison(comparison_id: ComparisonId, request: Request):
+            check_token(request)
             try:
                 return await asyncio.to_thread(study.comparison_view, store, comparison_id)
             except UnknownComparison as error:
@@ -426,6 +440,7 @@ def create_app(
         @app.put("/v1/study/comparisons/{comparison_id}/judgements", tags=["study"], summary="mark a shown item relevant or not",
                  openapi_extra=json_body(study.JudgementRequest))  # fmt: skip
         async def judge(comparison_id: ComparisonId, request: Request):
+            check_token(request)
             asked = await body(request, study.JudgementRequest)
             if asked.position not in POSITIONS:
                 return _grpc_error(grpc.StatusCode.INVALID_ARGUMENT, f"position: must be left or right, got {asked.position!r}")
@@ -438,7 +453,8 @@ def create_app(
             return {"comparison_id": comparison_id, "position": judgement.position, "rank": judgement.rank, "relevant": judgement.relevant}
 
         @app.api_route("/v1/study/users", methods=READ_METHODS, tags=["study"], summary="users to offer in the page's picker")
-        async def users():
+        async def users(request: Request):
+            check_token(request)
             judged = await asyncio.to_thread(store.judged_users)
             return {"users": list(dict.fromkeys([*suggested_users, *judged]))}
 

@@ -3,14 +3,17 @@
 import argparse
 import asyncio
 import logging
+import signal
 import socket
 from pathlib import Path
 
 import uvicorn
 
 from whisperlite.core.topology import CATALOG, DEFAULT_MAX_MESSAGE_BYTES, GATEWAY, RANKER
+from whisperlite.services.common.auth import TokenFileError, TokenStore
 from whisperlite.services.common.config import env_bool, env_choice, env_float, env_int, env_str
 from whisperlite.services.common.logs import configure_logging
+from whisperlite.services.common.security import is_loopback
 from whisperlite.services.common.probing import ProbeSettings
 from whisperlite.services.common.tls import check_certificate_file
 from whisperlite.services.gateway.app import BodyLimits, create_app
@@ -141,7 +144,28 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"client certificate presented to upstreams that require mTLS (env {PREFIX}_TLS_CERT_FILE)",
     )
     upstream.add_argument("--tls-key-file", default=env_str(f"{PREFIX}_TLS_KEY_FILE", ""), help=f"its private key (env {PREFIX}_TLS_KEY_FILE)")
+    parser.add_argument(
+        "--auth-tokens-file", default=env_str("WHISPERLITE_AUTH_TOKENS_FILE", ""),
+        help="bearer tokens checked on the routes the gateway answers from its own store (the study's comparisons and "
+        "judgements: the 'recommend' scope, as creating one needs at the ranker), the ranker's file; re-read on SIGHUP. "
+        "The API's routes are checked by the ranker and catalog. Empty: the study's routes are open "
+        "(env WHISPERLITE_AUTH_TOKENS_FILE)",
+    )
     return parser
+
+
+def study_tokens(args: argparse.Namespace) -> TokenStore | None:
+    if not args.auth_tokens_file:
+        if args.study == "on" and (args.tls_ca_file or not is_loopback(args.host)):
+            log.warning(
+                "the study's comparisons and judgements are open to any caller: no --auth-tokens-file",
+                extra={"host": args.host},
+            )
+        return None
+    try:
+        return TokenStore(args.auth_tokens_file)
+    except TokenFileError as error:
+        raise SystemExit(f"{GATEWAY.name}: {error}") from None
 
 
 def upstream_security(args: argparse.Namespace) -> ClientSecurity:
@@ -190,11 +214,14 @@ async def run(args: argparse.Namespace) -> None:
         args.ranker_addr, args.catalog_addr, deadline_seconds=args.deadline_seconds, max_message_bytes=args.max_message_bytes,
         security=upstream_security(args), probes=probes,
     )
+    tokens = study_tokens(args)
+    if tokens is not None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, tokens.reload)
     store = JudgementStore.in_folder(args.state_dir) if args.study == "on" else None
     suggested = tuple(user.strip() for user in args.suggested_users.split(",") if user.strip())
     app = create_app(
         upstream, store, blind=args.blind, suggested_users=suggested, body_limits=body_limits, max_message_bytes=args.max_message_bytes,
-        cors_origins=origins,
+        cors_origins=origins, tokens=tokens,
     )
     sock = listening_socket(args.host, args.port)
     config = uvicorn.Config(app, http=protocol, log_config=None, access_log=False, timeout_graceful_shutdown=args.grace_seconds)

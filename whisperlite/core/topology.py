@@ -11,6 +11,8 @@ from dataclasses import dataclass
 # Largest gRPC message a service accepts or sends and a client receives: 300 items with text, or
 # 200 candidates with 512-d vectors, fit; grpc's own 4 MB default does not.
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+# Request metadata a service takes (headers: the token, trace context, request id, gRPC's own), past it refused.
+MAX_METADATA_BYTES = 16 * 1024
 MAX_PORT = 65535
 
 

@@ -11,7 +11,7 @@ import prometheus_client
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from whisperlite.core.topology import DEFAULT_MAX_MESSAGE_BYTES, LIVENESS_SERVICE
+from whisperlite.core.topology import DEFAULT_MAX_MESSAGE_BYTES, LIVENESS_SERVICE, MAX_METADATA_BYTES
 from whisperlite.services.common.admission import Admission, AdmissionLimits
 from whisperlite.services.common.interceptors import ObservabilityInterceptor
 from whisperlite.services.common.security import ServerSecurity
@@ -84,6 +84,11 @@ async def serve(
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.so_reuseport", 0),
+            # gRPC refuses request metadata past its soft limit (8 KiB) at random, more often the nearer the hard one:
+            # the same call flipped between OK and RESOURCE_EXHAUSTED. One limit, set twice, refuses past it every time,
+            # and holds what the gateway forwards at most (a 7,168-character Authorization, tracestate, request id).
+            ("grpc.max_metadata_size", MAX_METADATA_BYTES),
+            ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
             # Clients reconnect (and re-resolve DNS) when a connection reaches this age, so a scaled-up
             # service gets traffic without restarting its callers; the grace lets in-flight calls finish.
             ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS),

@@ -50,9 +50,9 @@ from whisperlite.services.common.auth import RECOMMEND, TokenStore
 from whisperlite.services.gateway.upstream import Upstream, UpstreamFailed
 
 log = logging.getLogger("whisperlite.gateway")
-# What gRPC metadata can carry of a caller's Authorization header: printable ASCII, under the services' 8 KiB
-# metadata limit with the rest of the call's metadata (past it gRPC answers RESOURCE_EXHAUSTED, which HTTP callers
-# would retry as a 429).
+# What gRPC metadata can carry of a caller's Authorization header: printable ASCII, under the services' metadata
+# limit (MAX_METADATA_BYTES) with the rest of the call's metadata, tracestate and request id at their longest (past
+# it gRPC answers RESOURCE_EXHAUSTED, which HTTP callers would retry as a 429).
 MAX_AUTHORIZATION_CHARS = 7168
 AUTHORIZATION = re.compile(rf"[\x20-\x7e]{{1,{MAX_AUTHORIZATION_CHARS}}}")
 CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")

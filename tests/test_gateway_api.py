@@ -180,10 +180,18 @@ def test_an_id_with_a_slash_and_unknown_routes(http, gateway_items):
         ("POST", "/v1/recommend", {"query": "boots", "top_k": 1}, {"authorization": b"Bearer \xff\x7f"}, 401, "authorization: must be 1 to 7168 printable ASCII"),
         ("POST", "/v1/recommend", {"query": "boots", "top_k": 1}, {"authorization": "Bearer " + "t" * 20_000}, 401, "got 20007 characters"),
         ("GET", "/v1/items/" + "x" * 300, None, {}, 400, "item_id: at most 256 characters, got 300"),
+        # uvicorn read these bytes as U+FFFD, so /v1/items/a%ff and /v1/items/a%fe were one item.
+        ("GET", "/v1/items/a%ff", None, {}, 400, "path: its %-escapes are not UTF-8 (invalid start byte at byte 11)"),
+        # Protobuf's JSON parser refused the floats with "use quoted "NaN" instead", which the caller had done.
+        ("POST", "/v1/recommend", {"query": "boots", "top_k": 1, "filter": {"min_price": "NaN"}}, {}, 400, "filter.min_price: must be a finite number, got nan"),
+        ("POST", "/v1/recommend", {"query": "boots", "top_k": 1, "filter": {"max_price": "-Infinity"}}, {}, 400, "filter.max_price: must be a finite number, got -inf"),
+        ("POST", "/v1/recommend", b'{"query": "boots", "top_k": 1}', {"content-type": "application/json", "content-encoding": "gzip"}, 415,
+         "content-encoding: 'gzip' is not accepted; send the body uncompressed"),
     ],
     ids=[
         "comparison-id-past-int64", "rank-past-int64", "relevant-as-a-word", "top-k-as-a-bool", "query-as-a-number", "cut-json",
-        "not-utf8", "form-body", "authorization-not-ascii", "authorization-too-long", "item-id-too-long",
+        "not-utf8", "form-body", "authorization-not-ascii", "authorization-too-long", "item-id-too-long", "path-not-utf8",
+        "nan-as-text", "minus-infinity-as-text", "compressed-body",
     ],
 )
 def test_hostile_requests_get_a_precise_answer_with_a_request_id(gateway_url, method, path, body, headers, status, message):
@@ -196,6 +204,30 @@ def test_hostile_requests_get_a_precise_answer_with_a_request_id(gateway_url, me
         assert message in response.json()["error"]["message"]
         assert response.headers["x-request-id"]
         assert client.get("/health").status_code == 200
+
+
+def test_a_request_framed_both_ways_is_refused_and_its_connection_closed(gateway):
+    """Content-Length and Transfer-Encoding together: the gateway read the chunked body and kept the connection, so a
+    proxy in front that framed it by Content-Length could have a second request smuggled past it (RFC 9112, 6.1)."""
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=30) as sock:
+        sock.sendall(b"POST /v1/recommend HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 4\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n1e\r\n" + b'{"query": "boots", "top_k": 1}' + b"\r\n0\r\n\r\n"
+                     b"GET /health/liveness HTTP/1.1\r\nHost: x\r\n\r\n")
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    assert received.startswith(b"HTTP/1.1 400 "), received[:200]
+    assert b"send Content-Length or Transfer-Encoding, not both" in received
+    assert received.count(b"HTTP/1.1 ") == 1, "the pipelined request behind it was not answered: the connection closed"
+
+
+def test_an_item_without_a_price_has_price_null(http):
+    """As docs/gateway.md says; the JSON left the key out, as protobuf does for an unset optional field."""
+    assert http.post("/v1/items", json={"items": [{"item_id": "gw-no-price", "title": "a plain grey scarf"}]}).status_code == 200
+    item = http.get("/v1/items/gw-no-price").json()
+    assert "price" in item and item["price"] is None, item
+    found = http.post("/v1/recommend", json={"query": "a plain grey scarf", "top_k": 3}).json()["items"]
+    assert all("price" in scored["item"] for scored in found), found
 
 
 def test_json_as_protobufs_mapping_reads_it(http, gateway_items):
@@ -636,7 +668,7 @@ def test_study_bad_request_gets_the_ranker_message(http, ranker):
         ranker.Recommend(ranker_pb2.RecommendRequest(query="", top_k=5), timeout=30)
     assert response.status_code == 400 and response.json()["error"]["message"] == direct.value.details()
     # What the proto cannot hold is the body's INVALID_ARGUMENT, as for /v1/recommend (it was a 500).
-    for body in ('{"query": "boots", "top_k": 2147483648}', '{"query": "boots", "top_k": 1e10}', '{"query": "boots", "filter": {"max_price": 1e400}}'):
+    for body in ('{"query": "boots", "top_k": 2147483648}', '{"query": "boots", "top_k": 1e10}', '{"query": "boots", "top_k": 5, "filter": {"max_price": 1e400}}'):
         json_body = {"content": body, "headers": {"content-type": "application/json"}}
         study, recommend = http.post("/v1/study/comparisons", **json_body), http.post("/v1/recommend", **json_body)
         assert study.status_code == recommend.status_code == 400, (body, study.text)

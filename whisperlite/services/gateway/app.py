@@ -7,6 +7,7 @@ import logging
 import math
 import re
 import time
+import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable
 from importlib import resources
@@ -115,6 +116,19 @@ def _refusal(request: Request, max_body_bytes: int) -> JSONResponse | None:
     if CONTROL_CHARACTER.search(path := request.scope["path"]):
         # Starlette's route patterns end in `$`, which matches before a final newline: /v1/items/13306%0A was item 13306.
         return _grpc_error(grpc.StatusCode.INVALID_ARGUMENT, f"path: must not hold control characters, got {path[:80]!r}")
+    try:
+        urllib.parse.unquote_to_bytes(request.scope.get("raw_path", b"").decode("latin-1")).decode("utf-8")
+    except UnicodeDecodeError as error:
+        # uvicorn decodes such bytes to U+FFFD: /v1/items/a%ff and /v1/items/a%fe were the same item.
+        return _grpc_error(grpc.StatusCode.INVALID_ARGUMENT, f"path: its %-escapes are not UTF-8 ({error.reason} at byte {error.start})")
+    if "transfer-encoding" in request.headers and "content-length" in request.headers:
+        # A proxy in front may frame the body by the other header, and read the rest as a second request (smuggling);
+        # the connection is closed after this answer (RFC 9112, 6.1).
+        refused = _grpc_error(grpc.StatusCode.INVALID_ARGUMENT, "send Content-Length or Transfer-Encoding, not both")
+        refused.headers["Connection"] = "close"
+        return refused
+    if (encoding := request.headers.get("content-encoding", "identity").strip().lower()) != "identity":
+        return _error(415, grpc.StatusCode.INVALID_ARGUMENT, f"content-encoding: {encoding[:40]!r} is not accepted; send the body uncompressed")
     given = request.headers.get(REQUEST_ID_HEADER)
     if given is not None and not REQUEST_ID.fullmatch(given):
         return _grpc_error(

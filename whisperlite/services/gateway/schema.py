@@ -6,6 +6,7 @@ the two cannot drift. Values are checked here only for their JSON type: the serv
 so an HTTP caller gets exactly the message a gRPC caller gets.
 """
 
+import math
 from typing import Annotated, Literal
 
 from google.protobuf import json_format
@@ -97,9 +98,39 @@ PROTO_OF: dict[type[ProtoModel], type[Message]] = {
 
 def to_proto(model: ProtoModel) -> Message:
     """The proto message a JSON body stands for (raises json_format.ParseError, e.g. an int32 out of range)."""
-    return json_format.ParseDict(model.model_dump(exclude_none=True), PROTO_OF[type(model)]())
+    return json_format.ParseDict(_non_finite_as_text(model.model_dump(exclude_none=True)), PROTO_OF[type(model)]())
+
+
+def _non_finite_as_text(value: object) -> object:
+    """NaN and the infinities as protobuf's JSON mapping spells them: ParseDict refuses the floats themselves with a
+    message that asks for exactly what the caller sent ("use quoted "NaN" instead"), while the service, given the
+    value, says why it is refused ("must be a finite number, got nan")."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {key: _non_finite_as_text(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_non_finite_as_text(item) for item in value]
+    return value
 
 
 def from_proto(message: Message) -> dict:
-    """A proto message as the JSON its model describes (proto field names, unset scalars as their defaults)."""
-    return json_format.MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    """A proto message as the JSON its model describes (proto field names, unset scalars as their defaults, an unset
+    optional one as null: an item without a price has "price": null)."""
+    data = json_format.MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    _unset_optionals_as_null(message, data)
+    return data
+
+
+def _unset_optionals_as_null(message: Message, data: dict) -> None:
+    for field in message.DESCRIPTOR.fields:
+        if field.message_type is None:
+            if field.has_presence and not message.HasField(field.name):
+                data[field.name] = None
+        elif field.message_type.GetOptions().map_entry:
+            continue
+        elif field.is_repeated:
+            for child, child_data in zip(getattr(message, field.name), data.get(field.name, [])):
+                _unset_optionals_as_null(child, child_data)
+        elif message.HasField(field.name):
+            _unset_optionals_as_null(getattr(message, field.name), data[field.name])

@@ -167,6 +167,8 @@ def test_explain_vectors_give_each_detailed_hit_its_dot_products_instead_of_its_
         ([[1.0, 2.0]], "explain[0]: must have 8 values (the catalog's dimension), got 2"),
         ([vec(1), [math.nan] * DIM], "explain[1]: values must be finite, got nan at position 0"),
         ([vec(1)] * 5, "explain: at most 4 vectors, got 5"),
+        # Finite values whose scores overflowed float32: inf came back.
+        ([vec(1), [2e38] * DIM], "explain[1]: its norm 5.66e+38 is past float32's 3.4e+38, so its scores would overflow"),
     ],
 )
 def test_bad_explain_vectors_are_invalid_argument(stub, stocked, explain_vectors, message):

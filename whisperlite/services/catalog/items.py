@@ -82,6 +82,7 @@ def validate_vector(values: Sequence[float], dimension: int, name: str) -> np.nd
 
 
 MAX_EXPLAIN_VECTORS = 4
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def validate_explain(vectors: Sequence[Sequence[float]], dimension: int, name: str) -> np.ndarray | None:
@@ -90,7 +91,14 @@ def validate_explain(vectors: Sequence[Sequence[float]], dimension: int, name: s
         return None
     if len(vectors) > MAX_EXPLAIN_VECTORS:
         raise InvalidArgument(f"{name}: at most {MAX_EXPLAIN_VECTORS} vectors, got {len(vectors)}")
-    return np.stack([_finite_floats(values, dimension, f"{name}[{index}]") for index, values in enumerate(vectors)])
+    explain = np.stack([_finite_floats(values, dimension, f"{name}[{index}]") for index, values in enumerate(vectors)])
+    # An item vector has norm 1, so a score is at most the explain vector's norm: one float32 holds, or the scores
+    # came back inf from finite input.
+    norms = np.linalg.norm(explain.astype(np.float64), axis=1)
+    if (too_long := np.flatnonzero(norms > FLOAT32_MAX)).size:
+        index = int(too_long[0])
+        raise InvalidArgument(f"{name}[{index}]: its norm {norms[index]:.3g} is past float32's {FLOAT32_MAX:.3g}, so its scores would overflow")
+    return explain
 
 
 def _check_text(value: str, limit: int, name: str) -> None:

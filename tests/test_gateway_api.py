@@ -221,6 +221,20 @@ def test_a_request_framed_both_ways_is_refused_and_its_connection_closed(gateway
     assert received.count(b"HTTP/1.1 ") == 1, "the pipelined request behind it was not answered: the connection closed"
 
 
+def test_range_errors_on_the_page_s_files_come_in_the_error_shape(http):
+    """Starlette answered these in plain text (or nothing, for 416), unlike every other failure."""
+    for headers, status, message in (
+        ({"range": "bytes=5-1"}, 400, "Range header: start must be less than end"),
+        ({"range": "bytes=abc"}, 400, "Range header: range must be requested"),
+        ({"range": "bytes=99999999-"}, 416, "range: not within the file"),
+    ):
+        answer = http.get("/static/study.js", headers=headers)
+        assert answer.status_code == status and answer.json()["error"]["message"] == message, (headers, answer.text)
+        assert answer.headers["x-request-id"]
+    assert http.get("/static/study.js", headers={"range": "bytes=99999999-"}).headers["content-range"].startswith("bytes */")
+    assert http.get("/static/study.js", headers={"range": "bytes=0-9"}).status_code == 206
+
+
 def test_an_item_without_a_price_has_price_null(http):
     """As docs/gateway.md says; the JSON left the key out, as protobuf does for an unset optional field."""
     assert http.post("/v1/items", json={"items": [{"item_id": "gw-no-price", "title": "a plain grey scarf"}]}).status_code == 200

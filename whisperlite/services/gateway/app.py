@@ -8,6 +8,7 @@ import math
 import re
 import time
 import urllib.parse
+from http import HTTPStatus
 import uuid
 from collections.abc import Awaitable, Callable
 from importlib import resources
@@ -108,6 +109,23 @@ def _metadata(request: Request) -> list[tuple[str, str]]:
         if (tracestate := request.headers.get("tracestate")) is not None and TRACESTATE.fullmatch(tracestate):
             metadata.append(("tracestate", tracestate))
     return metadata
+
+
+async def _in_the_error_shape(response: Response) -> Response:
+    """A failure answered in plain text by the page's file serving (Starlette's Range errors: 400 "Malformed range
+    header.", an empty 416) in the JSON error shape every other failure has, its headers (Content-Range) kept."""
+    if response.status_code < 400 or response.headers.get("content-type", "").startswith("application/json"):
+        return response
+    text = b"".join([chunk async for chunk in response.body_iterator]).decode("utf-8", "replace").strip()
+    code = grpc.StatusCode.OUT_OF_RANGE if response.status_code == 416 else grpc.StatusCode.INVALID_ARGUMENT
+    if response.status_code >= 500:
+        code = grpc.StatusCode.INTERNAL
+    message = text or ("range: not within the file" if response.status_code == 416 else HTTPStatus(response.status_code).phrase)
+    shaped = _error(response.status_code, code, message[:500])
+    for name in ("content-range", "allow", "retry-after"):
+        if name in response.headers:
+            shaped.headers[name] = response.headers[name]
+    return shaped
 
 
 def _refusal(request: Request, max_body_bytes: int) -> JSONResponse | None:
@@ -325,7 +343,7 @@ def create_app(
             request_id = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
             request.state.request_id = request_id
             try:
-                response = await call_next(request)
+                response = await _in_the_error_shape(await call_next(request))
             except Exception as error:  # answered here, not by the server's last resort: with its request id, counted
                 log.exception("unexpected error", extra={"path": request.url.path, "request_id": request_id})
                 response = _grpc_error(grpc.StatusCode.INTERNAL, f"the gateway failed: {type(error).__name__}; see its log")

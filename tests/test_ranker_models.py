@@ -115,6 +115,24 @@ def test_a_refused_version_does_not_hide_a_good_one_written_after_it(trained, tm
     assert len(str(missing.value)) < 400  # a huge name is not echoed whole (gRPC metadata holds 16 KB)
 
 
+def test_a_restart_skips_a_version_whose_manifest_does_not_read_and_serves_the_newest_that_does(trained, tmp_path, caplog):
+    """A half-written or stray version directory the running ranker refused used to stop every restart (and so `up`'s
+    whole stack): how new it is cannot be read, so it cannot be the newest. A readable newest that fails still stops it."""
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copytree(trained[0], models / trained[0].name)
+    _manifest_not_an_object(_copy_as(trained[1], models, "tiny-unreadable", "2999-06-01T00:00:00+00:00"))
+    (models / "half-copied").mkdir()
+    (models / "half-copied" / MANIFEST).write_text('{"version": "half')
+    model = load_newest(models)
+    assert model.version == _version(models / trained[0].name)
+    skipped = [record.reason for record in caplog.records if record.getMessage() == "model version skipped: its manifest cannot be read"]
+    assert len(skipped) == 2 and any("half-copied" in reason and "JSONDecodeError" in reason for reason in skipped), skipped
+    shutil.rmtree(models / trained[0].name)
+    with pytest.raises(FailedPrecondition, match=r"no version under .* has a readable manifest.json: .*half-copied"):
+        load_newest(models)
+
+
 def _nan_weights(directory):
     state = torch.load(directory / WEIGHTS, weights_only=True)
     state["fuse.0.weight"].fill_(float("nan"))

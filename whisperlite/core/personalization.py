@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import weakref
 from dataclasses import dataclass
@@ -47,6 +48,8 @@ from torch.nn import functional as F
 
 from whisperlite.core.dataset import MAX_ID_CHARS
 from whisperlite.core.sequence import SequenceModel, check_csr, check_finite, csr
+
+log = logging.getLogger("whisperlite.model")
 
 MANIFEST = "manifest.json"
 WEIGHTS = "network.pt"
@@ -536,7 +539,11 @@ def _user_index(path: Path, n_users: int) -> UserIndex:
 
 
 def resolve_version_dir(path: str | Path) -> Path:
-    """A directory holding manifest.json, or the newest (by manifest `created`) child that does."""
+    """A directory holding manifest.json, or the newest (by manifest `created`) child whose manifest reads.
+
+    A child whose manifest does not read (a half-written copy, a stray folder) cannot say how new it is: it is skipped,
+    logged at ERROR, rather than stopping a restart for good with a version older than the one it served (ValueError
+    naming each when none reads)."""
     path = Path(path)
     if (path / MANIFEST).is_file():
         return path
@@ -545,7 +552,17 @@ def resolve_version_dir(path: str | Path) -> Path:
     versions = version_dirs(path)
     if not versions:
         raise FileNotFoundError(f"no model version (a directory with {MANIFEST}) under {path}")
-    return max(versions, key=lambda d: newest_first_key(read_manifest(d), d))
+    readable, unreadable = [], []
+    for directory in versions:
+        try:
+            readable.append((newest_first_key(read_manifest(directory), directory), directory))
+        except (OSError, ValueError) as error:
+            unreadable.append(f"{directory}: {MANIFEST}: {type(error).__name__}: {error}")
+    if not readable:
+        raise ValueError(f"no version under {path} has a readable {MANIFEST}: " + "; ".join(unreadable))
+    for reason in unreadable:
+        log.error("model version skipped: its manifest cannot be read", extra={"reason": reason})
+    return max(readable)[1]
 
 
 def version_dirs(parent: str | Path) -> list[Path]:

@@ -123,3 +123,40 @@ def test_a_taken_port_ctrl_c_while_starting_and_a_killed_up(tmp_path):
             if _alive(service):
                 service.kill()
     wait_for(lambda: all(port_free(port) for port in ports), 30, "the ports free again")
+
+
+def test_a_catalog_that_dies_during_the_first_ingest_is_started_again_and_the_ingest_completes(tmp_path):
+    """`up` started services again only once the ingest was over: a catalog killed mid-ingest stayed down, and each of
+    the ingest's retries waited 300 s for a connection in silence."""
+    offset = 1100
+    stack = StackPorts(offset)
+    if not all(port_free(port) for port, _ in stack.all_ports()):
+        pytest.skip(f"`whisperlite up --port-offset {offset}` needs its ports, and one is taken")
+    items = 6000
+    data = tmp_path / "data"
+    data.mkdir()
+    colours, garments = ["red", "blue", "green", "black"], ["scarf", "coat", "boot", "dress", "hat"]
+    rows = [f"item-{i},a {colours[i % 4]} {garments[i % 5]} number {i},,{garments[i % 5]},\n" for i in range(items)]
+    (data / "items.csv").write_text("item_id,title,text,category,image_path\n" + "".join(rows))
+    log_path = tmp_path / "up.log"
+    log = log_path.open("w")
+    up = subprocess.Popen(
+        [sys.executable, "-m", "whisperlite", "up", "--data", str(data), "--state-dir", str(tmp_path / "state"),
+         "--model-dir", str(tmp_path / "no-model"), "--port-offset", str(offset)],
+        cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: "catalog is empty: ingesting" in log_path.read_text(), 300, "the ingest starting")
+        time.sleep(1.0)
+        assert "WhisperLite is up" not in log_path.read_text(), "the ingest ended before the catalog could be killed"
+        service_process(up, "catalog").kill()
+        wait_for(lambda: "catalog exited with code -9; starting it again" in log_path.read_text(), 10, "the catalog's restart")
+        wait_for(lambda: "WhisperLite is up" in log_path.read_text(), 600, "the ingest completing")
+        text = log_path.read_text()
+        assert f"items in catalog: {items}" in text, text[-3000:]
+        assert "ingest: resumed from item" in text, text[-3000:]
+    finally:
+        up.send_signal(signal.SIGINT)
+        code = up.wait(60)
+        log.close()
+    assert code == 0, log_path.read_text()[-3000:]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -52,11 +52,17 @@ def _batches(items: pd.DataFrame, batch_size: int) -> Iterator[list[common_pb2.I
         yield batch
 
 
-async def _upsert_with_retries(catalog: CatalogClient, batch: list[common_pb2.Item], first: int, retries: int, progress: tqdm) -> int:
-    """Upserts one batch (items first.. of the dataset), again after a transient failure, up to `retries` times."""
+async def _upsert_with_retries(
+    catalog: CatalogClient, reach: Callable[[], Awaitable[None]], batch: list[common_pb2.Item], first: int, retries: int, progress: tqdm
+) -> int:
+    """Upserts one batch (items first.. of the dataset), again after a transient failure, up to `retries` times.
+    A retry first reaches the catalog again (`reach`, CONNECT_SECONDS at most): an upsert waits for a connection for
+    its whole deadline, so a catalog that died mid-ingest kept each retry silent for 300 s."""
     wait = FIRST_RETRY_WAIT_SECONDS
     for attempt in range(retries + 1):
         try:
+            if attempt:
+                await reach()
             written = await catalog.upsert(batch)
         except Unavailable as error:
             if attempt == retries:
@@ -92,7 +98,7 @@ async def _upsert_all(items: pd.DataFrame, catalog_addr: str, batch_size: int, t
         catalog = CatalogClient(channel, timeout_seconds, catalog_addr)
         with tqdm(total=len(items), desc="ingest", unit="item", disable=bar_disabled()) as progress:
             for batch in _batches(items, batch_size):
-                written += await _upsert_with_retries(catalog, batch, written, retries, progress)
+                written += await _upsert_with_retries(catalog, lambda: _reach(channel, catalog_addr), batch, written, retries, progress)
                 progress.update(len(batch))
     finally:
         await channel.close()

@@ -7,7 +7,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -213,6 +216,20 @@ def catalog_item_count(address: str, security: ClientSecurity = PLAINTEXT) -> in
     return asyncio.run(count())
 
 
+def _in_thread(work: Callable[[], object]) -> Future:
+    """`work()` in a daemon thread (a stop while it runs must not wait for it), its outcome in the future."""
+    outcome: Future = Future()
+
+    def run() -> None:
+        try:
+            outcome.set_result(work())
+        except BaseException as error:  # SystemExit too (a dataset ingest refuses): raised where the result is read
+            outcome.set_exception(error)
+
+    threading.Thread(target=run, name="ingest", daemon=True).start()
+    return outcome
+
+
 def up(data_dir: Path | None, state_dir: Path, model_dir: Path, secure: bool = False, ports: StackPorts = StackPorts()) -> None:
     real_user = most_active_user(data_dir) if data_dir else None
     user = real_user or "some-user"
@@ -233,8 +250,14 @@ def up(data_dir: Path | None, state_dir: Path, model_dir: Path, secure: bool = F
         catalog_addr = stack.env[CATALOG.address_env]
         if data_dir is not None and catalog_item_count(catalog_addr, stack.security) == 0:
             print(f"catalog is empty: ingesting {data_dir}", flush=True)
+            # In a thread, while services that exit are started again: a catalog that died mid-ingest used to stay
+            # down, and the ingest with it.
+            ingesting = _in_thread(lambda: ingest(data_dir, catalog_addr, security=stack.security))
+            while not ingesting.done():
+                stack.restart_exited()
+                time.sleep(0.5)
             try:
-                ingest(data_dir, catalog_addr, security=stack.security)
+                ingesting.result()
             except ServiceError as error:  # the catalog refused the dataset: say why and stop the stack, no traceback
                 raise SystemExit(f"ingest of {data_dir} failed: {error.code.name}: {error}") from None
         print(

@@ -38,6 +38,8 @@ async def refusal(code: grpc.StatusCode, details: str, trailer: tuple = ()) -> g
         (grpc.StatusCode.INVALID_ARGUMENT, (), InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
         (grpc.StatusCode.PERMISSION_DENIED, (), CredentialsRefused, grpc.StatusCode.UNAVAILABLE),
         (grpc.StatusCode.UNAVAILABLE, (), Unavailable, grpc.StatusCode.UNAVAILABLE),
+        # A server stopping ends the calls it has not started so: the dependency is unavailable, not the request bad.
+        (grpc.StatusCode.CANCELLED, (), Unavailable, grpc.StatusCode.UNAVAILABLE),
         (grpc.StatusCode.INTERNAL, (), FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     ],
 )

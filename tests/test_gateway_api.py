@@ -826,3 +826,8 @@ def test_grpcs_own_deadline_words_become_the_upstream_and_the_flag(details):
     assert failed.retry_after == 1.0  # an HTTP 504 says when to try again, as a 503 does
     refused = grpc.aio.AioRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, grpc.aio.Metadata(), grpc.aio.Metadata(), details="the caller's deadline passed")
     assert str(UpstreamFailed.of_call("ranker at r:50050", refused, 10)) == "ranker at r:50050: the caller's deadline passed"
+    # The upstream's CANCELLED (a server stopping) is a 503 to retry, not the 499 of an HTTP client that left.
+    cancelled = grpc.aio.AioRpcError(grpc.StatusCode.CANCELLED, grpc.aio.Metadata(), grpc.aio.Metadata(), details="CANCELLED")
+    failed = UpstreamFailed.of_call("ranker at r:50050", cancelled, 10)
+    assert (failed.code, str(failed), failed.retry_after) == (
+        grpc.StatusCode.UNAVAILABLE, "ranker at r:50050: the call was cancelled by the server (stopping?)", 1.0)

@@ -9,14 +9,16 @@ from whisperlite.core.topology import DEFAULT_MAX_MESSAGE_BYTES, GRPC_SERVICES
 
 # Every WhisperLite RPC is idempotent (reads, and upserts/deletes keyed by item id), so a call that
 # found its server UNAVAILABLE (restarting, still loading, a replica going away) is sent again after
-# a short backoff. RESOURCE_EXHAUSTED is not retried: a shedding server must not get more load.
+# a short backoff, as is one the server CANCELLED: a server stopping (SIGTERM) ends so the calls it
+# has received but not yet started (this client's own cancellations are never retried).
+# RESOURCE_EXHAUSTED is not retried: a shedding server must not get more load.
 # Throttling stops retries once most calls fail, so a dead dependency is not hammered.
 RETRY_POLICY = {
     "maxAttempts": 4,
     "initialBackoff": "0.05s",
     "maxBackoff": "0.4s",
     "backoffMultiplier": 2,
-    "retryableStatusCodes": ["UNAVAILABLE"],
+    "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"],
 }
 # Reconnect quickly after a dependency restarts: grpc's defaults (1 s, growing to 120 s) left the
 # ranker failing for seconds after its dependency was SERVING again. Servers bind their port before

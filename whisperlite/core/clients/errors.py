@@ -26,7 +26,9 @@ T = TypeVar("T")
 
 # How long a timed-out call's follow-up, which asks the channel why it is not connected, may take.
 WHY_NOT_CONNECTED_SECONDS = 2.0
-TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED})
+# A downstream's CANCELLED is the downstream's doing (this process's own cancellations raise CancelledError): a server
+# stopping ends calls it had received but not started so. Another try, or replica, may answer.
+TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED})
 
 
 class DownstreamClient:

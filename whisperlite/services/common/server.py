@@ -161,8 +161,10 @@ async def serve(
     finally:
         log.info("shutting down", extra={"service": name, "grace_seconds": grace_seconds})
         await health_servicer.enter_graceful_shutdown()
-        # stop() refuses new RPCs at once and cancels those still running after the grace period.
-        await server.stop(grace_seconds)
+        draining_since = loop.time()
+        await admitted.drain(grace_seconds)
+        # stop() refuses new RPCs at once and cancels those still running after what is left of the grace period.
+        await server.stop(max(0.0, grace_seconds - (loop.time() - draining_since)))
         if shutdown is not None:
             await shutdown()
         if metrics_server is not None:

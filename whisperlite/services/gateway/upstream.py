@@ -55,6 +55,10 @@ class UpstreamFailed(Exception):
             message = f"{upstream}: no answer within {deadline_seconds:g} s (--deadline-seconds)"
         elif code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             message = f"{upstream}: {details}"
+        elif code == grpc.StatusCode.CANCELLED:
+            # The upstream's doing (the gateway's own cancellations raise CancelledError): a server stopping ends so
+            # the calls it has not started. The upstream is unavailable (503), not the HTTP client gone (499).
+            code, message = grpc.StatusCode.UNAVAILABLE, f"{upstream}: the call was cancelled by the server (stopping?)"
         else:
             message = details  # the service's own answer (a refused field, a missing token...), unchanged
         retry_after = retry_after_seconds(error)

@@ -76,3 +76,13 @@ def test_a_command_pointed_at_another_service_says_so(encoder_service):
     done = whisperlite("catalog", "count", "--catalog", encoder_service.address)
     assert done.returncode == 1
     assert f"({encoder_service.address} does not serve the catalog's API: is it another service's address?)" in done.stderr
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback():
+    """`whisperlite model list | head -3` ended in a BrokenPipeError traceback."""
+    command = [sys.executable, "-m", "whisperlite", "health", f"127.0.0.1:{free_port()}", "--timeout", "1"]  # prints NOT_SERVING
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # before the process has written anything
+    stderr = process.stderr.read().decode()
+    assert process.wait(60) == 141, stderr
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr

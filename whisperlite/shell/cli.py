@@ -190,12 +190,23 @@ GRPC_TARGET_SCHEMES = ("unix:", "unix-abstract:", "vsock:", "dns:", "ipv4:", "ip
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser(argv).parse_args(argv)
+    command = "whisperlite"
     try:
-        sys.exit(args.func(args) or 0)
+        args = build_parser(argv).parse_args(argv)
+        command = f"whisperlite {args.command}"
+        try:
+            code = args.func(args) or 0
+        finally:  # here, where a reader gone is caught below, not in the interpreter's exit (a traceback)
+            sys.stdout.flush()
+        sys.exit(code)
     except KeyboardInterrupt:
         # What is written stays written (upserts are idempotent, an import resumes from its checkpoint, a model
         # version appears only once complete): one line, not a traceback.
-        print(f"whisperlite {args.command}: interrupted", file=sys.stderr)
+        print(f"{command}: interrupted", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:
+        # The reader of the output left (`whisperlite model list | head -3`): nothing more to say, and no traceback.
+        # Python's own recipe: point stdout at devnull, or its flush at exit raises again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)  # as a shell reports a process killed by SIGPIPE
 

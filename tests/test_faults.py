@@ -473,6 +473,55 @@ def test_a_frozen_ranker_lets_the_gateways_callers_go_with_503_and_retry_after_b
           f"{refused_within * 1e3:.0f} ms; the gateway called the ranker again {answered_after:.2f} s after it resumed")
 
 
+def test_a_frozen_encoder_lets_the_catalog_s_upserts_go_and_its_reads_on(tmp_path):
+    """Upserts of items without vectors waited on a frozen encoder for --encoder-timeout-seconds (120 s) holding the
+    catalog's admission slots, so plain reads were refused as overloaded for as long as the freeze lasted. The catalog
+    now checks the encoder (default interval and timeout) and lets such upserts go with UNAVAILABLE naming it."""
+    encoder = start_service("query-encoder", tmp_path / "logs")
+    catalog = None
+    try:
+        catalog = start_catalog(tmp_path / "logs", tmp_path / "store", encoder.address)
+        channel, stub = catalog_stub(catalog.address)
+        upsert_items(stub, range(5))
+        os.kill(encoder.process.pid, signal.SIGSTOP)
+        try:
+            frozen_at = time.monotonic()
+
+            def upsert_to_embed(n: int) -> tuple[grpc.StatusCode, str, float]:
+                items = [common_pb2.Item(item_id=f"new-{n}-{i}", title=f"a scarf to embed {n} {i}") for i in range(3)]
+                try:
+                    stub.UpsertItems(catalog_pb2.UpsertItemsRequest(items=items), timeout=60)
+                    return grpc.StatusCode.OK, "", time.monotonic() - frozen_at
+                except grpc.RpcError as error:
+                    return error.code(), error.details(), time.monotonic() - frozen_at
+
+            with futures.ThreadPoolExecutor(24) as pool:
+                waiting = [pool.submit(upsert_to_embed, n) for n in range(24)]  # more than the 16 in-flight slots
+                time.sleep(0.5)
+                outcomes = [call.result(timeout=60) for call in waiting]
+            assert {code for code, _, _ in outcomes} <= {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}, outcomes
+            let_go = [(details, after) for code, details, after in outcomes if code == grpc.StatusCode.UNAVAILABLE]
+            assert let_go and all("query encoder at localhost:" in details and "by the catalog's health checks" in details
+                                  and "reads and searches are still answered" in details for details, _ in let_go), let_go[:2]  # fmt: skip
+            assert max(after for _, after in let_go) < 15, "let go when the outage was found, not at the 60 s deadline"
+            started = time.monotonic()
+            refused = upsert_to_embed(99)
+            assert refused[0] == grpc.StatusCode.UNAVAILABLE and time.monotonic() - started < 1.0, refused
+            assert len(stub.GetItems(catalog_pb2.GetItemsRequest(item_ids=["item-1"]), timeout=5).items) == 1
+            with_vector = stub.UpsertItems(catalog_pb2.UpsertItemsRequest(items=[item(7)]), timeout=5)  # needs no encoder
+            assert with_vector.upserted_count == 1 and with_vector.embedded_count == 0
+        finally:
+            os.kill(encoder.process.pid, signal.SIGCONT)
+        wait_for(lambda: upsert_to_embed(100)[0] == grpc.StatusCode.OK, timeout=15)
+        channel.close()
+        assert re.search(r'"message": "query encoder down: items without vectors are refused at once until it answers"', catalog.log())
+        print(f"upserts waiting on the frozen encoder let go after {min(a for _, a in let_go):.2f}-{max(a for _, a in let_go):.2f} s")
+    finally:
+        for service in (catalog, encoder):
+            if service is not None:
+                service.stop()
+
+
 def catalog_query_encoder(catalog: ServiceProcess) -> str:
     args = catalog.process.args
     return args[args.index("--query-encoder-addr") + 1]

@@ -1,5 +1,7 @@
 """Failing fast on a dependency the watch found down (services/common/outages.py), without gRPC."""
 
+import asyncio
+
 import pytest
 
 from whisperlite.core.errors import Unavailable
@@ -52,3 +54,31 @@ def test_an_outage_tells_its_listeners_once_when_it_begins():
     outages.end(CATALOG)
     outages.begin(CATALOG, "catalog at db:50052: health check failed: UNAVAILABLE")  # a new outage
     assert len(heard) == 2
+
+
+async def test_a_call_during_an_outage_is_refused_and_one_waiting_when_it_begins_is_let_go():
+    outages = Outages("catalog")
+    assert await outages.during(QUERY_ENCODER, lambda: asyncio.sleep(0, result="vectors")) == "vectors"
+    never = asyncio.Event()
+    started = []
+
+    async def hangs():
+        started.append(True)
+        try:
+            await never.wait()
+        finally:
+            started.append("cancelled")
+
+    waiting = asyncio.ensure_future(outages.during(QUERY_ENCODER, hangs, still_served="reads are still answered"))
+    other = asyncio.ensure_future(outages.during(CATALOG, lambda: asyncio.sleep(0.2, result="answered")))
+    await asyncio.sleep(0.05)
+    outages.begin(QUERY_ENCODER, "query encoder at e:50051: health check failed: DEADLINE_EXCEEDED")
+    with pytest.raises(Unavailable, match=r"^query encoder at e:50051: .*; reads are still answered\)$"):
+        await waiting
+    assert started == [True, "cancelled"]  # the call itself was cancelled, not left running
+    assert await other == "answered"  # a call to another dependency goes on
+    with pytest.raises(Unavailable):
+        await outages.during(QUERY_ENCODER, hangs)  # refused before it starts
+    assert started == [True, "cancelled"]
+    outages.end(QUERY_ENCODER)
+    assert await outages.during(QUERY_ENCODER, lambda: asyncio.sleep(0, result="back")) == "back"

@@ -145,6 +145,11 @@ class Catalog:
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
+    @property
+    def embedder(self) -> ItemEmbedder | None:
+        """What embeds items upserted without a vector (its encoder watch runs while the catalog serves)."""
+        return self._embedder
+
     async def open(self) -> CollectionInfo:
         spec = None
         if not await asyncio.to_thread(self._store.exists):

@@ -1,8 +1,18 @@
-"""Embeds items upserted without a vector, through the query encoder, in the collection's vector space."""
+"""Embeds items upserted without a vector, through the query encoder, in the collection's vector space.
+
+While the catalog serves, the encoder's health is checked (`watch`, services/common/probing.py): an encoder that answers
+nothing (frozen, or gone) makes embedding fail at once with UNAVAILABLE naming it, and lets go of the upserts waiting on
+it. They used to wait up to --encoder-timeout-seconds (120 s) holding admission slots, so a frozen encoder had the
+catalog refuse plain reads as overloaded (429 at the gateway) for as long as it lasted.
+"""
 
 from __future__ import annotations
 
+import functools
+import logging
+
 import numpy as np
+from grpc_health.v1 import health_pb2_grpc
 
 from whisperlite.core.channels import create_channel
 from whisperlite.core.client_security import PLAINTEXT, ClientSecurity
@@ -11,21 +21,45 @@ from whisperlite.core.clients.query_encoder import BULK, EncoderModel, QueryEnco
 from whisperlite.core.errors import FailedPrecondition, InvalidArgument
 from whisperlite.core.item_text import item_text
 from whisperlite.core.text import has_visible_characters
+from whisperlite.core.topology import QUERY_ENCODER
 from whisperlite.core.vector_space import require_same_encoder
+from whisperlite.services.common.outages import Outages
+from whisperlite.services.common.probing import ProbeSettings, answers_health_checks, keep_probing, outage_recorder
+
+log = logging.getLogger("whisperlite.catalog.embedding")
 
 # Texts per Embed call (fewer when the encoder accepts fewer): small enough that one call's work
 # fits its deadline on a CPU.
 EMBED_BATCH = 128
 
 
+ENCODER = "query encoder"  # as refusals and the outage name it
+STILL_SERVED = "items sent with vectors, reads and searches are still answered"
+
+
 class ItemEmbedder:
-    def __init__(self, address: str, timeout_seconds: float = 120.0, security: ClientSecurity = PLAINTEXT):
+    def __init__(
+        self, address: str, timeout_seconds: float = 120.0, security: ClientSecurity = PLAINTEXT, probes: ProbeSettings = ProbeSettings()
+    ):
         self.address = address
         self._security = security
         self._timeout = timeout_seconds
+        self._probes = probes
         self._channel = None
         self._client: QueryEncoderClient | None = None
         self._model: EncoderModel | None = None
+        self.outages = Outages("catalog")
+
+    async def watch(self) -> None:
+        """Checks the encoder's health until cancelled (while the catalog serves)."""
+        self._encoder()
+        record = outage_recorder(
+            self.outages, ENCODER, self.address, self._probes,
+            on_down=lambda reason: log.error("query encoder down: items without vectors are refused at once until it answers", extra={"reason": reason}),
+            on_up=lambda: log.warning("query encoder answers again"),
+        )  # fmt: skip
+        stub = health_pb2_grpc.HealthStub(self._channel)
+        await keep_probing(functools.partial(answers_health_checks, stub, QUERY_ENCODER.grpc_service, self._probes), self._probes, record)
 
     def _encoder(self) -> QueryEncoderClient:
         if self._client is None:
@@ -58,7 +92,8 @@ class ItemEmbedder:
         vectors = []
         batch_size = min(EMBED_BATCH, model.max_inputs or EMBED_BATCH)
         for start in range(0, len(texts), batch_size):
-            embedded = await self._encoder().embed_texts(texts[start : start + batch_size], priority=BULK)
+            batch = texts[start : start + batch_size]
+            embedded = await self.outages.during(ENCODER, lambda: self._encoder().embed_texts(batch, priority=BULK), STILL_SERVED)
             if embedded.model_name != model.name:
                 self._model = None  # the encoder was swapped under us: re-read it next time
                 raise FailedPrecondition(f"the query encoder changed model mid-request ({model.name!r} -> {embedded.model_name!r})")

@@ -27,9 +27,10 @@ from whisperlite.services.common.config import (
     env_str,
 )
 from whisperlite.services.common.logs import configure_logging
+from whisperlite.services.common.probing import ProbeSettings
 from whisperlite.services.common.security import ServerSecurity
 from whisperlite.services.common.tracing import start_tracing
-from whisperlite.services.common.server import serve
+from whisperlite.services.common.server import HealthReport, serve
 from whisperlite.v1 import catalog_pb2_grpc
 
 PREFIX = CATALOG.env_prefix
@@ -122,6 +123,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--encoder-timeout-seconds", type=float, default=env_float(f"{PREFIX}_ENCODER_TIMEOUT_SECONDS", 120.0),
         help=f"deadline of each call to the query encoder (env {PREFIX}_ENCODER_TIMEOUT_SECONDS)",
     )
+    probes = ProbeSettings()
+    encoder.add_argument(
+        "--dependency-probe-interval-seconds", type=float,
+        default=env_float(f"{PREFIX}_DEPENDENCY_PROBE_INTERVAL_SECONDS", probes.probe_interval_seconds),
+        help=f"how often the query encoder's health is checked while serving; {probes.failures_to_trip} checks in a row without "
+        "an answer make items without vectors fail at once with UNAVAILABLE, and let go of those waiting, until it answers "
+        f"(env {PREFIX}_DEPENDENCY_PROBE_INTERVAL_SECONDS)",
+    )  # fmt: skip
+    encoder.add_argument(
+        "--dependency-probe-timeout-seconds", type=float,
+        default=env_float(f"{PREFIX}_DEPENDENCY_PROBE_TIMEOUT_SECONDS", probes.probe_timeout_seconds),
+        help=f"a query encoder whose health check takes longer has failed it (env {PREFIX}_DEPENDENCY_PROBE_TIMEOUT_SECONDS)",
+    )  # fmt: skip
     requests = parser.add_argument_group("request limits")
     requests.add_argument(
         "--max-top-k", type=int, default=env_int(f"{PREFIX}_MAX_TOP_K", limits.max_top_k),
@@ -144,8 +158,14 @@ def build_catalog(args: argparse.Namespace) -> Catalog:
     store = MilvusStore(
         args.uri or default_uri(args.data_dir), args.collection, token=args.token, timeout_seconds=args.milvus_timeout_seconds
     )
+    try:
+        probes = ProbeSettings(args.dependency_probe_interval_seconds, args.dependency_probe_timeout_seconds)
+    except ValueError as error:
+        raise SystemExit(f"catalog: {error}") from None
     embedder = (
-        ItemEmbedder(args.query_encoder_addr, args.encoder_timeout_seconds, downstream_security(args)) if args.query_encoder_addr else None
+        ItemEmbedder(args.query_encoder_addr, args.encoder_timeout_seconds, downstream_security(args), probes)
+        if args.query_encoder_addr
+        else None
     )
     if args.ann_min_rows < 0:
         raise SystemExit(f"catalog: ann-min-rows: must be 0 (always exact) or positive, got {args.ann_min_rows}")
@@ -183,6 +203,10 @@ def build_store_watch(args: argparse.Namespace, catalog: Catalog) -> StoreWatch:
 async def run(args: argparse.Namespace, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> None:
     catalog = build_catalog(args)
     store_watch = build_store_watch(args, catalog)
+
+    async def watches(health: HealthReport) -> None:
+        """The store's (its health follows it), and the encoder's, when items are embedded here."""
+        await asyncio.gather(store_watch.watch(health), *([catalog.embedder.watch()] if catalog.embedder is not None else []))
     await serve(
         name="catalog",
         port=args.port,
@@ -194,7 +218,7 @@ async def run(args: argparse.Namespace, ready: asyncio.Event | None = None, stop
         host=args.host,
         max_message_bytes=args.max_message_bytes,
         admission=admission_limits(args),
-        health_watch=store_watch.watch,
+        health_watch=watches,
         ready=ready,
         stop=stop,
         security=ServerSecurity.from_args(args),

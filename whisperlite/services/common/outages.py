@@ -16,11 +16,16 @@ keep their admission slots until their deadline, past the moment the service kno
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from whisperlite.core.errors import Unavailable
+
+T = TypeVar("T")
+
 
 @dataclass(frozen=True)
 class Outage:
@@ -35,6 +40,25 @@ class Outages:
         self._down: dict[str, Outage] = {}
         self._last_answer: dict[str, float] = {}
         self._listeners: dict[str, list[Callable[[], None]]] = {}
+        self._waiting: dict[str, dict[asyncio.Future, str]] = {}  # calls in `during`: their outage futures
+
+    async def during(self, name: str, start: Callable[[], Awaitable[T]], still_served: str = "") -> T:
+        """`await start()`, refused with Unavailable while `name` is down, and let go with it (the call cancelled) when
+        an outage of `name` begins before the answer comes."""
+        self.check(name, still_served)
+        call = asyncio.ensure_future(start())
+        outage = asyncio.get_running_loop().create_future()  # its result: the refusal, set when an outage begins
+        waiting = self._waiting.setdefault(name, {})
+        waiting[outage] = still_served
+        try:
+            await asyncio.wait({call, outage}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            del waiting[outage]
+            if not call.done():
+                call.cancel()  # the outage let it go, or the caller was cancelled: the downstream call goes too
+        if not call.done():  # the outage let it go (a cancelled caller does not get here)
+            raise outage.result()
+        return call.result()
 
     def on_outage(self, name: str, listener: Callable[[], None]) -> None:
         """`listener()` runs each time an outage of `name` begins."""
@@ -44,6 +68,9 @@ class Outages:
         """The watch found `name` down (`reason` names its address and the failed check)."""
         if name not in self._down:
             self._down[name] = Outage(self._clock(), reason)
+            for outage, still_served in self._waiting.get(name, {}).items():
+                if not outage.done():
+                    outage.set_result(self.refusal(name, still_served))
             for listener in self._listeners.get(name, ()):
                 listener()
 

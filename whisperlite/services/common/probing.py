@@ -17,6 +17,11 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from whisperlite.services.common.outages import Outages
+
 # How soon a down dependency is checked again after its last check answered (the channel's reconnect backoff,
 # core/channels.py, is as short).
 DOWN_PROBE_INTERVAL_SECONDS = 0.1
@@ -92,3 +97,38 @@ async def keep_probing(
     finally:
         for check in in_flight:
             check.cancel()
+
+
+async def answers_health_checks(stub: health_pb2_grpc.HealthStub, service: str, settings: ProbeSettings) -> str | None:
+    """A probe for `keep_probing` that fails only when the dependency answers nothing (no connection, no answer within
+    the probe timeout): NOT_SERVING is an answer, as is an error of its own (a server without the health service). For
+    callers that still have use for a dependency that reports NOT_SERVING (a ranker whose encoder is down still answers
+    texts in its cache) and only need to stop waiting on one that cannot answer."""
+    try:
+        await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=settings.probe_timeout_seconds)
+    except grpc.aio.AioRpcError as error:
+        if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            return f"health check failed: {error.code().name}: {error.details()}"
+    return None
+
+
+def outage_recorder(
+    outages: Outages, name: str, address: str, settings: ProbeSettings, on_down: Callable[[str], None], on_up: Callable[[], None]
+) -> Callable[[str | None], Awaitable[bool]]:
+    """A `record` for `keep_probing` that begins and ends `name`'s outage in `outages` (calls to it then fail at once,
+    and those waiting are let go), with `on_down(reason)` and `on_up()` once at each turn (the log lines)."""
+    count = ProbeCount(settings.failures_to_trip)
+
+    async def record(reason: str | None) -> bool:
+        was_down = count.down
+        count.add(failed=reason is not None)
+        if count.down:
+            outages.begin(name, f"{name} at {address}: {reason}")
+            if not was_down:
+                on_down(reason)
+        elif was_down:
+            outages.end(name)
+            on_up()
+        return count.down
+
+    return record

@@ -26,7 +26,8 @@ from whisperlite.core.clients.errors import retry_after_seconds
 from whisperlite.core.clients.health import RANKER_DEPENDENCY_HEALTH_NAMES, dependencies_waited_for
 from whisperlite.core.topology import CATALOG, RANKER
 from whisperlite.services.common.outages import Outages
-from whisperlite.services.common.probing import ProbeCount, ProbeSettings, keep_probing
+from whisperlite.core.errors import Unavailable
+from whisperlite.services.common.probing import ProbeSettings, answers_health_checks, keep_probing, outage_recorder
 from whisperlite.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2, ranker_pb2, ranker_pb2_grpc
 
 Metadata = Sequence[tuple[str, str]]
@@ -84,9 +85,6 @@ class Upstream:
             CATALOG.name: (health_pb2_grpc.HealthStub(self._catalog_channel), CATALOG.grpc_service),
         }
         self.outages = Outages("gateway")
-        self._waiting: dict[str, set[asyncio.Future]] = {name: set() for name in self.addresses}
-        for name in self.addresses:
-            self.outages.on_outage(name, functools.partial(self._let_go, name))
 
     async def recommend(self, request: ranker_pb2.RecommendRequest, metadata: Metadata) -> ranker_pb2.RecommendResponse:
         return await self._call(RANKER.name, lambda: self._ranker.Recommend(request, timeout=self.deadline_seconds, metadata=metadata))
@@ -101,21 +99,10 @@ class Upstream:
         return await self._call(CATALOG.name, lambda: self._catalog.UpsertItems(request, timeout=self.deadline_seconds, metadata=metadata))
 
     async def _call(self, upstream: str, start: Callable[[], Awaitable[T]]) -> T:
-        if (refusal := self.outages.refusal(upstream)) is not None:
-            raise UpstreamFailed(grpc.StatusCode.UNAVAILABLE, str(refusal), RETRY_AFTER_SECONDS)
-        call = asyncio.ensure_future(start())
-        outage = asyncio.get_running_loop().create_future()
-        self._waiting[upstream].add(outage)
         try:
-            await asyncio.wait({call, outage}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            self._waiting[upstream].discard(outage)
-            if not call.done():
-                call.cancel()  # the outage let it go, or this caller was cancelled (its client left): the RPC goes too
-        if not call.done():  # the outage let it go (a cancelled caller does not get here)
-            raise UpstreamFailed(grpc.StatusCode.UNAVAILABLE, str(outage.result()), RETRY_AFTER_SECONDS)
-        try:
-            answer = call.result()
+            answer = await self.outages.during(upstream, start)
+        except Unavailable as refusal:  # down by the gateway's checks, before the call or while it waited
+            raise UpstreamFailed(grpc.StatusCode.UNAVAILABLE, str(refusal), RETRY_AFTER_SECONDS) from None
         except grpc.aio.AioRpcError as error:
             if error.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 self.outages.answered(upstream)  # an answer about the request: the upstream is alive
@@ -123,44 +110,22 @@ class Upstream:
         self.outages.answered(upstream)
         return answer
 
-    def _let_go(self, upstream: str) -> None:
-        """The watch found `upstream` down: calls waiting on it end now with the outage's reason."""
-        refusal = self.outages.refusal(upstream)
-        for outage in self._waiting[upstream]:
-            if not outage.done():
-                outage.set_result(refusal)
-
     async def watch(self) -> None:
         """Checks each upstream's health until cancelled (the app runs it while it serves)."""
+
+        def recorder(name: str):
+            return outage_recorder(
+                self.outages, name, self.addresses[name], self._probes,
+                on_down=lambda reason: log.error("upstream down: its calls fail at once until it answers", extra={"upstream": name, "reason": reason}),
+                on_up=lambda: log.warning("upstream answers again", extra={"upstream": name}),
+            )  # fmt: skip
+
         await asyncio.gather(
-            *(keep_probing(functools.partial(self._probe, name), self._probes, self._recorder(name)) for name in self.addresses)
+            *(
+                keep_probing(functools.partial(answers_health_checks, stub, service, self._probes), self._probes, recorder(name))
+                for name, (stub, service) in self._health.items()
+            )
         )
-
-    async def _probe(self, upstream: str) -> str | None:
-        stub, service = self._health[upstream]
-        try:
-            await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=self._probes.probe_timeout_seconds)
-        except grpc.aio.AioRpcError as error:
-            if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                return f"health check failed: {error.code().name}: {error.details()}"
-        return None  # SERVING or not, or an error of its own (a server without the health service): it answered
-
-    def _recorder(self, upstream: str):
-        count = ProbeCount(self._probes.failures_to_trip)
-
-        async def record(reason: str | None) -> bool:
-            was_down = count.down
-            count.add(failed=reason is not None)
-            if count.down:
-                self.outages.begin(upstream, f"{upstream} at {self.addresses[upstream]}: {reason}")
-                if not was_down:
-                    log.error("upstream down: its calls fail at once until it answers", extra={"upstream": upstream, "reason": reason})
-            elif was_down:
-                self.outages.end(upstream)
-                log.warning("upstream answers again", extra={"upstream": upstream})
-            return count.down
-
-        return record
 
     async def health(self) -> dict[str, str]:
         """Each upstream's gRPC health status name (SERVING, NOT_SERVING, or the error code that stood in for one)."""

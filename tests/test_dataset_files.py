@@ -82,11 +82,17 @@ def test_blank_timestamps_read_as_zero_and_numbers_in_any_notation(tmp_path):
         ({"items.csv": 'item_id,title\n1,Red dress\n"tab\there",Shirt\n'}, "items.csv line 3: item_id 'tab\\there' must not contain control characters"),
         # One unquoted comma in the first row: pandas read the ids as an index and every column shifted.
         ({"items.csv": "item_id,title,text\n1,Dress, red,cotton\n2,Shirt,x\n"}, "items.csv line 2: 4 fields, the header has 3 (quote a value"),
+        # Price, attributes and field lengths as the catalog takes them: they trained, then stopped `up`'s ingest.
+        ({"items.csv": 'item_id,title,price\n1,Red dress,19.99\n2,Shirt,"19,99"\n'}, "items.csv line 3: price: not a number: '19,99': the catalog cannot store"),
+        ({"items.csv": "item_id,title,price\n1,Red dress,-5\n2,Shirt,\n"}, "items.csv line 2: price: must be a finite number >= 0, got '-5'"),
+        ({"items.csv": 'item_id,title,attributes\n1,Red dress,"{""size"": ""M""}"\n2,Shirt,red\n'}, "items.csv line 3: attributes: not a JSON object: Expecting value"),
+        ({"items.csv": f"item_id,title\n1,Red dress\n2,{'long ' * 300}\n"}, "items.csv line 3: title: must be at most 1024 characters, got 1500"),
     ],
     ids=[
         "info-not-an-object", "info-not-json", "ragged-row", "no-item-id", "no-item-text", "blank-user", "infinite-time",
         "time-past-int64", "row-cut-before-its-timestamp", "user-id-too-long", "item-id-too-long", "name-not-a-string",
         "every-item-id-with-spaces", "line-after-a-value-over-lines", "item-id-with-an-apostrophe", "item-id-with-a-tab", "first-row-with-an-extra-field",
+        "price-with-a-decimal-comma", "negative-price", "attributes-not-json", "title-too-long",
     ],
 )
 def test_a_broken_file_is_refused_naming_it(tmp_path, files, message):

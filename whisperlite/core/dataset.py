@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from whisperlite.core.item_fields import MAX_ID_CHARS, field_problem, item_id_problem, parse_attributes, parse_price
+
 log = logging.getLogger(__name__)
 
 ITEM_COLUMNS = ["item_id", "title", "text", "category", "image_path"]
@@ -34,32 +36,6 @@ ITEMS_FILE = "items.csv"
 INTERACTIONS_FILE = "interactions.csv"
 INFO_FILE = "dataset.json"
 FORMAT_VERSION = 1
-# The longest user or item id: the ranker and the catalog refuse longer ones, so a dataset holding one is refused
-# when read rather than training a model that cannot serve it.
-MAX_ID_CHARS = 256
-
-
-def has_control_characters(value: str) -> bool:
-    return any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value)
-
-
-def item_id_problem(item_id: str) -> str | None:
-    """Why `item_id` cannot be a catalog id, or None when it can: the catalog's rule, which a dataset's item ids
-    meet too, or the model would train on items the stack cannot ingest.
-
-    Apostrophes are refused because milvus-lite 2.5.1 pastes primary keys into SQL between single
-    quotes when it upserts and deletes (an id like `x' or '1'='1` would reach its SQLite store as SQL);
-    control characters because a filter expression cannot express a newline in a string literal.
-    """
-    if not item_id:
-        return "must not be empty"
-    if len(item_id) > MAX_ID_CHARS:
-        return f"must be at most {MAX_ID_CHARS} characters, got {len(item_id)}"
-    if "'" in item_id:
-        return "must not contain an apostrophe (')"
-    if has_control_characters(item_id):
-        return "must not contain control characters (newline, tab, ...)"
-    return None
 
 # What a spreadsheet or an export writes for "no text": a request of these words is no request.
 PLACEHOLDER_REQUESTS = frozenset({"n/a", "na", "null", "none", "nan", "-", "?"})
@@ -186,7 +162,27 @@ def read_items(data_dir: str | os.PathLike) -> pd.DataFrame:
     for column in ITEM_COLUMNS:
         if column not in items:
             items[column] = ""
+    problems = pd.Series([_item_fields_problem(row) for row in items.to_dict("records")], index=items.index, dtype=object)
+    _refuse_first(path, problems.notna().to_numpy(), lambda row: f"{problems.iloc[row]}: the catalog cannot store this item")
     return items
+
+
+def _item_fields_problem(row: dict) -> str | None:
+    """Why the catalog would refuse the row's item (its price, attributes or a field past its limit), or None: the
+    model must not train on a catalog `up` then cannot ingest."""
+    try:
+        parse_price(row.get("price"))
+    except ValueError as error:
+        return f"price: {error}"
+    try:
+        attributes = parse_attributes(row.get("attributes"))
+    except ValueError as error:
+        return f"attributes: {error}"
+    found = field_problem(row["title"], row["text"], row["category"], row["image_path"], attributes)
+    if found is not None:
+        field, why = found
+        return f"{'image_path' if field == 'image_uri' else field}: {why}"
+    return None
 
 
 def read_interactions(data_dir: str | os.PathLike) -> pd.DataFrame:

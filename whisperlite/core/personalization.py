@@ -46,7 +46,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from whisperlite.core.dataset import MAX_ID_CHARS
+from whisperlite.core.item_fields import MAX_ID_CHARS
 from whisperlite.core.sequence import SequenceModel, check_csr, check_finite, csr
 
 log = logging.getLogger("whisperlite.model")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 import sys
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from tqdm import tqdm
 from whisperlite.core.progress import bar_disabled
 from whisperlite.core.clients.catalog_admin import CatalogAdminClient
 from whisperlite.core.clients.types import Item
+from whisperlite.core.item_fields import parse_attributes, parse_price
 from whisperlite.shell.client_flags import at_least, call_failed
 
 FORMATS = ("csv", "jsonl", "parquet")
@@ -67,35 +67,17 @@ def _text(row: dict, column: str) -> str:
 
 
 def _price(row: dict, column: str) -> float | None:
-    value = row.get(column) if column else None
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
     try:
-        price = float(value)
-    except (TypeError, ValueError):
-        raise RowError(f"{column}: not a number: {value!r}") from None
-    if not math.isfinite(price) or price < 0:
-        raise RowError(f"{column}: must be a finite number >= 0, got {value!r}")
-    return price
+        return parse_price(row.get(column) if column else None)
+    except ValueError as error:
+        raise RowError(f"{column}: {error}") from None
 
 
 def _attributes(row: dict, mapping: ColumnMapping) -> dict[str, str]:
-    attributes: dict[str, str] = {}
-    raw = row.get(mapping.attributes) if mapping.attributes else None
-    if isinstance(raw, str) and raw.strip():
-        try:
-            raw = json.loads(raw)
-        except json.JSONDecodeError as error:
-            raise RowError(f"{mapping.attributes}: not a JSON object: {error.msg}") from None
-    if isinstance(raw, list):  # Parquet stores a map column as (key, value) pairs
-        try:
-            raw = dict(raw)
-        except (TypeError, ValueError):
-            raise RowError(f"{mapping.attributes}: must be a JSON object of names to values, got a list") from None
-    if raw not in (None, ""):
-        if not isinstance(raw, dict):
-            raise RowError(f"{mapping.attributes}: must be a JSON object of names to values, got {type(raw).__name__}")
-        attributes.update({str(key): value if isinstance(value, str) else json.dumps(value) for key, value in raw.items()})
+    try:
+        attributes = parse_attributes(row.get(mapping.attributes) if mapping.attributes else None)
+    except ValueError as error:
+        raise RowError(f"{mapping.attributes}: {error}") from None
     for column in mapping.attribute_columns:
         value = _text(row, column)
         if value:

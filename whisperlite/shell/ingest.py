@@ -40,11 +40,11 @@ ITEMS_CSV_MAPPING = ColumnMapping(image_uri="image_path")
 
 def _batches(items: pd.DataFrame, batch_size: int) -> Iterator[list[common_pb2.Item]]:
     batch: list[common_pb2.Item] = []
-    for number, row in enumerate(items.to_dict("records"), 1):
+    for row in items.to_dict("records"):
         try:
             batch.append(item_to_proto(row_to_item(row, ITEMS_CSV_MAPPING)))
-        except RowError as error:
-            raise SystemExit(f"items.csv row {number}: {error}") from None
+        except RowError as error:  # named by its id: rows of repeated ids are gone by now, so a count would be off
+            raise SystemExit(f"items.csv item {row['item_id']!r}: {error}") from None
         if len(batch) == batch_size:
             yield batch
             batch = []

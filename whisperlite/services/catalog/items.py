@@ -7,27 +7,16 @@ leaves the store untouched. Messages name the item's index and field ("items[3].
 from __future__ import annotations
 
 import functools
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from whisperlite.core.dataset import MAX_ID_CHARS, has_control_characters, item_id_problem
+from whisperlite.core.item_fields import MAX_CATEGORY_CHARS, MAX_ID_CHARS, field_problem, has_control_characters, item_id_problem
 from whisperlite.core.errors import InvalidArgument
 from whisperlite.core.text import has_visible_characters
 from whisperlite.v1 import common_pb2
-
-# Limits in characters. The Milvus VARCHAR fields are sized in bytes at 4x these (UTF-8 needs at most
-# 4 bytes a character), so a value that passes here always fits its field.
-MAX_TITLE_CHARS = 1024
-MAX_TEXT_CHARS = 16_000
-MAX_CATEGORY_CHARS = 256
-MAX_IMAGE_URI_CHARS = 2048
-# Milvus caps a JSON field at 64 KiB.
-MAX_ATTRIBUTES_BYTES = 65_536
-
 
 @dataclass
 class ItemRecord:
@@ -101,30 +90,19 @@ def validate_explain(vectors: Sequence[Sequence[float]], dimension: int, name: s
     return explain
 
 
-def _check_text(value: str, limit: int, name: str) -> None:
-    if len(value) > limit:
-        raise InvalidArgument(f"{name}: must be at most {limit} characters, got {len(value)}")
-
-
 def record_from_proto(item: common_pb2.Item, index: int, dimension: int) -> ItemRecord:
     where = f"items[{index}]"
     problem = item_id_problem(item.item_id)
     if problem:
         raise InvalidArgument(f"{where}.item_id: {problem}")
-    _check_text(item.title, MAX_TITLE_CHARS, f"{where}.title")
-    _check_text(item.text, MAX_TEXT_CHARS, f"{where}.text")
-    _check_text(item.image_uri, MAX_IMAGE_URI_CHARS, f"{where}.image_uri")
-    _check_text(item.category, MAX_CATEGORY_CHARS, f"{where}.category")
-    if has_control_characters(item.category):
-        raise InvalidArgument(f"{where}.category: must not contain control characters (newline, tab, ...)")
+    attributes = dict(item.attributes)
+    if (found := field_problem(item.title, item.text, item.category, item.image_uri, attributes)) is not None:
+        raise InvalidArgument(f"{where}.{found[0]}: {found[1]}")
     price = None
     if item.HasField("price"):
         if not math.isfinite(item.price) or item.price < 0:
             raise InvalidArgument(f"{where}.price: must be a finite number >= 0, got {item.price}")
         price = float(item.price)
-    attributes = dict(item.attributes)
-    if len(json.dumps(attributes, ensure_ascii=False).encode()) > MAX_ATTRIBUTES_BYTES:
-        raise InvalidArgument(f"{where}.attributes: must encode to at most {MAX_ATTRIBUTES_BYTES} bytes of JSON")
     vector = None
     if len(item.vector):
         vector = validate_vector(item.vector, dimension, f"{where}.vector")

@@ -27,7 +27,7 @@ import grpc
 import numpy as np
 from pymilvus import DataType, MilvusClient, MilvusException
 
-from whisperlite.services.catalog import items as item_limits
+from whisperlite.core import item_fields as item_limits
 from whisperlite.services.catalog.filters import Expression, SearchFilter, after_id_expression, build_expression, id_list_expression
 from whisperlite.services.catalog.items import ItemRecord, SearchHit
 from whisperlite.core.errors import FailedPrecondition, Unavailable

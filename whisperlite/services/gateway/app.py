@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
-from whisperlite.core.dataset import MAX_ID_CHARS
+from whisperlite.core.item_fields import MAX_ID_CHARS
 from whisperlite.core.request_context import REQUEST_ID, REQUEST_ID_RULE
 from whisperlite.core.request_context import REQUEST_ID_KEY as REQUEST_ID_HEADER
 from whisperlite.core.topology import RANKER

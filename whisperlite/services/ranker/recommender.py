@@ -12,7 +12,7 @@ import numpy as np
 
 from whisperlite.core.clients.catalog import Candidate, CandidateSearch, CatalogClient
 from whisperlite.core.clients.query_encoder import QueryEncoderClient
-from whisperlite.core.dataset import MAX_ID_CHARS
+from whisperlite.core.item_fields import MAX_ID_CHARS
 from whisperlite.core.text import has_visible_characters
 from whisperlite.core.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, ServiceError, Unavailable
 from whisperlite.core.personalization import TASTE_NONE, PersonalizationModel, PersonalizedQuery, text_plus_history_query

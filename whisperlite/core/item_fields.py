@@ -1,0 +1,95 @@
+"""What the catalog can store of an item's fields, and how a file's price and attributes cells read: one rule, applied
+by the catalog to every upsert and by `read_items` to a dataset's items.csv, so a dataset a model trains on is one
+the catalog can serve. (A price written "19,99" trained, and then stopped `up`'s ingest and with it the stack.)
+
+Limits are in characters. The Milvus VARCHAR fields are sized in bytes at 4x these (UTF-8 needs at most 4 bytes a
+character), so a value that passes here always fits its field.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+# The longest user or item id: the ranker and the catalog refuse longer ones, so a dataset holding one is refused
+# when read rather than training a model that cannot serve it.
+MAX_ID_CHARS = 256
+
+
+def has_control_characters(value: str) -> bool:
+    return any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value)
+
+
+def item_id_problem(item_id: str) -> str | None:
+    """Why `item_id` cannot be a catalog id, or None when it can: the catalog's rule, which a dataset's item ids
+    meet too, or the model would train on items the stack cannot ingest.
+
+    Apostrophes are refused because milvus-lite 2.5.1 pastes primary keys into SQL between single
+    quotes when it upserts and deletes (an id like `x' or '1'='1` would reach its SQLite store as SQL);
+    control characters because a filter expression cannot express a newline in a string literal.
+    """
+    if not item_id:
+        return "must not be empty"
+    if len(item_id) > MAX_ID_CHARS:
+        return f"must be at most {MAX_ID_CHARS} characters, got {len(item_id)}"
+    if "'" in item_id:
+        return "must not contain an apostrophe (')"
+    if has_control_characters(item_id):
+        return "must not contain control characters (newline, tab, ...)"
+    return None
+
+
+MAX_TITLE_CHARS = 1024
+MAX_TEXT_CHARS = 16_000
+MAX_CATEGORY_CHARS = 256
+MAX_IMAGE_URI_CHARS = 2048
+# Milvus caps a JSON field at 64 KiB.
+MAX_ATTRIBUTES_BYTES = 65_536
+
+
+def parse_price(value: object) -> float | None:
+    """A price cell: blank is no price; ValueError saying why for anything but a finite number >= 0."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        price = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"not a number: {value!r}") from None
+    if not math.isfinite(price) or price < 0:
+        raise ValueError(f"must be a finite number >= 0, got {value!r}")
+    return price
+
+
+def parse_attributes(raw: object) -> dict[str, str]:
+    """An attributes cell: a JSON object of names to values (values that are not text kept as their JSON), or
+    (key, value) pairs as Parquet stores a map; blank is none. ValueError saying why otherwise."""
+    if isinstance(raw, str) and raw.strip():
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"not a JSON object: {error.msg}") from None
+    if isinstance(raw, list):
+        try:
+            raw = dict(raw)
+        except (TypeError, ValueError):
+            raise ValueError("must be a JSON object of names to values, got a list") from None
+    if raw in (None, ""):
+        return {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"must be a JSON object of names to values, got {type(raw).__name__}")
+    return {str(key): value if isinstance(value, str) else json.dumps(value) for key, value in raw.items()}
+
+
+def field_problem(title: str, text: str, category: str, image_uri: str, attributes: dict[str, str]) -> tuple[str, str] | None:
+    """(field, why) of the first of these fields the catalog cannot store, or None."""
+    for name, value, limit in (
+        ("title", title, MAX_TITLE_CHARS), ("text", text, MAX_TEXT_CHARS), ("image_uri", image_uri, MAX_IMAGE_URI_CHARS),
+        ("category", category, MAX_CATEGORY_CHARS),
+    ):  # fmt: skip
+        if len(value) > limit:
+            return name, f"must be at most {limit} characters, got {len(value)}"
+    if has_control_characters(category):
+        return "category", "must not contain control characters (newline, tab, ...)"
+    if len(json.dumps(attributes, ensure_ascii=False).encode()) > MAX_ATTRIBUTES_BYTES:
+        return "attributes", f"must encode to at most {MAX_ATTRIBUTES_BYTES} bytes of JSON"
+    return None

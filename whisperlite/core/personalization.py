@@ -72,6 +72,12 @@ PATH_RECENT = "recent_items"
 PATH_TEXT = "text_only"
 
 
+def _as_tensor(values: np.ndarray) -> torch.Tensor:
+    """float32 values as a tensor, shared where they may be: copied only when not C-contiguous float32 or not
+    writable (a vector read from a protobuf or a read-only buffer, which torch warns about sharing)."""
+    return torch.from_numpy(np.require(values, dtype=np.float32, requirements=["C", "W"]))
+
+
 def l2_normalize(x: torch.Tensor) -> torch.Tensor:
     return F.normalize(x, p=2, dim=-1, eps=1e-12)
 
@@ -413,7 +419,7 @@ class PersonalizationModel:
             return taste_vector(mean, self._residuals(np.array([row])))[0].numpy()
 
     def _attention_tastes(self, queries: np.ndarray, window: np.ndarray, mask: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        q = l2_normalize(torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)))
+        q = l2_normalize(_as_tensor(queries))
         with torch.inference_mode():
             summary = self.network.attend(
                 q, torch.from_numpy(window), torch.from_numpy(window_distances(mask)), torch.from_numpy(mask)
@@ -433,7 +439,7 @@ class PersonalizationModel:
         A row of NaN in `tastes` (or `tastes=None`) means no user signal: the network then sees a
         zero taste, the text-only path, which training covers by dropping the taste of some examples.
         """
-        q = l2_normalize(torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)))
+        q = l2_normalize(_as_tensor(queries))
         if tastes is None:
             t = torch.zeros_like(q)
         else:
@@ -447,8 +453,8 @@ class PersonalizationModel:
         cosine). A query with a sequence state scores the fusion, which needs the items' ids."""
         vector = pq.vector if isinstance(pq, PersonalizedQuery) else pq
         single = np.ndim(vector) == 1
-        queries = torch.from_numpy(np.ascontiguousarray(np.atleast_2d(vector), dtype=np.float32))
-        items = torch.from_numpy(np.ascontiguousarray(item_vectors, dtype=np.float32)).reshape(-1, self.dimension)
+        queries = _as_tensor(np.atleast_2d(vector))
+        items = _as_tensor(item_vectors).reshape(-1, self.dimension)
         state = pq.sequence_state if isinstance(pq, PersonalizedQuery) else None
         if state is not None:
             if item_ids is None:

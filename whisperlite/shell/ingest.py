@@ -8,9 +8,8 @@ from pathlib import Path
 
 import grpc
 import pandas as pd
-from tqdm import tqdm
 
-from whisperlite.core.progress import bar_disabled
+from whisperlite.core.progress import Progress
 from whisperlite.core.channels import create_channel
 from whisperlite.core.client_security import PLAINTEXT, ClientSecurity
 from whisperlite.core.clients.catalog import CatalogClient
@@ -53,7 +52,7 @@ def _batches(items: pd.DataFrame, batch_size: int) -> Iterator[list[common_pb2.I
 
 
 async def _upsert_with_retries(
-    catalog: CatalogClient, reach: Callable[[], Awaitable[None]], batch: list[common_pb2.Item], first: int, retries: int, progress: tqdm
+    catalog: CatalogClient, reach: Callable[[], Awaitable[None]], batch: list[common_pb2.Item], first: int, retries: int, progress: Progress
 ) -> int:
     """Upserts one batch (items first.. of the dataset), again after a transient failure, up to `retries` times.
     A retry first reaches the catalog again (`reach`, CONNECT_SECONDS at most): an upsert waits for a connection for
@@ -96,7 +95,7 @@ async def _upsert_all(items: pd.DataFrame, catalog_addr: str, batch_size: int, t
     try:
         await _reach(channel, catalog_addr)
         catalog = CatalogClient(channel, timeout_seconds, catalog_addr)
-        with tqdm(total=len(items), desc="ingest", unit="item", disable=bar_disabled()) as progress:
+        with Progress(len(items), "ingest", "item") as progress:
             for batch in _batches(items, batch_size):
                 written += await _upsert_with_retries(catalog, lambda: _reach(channel, catalog_addr), batch, written, retries, progress)
                 progress.update(len(batch))

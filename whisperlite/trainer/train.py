@@ -26,6 +26,7 @@ import math
 import os
 import re
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
@@ -586,12 +587,13 @@ def _validate_epoch(network, experiment, config, name, epoch, row, started, prog
     row.update({f"val_{k}": v for k, v in metrics.items()})
     row["temperature"] = float(network.temperature().detach())
     row["seconds"] = round(time.perf_counter() - started, 2)
-    log.info(
-        "%s epoch %d: loss %.4f, validation recall@10 %.4f ndcg@10 %.4f",
-        name, epoch, row["train_loss"], metrics["recall@10"], metrics["ndcg@10"],
-    )
-    if progress:
+    if progress and sys.stderr.isatty():  # over the epoch's bar, which a log line would break
         tqdm.write(f"{name} epoch {epoch}: loss {row['train_loss']:.4f}  val recall@10 {metrics['recall@10']:.4f}  ndcg@10 {metrics['ndcg@10']:.4f}")
+    else:  # once in a log file (it was written twice there)
+        log.info(
+            "%s epoch %d: loss %.4f, validation recall@10 %.4f ndcg@10 %.4f",
+            name, epoch, row["train_loss"], metrics["recall@10"], metrics["ndcg@10"],
+        )
     return metrics
 
 

@@ -12,9 +12,8 @@ from typing import TypeVar
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from whisperlite.core.progress import bar_disabled
+from whisperlite.core.progress import Progress
 
 T = TypeVar("T")
 
@@ -108,7 +107,7 @@ class Encoder(abc.ABC):
         if not inputs:
             return np.zeros((0, self.dimension), dtype=np.float32)
         parts = []
-        with tqdm(total=len(inputs), unit=unit, desc=f"embedding {unit}", disable=bar_disabled(progress)) as bar:
+        with Progress(len(inputs), f"embedding {unit}", unit.rstrip("s"), enabled=progress) as bar:
             for start in range(0, len(inputs), batch_size):
                 chunk = inputs[start : start + batch_size]
                 with torch.inference_mode():

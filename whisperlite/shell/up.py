@@ -185,18 +185,24 @@ def _secure_env(pki: Path) -> dict[str, str]:
     return env
 
 
+def _cli() -> str:
+    """How to run this install's CLI from anywhere: the script beside this Python (a virtualenv's bin), else by name."""
+    script = Path(sys.executable).parent / "whisperlite"
+    return str(script) if script.is_file() else "whisperlite"
+
+
 def _examples(user: str, ports: StackPorts, pki: Path | None) -> str:
     ranker, gateway = ports.address(RANKER), ports.address(GATEWAY)
     ranker_flag = "" if ranker == RANKER.local_address else f" --ranker {ranker}"
     request = f"'{{\"user_id\": \"{user}\", \"query\": \"black leather boots\", \"top_k\": 5}}'"
     if pki is None:
         return (
-            f"  .venv/bin/whisperlite recommend{ranker_flag} --user {user} --query 'black leather boots' -k 5\n"
+            f"  {_cli()} recommend{ranker_flag} --user {user} --query 'black leather boots' -k 5\n"
             f"  grpcurl -plaintext -d {request} {ranker} whisperlite.v1.RankerService/Recommend\n"
             f"  curl -s {gateway}/v1/recommend -H 'content-type: application/json' -d {request}\n\n"
         )
     return (
-        f"  .venv/bin/whisperlite recommend{ranker_flag} --tls-ca-file {pki}/ca.pem --token-file {pki}/shopper.token "
+        f"  {_cli()} recommend{ranker_flag} --tls-ca-file {pki}/ca.pem --token-file {pki}/shopper.token "
         f"--user {user} --query 'black leather boots' -k 5\n"
         f"  grpcurl -cacert {pki}/ca.pem -H \"authorization: Bearer $(cat {pki}/shopper.token)\" -d {request} "
         f"{ranker} whisperlite.v1.RankerService/Recommend\n"

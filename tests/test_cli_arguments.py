@@ -86,3 +86,11 @@ def test_a_reader_that_leaves_early_gets_no_traceback():
     stderr = process.stderr.read().decode()
     assert process.wait(60) == 141, stderr
     assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
+
+
+def test_an_item_without_a_title_is_shown_by_the_start_of_its_text():
+    from whisperlite.shell.cli import _shown_name
+
+    assert _shown_name("Red dress", "long text") == "Red dress"
+    assert _shown_name(" ", "A warm\nwool   scarf") == "A warm wool scarf"
+    assert _shown_name("", "word " * 40) == ("word " * 16).strip()[:79] + "…"

@@ -78,8 +78,16 @@ def _recommend(args: argparse.Namespace) -> None:
     for rank, scored in enumerate(result.items, 1):
         print(
             f"{rank:>3}. {scored.score:7.3f}  (query {scored.query_match:.3f}, taste {scored.personal_affinity:.3f})  "
-            f"[{scored.item.item_id}] {scored.item.title}"
+            f"[{scored.item.item_id}] {_shown_name(scored.item.title, scored.item.text)}"
         )
+
+
+def _shown_name(title: str, text: str, chars: int = 80) -> str:
+    """An item's title, or the start of its text for an item that has none (it showed as nothing)."""
+    if title.strip():
+        return title
+    start = " ".join(text.split())
+    return start if len(start) <= chars else start[: chars - 1] + "…"
 
 
 def _health(args: argparse.Namespace) -> None:

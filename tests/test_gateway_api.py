@@ -235,6 +235,17 @@ def test_range_errors_on_the_page_s_files_come_in_the_error_shape(http):
     assert http.get("/static/study.js", headers={"range": "bytes=0-9"}).status_code == 206
 
 
+def test_an_absolute_form_target_is_read_as_its_path(gateway):
+    """RFC 9112 has a server accept `GET http://host/path`; it was a 404 naming "http://host/path" as the path."""
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=30) as sock:
+        sock.sendall(b"GET http://other.example/health/liveness HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    assert received.startswith(b"HTTP/1.1 200 "), received[:300]
+    assert received.endswith(b'{"status":"SERVING"}'), received[-200:]
+
+
 def test_an_item_without_a_price_has_price_null(http):
     """As docs/gateway.md says; the JSON left the key out, as protobuf does for an unset optional field."""
     assert http.post("/v1/items", json={"items": [{"item_id": "gw-no-price", "title": "a plain grey scarf"}]}).status_code == 200

@@ -111,6 +111,14 @@ def _metadata(request: Request) -> list[tuple[str, str]]:
     return metadata
 
 
+def _origin_form(scope: dict) -> None:
+    """An absolute-form target (`GET http://host/path`, which RFC 9112 has a server accept) read as its path: it was
+    a 404 naming "http://host/path" as the path."""
+    if scope["path"].startswith(("http://", "https://")):
+        scope["path"] = urllib.parse.urlsplit(scope["path"]).path or "/"
+        scope["raw_path"] = (urllib.parse.urlsplit(scope["raw_path"].decode("latin-1")).path or "/").encode("latin-1")
+
+
 async def _in_the_error_shape(response: Response) -> Response:
     """A failure answered in plain text by the page's file serving (Starlette's Range errors: 400 "Malformed range
     header.", an empty 416) in the JSON error shape every other failure has, its headers (Content-Range) kept."""
@@ -333,6 +341,7 @@ def create_app(
     @app.middleware("http")
     async def request_id_and_metrics(request: Request, call_next):
         started = time.perf_counter()
+        _origin_form(request.scope)
         labels = _labels(app, request.scope)
         refusal, held = _refusal(request, body_limits.max_body_bytes), 0
         if refusal is None:

@@ -17,6 +17,7 @@ from whisperlite.services.catalog.store_watch import StoreWatch, StoreWatchSetti
 from whisperlite.core.errors import ServiceError
 from whisperlite.services.common.config import (
     add_downstream_flags,
+    add_probe_flags,
     add_server_flags,
     admission_limits,
     downstream_security,
@@ -25,9 +26,9 @@ from whisperlite.services.common.config import (
     env_float,
     env_int,
     env_str,
+    probe_settings,
 )
 from whisperlite.services.common.logs import configure_logging
-from whisperlite.services.common.probing import ProbeSettings
 from whisperlite.services.common.security import ServerSecurity
 from whisperlite.services.common.tracing import start_tracing
 from whisperlite.services.common.server import HealthReport, serve
@@ -123,18 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--encoder-timeout-seconds", type=float, default=env_float(f"{PREFIX}_ENCODER_TIMEOUT_SECONDS", 120.0),
         help=f"deadline of each call to the query encoder (env {PREFIX}_ENCODER_TIMEOUT_SECONDS)",
     )
-    probes = ProbeSettings()
-    encoder.add_argument(
-        "--dependency-probe-interval-seconds", type=float,
-        default=env_float(f"{PREFIX}_DEPENDENCY_PROBE_INTERVAL_SECONDS", probes.probe_interval_seconds),
-        help=f"how often the query encoder's health is checked while serving; {probes.failures_to_trip} checks in a row without "
-        "an answer make items without vectors fail at once with UNAVAILABLE, and let go of those waiting, until it answers "
-        f"(env {PREFIX}_DEPENDENCY_PROBE_INTERVAL_SECONDS)",
-    )  # fmt: skip
-    encoder.add_argument(
-        "--dependency-probe-timeout-seconds", type=float,
-        default=env_float(f"{PREFIX}_DEPENDENCY_PROBE_TIMEOUT_SECONDS", probes.probe_timeout_seconds),
-        help=f"a query encoder whose health check takes longer has failed it (env {PREFIX}_DEPENDENCY_PROBE_TIMEOUT_SECONDS)",
+    add_probe_flags(
+        encoder, PREFIX, "dependency", "the query encoder's health is",
+        "checks in a row without an answer make items without vectors fail at once with UNAVAILABLE, and let go of those "
+        "waiting, until it answers", "a query encoder",
     )  # fmt: skip
     requests = parser.add_argument_group("request limits")
     requests.add_argument(
@@ -159,7 +152,7 @@ def build_catalog(args: argparse.Namespace) -> Catalog:
         args.uri or default_uri(args.data_dir), args.collection, token=args.token, timeout_seconds=args.milvus_timeout_seconds
     )
     try:
-        probes = ProbeSettings(args.dependency_probe_interval_seconds, args.dependency_probe_timeout_seconds)
+        probes = probe_settings(args, "dependency")
     except ValueError as error:
         raise SystemExit(f"catalog: {error}") from None
     embedder = (

@@ -6,6 +6,7 @@ import os
 from whisperlite.core.client_security import ENV_CA_FILE, ClientSecurity
 from whisperlite.core.topology import DEFAULT_MAX_MESSAGE_BYTES, Service
 from whisperlite.services.common.admission import AdmissionLimits
+from whisperlite.services.common.probing import ProbeSettings
 from whisperlite.services.common.tls import check_certificate_file
 
 
@@ -170,3 +171,24 @@ def admission_limits(args: argparse.Namespace) -> AdmissionLimits:
         return AdmissionLimits(args.max_in_flight, args.max_queued, args.max_queue_wait_ms / 1e3)
     except ValueError as error:
         raise SystemExit(f"admission: {error}") from None
+
+
+def add_probe_flags(parser, prefix: str, kind: str, checked: str, trip: str, whose: str) -> None:
+    """`--{kind}-probe-interval-seconds` and `--{kind}-probe-timeout-seconds` (env {prefix}_{KIND}_PROBE_...): how a
+    service checks the health of what it calls (services/common/probing.py). `checked` ends "are"/"is" (what is
+    checked), `trip` says what the failed checks in a row do, `whose` names one of them for the timeout."""
+    defaults = ProbeSettings()
+    interval_env, timeout_env = (f"{prefix}_{kind.upper()}_PROBE_{part}_SECONDS" for part in ("INTERVAL", "TIMEOUT"))
+    parser.add_argument(
+        f"--{kind}-probe-interval-seconds", type=float, default=env_float(interval_env, defaults.probe_interval_seconds),
+        help=f"how often {checked} checked while serving; {defaults.failures_to_trip} {trip} (env {interval_env})",
+    )
+    parser.add_argument(
+        f"--{kind}-probe-timeout-seconds", type=float, default=env_float(timeout_env, defaults.probe_timeout_seconds),
+        help=f"{whose} whose health check takes longer has failed it (env {timeout_env})",
+    )
+
+
+def probe_settings(args: argparse.Namespace, kind: str) -> ProbeSettings:
+    """The settings `add_probe_flags` read (ValueError naming a bad one)."""
+    return ProbeSettings(getattr(args, f"{kind}_probe_interval_seconds"), getattr(args, f"{kind}_probe_timeout_seconds"))

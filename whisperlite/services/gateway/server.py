@@ -11,10 +11,9 @@ import uvicorn
 
 from whisperlite.core.topology import CATALOG, DEFAULT_MAX_MESSAGE_BYTES, GATEWAY, RANKER
 from whisperlite.services.common.auth import TokenFileError, TokenStore
-from whisperlite.services.common.config import env_bool, env_choice, env_float, env_int, env_str
+from whisperlite.services.common.config import add_probe_flags, env_bool, env_choice, env_float, env_int, env_str, probe_settings
 from whisperlite.services.common.logs import configure_logging
 from whisperlite.services.common.security import is_loopback
-from whisperlite.services.common.probing import ProbeSettings
 from whisperlite.services.common.tls import check_certificate_file
 from whisperlite.services.gateway.app import BodyLimits, create_app
 from whisperlite.services.gateway.browsers import cors_origins
@@ -74,21 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=env_float(f"{PREFIX}_DEADLINE_SECONDS", 10.0),
         help=f"deadline of each upstream gRPC call (env {PREFIX}_DEADLINE_SECONDS)",
     )
-    probes = ProbeSettings()
-    parser.add_argument(
-        "--upstream-probe-interval-seconds",
-        type=float,
-        default=env_float(f"{PREFIX}_UPSTREAM_PROBE_INTERVAL_SECONDS", probes.probe_interval_seconds),
-        help=f"how often the ranker's and the catalog's health are checked while serving; {probes.failures_to_trip} checks of one "
-        "in a row without an answer make its calls fail at once with 503 and Retry-After, and let go of those waiting on it, until "
-        f"it answers again (env {PREFIX}_UPSTREAM_PROBE_INTERVAL_SECONDS)",
-    )
-    parser.add_argument(
-        "--upstream-probe-timeout-seconds",
-        type=float,
-        default=env_float(f"{PREFIX}_UPSTREAM_PROBE_TIMEOUT_SECONDS", probes.probe_timeout_seconds),
-        help=f"an upstream whose health check takes longer has failed it (env {PREFIX}_UPSTREAM_PROBE_TIMEOUT_SECONDS)",
-    )
+    add_probe_flags(
+        parser, PREFIX, "upstream", "the ranker's and the catalog's health are",
+        "checks of one in a row without an answer make its calls fail at once with 503 and Retry-After, and let go of "
+        "those waiting on it, until it answers again", "an upstream",
+    )  # fmt: skip
     parser.add_argument(
         "--max-body-bytes",
         type=int,
@@ -207,7 +196,7 @@ async def run(args: argparse.Namespace) -> None:
         body_limits = BodyLimits(args.max_body_bytes, args.max_buffered_body_bytes, args.body_timeout_seconds)
         origins = cors_origins(args.cors_origins)
         protocol = header_deadline_protocol(args.header_timeout_seconds)
-        probes = ProbeSettings(args.upstream_probe_interval_seconds, args.upstream_probe_timeout_seconds)
+        probes = probe_settings(args, "upstream")
     except ValueError as error:
         raise SystemExit(f"{GATEWAY.name}: {error}") from None
     upstream = Upstream(

@@ -14,14 +14,14 @@ from whisperlite.core.errors import ServiceError
 from whisperlite.core.topology import CATALOG, QUERY_ENCODER, RANKER
 from whisperlite.core.vector_space import require_same_encoder
 from whisperlite.services.common.config import (
-    add_downstream_flags, add_server_flags, admission_limits, downstream_security, env_float, env_int, env_str,
+    add_downstream_flags, add_probe_flags, add_server_flags, admission_limits, downstream_security, env_float, env_int, env_str,
+    probe_settings,
 )
 from whisperlite.services.common.logs import configure_logging
 from whisperlite.services.common.security import ServerSecurity
 from whisperlite.services.common.tracing import start_tracing
 from whisperlite.services.common.server import serve
 from whisperlite.services.ranker.admin_servicer import ModelAdminServicer
-from whisperlite.services.common.probing import ProbeSettings
 from whisperlite.services.ranker.dependency_watch import CATALOG as CATALOG_DEPENDENCY
 from whisperlite.services.ranker.dependency_watch import QUERY_ENCODER as QUERY_ENCODER_DEPENDENCY
 from whisperlite.services.ranker.dependency_watch import Dependency, DependencyWatch
@@ -74,20 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=env_float(f"{PREFIX}_STARTUP_TIMEOUT_SECONDS", 120.0),
         help=f"how long start-up waits for the encoder and catalog to answer (env {PREFIX}_STARTUP_TIMEOUT_SECONDS)",
     )
-    probes = ProbeSettings()
-    parser.add_argument(
-        "--dependency-probe-interval-seconds",
-        type=float,
-        default=env_float(f"{PREFIX}_DEPENDENCY_PROBE_INTERVAL_SECONDS", probes.probe_interval_seconds),
-        help=f"how often the encoder's and the catalog's health are checked while serving; {probes.failures_to_trip} failed "
-        f"checks of one in a row turn the ranker's health NOT_SERVING until both serve (env {PREFIX}_DEPENDENCY_PROBE_INTERVAL_SECONDS)",
-    )
-    parser.add_argument(
-        "--dependency-probe-timeout-seconds",
-        type=float,
-        default=env_float(f"{PREFIX}_DEPENDENCY_PROBE_TIMEOUT_SECONDS", probes.probe_timeout_seconds),
-        help=f"a dependency whose health check takes longer has failed it (env {PREFIX}_DEPENDENCY_PROBE_TIMEOUT_SECONDS)",
-    )
+    add_probe_flags(
+        parser, PREFIX, "dependency", "the encoder's and the catalog's health are",
+        "failed checks of one in a row turn the ranker's health NOT_SERVING until both serve", "a dependency",
+    )  # fmt: skip
     defaults = RankerLimits()
     parser.add_argument(
         "--max-top-k",
@@ -161,7 +151,7 @@ async def run(args: argparse.Namespace) -> None:
                 Dependency(CATALOG_DEPENDENCY, args.catalog_addr, CATALOG, catalog_channel,
                            credential_check=catalog.stats if security.sends_token else None),
             ],
-            ProbeSettings(args.dependency_probe_interval_seconds, args.dependency_probe_timeout_seconds),
+            probe_settings(args, "dependency"),
         )
     except ValueError as error:
         raise SystemExit(f"ranker: {error}") from None

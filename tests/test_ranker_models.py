@@ -1,6 +1,7 @@
 """The ranker's model registry without gRPC: pick-up of new versions, refusal of broken ones, rollback,
 and the user-hash traffic split."""
 
+import asyncio
 import json
 import shutil
 import subprocess
@@ -14,6 +15,8 @@ from tests.fixtures_model import train_tiny_version
 from tests.servers import REPO
 from whisperlite.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from whisperlite.core.personalization import MANIFEST, WEIGHTS, PersonalizationModel
+from whisperlite.services.ranker.admin_servicer import _version_proto
+from whisperlite.shell.model_admin import previous_version
 from whisperlite.services.ranker.models import (
     STATE_AVAILABLE,
     STATE_CANDIDATE,
@@ -23,6 +26,7 @@ from whisperlite.services.ranker.models import (
     ServingContract,
     load_newest,
     user_bucket,
+    watch,
 )
 
 DIM = 16
@@ -131,6 +135,34 @@ def test_a_restart_skips_a_version_whose_manifest_does_not_read_and_serves_the_n
     shutil.rmtree(models / trained[0].name)
     with pytest.raises(FailedPrecondition, match=r"no version under .* has a readable manifest.json: .*half-copied"):
         load_newest(models)
+
+
+def test_a_restart_lists_an_older_version_that_does_not_load_as_refused(trained, tmp_path, contract):
+    """Refusals live in memory: after a restart an older version with broken weights was listed as available, and
+    `model rollback` picked it. The registry now tries each listed version once, and again only when its files change."""
+    models = tmp_path / "models"
+    models.mkdir()
+    older_good = _copy_as(trained[0], models, "tiny-older-good", "2001-01-01T00:00:00+00:00")
+    _garbage_weights(_copy_as(trained[0], models, "tiny-broken", "2002-01-01T00:00:00+00:00"))
+    shutil.copytree(trained[1], models / trained[1].name)
+    registry = _started(models, contract)
+    assert {e.version: e.state for e in registry.list_models()}["tiny-broken"] == STATE_AVAILABLE  # not tried yet
+
+    asyncio.run(watch(registry, 0))  # what a ranker started with --model-poll-seconds 0 runs once, then returns
+    listed = registry.list_models()
+    states = {entry.version: (entry.state, entry.error) for entry in listed}
+    assert states["tiny-broken"][0] == STATE_REFUSED and "tiny-broken cannot be loaded: " in states["tiny-broken"][1]
+    assert states["tiny-older-good"][0] == STATE_AVAILABLE
+    assert states[_version(models / trained[1].name)][0] == STATE_LIVE
+    assert previous_version([_version_proto(entry) for entry in listed]) == "tiny-older-good"
+    assert registry.verify_listed() == []  # unchanged files are not loaded again
+
+    shutil.rmtree(models / "tiny-broken")  # repaired in place: tried again, and available
+    _copy_as(trained[0], models, "tiny-broken", "2002-01-01T00:00:00+00:00")
+    (older_good / WEIGHTS).write_bytes(b"truncated")  # and a checked version broken later is caught too
+    assert registry.verify_listed() == [str(older_good)]
+    states = {entry.version: entry.state for entry in registry.list_models()}
+    assert states["tiny-broken"] == STATE_AVAILABLE and states["tiny-older-good"] == STATE_REFUSED
 
 
 def _nan_weights(directory):

@@ -183,6 +183,8 @@ class ModelRegistry:
         self._newest_seen: tuple[str, str] | None = None
         # directory -> fingerprint of an unreadable manifest already reported: reported again once it changes
         self._unreadable: dict[Path, tuple] = {}
+        # directory -> fingerprint when it last loaded and passed validation: not loaded again until it changes
+        self._verified: dict[Path, tuple] = {}
 
     @property
     def traffic(self) -> Traffic | None:
@@ -224,6 +226,42 @@ class ModelRegistry:
                 log.info("picked up a new model version", extra={"model_version": model.version, "previous_version": previous})
                 return model.version
             return None
+
+    def verify_listed(self) -> list[str]:
+        """Loads and validates, one at a time, each version on disk that has not been tried since its files last
+        changed; returns the directories refused.
+
+        Without it a version whose weights do not load was listed as available after a restart (refusals live in
+        memory) until a `model load` or rollback met it. A version is dropped from memory once checked.
+        """
+        refused = []
+        for directory in self._directories():
+            fingerprint = _fingerprint(directory)
+            with self._lock:
+                if self._traffic is None:
+                    return refused
+                tried = self._refused.get(directory, ((),))[0] == fingerprint or self._verified.get(directory) == fingerprint
+                serving = {self._traffic.live_version, self._traffic.candidate_version} - {""}
+            if tried:
+                continue
+            try:
+                if str(read_manifest(directory).get("version", directory.name)) in serving:
+                    continue
+            except (OSError, ValueError):  # listed as refused by its manifest already
+                continue
+            try:
+                validate(load_version(directory), self._contract)
+            except FailedPrecondition as error:
+                with self._lock:
+                    self._refused[directory] = (fingerprint, str(error))
+                MODEL_LOADS.labels("refused").inc()
+                log.error("model version refused", extra={"model_dir": str(directory), "reason": str(error)})
+                refused.append(str(directory))
+                continue
+            with self._lock:
+                self._refused.pop(directory, None)
+                self._verified[directory] = fingerprint
+        return refused
 
     # ---- admin -------------------------------------------------------------------------------
     def get_traffic(self) -> Traffic:
@@ -337,6 +375,7 @@ class ModelRegistry:
             log.error("model version refused", extra={"model_dir": str(directory), "reason": str(error), "still_serving": kept})
             raise FailedPrecondition(f"{error}; still serving {kept}") from None
         self._refused.pop(directory, None)
+        self._verified[directory] = fingerprint
         MODEL_LOADS.labels("loaded").inc()
         return model
 
@@ -378,10 +417,17 @@ def _int(value) -> int:
 
 
 async def watch(registry: ModelRegistry, interval_seconds: float) -> None:
-    """Polls the model directory every `interval_seconds` until cancelled; loading runs in a worker thread."""
+    """Checks that every version listed loads, then polls the model directory every `interval_seconds` (0: never)
+    until cancelled, checking again after each poll; loading runs in a worker thread."""
     while True:
+        try:
+            await asyncio.to_thread(registry.verify_listed)
+        except Exception:  # a watcher that died silently would stop all future reloads
+            log.exception("model version check failed", extra={"model_dir": str(registry.model_dir)})
+        if not interval_seconds:
+            return
         await asyncio.sleep(interval_seconds)
         try:
             await asyncio.to_thread(registry.poll)
-        except Exception:  # a watcher that died silently would stop all future reloads
+        except Exception:
             log.exception("model directory poll failed", extra={"model_dir": str(registry.model_dir)})

@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=env_float(f"{PREFIX}_MODEL_POLL_SECONDS", 10.0),
         help="how often --model-dir is checked for a newer version, which is then loaded, validated and swapped in; "
-        f"0 turns the watcher off (versions change only through ModelAdminService) (env {PREFIX}_MODEL_POLL_SECONDS)",
+        "0 turns the watcher off (versions change only through ModelAdminService; those on disk are still checked once "
+        f"at start-up, so ListModels shows which cannot load) (env {PREFIX}_MODEL_POLL_SECONDS)",
     )
     parser.add_argument(
         "--deadline-seconds",
@@ -182,8 +183,7 @@ async def run(args: argparse.Namespace) -> None:
         )
         probe = (await encoder.embed_texts([PROBE_QUERY])).vectors[0]
         await asyncio.to_thread(registry.start, model, ServingContract(encoder_model.name, stats.dimension, probe))
-        if args.model_poll_seconds:
-            watcher = asyncio.create_task(watch(registry, args.model_poll_seconds))
+        watcher = asyncio.create_task(watch(registry, args.model_poll_seconds))
         log.info("ranker ready", extra={"model_version": model.version if model else "", "encoder": encoder_model.name})
 
     async def shutdown() -> None:

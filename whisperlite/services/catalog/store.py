@@ -337,6 +337,8 @@ class MilvusStore:
 
     def scan(self, page_rows: int = WRITE_CHUNK_ROWS) -> Iterator[list[ItemRecord]]:
         """Every record with its vector, in pages of id order (what the in-process index is built from)."""
+        if self.count() == 0:  # a vector query on a never-filled collection fails, and pymilvus logs it as an ERROR
+            return
         after = ""
         while True:
             records = self.page(after, page_rows, include_vectors=True)

@@ -159,6 +159,12 @@ def test_what_loading_sets_aside_or_guesses_is_said_with_counts(tmp_path, caplog
         load_dataset(data)
     assert "1 timestamps look like milliseconds and 1 like seconds" in caplog.text
     assert "1 requests are placeholders such as 'N/A'" in caplog.text
+    # A row written twice (or the same item again at the same time) leaves nothing to order: the split keeps one.
+    (data / "interactions.csv").write_text("user_id,item_id,timestamp\nu1,0012,1700000000\nu1,0012,1700000000\nu1,0013,1700000100\n")
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        load_dataset(data)
+    assert "share their timestamp" not in caplog.text
 
 
 def test_dataset_json_fields_written_loosely_still_load(tmp_path, caplog):

@@ -431,9 +431,11 @@ def _warn_about_times(path: Path, interactions: pd.DataFrame) -> None:
     if large.any() and (times[~large] > 0).any():
         log.warning("%s: %d timestamps look like milliseconds and %d like seconds: a user's rows are ordered by these "
                     "numbers, so write them all in one unit (seconds)", path, int(large.sum()), int((times[~large] > 0).sum()))
-    tied = interactions.duplicated(["user_id", "timestamp"], keep=False)
+    # The split keeps a user's first row of each item, so only distinct items at one time leave an order to guess.
+    distinct = interactions.drop_duplicates(["user_id", "item_id"])
+    tied = distinct.duplicated(["user_id", "timestamp"], keep=False)
     if tied.any():
-        users = interactions["user_id"][tied].nunique()
+        users = distinct["user_id"][tied].nunique()
         log.warning("%s: %d interactions share their timestamp with another of the same user (%d users): file order decides "
                     "which of them comes later, and so which one the temporal split holds out (space tied rows apart in the "
                     "order they happened, as `whisperlite data prepare` does)", path, int(tied.sum()), users)

@@ -82,3 +82,40 @@ async def test_a_call_during_an_outage_is_refused_and_one_waiting_when_it_begins
     assert started == [True, "cancelled"]
     outages.end(QUERY_ENCODER)
     assert await outages.during(QUERY_ENCODER, lambda: asyncio.sleep(0, result="back")) == "back"
+
+
+async def test_the_outage_refusal_wins_over_a_client_error_and_a_cancelled_caller_cancels_its_call():
+    """A client may turn its own cancellation into an error (a gRPC wrapper's CANCELLED -> Unavailable of its own):
+    the caller still learns of the outage. A caller cancelled for its own reasons is not told of any outage."""
+    outages = Outages("gateway")
+
+    async def maps_its_cancellation():
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise RuntimeError("the client's own word for a cancelled call") from None
+
+    waiting = asyncio.ensure_future(outages.during(CATALOG, maps_its_cancellation))
+    await asyncio.sleep(0.01)
+    outages.begin(CATALOG, "catalog at db:50052: health check failed: UNAVAILABLE")
+    with pytest.raises(Unavailable, match="^catalog at db:50052"):
+        await waiting
+    outages.end(CATALOG)
+
+    cancelled = []
+
+    async def hangs():
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+
+    caller = asyncio.ensure_future(outages.during(CATALOG, hangs))
+    await asyncio.sleep(0.01)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert cancelled == [True]
+    outages.begin(CATALOG, "catalog at db:50052: health check failed: UNAVAILABLE")  # nothing is waiting any more
+    assert outages._waiting[CATALOG] == {} and outages._let_go == {}

@@ -40,25 +40,26 @@ class Outages:
         self._down: dict[str, Outage] = {}
         self._last_answer: dict[str, float] = {}
         self._listeners: dict[str, list[Callable[[], None]]] = {}
-        self._waiting: dict[str, dict[asyncio.Future, str]] = {}  # calls in `during`: their outage futures
+        self._waiting: dict[str, dict[asyncio.Future, str]] = {}  # calls in `during`, by dependency: what else is served
+        self._let_go: dict[asyncio.Future, Unavailable] = {}  # calls an outage cancelled: what their callers get
 
     async def during(self, name: str, start: Callable[[], Awaitable[T]], still_served: str = "") -> T:
         """`await start()`, refused with Unavailable while `name` is down, and let go with it (the call cancelled) when
         an outage of `name` begins before the answer comes."""
         self.check(name, still_served)
         call = asyncio.ensure_future(start())
-        outage = asyncio.get_running_loop().create_future()  # its result: the refusal, set when an outage begins
         waiting = self._waiting.setdefault(name, {})
-        waiting[outage] = still_served
+        waiting[call] = still_served
         try:
-            await asyncio.wait({call, outage}, return_when=asyncio.FIRST_COMPLETED)
+            return await call  # a cancelled caller cancels the call with it
+        except BaseException:  # the client under `start` may turn its cancellation into an error of its own
+            refusal = self._let_go.pop(call, None)
+            if refusal is None:
+                raise
+            raise refusal from None
         finally:
-            del waiting[outage]
-            if not call.done():
-                call.cancel()  # the outage let it go, or the caller was cancelled: the downstream call goes too
-        if not call.done():  # the outage let it go (a cancelled caller does not get here)
-            raise outage.result()
-        return call.result()
+            waiting.pop(call, None)
+            self._let_go.pop(call, None)
 
     def on_outage(self, name: str, listener: Callable[[], None]) -> None:
         """`listener()` runs each time an outage of `name` begins."""
@@ -68,9 +69,10 @@ class Outages:
         """The watch found `name` down (`reason` names its address and the failed check)."""
         if name not in self._down:
             self._down[name] = Outage(self._clock(), reason)
-            for outage, still_served in self._waiting.get(name, {}).items():
-                if not outage.done():
-                    outage.set_result(self.refusal(name, still_served))
+            for call, still_served in self._waiting.get(name, {}).items():
+                if not call.done():
+                    self._let_go[call] = self.refusal(name, still_served)
+                    call.cancel()
             for listener in self._listeners.get(name, ()):
                 listener()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 
 from whisperlite.core.errors import InvalidArgument, ResourceExhausted
@@ -10,6 +11,13 @@ from whisperlite.services.catalog.catalog import Catalog, SearchQuery
 from whisperlite.services.catalog.filters import filter_from_proto
 from whisperlite.services.catalog.items import ItemRecord, SearchHit, least_proto_bytes, record_to_proto
 from whisperlite.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2
+
+
+# A SearchBatch asking for more detailed hits (items in full) than this is served one at a time, its response built
+# in a worker thread. Three calls of 100 searches x top_k 1,000, within every limit, took seconds of Python each on
+# the event loop: the health checks went unanswered, and the ranker and the gateway saw the catalog as down. The
+# ranker's own batches ask for 64 x its top_k (10) in full, and stay on the fast path.
+LARGE_RESPONSE_HITS = 2_000
 
 
 class ResponseBudget:
@@ -36,6 +44,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
     def __init__(self, catalog: Catalog, max_response_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
         self._catalog = catalog
         self._max_response_bytes = max_response_bytes
+        self._large_responses = asyncio.Semaphore(1)
 
     async def UpsertItems(self, request, context):
         result = await self._catalog.upsert(request.items)
@@ -63,11 +72,17 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
                 queries.append(_search_query(search))
             except InvalidArgument as error:
                 raise InvalidArgument(f"searches[{index}].{error}") from None
-        results = await self._catalog.search_batch(queries)
         budget = ResponseBudget(self._max_response_bytes)  # one for the whole batch: it is one message
-        return catalog_pb2.SearchBatchResponse(
-            responses=[_search_response(search, hits, budget) for search, hits in zip(request.searches, results, strict=True)]
-        )
+
+        def respond(results: list[list[SearchHit]]) -> catalog_pb2.SearchBatchResponse:
+            return catalog_pb2.SearchBatchResponse(
+                responses=[_search_response(search, hits, budget) for search, hits in zip(request.searches, results, strict=True)]
+            )
+
+        if sum(query.top_k if not query.detailed_hits else min(query.top_k, query.detailed_hits) for query in queries) <= LARGE_RESPONSE_HITS:
+            return respond(await self._catalog.search_batch(queries))
+        async with self._large_responses:
+            return await asyncio.to_thread(respond, await self._catalog.search_batch(queries))
 
     async def GetStats(self, request, context):
         stats = await self._catalog.stats()

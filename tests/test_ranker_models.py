@@ -3,6 +3,7 @@ and the user-hash traffic split."""
 
 import asyncio
 import json
+from pathlib import Path
 import shutil
 import subprocess
 import sys
@@ -24,7 +25,6 @@ from whisperlite.services.ranker.models import (
     STATE_REFUSED,
     ModelRegistry,
     ServingContract,
-    load_newest,
     user_bucket,
     watch,
 )
@@ -62,7 +62,7 @@ def _copy_as(source, models, version: str, created: str):
 
 def _started(models, contract) -> ModelRegistry:
     registry = ModelRegistry(models)
-    registry.start(load_newest(models), contract)
+    registry.start(contract)
     return registry
 
 
@@ -119,22 +119,33 @@ def test_a_refused_version_does_not_hide_a_good_one_written_after_it(trained, tm
     assert len(str(missing.value)) < 400  # a huge name is not echoed whole (gRPC metadata holds 16 KB)
 
 
-def test_a_restart_skips_a_version_whose_manifest_does_not_read_and_serves_the_newest_that_does(trained, tmp_path, caplog):
-    """A half-written or stray version directory the running ranker refused used to stop every restart (and so `up`'s
-    whole stack): how new it is cannot be read, so it cannot be the newest. A readable newest that fails still stops it."""
+def test_a_restart_skips_versions_that_do_not_serve_and_serves_the_newest_that_does(trained, tmp_path, contract, caplog):
+    """A half-written or stray version directory, or a newest version whose weights are broken, used to stop every
+    restart (and so `up`'s whole stack), though older good versions were on disk. Start-up now skips each, listed as
+    refused with its reason; only when no version serves does it stop, naming each."""
     models = tmp_path / "models"
     models.mkdir()
-    shutil.copytree(trained[0], models / trained[0].name)
+    good = shutil.copytree(trained[0], models / trained[0].name)
     _manifest_not_an_object(_copy_as(trained[1], models, "tiny-unreadable", "2999-06-01T00:00:00+00:00"))
     (models / "half-copied").mkdir()
     (models / "half-copied" / MANIFEST).write_text('{"version": "half')
-    model = load_newest(models)
-    assert model.version == _version(models / trained[0].name)
-    skipped = [record.reason for record in caplog.records if record.getMessage() == "model version skipped: its manifest cannot be read"]
-    assert len(skipped) == 2 and any("half-copied" in reason and "JSONDecodeError" in reason for reason in skipped), skipped
-    shutil.rmtree(models / trained[0].name)
-    with pytest.raises(FailedPrecondition, match=r"no version under .* has a readable manifest.json: .*half-copied"):
-        load_newest(models)
+    _garbage_weights(_copy_as(trained[1], models, "tiny-broken", "2999-05-01T00:00:00+00:00"))
+    _nan_weights(_copy_as(trained[1], models, "tiny-nan", "2999-04-01T00:00:00+00:00"))
+    registry = ModelRegistry(models)
+    assert registry.start(contract).version == _version(good)
+    states = {entry.directory.name: (entry.state, entry.error) for entry in registry.list_models()}
+    assert states[good.name] == (STATE_LIVE, "")
+    assert states["tiny-broken"][0] == STATE_REFUSED and "cannot be loaded: " in states["tiny-broken"][1]
+    assert states["tiny-nan"][0] == STATE_REFUSED and "gave NaN or inf scores" in states["tiny-nan"][1]
+    assert states["half-copied"][0] == states["tiny-unreadable"][0] == STATE_REFUSED
+    refused = [record.model_dir for record in caplog.records if record.getMessage() == "model version refused at start-up"]
+    assert sorted(Path(d).name for d in refused) == ["tiny-broken", "tiny-nan"]
+    assert registry.poll() is None  # the refused newer versions are not promoted by the watcher either
+
+    shutil.rmtree(good)
+    with pytest.raises(FailedPrecondition, match=r"no version under it serves: .*half-copied.*JSONDecodeError") as nothing:
+        ModelRegistry(models).start(contract)
+    assert "tiny-broken" in str(nothing.value) and "tiny-nan" in str(nothing.value)
 
 
 def test_a_restart_lists_an_older_version_that_does_not_load_as_refused(trained, tmp_path, contract):
@@ -246,7 +257,8 @@ def _live_and_candidate(trained, tmp_path, contract):
     models.mkdir()
     live, candidate = (shutil.copytree(v, models / v.name) for v in trained)
     registry = ModelRegistry(models)
-    registry.start(PersonalizationModel.load(live), contract)
+    registry.start(contract)
+    registry.load(_version(live))
     return registry, live, candidate
 
 

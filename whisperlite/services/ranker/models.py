@@ -23,7 +23,6 @@ from whisperlite.core.personalization import (
     PersonalizationModel,
     newest_first_key,
     read_manifest,
-    resolve_version_dir,
     version_dirs,
 )
 from whisperlite.core.vector_space import require_same_encoder
@@ -115,21 +114,6 @@ def load_version(directory: Path) -> PersonalizationModel:
         raise unloadable(directory, error) from None
 
 
-def load_newest(model_dir: str | Path) -> PersonalizationModel | None:
-    """The model version in (or newest under) model_dir; None, served text-only, when there is none yet.
-
-    A version that exists but cannot be read stops start-up: serving text-only would hide it.
-    """
-    try:
-        directory = resolve_version_dir(model_dir)
-    except FileNotFoundError as error:
-        log.warning("no trained model: serving text-only results", extra={"model_dir": str(model_dir), "reason": str(error)})
-        return None
-    except ValueError as error:  # a version's manifest is not JSON
-        raise unloadable(model_dir, error) from None
-    return load_version(directory)
-
-
 def unloadable(path, error: Exception) -> FailedPrecondition:
     return FailedPrecondition(f"model {path} cannot be loaded: {type(error).__name__}: {error}")
 
@@ -192,15 +176,35 @@ class ModelRegistry:
         return self._traffic
 
     # ---- start-up and the watcher ------------------------------------------------------------
-    def start(self, model: PersonalizationModel | None, contract: ServingContract) -> None:
-        """Serves `model` (already loaded; validated here: a bad one stops start-up) and remembers the newest on disk."""
-        if model is not None:
-            validate(model, contract)
+    def start(self, contract: ServingContract) -> PersonalizationModel | None:
+        """Serves the newest version on disk that loads and passes validation, and returns it; None (text-only
+        results) when there is no version at all.
+
+        A newer version that fails is skipped, listed as refused and logged at ERROR: one broken copy used to stop
+        every restart, and `up` then stopped the whole stack. When versions exist and none serves, start-up stops
+        (FailedPrecondition naming each and why): a fresh ranker silently text-only would hide it.
+        """
         with self._lock:
             self._contract = contract
-            self._swap(Traffic(live=model))
-            versions = self._readable()
-            self._newest_seen = max((key for key, _ in versions), default=None)
+            directories = self._directories()
+            if not directories:
+                log.warning("no trained model: serving text-only results", extra={"model_dir": str(self.model_dir)})
+                self._swap(Traffic())
+                return None
+            readable, refusals = self._readable()
+            readable.sort(reverse=True)
+            self._newest_seen = readable[0][0] if readable else None
+            for _, directory in readable:
+                try:
+                    model = self._load_validated(directory)
+                except FailedPrecondition as error:
+                    refusals.append(str(error))
+                    continue
+                self._swap(Traffic(live=model))
+                return model
+            if directories == [self.model_dir]:  # --model-dir names one version
+                raise FailedPrecondition(refusals[0])
+            raise FailedPrecondition(f"model {self.model_dir} cannot be loaded: no version under it serves: " + "; ".join(refusals))
 
     def poll(self) -> str | None:
         """Picks up a version newer than any seen before (by manifest `created`); returns it once live.
@@ -211,7 +215,7 @@ class ModelRegistry:
         with self._lock:
             if self._traffic is None:
                 return None
-            newer = [(key, directory) for key, directory in self._readable() if self._newest_seen is None or key > self._newest_seen]
+            newer = [(key, directory) for key, directory in self._readable()[0] if self._newest_seen is None or key > self._newest_seen]
             # Newest first; a refused one (until its files change) does not hide a good one written after the last seen.
             for key, directory in sorted(newer, reverse=True):
                 refused = self._refused.get(directory)
@@ -371,6 +375,9 @@ class ModelRegistry:
         except FailedPrecondition as error:
             self._refused[directory] = (fingerprint, str(error))
             MODEL_LOADS.labels("refused").inc()
+            if self._traffic is None:  # start-up: an older version is tried next
+                log.error("model version refused at start-up", extra={"model_dir": str(directory), "reason": str(error)})
+                raise
             kept = self._traffic.live_version or "text-only results"
             log.error("model version refused", extra={"model_dir": str(directory), "reason": str(error), "still_serving": kept})
             raise FailedPrecondition(f"{error}; still serving {kept}") from None
@@ -392,21 +399,23 @@ class ModelRegistry:
             return [self.model_dir]
         return version_dirs(self.model_dir) if self.model_dir.is_dir() else []
 
-    def _readable(self) -> list[tuple[tuple[str, str], Path]]:
-        """(newest_first_key, directory) of each version whose manifest reads; an unreadable one is logged
-        and counted refused once (again when its files change), and listed as refused."""
-        readable = []
+    def _readable(self) -> tuple[list[tuple[tuple[str, str], Path]], list[str]]:
+        """(newest_first_key, directory) of each version whose manifest reads, and why each other one does not; an
+        unreadable one is logged and counted refused once (again when its files change), and listed as refused."""
+        readable, unreadable = [], []
         for directory in self._directories():
             try:
                 readable.append((newest_first_key(read_manifest(directory), directory), directory))
                 self._unreadable.pop(directory, None)
             except (OSError, ValueError) as error:
+                reason = f"{directory}: {MANIFEST}: {type(error).__name__}: {error}"
+                unreadable.append(reason)
                 fingerprint = _fingerprint(directory)
                 if self._unreadable.get(directory) != fingerprint:
                     self._unreadable[directory] = fingerprint
                     MODEL_LOADS.labels("refused").inc()
-                    log.error("model version refused", extra={"model_dir": str(directory), "reason": f"{MANIFEST}: {type(error).__name__}: {error}"})
-        return readable
+                    log.error("model version refused", extra={"model_dir": str(directory), "reason": reason})
+        return readable, unreadable
 
 
 def _int(value) -> int:

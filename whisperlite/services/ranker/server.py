@@ -25,7 +25,7 @@ from whisperlite.services.ranker.admin_servicer import ModelAdminServicer
 from whisperlite.services.ranker.dependency_watch import CATALOG as CATALOG_DEPENDENCY
 from whisperlite.services.ranker.dependency_watch import QUERY_ENCODER as QUERY_ENCODER_DEPENDENCY
 from whisperlite.services.ranker.dependency_watch import Dependency, DependencyWatch
-from whisperlite.services.ranker.models import ModelRegistry, ServingContract, load_newest, watch
+from whisperlite.services.ranker.models import ModelRegistry, ServingContract, watch
 from whisperlite.services.ranker.recommender import RankerLimits, Recommender
 from whisperlite.services.ranker.servicer import RankerServicer
 from whisperlite.v1 import model_admin_pb2, model_admin_pb2_grpc, ranker_pb2_grpc
@@ -169,7 +169,6 @@ async def run(args: argparse.Namespace) -> None:
 
     async def startup() -> None:
         nonlocal watcher
-        model = await asyncio.to_thread(load_newest, args.model_dir)
 
         def waiting(reason: str) -> None:
             log.info("waiting for downstream services", extra={"reason": reason})
@@ -182,7 +181,7 @@ async def run(args: argparse.Namespace) -> None:
             dimensions=(stats.dimension, encoder_model.dimension),
         )
         probe = (await encoder.embed_texts([PROBE_QUERY])).vectors[0]
-        await asyncio.to_thread(registry.start, model, ServingContract(encoder_model.name, stats.dimension, probe))
+        model = await asyncio.to_thread(registry.start, ServingContract(encoder_model.name, stats.dimension, probe))
         watcher = asyncio.create_task(watch(registry, args.model_poll_seconds))
         log.info("ranker ready", extra={"model_version": model.version if model else "", "encoder": encoder_model.name})
 

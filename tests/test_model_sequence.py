@@ -1,12 +1,15 @@
 """A model's SASRec sequence part: chosen on validation, fused with exact catalog-wide z-scores, saved and
 served through the same personalize/score path (synthetic sequences where the next item is predictable)."""
 
+import re
+
 import numpy as np
 import pytest
+import torch
 
 from tests.test_trainer_sequential import sequence_experiment
 from whisperlite.core.personalization import PATH_RECENT, PATH_TEXT, PATH_USER, PersonalizationModel
-from whisperlite.core.sequence import CANDIDATE_COUNTS, CANDIDATE_RECALL
+from whisperlite.core.sequence import CANDIDATE_COUNTS, CANDIDATE_RECALL, SEQUENCE_WEIGHTS
 from whisperlite.trainer.methods import WhisperLite, rank_cases, standardized
 from whisperlite.trainer.metrics import summarize
 from whisperlite.trainer.sequential import SASRecConfig, candidate_recall, fit_sequence_part
@@ -121,6 +124,18 @@ def test_a_saved_model_loads_its_sequence_part_and_scores_the_same(experiment, f
             loaded.score(loaded.personalize(query, user), experiment.item_vectors, ids),
             model.score(model.personalize(query, user), experiment.item_vectors, ids), atol=1e-5,
         )
+
+
+def test_a_saved_sequence_part_with_a_nan_weight_does_not_load(fused, tmp_path):
+    """A NaN in SASRec's weights changed only requests with recent items: the ranker's smoke scoring passed it and
+    it went live. Every weight is checked at load."""
+    fused[0].save(tmp_path)
+    state = torch.load(tmp_path / SEQUENCE_WEIGHTS, weights_only=True)
+    name = next(key for key, tensor in state.items() if tensor.is_floating_point() and tensor.dim() == 2 and "embedding" not in key)
+    state[name][0, 0] = float("nan")
+    torch.save(state, tmp_path / SEQUENCE_WEIGHTS)
+    with pytest.raises(ValueError, match=rf"^{SEQUENCE_WEIGHTS}: {re.escape(name)} contains NaN or inf$"):
+        PersonalizationModel.load(tmp_path)
 
 
 def test_recent_item_ids_extend_the_sequence_and_make_a_stranger_s_sequence(experiment, fused):

@@ -119,6 +119,21 @@ def test_a_refused_version_does_not_hide_a_good_one_written_after_it(trained, tm
     assert len(str(missing.value)) < 400  # a huge name is not echoed whole (gRPC metadata holds 16 KB)
 
 
+def test_a_second_directory_under_a_version_name_already_on_disk_is_refused(trained, tmp_path, contract):
+    """It was promoted: two rows of the same live version in `model list`, two sets of weights behind one name."""
+    models = tmp_path / "models"
+    models.mkdir()
+    live = shutil.copytree(trained[0], models / trained[0].name)
+    registry = _started(models, contract)
+    duplicate = _copy_as(trained[1], models, "tiny-dup", "2999-01-01T00:00:00+00:00")
+    manifest = json.loads((duplicate / MANIFEST).read_text())
+    (duplicate / MANIFEST).write_text(json.dumps({**manifest, "version": _version(live)}))
+    assert registry.poll() is None
+    assert registry.traffic.live_version == _version(live)
+    (refused,) = [entry for entry in registry.list_models() if entry.directory == duplicate]
+    assert refused.state == STATE_REFUSED and f"is also the version of {live}" in refused.error, refused.error
+
+
 def test_a_restart_skips_versions_that_do_not_serve_and_serves_the_newest_that_does(trained, tmp_path, contract, caplog):
     """A half-written or stray version directory, or a newest version whose weights are broken, used to stop every
     restart (and so `up`'s whole stack), though older good versions were on disk. Start-up now skips each, listed as
@@ -136,7 +151,7 @@ def test_a_restart_skips_versions_that_do_not_serve_and_serves_the_newest_that_d
     states = {entry.directory.name: (entry.state, entry.error) for entry in registry.list_models()}
     assert states[good.name] == (STATE_LIVE, "")
     assert states["tiny-broken"][0] == STATE_REFUSED and "cannot be loaded: " in states["tiny-broken"][1]
-    assert states["tiny-nan"][0] == STATE_REFUSED and "gave NaN or inf scores" in states["tiny-nan"][1]
+    assert states["tiny-nan"][0] == STATE_REFUSED and "fuse.0.weight contains NaN or inf" in states["tiny-nan"][1]
     assert states["half-copied"][0] == states["tiny-unreadable"][0] == STATE_REFUSED
     refused = [record.model_dir for record in caplog.records if record.getMessage() == "model version refused at start-up"]
     assert sorted(Path(d).name for d in refused) == ["tiny-broken", "tiny-nan"]
@@ -179,6 +194,13 @@ def test_a_restart_lists_an_older_version_that_does_not_load_as_refused(trained,
 def _nan_weights(directory):
     state = torch.load(directory / WEIGHTS, weights_only=True)
     state["fuse.0.weight"].fill_(float("nan"))
+    torch.save(state, directory / WEIGHTS)
+    return "network.pt: fuse.0.weight contains NaN or inf"
+
+
+def _scores_overflow(directory):
+    state = torch.load(directory / WEIGHTS, weights_only=True)
+    state["log_logit_scale"].fill_(1000.0)  # finite, but exp() of it is inf: only scoring shows it
     torch.save(state, directory / WEIGHTS)
     return "smoke scoring of known user 'u0' gave NaN or inf scores"
 
@@ -228,7 +250,7 @@ def _user_ids_not_a_list_of_ids(directory):
 
 @pytest.mark.parametrize(
     "corrupt",
-    [_nan_weights, _garbage_weights, _other_encoder, _taste_row_nan, _histories_past_the_end, _user_ids_too_large, _user_ids_not_a_list_of_ids],
+    [_nan_weights, _scores_overflow, _garbage_weights, _other_encoder, _taste_row_nan, _histories_past_the_end, _user_ids_too_large, _user_ids_not_a_list_of_ids],
 )
 def test_a_broken_version_is_refused_and_the_old_one_keeps_serving(corrupt, trained, tmp_path, contract):
     models = tmp_path / "models"

@@ -47,7 +47,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from whisperlite.core.item_fields import MAX_ID_CHARS
-from whisperlite.core.sequence import SequenceModel, check_csr, check_finite, csr
+from whisperlite.core.sequence import SequenceModel, check_csr, check_finite, csr, load_finite_weights
 
 log = logging.getLogger("whisperlite.model")
 
@@ -516,7 +516,7 @@ class PersonalizationModel:
             histories = UserHistories(*(np.load(directory / name) for name in (HISTORY_OFFSETS, HISTORY_ITEMS, HISTORY_VECTORS)))
         # The residual table is folded into user_tastes at export; the network keeps an empty one.
         network = PersonalizationNetwork(dimension=int(manifest["dimension"]), n_users=0, **arch)
-        state = torch.load(directory / WEIGHTS, map_location="cpu", weights_only=True)
+        state = load_finite_weights(directory / WEIGHTS)
         state["user_residuals.weight"] = network.user_residuals.weight.detach()
         network.load_state_dict(state, strict=True)
         sequence = SequenceModel.load(directory, manifest["sequence"]) if "sequence" in manifest else None

@@ -150,6 +150,16 @@ def check_finite(name: str, array: np.ndarray) -> None:
         raise ValueError(f"{name}: contains NaN or inf (row {int(np.argwhere(~np.isfinite(array))[0][0])})")
 
 
+def load_finite_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict whose every tensor is finite. A smoke scoring reads only some weights on some paths (a NaN in
+    the sequence part's weights changed only requests with recent items, and went live): every weight is checked."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ValueError(f"{path.name}: {name} contains NaN or inf")
+    return state
+
+
 def moments(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and (population) covariance of the rows, in float64: z-scores of dot products with them are exact."""
     x = np.asarray(vectors, dtype=np.float64)
@@ -279,7 +289,7 @@ class SequenceModel:
         architecture = SequenceArchitecture(**manifest["architecture"])
         item_ids = json.loads((directory / SEQUENCE_ITEM_IDS).read_text())
         network = SASRecNetwork(len(item_ids), architecture)
-        network.load_state_dict(torch.load(directory / SEQUENCE_WEIGHTS, map_location="cpu", weights_only=True), strict=True)
+        network.load_state_dict(load_finite_weights(directory / SEQUENCE_WEIGHTS), strict=True)
         with np.load(directory / CATALOG_MOMENTS) as catalog:
             mean, covariance = catalog["mean"], catalog["covariance"]
         offsets, rows, states = (np.load(directory / name) for name in (SEQUENCE_OFFSETS, SEQUENCE_ROWS, SEQUENCE_STATES))

@@ -283,12 +283,12 @@ class ModelRegistry:
                 continue
             version = str(manifest.get("version", directory.name))
             refused = self._refused.get(directory)
-            if version == traffic.live_version:
+            if refused is not None:  # first: a second directory under the live version's name is refused, not live
+                state, error = STATE_REFUSED, refused[1]
+            elif version == traffic.live_version:
                 state, error = STATE_LIVE, ""
             elif version == traffic.candidate_version:
                 state, error = STATE_CANDIDATE, ""
-            elif refused is not None:
-                state, error = STATE_REFUSED, refused[1]
             else:
                 state, error = STATE_AVAILABLE, ""
             entries.append(ModelEntry(
@@ -371,6 +371,7 @@ class ModelRegistry:
         fingerprint = _fingerprint(directory)
         try:
             model = load_version(directory)
+            self._require_unique_name(model.version, directory)
             validate(model, self._contract)
         except FailedPrecondition as error:
             self._refused[directory] = (fingerprint, str(error))
@@ -385,6 +386,22 @@ class ModelRegistry:
         self._verified[directory] = fingerprint
         MODEL_LOADS.labels("loaded").inc()
         return model
+
+    def _require_unique_name(self, version: str, directory: Path) -> None:
+        """Responses, metrics and admin calls name a version by its manifest's `version`: two directories under one
+        name would put two sets of weights behind it, and `model load` could reach only one."""
+        for other in self._directories():
+            if other == directory:
+                continue
+            try:
+                same = str(read_manifest(other).get("version", other.name)) == version
+            except (OSError, ValueError):
+                continue
+            if same:
+                raise FailedPrecondition(
+                    f"model {directory} cannot be loaded: its version {version!r} is also the version of {other}: "
+                    "give one of them another `version` in its manifest.json"
+                )
 
     def _find(self, version: str, field: str = "version") -> Path:
         """The directory of `version`; NotFound names the request's `field` that asked for it."""

@@ -666,6 +666,10 @@ def test_study_comparison_is_personalized_against_non_personal(http, gateway_ite
     assert comparison["blind"] is False
     by_side = {shown["side"]: shown for shown in comparison["lists"]}
     assert [shown["position"] for shown in comparison["lists"]] == ["left", "right"]
+    # Not blind: each list says what it is, and each item why it ranks where it does.
+    for shown in comparison["lists"]:
+        assert set(shown) == {"position", "side", "path", "model_version", "items"}
+        assert all(set(item) == {"rank", "item_id", "title", "relevant", "score", "query_match", "personal_affinity"} for item in shown["items"])
     assert by_side["personalized"]["path"] == "PERSONALIZATION_PATH_RECENT_ITEMS"
     assert by_side["non_personal"]["path"] == "PERSONALIZATION_PATH_TEXT_ONLY"
     assert all(item["personal_affinity"] == 0 for item in by_side["non_personal"]["items"])
@@ -701,6 +705,9 @@ def test_study_bad_request_gets_the_ranker_message(http, ranker):
 
 
 def test_blind_mode_hides_the_sides_and_shuffles_them(tmp_path, gateway_ranker, gateway_catalog, gateway_items):
+    """A blind comparison carries nothing whose value differs by side. It carried each item's score: the text-only
+    path scores on another scale than the personalized one, so the non-personal list had every score above every
+    personalized score (21 comparisons of 21), and a judge could tell the lists apart at a glance."""
     import sqlite3
 
     from tests.servers import start_gateway
@@ -711,11 +718,17 @@ def test_blind_mode_hides_the_sides_and_shuffles_them(tmp_path, gateway_ranker, 
         base = f"http://127.0.0.1:{gateway.port}"
         body = {"query": "shoes for summer", "top_k": 3, "recent_item_ids": WATCH_IDS[:1]}
         comparisons = [httpx.post(f"{base}/v1/study/comparisons", json=body, timeout=60).json() for _ in range(16)]
+        # The reload's view (GET) is the same as the answer to the POST.
+        assert httpx.get(f"{base}/v1/study/comparisons/{comparisons[0]['comparison_id']}", timeout=30).json() == comparisons[0]
         for comparison in comparisons:
             assert comparison["blind"] is True
+            assert set(comparison) == {"comparison_id", "user_id", "query", "blind", "lists", "judged"}  # one value for both sides
+            assert [shown["position"] for shown in comparison["lists"]] == ["left", "right"]
             for shown in comparison["lists"]:
+                # Only what a judge judges (which items, in which order) and the judge's own marks.
                 assert set(shown) == {"position", "items"}
-                assert all(set(item) == {"rank", "item_id", "title", "score", "relevant"} for item in shown["items"])
+                assert [item["rank"] for item in shown["items"]] == [1, 2, 3]
+                assert all(set(item) == {"rank", "item_id", "title", "relevant"} and item["relevant"] is None for item in shown["items"])
         with sqlite3.connect(state / "judgements.sqlite") as db:
             left_sides = {row[0] for row in db.execute("SELECT side FROM shown_lists WHERE position = 'left'")}
         assert left_sides == {"personalized", "non_personal"}  # 16 coin flips all alike: 1 in 32768

@@ -66,6 +66,7 @@ def test_type_a_request_judge_three_items_reload_and_find_them(page, gateway_url
     expect(page.locator("#list-left .meta")).to_contain_text("path RECENT_ITEMS")
     expect(page.locator("#list-right .meta")).to_contain_text("path TEXT_ONLY")
     expect(_item(page, "left", 1).locator(".explain")).to_contain_text("personal affinity")
+    expect(_item(page, "right", 1).locator(".explain")).to_contain_text(re.compile(r"^score -?\d+\.\d{3} · query match "))
     titles = {item["title"] for item in gateway_items}
     assert _item(page, "left", 1).locator(".title").inner_text() in titles
 
@@ -128,6 +129,8 @@ def test_an_answer_that_is_not_json_shows_what_came_back(page, gateway_url):
 
 
 def test_blind_mode_shows_unlabelled_lists(browser, tmp_path, gateway_ranker, gateway_catalog, gateway_items):
+    """Nothing on a blind page tells the lists apart but the items themselves: the score it showed did (the
+    non-personal list's scores were all above the personalized ones)."""
     from tests.servers import start_gateway
 
     gateway = start_gateway(tmp_path / "logs", gateway_ranker.address, gateway_catalog.address, tmp_path / "state", "--blind")
@@ -138,13 +141,130 @@ def test_blind_mode_shows_unlabelled_lists(browser, tmp_path, gateway_ranker, ga
         page.goto(f"http://127.0.0.1:{gateway.port}/")
         page.get_by_label("Request").fill("something to wear")
         page.get_by_label("Recent item ids").fill(WATCH_IDS[0])
-        page.get_by_role("button", name="Recommend").click()
+        with page.expect_response("**/v1/study/comparisons") as answer:
+            page.get_by_role("button", name="Recommend").click()
         expect(page.locator("#list-left h2")).to_have_text("List A")
         expect(page.locator("#list-right h2")).to_have_text("List B")
         expect(page.locator("#list-left li")).to_have_count(10)
+        expect(page.locator("#list-right li")).to_have_count(10)
+        for shown in answer.value.json()["lists"]:  # what the page got holds no field that differs by side
+            assert set(shown) == {"position", "items"}
+            assert all(set(item) == {"rank", "item_id", "title", "relevant"} for item in shown["items"])
+        expect(page.locator("#lists .explain")).to_have_count(0)
+        for position in ("left", "right"):
+            expect(page.locator(f"#list-{position} .meta")).to_have_text("")
+            for rank in range(1, 11):  # an item shows its title and the two buttons, nothing else
+                item = _item(page, position, rank)
+                text = item.inner_text().replace(item.locator(".title").inner_text(), "", 1)
+                assert text.split() == ["Relevant", "Not", "relevant"], (position, rank, text)
         lists = page.locator("#lists").inner_text()
-        for label in ("Personalized", "Non-personal", "path", "affinity", "query match"):
+        for label in ("Personalized", "Non-personal", "path", "model", "score", "affinity", "query match"):
             assert label not in lists
+    finally:
+        context.close()
+        gateway.stop()
+
+
+SHOPPER_TOKEN = "shopper-token-for-the-study-0123"
+ADMIN_TOKEN = "admin-token-without-recommend-0123"
+
+
+def test_on_a_secured_gateway_the_page_asks_for_a_token_and_sends_it(browser, tmp_path, gateway_ranker, gateway_catalog, gateway_items):
+    """With --auth-tokens-file every /v1/study route needs a token with the 'recommend' scope, and the page sent
+    none and could take none: on a secured stack it showed only UNAUTHENTICATED. It now asks for a token when the
+    gateway refuses it, keeps it in the tab's sessionStorage and sends it as a bearer token with every call."""
+    from tests.servers import start_gateway
+
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text(f"{SHOPPER_TOKEN} recommend\n{ADMIN_TOKEN} admin\n")
+    gateway = start_gateway(tmp_path / "logs", gateway_ranker.address, gateway_catalog.address, tmp_path / "state", "--auth-tokens-file", str(tokens))
+    base = f"http://127.0.0.1:{gateway.port}"
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        policy_errors, study_calls = [], []
+        page.on("console", lambda message: message.type == "error" and "Content Security Policy" in message.text and policy_errors.append(message.text))
+        page.on("request", lambda request: "/v1/study/" in request.url and study_calls.append((request.url, request.headers.get("authorization"))))
+        alert, token_form = page.get_by_role("alert"), page.locator("#token-form")
+
+        page.goto(f"{base}/")  # its first call (the users to offer) is refused: the page says why and asks
+        expect(alert).to_have_text(
+            "This gateway needs an access token (UNAUTHENTICATED: missing 'authorization' metadata: send 'authorization: Bearer <token>'). "
+            "Paste a token with the 'recommend' scope."
+        )
+        expect(token_form).to_be_visible()
+        expect(page.get_by_label("Access token")).to_be_focused()
+
+        page.get_by_label("Access token").fill(ADMIN_TOKEN)
+        page.get_by_role("button", name="Use token").click()
+        expect(alert).to_have_text(
+            "This token may not use the study (PERMISSION_DENIED: GET /v1/study/users needs the 'recommend' scope; this token has admin). "
+            "Paste a token with the 'recommend' scope."
+        )
+        expect(token_form).to_be_visible()
+        page.get_by_label("Access token").fill("not-a-token-this-gateway-knows")
+        page.get_by_role("button", name="Use token").click()
+        expect(alert).to_have_text(
+            "The gateway does not accept this token (UNAUTHENTICATED: unknown or revoked bearer token). Paste a valid token with the 'recommend' scope."
+        )
+        assert page.evaluate("sessionStorage.length") == 0, "a refused token is not kept"
+
+        page.get_by_label("Access token").fill(f"Bearer {SHOPPER_TOKEN}")  # as copied from a curl line, prefix and all
+        page.get_by_role("button", name="Use token").click()
+        expect(token_form).to_be_hidden()
+        expect(alert).to_be_hidden()
+        expect(page.locator("#token-state")).to_be_visible()
+        page.get_by_label("Request").fill("something to wear")
+        page.get_by_label("Recent item ids").fill(WATCH_IDS[0])
+        page.get_by_label("Items").fill("4")
+        page.get_by_role("button", name="Recommend").click()
+        expect(page.locator("#list-left li")).to_have_count(4)
+        expect(page.locator("#list-left .meta")).to_contain_text("path RECENT_ITEMS")
+        page.get_by_role("button", name="Relevant: left list, rank 1", exact=True).click()
+        expect(_item(page, "left", 1)).to_have_attribute("data-judged", "true")
+        comparison = re.search(r"\?comparison=(\d+)$", page.url)[1]
+        stored = httpx.get(f"{base}/v1/study/comparisons/{comparison}", headers={"authorization": f"Bearer {SHOPPER_TOKEN}"}, timeout=30).json()
+        assert stored["judged"] == 1 and stored["lists"][0]["items"][0]["relevant"] is True
+
+        # The token goes in the Authorization header of every call and nowhere else: not the address, not localStorage.
+        tried = [authorization for _, authorization in study_calls]
+        assert tried[:3] == [None, f"Bearer {ADMIN_TOKEN}", "Bearer not-a-token-this-gateway-knows"], tried
+        accepted = study_calls[3:]  # the users (made again), the comparison, the judgement
+        assert [url.removeprefix(f"{base}/v1/study/") for url, _ in accepted] == ["users", "comparisons", f"comparisons/{comparison}/judgements"]
+        assert all(authorization == f"Bearer {SHOPPER_TOKEN}" for _, authorization in accepted), accepted
+        assert all(SHOPPER_TOKEN not in url for url, _ in study_calls)
+        assert SHOPPER_TOKEN not in page.url
+        assert page.evaluate("localStorage.length") == 0
+        assert page.evaluate("sessionStorage.getItem('whisperlite.study.token')") == SHOPPER_TOKEN
+
+        page.reload()  # the same tab keeps its token
+        expect(_item(page, "left", 1)).to_have_attribute("data-judged", "true")
+        expect(token_form).to_be_hidden()
+
+        # Another tab has its own sessionStorage: it asks again, then shows the comparison it was opened on.
+        other = context.new_page()
+        other.set_default_timeout(TIMEOUT_MS)
+        other.goto(f"{base}/?comparison={comparison}")
+        expect(other.get_by_role("alert")).to_contain_text("This gateway needs an access token")
+        expect(other.locator("#lists li")).to_have_count(0)
+        other.get_by_label("Access token").fill(SHOPPER_TOKEN)
+        other.get_by_role("button", name="Use token").click()
+        expect(_item(other, "left", 1)).to_have_attribute("data-judged", "true")
+        expect(other.get_by_role("alert")).to_be_hidden()
+
+        # Forgetting the token: the next call is refused and the page asks again.
+        page.get_by_role("button", name="Forget token").click()
+        expect(token_form).to_be_visible()
+        assert page.evaluate("sessionStorage.length") == 0
+        page.get_by_role("button", name="Not relevant: left list, rank 1", exact=True).click()
+        expect(alert).to_contain_text("This gateway needs an access token")
+        expect(_item(page, "left", 1)).to_have_attribute("data-judged", "true")  # the refused mark was not stored
+        # The mark refused for want of a token is made once one is given.
+        page.get_by_label("Access token").fill(SHOPPER_TOKEN)
+        page.get_by_role("button", name="Use token").click()
+        expect(_item(page, "left", 1)).to_have_attribute("data-judged", "false")
+        assert policy_errors == []
     finally:
         context.close()
         gateway.stop()

@@ -207,7 +207,8 @@ def _examples(user: str, ports: StackPorts, pki: Path | None) -> str:
         f"  grpcurl -cacert {pki}/ca.pem -H \"authorization: Bearer $(cat {pki}/shopper.token)\" -d {request} "
         f"{ranker} whisperlite.v1.RankerService/Recommend\n"
         f"  curl -s {gateway}/v1/recommend -H \"authorization: Bearer $(cat {pki}/shopper.token)\" "
-        f"-H 'content-type: application/json' -d {request}\n\n"
+        f"-H 'content-type: application/json' -d {request}\n"
+        f"  the judgement page http://{gateway}/ asks for a token: paste the one in {pki}/shopper.token\n\n"
     )
 
 

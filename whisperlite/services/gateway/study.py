@@ -1,8 +1,8 @@
 """The study's use case: one request answered personalized and non-personal, placed left and right.
 
 The non-personal ranking is the same Recommend with no user and no recent items (the ranker's
-text-only path). In blind mode the sides are placed in random order and the page gets no side,
-path or personal-affinity labels, so a judge cannot tell which list is which.
+text-only path). In blind mode the sides are placed in random order and the page gets only what a judge
+needs (each item's rank, id and title, and the judge's own marks), so nothing tells which list is which.
 """
 
 import asyncio
@@ -71,7 +71,9 @@ async def compare(upstream: Upstream, store: JudgementStore, comparison: Compari
 
 
 def comparison_view(store: JudgementStore, comparison_id: int) -> dict:
-    """A stored comparison as the page shows it: blind ones carry no side, path or affinity."""
+    """A stored comparison as the page shows it. A blind one carries no field whose value differs by side: no side,
+    path or model version, and no score, query match or affinity (the text-only path's scores are on another scale
+    than the personalized ones, so its list had every score above every personalized score)."""
     row, lists, judgements = store.comparison(comparison_id)
     blind = bool(row["blind"])
     marks = {(j.position, j.rank): j.relevant for j in judgements}
@@ -79,9 +81,9 @@ def comparison_view(store: JudgementStore, comparison_id: int) -> dict:
     for shown in sorted(lists, key=lambda s: POSITIONS.index(s.position)):
         items = []
         for rank, item in enumerate(shown.items, 1):
-            view = {"rank": rank, "item_id": item.item_id, "title": item.title, "score": item.score, "relevant": marks.get((shown.position, rank))}
+            view = {"rank": rank, "item_id": item.item_id, "title": item.title, "relevant": marks.get((shown.position, rank))}
             if not blind:
-                view |= {"query_match": item.query_match, "personal_affinity": item.personal_affinity}
+                view |= {"score": item.score, "query_match": item.query_match, "personal_affinity": item.personal_affinity}
             items.append(view)
         view = {"position": shown.position, "items": items}
         if not blind:

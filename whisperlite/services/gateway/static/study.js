@@ -3,19 +3,42 @@
 
 const $ = (id) => document.getElementById(id);
 
+// A gateway started with --auth-tokens-file answers the study's routes only to a token with the 'recommend' scope.
+// The page asks for one when a call is refused and keeps it in this tab's sessionStorage: never in the address
+// (it would be in the history and in shared links) nor in localStorage (it would outlive the tab).
+const TOKEN_KEY = "whisperlite.study.token";
+const TOKEN_SHAPE = /^[\x21-\x7e]+$/; // what an HTTP header (and gRPC metadata, where the gateway passes it) carries
+let refused = []; // calls refused for want of a usable token, made again once one is given
+
+function storedToken() {
+  return sessionStorage.getItem(TOKEN_KEY) || "";
+}
+
 function showError(message) {
   $("error").textContent = message;
   $("error").hidden = !message;
 }
 
+function showTokenState() {
+  $("token-state").hidden = !storedToken();
+}
+
+function askForToken() {
+  $("token-form").hidden = false;
+  showTokenState();
+  $("token").focus();
+}
+
+// A 401 or 403 of the gateway: the page asks for a token and makes the call again with it.
+class TokenRefused extends Error {}
+
 async function call(method, url, body) {
+  const headers = body ? { "content-type": "application/json" } : {};
+  const token = storedToken();
+  if (token) headers.authorization = `Bearer ${token}`;
   let response;
   try {
-    response = await fetch(url, {
-      method,
-      headers: body ? { "content-type": "application/json" } : {},
-      body: body ? JSON.stringify(body) : undefined,
-    });
+    response = await fetch(url, { method, headers, body: body ? JSON.stringify(body) : undefined });
   } catch (error) {
     throw new Error(`the gateway could not be reached (${error.message}); check that it runs, then try again`);
   }
@@ -24,12 +47,58 @@ async function call(method, url, body) {
   const data = json ? await response.json() : null;
   if (!response.ok) {
     const error = (data && data.error) || { code: `HTTP ${response.status}`, message: response.statusText || "no message" };
-    throw new Error(`${error.code}: ${error.message}`);
+    const said = `${error.code}: ${error.message}`;
+    if (response.status === 401 || response.status === 403) {
+      sessionStorage.removeItem(TOKEN_KEY); // refused: it would only be refused again
+      if (response.status === 403) {
+        throw new TokenRefused(`This token may not use the study (${said}). Paste a token with the 'recommend' scope.`);
+      }
+      throw new TokenRefused(token
+        ? `The gateway does not accept this token (${said}). Paste a valid token with the 'recommend' scope.`
+        : `This gateway needs an access token (${said}). Paste a token with the 'recommend' scope.`);
+    }
+    throw new Error(said);
   }
   if (!json) {
     throw new Error(`HTTP ${response.status}: expected JSON, got ${response.headers.get("content-type") || "no content type"}`);
   }
   return data;
+}
+
+// Runs one of the page's calls and shows why it failed; one refused for want of a token is kept to be made again.
+async function attempt(action, onFailure = () => {}) {
+  try {
+    await action();
+  } catch (error) {
+    onFailure();
+    showError(error.message);
+    if (error instanceof TokenRefused) {
+      refused.push([action, onFailure]);
+      askForToken();
+    }
+  }
+}
+
+async function useToken(event) {
+  event.preventDefault();
+  const token = $("token").value.trim().replace(/^bearer\s+/i, "");
+  if (!TOKEN_SHAPE.test(token)) {
+    showError("A token is one word of visible ASCII characters, as it is in its file: paste it again.");
+    return;
+  }
+  sessionStorage.setItem(TOKEN_KEY, token);
+  $("token").value = "";
+  $("token-form").hidden = true;
+  showTokenState();
+  showError("");
+  const again = refused;
+  refused = [];
+  for (const [action, onFailure] of again) await attempt(action, onFailure); // in order: the last mark of an item wins
+}
+
+function forgetToken() {
+  sessionStorage.removeItem(TOKEN_KEY);
+  askForToken();
 }
 
 function clearComparison() {
@@ -49,12 +118,13 @@ function renderItem(comparison, list, item) {
   const title = document.createElement("div");
   title.className = "title";
   title.textContent = item.title || item.item_id;
-  const explain = document.createElement("div");
-  explain.className = "explain";
-  explain.textContent = comparison.blind
-    ? `score ${fmt(item.score)}`
-    : `score ${fmt(item.score)} · query match ${fmt(item.query_match)} · personal affinity ${fmt(item.personal_affinity)}`;
-  li.append(title, explain);
+  li.append(title);
+  if (!comparison.blind) {  // blind: no score either, since the two paths score on different scales
+    const explain = document.createElement("div");
+    explain.className = "explain";
+    explain.textContent = `score ${fmt(item.score)} · query match ${fmt(item.query_match)} · personal affinity ${fmt(item.personal_affinity)}`;
+    li.append(explain);
+  }
   for (const [label, relevant] of [["Relevant", true], ["Not relevant", false]]) {
     const button = document.createElement("button");
     button.type = "button";
@@ -77,19 +147,14 @@ function markItem(li, relevant) {
   }
 }
 
-async function judge(comparison, list, item, relevant, li) {
-  try {
-    const stored = await call("PUT", `/v1/study/comparisons/${comparison.comparison_id}/judgements`, {
-      position: list.position,
-      rank: item.rank,
-      relevant,
-    });
+function judge(comparison, list, item, relevant, li) {
+  const mark = { position: list.position, rank: item.rank, relevant };
+  return attempt(async () => {
+    const stored = await call("PUT", `/v1/study/comparisons/${comparison.comparison_id}/judgements`, mark);
     item.relevant = stored.relevant;
     markItem(li, stored.relevant);
     showError("");
-  } catch (error) {
-    showError(error.message);
-  }
+  });
 }
 
 function render(comparison) {
@@ -115,7 +180,7 @@ function render(comparison) {
   $("status").textContent = `Comparison ${comparison.comparison_id}: "${comparison.query}" for ${comparison.user_id || "no user"}`;
 }
 
-async function ask(event) {
+function ask(event) {
   event.preventDefault();
   showError("");
   const body = {
@@ -124,36 +189,34 @@ async function ask(event) {
     top_k: Number($("top_k").value),
     recent_item_ids: $("recent").value.split(",").map((id) => id.trim()).filter(Boolean),
   };
-  try {
+  return attempt(async () => {
     const comparison = await call("POST", "/v1/study/comparisons", body);
     // The comparison id in the address lets a reload show the same lists with their judgements.
     history.replaceState(null, "", `?comparison=${comparison.comparison_id}`);
     render(comparison);
-  } catch (error) {
-    clearComparison();
-    showError(error.message);
-  }
+  }, clearComparison);
+}
+
+async function loadUsers() {
+  const { users } = await call("GET", "/v1/study/users");
+  $("users").replaceChildren(...users.map((user) => Object.assign(document.createElement("option"), { value: user })));
+}
+
+async function loadComparison(id) {
+  const comparison = await call("GET", `/v1/study/comparisons/${encodeURIComponent(id)}`);
+  $("user").value = comparison.user_id;
+  $("query").value = comparison.query;
+  render(comparison);
 }
 
 async function start() {
   $("ask").addEventListener("submit", ask);
-  try {
-    const { users } = await call("GET", "/v1/study/users");
-    $("users").replaceChildren(...users.map((user) => Object.assign(document.createElement("option"), { value: user })));
-  } catch (error) {
-    showError(error.message);
-  }
+  $("token-form").addEventListener("submit", useToken);
+  $("forget-token").addEventListener("click", forgetToken);
+  showTokenState();
+  await attempt(loadUsers);
   const id = new URLSearchParams(location.search).get("comparison");
-  if (id) {
-    try {
-      const comparison = await call("GET", `/v1/study/comparisons/${encodeURIComponent(id)}`);
-      $("user").value = comparison.user_id;
-      $("query").value = comparison.query;
-      render(comparison);
-    } catch (error) {
-      showError(error.message);
-    }
-  }
+  if (id) await attempt(() => loadComparison(id));
 }
 
 start();

@@ -5,14 +5,14 @@
 #
 #   WHISPERLITE_DATASET   dataset name under /datasets (raw files in /datasets/NAME/raw)  [amazon_clothing_2014_msl]
 #   WHISPERLITE_TRAIN     if-missing | always | never                                      [if-missing]
-#   WHISPERLITE_INGEST    if-empty | always | never                                        [if-empty]
+#   WHISPERLITE_INGEST    missing | if-empty | always | never                              [missing]
 #   CATALOG_ADDR          catalog address                                                  [catalog:50052]
 #   DATASETS_DIR, DATA_DIR, MODELS_DIR                                                     [/datasets, /data, /models]
 set -eu
 
 dataset=${WHISPERLITE_DATASET:-amazon_clothing_2014_msl}
 train=${WHISPERLITE_TRAIN:-if-missing}
-ingest=${WHISPERLITE_INGEST:-if-empty}
+ingest=${WHISPERLITE_INGEST:-missing}
 catalog=${CATALOG_ADDR:-catalog:50052}
 raw=${DATASETS_DIR:-/datasets}/$dataset/raw
 data=${DATA_DIR:-/data}/$dataset
@@ -40,11 +40,13 @@ esac
 
 case $ingest in
   always) whisperlite ingest --data "$data" --catalog "$catalog" ;;
+  # The items the catalog lacks: all of them into an empty catalog, the rest of a job stopped midway.
+  missing) whisperlite ingest --data "$data" --catalog "$catalog" --missing-only ;;
   if-empty)
     count=$(python -c 'import sys; from whisperlite.core.client_security import ClientSecurity; from whisperlite.shell.up import catalog_item_count; print(catalog_item_count(sys.argv[1], ClientSecurity.from_env()))' "$catalog")
     if [ "$count" -eq 0 ]; then whisperlite ingest --data "$data" --catalog "$catalog"
     else log "catalog at $catalog already holds $count items: not ingesting (WHISPERLITE_INGEST=always re-upserts)"; fi ;;
   never) log "ingestion disabled" ;;
-  *) echo "bootstrap: WHISPERLITE_INGEST must be if-empty, always or never, got '$ingest'" >&2; exit 2 ;;
+  *) echo "bootstrap: WHISPERLITE_INGEST must be missing, if-empty, always or never, got '$ingest'" >&2; exit 2 ;;
 esac
 log "done"

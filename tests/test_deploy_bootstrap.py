@@ -11,11 +11,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import grpc
 import pytest
 
 from tests.servers import start_catalog, start_service
 from whisperlite.core.clients.ranker import RankerClient
 from whisperlite.shell.up import catalog_item_count
+from whisperlite.v1 import catalog_pb2, catalog_pb2_grpc
 
 SCRIPT = Path(__file__).resolve().parent.parent / "deploy" / "bootstrap.sh"
 DATASET = "amazon_fashion_5core_2018"
@@ -91,9 +93,26 @@ def test_second_run_finds_everything_done(first_run, fresh_catalog, datasets_dir
     assert result.returncode == 0, result.stdout + result.stderr
     assert "prepared data present" in result.stdout
     assert "model present" in result.stdout
-    assert f"already holds {items_before} items: not ingesting" in result.stdout
+    assert "upserted 0 items" in result.stdout  # nothing lacking: nothing embedded again
     assert sorted(p.name for p in models.iterdir()) == models_before
     assert catalog_item_count(fresh_catalog.address) == items_before
+
+
+def test_a_run_after_a_job_stopped_midway_upserts_the_items_the_catalog_lacks(first_run, fresh_catalog, datasets_dir):
+    """The job only ingested an empty catalog: one stopped mid-ingest (and restarted by its Job or by compose) left
+    the catalog partial for good. Some items deleted stand for the ones the stopped job never wrote."""
+    _, data, models = first_run
+    items_before = catalog_item_count(fresh_catalog.address)
+    ids = [line.split(",")[0] for line in (data / DATASET / "items.csv").read_text().splitlines()[1:4]]
+    with grpc.insecure_channel(fresh_catalog.address) as channel:
+        stub = catalog_pb2_grpc.CatalogServiceStub(channel)
+        assert stub.DeleteItems(catalog_pb2.DeleteItemsRequest(item_ids=ids), timeout=30).deleted_count == 3
+    result = bootstrap(datasets_dir, data, models, fresh_catalog.address)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "upserted 3 items" in result.stdout, result.stdout
+    assert catalog_item_count(fresh_catalog.address) == items_before
+    result = bootstrap(datasets_dir, data, models, fresh_catalog.address, WHISPERLITE_INGEST="if-empty")
+    assert f"already holds {items_before} items: not ingesting" in result.stdout
 
 
 @pytest.mark.parametrize(("variable", "value"), [("WHISPERLITE_TRAIN", "sometimes"), ("WHISPERLITE_INGEST", "maybe")])

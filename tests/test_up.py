@@ -133,11 +133,7 @@ def test_a_catalog_that_dies_during_the_first_ingest_is_started_again_and_the_in
     if not all(port_free(port) for port, _ in stack.all_ports()):
         pytest.skip(f"`whisperlite up --port-offset {offset}` needs its ports, and one is taken")
     items = 6000
-    data = tmp_path / "data"
-    data.mkdir()
-    colours, garments = ["red", "blue", "green", "black"], ["scarf", "coat", "boot", "dress", "hat"]
-    rows = [f"item-{i},a {colours[i % 4]} {garments[i % 5]} number {i},,{garments[i % 5]},\n" for i in range(items)]
-    (data / "items.csv").write_text("item_id,title,text,category,image_path\n" + "".join(rows))
+    data = _dataset(tmp_path / "data", items)
     log_path = tmp_path / "up.log"
     log = log_path.open("w")
     up = subprocess.Popen(
@@ -160,3 +156,45 @@ def test_a_catalog_that_dies_during_the_first_ingest_is_started_again_and_the_in
         code = up.wait(60)
         log.close()
     assert code == 0, log_path.read_text()[-3000:]
+
+
+def _dataset(data, items: int):
+    data.mkdir()
+    colours, garments = ["red", "blue", "green", "black"], ["scarf", "coat", "boot", "dress", "hat"]
+    rows = [f"item-{i},a {colours[i % 4]} {garments[i % 5]} number {i},,{garments[i % 5]},\n" for i in range(items)]
+    (data / "items.csv").write_text("item_id,title,text,category,image_path\n" + "".join(rows))
+    return data
+
+
+def test_a_stack_stopped_during_its_first_ingest_finishes_it_at_the_next_start(tmp_path):
+    """Only an empty catalog was ingested: a stack stopped midway came back up with part of the dataset, silently."""
+    offset = 1200
+    stack = StackPorts(offset)
+    if not all(port_free(port) for port, _ in stack.all_ports()):
+        pytest.skip(f"`whisperlite up --port-offset {offset}` needs its ports, and one is taken")
+    items = 6000
+    data = _dataset(tmp_path / "data", items)
+    command = [sys.executable, "-m", "whisperlite", "up", "--data", str(data), "--state-dir", str(tmp_path / "state"),
+               "--model-dir", str(tmp_path / "no-model"), "--port-offset", str(offset)]
+
+    def run_until(line: str, stop_after: float):
+        log_path = tmp_path / f"up-{len(list(tmp_path.glob('up-*.log')))}.log"
+        with log_path.open("w") as log:
+            up = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+            try:
+                wait_for(lambda: line in log_path.read_text(), 600, repr(line))
+                time.sleep(stop_after)
+            finally:
+                up.send_signal(signal.SIGTERM)
+                up.wait(60)
+        return log_path.read_text()
+
+    first = run_until("catalog is empty: ingesting", 6.0)  # stopped some batches in
+    assert "WhisperLite is up" not in first, "the ingest ended before the stack could be stopped"
+    second = run_until("WhisperLite is up", 0.0)
+    assert "no finished ingest of this" in second and "ingesting the items it lacks" in second, second[-3000:]
+    added = int(second.split("ingest finished: ")[1].split(" items added")[0].replace(",", ""))
+    assert 0 < added < items, second[-3000:]
+    assert f"items in catalog: {items}\n" in second, second[-3000:]
+    third = run_until("WhisperLite is up", 0.0)
+    assert "ingest" not in third.split("WhisperLite is up")[0], third[-3000:]  # finished: nothing to do

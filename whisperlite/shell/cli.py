@@ -40,7 +40,10 @@ def _ingest(args: argparse.Namespace) -> None:
     from whisperlite.shell.ingest import ingest
 
     try:
-        written = ingest(args.data, args.catalog, batch_size=args.batch_size, retries=args.retries, security=client_security(args))
+        written = ingest(
+            args.data, args.catalog, batch_size=args.batch_size, retries=args.retries, security=client_security(args),
+            missing_only=args.missing_only,
+        )
     except ServiceError as error:
         raise SystemExit(f"{error.code.name}: {error}") from None
     print(f"upserted {written} items into the catalog at {args.catalog}")
@@ -140,7 +143,10 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     serve.set_defaults(func=_serve)
 
     up = commands.add_parser("up", help="run the services and the gateway locally, ingest the demo catalog when empty")
-    up.add_argument("--data", type=Path, help="canonical dataset to ingest when the catalog is empty")
+    up.add_argument(
+        "--data", type=Path,
+        help="canonical dataset to ingest when the catalog is empty, or to finish ingesting when an ingest stopped midway",
+    )
     up.add_argument("--state-dir", type=Path, default=Path("var"), help="milvus-lite store, judgements and service logs (default ./var)")
     up.add_argument("--model-dir", type=Path, default=Path("models"), help="trained models (default ./models)")
     up.add_argument(
@@ -160,6 +166,11 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     ingest.add_argument("--batch-size", type=at_least(1), default=256, help="items per upsert call")
     ingest.add_argument(
         "--retries", type=at_least(0), default=8, help="times a batch that failed with UNAVAILABLE (a catalog restarting) is sent again, with backoff"
+    )
+    ingest.add_argument(
+        "--missing-only", action="store_true",
+        help="upsert only the items whose id the catalog lacks (finishes an ingest that was stopped midway without "
+        "embedding again what it holds)",
     )
     add_client_security_flags(ingest)
     ingest.set_defaults(func=_ingest)

@@ -30,6 +30,8 @@ FIRST_RETRY_WAIT_SECONDS = 0.5
 MAX_RETRY_WAIT_SECONDS = 30.0
 # How long ingest waits to reach the catalog at all (a catalog just started binds its port within seconds).
 CONNECT_SECONDS = 15.0
+# Ids per GetItems when looking for the items a catalog lacks (the catalog's default --max-batch).
+LOOKUP_IDS = 1_000
 
 
 # items.csv names the image column image_path; price and attributes (a JSON object) are optional
@@ -89,12 +91,25 @@ async def _reach(channel: grpc.aio.Channel, catalog_addr: str) -> None:
             raise Unavailable(f"catalog at {catalog_addr}: not reachable within {CONNECT_SECONDS:g} s: {error.details()}") from None
 
 
-async def _upsert_all(items: pd.DataFrame, catalog_addr: str, batch_size: int, timeout_seconds: float, retries: int, security: ClientSecurity) -> int:
+async def _lacking(catalog: CatalogClient, items: pd.DataFrame) -> pd.DataFrame:
+    ids = items["item_id"].tolist()
+    missing: set[str] = set()
+    for start in range(0, len(ids), LOOKUP_IDS):
+        missing.update(await catalog.missing(ids[start:start + LOOKUP_IDS]))
+    return items[items["item_id"].isin(missing)]
+
+
+async def _upsert_all(
+    items: pd.DataFrame, catalog_addr: str, batch_size: int, timeout_seconds: float, retries: int, security: ClientSecurity,
+    missing_only: bool,
+) -> int:
     written = 0
     channel = create_channel(catalog_addr, security=security)
     try:
         await _reach(channel, catalog_addr)
         catalog = CatalogClient(channel, timeout_seconds, catalog_addr)
+        if missing_only:
+            items = await _lacking(catalog, items)
         with Progress(len(items), "ingest", "item") as progress:
             for batch in _batches(items, batch_size):
                 written += await _upsert_with_retries(catalog, lambda: _reach(channel, catalog_addr), batch, written, retries, progress)
@@ -111,13 +126,15 @@ def ingest(
     timeout_seconds: float = 300.0,
     retries: int = DEFAULT_RETRIES,
     security: ClientSecurity = PLAINTEXT,
+    missing_only: bool = False,
 ) -> int:
-    """Upserts every item (idempotent: re-running replaces items by id), retrying a batch that failed
-    with a transient error `retries` times with backoff. Returns the number written; a token without
-    the `write` scope fails the first batch with PERMISSION_DENIED."""
+    """Upserts every item (idempotent: re-running replaces items by id), or with `missing_only` those whose id the
+    catalog lacks (finishing an interrupted ingest without embedding again what it holds), retrying a batch that
+    failed with a transient error `retries` times with backoff. Returns the number written; a token without the
+    `write` scope fails the first batch with PERMISSION_DENIED."""
     try:
         # The first row of a repeated id, as training keeps it: the catalog must hold the item the model learned.
         items = first_row_of_each_item(read_items(data_dir), Path(data_dir))
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(str(error)) from None
-    return asyncio.run(_upsert_all(items, catalog_addr, batch_size, timeout_seconds, retries, security))
+    return asyncio.run(_upsert_all(items, catalog_addr, batch_size, timeout_seconds, retries, security, missing_only))

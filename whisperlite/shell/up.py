@@ -2,6 +2,7 @@
 
 import asyncio
 import collections
+import json
 import os
 import signal
 import socket
@@ -18,7 +19,7 @@ from whisperlite.core.channels import create_channel
 from whisperlite.core.client_security import PLAINTEXT, ClientSecurity
 from whisperlite.core.clients.catalog import CatalogClient
 from whisperlite.core.clients.health import wait_until_serving
-from whisperlite.core.dataset import most_active_user
+from whisperlite.core.dataset import ITEMS_FILE, file_sha256, most_active_user
 from whisperlite.core.errors import ServiceError
 from whisperlite.core.topology import CATALOG, GATEWAY, GRPC_SERVICES, QUERY_ENCODER, RANKER, SERVICES, Service
 from whisperlite.shell.http_health import wait_until_http_serving
@@ -29,6 +30,8 @@ from whisperlite.shell.parent import EXIT_WITH_PARENT_ENV
 # A service that exits is started again, unless it exited this many times within the window: a crash
 # loop (a port taken, a broken store) that restarting cannot mend stops the stack with the reason.
 MAX_RESTARTS = 5
+# Written beside the catalog's store once an ingest of a dataset's items.csv has finished (its sha256 inside).
+INGESTED_MARKER = "ingested.json"
 RESTART_WINDOW_SECONDS = 60.0
 
 
@@ -237,6 +240,44 @@ def _in_thread(work: Callable[[], object]) -> Future:
     return outcome
 
 
+def _ingest_unless_done(data_dir: Path, catalog_addr: str, stack: Stack) -> None:
+    """Ingests the dataset into an empty catalog; finishes an ingest that did not (the items the catalog lacks); leaves
+    a catalog alone once an ingest of these items has finished (a marker beside the store, gone with it).
+
+    Before, only an empty catalog was ingested: a stack stopped mid-ingest came back up with part of the dataset
+    and said nothing."""
+    marker = stack.state_dir / "catalog" / INGESTED_MARKER
+    items_sha256 = file_sha256(data_dir / ITEMS_FILE)
+    count = catalog_item_count(catalog_addr, stack.security)
+    if count and _recorded_sha256(marker) == items_sha256:
+        return
+    if count:
+        print(f"catalog holds {count:,} items but no finished ingest of this {data_dir / ITEMS_FILE} is recorded (stopped "
+              "midway, or the file changed): ingesting the items it lacks", flush=True)
+    else:
+        print(f"catalog is empty: ingesting {data_dir}", flush=True)
+    # In a thread, while services that exit are started again: a catalog that died mid-ingest used to stay down, and
+    # the ingest with it.
+    ingesting = _in_thread(lambda: ingest(data_dir, catalog_addr, security=stack.security, missing_only=count > 0))
+    while not ingesting.done():
+        stack.restart_exited()
+        time.sleep(0.5)
+    try:
+        written = ingesting.result()
+    except ServiceError as error:  # the catalog refused the dataset: say why and stop the stack, no traceback
+        raise SystemExit(f"ingest of {data_dir} failed: {error.code.name}: {error}") from None
+    if count:
+        print(f"ingest finished: {written:,} items added", flush=True)
+    marker.write_text(json.dumps({"data_dir": str(data_dir.resolve()), "items_sha256": items_sha256}) + "\n")
+
+
+def _recorded_sha256(marker: Path) -> str | None:
+    try:
+        return json.loads(marker.read_text()).get("items_sha256")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def up(data_dir: Path | None, state_dir: Path, model_dir: Path, secure: bool = False, ports: StackPorts = StackPorts()) -> None:
     real_user = most_active_user(data_dir) if data_dir else None
     user = real_user or "some-user"
@@ -255,18 +296,8 @@ def up(data_dir: Path | None, state_dir: Path, model_dir: Path, secure: bool = F
     try:
         stack.start()
         catalog_addr = stack.env[CATALOG.address_env]
-        if data_dir is not None and catalog_item_count(catalog_addr, stack.security) == 0:
-            print(f"catalog is empty: ingesting {data_dir}", flush=True)
-            # In a thread, while services that exit are started again: a catalog that died mid-ingest used to stay
-            # down, and the ingest with it.
-            ingesting = _in_thread(lambda: ingest(data_dir, catalog_addr, security=stack.security))
-            while not ingesting.done():
-                stack.restart_exited()
-                time.sleep(0.5)
-            try:
-                ingesting.result()
-            except ServiceError as error:  # the catalog refused the dataset: say why and stop the stack, no traceback
-                raise SystemExit(f"ingest of {data_dir} failed: {error.code.name}: {error}") from None
+        if data_dir is not None:
+            _ingest_unless_done(data_dir, catalog_addr, stack)
         print(
             "\nWhisperLite is up:\n"
             + "".join(

@@ -106,6 +106,15 @@ class CatalogClient(DownstreamClient):
             raise downstream_error(self._service, "GetItems", error) from None
         return list(response.items)
 
+    async def missing(self, item_ids: list[str]) -> list[str]:
+        """The ids among `item_ids` the catalog does not hold (at most its --max-batch per call)."""
+        request = catalog_pb2.GetItemsRequest(item_ids=item_ids, include_vectors=False)
+        try:
+            response = await self._stub.GetItems(request, timeout=self._timeout, metadata=outgoing_metadata())
+        except grpc.aio.AioRpcError as error:
+            raise downstream_error(self._service, "GetItems", error) from None
+        return list(response.missing_item_ids)
+
     async def vectors(self, item_ids: list[str]) -> np.ndarray:
         """Vectors of the ids the catalog knows, one row per id asked for, in that order (unknown ids skipped).
 

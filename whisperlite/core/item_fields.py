@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 
 # The longest user or item id: the ranker and the catalog refuse longer ones, so a dataset holding one is refused
 # when read rather than training a model that cannot serve it.
@@ -18,6 +19,25 @@ MAX_ID_CHARS = 256
 
 def has_control_characters(value: str) -> bool:
     return any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value)
+
+
+def is_unicode_text(value: str) -> bool:
+    """False for a string holding a lone surrogate ("\\ud800" in a JSON file reads as one): no UTF-8 encodes it, so no
+    gRPC message or store can carry it."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+NOT_UNICODE = "must be Unicode text (a lone surrogate such as \\ud800 has no UTF-8 form)"
+
+
+def shown(value: object, limit: int = 80) -> str:
+    """repr(value) cut to `limit` characters, for messages: a refused 140,000-character cell need not be quoted whole."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def item_id_problem(item_id: str) -> str | None:
@@ -36,6 +56,8 @@ def item_id_problem(item_id: str) -> str | None:
         return "must not contain an apostrophe (')"
     if has_control_characters(item_id):
         return "must not contain control characters (newline, tab, ...)"
+    if not is_unicode_text(item_id):
+        return NOT_UNICODE
     return None
 
 
@@ -51,13 +73,40 @@ def parse_price(value: object) -> float | None:
     """A price cell: blank is no price; ValueError saying why for anything but a finite number >= 0."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
+    if isinstance(value, bool):  # float(True) is 1.0: a flag is not a price
+        raise ValueError(f"not a number: {value!r}")
     try:
         price = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"not a number: {value!r}") from None
+        raise ValueError(f"not a number: {shown(value)}") from None
+    except OverflowError:  # an integer past float's range, such as 10**400
+        raise ValueError("must be a finite number >= 0, got an integer too large for a float") from None
     if not math.isfinite(price) or price < 0:
-        raise ValueError(f"must be a finite number >= 0, got {value!r}")
+        raise ValueError(f"must be a finite number >= 0, got {shown(value)}")
     return price
+
+
+class RepeatedKey(ValueError):
+    pass
+
+
+def object_without_repeated_keys(pairs: list[tuple[str, object]]) -> dict:
+    """json.loads' object_pairs_hook: a key given twice is refused (json.loads alone keeps the last, silently)."""
+    found = dict(pairs)
+    if len(found) < len(pairs):
+        repeated = next(key for key, count in Counter(key for key, _ in pairs).items() if count > 1)
+        raise RepeatedKey(f"key {shown(repeated)} appears twice in one object")
+    return found
+
+
+def attribute_value(value: object) -> str:
+    """An attribute as stored: text as it is, any other value as its JSON (42 -> "42", true -> "true")."""
+    if isinstance(value, str):
+        return value
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError, RecursionError):  # a Parquet timestamp or bytes, a nesting past the encoder's depth
+        raise ValueError(f"a value of type {type(value).__name__} has no JSON form") from None
 
 
 def parse_attributes(raw: object) -> dict[str, str]:
@@ -65,9 +114,13 @@ def parse_attributes(raw: object) -> dict[str, str]:
     (key, value) pairs as Parquet stores a map; blank is none. ValueError saying why otherwise."""
     if isinstance(raw, str) and raw.strip():
         try:
-            raw = json.loads(raw)
+            raw = json.loads(raw, object_pairs_hook=object_without_repeated_keys)
         except json.JSONDecodeError as error:
             raise ValueError(f"not a JSON object: {error.msg}") from None
+        except RepeatedKey as error:
+            raise ValueError(str(error)) from None
+        except (ValueError, RecursionError):  # an integer of more than 4,300 digits, arrays nested past the parser's depth
+            raise ValueError("not a JSON object this reader can take (nested too deeply, or a number too long)") from None
     if isinstance(raw, list):
         try:
             raw = dict(raw)
@@ -77,7 +130,7 @@ def parse_attributes(raw: object) -> dict[str, str]:
         return {}
     if not isinstance(raw, dict):
         raise ValueError(f"must be a JSON object of names to values, got {type(raw).__name__}")
-    return {str(key): value if isinstance(value, str) else json.dumps(value) for key, value in raw.items()}
+    return {attribute_value(key): attribute_value(value) for key, value in raw.items()}
 
 
 def field_problem(title: str, text: str, category: str, image_uri: str, attributes: dict[str, str]) -> tuple[str, str] | None:
@@ -88,8 +141,12 @@ def field_problem(title: str, text: str, category: str, image_uri: str, attribut
     ):  # fmt: skip
         if len(value) > limit:
             return name, f"must be at most {limit} characters, got {len(value)}"
+        if not is_unicode_text(value):
+            return name, NOT_UNICODE
     if has_control_characters(category):
         return "category", "must not contain control characters (newline, tab, ...)"
+    if not all(is_unicode_text(key) and is_unicode_text(value) for key, value in attributes.items()):
+        return "attributes", NOT_UNICODE
     if len(json.dumps(attributes, ensure_ascii=False).encode()) > MAX_ATTRIBUTES_BYTES:
         return "attributes", f"must encode to at most {MAX_ATTRIBUTES_BYTES} bytes of JSON"
     return None

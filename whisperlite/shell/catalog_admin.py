@@ -1,19 +1,23 @@
 """`whisperlite catalog import|get|delete|count|export`: the catalog from the command line.
 
 Import reads CSV, JSONL or Parquet row by row, maps columns to item fields, and upserts in batches
-through the typed catalog client. A bad row is written to the error report (row number, id, why)
-and the import goes on; after each batch a checkpoint records how many rows are done, so an
-interrupted import resumes where it stopped.
+through the typed catalog client. A bad row (anything the reader or the row checks cannot take, or an
+id an earlier row gave) is written to the error report (row number, id, why) and the import goes on;
+after each batch a checkpoint records how many rows are done and the settings that decide what they
+became, so an interrupted import resumes where it stopped.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 
 import grpc
@@ -22,7 +26,10 @@ from tqdm import tqdm
 from whisperlite.core.progress import bar_disabled
 from whisperlite.core.clients.catalog_admin import CatalogAdminClient
 from whisperlite.core.clients.types import Item
-from whisperlite.core.item_fields import parse_attributes, parse_price
+from whisperlite.core.errors import RETRY_AFTER_KEY
+from whisperlite.core.item_fields import (
+    RepeatedKey, attribute_value, field_problem, item_id_problem, object_without_repeated_keys, parse_attributes, parse_price, shown,
+)
 from whisperlite.shell.client_flags import at_least, call_failed
 
 FORMATS = ("csv", "jsonl", "parquet")
@@ -59,16 +66,38 @@ class RowError(ValueError):
     pass
 
 
-def _text(row: dict, column: str) -> str:
-    if not column or row.get(column) is None:
+def _kind(value: object) -> str:
+    """A value's type as a JSON file would name it, for messages."""
+    if isinstance(value, bool):
+        return f"true/false ({str(value).lower()})"
+    if isinstance(value, (int, float, Decimal)):
+        return f"a number ({shown(value)})"
+    if isinstance(value, str):
+        return f"a string ({shown(value)})"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, (list, tuple)):
+        return "an array"
+    return type(value).__name__
+
+
+def _string(row: dict, column: str, *, trim: bool = False) -> str:
+    """A text field's value: a string, or none (absent, null) read as empty; any other type is refused, as a number or
+    an object turned into text would store something the file never said (0.1e1 as "1.0", {"a": 1} as "{'a': 1}")."""
+    value = row.get(column) if column else None
+    if value is None:
         return ""
-    value = row[column]
-    return value if isinstance(value, str) else str(value)
+    if not isinstance(value, str):
+        raise RowError(f"{column}: must be a string, got {_kind(value)}")
+    return value.strip() if trim else value
 
 
-def _price(row: dict, column: str) -> float | None:
+def _price(row: dict, column: str, typed: bool) -> float | None:
+    value = row.get(column) if column else None
+    if typed and value is not None and (isinstance(value, bool) or not isinstance(value, (int, float, Decimal))):
+        raise RowError(f"{column}: must be a number or null, got {_kind(value)}")
     try:
-        return parse_price(row.get(column) if column else None)
+        return parse_price(value)
     except ValueError as error:
         raise RowError(f"{column}: {error}") from None
 
@@ -79,52 +108,63 @@ def _attributes(row: dict, mapping: ColumnMapping) -> dict[str, str]:
     except ValueError as error:
         raise RowError(f"{mapping.attributes}: {error}") from None
     for column in mapping.attribute_columns:
-        value = _text(row, column)
-        if value:
-            attributes[column] = value
+        value = row.get(column)
+        if value is None or value == "":
+            continue
+        try:
+            attributes[column] = attribute_value(value)
+        except ValueError as error:
+            raise RowError(f"{column}: {error}") from None
     return attributes
 
 
-def row_to_item(row: dict, mapping: ColumnMapping) -> Item:
-    item_id = _text(row, mapping.item_id)  # exactly as written: an export's " sp1 " must come back as " sp1 ", not "sp1"
+def row_to_item(row: dict, mapping: ColumnMapping, *, typed: bool = False, trim: bool = False) -> Item:
+    """The item a row describes, or RowError naming the column the catalog could not store.
+
+    typed: the values carry JSON or Parquet types (a price must then be a number; a CSV's cells are all text).
+    trim: the id and the category lose surrounding whitespace, as `catalog import` documents (a spreadsheet's
+    " Shoes " would miss a filter on "Shoes"); `ingest` keeps a dataset's ids exactly, as the model trained on them."""
+    item_id = _string(row, mapping.item_id, trim=trim)
     if not item_id.strip():
         raise RowError(f"{mapping.item_id}: missing or empty (every item needs an id)")
-    return Item(
+    if (problem := item_id_problem(item_id)) is not None:
+        raise RowError(f"{mapping.item_id}: {problem}")
+    item = Item(
         item_id=item_id,
-        title=_text(row, mapping.title),
-        text=_text(row, mapping.text),
-        category=_text(row, mapping.category),
-        price=_price(row, mapping.price),
-        image_uri=_text(row, mapping.image_uri),
+        title=_string(row, mapping.title),
+        text=_string(row, mapping.text),
+        category=_string(row, mapping.category, trim=trim),
+        price=_price(row, mapping.price, typed),
+        image_uri=_string(row, mapping.image_uri),
         attributes=_attributes(row, mapping),
     )
+    if (found := field_problem(item.title, item.text, item.category, item.image_uri, item.attributes)) is not None:
+        field, why = found
+        raise RowError(f"{getattr(mapping, field) or field}: {why}")
+    return item
+
+
+# Characters in one CSV field: past every field the catalog stores (a text is at most 16,000), so a long cell is
+# refused by the row checks, naming its column; only a quote left open runs into it. (csv's own default, 131,072,
+# stopped the whole import at the first longer cell.)
+CSV_FIELD_CHARS = 1 << 24
+
+
+def _header_problem(header: list[str]) -> str | None:
+    repeated = sorted(name for name, count in Counter(header).items() if count > 1 and name)
+    if repeated:
+        return f"the header names the column(s) {', '.join(map(repr, repeated))} more than once: rename them so each column has one name"
+    return None
 
 
 def read_rows(path: Path, file_format: str) -> Iterator[tuple[int, dict | RowError]]:
-    """(row number from 1, the row as a dict) for every data row; a row that cannot be parsed comes
-    as a RowError so the caller reports it and goes on."""
+    """(row number from 1, the row as a dict) for every data row; a row that cannot be read (a CSV row of the wrong
+    width, a field past CSV_FIELD_CHARS, a JSONL line that is not a JSON object) comes as a RowError, so the caller
+    reports it and goes on. ValueError for a file that cannot be read at all."""
     if file_format == "csv":
-        # utf-8-sig: spreadsheets save "CSV UTF-8" with a byte order mark, which would otherwise stick to the first column's name
-        with path.open(newline="", encoding="utf-8-sig", errors="strict") as handle:
-            reader = csv.DictReader(handle)
-            for number, row in enumerate(reader, 1):
-                if None in row:  # more fields than the header names
-                    yield number, RowError(f"{len(row[None])} field(s) more than the header's {len(reader.fieldnames or ())}")
-                else:
-                    yield number, row
+        yield from _csv_rows(path)
     elif file_format == "jsonl":
-        with path.open(encoding="utf-8") as handle:
-            number = 0
-            for line in handle:
-                if not line.strip():
-                    continue
-                number += 1
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as error:
-                    yield number, RowError(f"not valid JSON: {error.msg} (column {error.colno})")
-                    continue
-                yield number, row if isinstance(row, dict) else RowError(f"must be a JSON object, got {type(row).__name__}")
+        yield from _jsonl_rows(path)
     else:
         import pyarrow.parquet as pq  # only Parquet needs pyarrow
 
@@ -133,6 +173,85 @@ def read_rows(path: Path, file_format: str) -> Iterator[tuple[int, dict | RowErr
             for row in batch.to_pylist():
                 number += 1
                 yield number, row
+
+
+def _csv_rows(path: Path) -> Iterator[tuple[int, dict | RowError]]:
+    csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_CHARS))
+    # utf-8-sig: spreadsheets save "CSV UTF-8" with a byte order mark, which would otherwise stick to the first column's name
+    with path.open(newline="", encoding="utf-8-sig", errors="strict") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, [])
+        if (problem := _header_problem(header)) is not None:
+            raise ValueError(problem)
+        number = 0
+        while True:
+            try:
+                record = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as error:  # the reader goes on at the next line
+                number += 1
+                yield number, RowError(f"cannot be read as CSV: {error} (line {reader.line_num})")
+                continue
+            if not record:  # a blank line
+                continue
+            number += 1
+            if len(record) != len(header):
+                difference = f"{len(record) - len(header)} field(s) more" if len(record) > len(header) else f"{len(header) - len(record)} field(s) fewer"
+                yield number, RowError(f"{difference} than the header's {len(header)}")
+            else:
+                yield number, dict(zip(header, record))
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict | RowError]]:
+    with path.open(encoding="utf-8-sig") as handle:
+        number = 0
+        for line in handle:
+            if not line.strip():
+                continue
+            number += 1
+            try:
+                row = json.loads(line, object_pairs_hook=object_without_repeated_keys)
+            except json.JSONDecodeError as error:
+                yield number, RowError(f"not valid JSON: {error.msg} (column {error.colno})")
+                continue
+            except RepeatedKey as error:
+                yield number, RowError(str(error))
+                continue
+            except (ValueError, RecursionError):  # an integer of more than 4,300 digits, arrays nested past the parser's depth
+                yield number, RowError("not JSON this reader can take (nested too deeply, or a number too long)")
+                continue
+            yield number, row if isinstance(row, dict) else RowError(f"must be a JSON object, got {_kind(row)}")
+
+
+@dataclass(frozen=True)
+class RowOutcome:
+    number: int
+    item_id: str  # as far as it could be read, for the error report
+    item: Item | None
+    error: str = ""
+
+
+def rows_to_items(path: Path, file_format: str, mapping: ColumnMapping) -> Iterator[RowOutcome]:
+    """Each row's item, or why it is refused: what the reader or the row checks cannot take (any of it: an
+    unreadable row never stops the file), or an id an earlier row of the file already gave (the first row of an id
+    is imported)."""
+    first_row: dict[str, int] = {}
+    for number, row in read_rows(path, file_format):
+        try:
+            if isinstance(row, RowError):
+                raise row
+            item = row_to_item(row, mapping, typed=file_format != "csv", trim=True)
+        except (ValueError, TypeError, ArithmeticError, RecursionError) as error:
+            raw_id = row.get(mapping.item_id) if isinstance(row, dict) else None
+            why = str(error) if isinstance(error, RowError) else f"cannot be read: {type(error).__name__}: {error}"
+            yield RowOutcome(number, raw_id if isinstance(raw_id, str) else "", None, why)
+            continue
+        first = first_row.setdefault(item.item_id, number)
+        if first != number:
+            yield RowOutcome(number, item.item_id, None, f"{mapping.item_id}: {shown(item.item_id)} repeats row {first} (the first row of an id is imported)")
+        else:
+            yield RowOutcome(number, item.item_id, item)
 
 
 def count_rows(path: Path, file_format: str) -> int | None:
@@ -146,16 +265,18 @@ def count_rows(path: Path, file_format: str) -> int | None:
 
 @dataclass
 class Checkpoint:
-    """Rows done so far, tied to the file's size and modification time so a changed file starts over."""
+    """Rows done so far, tied to the file's size and modification time (a changed file starts over) and to the
+    settings that decide what its rows become (format, column flags, catalog)."""
 
     path: Path
     source: dict
+    settings: dict
     rows_done: int = 0
     upserted: int = 0
     failed: int = 0
 
     @classmethod
-    def load(cls, path: Path, source_file: Path, restart: bool) -> Checkpoint:
+    def load(cls, path: Path, source_file: Path, settings: dict, restart: bool) -> Checkpoint:
         stat = source_file.stat()
         source = {"file": str(source_file.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
         if path.is_file() and not restart:
@@ -169,14 +290,33 @@ class Checkpoint:
                     f"{path} belongs to another version of {source_file} (size or modification time differ): "
                     "pass --restart to import from the first row"
                 )
-            return cls(path, source, rows_done, upserted, failed)
-        return cls(path, source)
+            if (before := saved.get("settings")) != settings:
+                changed = (
+                    "; ".join(f"{flag} was {before.get(flag)!r}, now {value!r}" for flag, value in settings.items() if before.get(flag) != value)
+                    if isinstance(before, dict) else "its settings were not recorded"
+                )  # fmt: skip
+                raise SystemExit(
+                    f"{path}: the interrupted import ran with other settings ({changed}): run it with those to resume "
+                    "it, or pass --restart to import every row with these"
+                )
+            return cls(path, source, settings, rows_done, upserted, failed)
+        return cls(path, source, settings)
 
     def save(self) -> None:
-        state = {"source": self.source, "rows_done": self.rows_done, "upserted": self.upserted, "failed": self.failed}
+        state = {"source": self.source, "settings": self.settings, "rows_done": self.rows_done, "upserted": self.upserted, "failed": self.failed}
         temporary = self.path.with_name(self.path.name + ".tmp")
         temporary.write_text(json.dumps(state))
         os.replace(temporary, self.path)  # a crash mid-write never leaves half a checkpoint
+
+
+def import_settings(file_format: str, mapping: ColumnMapping, catalog: str) -> dict[str, str]:
+    """What decides the items a file's rows become, by the flag that sets it: a resumed import must use the same."""
+    return {
+        "--format": file_format, "--catalog": catalog, "--id-column": mapping.item_id, "--title-column": mapping.title,
+        "--text-column": mapping.text, "--category-column": mapping.category, "--price-column": mapping.price,
+        "--image-column": mapping.image_uri, "--attributes-column": mapping.attributes,
+        "--attribute-column": ",".join(mapping.attribute_columns),
+    }  # fmt: skip
 
 
 @dataclass
@@ -184,51 +324,75 @@ class ImportReport:
     upserted: int = 0
     failed: int = 0
     skipped_rows: int = 0  # done by an earlier, interrupted run
+    rows: int = 0  # data rows in the file
     errors_file: Path | None = None
 
 
 class _ErrorLog:
     """The per-row error report: one JSON object per line {"row", "item_id", "error"}."""
 
-    def __init__(self, path: Path, append: bool):
+    def __init__(self, path: Path, rows_done: int):
+        """Keeps the entries of the rows an interrupted run finished (rows_done) and drops the others: the rows after
+        them are read again, and would be reported twice."""
         self.path = path
-        if not append:
-            path.unlink(missing_ok=True)  # an earlier run's report would be read as this one's
-        self._handle = None  # opened at the first refused row: a clean import leaves no empty report behind
+        entries = path.read_text(encoding="utf-8").splitlines(keepends=True) if rows_done and path.is_file() else []
+        kept = [entry for entry in entries if _entry_row(entry) <= rows_done]
+        path.unlink(missing_ok=True)  # a clean import leaves no empty report behind
+        self._handle = None  # opened at the first refused row
+        if kept:
+            self._open().writelines(kept)
 
-    def write(self, row: int, item_id: str, error: str) -> None:
+    def _open(self):
         if self._handle is None:
             self._handle = self.path.open("a", encoding="utf-8")
-        self._handle.write(json.dumps({"row": row, "item_id": item_id, "error": error}) + "\n")
-        self._handle.flush()
+        return self._handle
+
+    def write(self, row: int, item_id: str, error: str) -> None:
+        handle = self._open()
+        handle.write(json.dumps({"row": row, "item_id": item_id, "error": error}) + "\n")  # ASCII: a lone surrogate fits
+        handle.flush()
 
     def close(self) -> None:
         if self._handle is not None:
             self._handle.close()
 
 
+def _entry_row(entry: str) -> float:
+    try:
+        return json.loads(entry)["row"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
+
+
+def _refusal(error: Exception) -> str | None:
+    """Why the catalog (INVALID_ARGUMENT: it validates the whole request before writing) or the client (an item
+    that cannot be put in a message) refused an upsert; None for a failure that is not the items' fault."""
+    if isinstance(error, grpc.RpcError):
+        return error.details() if error.code() == grpc.StatusCode.INVALID_ARGUMENT else None
+    return f"cannot be sent: {error}"
+
+
 def _upsert_batch(client: CatalogAdminClient, batch: list[tuple[int, Item]], errors: _ErrorLog) -> tuple[int, int]:
-    """Upserts a batch whole; when the catalog refuses it (INVALID_ARGUMENT: it validates the whole
-    request before writing), item by item, so only the bad rows are reported and the rest are
-    written. Any other failure (the catalog down past the client's retries) stops the import with
-    the checkpoint at the last complete batch. Returns (upserted, failed)."""
+    """Upserts a batch whole; when it is refused, item by item, so only the bad rows are reported and the rest are
+    written. Any other failure (the catalog down past the client's retries) stops the import with the checkpoint at
+    the last complete batch. Returns (upserted, failed)."""
     try:
         return client.upsert([item for _, item in batch]).upserted, 0
-    except grpc.RpcError as error:
-        if error.code() != grpc.StatusCode.INVALID_ARGUMENT:
+    except (grpc.RpcError, ValueError, TypeError) as error:
+        if (why := _refusal(error)) is None:
             raise
         if len(batch) == 1:
             number, item = batch[0]
-            errors.write(number, item.item_id, error.details())
+            errors.write(number, item.item_id, why)
             return 0, 1
     upserted = failed = 0
     for number, item in batch:
         try:
             upserted += client.upsert([item]).upserted
-        except grpc.RpcError as error:
-            if error.code() != grpc.StatusCode.INVALID_ARGUMENT:
+        except (grpc.RpcError, ValueError, TypeError) as error:
+            if (why := _refusal(error)) is None:
                 raise
-            errors.write(number, item.item_id, error.details())
+            errors.write(number, item.item_id, why)
             failed += 1
     return upserted, failed
 
@@ -239,18 +403,19 @@ def import_file(
     *,
     file_format: str,
     mapping: ColumnMapping,
+    catalog: str,
     batch_size: int = DEFAULT_BATCH_SIZE,
     checkpoint_path: Path,
     errors_path: Path,
     restart: bool = False,
     progress: bool = True,
 ) -> ImportReport:
-    checkpoint = Checkpoint.load(checkpoint_path, path, restart)
-    resuming = checkpoint.rows_done > 0
-    errors = _ErrorLog(errors_path, append=resuming)
-    report = ImportReport(upserted=checkpoint.upserted, failed=checkpoint.failed, skipped_rows=checkpoint.rows_done, errors_file=errors_path)
+    """Imports every row after the checkpoint's; `catalog` is the address the client calls (a checkpoint is kept for
+    one catalog)."""
+    checkpoint = Checkpoint.load(checkpoint_path, path, import_settings(file_format, mapping, catalog), restart)
+    errors = _ErrorLog(errors_path, checkpoint.rows_done)
+    report = ImportReport(skipped_rows=checkpoint.rows_done, errors_file=errors_path)
     batch: list[tuple[int, Item]] = []
-    seen_in_batch: set[str] = set()
     last_row = checkpoint.rows_done
 
     def flush() -> None:
@@ -260,28 +425,20 @@ def import_file(
         checkpoint.rows_done = last_row
         checkpoint.save()
         batch.clear()
-        seen_in_batch.clear()
 
     bar = tqdm(total=count_rows(path, file_format), initial=checkpoint.rows_done, desc="import", unit="row", disable=bar_disabled(progress))
     try:
-        for number, row in read_rows(path, file_format):
-            if number <= checkpoint.rows_done:
+        # Rows an interrupted run finished are read again but not sent: their ids must be known to find repeats.
+        for outcome in rows_to_items(path, file_format, mapping):
+            report.rows = outcome.number
+            if outcome.number <= checkpoint.rows_done:
                 continue
-            try:
-                if isinstance(row, RowError):
-                    raise row
-                item = row_to_item(row, mapping)
-            except RowError as error:
-                errors.write(number, _text(row, mapping.item_id) if isinstance(row, dict) else "", str(error))
+            if outcome.item is None:
+                errors.write(outcome.number, outcome.item_id, outcome.error)
                 checkpoint.failed += 1
             else:
-                # A later row with the same id replaces the earlier one, as upserts do; within one
-                # request the catalog refuses duplicates, so the batch is sent first.
-                if item.item_id in seen_in_batch:
-                    flush()
-                batch.append((number, item))
-                seen_in_batch.add(item.item_id)
-            last_row = number
+                batch.append((outcome.number, outcome.item))
+            last_row = outcome.number
             bar.update(1)
             if len(batch) >= batch_size:
                 flush()
@@ -374,8 +531,8 @@ def _write_parquet(path: Path, rows: Iterator[dict], bar: tqdm, rows_per_group: 
 # ---- command line ----------------------------------------------------------------------------------
 
 
-def _not_utf8(path: Path, error: UnicodeDecodeError) -> SystemExit:
-    return SystemExit(f"{path}: not UTF-8 text (byte {error.start}: {error.reason}); save it as UTF-8 and import again")
+def _not_utf8(path: Path, line: int, error: UnicodeDecodeError) -> SystemExit:
+    return SystemExit(f"{path}: not UTF-8 text (line {line}, byte {error.start + 1} of it: {error.reason}); save it as UTF-8 and import again")
 
 
 def _client(args) -> CatalogAdminClient:
@@ -404,11 +561,11 @@ def _import(args) -> None:
         if written.is_dir() or not written.parent.is_dir():
             raise SystemExit(f"{what} {written}: not a file in an existing directory")
     file_format = detect_format(path, args.format)
-    _check_columns(path, file_format, mapping)
+    _check_file(path, file_format, mapping)
     with _client(args) as client:
         try:
             report = import_file(
-                client, path, file_format=file_format, mapping=mapping, batch_size=args.batch_size,
+                client, path, file_format=file_format, mapping=mapping, catalog=args.catalog, batch_size=args.batch_size,
                 checkpoint_path=checkpoint, errors_path=errors, restart=args.restart,
             )  # fmt: skip
         except grpc.RpcError as error:
@@ -416,40 +573,87 @@ def _import(args) -> None:
                 f"{error.code().name}: {error.details()}\nstopped; the rows done so far are in {checkpoint}: "
                 "run the same command again to resume"
             ) from None
-        except UnicodeDecodeError as error:
-            raise _not_utf8(path, error) from None
-        except (ValueError, OSError) as error:  # a file that is not of its --format, an unreadable checkpoint
+        except (ValueError, OSError) as error:  # a file that is not of its --format, or changed since it was checked
             raise SystemExit(f"{path}: cannot be read as {file_format}: {error}") from None
     resumed = f" (resumed after row {report.skipped_rows})" if report.skipped_rows else ""
     print(f"imported {report.upserted} items into the catalog at {args.catalog}{resumed}; {report.failed} rows refused")
     if report.failed:
         print(f"refused rows and why: {errors}")
-        # Nothing imported at all is a failure whatever --strict says: a wrong mapping refuses every row.
-        sys.exit(1 if args.strict or not report.upserted else 0)
+    if not report.upserted:  # a wrong mapping refuses every row; an empty file imports nothing: failures whatever --strict says
+        print(f"{path}: {'no rows to import' if not report.rows else 'no row imported'}", file=sys.stderr)
+        sys.exit(1)
+    if report.failed and args.strict:
+        sys.exit(1)
 
 
-def _check_columns(path: Path, file_format: str, mapping: ColumnMapping) -> None:
-    """A CSV whose header lacks the id column would refuse every row, one by one: said once, before any write."""
+def _check_file(path: Path, file_format: str, mapping: ColumnMapping) -> None:
+    """What would refuse every row, or leave the file half imported, said once before anything is written: text that
+    is not UTF-8 (a file saved in another encoding would import only the rows that happen to be ASCII), a header
+    naming a column twice, no id column."""
+    if file_format == "parquet":
+        _check_parquet(path, mapping)
+        return
+    with path.open("rb") as handle:
+        for line, raw in enumerate(handle, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise _not_utf8(path, line, error) from None
     if file_format != "csv":
         return
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
             header = next(csv.reader(handle), [])
-    except UnicodeDecodeError as error:
-        raise _not_utf8(path, error) from None
-    if mapping.item_id not in header:
-        raise SystemExit(f"{path}: no column {mapping.item_id!r} (--id-column); its columns are {', '.join(header)[:300]}")
+    except csv.Error as error:
+        raise SystemExit(f"{path}: cannot read the header: {error}") from None
+    _check_names(path, header, mapping)
+
+
+def _check_names(path: Path, names: list[str], mapping: ColumnMapping) -> None:
+    if (problem := _header_problem(names)) is not None:
+        raise SystemExit(f"{path}: {problem}")
+    if mapping.item_id not in names:
+        raise SystemExit(f"{path}: no column {mapping.item_id!r} (--id-column); its columns are {', '.join(names)[:300]}")
+
+
+def _check_parquet(path: Path, mapping: ColumnMapping) -> None:
+    """A Parquet file states its columns' types: one that no row of it could pass is refused at once, not row by row."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        schema = pq.read_schema(path)
+    except (ValueError, OSError) as error:  # pyarrow's ArrowInvalid is a ValueError
+        raise SystemExit(f"{path}: cannot be read as parquet: {error}") from None
+    _check_names(path, schema.names, mapping)
+
+    def is_text(kind: pa.DataType) -> bool:
+        if pa.types.is_dictionary(kind):
+            kind = kind.value_type
+        return pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind) or pa.types.is_null(kind)
+
+    def is_number(kind: pa.DataType) -> bool:
+        return pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind) or pa.types.is_null(kind)
+
+    columns = [(flag, column, is_text, "strings") for flag, column in (
+        ("--id-column", mapping.item_id), ("--title-column", mapping.title), ("--text-column", mapping.text),
+        ("--category-column", mapping.category), ("--image-column", mapping.image_uri),
+    )] + [("--price-column", mapping.price, is_number, "numbers")]  # fmt: skip
+    for flag, column, fits, wanted in columns:
+        if column in schema.names and not fits(kind := schema.field(column).type):
+            raise SystemExit(f"{path}: column {column!r} ({flag}) holds {kind}, but its values must be {wanted}: cast the column")
 
 
 def _item_ids(args) -> list[str]:
-    """The ids named on the command line, then those of --ids-file (one per line, '-' for stdin), in order, each once."""
+    """The ids named on the command line (exactly as given), then those of --ids-file (one per line, '-' for stdin,
+    without surrounding whitespace, as `import` reads ids), in order, each once."""
     ids = list(args.item_ids)
     if args.ids_file is not None:
         try:
             text = sys.stdin.read() if str(args.ids_file) == "-" else args.ids_file.read_text(encoding="utf-8-sig")
         except (OSError, UnicodeDecodeError) as error:
             raise SystemExit(f"{args.ids_file}: cannot read ids: {getattr(error, 'strerror', None) or error}") from None
-        ids += [line for line in text.splitlines() if line.strip()]  # ids kept exactly, as import keeps them
+        ids += [line.strip() for line in text.splitlines() if line.strip()]
     if not ids:  # a usage error, as argparse's own (exit 2)
         print("error: name at least one item id, as arguments or in --ids-file", file=sys.stderr)
         sys.exit(2)
@@ -459,6 +663,12 @@ def _item_ids(args) -> list[str]:
 def _batches(ids: list[str], size: int) -> Iterator[list[str]]:
     for start in range(0, len(ids), size):
         yield ids[start : start + size]
+
+
+def _not_found(missing: list[str]) -> None:
+    if missing:
+        print(f"not in the catalog: {', '.join(missing)}", file=sys.stderr)
+        sys.exit(1)
 
 
 def _get(args) -> None:
@@ -475,21 +685,36 @@ def _get(args) -> None:
                     row["vector"] = list(item.vector)
                 print(json.dumps(row, ensure_ascii=False))
             missing += found.missing_item_ids
-    if missing:
-        print(f"not in the catalog: {', '.join(missing)}", file=sys.stderr)
-        sys.exit(1)
+    _not_found(missing)
+
+
+def _missing(client: CatalogAdminClient, ids: list[str]) -> list[str]:
+    """The ids the catalog does not hold. A delete answers only how many it deleted, so they are asked first; ids
+    whose items would make too large an answer (RESOURCE_EXHAUSTED without a busy server's retry hint) in halves."""
+    try:
+        return list(client.get(ids).missing_item_ids)
+    except grpc.RpcError as error:
+        busy = any(key == RETRY_AFTER_KEY for key, _ in error.trailing_metadata() or ())
+        if error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or busy or len(ids) == 1:
+            raise
+    half = len(ids) // 2
+    return _missing(client, ids[:half]) + _missing(client, ids[half:])
 
 
 def _delete(args) -> None:
-    ids, deleted = _item_ids(args), 0
+    ids, deleted, missing = _item_ids(args), 0, []
     with _client(args) as client:
         for batch in _batches(ids, args.batch_size):
             try:
-                deleted += client.delete(batch)
+                absent = set(_missing(client, batch))
+                present = [item_id for item_id in batch if item_id not in absent]
+                deleted += client.delete(present) if present else 0
             except grpc.RpcError as error:
                 done = f" ({deleted} deleted before this call)" if deleted else ""
                 raise SystemExit(str(call_failed(error, args.catalog, "catalog")) + done) from None
-    print(f"deleted {deleted} of {len(ids)} ids (the others were not in the catalog)")
+            missing += [item_id for item_id in batch if item_id in absent]
+    print(f"deleted {deleted} of {len(ids)} ids")
+    _not_found(missing)
 
 
 def _count(args) -> None:

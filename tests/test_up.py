@@ -129,9 +129,7 @@ def test_a_catalog_that_dies_during_the_first_ingest_is_started_again_and_the_in
     """`up` started services again only once the ingest was over: a catalog killed mid-ingest stayed down, and each of
     the ingest's retries waited 300 s for a connection in silence."""
     offset = 1100
-    stack = StackPorts(offset)
-    if not all(port_free(port) for port, _ in stack.all_ports()):
-        pytest.skip(f"`whisperlite up --port-offset {offset}` needs its ports, and one is taken")
+    _skip_unless_free(offset)
     items = 6000
     data = _dataset(tmp_path / "data", items)
     log_path = tmp_path / "up.log"
@@ -158,6 +156,11 @@ def test_a_catalog_that_dies_during_the_first_ingest_is_started_again_and_the_in
     assert code == 0, log_path.read_text()[-3000:]
 
 
+def _skip_unless_free(offset: int) -> None:
+    if not all(port_free(port) for port, _ in StackPorts(offset).all_ports()):
+        pytest.skip(f"`whisperlite up --port-offset {offset}` needs its ports, and one is taken")
+
+
 def _dataset(data, items: int):
     data.mkdir()
     colours, garments = ["red", "blue", "green", "black"], ["scarf", "coat", "boot", "dress", "hat"]
@@ -169,9 +172,7 @@ def _dataset(data, items: int):
 def test_a_stack_stopped_during_its_first_ingest_finishes_it_at_the_next_start(tmp_path):
     """Only an empty catalog was ingested: a stack stopped midway came back up with part of the dataset, silently."""
     offset = 1200
-    stack = StackPorts(offset)
-    if not all(port_free(port) for port, _ in stack.all_ports()):
-        pytest.skip(f"`whisperlite up --port-offset {offset}` needs its ports, and one is taken")
+    _skip_unless_free(offset)
     items = 6000
     data = _dataset(tmp_path / "data", items)
     command = [sys.executable, "-m", "whisperlite", "up", "--data", str(data), "--state-dir", str(tmp_path / "state"),

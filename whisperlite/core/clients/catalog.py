@@ -99,21 +99,18 @@ class CatalogClient(DownstreamClient):
 
     async def items(self, item_ids: list[str]) -> list[common_pb2.Item]:
         """The items the catalog knows, with their vectors (unknown ids are skipped: an item may have been deleted)."""
-        request = catalog_pb2.GetItemsRequest(item_ids=item_ids, include_vectors=True)
-        try:
-            response = await self._stub.GetItems(request, timeout=self._timeout, metadata=outgoing_metadata())
-        except grpc.aio.AioRpcError as error:
-            raise downstream_error(self._service, "GetItems", error) from None
-        return list(response.items)
+        return list((await self._get_items(item_ids, include_vectors=True)).items)
 
     async def missing(self, item_ids: list[str]) -> list[str]:
         """The ids among `item_ids` the catalog does not hold (at most its --max-batch per call)."""
-        request = catalog_pb2.GetItemsRequest(item_ids=item_ids, include_vectors=False)
+        return list((await self._get_items(item_ids, include_vectors=False)).missing_item_ids)
+
+    async def _get_items(self, item_ids: list[str], include_vectors: bool) -> catalog_pb2.GetItemsResponse:
+        request = catalog_pb2.GetItemsRequest(item_ids=item_ids, include_vectors=include_vectors)
         try:
-            response = await self._stub.GetItems(request, timeout=self._timeout, metadata=outgoing_metadata())
+            return await self._stub.GetItems(request, timeout=self._timeout, metadata=outgoing_metadata())
         except grpc.aio.AioRpcError as error:
             raise downstream_error(self._service, "GetItems", error) from None
-        return list(response.missing_item_ids)
 
     async def vectors(self, item_ids: list[str]) -> np.ndarray:
         """Vectors of the ids the catalog knows, one row per id asked for, in that order (unknown ids skipped).

@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--blind",
         action="store_true",
         default=env_bool(f"{PREFIX}_BLIND", False),
-        help=f"study page shows the two lists in random order without side, path or affinity labels (env {PREFIX}_BLIND)",
+        help=f"study page shows the two lists in random order without side, path, score or affinity (env {PREFIX}_BLIND)",
     )
     parser.add_argument(
         "--suggested-users",

@@ -20,13 +20,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import Counter as Tally
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from prometheus_client import Counter, Gauge
 
 from whisperlite.core.errors import ResourceExhausted, Unavailable
+from whisperlite.services.common.logs import ThrottledWarning
 
 IN_FLIGHT = Gauge("whisperlite_admission_in_flight", "Calls running past admission control.", ["grpc_service"])
 QUEUED = Gauge("whisperlite_admission_queued", "Calls waiting for an in-flight slot.", ["grpc_service"])
@@ -74,8 +74,7 @@ class Admission:
         self._slots = asyncio.Semaphore(limits.max_in_flight)
         self._queued = 0
         self._mean_call_seconds = 0.0  # moving average of admitted calls' durations (retry hint)
-        self._unlogged_refusals: Tally[str] = Tally()
-        self._last_shed_log = -SHED_LOG_INTERVAL_SECONDS
+        self._shed_log = ThrottledWarning(log, "shedding load", SHED_LOG_INTERVAL_SECONDS)
         self._draining = False
         self._admitted_or_waiting = 0
         self._idle = asyncio.Event()
@@ -126,16 +125,9 @@ class Admission:
 
     def _refuse(self, reason: str, message: str) -> "LoadShed":
         REFUSED.labels(self._service, reason).inc()
-        self._unlogged_refusals[reason] += 1
-        now = time.monotonic()
-        if now - self._last_shed_log >= SHED_LOG_INTERVAL_SECONDS:
-            log.warning(
-                "shedding load",
-                extra={"grpc_service": self._service, "refused": dict(self._unlogged_refusals),
-                       "max_in_flight": self.limits.max_in_flight, "max_queued": self.limits.max_queued},
-            )
-            self._unlogged_refusals.clear()
-            self._last_shed_log = now
+        self._shed_log.record(
+            reason, grpc_service=self._service, max_in_flight=self.limits.max_in_flight, max_queued=self.limits.max_queued
+        )
         return LoadShed(message, self.retry_after_ms())
 
     async def _wait_for_slot(self, deadline_seconds: float | None) -> None:

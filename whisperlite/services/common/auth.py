@@ -20,6 +20,7 @@ from prometheus_client import Counter
 
 from whisperlite.core.client_security import is_bearer_token
 from whisperlite.services.common.interceptors import without_admission
+from whisperlite.services.common.logs import ThrottledWarning
 
 log = logging.getLogger("whisperlite.auth")
 
@@ -177,6 +178,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, tokens: TokenStore):
         self._tokens = tokens
+        self._refusal_log = ThrottledWarning(log, "call refused")  # the counts by method and code: the metric
 
     async def intercept_service(self, continuation, handler_call_details):
         scope = required_scope(handler_call_details.method)
@@ -189,7 +191,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             return handler
         service, _, method = handler_call_details.method.lstrip("/").rpartition("/")
         REJECTED.labels(service, method, denial.code.name).inc()
-        log.warning("call refused", extra={"grpc_method": handler_call_details.method, "grpc_code": denial.code.name, "reason": denial.reason})
+        self._refusal_log.record(
+            f"{denial.code.name}: {denial.reason}", grpc_method=handler_call_details.method, grpc_code=denial.code.name, reason=denial.reason
+        )
         return _refusing(handler, denial)
 
 

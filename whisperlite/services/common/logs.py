@@ -2,6 +2,9 @@
 
 import logging
 import sys
+import time
+from collections import Counter
+from collections.abc import Callable
 
 from opentelemetry import trace
 from pythonjsonlogger.json import JsonFormatter
@@ -35,3 +38,25 @@ def configure_logging(level: str = "INFO", service: str | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+class ThrottledWarning:
+    """One WARNING per interval for a burst of like events, with their counts by kind since the last line: a flood of
+    refused calls (load shed, bad tokens) wrote a line per call, 570 bytes each, as fast as a client could send."""
+
+    def __init__(self, logger: logging.Logger, message: str, interval_seconds: float = 10.0, clock: Callable[[], float] = time.monotonic):
+        self._logger = logger
+        self._message = message
+        self._interval = interval_seconds
+        self._clock = clock
+        self._unlogged: Counter[str] = Counter()
+        self._last = -interval_seconds
+
+    def record(self, kind: str, **extra) -> None:
+        """Counts one event; logs (with `extra`, the latest event's details) when the interval has passed."""
+        self._unlogged[kind] += 1
+        now = self._clock()
+        if now - self._last >= self._interval:
+            self._logger.warning(self._message, extra={"refused": dict(self._unlogged), **extra})
+            self._unlogged.clear()
+            self._last = now

@@ -132,6 +132,21 @@ def test_a_body_that_is_not_json_is_invalid_argument(http):
     assert response.status_code == 400 and response.json()["error"]["code"] == "INVALID_ARGUMENT"
 
 
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        (b'{"query": "red dress", "query": "boots", "top_k": 2}', "query"),
+        (b'{"query": "red dress", "top_k": 2, "top_k": 3}', "top_k"),
+        (b'{"query": "red dress", "filter": {"min_price": 1, "min_price": 500}}', "min_price"),
+    ],
+)
+def test_a_field_given_twice_is_invalid_argument_naming_it(http, raw, field):
+    """The last one won: {"query": "red dress", "query": "boots"} searched boots, {"top_k": 2, "top_k": 3} gave 3."""
+    response = http.post("/v1/recommend", content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == {"code": "INVALID_ARGUMENT", "message": f"{field}: given more than once in one JSON object; send each field once"}
+
+
 def test_get_item_and_a_missing_item(http, gateway_items):
     response = http.get("/v1/items/gw-boots-0")
     assert response.status_code == 200

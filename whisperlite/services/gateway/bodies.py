@@ -9,6 +9,7 @@ never means false.
 """
 
 import asyncio
+import json
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
@@ -51,16 +52,36 @@ def validation_message(problems: Iterable[dict], skip: int = 0) -> str:
 
 def parse(model: type[M], raw: bytes, convert: Callable[[M], Any] | None = None) -> Any:
     """The body as `model` (then through `convert`, e.g. to its proto), or Refused with what to fix."""
+    raw = raw.removeprefix(UTF8_BOM)  # RFC 8259 lets a parser ignore a BOM
     try:
-        value = model.model_validate_json(raw.removeprefix(UTF8_BOM))  # RFC 8259 lets a parser ignore a BOM
+        value = model.model_validate_json(raw)
     except ValidationError as error:
         raise invalid(validation_message(error.errors(include_url=False))) from None
+    _refuse_repeated_keys(raw)
     if convert is None:
         return value
     try:
         return convert(value)
     except json_format.ParseError as error:  # e.g. an int32 out of range
         raise invalid(str(error)) from None
+
+
+def _refuse_repeated_keys(raw: bytes) -> None:
+    """RFC 8259 leaves a repeated member name to the parser: pydantic keeps the last, so {"query": "dress",
+    "query": "boots"} searched boots, while a proxy or a log reader may have read the first. Refused, naming it."""
+
+    def unique(pairs: list[tuple[str, Any]]) -> dict:
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise invalid(f"{key}: given more than once in one JSON object; send each field once")
+            seen.add(key)
+        return dict(pairs)
+
+    try:
+        json.loads(raw, object_pairs_hook=unique)
+    except (ValueError, RecursionError):  # what pydantic took and Python's json cannot read (a 5,000-digit number)
+        pass
 
 
 class BodyBudget:

@@ -30,11 +30,14 @@ def whisperlite(*args: str, timeout: float = 120) -> subprocess.CompletedProcess
         (["recommend", "--query", "boots", "--token", "t\u00f6ken-0123456789"], 1, "--token: must be printable ASCII without spaces"),
         (["recommend", "--query", "boots", "--tls-ca-file", "pyproject.toml"], 1, "pyproject.toml: not a PEM certificate"),
         (["up", "--port-offset", "15484"], 2, "argument --port-offset: must be at most 15483, got 15484"),
+        (["model", "--timeout", "0", "list"], 2, "argument --timeout: must be a positive number of seconds, got '0'"),
+        (["model", "--timeout", "nan", "list"], 2, "argument --timeout: must be a positive number of seconds, got 'nan'"),
+        (["recommend", "--query", "boots", "--timeout", "-1"], 2, "argument --timeout: must be a positive number of seconds, got '-1'"),
     ],
     ids=[
         "negative-retries", "zero-batch", "zero-k", "zero-import-batch", "request-id-with-a-space", "k-past-int32", "percent-without-candidate",
         "clear-and-candidate", "all-and-data", "no-methods", "token-not-ascii", "ca-not-pem",
-        "port-offset-past-65535",
+        "port-offset-past-65535", "model-timeout-zero", "model-timeout-nan", "recommend-timeout-negative",
     ],
 )
 def test_a_bad_flag_is_one_line_saying_what_to_fix(args, code, message):

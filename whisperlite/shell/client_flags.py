@@ -7,7 +7,7 @@ import argparse
 import os
 
 from whisperlite.core.client_security import ENV_CA_FILE, ENV_CERT_FILE, ENV_KEY_FILE, ENV_TOKEN, ENV_TOKEN_FILE, ClientSecurity
-from whisperlite.core.clients.connection import ClientOptions
+from whisperlite.core.clients.connection import ClientOptions, check_timeout
 
 
 def add_client_security_flags(parser: argparse.ArgumentParser, token: bool = True) -> None:
@@ -52,7 +52,7 @@ def client_security(args: argparse.Namespace) -> ClientSecurity:
 def add_client_flags(parser: argparse.ArgumentParser, timeout_seconds: float) -> None:
     """The security flags plus what the typed clients also take: deadline, retries, certificate name."""
     group = parser.add_argument_group("connection")
-    group.add_argument("--timeout", type=float, default=timeout_seconds, help=f"deadline of each call in seconds (default {timeout_seconds:g})")
+    group.add_argument("--timeout", type=seconds, default=timeout_seconds, help=f"deadline of each call in seconds (default {timeout_seconds:g})")
     group.add_argument("--max-attempts", type=int, default=3, help="attempts per call while the service answers UNAVAILABLE (1-5, default 3)")
     group.add_argument("--tls-server-name", help="name the server's certificate must carry, when not the address' host")
     add_client_security_flags(parser)
@@ -69,6 +69,15 @@ def client_options(args: argparse.Namespace) -> ClientOptions:
         )
     except ValueError as error:
         raise SystemExit(str(error)) from None
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a deadline in seconds, positive and finite (0, -1 or nan failed every call with
+    DEADLINE_EXCEEDED), refused by argparse naming the flag."""
+    try:
+        return check_timeout(float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}") from None
 
 
 def at_least(minimum: int, at_most: int | None = None):

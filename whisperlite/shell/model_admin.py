@@ -7,7 +7,7 @@ import grpc
 from google.protobuf import json_format
 
 from whisperlite.core.clients.model_admin import ModelAdminClient
-from whisperlite.shell.client_flags import add_client_security_flags, call_failed, client_security
+from whisperlite.shell.client_flags import add_client_security_flags, call_failed, client_security, seconds
 from whisperlite.core.topology import RANKER
 from whisperlite.v1 import model_admin_pb2
 
@@ -16,7 +16,7 @@ def register(commands) -> None:
     # allow_abbrev=False: `rollback --to` must not read as an abbreviation of the security flag --token.
     model = commands.add_parser("model", help="list, load, roll back and canary the ranker's model versions", allow_abbrev=False)
     model.add_argument("--ranker", default=RANKER.local_address, help="ranker address (serves ModelAdminService)")
-    model.add_argument("--timeout", type=float, default=120.0, help="deadline of each call in seconds (loading validates the version)")
+    model.add_argument("--timeout", type=seconds, default=120.0, help="deadline of each call in seconds (loading validates the version)")
     add_client_security_flags(model)  # the ranker asks for a token with the 'admin' scope when auth is on
     actions = model.add_subparsers(dest="action", required=True)
 

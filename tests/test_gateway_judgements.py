@@ -128,3 +128,32 @@ def test_report_command_without_a_store_says_where_it_looked(tmp_path):
     assert result.returncode == 1
     assert f"no judgement store at {tmp_path / 'nowhere' / FILENAME}" in result.stderr
     assert not (tmp_path / "nowhere").exists()
+
+
+def _report(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "whisperlite", "judgements", "report", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_report_command_names_a_damaged_store_an_unwritable_plot_and_the_plot_it_wrote(tmp_path):
+    """A damaged store and an unwritable --plot ended in tracebacks; --plot DIR wrote DIR.png and printed DIR."""
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / FILENAME).write_bytes(b"this is not a database" * 100)
+    result = _report("--state-dir", str(damaged))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"{damaged / FILENAME}: cannot be read as the gateway's judgement store: file is not a database" in result.stderr
+
+    store = JudgementStore.in_folder(tmp_path)
+    store.judge(_comparison(store), "left", 1, True)
+    store.close()
+    result = _report("--state-dir", str(tmp_path), "--plot", "/proc/nowhere/report.png")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "plot: cannot write /proc/nowhere/report.png: " in result.stderr
+
+    folder = tmp_path / "plots"
+    folder.mkdir()
+    result = _report("--state-dir", str(tmp_path), "--plot", str(folder))
+    assert result.returncode == 0 and f"plot: {folder / 'judgements-report.png'}\n" in result.stdout
+    assert (folder / "judgements-report.png").read_bytes()[:4] == b"\x89PNG"
+    result = _report("--state-dir", str(tmp_path), "--plot", str(tmp_path / "named"))
+    assert f"plot: {tmp_path / 'named.png'}\n" in result.stdout and (tmp_path / "named.png").is_file()

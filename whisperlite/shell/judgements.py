@@ -1,6 +1,7 @@
 """`whisperlite judgements report`: precision@k and nDCG@k of the study's judgements, printed and plotted."""
 
 import argparse
+import sqlite3
 from pathlib import Path
 
 from whisperlite.core.topology import GATEWAY
@@ -13,18 +14,33 @@ def _report(args: argparse.Namespace) -> None:
     path = args.state_dir / FILENAME
     if not path.is_file():
         raise SystemExit(f"no judgement store at {path}: run the gateway (`whisperlite up` or `whisperlite serve gateway --state-dir`) first")
-    store = JudgementStore(path)
     try:
-        judgements = store.all_judgements()
-    finally:
-        store.close()
+        store = JudgementStore(path)
+        try:
+            judgements = store.all_judgements()
+        finally:
+            store.close()
+    except sqlite3.DatabaseError as error:  # not SQLite, or a damaged file
+        raise SystemExit(f"{path}: cannot be read as the gateway's judgement store: {error}") from None
     try:
         report = build_report(judgements, args.k)
     except ValueError as error:  # a k below 1
         raise SystemExit(str(error)) from None
     print(format_report(report))
-    plot = plot_report(report, args.plot or args.state_dir / "judgements-report.png")
+    plot = _plot_path(args.plot, args.state_dir)
+    try:
+        plot_report(report, plot)
+    except OSError as error:
+        raise SystemExit(f"plot: cannot write {plot}: {error.strerror or error}") from None
     print(f"plot: {plot}")
+
+
+def _plot_path(asked: Path | None, state_dir: Path) -> Path:
+    """A folder gets the default file name in it; a name without a suffix gets .png, as matplotlib would add it (the
+    path printed was then not the one written)."""
+    if asked is None or asked.is_dir():
+        return (asked or state_dir) / "judgements-report.png"
+    return asked if asked.suffix else asked.with_name(asked.name + ".png")
 
 
 def register(commands: argparse._SubParsersAction) -> None:

@@ -240,6 +240,10 @@ def test_bad_searches_are_invalid_argument(stub, stocked, request_, field):
         (common_pb2.Item(item_id="x", vector=[math.nan, *vec(1)[1:]]), "items[1].vector"),
         (common_pb2.Item(item_id="x", vector=[-math.inf, *vec(1)[1:]]), "items[1].vector"),
         (common_pb2.Item(item_id="x", title="no vector and no encoder"), "vector"),
+        (common_pb2.Item(item_id="   ", vector=vec(1)), "items[1].item_id: must contain a visible character"),
+        (common_pb2.Item(item_id="\u200b", vector=vec(1)), "items[1].item_id: must contain a visible character"),
+        (common_pb2.Item(item_id="x", title="a\x00b", vector=vec(1)), "items[1].title: must not contain a NUL character"),
+        (common_pb2.Item(item_id="x", text="a\x00b", vector=vec(1)), "items[1].text: must not contain a NUL character"),
     ],
 )
 def test_bad_upserts_change_nothing(stub, stocked, bad, field):

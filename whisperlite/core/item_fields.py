@@ -12,6 +12,8 @@ import json
 import math
 from collections import Counter
 
+from whisperlite.core.text import has_visible_characters
+
 # The longest user or item id: the ranker and the catalog refuse longer ones, so a dataset holding one is refused
 # when read rather than training a model that cannot serve it.
 MAX_ID_CHARS = 256
@@ -50,6 +52,8 @@ def item_id_problem(item_id: str) -> str | None:
     """
     if not item_id:
         return "must not be empty"
+    if not has_visible_characters(item_id):  # '   ' or a zero-width space: an id no one can read or type back
+        return "must contain a visible character, not only spaces or invisible (format) characters"
     if len(item_id) > MAX_ID_CHARS:
         return f"must be at most {MAX_ID_CHARS} characters, got {len(item_id)}"
     if "'" in item_id:
@@ -143,6 +147,8 @@ def field_problem(title: str, text: str, category: str, image_uri: str, attribut
             return name, f"must be at most {limit} characters, got {len(value)}"
         if not is_unicode_text(value):
             return name, NOT_UNICODE
+        if "\x00" in value:  # stored as is, it ended strings early in C readers and logs
+            return name, "must not contain a NUL character (\\x00)"
     if has_control_characters(category):
         return "category", "must not contain control characters (newline, tab, ...)"
     if not all(is_unicode_text(key) and is_unicode_text(value) for key, value in attributes.items()):

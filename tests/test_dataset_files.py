@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from tests.servers import REPO
+from whisperlite.trainer.split import temporal_split
 from whisperlite.core.dataset import load_dataset
 from whisperlite.trainer.train import version_slug
 
@@ -165,6 +166,31 @@ def test_what_loading_sets_aside_or_guesses_is_said_with_counts(tmp_path, caplog
     with caplog.at_level("WARNING"):
         load_dataset(data)
     assert "share their timestamp" not in caplog.text
+
+
+def test_requests_with_nothing_visible_are_simulated_and_a_rebought_item_is_said(tmp_path, caplog):
+    """A request of spaces or a zero-width space was trained on (the ranker refuses that query), and a repeat purchase
+    was dropped by the split with an INFO line."""
+    data = write(
+        tmp_path / "data", ITEMS,
+        'user_id,item_id,timestamp,request\nu1,1,1,"   "\nu1,2,2,\u200b\nu1,1,3,again\nu1,2,4,a real request\nu1,3,5,\n',
+    )
+    with caplog.at_level("WARNING"):
+        dataset = load_dataset(data)
+        temporal_split(dataset)
+    assert dataset.interactions["request"].tolist()[:2] == ["", ""]
+    assert "2 requests hold no visible character (e.g. '   ', '\\u200b'): read as empty" in caplog.text
+    assert ("2 interactions repeat a (user, item) pair seen earlier (e.g. user 'u1' item '1', user 'u1' item '2'): each pair "
+            "counts once, at its first time") in caplog.text
+
+
+@pytest.mark.parametrize(("separator", "name"), [("\t", "tabs"), (";", "semicolons")])
+def test_a_file_separated_by_tabs_or_semicolons_is_named_so(tmp_path, separator, name):
+    """It was 'line 2: 2 fields, the header has 1 (quote a value that holds a comma)' or a missing column."""
+    items = ITEMS.replace(",", separator)
+    data = write(tmp_path / "data", items, "user_id,item_id,timestamp\nu1,1,1\n")
+    with pytest.raises(ValueError, match=rf"items.csv line 1: the header is separated by {name}, not commas"):
+        load_dataset(data)
 
 
 def test_dataset_json_fields_written_loosely_still_load(tmp_path, caplog):

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from whisperlite.core.item_fields import MAX_ID_CHARS, field_problem, item_id_problem, parse_attributes, parse_price
+from whisperlite.core.text import has_visible_characters
 
 log = logging.getLogger(__name__)
 
@@ -232,6 +233,7 @@ def _rows_with_lines(path: Path) -> Iterator[tuple[int, list[str]]]:
 def _read_csv(path: Path, **options) -> pd.DataFrame:
     """pandas' reader, its errors (a ragged row, an open quote, bytes that are not UTF-8) naming the file and, for
     bytes that are not UTF-8, the line."""
+    _refuse_other_separators(path)
     try:
         frame = pd.read_csv(path, **options)
     except UnicodeDecodeError as error:
@@ -247,6 +249,16 @@ def _read_csv(path: Path, **options) -> pd.DataFrame:
             warnings.simplefilter("ignore", pd.errors.ParserWarning)  # the dropped fields are empty: checked above
             frame = pd.read_csv(path, index_col=False, **options)
     return frame
+
+
+def _refuse_other_separators(path: Path) -> None:
+    """A header with no comma but tabs or semicolons (a spreadsheet's TSV, or a locale's CSV) was read as one column,
+    and refused as a missing column or a ragged line 2, which did not say why."""
+    with path.open(encoding="utf-8-sig", errors="replace") as file:
+        header = file.readline()
+    for separator, name in (("\t", "tabs"), (";", "semicolons")):
+        if "," not in header and separator in header:
+            raise ValueError(f"{path} line 1: the header is separated by {name}, not commas: save the file as comma-separated CSV")
 
 
 def _first_line_not_utf8(path: Path) -> int:
@@ -392,6 +404,11 @@ def load_dataset(data_dir: str | os.PathLike) -> Dataset:
         interactions = interactions[~unknown]
     interactions["item"] = interactions["item"].astype(np.int64)
     _warn_about_times(directory / INTERACTIONS_FILE, interactions)
+    invisible = (interactions["request"] != "") & ~interactions["request"].map(has_visible_characters)
+    if invisible.any():  # the ranker refuses such a query ("must contain a visible character"): training should not fit it
+        log.warning("%s: %d requests hold no visible character (e.g. %s): read as empty, so a simulated request stands in",
+                    directory / INTERACTIONS_FILE, int(invisible.sum()), _examples(interactions["request"][invisible]))
+        interactions.loc[invisible, "request"] = ""
     placeholders = interactions["request"].str.strip().str.lower().isin(PLACEHOLDER_REQUESTS)
     if placeholders.any():
         log.warning("%s: %d requests are placeholders such as %s: they are read as what the user wrote; leave the cell "

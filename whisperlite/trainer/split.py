@@ -65,12 +65,14 @@ def temporal_split(dataset: Dataset, min_interactions: int = DEFAULT_MIN_INTERAC
     if min_interactions < 3:
         raise ValueError(f"min_interactions: must be >= 3 (train, validation and test), got {min_interactions}")
     frame = dataset.interactions.reset_index(names="row")
-    before = len(frame)
     # Stable order: time, then the file order for equal timestamps.
     frame = frame.sort_values(["user_id", "timestamp", "row"], kind="stable")
-    frame = frame.drop_duplicates(["user_id", "item"], keep="first")
-    if len(frame) < before:
-        log.info("%s: dropped %d repeated (user, item) interactions", dataset.name, before - len(frame))
+    repeated = frame.duplicated(["user_id", "item"], keep="first")
+    if repeated.any():  # a re-bought article: the split counts each (user, item) once, at its first time
+        examples = ", ".join(f"user {u!r} item {i!r}" for u, i in frame.loc[repeated, ["user_id", "item_id"]].head(3).itertuples(index=False))
+        log.warning("%s: %d interactions repeat a (user, item) pair seen earlier (e.g. %s): each pair counts once, at its "
+                    "first time, so a repeat purchase is neither trained on nor held out", dataset.name, int(repeated.sum()), examples)
+        frame = frame[~repeated]
     sizes = frame.groupby("user_id", sort=False)["item"].transform("size")
     position_from_end = frame.groupby("user_id", sort=False).cumcount(ascending=False)
     eligible = sizes >= min_interactions

@@ -13,8 +13,10 @@ import pandas as pd
 import pytest
 
 from tests.servers import REPO, start_catalog, start_service
+from whisperlite.core.dataset import load_dataset
 from whisperlite.trainer.embeddings import EmbeddingCache
 from whisperlite.trainer.evaluate import score_items
+from whisperlite.trainer.split import temporal_split
 from whisperlite.shell.ingest import ingest
 from whisperlite.core.personalization import TASTE_NONE, PersonalizationModel
 from whisperlite.v1 import ranker_pb2, ranker_pb2_grpc
@@ -33,6 +35,20 @@ def subset(tmp_path_factory, prepared):
     items.to_csv(directory / "items.csv", index=False)
     interactions.to_csv(directory / "interactions.csv", index=False)
     return directory
+
+
+@pytest.fixture(scope="module")
+def train_items(subset):
+    """Each user's train items as `evaluate` splits them: what it leaves out of their ranking, and the ranker too."""
+    dataset = load_dataset(subset)
+    split = temporal_split(dataset)
+    item_ids = dataset.items["item_id"].astype(str).to_numpy()
+    return {user: set(item_ids[rows]) for user, rows in zip(split.user_ids, split.history, strict=True)}
+
+
+def _top(scores: np.ndarray, item_ids: list[str], leave_out: set[str] = frozenset(), k: int = 10) -> np.ndarray:
+    """The rows of the k best scores, `leave_out` excluded: evaluate's ranking."""
+    return np.argsort(-np.where(np.isin(item_ids, list(leave_out)), -np.inf, scores), kind="stable")[:k]
 
 
 @pytest.fixture(scope="module")
@@ -122,30 +138,39 @@ def test_unknown_user_with_recent_items_uses_the_model_taste_path(trained_ranker
     assert no_evidence.path == ranker_pb2.PERSONALIZATION_PATH_TEXT_ONLY
 
 
-def test_online_scores_equal_offline_evaluation_scores(trained_ranker, model, subset, embedding_cache_dir):
-    """The ranker over gRPC and `evaluate`'s scoring path give the same ranking and scores."""
+def test_online_scores_equal_offline_evaluation_scores(trained_ranker, model, subset, embedding_cache_dir, train_items):
+    """The ranker over gRPC and `evaluate`'s scoring path give the same ranking and scores, the user's train items
+    excluded from both (include_history_items keeps them in both). Besides QUERY, each user asks for the title of one
+    of their own train items (the reviewer's case: "skirt" from a user who bought skirts)."""
     items = pd.read_csv(subset / "items.csv", dtype=str, keep_default_na=False)
     cache = EmbeddingCache(cache_dir=embedding_cache_dir)
     item_vectors = cache.items(items)
-    query_vector = cache.encoder.encode_texts([QUERY])[0]
     item_ids = items["item_id"].tolist()
+    titles = dict(zip(item_ids, items["title"]))
     users = [u for u in _subset_users(subset) if model.knows_user(u)][:5]
-    reordered = 0
+    queries = [(user, query) for user in users for query in (QUERY, titles[min(train_items[user])])]
+    query_vectors = cache.encoder.encode_texts([query for _, query in queries])
+    reordered = history_served_before = 0
     assert model.sequence is not None
-    for user in users:
+    for (user, query), query_vector in zip(queries, query_vectors, strict=True):
         personalized = model.personalize(query_vector, user)
         offline = score_items(model, query_vector, user, item_vectors, item_ids=item_ids)
-        order = np.argsort(-offline, kind="stable")[:10]
-        response = trained_ranker.Recommend(ranker_pb2.RecommendRequest(user_id=user, query=QUERY, top_k=10), timeout=30)
-        online_ids = [r.item.item_id for r in response.items]
-        assert online_ids == items["item_id"].to_numpy()[order].tolist()
-        np.testing.assert_allclose([r.score for r in response.items], offline[order], atol=1e-3)
-        by_cosine = set(np.argsort(-(item_vectors @ personalized.vector))[:10])
-        reordered += len(set(order) - by_cosine)
+        for include_history, leave_out in ((False, train_items[user]), (True, set())):
+            order = _top(offline, item_ids, leave_out)
+            response = trained_ranker.Recommend(
+                ranker_pb2.RecommendRequest(user_id=user, query=query, top_k=10, include_history_items=include_history), timeout=30,
+            )
+            online_ids = [r.item.item_id for r in response.items]
+            assert online_ids == items["item_id"].to_numpy()[order].tolist()
+            np.testing.assert_allclose([r.score for r in response.items], offline[order], atol=1e-3)
+            by_cosine = set(_top(item_vectors @ personalized.vector, item_ids, leave_out))
+            reordered += len(set(order) - by_cosine)
+        history_served_before += bool(set(online_ids) & train_items[user])  # what the ranker served before by default
     assert reordered > 0  # the fusion chose items the catalog sent without their vector: the ranker fetched them
+    assert history_served_before > 0  # for these requests the default answer now differs from the old one, and is evaluate's
 
 
-def test_recent_items_of_a_known_user_join_their_history_over_grpc(trained_ranker, model, subset, embedding_cache_dir):
+def test_recent_items_of_a_known_user_join_their_history_over_grpc(trained_ranker, model, subset, embedding_cache_dir, train_items):
     """A known user's recent_item_ids (most recent last) join the stored history: the ranker's scores equal
     the offline scores of that joined history and differ from the scores without the recent items."""
     items = pd.read_csv(subset / "items.csv", dtype=str, keep_default_na=False)
@@ -157,7 +182,7 @@ def test_recent_items_of_a_known_user_join_their_history_over_grpc(trained_ranke
     item_ids, recent_ids = items["item_id"].tolist(), items["item_id"].iloc[recent].tolist()
     offline = score_items(model, query_vector, user, item_vectors, recent_item_vectors=item_vectors[recent], item_ids=item_ids,
                           recent_item_ids=recent_ids)
-    order = np.argsort(-offline, kind="stable")[:10]
+    order = _top(offline, item_ids, train_items[user])  # the session's items are views, not left out
     response = trained_ranker.Recommend(
         ranker_pb2.RecommendRequest(user_id=user, query=QUERY, top_k=10, recent_item_ids=recent_ids), timeout=30,
     )
@@ -168,7 +193,7 @@ def test_recent_items_of_a_known_user_join_their_history_over_grpc(trained_ranke
     assert np.abs(without - offline).max() > 1e-2  # the session changed the taste
 
 
-def test_a_session_that_returns_to_an_item_keeps_its_order_and_repeats_over_grpc(trained_ranker, model, subset, embedding_cache_dir):
+def test_a_session_that_returns_to_an_item_keeps_its_order_and_repeats_over_grpc(trained_ranker, model, subset, embedding_cache_dir, train_items):
     """recent_item_ids ("c", "a", "c"): "c" is the newest item and counts twice. The catalog answers each id once, in
     its own order; the ranker used to build the session from that answer ("c", "a" or "a", "c")."""
     items = pd.read_csv(subset / "items.csv", dtype=str, keep_default_na=False)
@@ -186,7 +211,7 @@ def test_a_session_that_returns_to_an_item_keeps_its_order_and_repeats_over_grpc
     expected = offline(session)
     for collapsed in ([5, 0], [0, 5]):
         assert np.abs(offline(collapsed) - expected).max() > 1e-3  # what the collapsed session would have scored differs
-    order = np.argsort(-expected, kind="stable")[:10]
+    order = _top(expected, item_ids, train_items[user])
     response = trained_ranker.Recommend(
         ranker_pb2.RecommendRequest(user_id=user, query=QUERY, top_k=10, recent_item_ids=[item_ids[row] for row in session]), timeout=30,
     )
@@ -195,7 +220,7 @@ def test_a_session_that_returns_to_an_item_keeps_its_order_and_repeats_over_grpc
 
 
 def test_a_model_without_a_taste_reads_recent_items_through_its_sequence_part_over_grpc(
-    sequence_only_model_dir, encoder_service, catalog_process, logs, subset, embedding_cache_dir,
+    sequence_only_model_dir, encoder_service, catalog_process, logs, subset, embedding_cache_dir, train_items,
 ):
     """With no taste, recent_item_ids reach the model as ids (its SASRec state), for known and unknown users alike."""
     model = PersonalizationModel.load(sequence_only_model_dir)
@@ -213,7 +238,7 @@ def test_a_model_without_a_taste_reads_recent_items_through_its_sequence_part_ov
             stub = ranker_pb2_grpc.RankerServiceStub(channel)
             for user, path in ((known, ranker_pb2.PERSONALIZATION_PATH_USER_EMBEDDING), ("never-seen", ranker_pb2.PERSONALIZATION_PATH_RECENT_ITEMS)):
                 offline = score_items(model, query_vector, user, item_vectors, item_ids=item_ids, recent_item_ids=recent_ids)
-                order = np.argsort(-offline, kind="stable")[:10]
+                order = _top(offline, item_ids, train_items.get(user, set()))  # a model without a taste leaves them out too
                 response = stub.Recommend(
                     ranker_pb2.RecommendRequest(user_id=user, query=QUERY, top_k=10, recent_item_ids=recent_ids), timeout=30,
                 )

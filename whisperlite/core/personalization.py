@@ -60,6 +60,9 @@ USER_RESIDUALS = "user_residuals.npy"  # only when the user table was learned
 HISTORY_OFFSETS = "history_offsets.npy"
 HISTORY_ITEMS = "history_items.npy"
 HISTORY_VECTORS = "history_vectors.npy"
+# The item id of each history vector row: what the ranker leaves out of a known user's results. Older
+# versions lack it and serve without leaving anything out.
+HISTORY_ITEM_IDS = "history_item_ids.json"
 
 TASTE_MEAN = "mean"
 TASTE_ATTENTION = "attention"
@@ -207,14 +210,16 @@ class UserHistories:
     offsets: np.ndarray  # (n_users + 1,) int64: user row r owns items[offsets[r]:offsets[r + 1]]
     items: np.ndarray  # (nnz,) int32 rows of `vectors`
     vectors: np.ndarray  # (n_history_items, d) float32 unit rows
+    item_ids: list[str] | None = None  # the item id of each row of `vectors` (None: a version exported without them)
 
     @classmethod
-    def from_sequences(cls, sequences: list[np.ndarray], item_vectors: np.ndarray) -> UserHistories:
-        """From per-user arrays of item indices (time order) into `item_vectors`; only the used rows are kept."""
+    def from_sequences(cls, sequences: list[np.ndarray], item_vectors: np.ndarray, item_ids: list[str] | None = None) -> UserHistories:
+        """From per-user arrays of item indices (time order) into `item_vectors` (and `item_ids`, row-aligned with
+        them); only the used rows are kept."""
         offsets, flat = csr(sequences)
         used, items = np.unique(flat, return_inverse=True)
         vectors = np.ascontiguousarray(item_vectors[used], dtype=np.float32).reshape(-1, item_vectors.shape[1])
-        return cls(offsets, items.astype(np.int32), vectors)
+        return cls(offsets, items.astype(np.int32), vectors, None if item_ids is None else [str(item_ids[i]) for i in used])
 
     def of(self, row: int) -> np.ndarray:
         """(k, d) vectors of user row `row`'s history, oldest first."""
@@ -263,6 +268,7 @@ class PersonalizationModel:
         if histories is not None:
             check_csr("histories", histories.offsets, histories.items, len(users.ids), len(histories.vectors))
             check_finite("history vectors", histories.vectors)
+            check_history_item_ids(histories.item_ids, len(histories.vectors))
         if network.taste_mode == TASTE_ATTENTION and histories is None:
             raise ValueError("histories: an attention taste needs the users' histories")
         if user_residuals is not None and user_residuals.shape != user_tastes.shape:
@@ -313,6 +319,21 @@ class PersonalizationModel:
         """The mean-taste table's row for a known user (None: unknown); attention tastes depend on the request."""
         i = self._users.rows.get(user_id)
         return None if i is None else np.array(self._user_tastes[i], dtype=np.float32)  # a copy: callers may change it
+
+    @property
+    def knows_histories(self) -> bool:
+        """Whether the model can name its users' history items (`history_item_ids`)."""
+        return self._histories is not None and self._histories.item_ids is not None
+
+    def history_item_ids(self, user_id: str | None) -> frozenset[str]:
+        """The item ids of a known user's stored history (their train items); empty for an unknown user or a
+        version exported without history item ids."""
+        row = self.user_row(user_id)
+        if row < 0 or not self.knows_histories:
+            return frozenset()
+        histories = self._histories
+        ids = histories.item_ids
+        return frozenset(ids[i] for i in histories.items[histories.offsets[row] : histories.offsets[row + 1]])
 
     # ---- inference ------------------------------------------------------------------------
     def personalize(
@@ -492,6 +513,8 @@ class PersonalizationModel:
             np.save(directory / HISTORY_OFFSETS, np.asarray(self._histories.offsets, dtype=np.int64))
             np.save(directory / HISTORY_ITEMS, np.asarray(self._histories.items, dtype=np.int32))
             np.save(directory / HISTORY_VECTORS, np.asarray(self._histories.vectors, dtype=np.float32))
+            if self._histories.item_ids is not None:
+                (directory / HISTORY_ITEM_IDS).write_text(json.dumps(self._histories.item_ids))
         (directory / USER_IDS).write_text(json.dumps(self._users.ids))
         self.manifest.pop("sequence", None)
         if self.sequence is not None:
@@ -513,7 +536,13 @@ class PersonalizationModel:
         residuals = np.load(directory / USER_RESIDUALS) if (directory / USER_RESIDUALS).is_file() else None
         histories = None
         if (directory / HISTORY_OFFSETS).is_file():
-            histories = UserHistories(*(np.load(directory / name) for name in (HISTORY_OFFSETS, HISTORY_ITEMS, HISTORY_VECTORS)))
+            offsets, items, vectors = (np.load(directory / name) for name in (HISTORY_OFFSETS, HISTORY_ITEMS, HISTORY_VECTORS))
+            histories = UserHistories(offsets, items, vectors, item_ids=_history_item_ids(directory, len(vectors)))
+        if histories is None or histories.item_ids is None:
+            log.warning(
+                "the model names no history items: users' own history items are not left out of their results",
+                extra={"model_version": manifest.get("version"), "missing": HISTORY_ITEM_IDS},
+            )
         # The residual table is folded into user_tastes at export; the network keeps an empty one.
         network = PersonalizationNetwork(dimension=int(manifest["dimension"]), n_users=0, **arch)
         state = load_finite_weights(directory / WEIGHTS)
@@ -525,6 +554,30 @@ class PersonalizationModel:
 
 # json.dumps writes a character as at most 12 bytes (a surrogate pair of \\uXXXX escapes); 4 more for quotes and ", "
 MAX_USER_ID_JSON_BYTES = MAX_ID_CHARS * 12 + 4
+
+
+def check_history_item_ids(item_ids: list[str] | None, n_rows: int) -> None:
+    """None (a version exported without them) or a list of `n_rows` item ids, one per history vector row."""
+    if item_ids is None:
+        return
+    if not isinstance(item_ids, list) or not all(isinstance(i, str) and 0 < len(i) <= MAX_ID_CHARS for i in item_ids):
+        raise ValueError(f"{HISTORY_ITEM_IDS}: must be a JSON list of item ids, non-empty strings of at most {MAX_ID_CHARS} characters")
+    if len(item_ids) != n_rows:
+        raise ValueError(f"{HISTORY_ITEM_IDS}: expected {n_rows} item ids (one per row of {HISTORY_VECTORS}), got {len(item_ids)}")
+
+
+def _history_item_ids(directory: Path, n_rows: int) -> list[str] | None:
+    """The history rows' item ids, None for a version exported before they were (checked by the model). A file
+    larger than `n_rows` ids can be is refused unread, as user_ids.json is."""
+    path = directory / HISTORY_ITEM_IDS
+    if not path.is_file():
+        return None
+    if (size := path.stat().st_size) > 2 + n_rows * MAX_USER_ID_JSON_BYTES:
+        raise ValueError(f"{HISTORY_ITEM_IDS}: {size} bytes is more than {n_rows} item ids of at most {MAX_ID_CHARS} characters can take")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{HISTORY_ITEM_IDS}: not valid JSON ({error})") from None
 
 
 def _user_index(path: Path, n_users: int) -> UserIndex:

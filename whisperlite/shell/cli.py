@@ -67,6 +67,7 @@ def _recommend(args: argparse.Namespace) -> None:
                 min_price=args.min_price,
                 max_price=args.max_price,
                 recent_item_ids=args.recent or (),
+                include_history_items=args.include_history,
                 request_id=args.request_id,
             )
         except grpc.RpcError as error:
@@ -183,6 +184,10 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     recommend.add_argument("--min-price", type=float)
     recommend.add_argument("--max-price", type=float)
     recommend.add_argument("--recent", action="append", help="recently viewed item id (repeatable)")
+    recommend.add_argument(
+        "--include-history", action="store_true",
+        help="let the user's own history items (their purchases the model knows) come back; left out by default",
+    )
     recommend.add_argument("--ranker", default=RANKER.local_address, help="ranker address")
     recommend.add_argument("--json", action="store_true", help="print the response as JSON")
     recommend.add_argument("--request-id", help="x-request-id to send (default: a new one); every service logs it")

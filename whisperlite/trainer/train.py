@@ -273,7 +273,11 @@ def export_model(network: PersonalizationNetwork, experiment: Experiment, config
         ).numpy()
     learned = network.user_residuals.weight.requires_grad
     residuals = network.user_residuals.weight.detach().numpy().copy() if learned else None
-    histories = None if config.taste == TASTE_NONE else UserHistories.from_sequences(experiment.split.history, experiment.item_vectors)
+    # Every model carries the histories, a model without a taste too: the ranker leaves a known user's history
+    # items out of their results by their ids (the taste reads the vectors).
+    histories = UserHistories.from_sequences(
+        experiment.split.history, experiment.item_vectors, experiment.dataset.items["item_id"].astype(str).tolist()
+    )
     created = datetime.now(timezone.utc)
     manifest = {
         "name": name,

@@ -63,12 +63,20 @@ class RecommendRequest(_message.Message):
     TOP_K_FIELD_NUMBER: _builtins.int
     FILTER_FIELD_NUMBER: _builtins.int
     RECENT_ITEM_IDS_FIELD_NUMBER: _builtins.int
+    INCLUDE_HISTORY_ITEMS_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """The user asking; unknown or empty ids are served without personal history."""
     query: _builtins.str
     """What the user typed, e.g. "a light dress for a summer wedding"; non-blank, bounded length."""
     top_k: _builtins.int
     """Number of items wanted: 1 to the server's cap."""
+    include_history_items: _builtins.bool
+    """False (the default): the items in a known user's stored history (their purchases the model was
+    trained on) are left out of the results, as `whisperlite evaluate` ranks with them excluded. True:
+    they may come back (e.g. to buy again). recent_item_ids are never left out. A response may then
+    hold fewer than top_k items when the history covers the searched candidates; a model exported
+    without history item ids (before history_item_ids.json) leaves nothing out.
+    """
     @_builtins.property
     def filter(self) -> _common_pb2.ItemFilter:
         """Restrictions on the recommended items."""
@@ -88,10 +96,11 @@ class RecommendRequest(_message.Message):
         top_k: _builtins.int = ...,
         filter: _common_pb2.ItemFilter | None = ...,
         recent_item_ids: _abc.Iterable[_builtins.str] | None = ...,
+        include_history_items: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "query", b"query", "recent_item_ids", b"recent_item_ids", "top_k", b"top_k", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "include_history_items", b"include_history_items", "query", b"query", "recent_item_ids", b"recent_item_ids", "top_k", b"top_k", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

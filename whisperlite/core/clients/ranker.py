@@ -43,14 +43,17 @@ class RankerClient(SyncClient):
         max_price: float | None = None,
         exclude_item_ids: Sequence[str] = (),
         recent_item_ids: Sequence[str] = (),
+        include_history_items: bool = False,
         request_id: str | None = None,
         timeout_seconds: float | None = None,
     ) -> Recommendation:
-        """Items for this user and request, best first. `request_id` (default: a new one) is sent
+        """Items for this user and request, best first; a known user's history items are left out unless
+        `include_history_items`. `request_id` (default: a new one) is sent
         as x-request-id and comes back in the result; it is on every server log line of the call."""
         request = recommend_request(
             user_id=user_id, query=query, top_k=top_k, categories=categories, min_price=min_price,
             max_price=max_price, exclude_item_ids=exclude_item_ids, recent_item_ids=recent_item_ids,
+            include_history_items=include_history_items,
         )  # fmt: skip
         _, call = self._call_kwargs(request_id, timeout_seconds)
         return recommendation_from_proto(self._stub.Recommend(request, **call))
@@ -74,6 +77,7 @@ class AsyncRankerClient(AsyncClient):
         max_price: float | None = None,
         exclude_item_ids: Sequence[str] = (),
         recent_item_ids: Sequence[str] = (),
+        include_history_items: bool = False,
         request_id: str | None = None,
         timeout_seconds: float | None = None,
     ) -> Recommendation:
@@ -81,6 +85,7 @@ class AsyncRankerClient(AsyncClient):
         request = recommend_request(
             user_id=user_id, query=query, top_k=top_k, categories=categories, min_price=min_price,
             max_price=max_price, exclude_item_ids=exclude_item_ids, recent_item_ids=recent_item_ids,
+            include_history_items=include_history_items,
         )  # fmt: skip
         _, call = self._call_kwargs(request_id, timeout_seconds)
         return recommendation_from_proto(await self._stub.Recommend(request, **call))

@@ -114,6 +114,7 @@ def recommend_request(
     max_price: float | None = None,
     exclude_item_ids: Sequence[str] = (),
     recent_item_ids: Sequence[str] = (),
+    include_history_items: bool = False,
 ) -> ranker_pb2.RecommendRequest:
     item_filter = common_pb2.ItemFilter(categories=string_list("categories", categories), exclude_item_ids=string_list("exclude_item_ids", exclude_item_ids))
     if min_price is not None:
@@ -121,7 +122,8 @@ def recommend_request(
     if max_price is not None:
         item_filter.max_price = max_price
     return ranker_pb2.RecommendRequest(
-        user_id=user_id, query=query, top_k=top_k, filter=item_filter, recent_item_ids=string_list("recent_item_ids", recent_item_ids)
+        user_id=user_id, query=query, top_k=top_k, filter=item_filter, recent_item_ids=string_list("recent_item_ids", recent_item_ids),
+        include_history_items=include_history_items,
     )
 
 

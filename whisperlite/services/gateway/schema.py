@@ -57,6 +57,9 @@ class RecommendRequest(ProtoModel):
     top_k: ProtoInt = Field(0, description="number of items wanted: 1 to the ranker's cap")
     filter: ItemFilter | None = None
     recent_item_ids: list[str] = Field(default_factory=list, description="items the user looked at recently, newest last")
+    include_history_items: bool = Field(
+        False, description="false: a known user's stored history items (their purchases) are left out, as evaluate ranks; true: they may come back"
+    )
 
 
 PersonalizationPath = Literal[tuple(ranker_pb2.PersonalizationPath.keys())]

@@ -98,6 +98,7 @@ class ShadowCall:
     recent_vectors: np.ndarray | None
     item_filter: common_pb2.ItemFilter
     top_k: int
+    include_history_items: bool
 
 
 @contextmanager
@@ -116,6 +117,13 @@ def _answer_within(time_remaining: float | None) -> float | None:
     if time_remaining is None:
         return None
     return max(time_remaining - 0.02, 0.9 * time_remaining)
+
+
+def _left_out(model: PersonalizationModel | None, user_id: str, include_history_items: bool) -> frozenset[str]:
+    """The items kept out of the answer: a known user's stored history, unless the caller asked for it."""
+    if model is None or include_history_items:
+        return frozenset()
+    return model.history_item_ids(user_id or None)
 
 
 def _detailed(candidate: Candidate) -> bool:
@@ -165,7 +173,7 @@ class Recommender:
             "encode": f"{encoder.service} (Embed)",
             "personalize": f"the personalization network, or {catalog.service} (the recent items' vectors)",
             "search": f"{catalog.service} (SearchBatch)",
-            "score": f"{catalog.service} (GetItems of items past the detailed hits)",
+            "score": f"{catalog.service} (GetItems of items past the detailed hits, or in place of the user's history items)",
         }
         # The network costs ~1 ms of CPU per request alone and about as much for a whole batch: Recommends
         # whose Embed came back together are personalized together (one batch at a time: it is CPU work).
@@ -216,13 +224,15 @@ class Recommender:
         top_k: int,
         item_filter: common_pb2.ItemFilter,
         recent_item_ids: list[str],
+        include_history_items: bool = False,
         time_remaining: float | None = None,
     ) -> Recommendations:
-        """`time_remaining`: the caller's deadline, in seconds from now (None: none)."""
+        """`time_remaining`: the caller's deadline, in seconds from now (None: none). A known user's stored history
+        items are left out unless `include_history_items`."""
         current = ["start"]
         try:
             async with asyncio.timeout(_answer_within(time_remaining)) as limit:
-                return await self._recommend(user_id, query, top_k, item_filter, recent_item_ids, current)
+                return await self._recommend(user_id, query, top_k, item_filter, recent_item_ids, include_history_items, current)
         except TimeoutError:
             if not limit.expired():
                 raise
@@ -232,7 +242,8 @@ class Recommender:
             ) from None
 
     async def _recommend(
-        self, user_id: str, query: str, top_k: int, item_filter: common_pb2.ItemFilter, recent_item_ids: list[str], current: list[str]
+        self, user_id: str, query: str, top_k: int, item_filter: common_pb2.ItemFilter, recent_item_ids: list[str],
+        include_history_items: bool, current: list[str],
     ) -> Recommendations:
         traffic = self._models.traffic  # one snapshot per request: a swap in the middle cannot mix two versions
         if traffic is None:
@@ -260,7 +271,7 @@ class Recommender:
             candidates = await self._search(model, query_vector, personalized, top_k, item_filter)
 
         with _stage("score", current):
-            items = await self._rank(model, query_vector, personalized, candidates, top_k)
+            items = await self._rank(model, query_vector, personalized, candidates, top_k, _left_out(model, user_id, include_history_items))
         version = model.version if model is not None else ""
         RECOMMENDATIONS.labels(personalized.path).inc()
         MODEL_REQUESTS.labels(version or NO_MODEL).inc()
@@ -269,7 +280,7 @@ class Recommender:
             self._start_shadow(ShadowCall(
                 candidate=route.shadow, live_version=version, live_ids=[scored.item.item_id for scored in items],
                 query_vector=query_vector, user_id=user_id, recent_item_ids=recent_item_ids,
-                recent_vectors=recent_vectors, item_filter=item_filter, top_k=top_k,
+                recent_vectors=recent_vectors, item_filter=item_filter, top_k=top_k, include_history_items=include_history_items,
             ))
         return Recommendations(items=items, path=personalized.path, model_version=version)
 
@@ -300,7 +311,8 @@ class Recommender:
                 recent_vectors = await self._recent_vectors(candidate, call.user_id, call.recent_item_ids)
             personalized = self._personalize(candidate, call.query_vector, call.user_id, call.recent_item_ids, recent_vectors)
             found = await self._search(candidate, call.query_vector, personalized, call.top_k, call.item_filter)
-            ranked = await self._rank(candidate, call.query_vector, personalized, found, call.top_k)
+            left_out = _left_out(candidate, call.user_id, call.include_history_items)
+            ranked = await self._rank(candidate, call.query_vector, personalized, found, call.top_k, left_out)
         except Exception:  # the caller already has the live answer; a failing candidate must only show in metrics
             SHADOW_OUTCOMES.labels(candidate.version, "failed").inc()
             log.exception("shadow scoring failed", extra={"candidate_version": candidate.version})
@@ -332,7 +344,7 @@ class Recommender:
 
     async def _complete(self, chosen: list[tuple[int, Candidate]]) -> list[tuple[int, Candidate]]:
         """Fetches the chosen candidates that came without their item (a fused score picked them past the
-        detailed hits); one deleted since the search is dropped."""
+        detailed hits, or they took the place of the user's history items); one deleted since the search is dropped."""
         missing = [candidate.item.item_id for _, candidate in chosen if not _detailed(candidate)]
         fetched = {item.item_id: item for item in await self._from_catalog(lambda: self._catalog.items(missing))}
         complete = []
@@ -388,7 +400,13 @@ class Recommender:
             raise InvalidArgument(_SEARCH_FIELD.sub("", str(error), count=1)) from None
 
     async def _rank(self, model: PersonalizationModel | None, query_vector, personalized: PersonalizedQuery,
-                    candidates: list[Candidate], top_k: int) -> list[ScoredItem]:
+                    candidates: list[Candidate], top_k: int, left_out: frozenset[str] = frozenset()) -> list[ScoredItem]:
+        """The top_k candidates by the model's score, items in `left_out` (the user's history) dropped. The search
+        is not told of them: a per-user filter would split the batched searches. Fewer than top_k come back when
+        they were most of the candidates."""
+        kept = [candidate for candidate in candidates if candidate.item.item_id not in left_out]
+        dropped = len(kept) < len(candidates)
+        candidates = kept
         if not candidates:
             return []
         cosines = np.array([candidate.cosine for candidate in candidates], dtype=np.float32)
@@ -402,8 +420,9 @@ class Recommender:
         # Stable sort keeps the catalog's order among equal scores, so responses are deterministic.
         chosen = [(i, candidates[i]) for i in np.argsort(-scores, kind="stable")[:top_k]]
         if not all(_detailed(candidate) for _, candidate in chosen):
-            if personalized.sequence_state is None:
-                # The catalog sends the top_k best by cosine in full; a score monotone in it picks those.
+            if personalized.sequence_state is None and not dropped:
+                # The catalog sends the top_k best by cosine in full; a score monotone in it picks those (unless
+                # history items among them were dropped: the next ones by cosine are fetched in their place).
                 raise FailedPrecondition("the model's scores do not follow the catalog's cosine order; the ranker cannot serve it")
             chosen = await self._complete(chosen)
         return [

@@ -28,6 +28,7 @@ class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
             top_k=request.top_k,
             item_filter=request.filter,
             recent_item_ids=list(request.recent_item_ids),
+            include_history_items=request.include_history_items,
             time_remaining=context.time_remaining(),
         )
         log.info(

@@ -38,6 +38,7 @@ from whisperlite.services.gateway.browsers import (
 )
 from whisperlite.services.gateway.bodies import BodyBudget, BodyReader, Refused, invalid, validation_message
 from whisperlite.services.gateway.judgements import POSITIONS, JudgementStore, NotShown, UnknownComparison
+from whisperlite.services.gateway.shutdown import SHUTTING_DOWN, Drain
 from whisperlite.services.gateway.schema import (
     Item,
     RecommendRequest,
@@ -65,6 +66,8 @@ MAX_INT64 = 2**63 - 1
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # Every GET route answers HEAD too (RFC 9110): load balancers, uptime checkers and caches probe with it.
 READ_METHODS = ["GET", "HEAD"]
+# Routes still answered while the gateway drains: its health (which says NOT_SERVING) and what scrapers read.
+ANSWERED_WHILE_DRAINING = frozenset({"/health", "/health/liveness", "/metrics"})
 STATIC = resources.files("whisperlite.services.gateway") / "static"
 T = TypeVar("T")
 
@@ -303,11 +306,13 @@ def create_app(
     max_message_bytes: int = 16 * 1024 * 1024,
     cors_origins: tuple[str, ...] = (),
     tokens: TokenStore | None = None,
+    drain: Drain | None = None,
 ) -> FastAPI:
     """`tokens` guard the routes the gateway answers from its own store (the study's); the API's routes are guarded by
     the ranker and the catalog, which get the caller's token as it came."""
     bodies = BodyReader(max_message_bytes)
     budget = BodyBudget(body_limits.max_buffered_body_bytes)
+    drain = drain or Drain()
 
     def check_token(request: Request) -> None:
         """Refuses a caller whose token does not grant `recommend` (the scope that creates comparisons at the ranker)."""
@@ -344,6 +349,9 @@ def create_app(
         _origin_form(request.scope)
         labels = _labels(app, request.scope)
         refusal, held = _refusal(request, body_limits.max_body_bytes), 0
+        if refusal is None and drain.draining and labels[1] not in ANSWERED_WHILE_DRAINING:
+            refusal = _error(503, grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
+            refusal.headers["Retry-After"] = "1"
         if refusal is None:
             refusal, held = await _read_body(request, body_limits, budget)
         if refusal is not None:
@@ -352,13 +360,16 @@ def create_app(
             request_id = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
             request.state.request_id = request_id
             try:
-                response = await _in_the_error_shape(await call_next(request))
+                with drain.request():
+                    response = await _in_the_error_shape(await call_next(request))
             except Exception as error:  # answered here, not by the server's last resort: with its request id, counted
                 log.exception("unexpected error", extra={"path": request.url.path, "request_id": request_id})
                 response = _grpc_error(grpc.StatusCode.INTERNAL, f"the gateway failed: {type(error).__name__}; see its log")
             finally:
                 budget.give(held)
         response.headers[REQUEST_ID_HEADER] = request_id
+        if drain.draining:  # a connection kept alive past the drain would carry a request into uvicorn's close
+            response.headers["Connection"] = "close"
         add_security_headers(request.url.path, response)
         _count(labels, response.status_code, time.perf_counter() - started)
         return response
@@ -434,6 +445,8 @@ def create_app(
 
     @app.api_route("/health", methods=READ_METHODS, tags=["operations"], summary="SERVING only when the ranker and the catalog both are")
     async def health():
+        if drain.draining:
+            return JSONResponse({"status": "NOT_SERVING", "reason": SHUTTING_DOWN}, status_code=503)
         upstreams = await upstream.health()
         serving = all(status == "SERVING" for status in upstreams.values())
         report = {"status": "SERVING" if serving else "NOT_SERVING", "upstreams": upstreams}

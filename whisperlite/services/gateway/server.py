@@ -19,6 +19,7 @@ from whisperlite.services.gateway.app import BodyLimits, create_app
 from whisperlite.services.gateway.browsers import cors_origins
 from whisperlite.services.gateway.connections import header_deadline_protocol
 from whisperlite.services.gateway.judgements import JudgementStore
+from whisperlite.services.gateway.shutdown import Drain, DrainingServer
 from whisperlite.core.client_security import ENV_CA_FILE, ClientSecurity
 from whisperlite.services.gateway.upstream import Upstream
 
@@ -207,18 +208,19 @@ async def run(args: argparse.Namespace) -> None:
     if tokens is not None:
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, tokens.reload)
     store = JudgementStore.in_folder(args.state_dir) if args.study == "on" else None
+    drain = Drain()
     suggested = tuple(user.strip() for user in args.suggested_users.split(",") if user.strip())
     app = create_app(
         upstream, store, blind=args.blind, suggested_users=suggested, body_limits=body_limits, max_message_bytes=args.max_message_bytes,
-        cors_origins=origins, tokens=tokens,
+        cors_origins=origins, tokens=tokens, drain=drain,
     )
     sock = listening_socket(args.host, args.port)
     config = uvicorn.Config(app, http=protocol, log_config=None, access_log=False, timeout_graceful_shutdown=args.grace_seconds)
     judgements = str(store.path) if store is not None else "none (--study off)"
     log.info("listening", extra={"service": GATEWAY.name, "http_port": args.port, "judgements": judgements, "blind": args.blind})
-    # uvicorn handles SIGTERM/SIGINT: stops accepting, drains in-flight requests, runs the app's shutdown
-    # (closes the channels and the store), then re-raises the signal so the process ends with it.
-    await uvicorn.Server(config).serve(sockets=[sock])
+    # SIGTERM/SIGINT: new requests get 503 while those in flight finish (within --grace-seconds), then uvicorn stops
+    # accepting, ends what is left and runs the app's shutdown (closes the channels and the store); exit 0.
+    await DrainingServer(config, drain, args.grace_seconds).serve(sockets=[sock])
 
 
 def main(argv: list[str] | None = None) -> None:

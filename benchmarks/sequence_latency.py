@@ -25,7 +25,7 @@ import grpc
 from model_lifecycle import print_latency_rows, timed_recommends
 from whisperlite.core.clients.model_admin import ModelAdminClient
 from whisperlite.core.dataset import load_dataset
-from whisperlite.core.personalization import MANIFEST
+from whisperlite.core.model_versions import MANIFEST
 from whisperlite.core.sequence import CATALOG_MOMENTS, SEQUENCE_ITEM_IDS, SEQUENCE_OFFSETS, SEQUENCE_ROWS, SEQUENCE_WEIGHTS
 from whisperlite.v1 import ranker_pb2, ranker_pb2_grpc
 

@@ -18,7 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fixtures_model import train_tiny_version
 from tests.servers import REPO, start_catalog, start_service
-from whisperlite.core.personalization import MANIFEST, WEIGHTS, PersonalizationModel
+from whisperlite.core.model_versions import MANIFEST
+from whisperlite.core.personalization import WEIGHTS, PersonalizationModel
 from whisperlite.services.ranker.models import user_bucket
 from whisperlite.v1 import (
     catalog_pb2,

@@ -15,7 +15,8 @@ import torch
 from tests.fixtures_model import train_tiny_version
 from tests.servers import REPO
 from whisperlite.core.errors import FailedPrecondition, InvalidArgument, NotFound
-from whisperlite.core.personalization import MANIFEST, WEIGHTS, PersonalizationModel
+from whisperlite.core.model_versions import MANIFEST
+from whisperlite.core.personalization import WEIGHTS, PersonalizationModel
 from whisperlite.services.ranker.admin_servicer import _version_proto
 from whisperlite.shell.model_admin import previous_version
 from whisperlite.services.ranker.models import (

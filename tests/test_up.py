@@ -2,6 +2,7 @@
 is started again, and Ctrl-C stops everything."""
 
 import contextlib
+import json
 import signal
 import socket
 import subprocess
@@ -14,7 +15,8 @@ import pytest
 from tests.servers import REPO
 from whisperlite.core.clients.health import is_serving
 from whisperlite.core.topology import CATALOG, RANKER, SERVICES
-from whisperlite.shell.up import StackPorts
+from whisperlite.core.dataset import data_hash
+from whisperlite.shell.up import StackPorts, _warn_unless_trained_on
 
 
 def port_free(port: int) -> bool:
@@ -199,3 +201,20 @@ def test_a_stack_stopped_during_its_first_ingest_finishes_it_at_the_next_start(t
     assert f"items in catalog: {items}\n" in second, second[-3000:]
     third = run_until("WhisperLite is up", 0.0)
     assert "ingest" not in third.split("WhisperLite is up")[0], third[-3000:]  # finished: nothing to do
+
+
+def test_up_warns_when_the_newest_model_was_trained_on_another_dataset(tmp_path, capsys):
+    """`train --out models` for each dataset puts their models side by side; `up` served the newest, trained on another
+    dataset, and every shopper got text-only results without a word."""
+    data = _dataset(tmp_path / "data", 3)
+    (data / "interactions.csv").write_text("user_id,item_id,timestamp\nu1,item-0,1\n")
+    version = tmp_path / "models" / "other-v1"
+    version.mkdir(parents=True)
+    manifest = {"version": "other-v1", "encoder": "e", "created": "2026-01-01", "dataset": "other_shop", "data_hash": "0123456789abcdef"}
+    (version / "manifest.json").write_text(json.dumps(manifest))
+    _warn_unless_trained_on(data, tmp_path / "models")
+    out = capsys.readouterr().out
+    assert "warning: the newest model under" in out and "(other-v1) was trained on other_shop" in out, out
+    (version / "manifest.json").write_text(json.dumps({**manifest, "data_hash": data_hash(data)}))
+    _warn_unless_trained_on(data, tmp_path / "models")
+    assert capsys.readouterr().out == ""

@@ -47,11 +47,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from whisperlite.core.item_fields import MAX_ID_CHARS
+from whisperlite.core.model_versions import MANIFEST, read_manifest, resolve_version_dir
 from whisperlite.core.sequence import SequenceModel, check_csr, check_finite, csr, load_finite_weights
 
 log = logging.getLogger("whisperlite.model")
 
-MANIFEST = "manifest.json"
 WEIGHTS = "network.pt"
 USER_TASTES = "user_tastes.npy"
 USER_IDS = "user_ids.json"
@@ -595,62 +595,6 @@ def _user_index(path: Path, n_users: int) -> UserIndex:
             raise ValueError(f"{USER_IDS}: must be a JSON list of user ids, strings of at most {MAX_ID_CHARS} characters")
         users = _LOADED_USER_INDEXES[digest] = UserIndex(ids)
     return users
-
-
-def resolve_version_dir(path: str | Path) -> Path:
-    """A directory holding manifest.json, or the newest (by manifest `created`) child whose manifest reads.
-
-    A child whose manifest does not read (a half-written copy, a stray folder) cannot say how new it is: it is skipped,
-    logged at ERROR, rather than stopping a restart for good with a version older than the one it served (ValueError
-    naming each when none reads)."""
-    path = Path(path)
-    if (path / MANIFEST).is_file():
-        return path
-    if not path.is_dir():
-        raise FileNotFoundError(f"no model at {path}")
-    versions = version_dirs(path)
-    if not versions:
-        raise FileNotFoundError(f"no model version (a directory with {MANIFEST}) under {path}")
-    readable, unreadable = [], []
-    for directory in versions:
-        try:
-            readable.append((newest_first_key(read_manifest(directory), directory), directory))
-        except (OSError, ValueError) as error:
-            unreadable.append(f"{directory}: {MANIFEST}: {type(error).__name__}: {error}")
-    if not readable:
-        raise ValueError(f"no version under {path} has a readable {MANIFEST}: " + "; ".join(unreadable))
-    for reason in unreadable:
-        log.error("model version skipped: its manifest cannot be read", extra={"reason": reason})
-    return max(readable)[1]
-
-
-def version_dirs(parent: str | Path) -> list[Path]:
-    """The version directories (children holding manifest.json) of a model folder."""
-    return [child for child in Path(parent).iterdir() if (child / MANIFEST).is_file()]
-
-
-MAX_VERSION_CHARS = 256
-
-
-def read_manifest(directory: str | Path) -> dict:
-    """A version's manifest; ValueError saying why when it is not a JSON object naming a usable version and encoder."""
-    manifest = json.loads((Path(directory) / MANIFEST).read_text())
-    if not isinstance(manifest, dict):
-        raise ValueError(f"{MANIFEST}: must be a JSON object, got {type(manifest).__name__}")
-    version = manifest.get("version")
-    # The version is how admin calls, metrics and responses name the model: it must be printable and non-empty.
-    if not isinstance(version, str) or not version.strip() or len(version) > MAX_VERSION_CHARS or not version.isprintable():
-        raise ValueError(f"{MANIFEST}: version must be 1 to {MAX_VERSION_CHARS} printable characters, got {str(version)[:60]!r}")
-    if not isinstance(manifest.get("encoder"), str) or not manifest["encoder"]:
-        raise ValueError(f"{MANIFEST}: encoder must be a non-empty string, got {str(manifest.get('encoder'))[:60]!r}")
-    if not isinstance(manifest.get("created", ""), str):  # versions are ordered by it
-        raise ValueError(f"{MANIFEST}: created must be a string (an ISO time), got {str(manifest['created'])[:60]!r}")
-    return manifest
-
-
-def newest_first_key(manifest: dict, directory: Path) -> tuple[str, str]:
-    """Orders versions by manifest `created`, the directory name breaking ties: the max is the newest."""
-    return str(manifest.get("created", "")), directory.name
 
 
 def fuse_text_and_taste(queries: np.ndarray, tastes: np.ndarray, weight: float) -> np.ndarray:

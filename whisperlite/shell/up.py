@@ -19,7 +19,8 @@ from whisperlite.core.channels import create_channel
 from whisperlite.core.client_security import PLAINTEXT, ClientSecurity
 from whisperlite.core.clients.catalog import CatalogClient
 from whisperlite.core.clients.health import wait_until_serving
-from whisperlite.core.dataset import ITEMS_FILE, file_sha256, most_active_user
+from whisperlite.core.dataset import ITEMS_FILE, data_hash, file_sha256, most_active_user
+from whisperlite.core.model_versions import read_manifest, resolve_version_dir
 from whisperlite.core.errors import ServiceError
 from whisperlite.core.topology import CATALOG, GATEWAY, GRPC_SERVICES, QUERY_ENCODER, RANKER, SERVICES, Service
 from whisperlite.shell.http_health import wait_until_http_serving
@@ -271,6 +272,26 @@ def _ingest_unless_done(data_dir: Path, catalog_addr: str, stack: Stack) -> None
     marker.write_text(json.dumps({"data_dir": str(data_dir.resolve()), "items_sha256": items_sha256}) + "\n")
 
 
+def _warn_unless_trained_on(data_dir: Path, model_dir: Path) -> None:
+    """The newest model under --model-dir, the one the ranker serves, may come from another dataset (`train --out
+    models` for each dataset puts them side by side): its users are then not the catalog's, and every shopper got
+    text-only results without a word."""
+    try:
+        manifest = read_manifest(resolve_version_dir(model_dir))
+        trained_on = manifest.get("data_hash")
+        served_hash = data_hash(data_dir)
+    except (OSError, ValueError):  # no model (text-only, said by the ranker), or no interactions.csv to compare
+        return
+    if trained_on and trained_on != served_hash:
+        print(
+            f"warning: the newest model under {model_dir} ({manifest.get('version')}) was trained on "
+            f"{manifest.get('dataset') or 'another dataset'} (data hash {trained_on}), not on {data_dir} ({served_hash}): "
+            f"its users are not this catalog's. Train one on it (`{_cli()} train --data {data_dir} --out DIR`) and pass "
+            "--model-dir DIR",
+            flush=True,
+        )
+
+
 def _recorded_sha256(marker: Path) -> str | None:
     try:
         return json.loads(marker.read_text()).get("items_sha256")
@@ -298,6 +319,7 @@ def up(data_dir: Path | None, state_dir: Path, model_dir: Path, secure: bool = F
         catalog_addr = stack.env[CATALOG.address_env]
         if data_dir is not None:
             _ingest_unless_done(data_dir, catalog_addr, stack)
+            _warn_unless_trained_on(data_dir, model_dir)
         print(
             "\nWhisperLite is up:\n"
             + "".join(

@@ -18,13 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from whisperlite.core.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from whisperlite.core.personalization import (
-    MANIFEST,
-    PersonalizationModel,
-    newest_first_key,
-    read_manifest,
-    version_dirs,
-)
+from whisperlite.core.model_versions import MANIFEST, newest_first_key, read_manifest, version_dirs
+from whisperlite.core.personalization import PersonalizationModel
 from whisperlite.core.vector_space import require_same_encoder
 from whisperlite.services.ranker.metrics import MODEL_LOADS, MODEL_ROLE
 

@@ -184,7 +184,9 @@ def test_unknown_user_with_recent_items_takes_the_recent_items_path(ranker, inge
         # These were answered OK: a query that embeds as the empty text, and an id no catalog can hold, ignored.
         ({"query": "\x00", "top_k": 5}, "query: must contain a visible character"),
         ({"query": "\u200b\u200b", "top_k": 5}, "query: must contain a visible character"),
-        ({"query": "boots", "top_k": 5, "recent_item_ids": ["x" * 300]}, "recent_item_ids[0]: at most 256 characters, got 300"),
+        ({"query": "boots", "top_k": 5, "recent_item_ids": ["x" * 300]}, "recent_item_ids[0]: must be at most 256 characters, got 300"),
+        ({"query": "boots", "top_k": 5, "recent_item_ids": ["ok", "a\x01"]}, "recent_item_ids[1]: must not contain control characters"),
+        ({"query": "boots", "top_k": 5, "recent_item_ids": ["\u200b"]}, "recent_item_ids[0]: must contain a visible character"),
         # The catalog's refusal, named as the caller sent it (it said "searches[0].filter.min_price").
         ({"query": "boots", "top_k": 5, "filter": common_pb2.ItemFilter(min_price=float("nan"))}, "filter.min_price"),
     ],
@@ -193,6 +195,11 @@ def test_ranker_rejects_bad_requests(ranker, ingested, request_fields, field):
     code, details = _status(ranker.Recommend, ranker_pb2.RecommendRequest(user_id="u", **request_fields))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert field in details and "searches[" not in details
+
+
+def test_a_user_id_with_a_control_character_is_refused_not_served_as_a_stranger(ranker, ingested):
+    code, details = _status(ranker.Recommend, ranker_pb2.RecommendRequest(user_id="a\n", query="boots", top_k=5))
+    assert (code, details) == (grpc.StatusCode.INVALID_ARGUMENT, "user_id: must not contain control characters (newline, tab, ...)")
 
 
 def _vector(value: float, dimension: int = 384) -> list[float]:

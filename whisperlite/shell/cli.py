@@ -9,7 +9,7 @@ from pathlib import Path
 
 from whisperlite.core.topology import BY_NAME, CATALOG, MAX_PORT, RANKER, SERVICES
 from whisperlite.shell import model_admin
-from whisperlite.shell.client_flags import add_client_flags, add_client_security_flags, at_least, client_security
+from whisperlite.shell.client_flags import add_client_flags, add_client_security_flags, at_least, client_security, seconds
 
 # Commands whose modules import pandas or torch are registered only when asked for (or for --help),
 # so quick commands such as `health`, which containers run every few seconds, start fast.
@@ -197,7 +197,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     health = commands.add_parser("health", help="gRPC health check; exit 0 when SERVING (for container health checks)")
     health.add_argument("address", help="host:port, or the gateway's http://host:port/health URL")
     health.add_argument("--service", default="", help="service name ('' = the whole server)")
-    health.add_argument("--timeout", type=float, default=2.0)
+    health.add_argument("--timeout", type=seconds, default=2.0, help="deadline of the check in seconds")
     add_client_security_flags(health, token=False)  # health checks need no token
     health.set_defaults(func=_health)
 

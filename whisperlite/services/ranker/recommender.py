@@ -12,7 +12,7 @@ import numpy as np
 
 from whisperlite.core.clients.catalog import Candidate, CandidateSearch, CatalogClient
 from whisperlite.core.clients.query_encoder import QueryEncoderClient
-from whisperlite.core.item_fields import MAX_ID_CHARS
+from whisperlite.core.item_fields import MAX_ID_CHARS, has_control_characters, item_id_problem
 from whisperlite.core.text import has_visible_characters
 from whisperlite.core.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, ServiceError, Unavailable
 from whisperlite.core.personalization import TASTE_NONE, PersonalizationModel, PersonalizedQuery, text_plus_history_query
@@ -197,13 +197,14 @@ class Recommender:
             raise InvalidArgument(f"top_k: must be between 1 and {limits.max_top_k}, got {top_k}")
         if len(user_id) > MAX_ID_CHARS:
             raise InvalidArgument(f"user_id: at most {MAX_ID_CHARS} characters, got {len(user_id)}")
+        if has_control_characters(user_id):  # no user id of a dataset holds one: the user was served as a stranger
+            raise InvalidArgument("user_id: must not contain control characters (newline, tab, ...)")
         if len(recent_item_ids) > limits.max_recent_items:
             raise InvalidArgument(f"recent_item_ids: at most {limits.max_recent_items} ids, got {len(recent_item_ids)}")
         for index, item_id in enumerate(recent_item_ids):
-            if not item_id.strip():
-                raise InvalidArgument(f"recent_item_ids[{index}]: must be a non-empty item id")
-            if len(item_id) > MAX_ID_CHARS:  # no catalog item has such an id: it was silently ignored
-                raise InvalidArgument(f"recent_item_ids[{index}]: at most {MAX_ID_CHARS} characters, got {len(item_id)}")
+            # An id no catalog can hold (too long, a control character, nothing visible) was silently ignored.
+            if (problem := item_id_problem(item_id)) is not None:
+                raise InvalidArgument(f"recent_item_ids[{index}]: {problem}")
         return text
 
     def fit_query_limit(self, encoder_max_text_chars: int) -> None:

@@ -396,3 +396,12 @@ def test_delete_names_the_ids_it_did_not_find_and_reads_an_ids_file_as_import_re
     assert deleted.returncode == 1 and deleted.stdout.strip() == "deleted 2 of 3 ids"
     assert deleted.stderr.strip() == "not in the catalog: sku-gone"
     assert [item.item_id for item in catalog.iter_items()] == ["sku-0002"]
+
+
+def test_an_import_whose_first_batch_fails_does_not_point_at_a_checkpoint_it_never_wrote(tmp_path):
+    source = tmp_path / "items.csv"
+    write_csv(source, shop_rows(3))
+    result = cli("import", str(source), "--id-column", "sku", "--catalog", "127.0.0.1:1", "--timeout", "3", check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "stopped; no row was done yet: run the same command again" in result.stderr, result.stderr
+    assert not list(tmp_path.glob("*checkpoint*"))

@@ -569,10 +569,11 @@ def _import(args) -> None:
                 checkpoint_path=checkpoint, errors_path=errors, restart=args.restart,
             )  # fmt: skip
         except grpc.RpcError as error:
-            raise SystemExit(
-                f"{error.code().name}: {error.details()}\nstopped; the rows done so far are in {checkpoint}: "
-                "run the same command again to resume"
-            ) from None
+            done = (
+                f"the rows done so far are in {checkpoint}: run the same command again to resume" if checkpoint.is_file()
+                else "no row was done yet: run the same command again"
+            )  # it said a checkpoint held them when the first batch had failed and none was written
+            raise SystemExit(f"{error.code().name}: {error.details()}\nstopped; {done}") from None
         except (ValueError, OSError) as error:  # a file that is not of its --format, or changed since it was checked
             raise SystemExit(f"{path}: cannot be read as {file_format}: {error}") from None
     resumed = f" (resumed after row {report.skipped_rows})" if report.skipped_rows else ""

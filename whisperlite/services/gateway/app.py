@@ -307,6 +307,7 @@ def create_app(
     cors_origins: tuple[str, ...] = (),
     tokens: TokenStore | None = None,
     drain: Drain | None = None,
+    access_log: bool = False,
 ) -> FastAPI:
     """`tokens` guard the routes the gateway answers from its own store (the study's); the API's routes are guarded by
     the ranker and the catalog, which get the caller's token as it came."""
@@ -371,7 +372,11 @@ def create_app(
         if drain.draining:  # a connection kept alive past the drain would carry a request into uvicorn's close
             response.headers["Connection"] = "close"
         add_security_headers(request.url.path, response)
-        _count(labels, response.status_code, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        _count(labels, response.status_code, seconds)
+        if access_log:
+            log.info("request", extra={"method": labels[0], "route": labels[1], "status": response.status_code,
+                                       "seconds": round(seconds, 4), "request_id": request_id})
         return response
 
     if cors_origins:  # added last, so outermost: a refusal above (413, 429) reaches the calling page readable too

@@ -64,6 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"study page shows the two lists in random order without side, path, score or affinity (env {PREFIX}_BLIND)",
     )
     parser.add_argument(
+        "--access-log",
+        action="store_true",
+        default=env_bool(f"{PREFIX}_ACCESS_LOG", False),
+        help="log one line per request (method, route, status, seconds, request id), the gateway's own refusals too; "
+        f"off, a request the gateway refused left its request id in no log (env {PREFIX}_ACCESS_LOG)",
+    )
+    parser.add_argument(
         "--suggested-users",
         default=env_str(f"{PREFIX}_SUGGESTED_USERS", ""),
         help=f"comma-separated user ids the page offers to pick, beside those already judged (env {PREFIX}_SUGGESTED_USERS)",
@@ -212,7 +219,7 @@ async def run(args: argparse.Namespace) -> None:
     suggested = tuple(user.strip() for user in args.suggested_users.split(",") if user.strip())
     app = create_app(
         upstream, store, blind=args.blind, suggested_users=suggested, body_limits=body_limits, max_message_bytes=args.max_message_bytes,
-        cors_origins=origins, tokens=tokens, drain=drain,
+        cors_origins=origins, tokens=tokens, drain=drain, access_log=args.access_log,
     )
     sock = listening_socket(args.host, args.port)
     config = uvicorn.Config(app, http=protocol, log_config=None, access_log=False, timeout_graceful_shutdown=args.grace_seconds)

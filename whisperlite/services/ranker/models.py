@@ -249,17 +249,15 @@ class ModelRegistry:
             except (OSError, ValueError):  # listed as refused by its manifest already
                 continue
             try:
-                validate(load_version(directory), self._contract)
+                self._checked(directory)  # loaded outside the lock: requests and admin calls go on meanwhile
             except FailedPrecondition as error:
                 with self._lock:
-                    self._refused[directory] = (fingerprint, str(error))
-                MODEL_LOADS.labels("refused").inc()
+                    self._refuse(directory, fingerprint, error)
                 log.error("model version refused", extra={"model_dir": str(directory), "reason": str(error)})
                 refused.append(str(directory))
                 continue
             with self._lock:
-                self._refused.pop(directory, None)
-                self._verified[directory] = fingerprint
+                self._passed(directory, fingerprint)
         return refused
 
     # ---- admin -------------------------------------------------------------------------------
@@ -365,22 +363,33 @@ class ModelRegistry:
     def _load_validated(self, directory: Path) -> PersonalizationModel:
         fingerprint = _fingerprint(directory)
         try:
-            model = load_version(directory)
-            self._require_unique_name(model.version, directory)
-            validate(model, self._contract)
+            model = self._checked(directory)
         except FailedPrecondition as error:
-            self._refused[directory] = (fingerprint, str(error))
-            MODEL_LOADS.labels("refused").inc()
+            self._refuse(directory, fingerprint, error)
             if self._traffic is None:  # start-up: an older version is tried next
                 log.error("model version refused at start-up", extra={"model_dir": str(directory), "reason": str(error)})
                 raise
             kept = self._traffic.live_version or "text-only results"
             log.error("model version refused", extra={"model_dir": str(directory), "reason": str(error), "still_serving": kept})
             raise FailedPrecondition(f"{error}; still serving {kept}") from None
-        self._refused.pop(directory, None)
-        self._verified[directory] = fingerprint
+        self._passed(directory, fingerprint)
         MODEL_LOADS.labels("loaded").inc()
         return model
+
+    def _checked(self, directory: Path) -> PersonalizationModel:
+        """`directory` loaded and checked fit to serve: FailedPrecondition saying why not."""
+        model = load_version(directory)
+        self._require_unique_name(model.version, directory)
+        validate(model, self._contract)
+        return model
+
+    def _refuse(self, directory: Path, fingerprint: tuple, error: FailedPrecondition) -> None:
+        self._refused[directory] = (fingerprint, str(error))
+        MODEL_LOADS.labels("refused").inc()
+
+    def _passed(self, directory: Path, fingerprint: tuple) -> None:
+        self._refused.pop(directory, None)
+        self._verified[directory] = fingerprint
 
     def _require_unique_name(self, version: str, directory: Path) -> None:
         """Responses, metrics and admin calls name a version by its manifest's `version`: two directories under one

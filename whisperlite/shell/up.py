@@ -31,9 +31,9 @@ from whisperlite.shell.parent import EXIT_WITH_PARENT_ENV
 # A service that exits is started again, unless it exited this many times within the window: a crash
 # loop (a port taken, a broken store) that restarting cannot mend stops the stack with the reason.
 MAX_RESTARTS = 5
+RESTART_WINDOW_SECONDS = 60.0
 # Written beside the catalog's store once an ingest of a dataset's items.csv has finished (its sha256 inside).
 INGESTED_MARKER = "ingested.json"
-RESTART_WINDOW_SECONDS = 60.0
 
 
 @dataclass(frozen=True)

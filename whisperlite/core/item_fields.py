@@ -91,7 +91,9 @@ def parse_price(value: object) -> float | None:
 
 
 class RepeatedKey(ValueError):
-    pass
+    def __init__(self, key: str):
+        super().__init__(f"key {shown(key)} appears twice in one object")
+        self.key = key
 
 
 def object_without_repeated_keys(pairs: list[tuple[str, object]]) -> dict:
@@ -99,7 +101,7 @@ def object_without_repeated_keys(pairs: list[tuple[str, object]]) -> dict:
     found = dict(pairs)
     if len(found) < len(pairs):
         repeated = next(key for key, count in Counter(key for key, _ in pairs).items() if count > 1)
-        raise RepeatedKey(f"key {shown(repeated)} appears twice in one object")
+        raise RepeatedKey(repeated)
     return found
 
 

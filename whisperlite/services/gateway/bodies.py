@@ -18,6 +18,8 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from pydantic import BaseModel, ValidationError
 
+from whisperlite.core.item_fields import RepeatedKey, object_without_repeated_keys
+
 INLINE_BODY_BYTES = 256 * 1024
 UTF8_BOM = b"\xef\xbb\xbf"
 JSON_MEDIA_TYPES = ("application/json",)
@@ -69,17 +71,10 @@ def parse(model: type[M], raw: bytes, convert: Callable[[M], Any] | None = None)
 def _refuse_repeated_keys(raw: bytes) -> None:
     """RFC 8259 leaves a repeated member name to the parser: pydantic keeps the last, so {"query": "dress",
     "query": "boots"} searched boots, while a proxy or a log reader may have read the first. Refused, naming it."""
-
-    def unique(pairs: list[tuple[str, Any]]) -> dict:
-        seen = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise invalid(f"{key}: given more than once in one JSON object; send each field once")
-            seen.add(key)
-        return dict(pairs)
-
     try:
-        json.loads(raw, object_pairs_hook=unique)
+        json.loads(raw, object_pairs_hook=object_without_repeated_keys)
+    except RepeatedKey as error:
+        raise invalid(f"{error.key}: given more than once in one JSON object; send each field once") from None
     except (ValueError, RecursionError):  # what pydantic took and Python's json cannot read (a 5,000-digit number)
         pass
 

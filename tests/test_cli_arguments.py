@@ -32,12 +32,15 @@ def whisperlite(*args: str, timeout: float = 120) -> subprocess.CompletedProcess
         (["up", "--port-offset", "15484"], 2, "argument --port-offset: must be at most 15483, got 15484"),
         (["model", "--timeout", "0", "list"], 2, "argument --timeout: must be a positive number of seconds, got '0'"),
         (["model", "--timeout", "nan", "list"], 2, "argument --timeout: must be a positive number of seconds, got 'nan'"),
+        (["model", "list", "--timeout", "-1"], 2, "argument --timeout: must be a positive number of seconds, got '-1'"),
+        (["model", "--ranker", "127.0.0.1:1", "list", "--ranker", "127.0.0.1:2", "--timeout", "5"], 1, "127.0.0.1:2: Failed to connect"),
         (["recommend", "--query", "boots", "--timeout", "-1"], 2, "argument --timeout: must be a positive number of seconds, got '-1'"),
     ],
     ids=[
         "negative-retries", "zero-batch", "zero-k", "zero-import-batch", "request-id-with-a-space", "k-past-int32", "percent-without-candidate",
         "clear-and-candidate", "all-and-data", "no-methods", "token-not-ascii", "ca-not-pem",
-        "port-offset-past-65535", "model-timeout-zero", "model-timeout-nan", "recommend-timeout-negative",
+        "port-offset-past-65535", "model-timeout-zero", "model-timeout-nan", "model-timeout-after-the-action",
+        "model-ranker-after-the-action-wins", "recommend-timeout-negative",
     ],
 )
 def test_a_bad_flag_is_one_line_saying_what_to_fix(args, code, message):

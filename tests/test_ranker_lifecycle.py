@@ -201,9 +201,11 @@ def test_a_corrupt_version_is_refused_while_the_old_keeps_serving(stack, reloade
     assert admin.GetTraffic(model_admin_pb2.GetTrafficRequest(), timeout=30).traffic.live_version == live
 
 
-def _cli(stack, *args: str) -> str:
+def _cli(stack, action: str, *args: str, flags_after_action: bool = False) -> str:
+    ranker = ("--ranker", stack["ranker"].address)
+    command = (action, *ranker, *args) if flags_after_action else (*ranker, action, *args)
     result = subprocess.run(
-        [sys.executable, "-m", "whisperlite", "model", "--ranker", stack["ranker"].address, *args],
+        [sys.executable, "-m", "whisperlite", "model", *command],
         cwd=REPO, capture_output=True, text=True, timeout=180, env={**os.environ},
     )
     assert result.returncode == 0, result.stderr
@@ -217,7 +219,7 @@ def test_rollback_and_load_from_the_cli(stack, reloaded):
     response = stack["recommend"].Recommend(ranker_pb2.RecommendRequest(user_id="u2", query=QUERIES[1], top_k=5), timeout=30)
     assert response.model_version == old_version
     assert_produced_by_named_version(stack, "u2", QUERIES[1], response)
-    listing = _cli(stack, "list")
+    listing = _cli(stack, "list", flags_after_action=True)  # `model list --ranker R` was refused: the flag went before
     assert f"live       {old_version}" in listing and f"available  {new_version}" in listing
     assert _cli(stack, "load", new_version).strip() == f"live: {new_version} (was {old_version})"
     assert _cli(stack, "rollback", "--to", old_version).strip() == f"live: {old_version} (was {new_version})"

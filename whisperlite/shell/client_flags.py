@@ -10,26 +10,26 @@ from whisperlite.core.client_security import ENV_CA_FILE, ENV_CERT_FILE, ENV_KEY
 from whisperlite.core.clients.connection import ClientOptions, check_timeout
 
 
-def add_client_security_flags(parser: argparse.ArgumentParser, token: bool = True) -> None:
-    """TLS and token flags of every command that calls a service (docs/security.md)."""
+def add_client_security_flags(parser: argparse.ArgumentParser, token: bool = True, defaults: bool = True) -> None:
+    """TLS and token flags of every command that calls a service (docs/security.md). `defaults=False` adds them
+    without defaults, for a sub-command that repeats its group's flags: a default there would overwrite the value
+    given before the sub-command."""
+
+    def default(env: str):
+        return os.environ.get(env, "") if defaults else argparse.SUPPRESS
+
     group = parser.add_argument_group("security (docs/security.md)")
     if token:
-        group.add_argument(
-            "--token", default=os.environ.get(ENV_TOKEN, ""), help=f"bearer token sent as 'authorization' (env {ENV_TOKEN})"
-        )
-        group.add_argument(
-            "--token-file", default=os.environ.get(ENV_TOKEN_FILE, ""), help=f"or a file holding it (env {ENV_TOKEN_FILE})"
-        )
+        group.add_argument("--token", default=default(ENV_TOKEN), help=f"bearer token sent as 'authorization' (env {ENV_TOKEN})")
+        group.add_argument("--token-file", default=default(ENV_TOKEN_FILE), help=f"or a file holding it (env {ENV_TOKEN_FILE})")
     group.add_argument(
-        "--tls-ca-file", default=os.environ.get(ENV_CA_FILE, ""), help=f"PEM CA of the server's certificate; set: TLS (env {ENV_CA_FILE})",
+        "--tls-ca-file", default=default(ENV_CA_FILE), help=f"PEM CA of the server's certificate; set: TLS (env {ENV_CA_FILE})",
     )
     group.add_argument(
-        "--tls-cert-file", default=os.environ.get(ENV_CERT_FILE, ""),
+        "--tls-cert-file", default=default(ENV_CERT_FILE),
         help=f"client certificate for servers that require mTLS (env {ENV_CERT_FILE})",
     )
-    group.add_argument(
-        "--tls-key-file", default=os.environ.get(ENV_KEY_FILE, ""), help=f"its private key (env {ENV_KEY_FILE})"
-    )
+    group.add_argument("--tls-key-file", default=default(ENV_KEY_FILE), help=f"its private key (env {ENV_KEY_FILE})")
 
 
 def client_security(args: argparse.Namespace) -> ClientSecurity:

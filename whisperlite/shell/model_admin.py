@@ -15,29 +15,44 @@ from whisperlite.v1 import model_admin_pb2
 def register(commands) -> None:
     # allow_abbrev=False: `rollback --to` must not read as an abbreviation of the security flag --token.
     model = commands.add_parser("model", help="list, load, roll back and canary the ranker's model versions", allow_abbrev=False)
-    model.add_argument("--ranker", default=RANKER.local_address, help="ranker address (serves ModelAdminService)")
-    model.add_argument("--timeout", type=seconds, default=120.0, help="deadline of each call in seconds (loading validates the version)")
-    add_client_security_flags(model)  # the ranker asks for a token with the 'admin' scope when auth is on
+    _add_connection_flags(model, defaults=True)
     actions = model.add_subparsers(dest="action", required=True)
 
-    listing = actions.add_parser("list", help="the versions on the ranker's disk, newest first, and their state")
+    def action(name: str, help: str) -> argparse.ArgumentParser:
+        # The connection flags go before or after the action (`model --ranker R list`, `model list --ranker R`).
+        parser = actions.add_parser(name, help=help, allow_abbrev=False)
+        _add_connection_flags(parser, defaults=False)
+        return parser
+
+    listing = action("list", "the versions on the ranker's disk, newest first, and their state")
     listing.add_argument("--json", action="store_true", help="print the response as JSON")
     listing.set_defaults(func=_list)
 
-    load = actions.add_parser("load", help="load, validate and make live a version (the old one serves until it passes)")
+    load = action("load", "load, validate and make live a version (the old one serves until it passes)")
     load.add_argument("version", help="a version as `whisperlite model list` names it")
     load.set_defaults(func=_load)
 
-    rollback = actions.add_parser("rollback", help="make live the newest version older than the live one (or --to VERSION)")
+    rollback = action("rollback", "make live the newest version older than the live one (or --to VERSION)")
     rollback.add_argument("--to", help="the version to go back to (default: the one before the live version)")
     rollback.set_defaults(func=_rollback)
 
-    traffic = actions.add_parser("traffic", help="show the traffic split, or send a share of users to a candidate version")
+    traffic = action("traffic", "show the traffic split, or send a share of users to a candidate version")
     traffic.add_argument("--candidate", help="candidate version; omitted: show the split")
     traffic.add_argument("--percent", type=float, help="share of users (0-100, by user-id hash) for the candidate")
     traffic.add_argument("--shadow", action="store_true", help="score the candidate in the background instead of answering with it")
     traffic.add_argument("--clear", action="store_true", help="end the split: every user gets the live version")
     traffic.set_defaults(func=_traffic)
+
+
+def _add_connection_flags(parser: argparse.ArgumentParser, defaults: bool) -> None:
+    def default(value):
+        return value if defaults else argparse.SUPPRESS
+
+    parser.add_argument("--ranker", default=default(RANKER.local_address), help="ranker address (serves ModelAdminService)")
+    parser.add_argument(
+        "--timeout", type=seconds, default=default(120.0), help="deadline of each call in seconds (loading validates the version)"
+    )
+    add_client_security_flags(parser, defaults=defaults)  # the ranker asks for a token with the 'admin' scope when auth is on
 
 
 def _call(args: argparse.Namespace, action):

@@ -64,7 +64,13 @@ def test_blank_timestamps_read_as_zero_and_numbers_in_any_notation(tmp_path):
     [
         ({"dataset.json": "[1, 2, 3]"}, "dataset.json: must be a JSON object, got list"),
         ({"dataset.json": "{name: 1}"}, "dataset.json: not JSON"),
-        ({"interactions.csv": "user_id,item_id,timestamp\nu1,1,1\nu1,2,2,x,y\n"}, "interactions.csv: Error tokenizing data"),
+        ({"interactions.csv": "user_id,item_id,timestamp\nu1,1,1\nu1,2,2,x,y\n"}, "interactions.csv line 3: 5 fields, the header has 3"),
+        # pandas numbers records, not lines: it said "line 3" for a ragged line 4 after a value over two lines
+        ({"interactions.csv": 'user_id,item_id,timestamp,request\nu1,1,1,"two\nlines"\nu1,2,2,x,y\n'},
+         "interactions.csv line 4: 5 fields, the header has 4"),
+        # and said "row 3" for a quote opened on line 4
+        ({"interactions.csv": 'user_id,item_id,timestamp,request\nu1,1,1,a\n\nu1,2,2,"open\nu1,3,3,b\n'},
+         "interactions.csv line 4: a quoted value starts here and is never closed"),
         ({"items.csv": "title\nRed dress\n"}, "items.csv: missing column item_id"),
         ({"items.csv": "item_id,category\n1,Dresses\n"}, "items.csv: needs a title or a text column"),
         ({"interactions.csv": "user_id,item_id,timestamp\n,1,1\n"}, "interactions.csv line 2: user_id is empty"),
@@ -90,7 +96,7 @@ def test_blank_timestamps_read_as_zero_and_numbers_in_any_notation(tmp_path):
         ({"items.csv": f"item_id,title\n1,Red dress\n2,{'long ' * 300}\n"}, "items.csv line 3: title: must be at most 1024 characters, got 1500"),
     ],
     ids=[
-        "info-not-an-object", "info-not-json", "ragged-row", "no-item-id", "no-item-text", "blank-user", "infinite-time",
+        "info-not-an-object", "info-not-json", "ragged-row", "ragged-row-after-a-value-over-lines", "unclosed-quote", "no-item-id", "no-item-text", "blank-user", "infinite-time",
         "time-past-int64", "row-cut-before-its-timestamp", "user-id-too-long", "item-id-too-long", "name-not-a-string",
         "every-item-id-with-spaces", "line-after-a-value-over-lines", "item-id-with-an-apostrophe", "item-id-with-a-tab", "first-row-with-an-extra-field",
         "price-with-a-decimal-comma", "negative-price", "attributes-not-json", "title-too-long",

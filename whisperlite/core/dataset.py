@@ -17,6 +17,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -238,7 +239,9 @@ def _read_csv(path: Path, **options) -> pd.DataFrame:
         frame = pd.read_csv(path, **options)
     except UnicodeDecodeError as error:
         raise ValueError(f"{path} line {_first_line_not_utf8(path)}: not UTF-8 ({error.reason}); save the file as UTF-8") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+    except pd.errors.ParserError as error:
+        raise ValueError(_parser_error(path, error)) from None
+    except pd.errors.EmptyDataError as error:
         raise ValueError(f"{path}: {error}") from None
     if not isinstance(frame.index, pd.RangeIndex):
         # The first row held more fields than the header, so pandas read its first column as the index and shifted
@@ -249,6 +252,36 @@ def _read_csv(path: Path, **options) -> pd.DataFrame:
             warnings.simplefilter("ignore", pd.errors.ParserWarning)  # the dropped fields are empty: checked above
             frame = pd.read_csv(path, index_col=False, **options)
     return frame
+
+
+# pandas' tokenizer numbers CSV records, not file lines ("line" from 1, "row" from 0 with the header as row 0): a
+# value spanning lines above the error, or an unclosed quote, made its number point at the wrong line.
+_PANDAS_RAGGED_RECORD = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
+_PANDAS_UNCLOSED_QUOTE = re.compile(r"EOF inside string starting at row (\d+)")
+
+
+def _parser_error(path: Path, error: pd.errors.ParserError) -> str:
+    message = str(error)
+    if ragged := _PANDAS_RAGGED_RECORD.search(message):
+        expected, record, saw = map(int, ragged.groups())
+        return f"{path} line {_line_of_record(path, record - 1)}: {_too_many_fields(saw, expected)}"
+    if unclosed := _PANDAS_UNCLOSED_QUOTE.search(message):
+        line = _line_of_record(path, int(unclosed[1]))
+        return f"{path} line {line}: a quoted value starts here and is never closed (a stray double quote?)"
+    return f"{path}: {message}"
+
+
+def _line_of_record(path: Path, index: int) -> int:
+    """The line CSV record `index` starts on (the header is record 0; a blank line is a record, as pandas counts)."""
+    with path.open(newline="", encoding="utf-8-sig") as file:
+        records = csv.reader(file)
+        for _ in itertools.islice(records, index):
+            pass
+        return records.line_num + 1
+
+
+def _too_many_fields(fields: int, header_fields: int) -> str:
+    return f"{fields} fields, the header has {header_fields} (quote a value that holds a comma)"
 
 
 def _refuse_other_separators(path: Path) -> None:
@@ -275,7 +308,7 @@ def _refuse_extra_fields(path: Path) -> None:
     _, header = next(rows, (1, []))
     for line, record in rows:
         if len(record) > len(header) and any(value.strip() for value in record[len(header):]):
-            raise ValueError(f"{path} line {line}: {len(record)} fields, the header has {len(header)} (quote a value that holds a comma)")
+            raise ValueError(f"{path} line {line}: {_too_many_fields(len(record), len(header))}")
 
 
 def _refuse_first(path: Path, bad: np.ndarray, problem: Callable[[int], str]) -> None:

@@ -189,6 +189,9 @@ def test_unknown_user_with_recent_items_takes_the_recent_items_path(ranker, inge
         ({"query": "boots", "top_k": 5, "recent_item_ids": ["\u200b"]}, "recent_item_ids[0]: must contain a visible character"),
         # The catalog's refusal, named as the caller sent it (it said "searches[0].filter.min_price").
         ({"query": "boots", "top_k": 5, "filter": common_pb2.ItemFilter(min_price=float("nan"))}, "filter.min_price"),
+        # These selected the items stored without a category, or none.
+        ({"query": "boots", "top_k": 5, "filter": common_pb2.ItemFilter(categories=["Shoes", ""])}, "filter.categories[1]: is empty"),
+        ({"query": "boots", "top_k": 5, "filter": common_pb2.ItemFilter(categories=[" \t "])}, "filter.categories[0]: ' \\t ' has no visible"),
     ],
 )
 def test_ranker_rejects_bad_requests(ranker, ingested, request_fields, field):
@@ -214,6 +217,8 @@ def _vector(value: float, dimension: int = 384) -> list[float]:
         ([common_pb2.Item(item_id="short", title="a", vector=[0.1, 0.2])], "vector"),
         ([common_pb2.Item(item_id="nan", title="a", vector=[float("nan")] + _vector(0.1)[1:])], "vector"),
         ([common_pb2.Item(item_id="inf", title="a", vector=[float("inf")] + _vector(0.1)[1:])], "vector"),
+        # Stored, it read as no category while being one, and no filter could ask for it.
+        ([common_pb2.Item(item_id="blank", title="a", category="\u200b")], "items[1].category: '\\u200b' has no visible character"),
     ],
 )
 def test_catalog_rejects_bad_upserts_and_keeps_what_is_stored(catalog, ingested, items, field):
@@ -234,6 +239,23 @@ def test_catalog_rejects_bad_upserts_and_keeps_what_is_stored(catalog, ingested,
 def test_catalog_rejects_bad_search_vectors(catalog, ingested, vector, field):
     code, details = _status(catalog.Search, catalog_pb2.SearchRequest(vector=vector, top_k=5))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and field in details
+
+
+@pytest.mark.parametrize(
+    ("category", "problem"),
+    [
+        ("", "is empty; a category must contain a visible character"),
+        ("   ", "'   ' has no visible character; a category must contain one, not only spaces or invisible (format) characters"),
+        ("\u200b\ufeff", "'\\u200b\\ufeff' has no visible character; a category must contain one, not only spaces or invisible (format) characters"),
+    ],
+)
+def test_a_filter_category_that_names_none_is_refused_by_every_search(catalog, ingested, category, problem):
+    """An empty category selected the items stored without one; a blank one selected nothing and said nothing."""
+    message = f"filter.categories[1]: {problem} (send no categories to keep every category)"
+    search = catalog_pb2.SearchRequest(vector=_vector(0.1), top_k=5, filter=common_pb2.ItemFilter(categories=["Shoes", category]))
+    assert _status(catalog.Search, search) == (grpc.StatusCode.INVALID_ARGUMENT, message)
+    batch = catalog_pb2.SearchBatchRequest(searches=[catalog_pb2.SearchRequest(vector=_vector(0.1), top_k=5), search])
+    assert _status(catalog.SearchBatch, batch) == (grpc.StatusCode.INVALID_ARGUMENT, f"searches[1].{message}")
 
 
 def test_oversized_message_is_refused(ranker):

@@ -89,6 +89,17 @@ def test_an_unusable_request_id_is_refused(http):
     assert response.json()["error"]["message"].startswith("x-request-id: must be")
 
 
+def test_a_request_id_sent_twice_is_refused(http):
+    """Both were accepted and the first one used, while a proxy or log reader in front may have keyed on the other."""
+    response = http.post("/v1/recommend", json={"query": "coat", "top_k": 2}, headers=[("x-request-id", "a-1"), ("X-Request-Id", "a-2")])
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == {
+        "code": "INVALID_ARGUMENT",
+        "message": "x-request-id: given 2 times; send it once (a request id names one request: logs and traces key on it)",
+    }
+    assert re.fullmatch(r"[0-9a-f]{32}", response.headers["x-request-id"])  # the refusal's own id, neither of the two
+
+
 @pytest.mark.parametrize(
     "body",
     [
@@ -97,6 +108,7 @@ def test_an_unusable_request_id_is_refused(http):
         {"query": "boots", "top_k": 100_000},
         {"query": "boots", "top_k": 5, "filter": {"min_price": 50, "max_price": 10}},
         {"query": "boots", "top_k": 5, "recent_item_ids": [""]},
+        {"query": "boots", "top_k": 5, "filter": {"categories": ["watches", "   "]}},
     ],
 )
 def test_bad_input_gets_the_grpc_status_and_message(http, ranker, body):
@@ -107,6 +119,21 @@ def test_bad_input_gets_the_grpc_status_and_message(http, ranker, body):
     assert direct.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert response.status_code == 400
     assert response.json() == {"error": {"code": "INVALID_ARGUMENT", "message": direct.value.details()}}
+
+
+@pytest.mark.parametrize(
+    ("categories", "message"),
+    [
+        ([""], "filter.categories[0]: is empty; a category must contain a visible character (send no categories to keep every category)"),
+        (["watches", "\u200b"], "filter.categories[1]: '\\u200b' has no visible character; a category must contain one, not only spaces or "
+                                "invisible (format) characters (send no categories to keep every category)"),
+    ],
+)
+def test_a_filter_category_that_names_none_is_refused_naming_it(http, gateway_items, categories, message):
+    """An empty category was a filter for the items stored without one (none here: the answer was an empty 200)."""
+    response = http.post("/v1/recommend", json={"query": "a watch", "top_k": 5, "filter": {"categories": categories}})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == {"code": "INVALID_ARGUMENT", "message": message}
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ a real grpc.aio server on loopback, its interceptor's metrics and logs, and call
 import asyncio
 import logging
 import random
+import re
 import time
 
 import grpc
@@ -98,3 +99,35 @@ async def test_callers_that_give_up_at_any_stage_are_counted_as_such_and_log_no_
     assert handled("INTERNAL") == before["INTERNAL"] and handled("UNKNOWN") == before["UNKNOWN"]
     errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
     assert not errors, [(record.name, record.getMessage()) for record in errors]
+
+
+
+def answer_to(address: str, metadata: tuple[tuple[str, str], ...]) -> tuple[grpc.StatusCode, str, dict]:
+    """(status, details, response headers and trailers) of a GetModelInfo call sending `metadata`."""
+    with grpc.insecure_channel(address) as channel:
+        call = query_encoder_pb2_grpc.QueryEncoderServiceStub(channel).GetModelInfo.future(
+            query_encoder_pb2.GetModelInfoRequest(), metadata=metadata, timeout=30
+        )
+        call.exception()  # waits for the end of the call
+        return call.code(), call.details() or "", {**dict(call.initial_metadata()), **dict(call.trailing_metadata())}
+
+
+@pytest.mark.parametrize(
+    ("metadata", "message"),
+    [
+        ((("x-request-id", "order-7"), ("x-request-id", "order-8")),
+         "x-request-id: given 2 times; send it once (a request id names one request: logs and traces key on it)"),
+        ((("x-request-id", "order 7"),), "x-request-id: must be 1 to 128 visible ASCII characters (no spaces), got 'order 7'"),
+        ((("x-request-id", "r" * 129),), f"x-request-id: must be 1 to 128 visible ASCII characters (no spaces), got {'r' * 40!r}"),
+    ],
+    ids=["given-twice", "with-a-space", "too-long"],
+)
+async def test_a_request_id_given_twice_or_breaking_the_rule_is_refused(busy_server, metadata, message):
+    """As the gateway and the clients refuse them. A server took the first of two ids (a proxy or log reader may have
+    taken the other), and replaced one breaking the rule by a new one: the caller's id was in no server log."""
+    address, _ = busy_server
+    code, details, headers = await asyncio.to_thread(answer_to, address, metadata)
+    assert (code, details) == (grpc.StatusCode.INVALID_ARGUMENT, message)
+    assert re.fullmatch(r"[0-9a-f]{32}", headers["x-request-id"])  # the refusal's own id, for its log line
+    longest = "r" * 128
+    assert await asyncio.to_thread(answer_to, address, (("x-request-id", longest),)) == (grpc.StatusCode.OK, "", {"x-request-id": longest})

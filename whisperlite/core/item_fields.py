@@ -73,6 +73,17 @@ MAX_IMAGE_URI_CHARS = 2048
 MAX_ATTRIBUTES_BYTES = 65_536
 
 
+def category_problem(category: str) -> str | None:
+    """Why `category` names no category, or None. Each of a filter's categories must name one: an empty entry selected
+    the items stored without a category. An item's category is '' (none) or names one: '   ' or a zero-width space
+    would read as none while being one, and a filter could not ask for it."""
+    if not category:
+        return "is empty; a category must contain a visible character"
+    if not has_visible_characters(category):
+        return f"{shown(category)} has no visible character; a category must contain one, not only spaces or invisible (format) characters"
+    return None
+
+
 def parse_price(value: object) -> float | None:
     """A price cell: blank is no price; ValueError saying why for anything but a finite number >= 0."""
     if value is None or (isinstance(value, str) and not value.strip()):
@@ -153,6 +164,8 @@ def field_problem(title: str, text: str, category: str, image_uri: str, attribut
             return name, "must not contain a NUL character (\\x00)"
     if has_control_characters(category):
         return "category", "must not contain control characters (newline, tab, ...)"
+    if category and (problem := category_problem(category)) is not None:
+        return "category", f"{problem} (leave it empty for an item with no category)"
     if not all(is_unicode_text(key) and is_unicode_text(value) for key, value in attributes.items()):
         return "attributes", NOT_UNICODE
     if len(json.dumps(attributes, ensure_ascii=False).encode()) > MAX_ATTRIBUTES_BYTES:

@@ -1,20 +1,21 @@
 """The request id (x-request-id) of the call being served, for logs and downstream calls.
 
-A server interceptor binds it from the caller's metadata (or mints one); the internal clients send
-it on every downstream call, so one id names the whole request in every service's logs.
+A server interceptor binds it from the caller's metadata (or mints one; an id given twice or breaking the rule is
+refused); the internal clients send it on every downstream call, so one id names the whole request in every
+service's logs.
 """
 
 from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from contextvars import ContextVar, Token
 
 REQUEST_ID_KEY = "x-request-id"
 MAX_REQUEST_ID_CHARS = 128
-# What a request id may be: carried unchanged by gRPC metadata, HTTP headers and log fields. Servers replace
-# another id with a minted one; the gateway and the clients refuse it, naming the rule.
+# What a request id may be: carried unchanged by gRPC metadata, HTTP headers and log fields. The servers, the gateway
+# and the clients refuse another, naming the rule.
 REQUEST_ID = re.compile(rf"[\x21-\x7e]{{1,{MAX_REQUEST_ID_CHARS}}}")  # "orders/42" and base64 ids included
 REQUEST_ID_RULE = f"must be 1 to {MAX_REQUEST_ID_CHARS} visible ASCII characters (no spaces)"
 
@@ -26,12 +27,24 @@ def current_request_id() -> str:
     return _request_id.get()
 
 
-def bind_request_id(metadata: Iterable[tuple[str, str | bytes]] | None) -> tuple[str, Token]:
-    """Binds the caller's x-request-id (or a new one) to the current context; reset with the token."""
-    given = next((value for key, value in metadata or () if key == REQUEST_ID_KEY), "")
-    if not isinstance(given, str) or not REQUEST_ID.fullmatch(given):
-        given = uuid.uuid4().hex
-    return given, _request_id.set(given)
+def request_id_problem(given: Sequence[str]) -> str | None:
+    """Why the x-request-id values a request carries (its HTTP headers or gRPC metadata entries) cannot name it, or
+    None (none given: one is minted)."""
+    if len(given) > 1:  # which would count? Each reader may take another.
+        return f"{REQUEST_ID_KEY}: given {len(given)} times; send it once (a request id names one request: logs and traces key on it)"
+    if given and not REQUEST_ID.fullmatch(given[0]):
+        return f"{REQUEST_ID_KEY}: {REQUEST_ID_RULE}, got {given[0][:40]!r}"
+    return None
+
+
+def bind_request_id(metadata: Iterable[tuple[str, str]] | None) -> tuple[str, Token, str | None]:
+    """Binds the caller's x-request-id (or a new one) to the current context: (the id, the token to reset it with, why
+    the caller's ids cannot be used or None). A call refused for its ids is bound a new one: its refusal and log line
+    still carry an id."""
+    given = [value for key, value in metadata or () if key == REQUEST_ID_KEY]
+    problem = request_id_problem(given)
+    request_id = given[0] if given and problem is None else uuid.uuid4().hex
+    return request_id, _request_id.set(request_id), problem
 
 
 def reset_request_id(token: Token) -> None:

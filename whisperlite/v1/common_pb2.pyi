@@ -59,7 +59,7 @@ class Item(_message.Message):
     text: _builtins.str
     """Longer description used by the text tower; may be empty."""
     category: _builtins.str
-    """Category used by filters, e.g. "Shoes"; may be empty."""
+    """Category used by filters, e.g. "Shoes"; empty for none, else it must contain a visible character."""
     price: _builtins.float
     """Price in the catalog's currency; absent when unknown (such items never match a price filter)."""
     image_uri: _builtins.str
@@ -112,7 +112,9 @@ class ItemFilter(_message.Message):
     """Keep only items with a price at most this."""
     @_builtins.property
     def categories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Keep only items whose category is one of these (exact match). Empty: any category."""
+        """Keep only items whose category is one of these (exact match); each must contain a visible character
+        (an empty one is INVALID_ARGUMENT, not the items without a category). Empty list: any category.
+        """
 
     @_builtins.property
     def exclude_item_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:

@@ -7,6 +7,7 @@ Caller text never becomes expression syntax. Two ways of passing values, chosen 
   written as a double-quoted literal with `\\` and `"` escaped. Values holding control characters are
   never written at all: the catalog refuses them on upsert (milvus-lite cannot parse an escaped newline),
   so such a value cannot match and is dropped from the filter instead.
+A category that names none (empty, or only spaces or invisible characters) is refused: see filter_from_proto.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from whisperlite.services.catalog.items import can_be_stored_category, can_be_stored_id
 from whisperlite.core.errors import InvalidArgument
+from whisperlite.core.item_fields import category_problem
 from whisperlite.v1 import common_pb2
 
 MAX_FILTER_VALUES = 1000
@@ -42,6 +44,11 @@ def filter_from_proto(message: common_pb2.ItemFilter | None) -> SearchFilter:
         values = getattr(message, name)
         if len(values) > MAX_FILTER_VALUES:
             raise InvalidArgument(f"filter.{name}: at most {MAX_FILTER_VALUES} values, got {len(values)}")
+    for index, category in enumerate(message.categories):
+        # Refused, where a category no item can have is dropped (build_expression): an entry that names none is the
+        # caller's mistake (a form's empty field), and an empty one used to select the items without a category.
+        if (problem := category_problem(category)) is not None:
+            raise InvalidArgument(f"filter.categories[{index}]: {problem} (send no categories to keep every category)")
     bounds = {}
     for name in ("min_price", "max_price"):
         if message.HasField(name):

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from whisperlite.core.item_fields import MAX_CATEGORY_CHARS, MAX_ID_CHARS, field_problem, has_control_characters, item_id_problem
+from whisperlite.core.item_fields import (
+    MAX_CATEGORY_CHARS, MAX_ID_CHARS, category_problem, field_problem, has_control_characters, item_id_problem,
+)
 from whisperlite.core.errors import InvalidArgument
 from whisperlite.core.text import has_visible_characters
 from whisperlite.v1 import common_pb2
@@ -44,7 +46,7 @@ def can_be_stored_id(item_id: str) -> bool:
 
 
 def can_be_stored_category(category: str) -> bool:
-    return len(category) <= MAX_CATEGORY_CHARS and not has_control_characters(category)
+    return len(category) <= MAX_CATEGORY_CHARS and not has_control_characters(category) and (not category or category_problem(category) is None)
 
 
 def _finite_floats(values: Sequence[float], dimension: int, name: str) -> np.ndarray:

@@ -108,9 +108,11 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
             code = grpc.StatusCode.OK
             # Every log line of this call, and every downstream call, carries the request id; the
             # caller gets it back in the response headers.
-            request_id, bound = bind_request_id(context.invocation_metadata())
+            request_id, bound, unusable_id = bind_request_id(context.invocation_metadata())
             shed = False
             try:
+                if unusable_id is not None:  # refused before admission: it holds no slot a served call could use
+                    raise InvalidArgument(unusable_id)
                 response = await admitted(request, context, request_id)
                 size = response.ByteSize()
                 if size > self._max_response_bytes:

@@ -28,8 +28,8 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
 from whisperlite.core.item_fields import MAX_ID_CHARS
-from whisperlite.core.request_context import REQUEST_ID, REQUEST_ID_RULE
 from whisperlite.core.request_context import REQUEST_ID_KEY as REQUEST_ID_HEADER
+from whisperlite.core.request_context import request_id_problem
 from whisperlite.core.topology import RANKER
 from whisperlite.services.gateway import study
 from whisperlite.services.gateway.browsers import (
@@ -140,7 +140,7 @@ async def _in_the_error_shape(response: Response) -> Response:
 
 
 def _refusal(request: Request, max_body_bytes: int) -> JSONResponse | None:
-    """The answer to a request refused before it is read: a path with control characters, an unusable request id, or
+    """The answer to a request refused before it is read: a path with control characters, an unusable or repeated request id, or
     a body over the limit."""
     if CONTROL_CHARACTER.search(path := request.scope["path"]):
         # Starlette's route patterns end in `$`, which matches before a final newline: /v1/items/13306%0A was item 13306.
@@ -158,11 +158,8 @@ def _refusal(request: Request, max_body_bytes: int) -> JSONResponse | None:
         return refused
     if (encoding := request.headers.get("content-encoding", "identity").strip().lower()) != "identity":
         return _error(415, grpc.StatusCode.INVALID_ARGUMENT, f"content-encoding: {encoding[:40]!r} is not accepted; send the body uncompressed")
-    given = request.headers.get(REQUEST_ID_HEADER)
-    if given is not None and not REQUEST_ID.fullmatch(given):
-        return _grpc_error(
-            grpc.StatusCode.INVALID_ARGUMENT, f"{REQUEST_ID_HEADER}: {REQUEST_ID_RULE}, got {given[:40]!r}"
-        )
+    if (problem := request_id_problem(request.headers.getlist(REQUEST_ID_HEADER))) is not None:
+        return _grpc_error(grpc.StatusCode.INVALID_ARGUMENT, problem)
     length = request.headers.get("content-length", "0")
     if not length.isdigit():
         return _grpc_error(grpc.StatusCode.INVALID_ARGUMENT, f"content-length: must be a number of bytes, got {length[:40]!r}")

@@ -34,7 +34,9 @@ class ProtoModel(BaseModel):
 
 
 class ItemFilter(ProtoModel):
-    categories: list[str] = Field(default_factory=list, description="keep only items whose category is one of these (exact match)")
+    categories: list[str] = Field(
+        default_factory=list, description="keep only items whose category is one of these (exact match); each must contain a visible character"
+    )
     min_price: ProtoFloat | None = Field(None, description="keep only items with a price at least this")
     max_price: ProtoFloat | None = Field(None, description="keep only items with a price at most this")
     exclude_item_ids: list[str] = Field(default_factory=list, description="never return these item ids")
@@ -44,7 +46,7 @@ class Item(ProtoModel):
     item_id: str = Field("", description="caller-chosen identifier, unique in the catalog; 1 to 256 characters")
     title: str = Field("", description="human-readable name")
     text: str = Field("", description="longer description embedded by the text tower")
-    category: str = ""
+    category: str = Field("", description="empty for an item with no category, else a name with a visible character")
     price: ProtoFloat | None = Field(None, description="absent when unknown (never matches a price filter)")
     image_uri: str = ""
     attributes: dict[str, str] = Field(default_factory=dict)

@@ -2,14 +2,18 @@
 (real milvus-lite store, items embedded by the real MiniLM encoder)."""
 
 import concurrent.futures
+import contextlib
 import csv
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
 import sys
 import time
+import urllib.request
+from collections import Counter
 
 import grpc
 import pyarrow.parquet as pq
@@ -17,6 +21,7 @@ import pytest
 
 from tests.servers import REPO, start_catalog
 from whisperlite.core.clients.catalog_admin import CatalogAdminClient
+from whisperlite.v1 import catalog_pb2_grpc
 
 PAGE_LIMIT = 20  # the catalog's --max-batch: exports of more items take several ListItems pages
 
@@ -392,10 +397,102 @@ def test_delete_names_the_ids_it_did_not_find_and_reads_an_ids_file_as_import_re
     one = cli("delete", "sku-0000", "--catalog", admin_catalog.address)
     assert one.stdout.strip() == "deleted 1 of 1 ids" and one.stderr == ""
     (tmp_path / "ids.txt").write_text("  sku-0003  \nsku-0001\t\nsku-gone\n")
+    before = {method: handled_calls(admin_catalog, method) for method in ("GetItems", "DeleteItems")}
     deleted = cli("delete", "--ids-file", str(tmp_path / "ids.txt"), "--catalog", admin_catalog.address, check=False)
     assert deleted.returncode == 1 and deleted.stdout.strip() == "deleted 2 of 3 ids"
     assert deleted.stderr.strip() == "not in the catalog: sku-gone"
+    # The delete's answer names the ids it did not find: no GetItems of every id beforehand.
+    assert {method: handled_calls(admin_catalog, method) - calls for method, calls in before.items()} == {
+        "GetItems": Counter(), "DeleteItems": Counter(OK=1)}
     assert [item.item_id for item in catalog.iter_items()] == ["sku-0002"]
+
+
+def handled_calls(service, method: str) -> Counter:
+    """The catalog's calls of `method` so far, by status code (its grpc_server_handled_total)."""
+    text = urllib.request.urlopen(service.metrics_url, timeout=10).read().decode()
+    found = re.findall(rf'grpc_server_handled_total{{grpc_code="(\w+)",grpc_method="{method}",grpc_service="[\w.]+"}} (\S+)', text)
+    return Counter({code: int(float(count)) for code, count in found})
+
+
+def test_an_import_in_batches_over_the_catalogs_max_batch_goes_on_in_batches_of_that_limit(catalog, admin_catalog, tmp_path):
+    """A batch over the catalog's --max-batch was refused and sent one item per call, and so was every later batch
+    (the default --batch-size 256 against a catalog of --max-batch 100: 257 calls a batch instead of 3)."""
+    rows = shop_rows(70)
+    rows.insert(40, {**rows[0], "sku": "sku-blank", "name": "\u200b", "desc": ""})  # row 41: nothing the catalog can embed
+    source = tmp_path / "shop.csv"
+    write_csv(source, rows)
+    before = handled_calls(admin_catalog, "UpsertItems")
+    result = cli("import", str(source), "--catalog", admin_catalog.address, "--batch-size", "30", *MAPPING)
+    assert "imported 70 items" in result.stdout and "1 rows refused" in result.stdout
+    lowered = f"--batch-size 30 lowered to {PAGE_LIMIT}: the catalog at {admin_catalog.address} takes at most {PAGE_LIMIT} items per upsert"
+    assert lowered in result.stderr and result.stderr.count("lowered") == 1, result.stderr
+    # Rows 1-30: refused whole, then sent as 20 + 10. Rows 31-50 hold the bad row: refused whole, then one by one
+    # (19 written, 1 refused). Rows 51-70 and 71: one call each.
+    assert handled_calls(admin_catalog, "UpsertItems") - before == Counter(OK=2 + 19 + 2, INVALID_ARGUMENT=3)
+    assert catalog.stats().item_count == 70
+    (entry,) = error_report(tmp_path / "shop.csv.import-errors.jsonl").values()
+    assert entry["row"] == 41 and "to embed" in entry["error"], entry
+
+
+def test_an_import_interrupted_after_lowering_its_batch_size_resumes_without_losing_or_repeating_a_row(catalog, admin_catalog, tmp_path):
+    rows = shop_rows(200)
+    rows[57]["cost"] = "cheap"  # row 58: refused by the row checks, reported once
+    source = tmp_path / "big.csv"
+    write_csv(source, rows)
+    args = ("--catalog", admin_catalog.address, "--batch-size", "50", *MAPPING)
+    done = interrupted_import(source, *args, after_rows=50)
+    # The checkpoint moves after the first batch of 50 (written as 20 + 20 + 10), then after each batch of 20.
+    assert 50 <= done < 200 and (done - 50) % PAGE_LIMIT == 0, done
+    result = cli("import", str(source), *args)
+    assert f"resumed after row {done}" in result.stdout and "imported 199 items" in result.stdout and "1 rows refused" in result.stdout
+    assert catalog.stats().item_count == 199 and not (tmp_path / "big.csv.import-checkpoint.json").exists()
+    assert list(error_report(tmp_path / "big.csv.import-errors.jsonl")) == [58]
+
+
+@contextlib.contextmanager
+def older_catalog(address: str):
+    """A catalog from before GetStatsResponse.max_batch and DeleteItemsResponse.missing_item_ids, played by a gRPC
+    server that forwards to the real one and clears those fields; yields its address."""
+    with grpc.insecure_channel(address) as channel:
+        real = catalog_pb2_grpc.CatalogServiceStub(channel)
+
+        def forward(method: str, added_later: str = ""):
+            def handle(self, request, context):
+                try:
+                    response = getattr(real, method)(request, timeout=120)
+                except grpc.RpcError as error:
+                    context.abort(error.code(), error.details())
+                if added_later:
+                    response.ClearField(added_later)
+                return response
+
+            return handle
+
+        older = type("Older", (catalog_pb2_grpc.CatalogServiceServicer,), {
+            "UpsertItems": forward("UpsertItems"), "GetStats": forward("GetStats", "max_batch"),
+            "DeleteItems": forward("DeleteItems", "missing_item_ids"),
+        })  # fmt: skip
+        server = grpc.server(concurrent.futures.ThreadPoolExecutor(4))
+        catalog_pb2_grpc.add_CatalogServiceServicer_to_server(older(), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        try:
+            yield f"127.0.0.1:{port}"
+        finally:
+            server.stop(None)
+
+
+def test_import_and_delete_still_work_against_a_catalog_older_than_the_fields_they_use(catalog, admin_catalog, tmp_path):
+    write_csv(tmp_path / "shop.csv", shop_rows(25))
+    with older_catalog(admin_catalog.address) as address:
+        # It does not say its limit: the batch over it goes one item per call, as before.
+        imported = cli("import", str(tmp_path / "shop.csv"), "--catalog", address, "--batch-size", "25", *MAPPING)
+        assert "imported 25 items" in imported.stdout and "lowered" not in imported.stderr
+        # It does not name the ids it did not find: delete says how many, and exits 1 as for named ones.
+        deleted = cli("delete", "sku-0000", "sku-gone", "sku-0001", "sku-lost", "--catalog", address, check=False)
+    assert deleted.returncode == 1 and deleted.stdout.strip() == "deleted 2 of 4 ids"
+    assert deleted.stderr.startswith("not in the catalog: 2 more id(s)"), deleted.stderr
+    assert catalog.stats().item_count == 23
 
 
 def test_an_import_whose_first_batch_fails_does_not_point_at_a_checkpoint_it_never_wrote(tmp_path):

@@ -170,7 +170,7 @@ async def test_writes_reach_the_index_and_a_restart_rebuilds_it_from_the_store(t
         assert "new" not in ids(await catalog.search(target, 10, SearchFilter()))
         assert await catalog.search(target, 5, SearchFilter(categories=("fresh",))) == []
         assert ids(await catalog.search(-target, 1, SearchFilter(categories=("moved",), min_price=2.0))) == ["new"]
-        assert await catalog.delete(["new", "i7", "absent"]) == 2
+        assert (await catalog.delete(["new", "i7", "absent"])).deleted == 2
         remaining = await catalog.search(-target, 600, SearchFilter())
         assert len(remaining) == 499 and not {"new", "i7"} & set(ids(remaining))
         before = [ids(await catalog.search(q, 10, f)) for q in unit_rows(np.random.default_rng(1), 3) for f in FILTERS]
@@ -264,7 +264,7 @@ async def test_a_cancelled_write_still_reaches_the_index(tmp_path, data):
         with pytest.raises(asyncio.CancelledError):
             await write
         # A write waits for the worker thread, which goes on to finish the cancelled one in the store and the index.
-        assert await catalog.delete(["never-stored"]) == 0
+        assert (await catalog.delete(["never-stored"])).deleted == 0
         indexed, stored = await in_index_and_in_store(catalog, store)
         assert catalog.search_index == "memory" and indexed == stored and len(stored) == N
     finally:

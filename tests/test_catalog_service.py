@@ -85,6 +85,7 @@ def search_ids(stub, vector, top_k=10, **filter_fields) -> list[str]:
 def test_upsert_get_search_delete_round_trip(stub, stocked):
     stats = stub.GetStats(catalog_pb2.GetStatsRequest(), timeout=10)
     assert (stats.item_count, stats.dimension, stats.encoder_model, stats.collection) == (5, DIM, "test/vectors", "items")
+    assert stats.max_batch == 100  # its --max-batch: what a client sizes its upserts by
 
     got = stub.GetItems(catalog_pb2.GetItemsRequest(item_ids=["gown", "nope", "boots"], include_vectors=True), timeout=10)
     assert [i.item_id for i in got.items] == ["gown", "boots"] and list(got.missing_item_ids) == ["nope"]
@@ -103,8 +104,8 @@ def test_upsert_get_search_delete_round_trip(stub, stocked):
 
     extra = common_pb2.Item(item_id="temp", title="to delete", vector=vec(1, 1))
     stub.UpsertItems(catalog_pb2.UpsertItemsRequest(items=[extra]), timeout=30)
-    deleted = stub.DeleteItems(catalog_pb2.DeleteItemsRequest(item_ids=["temp", "temp", "never-there"]), timeout=10)
-    assert deleted.deleted_count == 1
+    deleted = stub.DeleteItems(catalog_pb2.DeleteItemsRequest(item_ids=["never-there", "temp", "temp", "never-there"]), timeout=10)
+    assert deleted.deleted_count == 1 and list(deleted.missing_item_ids) == ["never-there"]  # each id once
     assert stub.GetStats(catalog_pb2.GetStatsRequest(), timeout=10).item_count == 5
 
 

@@ -144,7 +144,7 @@ async def test_injection_attempts_match_only_their_literal_value(catalog, stocke
     assert len(excluded) == 12
     found, missing = await catalog.get(['id-1" or item_id != "', "id-1' or '1'='1"], include_vectors=False)
     assert found == [] and len(missing) == 2
-    assert await catalog.delete(["id-1' or '1'='1", 'x" or item_id != "']) == 0
+    assert (await catalog.delete(["id-1' or '1'='1", 'x" or item_id != "'])).deleted == 0
     assert (await catalog.stats()).item_count == 12
 
 
@@ -210,8 +210,9 @@ async def test_request_limits(catalog, stocked):
         await catalog.upsert([])
 
 
-async def test_delete_counts_existing_ids_only(catalog, stocked):
-    assert await catalog.delete(["id-0", "id-1", "id-0", "nope"]) == 2
+async def test_delete_counts_existing_ids_only_and_names_the_others(catalog, stocked):
+    result = await catalog.delete(["nope", "id-0", "id-1", "id-0", "gone", "nope"])
+    assert (result.deleted, result.missing) == (2, ["nope", "gone"])  # each once, in request order
     assert (await catalog.stats()).item_count == 10
     _, missing = await catalog.get(["id-0", "id-2"], include_vectors=False)
     assert missing == ["id-0"]

@@ -26,7 +26,6 @@ from tqdm import tqdm
 from whisperlite.core.progress import bar_disabled
 from whisperlite.core.clients.catalog_admin import CatalogAdminClient
 from whisperlite.core.clients.types import Item
-from whisperlite.core.errors import RETRY_AFTER_KEY
 from whisperlite.core.item_fields import (
     RepeatedKey, attribute_value, field_problem, item_id_problem, object_without_repeated_keys, parse_attributes, parse_price, shown,
 )
@@ -372,10 +371,35 @@ def _refusal(error: Exception) -> str | None:
     return f"cannot be sent: {error}"
 
 
-def _upsert_batch(client: CatalogAdminClient, batch: list[tuple[int, Item]], errors: _ErrorLog) -> tuple[int, int]:
-    """Upserts a batch whole; when it is refused, item by item, so only the bad rows are reported and the rest are
-    written. Any other failure (the catalog down past the client's retries) stops the import with the checkpoint at
-    the last complete batch. Returns (upserted, failed)."""
+@dataclass
+class _BatchSize:
+    """Items per upsert: --batch-size, until the catalog refuses a batch over its own --max-batch. That refusal used to
+    send the batch, and every later one, one item per call (a 256-row batch to a catalog of --max-batch 100: 257 calls
+    instead of 4); now the import asks the catalog its limit and goes on in batches of that size."""
+
+    size: int
+    catalog: str
+
+    def over_limit(self, client: CatalogAdminClient, refused: int) -> int | None:
+        """The catalog's --max-batch when a refused batch of `refused` items was over it (the batch size is then
+        lowered to it, said once on stderr), else None: the refusal was an item's fault."""
+        limit = client.stats().max_batch  # 0: a catalog older than GetStatsResponse.max_batch, which does not say
+        if not 0 < limit < refused:
+            return None
+        if limit < self.size:
+            tqdm.write(
+                f"--batch-size {self.size} lowered to {limit}: the catalog at {self.catalog} takes at most {limit} items per upsert "
+                "(its --max-batch)", file=sys.stderr,
+            )  # fmt: skip
+            self.size = limit
+        return limit
+
+
+def _upsert_batch(client: CatalogAdminClient, batch: list[tuple[int, Item]], errors: _ErrorLog, size: _BatchSize) -> tuple[int, int]:
+    """Upserts a batch whole; when it is refused for its length, in parts the catalog takes; when it is refused
+    otherwise, item by item, so only the bad rows are reported and the rest are written. Any other failure (the
+    catalog down past the client's retries) stops the import with the checkpoint at the last complete batch.
+    Returns (upserted, failed)."""
     try:
         return client.upsert([item for _, item in batch]).upserted, 0
     except (grpc.RpcError, ValueError, TypeError) as error:
@@ -385,6 +409,9 @@ def _upsert_batch(client: CatalogAdminClient, batch: list[tuple[int, Item]], err
             number, item = batch[0]
             errors.write(number, item.item_id, why)
             return 0, 1
+        if isinstance(error, grpc.RpcError) and (limit := size.over_limit(client, len(batch))) is not None:
+            parts = [_upsert_batch(client, batch[start : start + limit], errors, size) for start in range(0, len(batch), limit)]
+            return sum(upserted for upserted, _ in parts), sum(failed for _, failed in parts)
     upserted = failed = 0
     for number, item in batch:
         try:
@@ -417,9 +444,10 @@ def import_file(
     report = ImportReport(skipped_rows=checkpoint.rows_done, errors_file=errors_path)
     batch: list[tuple[int, Item]] = []
     last_row = checkpoint.rows_done
+    size = _BatchSize(batch_size, catalog)
 
     def flush() -> None:
-        upserted, failed = _upsert_batch(client, batch, errors)
+        upserted, failed = _upsert_batch(client, batch, errors, size)
         checkpoint.upserted += upserted
         checkpoint.failed += failed
         checkpoint.rows_done = last_row
@@ -440,7 +468,7 @@ def import_file(
                 batch.append((outcome.number, outcome.item))
             last_row = outcome.number
             bar.update(1)
-            if len(batch) >= batch_size:
+            if len(batch) >= size.size:
                 flush()
         if batch:
             flush()
@@ -666,9 +694,12 @@ def _batches(ids: list[str], size: int) -> Iterator[list[str]]:
         yield ids[start : start + size]
 
 
-def _not_found(missing: list[str]) -> None:
+def _not_found(missing: list[str], unnamed: int = 0) -> None:
     if missing:
         print(f"not in the catalog: {', '.join(missing)}", file=sys.stderr)
+    if unnamed:
+        print(f"not in the catalog: {unnamed} more id(s), which a catalog older than DeleteItemsResponse.missing_item_ids does not name", file=sys.stderr)
+    if missing or unnamed:
         sys.exit(1)
 
 
@@ -689,33 +720,23 @@ def _get(args) -> None:
     _not_found(missing)
 
 
-def _missing(client: CatalogAdminClient, ids: list[str]) -> list[str]:
-    """The ids the catalog does not hold. A delete answers only how many it deleted, so they are asked first; ids
-    whose items would make too large an answer (RESOURCE_EXHAUSTED without a busy server's retry hint) in halves."""
-    try:
-        return list(client.get(ids).missing_item_ids)
-    except grpc.RpcError as error:
-        busy = any(key == RETRY_AFTER_KEY for key, _ in error.trailing_metadata() or ())
-        if error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or busy or len(ids) == 1:
-            raise
-    half = len(ids) // 2
-    return _missing(client, ids[:half]) + _missing(client, ids[half:])
-
-
 def _delete(args) -> None:
-    ids, deleted, missing = _item_ids(args), 0, []
+    """One DeleteItems per batch: its answer names the ids it did not find (before DeleteItemsResponse.missing_item_ids,
+    a GetItems of the batch came first to learn them)."""
+    ids, deleted, missing, unnamed = _item_ids(args), 0, [], 0
     with _client(args) as client:
         for batch in _batches(ids, args.batch_size):
             try:
-                absent = set(_missing(client, batch))
-                present = [item_id for item_id in batch if item_id not in absent]
-                deleted += client.delete(present) if present else 0
+                result = client.delete_items(batch)
             except grpc.RpcError as error:
                 done = f" ({deleted} deleted before this call)" if deleted else ""
                 raise SystemExit(str(call_failed(error, args.catalog, "catalog")) + done) from None
-            missing += [item_id for item_id in batch if item_id in absent]
+            deleted += result.deleted_count
+            missing += result.missing_item_ids
+            # The batch's ids are distinct: what neither count covers, a catalog older than the field did not name.
+            unnamed += len(batch) - result.deleted_count - len(result.missing_item_ids)
     print(f"deleted {deleted} of {len(ids)} ids")
-    _not_found(missing)
+    _not_found(missing, unnamed)
 
 
 def _count(args) -> None:
@@ -762,7 +783,10 @@ def register(commands) -> None:
         importer.add_argument(f"--{name}-column", default=default, help=f"source column of the item's {name} (default {default}; '' for none)")
     importer.add_argument("--attributes-column", default="attributes", help="column holding a JSON object of attributes (default attributes)")
     importer.add_argument("--attribute-column", action="append", help="a column stored as the attribute of its name (repeatable, or comma-separated)")
-    importer.add_argument("--batch-size", type=at_least(1), default=DEFAULT_BATCH_SIZE, help=f"items per upsert (default {DEFAULT_BATCH_SIZE})")
+    importer.add_argument(
+        "--batch-size", type=at_least(1), default=DEFAULT_BATCH_SIZE,
+        help=f"items per upsert (default {DEFAULT_BATCH_SIZE}; lowered to the catalog's --max-batch when over it)",
+    )
     importer.add_argument("--checkpoint", type=Path, help="where rows done are recorded (default FILE.import-checkpoint.json)")
     importer.add_argument("--errors", type=Path, help="per-row error report, JSON lines (default FILE.import-errors.jsonl)")
     importer.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and import from the first row")

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from whisperlite.v1 import common_pb2 as whisperlite_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cwhisperlite/v1/catalog.proto\x12\x0ewhisperlite.v1\x1a\x1bwhisperlite/v1/common.proto\"9\n\x12UpsertItemsRequest\x12#\n\x05items\x18\x01 \x03(\x0b\x32\x14.whisperlite.v1.Item\"E\n\x13UpsertItemsResponse\x12\x16\n\x0eupserted_count\x18\x01 \x01(\x05\x12\x16\n\x0e\x65mbedded_count\x18\x02 \x01(\x05\"<\n\x0fGetItemsRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\t\x12\x17\n\x0finclude_vectors\x18\x02 \x01(\x08\"Q\n\x10GetItemsResponse\x12#\n\x05items\x18\x01 \x03(\x0b\x32\x14.whisperlite.v1.Item\x12\x18\n\x10missing_item_ids\x18\x02 \x03(\t\"&\n\x12\x44\x65leteItemsRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\t\",\n\x13\x44\x65leteItemsResponse\x12\x15\n\rdeleted_count\x18\x01 \x01(\x05\"\xbe\x01\n\rSearchRequest\x12\x12\n\x06vector\x18\x01 \x03(\x02\x42\x02\x10\x01\x12\r\n\x05top_k\x18\x02 \x01(\x05\x12*\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x1a.whisperlite.v1.ItemFilter\x12\x17\n\x0finclude_vectors\x18\x04 \x01(\x08\x12\x15\n\rdetailed_hits\x18\x05 \x01(\x05\x12.\n\x07\x65xplain\x18\x06 \x03(\x0b\x32\x1d.whisperlite.v1.ExplainVector\"#\n\rExplainVector\x12\x12\n\x06values\x18\x01 \x03(\x02\x42\x02\x10\x01\"Z\n\tSearchHit\x12\"\n\x04item\x18\x01 \x01(\x0b\x32\x14.whisperlite.v1.Item\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x1a\n\x0e\x65xplain_scores\x18\x03 \x03(\x02\x42\x02\x10\x01\"9\n\x0eSearchResponse\x12\'\n\x04hits\x18\x01 \x03(\x0b\x32\x19.whisperlite.v1.SearchHit\"E\n\x12SearchBatchRequest\x12/\n\x08searches\x18\x01 \x03(\x0b\x32\x1d.whisperlite.v1.SearchRequest\"H\n\x13SearchBatchResponse\x12\x31\n\tresponses\x18\x01 \x03(\x0b\x32\x1e.whisperlite.v1.SearchResponse\"\x11\n\x0fGetStatsRequest\"d\n\x10GetStatsResponse\x12\x12\n\nitem_count\x18\x01 \x01(\x03\x12\x11\n\tdimension\x18\x02 \x01(\x05\x12\x15\n\rencoder_model\x18\x03 \x01(\t\x12\x12\n\ncollection\x18\x04 \x01(\t\"R\n\x10ListItemsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x17\n\x0finclude_vectors\x18\x03 \x01(\x08\"Q\n\x11ListItemsResponse\x12#\n\x05items\x18\x01 \x03(\x0b\x32\x14.whisperlite.v1.Item\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xd1\x04\n\x0e\x43\x61talogService\x12V\n\x0bUpsertItems\x12\".whisperlite.v1.UpsertItemsRequest\x1a#.whisperlite.v1.UpsertItemsResponse\x12M\n\x08GetItems\x12\x1f.whisperlite.v1.GetItemsRequest\x1a .whisperlite.v1.GetItemsResponse\x12V\n\x0b\x44\x65leteItems\x12\".whisperlite.v1.DeleteItemsRequest\x1a#.whisperlite.v1.DeleteItemsResponse\x12G\n\x06Search\x12\x1d.whisperlite.v1.SearchRequest\x1a\x1e.whisperlite.v1.SearchResponse\x12V\n\x0bSearchBatch\x12\".whisperlite.v1.SearchBatchRequest\x1a#.whisperlite.v1.SearchBatchResponse\x12M\n\x08GetStats\x12\x1f.whisperlite.v1.GetStatsRequest\x1a .whisperlite.v1.GetStatsResponse\x12P\n\tListItems\x12 .whisperlite.v1.ListItemsRequest\x1a!.whisperlite.v1.ListItemsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cwhisperlite/v1/catalog.proto\x12\x0ewhisperlite.v1\x1a\x1bwhisperlite/v1/common.proto\"9\n\x12UpsertItemsRequest\x12#\n\x05items\x18\x01 \x03(\x0b\x32\x14.whisperlite.v1.Item\"E\n\x13UpsertItemsResponse\x12\x16\n\x0eupserted_count\x18\x01 \x01(\x05\x12\x16\n\x0e\x65mbedded_count\x18\x02 \x01(\x05\"<\n\x0fGetItemsRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\t\x12\x17\n\x0finclude_vectors\x18\x02 \x01(\x08\"Q\n\x10GetItemsResponse\x12#\n\x05items\x18\x01 \x03(\x0b\x32\x14.whisperlite.v1.Item\x12\x18\n\x10missing_item_ids\x18\x02 \x03(\t\"&\n\x12\x44\x65leteItemsRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\t\"F\n\x13\x44\x65leteItemsResponse\x12\x15\n\rdeleted_count\x18\x01 \x01(\x05\x12\x18\n\x10missing_item_ids\x18\x02 \x03(\t\"\xbe\x01\n\rSearchRequest\x12\x12\n\x06vector\x18\x01 \x03(\x02\x42\x02\x10\x01\x12\r\n\x05top_k\x18\x02 \x01(\x05\x12*\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x1a.whisperlite.v1.ItemFilter\x12\x17\n\x0finclude_vectors\x18\x04 \x01(\x08\x12\x15\n\rdetailed_hits\x18\x05 \x01(\x05\x12.\n\x07\x65xplain\x18\x06 \x03(\x0b\x32\x1d.whisperlite.v1.ExplainVector\"#\n\rExplainVector\x12\x12\n\x06values\x18\x01 \x03(\x02\x42\x02\x10\x01\"Z\n\tSearchHit\x12\"\n\x04item\x18\x01 \x01(\x0b\x32\x14.whisperlite.v1.Item\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x1a\n\x0e\x65xplain_scores\x18\x03 \x03(\x02\x42\x02\x10\x01\"9\n\x0eSearchResponse\x12\'\n\x04hits\x18\x01 \x03(\x0b\x32\x19.whisperlite.v1.SearchHit\"E\n\x12SearchBatchRequest\x12/\n\x08searches\x18\x01 \x03(\x0b\x32\x1d.whisperlite.v1.SearchRequest\"H\n\x13SearchBatchResponse\x12\x31\n\tresponses\x18\x01 \x03(\x0b\x32\x1e.whisperlite.v1.SearchResponse\"\x11\n\x0fGetStatsRequest\"w\n\x10GetStatsResponse\x12\x12\n\nitem_count\x18\x01 \x01(\x03\x12\x11\n\tdimension\x18\x02 \x01(\x05\x12\x15\n\rencoder_model\x18\x03 \x01(\t\x12\x12\n\ncollection\x18\x04 \x01(\t\x12\x11\n\tmax_batch\x18\x05 \x01(\x05\"R\n\x10ListItemsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x17\n\x0finclude_vectors\x18\x03 \x01(\x08\"Q\n\x11ListItemsResponse\x12#\n\x05items\x18\x01 \x03(\x0b\x32\x14.whisperlite.v1.Item\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xd1\x04\n\x0e\x43\x61talogService\x12V\n\x0bUpsertItems\x12\".whisperlite.v1.UpsertItemsRequest\x1a#.whisperlite.v1.UpsertItemsResponse\x12M\n\x08GetItems\x12\x1f.whisperlite.v1.GetItemsRequest\x1a .whisperlite.v1.GetItemsResponse\x12V\n\x0b\x44\x65leteItems\x12\".whisperlite.v1.DeleteItemsRequest\x1a#.whisperlite.v1.DeleteItemsResponse\x12G\n\x06Search\x12\x1d.whisperlite.v1.SearchRequest\x1a\x1e.whisperlite.v1.SearchResponse\x12V\n\x0bSearchBatch\x12\".whisperlite.v1.SearchBatchRequest\x1a#.whisperlite.v1.SearchBatchResponse\x12M\n\x08GetStats\x12\x1f.whisperlite.v1.GetStatsRequest\x1a .whisperlite.v1.GetStatsResponse\x12P\n\tListItems\x12 .whisperlite.v1.ListItemsRequest\x1a!.whisperlite.v1.ListItemsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -49,27 +49,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DELETEITEMSREQUEST']._serialized_start=352
   _globals['_DELETEITEMSREQUEST']._serialized_end=390
   _globals['_DELETEITEMSRESPONSE']._serialized_start=392
-  _globals['_DELETEITEMSRESPONSE']._serialized_end=436
-  _globals['_SEARCHREQUEST']._serialized_start=439
-  _globals['_SEARCHREQUEST']._serialized_end=629
-  _globals['_EXPLAINVECTOR']._serialized_start=631
-  _globals['_EXPLAINVECTOR']._serialized_end=666
-  _globals['_SEARCHHIT']._serialized_start=668
-  _globals['_SEARCHHIT']._serialized_end=758
-  _globals['_SEARCHRESPONSE']._serialized_start=760
-  _globals['_SEARCHRESPONSE']._serialized_end=817
-  _globals['_SEARCHBATCHREQUEST']._serialized_start=819
-  _globals['_SEARCHBATCHREQUEST']._serialized_end=888
-  _globals['_SEARCHBATCHRESPONSE']._serialized_start=890
-  _globals['_SEARCHBATCHRESPONSE']._serialized_end=962
-  _globals['_GETSTATSREQUEST']._serialized_start=964
-  _globals['_GETSTATSREQUEST']._serialized_end=981
-  _globals['_GETSTATSRESPONSE']._serialized_start=983
-  _globals['_GETSTATSRESPONSE']._serialized_end=1083
-  _globals['_LISTITEMSREQUEST']._serialized_start=1085
-  _globals['_LISTITEMSREQUEST']._serialized_end=1167
-  _globals['_LISTITEMSRESPONSE']._serialized_start=1169
-  _globals['_LISTITEMSRESPONSE']._serialized_end=1250
-  _globals['_CATALOGSERVICE']._serialized_start=1253
-  _globals['_CATALOGSERVICE']._serialized_end=1846
+  _globals['_DELETEITEMSRESPONSE']._serialized_end=462
+  _globals['_SEARCHREQUEST']._serialized_start=465
+  _globals['_SEARCHREQUEST']._serialized_end=655
+  _globals['_EXPLAINVECTOR']._serialized_start=657
+  _globals['_EXPLAINVECTOR']._serialized_end=692
+  _globals['_SEARCHHIT']._serialized_start=694
+  _globals['_SEARCHHIT']._serialized_end=784
+  _globals['_SEARCHRESPONSE']._serialized_start=786
+  _globals['_SEARCHRESPONSE']._serialized_end=843
+  _globals['_SEARCHBATCHREQUEST']._serialized_start=845
+  _globals['_SEARCHBATCHREQUEST']._serialized_end=914
+  _globals['_SEARCHBATCHRESPONSE']._serialized_start=916
+  _globals['_SEARCHBATCHRESPONSE']._serialized_end=988
+  _globals['_GETSTATSREQUEST']._serialized_start=990
+  _globals['_GETSTATSREQUEST']._serialized_end=1007
+  _globals['_GETSTATSRESPONSE']._serialized_start=1009
+  _globals['_GETSTATSRESPONSE']._serialized_end=1128
+  _globals['_LISTITEMSREQUEST']._serialized_start=1130
+  _globals['_LISTITEMSREQUEST']._serialized_end=1212
+  _globals['_LISTITEMSRESPONSE']._serialized_start=1214
+  _globals['_LISTITEMSRESPONSE']._serialized_end=1295
+  _globals['_CATALOGSERVICE']._serialized_start=1298
+  _globals['_CATALOGSERVICE']._serialized_end=1891
 # @@protoc_insertion_point(module_scope)

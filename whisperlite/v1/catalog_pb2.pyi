@@ -158,16 +158,25 @@ class DeleteItemsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     DELETED_COUNT_FIELD_NUMBER: _builtins.int
+    MISSING_ITEM_IDS_FIELD_NUMBER: _builtins.int
     deleted_count: _builtins.int
     """Number of ids that existed and were deleted."""
+    @_builtins.property
+    def missing_item_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Requested ids that were not in the catalog, each once, in request order: a caller that must say which ids it
+        did not find needs no GetItems beforehand. A catalog older than this field leaves it empty (deleted_count is
+        then below the number of distinct ids asked for).
+        """
+
     def __init__(
         self,
         *,
         deleted_count: _builtins.int = ...,
+        missing_item_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted_count", b"deleted_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted_count", b"deleted_count", "missing_item_ids", b"missing_item_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -386,6 +395,7 @@ class GetStatsResponse(_message.Message):
     DIMENSION_FIELD_NUMBER: _builtins.int
     ENCODER_MODEL_FIELD_NUMBER: _builtins.int
     COLLECTION_FIELD_NUMBER: _builtins.int
+    MAX_BATCH_FIELD_NUMBER: _builtins.int
     item_count: _builtins.int
     """Number of items stored."""
     dimension: _builtins.int
@@ -394,6 +404,10 @@ class GetStatsResponse(_message.Message):
     """Encoder model that produced the stored vectors (from the query encoder at collection creation)."""
     collection: _builtins.str
     """Milvus collection name."""
+    max_batch: _builtins.int
+    """Most items per UpsertItems and ids per GetItems or DeleteItems (the catalog's --max-batch; larger requests are
+    INVALID_ARGUMENT): a client sending many items sizes its calls by it. 0 from a catalog older than this field.
+    """
     def __init__(
         self,
         *,
@@ -401,10 +415,11 @@ class GetStatsResponse(_message.Message):
         dimension: _builtins.int = ...,
         encoder_model: _builtins.str = ...,
         collection: _builtins.str = ...,
+        max_batch: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "dimension", b"dimension", "encoder_model", b"encoder_model", "item_count", b"item_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "dimension", b"dimension", "encoder_model", b"encoder_model", "item_count", b"item_count", "max_batch", b"max_batch"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

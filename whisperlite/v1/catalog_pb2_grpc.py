@@ -91,7 +91,7 @@ class CatalogServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteItems(self, request, context):
-        """Deletes items by id; unknown ids are ignored.
+        """Deletes items by id; unknown ids are ignored, and named in the response.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -38,7 +38,7 @@ class CatalogServiceStub:
     GetItems: _grpc.UnaryUnaryMultiCallable[_catalog_pb2.GetItemsRequest, _catalog_pb2.GetItemsResponse]
     """Reads items by id."""
     DeleteItems: _grpc.UnaryUnaryMultiCallable[_catalog_pb2.DeleteItemsRequest, _catalog_pb2.DeleteItemsResponse]
-    """Deletes items by id; unknown ids are ignored."""
+    """Deletes items by id; unknown ids are ignored, and named in the response."""
     Search: _grpc.UnaryUnaryMultiCallable[_catalog_pb2.SearchRequest, _catalog_pb2.SearchResponse]
     """Returns the items nearest to a vector (cosine similarity), after filters."""
     SearchBatch: _grpc.UnaryUnaryMultiCallable[_catalog_pb2.SearchBatchRequest, _catalog_pb2.SearchBatchResponse]
@@ -61,7 +61,7 @@ class CatalogServiceAsyncStub(CatalogServiceStub):
     GetItems: _aio.UnaryUnaryMultiCallable[_catalog_pb2.GetItemsRequest, _catalog_pb2.GetItemsResponse]  # type: ignore[assignment]
     """Reads items by id."""
     DeleteItems: _aio.UnaryUnaryMultiCallable[_catalog_pb2.DeleteItemsRequest, _catalog_pb2.DeleteItemsResponse]  # type: ignore[assignment]
-    """Deletes items by id; unknown ids are ignored."""
+    """Deletes items by id; unknown ids are ignored, and named in the response."""
     Search: _aio.UnaryUnaryMultiCallable[_catalog_pb2.SearchRequest, _catalog_pb2.SearchResponse]  # type: ignore[assignment]
     """Returns the items nearest to a vector (cosine similarity), after filters."""
     SearchBatch: _aio.UnaryUnaryMultiCallable[_catalog_pb2.SearchBatchRequest, _catalog_pb2.SearchBatchResponse]  # type: ignore[assignment]
@@ -99,7 +99,7 @@ class CatalogServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _catalog_pb2.DeleteItemsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_catalog_pb2.DeleteItemsResponse, _abc.Awaitable[_catalog_pb2.DeleteItemsResponse]]:
-        """Deletes items by id; unknown ids are ignored."""
+        """Deletes items by id; unknown ids are ignored, and named in the response."""
 
     @_abc_1.abstractmethod
     def Search(

@@ -18,6 +18,7 @@ from whisperlite.core.clients.types import (
     CatalogStats,
     Item,
     ItemPage,
+    ItemsDeleted,
     ItemsFound,
     UpsertResult,
     item_from_proto,
@@ -33,6 +34,14 @@ __all__ = ["AsyncCatalogAdminClient", "CatalogAdminClient", "ClientOptions", "It
 
 def _found(response: catalog_pb2.GetItemsResponse) -> ItemsFound:
     return ItemsFound([item_from_proto(item) for item in response.items], list(response.missing_item_ids))
+
+
+def _deleted(response: catalog_pb2.DeleteItemsResponse) -> ItemsDeleted:
+    return ItemsDeleted(response.deleted_count, list(response.missing_item_ids))
+
+
+def _delete_request(item_ids: Sequence[str]) -> catalog_pb2.DeleteItemsRequest:
+    return catalog_pb2.DeleteItemsRequest(item_ids=string_list("item_ids", item_ids))
 
 
 def _page(response: catalog_pb2.ListItemsResponse) -> ItemPage:
@@ -58,8 +67,12 @@ class CatalogAdminClient(SyncClient):
 
     def delete(self, item_ids: Sequence[str], *, request_id: str | None = None) -> int:
         """Deletes by id; returns how many existed (unknown ids are ignored)."""
+        return self.delete_items(item_ids, request_id=request_id).deleted_count
+
+    def delete_items(self, item_ids: Sequence[str], *, request_id: str | None = None) -> ItemsDeleted:
+        """Deletes by id; returns how many existed and which ids were not in the catalog."""
         _, call = self._call_kwargs(request_id, None)
-        return self._stub.DeleteItems(catalog_pb2.DeleteItemsRequest(item_ids=string_list("item_ids", item_ids)), **call).deleted_count
+        return _deleted(self._stub.DeleteItems(_delete_request(item_ids), **call))
 
     def stats(self, *, request_id: str | None = None) -> CatalogStats:
         _, call = self._call_kwargs(request_id, None)
@@ -99,8 +112,11 @@ class AsyncCatalogAdminClient(AsyncClient):
         return _found(await self._stub.GetItems(request, **call))
 
     async def delete(self, item_ids: Sequence[str], *, request_id: str | None = None) -> int:
+        return (await self.delete_items(item_ids, request_id=request_id)).deleted_count
+
+    async def delete_items(self, item_ids: Sequence[str], *, request_id: str | None = None) -> ItemsDeleted:
         _, call = self._call_kwargs(request_id, None)
-        return (await self._stub.DeleteItems(catalog_pb2.DeleteItemsRequest(item_ids=string_list("item_ids", item_ids)), **call)).deleted_count
+        return _deleted(await self._stub.DeleteItems(_delete_request(item_ids), **call))
 
     async def stats(self, *, request_id: str | None = None) -> CatalogStats:
         _, call = self._call_kwargs(request_id, None)

@@ -43,6 +43,14 @@ class ItemsFound:
 
 
 @dataclass(frozen=True)
+class ItemsDeleted:
+    deleted_count: int  # ids that existed
+    # The ids asked for that were not in the catalog, each once; empty from a catalog older than the field, whose
+    # deleted_count alone then says how many were missing.
+    missing_item_ids: list[str]
+
+
+@dataclass(frozen=True)
 class UpsertResult:
     upserted: int
     embedded: int  # items whose vector the catalog computed
@@ -60,6 +68,7 @@ class CatalogStats:
     dimension: int
     encoder_model: str
     collection: str
+    max_batch: int = 0  # most items per upsert, ids per get or delete (its --max-batch); 0 from a catalog older than the field
 
 
 _PATH_NAMES = {
@@ -140,4 +149,4 @@ def recommendation_from_proto(response: ranker_pb2.RecommendResponse) -> Recomme
 
 
 def stats_from_proto(response: catalog_pb2.GetStatsResponse) -> CatalogStats:
-    return CatalogStats(response.item_count, response.dimension, response.encoder_model, response.collection)
+    return CatalogStats(response.item_count, response.dimension, response.encoder_model, response.collection, response.max_batch)

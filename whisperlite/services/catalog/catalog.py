@@ -75,6 +75,12 @@ class UpsertResult:
 
 
 @dataclass(frozen=True)
+class DeleteResult:
+    deleted: int
+    missing: list[str]  # the requested ids that were not in the catalog, each once, in request order
+
+
+@dataclass(frozen=True)
 class SearchQuery:
     vector: Sequence[float]
     top_k: int
@@ -90,6 +96,7 @@ class Stats:
     dimension: int
     encoder_model: str
     collection: str
+    max_batch: int  # items per upsert, ids per get or delete (--max-batch)
 
 
 def _explained(hits: list[SearchHit], explain: np.ndarray, keep_vectors: bool) -> list[SearchHit]:
@@ -366,11 +373,12 @@ class Catalog:
         found = await self._on_store(reader.get, ids, include_vectors) if ids else {}
         return [found[i] for i in ids if i in found], [i for i in ids if i not in found]
 
-    async def delete(self, item_ids: Sequence[str]) -> int:
+    async def delete(self, item_ids: Sequence[str]) -> DeleteResult:
+        """How many of the ids existed and were deleted, and which were not in the catalog: the store finds the
+        existing ids to delete them anyway, so naming the others costs the caller no GetItems beforehand."""
         ids = validate_ids(item_ids, self._limits.max_batch)
-        if not ids:
-            return 0
-        return await self._write(self._store.delete, VectorIndex.delete, ids)
+        deleted = set(await self._write(self._store.delete, VectorIndex.delete, ids)) if ids else set()
+        return DeleteResult(deleted=len(deleted), missing=[item_id for item_id in ids if item_id not in deleted])
 
     async def search(
         self, vector: Sequence[float], top_k: int, search_filter: SearchFilter, include_vectors: bool = False, detailed_hits: int = 0,
@@ -438,5 +446,7 @@ class Catalog:
         info = self.info
         count = await self._on_store(self._store.count)
         metrics.ITEMS.set(count)
-        return Stats(item_count=count, dimension=info.dimension, encoder_model=info.encoder_model, collection=info.name)
+        return Stats(
+            item_count=count, dimension=info.dimension, encoder_model=info.encoder_model, collection=info.name, max_batch=self._limits.max_batch
+        )
 

@@ -56,7 +56,8 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         return catalog_pb2.GetItemsResponse(items=items, missing_item_ids=missing)
 
     async def DeleteItems(self, request, context):
-        return catalog_pb2.DeleteItemsResponse(deleted_count=await self._catalog.delete(request.item_ids))
+        result = await self._catalog.delete(request.item_ids)
+        return catalog_pb2.DeleteItemsResponse(deleted_count=result.deleted, missing_item_ids=result.missing)
 
     async def Search(self, request, context):
         query = _search_query(request)
@@ -87,7 +88,8 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
     async def GetStats(self, request, context):
         stats = await self._catalog.stats()
         return catalog_pb2.GetStatsResponse(
-            item_count=stats.item_count, dimension=stats.dimension, encoder_model=stats.encoder_model, collection=stats.collection
+            item_count=stats.item_count, dimension=stats.dimension, encoder_model=stats.encoder_model, collection=stats.collection,
+            max_batch=stats.max_batch,
         )
 
     async def ListItems(self, request, context):

@@ -357,14 +357,14 @@ class MilvusStore:
             existing.extend(row["item_id"] for row in self._query(["item_id"], **self._filter_kwargs(expression)))
         return existing
 
-    def delete(self, item_ids: Sequence[str]) -> int:
-        """Deletes the ids that exist; returns how many did (unknown ids are ignored)."""
+    def delete(self, item_ids: Sequence[str]) -> list[str]:
+        """Deletes the ids that exist; returns them (unknown ids are ignored)."""
         existing = self.existing_ids(item_ids)
         for chunk in _chunks(existing, WRITE_CHUNK_ROWS):
             # Never `delete(ids=...)`: pymilvus pastes those into the expression between single quotes.
             expression = id_list_expression("item_id", chunk, self._templates)
             self._call(self._client.delete, self.collection, timeout=self._timeout, **self._filter_kwargs(expression))
-        return len(existing)
+        return existing
 
     def strategy(self, search_filter: SearchFilter) -> str:
         """"exact" (brute force over the rows that pass) for category and price filters, else "ann"."""

@@ -2,7 +2,9 @@
 is started again, and Ctrl-C stops everything."""
 
 import contextlib
+import fcntl
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -16,7 +18,8 @@ from tests.servers import REPO
 from whisperlite.core.clients.health import is_serving
 from whisperlite.core.topology import CATALOG, RANKER, SERVICES
 from whisperlite.core.dataset import data_hash
-from whisperlite.shell.up import StackPorts, _warn_unless_trained_on
+from whisperlite.shell import up as up_module
+from whisperlite.shell.up import LOCK_FILE, StackPorts, _warn_unless_trained_on, lock_state_dir
 
 
 def port_free(port: int) -> bool:
@@ -156,6 +159,92 @@ def test_a_catalog_that_dies_during_the_first_ingest_is_started_again_and_the_in
         code = up.wait(60)
         log.close()
     assert code == 0, log_path.read_text()[-3000:]
+
+
+def test_one_stack_per_state_dir_and_a_killed_stack_does_not_block_the_next(tmp_path):
+    """A second `up` on a running stack's state dir started its services anyway: its catalog failed on the store the
+    first one holds (milvus-lite lets one process open it) and it printed the tail of the log both stacks write to."""
+    offset, other_offset = 1300, 1400
+    _skip_unless_free(offset)
+    _skip_unless_free(other_offset)
+    state = tmp_path / "state"
+
+    def command(state_dir, at: int) -> list[str]:
+        return [sys.executable, "-m", "whisperlite", "up", "--state-dir", str(state_dir), "--model-dir", str(tmp_path / "no-model"),
+                "--port-offset", str(at)]  # fmt: skip
+
+    def run_up(state_dir, at: int) -> subprocess.CompletedProcess:
+        return subprocess.run(command(state_dir, at), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120)
+
+    first_log, next_log = tmp_path / "first.log", tmp_path / "next.log"
+    with first_log.open("w") as log:
+        first = subprocess.Popen(command(state, offset), cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: "WhisperLite is up" in first_log.read_text(), 300, "the first stack serving")
+        for at in (other_offset, offset):  # the state dir is checked before the ports
+            second = run_up(state, at)
+            assert second.returncode == 1, second.stdout
+            assert f"another `whisperlite up` (pid {first.pid}) runs on the state dir {state}: stop it" in second.stdout, second.stdout
+            assert f"`kill {first.pid}`" in second.stdout and "starting" not in second.stdout, second.stdout
+        assert all(port_free(port) for port, _ in StackPorts(other_offset).all_ports())
+        beside = run_up(tmp_path / "other-state", offset)  # another state dir, the same ports: the port is named
+        port, spec = StackPorts(offset).all_ports()[0]
+        assert beside.returncode == 1 and f"port {port} ({spec.name}) is taken by another process" in beside.stdout, beside.stdout
+        assert first.poll() is None and is_serving(StackPorts(offset).address(CATALOG), timeout_seconds=5)
+
+        first.kill()  # its lock stays in the state dir, its services stop on their own
+        first.wait(10)
+        with next_log.open("w") as log:
+            after = subprocess.Popen(command(state, offset), cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_for(lambda: "WhisperLite is up" in next_log.read_text() or after.poll() is not None, 300, "the next stack serving")
+            assert "WhisperLite is up" in next_log.read_text(), next_log.read_text()[-3000:]
+        finally:
+            after.send_signal(signal.SIGINT)
+            code = after.wait(60)
+        assert code == 0, next_log.read_text()[-3000:]
+    finally:
+        if first.poll() is None:
+            first.send_signal(signal.SIGINT)
+            first.wait(60)
+
+
+def test_a_start_waits_for_the_services_of_a_killed_stack(tmp_path, capsys, monkeypatch):
+    """They hold the state dir's lock until they end (the catalog the store too), a moment after their `up` is gone:
+    the next start waits for them, and names the lock's holders when they do not end."""
+    state = tmp_path / "state"
+    state.mkdir()
+    killed_up = subprocess.Popen([sys.executable, "-c", ""])
+    killed_up.wait()  # its pid names no process now
+
+    def services_holding_the_lock(seconds: float) -> subprocess.Popen:
+        (state / LOCK_FILE).write_text(f"{killed_up.pid}\n")
+        held = os.open(state / LOCK_FILE, os.O_RDWR)
+        fcntl.flock(held, fcntl.LOCK_EX)
+        try:
+            return subprocess.Popen(["sleep", str(seconds)], pass_fds=(held,))
+        finally:
+            os.close(held)
+
+    service = services_holding_the_lock(1.5)
+    started = time.monotonic()
+    lock = lock_state_dir(state)
+    try:
+        assert time.monotonic() - started > 1.0
+        assert f"(pid {killed_up.pid}) is gone: waiting for its services to stop" in capsys.readouterr().out
+        assert (state / LOCK_FILE).read_text() == f"{os.getpid()}\n"
+    finally:
+        os.close(lock)
+        service.wait()
+
+    monkeypatch.setattr(up_module, "STOPPING_STACK_WAIT_SECONDS", 1.0)
+    service = services_holding_the_lock(60)
+    try:
+        with pytest.raises(SystemExit, match=rf"still held 1 s after its `whisperlite up` \(pid {killed_up.pid}\) ended: `fuser -v"):
+            lock_state_dir(state)
+    finally:
+        service.kill()
+        service.wait()
 
 
 def _skip_unless_free(offset: int) -> None:

@@ -2,6 +2,7 @@
 
 import asyncio
 import collections
+import fcntl
 import json
 import os
 import signal
@@ -34,6 +35,12 @@ MAX_RESTARTS = 5
 RESTART_WINDOW_SECONDS = 60.0
 # Written beside the catalog's store once an ingest of a dataset's items.csv has finished (its sha256 inside).
 INGESTED_MARKER = "ingested.json"
+# In the state dir, flocked by the stack that uses it (its `up`'s pid inside). Never deleted: a start that had opened
+# it just before it went would lock a file that no later start opens, and two stacks would run on one state dir.
+LOCK_FILE = "up.lock"
+# How long a start waits for the services of a stack whose `up` was killed: they hold its lock until they end, and end
+# on their own once it is gone (their SIGTERM on its death, then their shutdown grace).
+STOPPING_STACK_WAIT_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -62,10 +69,11 @@ class Stack:
     again any that exits while the stack runs (as a container runtime's restart policy would)."""
 
     def __init__(
-        self, state_dir: Path, model_dir: Path, extra_env: dict[str, str] | None = None, secure: bool = False,
+        self, state_dir: Path, model_dir: Path, state_lock: int, extra_env: dict[str, str] | None = None, secure: bool = False,
         ports: StackPorts = StackPorts(),
     ):
         self.ports = ports
+        self.state_lock = state_lock
         self.state_dir = state_dir
         self.model_dir = model_dir
         self.log_dir = state_dir / "logs"
@@ -122,7 +130,9 @@ class Stack:
         with (self.log_dir / f"{spec.name}.log").open("ab") as log:
             # The service ends with this process, even one killed without a chance to stop it (SIGKILL, the OOM killer).
             env = {**self.env, EXIT_WITH_PARENT_ENV: str(os.getpid())}
-            process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=log)
+            # The service holds the state dir's lock too, until it ends: the next stack waits for the catalog of one
+            # whose `up` was killed to let go of the store, not only for the `up`.
+            process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=log, pass_fds=(self.state_lock,))
         self.processes[spec.name] = process
         return process
 
@@ -154,6 +164,55 @@ class Stack:
                 process.wait(grace_seconds)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+def lock_state_dir(state_dir: Path) -> int:
+    """Locks STATE_DIR for one stack (milvus-lite lets one process open a store, and two stacks' logs would mix) and
+    returns the lock's file descriptor; raises SystemExit naming the `up` that runs there.
+
+    An flock, not a pid file alone: the kernel lets go of it when the last process holding it ends, `up` and the
+    services it passes it to, so a stack killed with SIGKILL leaves nothing behind that blocks the next start."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / LOCK_FILE
+    lock = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    waiting_since = None
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            pass
+        holder = os.pread(lock, 32, 0).decode(errors="replace").strip()
+        if holder.isdigit() and _running(int(holder)):
+            raise SystemExit(
+                f"another `whisperlite up` (pid {holder}) runs on the state dir {state_dir.resolve()}: stop it (Ctrl-C "
+                f"where it runs, or `kill {holder}`), or give this one its own --state-dir (and --port-offset to serve beside it)"
+            )
+        # Held, but not by a running `up`: the services of one that was killed, stopping (or a start that has just
+        # taken the lock and not yet written its pid).
+        if waiting_since is None:
+            waiting_since = time.monotonic()
+            if holder:
+                print(f"the `whisperlite up` that ran on {state_dir} (pid {holder}) is gone: waiting for its services to stop", flush=True)
+        elif time.monotonic() - waiting_since > STOPPING_STACK_WAIT_SECONDS:
+            raise SystemExit(
+                f"{path} is still held {STOPPING_STACK_WAIT_SECONDS:.0f} s after its `whisperlite up` (pid {holder or 'unknown'}) "
+                f"ended: `fuser -v {path}` lists the processes holding it; stop them"
+            )
+        time.sleep(0.2)
+    os.ftruncate(lock, 0)
+    os.pwrite(lock, f"{os.getpid()}\n".encode(), 0)
+    return lock
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: sends nothing, says whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user's
+        pass
+    return True
 
 
 def _port_free(port: int) -> bool:
@@ -300,10 +359,11 @@ def _recorded_sha256(marker: Path) -> str | None:
 
 
 def up(data_dir: Path | None, state_dir: Path, model_dir: Path, secure: bool = False, ports: StackPorts = StackPorts()) -> None:
+    state_lock = lock_state_dir(state_dir)  # first, before anything is read or started: held until this process ends
     real_user = most_active_user(data_dir) if data_dir else None
     user = real_user or "some-user"
     suggested = {f"{GATEWAY.env_prefix}_SUGGESTED_USERS": real_user} if real_user else None
-    stack = Stack(state_dir, model_dir, suggested, secure=secure, ports=ports)
+    stack = Stack(state_dir, model_dir, state_lock, suggested, secure=secure, ports=ports)
     stop_requested = serving = False
 
     def request_stop(*_):

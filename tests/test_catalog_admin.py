@@ -502,3 +502,130 @@ def test_an_import_whose_first_batch_fails_does_not_point_at_a_checkpoint_it_nev
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "stopped; no row was done yet: run the same command again" in result.stderr, result.stderr
     assert not list(tmp_path.glob("*checkpoint*"))
+
+
+def test_a_csv_quote_never_closed_refuses_the_file_naming_its_line(catalog, admin_catalog, tmp_path):
+    """It imported one item whose title held every line after the quote, and said "0 rows refused", exit 0."""
+    source = tmp_path / "open.csv"
+    source.write_text('item_id,title\nq-0,fine\nq-1,"oops an unclosed quote\nq-2,second item\nq-3,third item\n')
+    refused = cli("import", str(source), "--catalog", admin_catalog.address, "--strict", check=False)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert f"{source} line 3: a quoted value starts in this row and is never closed (a stray double quote?)" in refused.stderr
+    assert catalog.stats().item_count == 0  # refused before any row was sent
+
+
+def vector_of(dimension: int, seed: int) -> list[float]:
+    """A unit vector as float32 holds it: what the catalog stores and gives back."""
+    import numpy as np
+
+    vector = np.random.default_rng(seed).normal(size=dimension).astype(np.float32)
+    return (vector / np.linalg.norm(vector)).astype(np.float32).tolist()
+
+
+def test_export_with_vectors_imports_back_the_vectors_the_caller_gave(catalog, admin_catalog, tmp_path):
+    """An item upserted with its own vector and no text was refused on import ("without a vector it needs a title or
+    text"), and one with text came back with its text's embedding instead of the vector it was given."""
+    from whisperlite.core.clients.types import Item
+
+    dimension = catalog.stats().dimension
+    given = {"v-image": vector_of(dimension, 1), "v-text": vector_of(dimension, 2)}
+    catalog.upsert([
+        Item(item_id="v-image", image_uri="file:///boots.jpg", vector=tuple(given["v-image"])),
+        Item(item_id="v-text", title="Red dress", attributes={"k": "v"}, vector=tuple(given["v-text"])),
+        Item(item_id="v-embedded", title="Blue shirt"),
+    ])  # fmt: skip
+    embedded = list(catalog.get(["v-embedded"], include_vectors=True).items[0].vector)
+
+    plain = tmp_path / "plain.jsonl"
+    cli("export", str(plain), "--catalog", admin_catalog.address)
+    assert all("vector" not in json.loads(line) for line in plain.read_text().splitlines())  # as before, without --vectors
+    for suffix in ("csv", "jsonl", "parquet"):
+        path = tmp_path / f"export.{suffix}"
+        assert "exported 3 items" in cli("export", str(path), "--vectors", "--catalog", admin_catalog.address).stdout
+        catalog.delete(["v-image", "v-text", "v-embedded"])
+        result = cli("import", str(path), "--catalog", admin_catalog.address, "--strict")
+        assert "imported 3 items" in result.stdout and "0 rows refused" in result.stdout, suffix
+        back = {item.item_id: item for item in catalog.get(["v-image", "v-text", "v-embedded"], include_vectors=True).items}
+        assert list(back["v-image"].vector) == given["v-image"] and list(back["v-text"].vector) == given["v-text"], suffix
+        assert list(back["v-embedded"].vector) == embedded and back["v-text"].attributes == {"k": "v"}, suffix
+
+    # --vector-column '' reads none: the text is embedded again, and an item with no text cannot be.
+    again = cli("import", str(tmp_path / "export.jsonl"), "--vector-column", "", "--catalog", admin_catalog.address, check=False)
+    assert "imported 2 items" in again.stdout and "1 rows refused" in again.stdout
+    assert list(catalog.get(["v-text"], include_vectors=True).items[0].vector) != given["v-text"]
+
+
+def test_a_vector_cell_that_is_no_array_of_finite_numbers_is_a_row_error(catalog, admin_catalog, tmp_path):
+    dimension = catalog.stats().dimension
+    good = json.dumps(vector_of(dimension, 3))
+    source = tmp_path / "vectors.csv"
+    source.write_text(
+        "item_id,title,vector\n"
+        f"w-1,Boots,\"{good}\"\n"  # a JSON array in a cell
+        "w-2,Boots,\n"  # none: its title is embedded
+        "w-3,Boots,\"[1.0, NaN]\"\n"
+        "w-4,Boots,\"[1.0, 1e39]\"\n"
+        "w-5,Boots,\"[1.0, \"\"x\"\"]\"\n"
+        "w-6,Boots,not json\n"
+        "w-7,Boots,\"[1.0, 2.0]\"\n"  # the catalog refuses its length
+    )
+    result = cli("import", str(source), "--catalog", admin_catalog.address, check=False)
+    assert "imported 2 items" in result.stdout and "5 rows refused" in result.stdout, result.stdout + result.stderr
+    report = error_report(tmp_path / "vectors.csv.import-errors.jsonl")
+    assert "vector: values must be finite numbers within float32's range, got nan at position 1" in report[3]["error"]
+    assert "got 1e+39 at position 1" in report[4]["error"]
+    assert "vector: must hold only numbers, got 'x' at position 1" in report[5]["error"]
+    assert "vector: not a JSON array of numbers: 'not json'" in report[6]["error"]
+    assert f"must have {dimension} values (the catalog's dimension), got 2" in report[7]["error"]
+    assert list(catalog.get(["w-1"], include_vectors=True).items[0].vector) == pytest.approx(json.loads(good), rel=1e-6)  # renormalized
+
+    (tmp_path / "typed.jsonl").write_text(json.dumps({"item_id": "w-8", "title": "Boots", "vector": good}) + "\n")
+    typed = cli("import", str(tmp_path / "typed.jsonl"), "--catalog", admin_catalog.address, check=False)
+    assert typed.returncode == 1
+    assert "vector: must be an array of numbers or null, got a string" in error_report(tmp_path / "typed.jsonl.import-errors.jsonl")[1]["error"]
+
+
+def test_nul_in_an_attribute_is_refused_naming_the_attribute(catalog, admin_catalog, tmp_path):
+    """Refused in title, text and category, NUL was stored in attribute names and values."""
+    from whisperlite.core.clients.types import Item
+
+    for attributes, message in (
+        ({"\x00": "nul"}, "items[0].attributes: '\\x00': its name must not contain a NUL character (\\x00)"),
+        ({"k": "x\x00y"}, "items[0].attributes: 'k': its value must not contain a NUL character (\\x00)"),
+    ):
+        with pytest.raises(grpc.RpcError) as refused:
+            catalog.upsert([Item(item_id="n-1", title="Boots", attributes=attributes)])
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in refused.value.details()
+    assert catalog.stats().item_count == 0
+
+
+def test_a_parquet_attribute_map_holding_a_key_twice_is_a_row_error(catalog, admin_catalog, tmp_path):
+    """JSON refused a repeated key; a Parquet map kept its last value, silently."""
+    import pyarrow as pa
+
+    attributes = pa.array([[("k", "v"), ("k", "w")], [("k", "v")]], type=pa.map_(pa.string(), pa.string()))
+    pq.write_table(pa.table({"item_id": ["m-1", "m-2"], "title": ["Boots", "Shoes"], "attributes": attributes}), tmp_path / "map.parquet")
+    result = cli("import", str(tmp_path / "map.parquet"), "--catalog", admin_catalog.address, check=False)
+    assert "imported 1 items" in result.stdout and "1 rows refused" in result.stdout
+    assert "attributes: key 'k' appears twice" in error_report(tmp_path / "map.parquet.import-errors.jsonl")[1]["error"]
+    assert [item.item_id for item in catalog.iter_items()] == ["m-2"]
+
+
+def test_import_and_delete_messages_name_the_thing_at_fault(catalog, admin_catalog, tmp_path):
+    """A directory was "no such file"; an unwritable error report was blamed on the file imported; a refused id of
+    --ids-file was named by its index in one call (item_ids[2]); a JSONL row's number skipped blank lines."""
+    directory = cli("import", str(tmp_path), "--format", "csv", "--catalog", admin_catalog.address, check=False)
+    assert directory.returncode == 1 and directory.stderr.strip() == f"{tmp_path}: a directory, not a file"
+
+    source = tmp_path / "rows.jsonl"
+    source.write_text('{"item_id": "l-1", "title": "Boots"}\n\n\n{"item_id": "l-2", "price": -1}\n')
+    unwritable = cli("import", str(source), "--errors", "/proc/self/mem", "--catalog", admin_catalog.address, check=False)
+    assert unwritable.returncode == 1 and unwritable.stderr.startswith("/proc/self/mem: cannot be written"), unwritable.stderr
+    cli("import", str(source), "--catalog", admin_catalog.address, check=False)
+    assert error_report(tmp_path / "rows.jsonl.import-errors.jsonl")[4]["item_id"] == "l-2"  # line 4, the second row
+
+    (tmp_path / "ids.txt").write_text("l-1\n\n" + "x" * 300 + "\n")
+    deleted = cli("delete", "--ids-file", str(tmp_path / "ids.txt"), "--catalog", admin_catalog.address, check=False)
+    assert deleted.returncode == 1 and f"{tmp_path / 'ids.txt'} line 3 ('{'x' * 39}... (302 characters)): at most 256" in deleted.stderr
+    got = cli("get", "l-1", "x" * 300, "--catalog", admin_catalog.address, check=False)
+    assert got.returncode == 1 and "item id 2 of the command line (" in got.stderr and "item_ids[" not in got.stderr

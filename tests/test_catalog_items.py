@@ -40,3 +40,20 @@ def test_an_item_proto_carries_its_vector_exactly_as_protobuf_writes_it(dimensio
     assert item == reference and item.SerializeToString() == reference.SerializeToString()
     assert np.array_equal(np.asarray(item.vector, dtype=np.float32), vector)
     assert not record_to_proto(record, include_vector=False).vector
+
+
+@pytest.mark.parametrize(
+    "blank",
+    ["\u3164\u3164", "\u115f\u1160", "\uffa0", "\u2800", "\U000e0080", "x\ufe0f"[1:], "\U000e0100", " \u180b"],
+    ids=["hangul-filler", "hangul-jamo-fillers", "halfwidth-filler", "braille-blank", "unassigned", "variation-selector",
+         "variation-selector-supplement", "mongolian-selector"],
+)
+def test_characters_that_draw_nothing_are_no_visible_character(blank):
+    """Hangul fillers, the Braille blank and unassigned code points passed as visible: such ids and categories were taken."""
+    from whisperlite.core.item_fields import category_problem, item_id_problem
+    from whisperlite.core.text import has_visible_characters
+
+    assert not has_visible_characters(blank)
+    assert "must contain a visible character" in item_id_problem(blank)
+    assert "has no visible character" in category_problem(blank)
+    assert has_visible_characters(blank + "a") and has_visible_characters("\u3131")  # a Hangul letter is one

@@ -100,3 +100,13 @@ def test_an_item_without_a_title_is_shown_by_the_start_of_its_text():
     assert _shown_name("Red dress", "long text") == "Red dress"
     assert _shown_name(" ", "A warm\nwool   scarf") == "A warm wool scarf"
     assert _shown_name("", "word " * 40) == ("word " * 16).strip()[:79] + "…"
+
+
+def test_a_shown_name_writes_control_characters_escaped_never_raw_to_a_terminal():
+    """A title's escape sequences cleared the screen and recoloured `recommend`'s output; its carriage return overwrote it."""
+    from whisperlite.shell.cli import _shown_name
+
+    spoof = "\x1b[2J\x1b[31mFAKE OUTPUT\x1b[0m\rspoof"
+    assert _shown_name(spoof, "") == "\\x1b[2J\\x1b[31mFAKE OUTPUT\\x1b[0m\\rspoof"
+    assert _shown_name("", "a\x1b[2Jb \x9b1m") == "a\\x1b[2Jb \\x9b1m"  # the C1 CSI too
+    assert _shown_name("Café\tbleu", "") == "Café\\tbleu"

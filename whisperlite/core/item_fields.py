@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from decimal import Decimal
 
 from whisperlite.core.text import has_visible_characters
 
@@ -101,6 +102,39 @@ def parse_price(value: object) -> float | None:
     return price
 
 
+# The largest float32: a vector travels as float32, so a larger value would arrive as inf.
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def parse_vector(value: object) -> tuple[float, ...]:
+    """A vector cell: an array of numbers (a JSON array in a CSV cell); blank, null or [] is none, and the catalog
+    embeds the item's text. ValueError saying why otherwise; the length is the catalog's to check, against its
+    dimension."""
+    if isinstance(value, str):
+        if not value.strip():
+            return ()
+        try:
+            value = json.loads(value)
+        except (ValueError, RecursionError):
+            raise ValueError(f"not a JSON array of numbers: {shown(value)}") from None
+    if value is None:
+        return ()
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"must be an array of numbers, got {type(value).__name__}")
+    vector = []
+    for position, number in enumerate(value):
+        if isinstance(number, bool) or not isinstance(number, (int, float, Decimal)):
+            raise ValueError(f"must hold only numbers, got {shown(number)} at position {position}")
+        try:
+            number = float(number)
+        except OverflowError:  # an integer past float's range
+            number = math.inf
+        if not abs(number) <= FLOAT32_MAX:  # nan too
+            raise ValueError(f"values must be finite numbers within float32's range, got {shown(value[position])} at position {position}")
+        vector.append(number)
+    return tuple(vector)
+
+
 class RepeatedKey(ValueError):
     def __init__(self, key: str):
         super().__init__(f"key {shown(key)} appears twice in one object")
@@ -140,7 +174,9 @@ def parse_attributes(raw: object) -> dict[str, str]:
             raise ValueError("not a JSON object this reader can take (nested too deeply, or a number too long)") from None
     if isinstance(raw, list):
         try:
-            raw = dict(raw)
+            raw = object_without_repeated_keys(raw)  # a Parquet map may hold a key twice: dict() kept the last, silently
+        except RepeatedKey as error:
+            raise ValueError(str(error)) from None
         except (TypeError, ValueError):
             raise ValueError("must be a JSON object of names to values, got a list") from None
     if raw in (None, ""):
@@ -148,6 +184,9 @@ def parse_attributes(raw: object) -> dict[str, str]:
     if not isinstance(raw, dict):
         raise ValueError(f"must be a JSON object of names to values, got {type(raw).__name__}")
     return {attribute_value(key): attribute_value(value) for key, value in raw.items()}
+
+
+NO_NUL = "must not contain a NUL character (\\x00)"
 
 
 def field_problem(title: str, text: str, category: str, image_uri: str, attributes: dict[str, str]) -> tuple[str, str] | None:
@@ -161,13 +200,17 @@ def field_problem(title: str, text: str, category: str, image_uri: str, attribut
         if not is_unicode_text(value):
             return name, NOT_UNICODE
         if "\x00" in value:  # stored as is, it ended strings early in C readers and logs
-            return name, "must not contain a NUL character (\\x00)"
+            return name, NO_NUL
     if has_control_characters(category):
         return "category", "must not contain control characters (newline, tab, ...)"
     if category and (problem := category_problem(category)) is not None:
         return "category", f"{problem} (leave it empty for an item with no category)"
     if not all(is_unicode_text(key) and is_unicode_text(value) for key, value in attributes.items()):
         return "attributes", NOT_UNICODE
+    for key, value in attributes.items():
+        for part, written in (("name", key), ("value", value)):
+            if "\x00" in written:
+                return "attributes", f"{shown(key)}: its {part} {NO_NUL}"
     if len(json.dumps(attributes, ensure_ascii=False).encode()) > MAX_ATTRIBUTES_BYTES:
         return "attributes", f"must encode to at most {MAX_ATTRIBUTES_BYTES} bytes of JSON"
     return None

@@ -17,12 +17,17 @@ REQUEST_MAX_WORDS = 50
 
 
 # Characters that show nothing on their own: controls, format characters (zero-width spaces, joiners, the BOM, soft
-# hyphens), separators and combining marks with no base. A text made only of them embeds as the empty text.
-_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zs", "Zl", "Zp", "Mn", "Me"})
+# hyphens), unassigned code points (Cn, by this Python's Unicode database: nothing to draw), separators and combining
+# marks with no base (variation selectors among them). A text made only of them embeds as the empty text.
+_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Cn", "Zs", "Zl", "Zp", "Mn", "Me"})
+# Letters and symbols that draw as blank: the Unicode Default_Ignorable_Code_Point characters (DerivedCoreProperties.txt)
+# outside the categories above, which are the Hangul fillers U+115F, U+1160, U+3164 and U+FFA0, and the Braille blank.
+_BLANK_CHARACTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
 
 
 def has_visible_characters(text: str) -> bool:
-    return any(unicodedata.category(char) not in _INVISIBLE_CATEGORIES for char in text)
+    """Whether `text` shows something: the one rule for queries, ids and categories that must not be blank."""
+    return any(char not in _BLANK_CHARACTERS and unicodedata.category(char) not in _INVISIBLE_CATEGORIES for char in text)
 
 
 def clean_text(value: object) -> str:

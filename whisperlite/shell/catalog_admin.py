@@ -13,6 +13,7 @@ import csv
 import json
 import math
 import os
+import re
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -27,12 +28,14 @@ from whisperlite.core.progress import bar_disabled
 from whisperlite.core.clients.catalog_admin import CatalogAdminClient
 from whisperlite.core.clients.types import Item
 from whisperlite.core.item_fields import (
-    RepeatedKey, attribute_value, field_problem, item_id_problem, object_without_repeated_keys, parse_attributes, parse_price, shown,
+    RepeatedKey, attribute_value, field_problem, item_id_problem, object_without_repeated_keys, parse_attributes, parse_price,
+    parse_vector, shown,
 )
 from whisperlite.shell.client_flags import at_least, call_failed
 
 FORMATS = ("csv", "jsonl", "parquet")
 EXPORT_COLUMNS = ("item_id", "title", "text", "category", "price", "image_uri", "attributes")
+VECTOR_COLUMN = "vector"  # written by `export --vectors`, read by `import` (--vector-column)
 DEFAULT_BATCH_SIZE = 256
 DEFAULT_IDS_PER_CALL = 1000  # the catalog's default --max-batch
 
@@ -59,6 +62,9 @@ class ColumnMapping:
     image_uri: str = "image_uri"
     attributes: str = "attributes"  # a JSON object (or a dict, in JSONL and Parquet)
     attribute_columns: tuple[str, ...] = ()  # each becomes one attribute named after its column
+    # The item's own vector (an array of numbers; a JSON array in CSV), upserted as is instead of embedding its text:
+    # an exported image vector comes back as it was. No column by default: a dataset's items.csv has no vectors.
+    vector: str = ""
 
 
 class RowError(ValueError):
@@ -101,6 +107,16 @@ def _price(row: dict, column: str, typed: bool) -> float | None:
         raise RowError(f"{column}: {error}") from None
 
 
+def _vector(row: dict, column: str, typed: bool) -> tuple[float, ...]:
+    value = row.get(column) if column else None
+    if typed and isinstance(value, str):  # as a price: JSONL and Parquet say an array as one
+        raise RowError(f"{column}: must be an array of numbers or null, got {_kind(value)}")
+    try:
+        return parse_vector(value)
+    except ValueError as error:
+        raise RowError(f"{column}: {error}") from None
+
+
 def _attributes(row: dict, mapping: ColumnMapping) -> dict[str, str]:
     try:
         attributes = parse_attributes(row.get(mapping.attributes) if mapping.attributes else None)
@@ -136,6 +152,7 @@ def row_to_item(row: dict, mapping: ColumnMapping, *, typed: bool = False, trim:
         price=_price(row, mapping.price, typed),
         image_uri=_string(row, mapping.image_uri),
         attributes=_attributes(row, mapping),
+        vector=_vector(row, mapping.vector, typed),
     )
     if (found := field_problem(item.title, item.text, item.category, item.image_uri, item.attributes)) is not None:
         field, why = found
@@ -157,9 +174,9 @@ def _header_problem(header: list[str]) -> str | None:
 
 
 def read_rows(path: Path, file_format: str) -> Iterator[tuple[int, dict | RowError]]:
-    """(row number from 1, the row as a dict) for every data row; a row that cannot be read (a CSV row of the wrong
-    width, a field past CSV_FIELD_CHARS, a JSONL line that is not a JSON object) comes as a RowError, so the caller
-    reports it and goes on. ValueError for a file that cannot be read at all."""
+    """(row number from 1, in JSONL its line; the row as a dict) for every data row; a row that cannot be read (a CSV
+    row of the wrong width, a field past CSV_FIELD_CHARS, a JSONL line that is not a JSON object) comes as a RowError,
+    so the caller reports it and goes on. ValueError for a file that cannot be read at all."""
     if file_format == "csv":
         yield from _csv_rows(path)
     elif file_format == "jsonl":
@@ -174,21 +191,35 @@ def read_rows(path: Path, file_format: str) -> Iterator[tuple[int, dict | RowErr
                 yield number, row
 
 
+def _csv_reader(handle) -> Iterator[list[str]]:
+    # strict: a quote left open at the end of the file is an error; without it the reader silently took every line
+    # after the quote as part of that one cell (and a value such as `"a"b` is refused, not read as `ab`).
+    return csv.reader(handle, strict=True)
+
+
+# What csv's strict reader says when the file ends inside a quoted value.
+_CSV_UNCLOSED_QUOTE = "unexpected end of data"
+
+
 def _csv_rows(path: Path) -> Iterator[tuple[int, dict | RowError]]:
+    """ValueError, naming its line, for a quoted value never closed: every line after it would be one cell."""
     csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_CHARS))
     # utf-8-sig: spreadsheets save "CSV UTF-8" with a byte order mark, which would otherwise stick to the first column's name
     with path.open(newline="", encoding="utf-8-sig", errors="strict") as handle:
-        reader = csv.reader(handle)
+        reader = _csv_reader(handle)
         header = next(reader, [])
         if (problem := _header_problem(header)) is not None:
             raise ValueError(problem)
         number = 0
         while True:
+            start = reader.line_num + 1  # the line the next record starts on
             try:
                 record = next(reader)
             except StopIteration:
                 return
             except csv.Error as error:  # the reader goes on at the next line
+                if str(error) == _CSV_UNCLOSED_QUOTE:
+                    raise ValueError(f"line {start}: a quoted value starts in this row and is never closed (a stray double quote?)") from None
                 number += 1
                 yield number, RowError(f"cannot be read as CSV: {error} (line {reader.line_num})")
                 continue
@@ -203,12 +234,11 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, dict | RowError]]:
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict | RowError]]:
+    """A row's number is its line: counting only the lines that hold a row, the error report's row 17 was line 19."""
     with path.open(encoding="utf-8-sig") as handle:
-        number = 0
-        for line in handle:
+        for number, line in enumerate(handle, 1):
             if not line.strip():
                 continue
-            number += 1
             try:
                 row = json.loads(line, object_pairs_hook=object_without_repeated_keys)
             except json.JSONDecodeError as error:
@@ -314,7 +344,7 @@ def import_settings(file_format: str, mapping: ColumnMapping, catalog: str) -> d
         "--format": file_format, "--catalog": catalog, "--id-column": mapping.item_id, "--title-column": mapping.title,
         "--text-column": mapping.text, "--category-column": mapping.category, "--price-column": mapping.price,
         "--image-column": mapping.image_uri, "--attributes-column": mapping.attributes,
-        "--attribute-column": ",".join(mapping.attribute_columns),
+        "--attribute-column": ",".join(mapping.attribute_columns), "--vector-column": mapping.vector,
     }  # fmt: skip
 
 
@@ -323,7 +353,7 @@ class ImportReport:
     upserted: int = 0
     failed: int = 0
     skipped_rows: int = 0  # done by an earlier, interrupted run
-    rows: int = 0  # data rows in the file
+    rows: int = 0  # the last row's number: 0 for a file without rows
     errors_file: Path | None = None
 
 
@@ -480,8 +510,9 @@ def import_file(
     return report
 
 
-def _export_row(item: Item) -> dict:
-    return {
+def _export_row(item: Item, vector: bool = False) -> dict:
+    """An item as `export` writes it and `get` prints it; `vector`: with its vector (the item must carry it)."""
+    row = {
         "item_id": item.item_id,
         "title": item.title,
         "text": item.text,
@@ -490,40 +521,50 @@ def _export_row(item: Item) -> dict:
         "image_uri": item.image_uri,
         "attributes": dict(sorted(item.attributes.items())),  # one order: two exports of the same items are byte-identical
     }
+    if vector:
+        row[VECTOR_COLUMN] = list(item.vector)
+    return row
 
 
-def export_file(client: CatalogAdminClient, path: Path, file_format: str, page_size: int = 0, progress: bool = True) -> int:
-    """Writes every item in id order, in a form `catalog import` reads back with its default mapping.
+def export_file(
+    client: CatalogAdminClient, path: Path, file_format: str, page_size: int = 0, progress: bool = True, vectors: bool = False
+) -> int:
+    """Writes every item in id order, in a form `catalog import` reads back with its default mapping; `vectors`: with
+    each item's vector, which the import then upserts as is (without, the catalog embeds each item's text again).
 
     The items go to a temporary file beside `path`, which replaces `path` only once every item is written: an export
     that fails or is interrupted leaves the previous export as it was, never a partial file that looks complete.
     A pipe or a device (`>(gzip > items.csv.gz)`, /dev/stdout) is written directly: it holds no previous export."""
     if path.exists() and not path.is_file():
-        return _export_to(client, path, file_format, page_size, progress)
+        return _export_to(client, path, file_format, page_size, progress, vectors)
     partial = path.with_name(f".{path.name}.partial")
     try:
-        written = _export_to(client, partial, file_format, page_size, progress)
+        written = _export_to(client, partial, file_format, page_size, progress, vectors)
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
     return written
 
 
-def _export_to(client: CatalogAdminClient, path: Path, file_format: str, page_size: int, progress: bool) -> int:
+def _export_to(client: CatalogAdminClient, path: Path, file_format: str, page_size: int, progress: bool, vectors: bool) -> int:
     total = client.stats().item_count
     written = 0
     with tqdm(total=total, desc="export", unit="item", disable=bar_disabled(progress)) as bar:
-        items = (_export_row(item) for item in client.iter_items(page_size))
+        items = (_export_row(item, vectors) for item in client.iter_items(page_size, include_vectors=vectors))
         if file_format == "parquet":
-            written = _write_parquet(path, items, bar)
+            written = _write_parquet(path, items, bar, vectors)
         else:
             with path.open("w", newline="", encoding="utf-8") as handle:
-                writer = csv.DictWriter(handle, fieldnames=EXPORT_COLUMNS) if file_format == "csv" else None
+                columns = EXPORT_COLUMNS + ((VECTOR_COLUMN,) if vectors else ())
+                writer = csv.DictWriter(handle, fieldnames=columns) if file_format == "csv" else None
                 if writer:
                     writer.writeheader()
                 for row in items:
                     if writer:
-                        writer.writerow({**row, "price": "" if row["price"] is None else row["price"], "attributes": json.dumps(row["attributes"])})
+                        writer.writerow({
+                            **row, "price": "" if row["price"] is None else row["price"], "attributes": json.dumps(row["attributes"]),
+                            **({VECTOR_COLUMN: json.dumps(row[VECTOR_COLUMN])} if vectors else {}),
+                        })  # fmt: skip
                     else:
                         handle.write(json.dumps(row, ensure_ascii=False) + "\n")
                     written += 1
@@ -531,13 +572,14 @@ def _export_to(client: CatalogAdminClient, path: Path, file_format: str, page_si
     return written
 
 
-def _write_parquet(path: Path, rows: Iterator[dict], bar: tqdm, rows_per_group: int = 10_000) -> int:
+def _write_parquet(path: Path, rows: Iterator[dict], bar: tqdm, vectors: bool, rows_per_group: int = 10_000) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     schema = pa.schema(
         [(name, pa.string()) for name in ("item_id", "title", "text", "category")]
         + [("price", pa.float64()), ("image_uri", pa.string()), ("attributes", pa.map_(pa.string(), pa.string()))]
+        + ([(VECTOR_COLUMN, pa.list_(pa.float32()))] if vectors else [])  # float32: the catalog's own values, exactly
     )
     written = 0
     with pq.ParquetWriter(path, schema) as writer:
@@ -572,7 +614,7 @@ def _client(args) -> CatalogAdminClient:
 def _import(args) -> None:
     path: Path = args.file
     if not path.is_file():
-        raise SystemExit(f"{path}: no such file")
+        raise SystemExit(f"{path}: {'a directory, not a file' if path.is_dir() else 'no such file'}")
     mapping = ColumnMapping(
         item_id=args.id_column,
         title=args.title_column,
@@ -582,6 +624,7 @@ def _import(args) -> None:
         image_uri=args.image_column,
         attributes=args.attributes_column,
         attribute_columns=tuple(column for value in args.attribute_column or () for column in value.split(",") if column),
+        vector=args.vector_column,
     )
     checkpoint = args.checkpoint or path.with_name(path.name + ".import-checkpoint.json")
     errors = args.errors or path.with_name(path.name + ".import-errors.jsonl")
@@ -603,6 +646,9 @@ def _import(args) -> None:
             )  # it said a checkpoint held them when the first batch had failed and none was written
             raise SystemExit(f"{error.code().name}: {error.details()}\nstopped; {done}") from None
         except (ValueError, OSError) as error:  # a file that is not of its --format, or changed since it was checked
+            if isinstance(error, OSError) and error.filename is not None and Path(error.filename) != path:
+                # the error report or the checkpoint: it was blamed on the file being imported
+                raise SystemExit(f"{error.filename}: cannot be written: {error.strerror}") from None
             raise SystemExit(f"{path}: cannot be read as {file_format}: {error}") from None
     resumed = f" (resumed after row {report.skipped_rows})" if report.skipped_rows else ""
     print(f"imported {report.upserted} items into the catalog at {args.catalog}{resumed}; {report.failed} rows refused")
@@ -618,7 +664,7 @@ def _import(args) -> None:
 def _check_file(path: Path, file_format: str, mapping: ColumnMapping) -> None:
     """What would refuse every row, or leave the file half imported, said once before anything is written: text that
     is not UTF-8 (a file saved in another encoding would import only the rows that happen to be ASCII), a header
-    naming a column twice, no id column."""
+    naming a column twice, no id column, a CSV quote never closed."""
     if file_format == "parquet":
         _check_parquet(path, mapping)
         return
@@ -632,10 +678,15 @@ def _check_file(path: Path, file_format: str, mapping: ColumnMapping) -> None:
         return
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
-            header = next(csv.reader(handle), [])
+            header = next(_csv_reader(handle), [])
     except csv.Error as error:
         raise SystemExit(f"{path}: cannot read the header: {error}") from None
     _check_names(path, header, mapping)
+    try:
+        for _ in _csv_rows(path):  # a quote left open makes the rest of the file one cell: refused before any row is sent
+            pass
+    except ValueError as error:
+        raise SystemExit(f"{path} {error}; nothing was imported") from None
 
 
 def _check_names(path: Path, names: list[str], mapping: ColumnMapping) -> None:
@@ -668,25 +719,51 @@ def _check_parquet(path: Path, mapping: ColumnMapping) -> None:
         ("--id-column", mapping.item_id), ("--title-column", mapping.title), ("--text-column", mapping.text),
         ("--category-column", mapping.category), ("--image-column", mapping.image_uri),
     )] + [("--price-column", mapping.price, is_number, "numbers")]  # fmt: skip
+    def is_numbers(kind: pa.DataType) -> bool:
+        lists = pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)
+        return pa.types.is_null(kind) or lists and is_number(kind.value_type)
+
+    columns.append(("--vector-column", mapping.vector, is_numbers, "lists of numbers"))
     for flag, column, fits, wanted in columns:
         if column in schema.names and not fits(kind := schema.field(column).type):
             raise SystemExit(f"{path}: column {column!r} ({flag}) holds {kind}, but its values must be {wanted}: cast the column")
 
 
-def _item_ids(args) -> list[str]:
+def _item_ids(args) -> dict[str, str]:
     """The ids named on the command line (exactly as given), then those of --ids-file (one per line, '-' for stdin,
-    without surrounding whitespace, as `import` reads ids), in order, each once."""
-    ids = list(args.item_ids)
+    without surrounding whitespace, as `import` reads ids), in order, each once (the catalog answers an id once per
+    call: once in all, across calls too), each with where it was given, for the catalog's refusals."""
+    ids: dict[str, str] = {}
+    for number, item_id in enumerate(args.item_ids, 1):
+        ids.setdefault(item_id, f"item id {number} of the command line")
     if args.ids_file is not None:
         try:
             text = sys.stdin.read() if str(args.ids_file) == "-" else args.ids_file.read_text(encoding="utf-8-sig")
         except (OSError, UnicodeDecodeError) as error:
             raise SystemExit(f"{args.ids_file}: cannot read ids: {getattr(error, 'strerror', None) or error}") from None
-        ids += [line.strip() for line in text.splitlines() if line.strip()]
+        source = "standard input" if str(args.ids_file) == "-" else str(args.ids_file)
+        for number, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                ids.setdefault(line.strip(), f"{source} line {number}")
     if not ids:  # a usage error, as argparse's own (exit 2)
         print("error: name at least one item id, as arguments or in --ids-file", file=sys.stderr)
         sys.exit(2)
-    return list(dict.fromkeys(ids))  # the catalog answers an id once per call: once in all, across calls too
+    return ids
+
+
+# How the catalog names an id it refuses: by its index in the call.
+_REFUSED_ID = re.compile(r"^item_ids\[(\d+)\]")
+
+
+def _ids_call_failed(error: grpc.RpcError, batch: list[str], given: dict[str, str], address: str) -> SystemExit:
+    """call_failed, with an id the catalog refused named by where it was given ("ids.txt line 7"): its index in one
+    call of a batch ("item_ids[2]") was no line of anything."""
+    failed = call_failed(error, address, "catalog")
+    refused = _REFUSED_ID.match(error.details() or "")
+    if error.code() != grpc.StatusCode.INVALID_ARGUMENT or refused is None or int(refused[1]) >= len(batch):
+        return failed
+    item_id = batch[int(refused[1])]
+    return SystemExit(str(failed).replace(refused[0], f"{given[item_id]} ({shown(item_id, 40)})", 1))
 
 
 def _batches(ids: list[str], size: int) -> Iterator[list[str]]:
@@ -704,17 +781,15 @@ def _not_found(missing: list[str], unnamed: int = 0) -> None:
 
 
 def _get(args) -> None:
-    ids, missing = _item_ids(args), []
+    given, missing = _item_ids(args), []
     with _client(args) as client:
-        for batch in _batches(ids, args.batch_size):
+        for batch in _batches(list(given), args.batch_size):
             try:
                 found = client.get(batch, include_vectors=args.vectors)
             except grpc.RpcError as error:
-                raise call_failed(error, args.catalog, "catalog") from None
+                raise _ids_call_failed(error, batch, given, args.catalog) from None
             for item in found.items:
-                row = _export_row(item)
-                if args.vectors:
-                    row["vector"] = list(item.vector)
+                row = _export_row(item, args.vectors)
                 print(json.dumps(row, ensure_ascii=False))
             missing += found.missing_item_ids
     _not_found(missing)
@@ -723,19 +798,19 @@ def _get(args) -> None:
 def _delete(args) -> None:
     """One DeleteItems per batch: its answer names the ids it did not find (before DeleteItemsResponse.missing_item_ids,
     a GetItems of the batch came first to learn them)."""
-    ids, deleted, missing, unnamed = _item_ids(args), 0, [], 0
+    given, deleted, missing, unnamed = _item_ids(args), 0, [], 0
     with _client(args) as client:
-        for batch in _batches(ids, args.batch_size):
+        for batch in _batches(list(given), args.batch_size):
             try:
                 result = client.delete_items(batch)
             except grpc.RpcError as error:
                 done = f" ({deleted} deleted before this call)" if deleted else ""
-                raise SystemExit(str(call_failed(error, args.catalog, "catalog")) + done) from None
+                raise SystemExit(str(_ids_call_failed(error, batch, given, args.catalog)) + done) from None
             deleted += result.deleted_count
             missing += result.missing_item_ids
             # The batch's ids are distinct: what neither count covers, a catalog older than the field did not name.
             unnamed += len(batch) - result.deleted_count - len(result.missing_item_ids)
-    print(f"deleted {deleted} of {len(ids)} ids")
+    print(f"deleted {deleted} of {len(given)} ids")
     _not_found(missing, unnamed)
 
 
@@ -753,7 +828,7 @@ def _export(args) -> None:
         raise SystemExit(f"{path}: not a file in an existing directory")
     with _client(args) as client:
         try:
-            written = export_file(client, path, detect_format(path, args.format), args.page_size)
+            written = export_file(client, path, detect_format(path, args.format), args.page_size, vectors=args.vectors)
         except grpc.RpcError as error:
             raise SystemExit(f"{error.code().name}: {error.details()}\nexport stopped; {path} is unchanged") from None
         except OSError as error:
@@ -784,6 +859,11 @@ def register(commands) -> None:
     importer.add_argument("--attributes-column", default="attributes", help="column holding a JSON object of attributes (default attributes)")
     importer.add_argument("--attribute-column", action="append", help="a column stored as the attribute of its name (repeatable, or comma-separated)")
     importer.add_argument(
+        "--vector-column", default=VECTOR_COLUMN,
+        help=f"column holding the item's vector, upserted as is instead of embedding its text (default {VECTOR_COLUMN}, as "
+        "`export --vectors` writes; '' for none)",
+    )
+    importer.add_argument(
         "--batch-size", type=at_least(1), default=DEFAULT_BATCH_SIZE,
         help=f"items per upsert (default {DEFAULT_BATCH_SIZE}; lowered to the catalog's --max-batch when over it)",
     )
@@ -809,3 +889,8 @@ def register(commands) -> None:
     exporter.add_argument("file", type=Path)
     exporter.add_argument("--format", choices=FORMATS, help="file format (default: from the suffix)")
     exporter.add_argument("--page-size", type=int, default=0, help="items per ListItems call (default: the catalog's limit)")
+    exporter.add_argument(
+        "--vectors", action="store_true",
+        help=f"write each item's vector (a {VECTOR_COLUMN!r} column), which `import` upserts as is: items whose vector was "
+        "given, not embedded from their text, come back as they were",
+    )

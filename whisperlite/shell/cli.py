@@ -5,6 +5,7 @@ import importlib
 import json
 import os
 import sys
+import unicodedata
 from pathlib import Path
 
 from whisperlite.core.topology import BY_NAME, CATALOG, MAX_PORT, RANKER, SERVICES
@@ -82,16 +83,23 @@ def _recommend(args: argparse.Namespace) -> None:
     for rank, scored in enumerate(result.items, 1):
         print(
             f"{rank:>3}. {scored.score:7.3f}  (query {scored.query_match:.3f}, taste {scored.personal_affinity:.3f})  "
-            f"[{scored.item.item_id}] {_shown_name(scored.item.title, scored.item.text)}"
+            f"[{_terminal_safe(scored.item.item_id)}] {_shown_name(scored.item.title, scored.item.text)}"
         )
 
 
 def _shown_name(title: str, text: str, chars: int = 80) -> str:
-    """An item's title, or the start of its text for an item that has none (it showed as nothing)."""
+    """An item's title, or the start of its text for an item that has none (it showed as nothing), safe to print."""
     if title.strip():
-        return title
+        return _terminal_safe(title)
     start = " ".join(text.split())
-    return start if len(start) <= chars else start[: chars - 1] + "…"
+    return _terminal_safe(start if len(start) <= chars else start[: chars - 1] + "…")
+
+
+def _terminal_safe(text: str) -> str:
+    """`text` with its control characters written as repr writes them (\\x1b, \\r): a catalog stores its owner's text
+    as given, and printed raw, an escape sequence in a title cleared the screen or recoloured it, and a carriage return
+    overwrote the line with other output. (--json is safe: JSON escapes them.)"""
+    return "".join(repr(char)[1:-1] if unicodedata.category(char) == "Cc" else char for char in text)
 
 
 def _health(args: argparse.Namespace) -> None:

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent import futures
 
 import grpc
@@ -164,12 +165,15 @@ def test_a_body_that_is_not_json_is_invalid_argument(http):
     [
         (b'{"query": "red dress", "query": "boots", "top_k": 2}', "query"),
         (b'{"query": "red dress", "top_k": 2, "top_k": 3}', "top_k"),
-        (b'{"query": "red dress", "filter": {"min_price": 1, "min_price": 500}}', "min_price"),
+        (b'{"query": "red dress", "filter": {"min_price": 1, "min_price": 500}}', "filter.min_price"),
+        (b'{"items": [{"item_id": "a"}, {"item_id": "b", "attributes": {"size": "S", "size": "M"}}]}', "items[1].attributes.size"),
     ],
 )
 def test_a_field_given_twice_is_invalid_argument_naming_it(http, raw, field):
-    """The last one won: {"query": "red dress", "query": "boots"} searched boots, {"top_k": 2, "top_k": 3} gave 3."""
-    response = http.post("/v1/recommend", content=raw, headers={"content-type": "application/json"})
+    """The last one won: {"query": "red dress", "query": "boots"} searched boots, {"top_k": 2, "top_k": 3} gave 3. A nested
+    field is named by its path (it was named `min_price` alone)."""
+    path = "/v1/items" if raw.startswith(b'{"items"') else "/v1/recommend"
+    response = http.post(path, content=raw, headers={"content-type": "application/json"})
     assert response.status_code == 400, response.text
     assert response.json()["error"] == {"code": "INVALID_ARGUMENT", "message": f"{field}: given more than once in one JSON object; send each field once"}
 
@@ -229,11 +233,33 @@ def test_an_id_with_a_slash_and_unknown_routes(http, gateway_items):
         ("POST", "/v1/recommend", {"query": "boots", "top_k": 1, "filter": {"max_price": "-Infinity"}}, {}, 400, "filter.max_price: must be a finite number, got -inf"),
         ("POST", "/v1/recommend", b'{"query": "boots", "top_k": 1}', {"content-type": "application/json", "content-encoding": "gzip"}, 415,
          "content-encoding: 'gzip' is not accepted; send the body uncompressed"),
+        # The first header won: a body the second one declared gzip was read as JSON.
+        ("POST", "/v1/recommend", b'{"query": "boots", "top_k": 1}', [("content-encoding", "identity"), ("content-encoding", "gzip")], 400,
+         "content-encoding: given 2 times; send it once"),
+        ("POST", "/v1/recommend", b'{"query": "boots", "top_k": 1}', [("content-type", "application/json"), ("content-type", "text/plain")], 400,
+         "content-type: given 2 times; send it once"),
+        # A boolean only as JSON's true/false: "no", 1 and 0.0 were all taken.
+        ("POST", "/v1/recommend", {"query": "boots", "top_k": 1, "include_history_items": "no"}, {}, 400, "include_history_items: Input should be a valid boolean"),
+        ("POST", "/v1/recommend", {"query": "boots", "top_k": 1, "include_history_items": 1}, {}, 400, "include_history_items: Input should be a valid boolean"),
+        # Numbers in strings only as JSON writes them (proto3's JSON mapping): "1_0" was 10, " 2 " and "+2" were 2.
+        ("POST", "/v1/recommend", {"query": "boots", "top_k": "1_0"}, {}, 400, "top_k: Value error, expected a number, or a string of one as JSON writes it"),
+        ("POST", "/v1/recommend", {"query": "boots", "top_k": " 2 "}, {}, 400, "got ' 2 '"),
+        ("POST", "/v1/recommend", {"query": "boots", "top_k": "+2"}, {}, 400, "got '+2'"),
+        ("POST", "/v1/recommend", {"query": "boots", "top_k": 1, "filter": {"max_price": "1_000"}}, {}, 400, "filter.max_price: Value error, expected a number"),
+        ("POST", "/v1/items", {"items": [{"item_id": "gw-lax-price", "price": "1_0"}]}, {}, 400, "items.0.price: Value error, expected a number"),
+        # Past an upstream's per-call limit: refused before the body is converted.
+        ("POST", "/v1/recommend", {"query": "boots", "top_k": 1, "recent_item_ids": ["gw-boots-0"] * 51}, {}, 400,
+         "recent_item_ids: at most 50 values, got 51"),
+        ("POST", "/v1/recommend", {"query": "boots", "top_k": 1, "filter": {"exclude_item_ids": ["x"] * 1001}}, {}, 400,
+         "filter.exclude_item_ids: at most 1000 values, got 1001"),
+        ("POST", "/v1/items", {"items": [{}] * 1001}, {}, 400, "items: at most 1000 values, got 1001"),
     ],
     ids=[
         "comparison-id-past-int64", "rank-past-int64", "relevant-as-a-word", "top-k-as-a-bool", "query-as-a-number", "cut-json",
         "not-utf8", "form-body", "authorization-not-ascii", "authorization-too-long", "item-id-too-long", "path-not-utf8",
-        "nan-as-text", "minus-infinity-as-text", "compressed-body",
+        "nan-as-text", "minus-infinity-as-text", "compressed-body", "content-encoding-twice", "content-type-twice",
+        "bool-as-a-word", "bool-as-a-number", "int-with-underscore", "int-with-spaces", "int-with-plus", "float-with-underscore",
+        "item-price-with-underscore", "too-many-recent-items", "too-many-excluded-ids", "too-many-items",
     ],
 )
 def test_hostile_requests_get_a_precise_answer_with_a_request_id(gateway_url, method, path, body, headers, status, message):
@@ -286,6 +312,60 @@ def test_an_absolute_form_target_is_read_as_its_path(gateway):
             received += chunk
     assert received.startswith(b"HTTP/1.1 200 "), received[:300]
     assert received.endswith(b'{"status":"SERVING"}'), received[-200:]
+
+
+def test_a_target_that_is_no_url_is_400_in_the_error_shape(gateway):
+    """`GET http://[/health` (an unclosed IPv6 host) was a 500 in plain text with a traceback in the log, without a request
+    id or the security headers, and not counted."""
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=30) as sock:
+        sock.sendall(b"GET http://[/health HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), received[:300]
+    assert json.loads(body) == {"error": {"code": "INVALID_ARGUMENT", "message": "request target: not a URL (Invalid IPv6 URL), got 'http://[/health'"}}
+    headers = dict(line.lower().split(": ", 1) for line in head.decode().split("\r\n")[1:])
+    assert re.fullmatch(r"[0-9a-f]{32}", headers["x-request-id"]) and headers["x-content-type-options"] == "nosniff", headers
+    metrics = httpx.get(f"http://127.0.0.1:{gateway.port}/metrics", timeout=30).text
+    assert re.search(r'^whisperlite_gateway_requests_total\{method="GET",route="unmatched",status="400"\} ', metrics, re.M), metrics
+    assert "Invalid IPv6 URL" not in gateway.log()
+
+
+def _liveness_while(gateway_url: str, send: Callable[[], httpx.Response]) -> tuple[httpx.Response, float, float]:
+    """(send's answer, the seconds it took, the slowest /health/liveness asked meanwhile, one after another)."""
+    with futures.ThreadPoolExecutor(1) as pool, httpx.Client(base_url=gateway_url, timeout=60) as client:
+        client.get("/health/liveness")  # connected before the body goes
+        started = time.perf_counter()
+        answer = pool.submit(send)
+        slowest = 0.0
+        while not answer.done():
+            asked = time.perf_counter()
+            assert client.get("/health/liveness").status_code == 200
+            slowest = max(slowest, time.perf_counter() - asked)
+        return answer.result(), time.perf_counter() - started, slowest
+
+
+def test_a_body_past_an_upstream_limit_is_refused_before_it_is_converted(gateway_url):
+    """85,000 empty items (255 KB) were converted whole on the event loop before the catalog (or, on a secured stack, the
+    missing token) refused them: 5.8 s, while /health/liveness waited as long."""
+    raw = b'{"items": [' + b",".join([b"{}"] * 85_000) + b"]}"
+    answer, seconds, slowest = _liveness_while(
+        gateway_url, lambda: httpx.post(f"{gateway_url}/v1/items", content=raw, headers={"content-type": "application/json"}, timeout=60)
+    )
+    assert answer.status_code == 400 and answer.json()["error"]["message"] == "items: at most 1000 values, got 85000", answer.text
+    assert seconds < 1.5 and slowest < 0.5, (seconds, slowest)
+
+
+def test_a_small_body_of_many_values_is_converted_off_the_event_loop(gateway_url):
+    """A 240 KB vector of 120,000 numbers was under the 256 KiB read on the loop, and its conversion held the loop ~1 s:
+    bodies of many values go to the worker thread whatever their size."""
+    raw = b'{"items": [{"item_id": "gw-long-vector", "vector": [' + b",".join([b"0"] * 120_000) + b"]}]}"
+    answer, _, slowest = _liveness_while(
+        gateway_url, lambda: httpx.post(f"{gateway_url}/v1/items", content=raw, headers={"content-type": "application/json"}, timeout=60)
+    )
+    assert answer.status_code == 400 and "vector" in answer.json()["error"]["message"], answer.text  # the catalog's dimension
+    assert slowest < 0.5, slowest
 
 
 def test_an_item_without_a_price_has_price_null(http):

@@ -114,12 +114,16 @@ def _metadata(request: Request) -> list[tuple[str, str]]:
     return metadata
 
 
-def _origin_form(scope: dict) -> None:
+def _origin_form(scope: dict) -> str | None:
     """An absolute-form target (`GET http://host/path`, which RFC 9112 has a server accept) read as its path: it was
-    a 404 naming "http://host/path" as the path."""
+    a 404 naming "http://host/path" as the path. Returns why a target is no URL (`http://[/health`), else None."""
     if scope["path"].startswith(("http://", "https://")):
-        scope["path"] = urllib.parse.urlsplit(scope["path"]).path or "/"
-        scope["raw_path"] = (urllib.parse.urlsplit(scope["raw_path"].decode("latin-1")).path or "/").encode("latin-1")
+        try:
+            path, raw_path = (urllib.parse.urlsplit(target).path or "/" for target in (scope["path"], scope["raw_path"].decode("latin-1")))
+        except ValueError as error:  # an unclosed IPv6 host: it was a 500 with a traceback, before the request had an id
+            return f"request target: not a URL ({error}), got {scope['path'][:80]!r}"
+        scope["path"], scope["raw_path"] = path, raw_path.encode("latin-1")
+    return None
 
 
 async def _in_the_error_shape(response: Response) -> Response:
@@ -140,8 +144,11 @@ async def _in_the_error_shape(response: Response) -> Response:
 
 
 def _refusal(request: Request, max_body_bytes: int) -> JSONResponse | None:
-    """The answer to a request refused before it is read: a path with control characters, an unusable or repeated request id, or
-    a body over the limit."""
+    """The answer to a request refused before it is read: a target that is no URL, a path with control characters, a
+    repeated header that says how to read the body, an unusable or repeated request id, or a body over the limit. An
+    absolute-form target is read as its path first (`_origin_form`)."""
+    if (problem := _origin_form(request.scope)) is not None:
+        return _grpc_error(grpc.StatusCode.INVALID_ARGUMENT, problem)
     if CONTROL_CHARACTER.search(path := request.scope["path"]):
         # Starlette's route patterns end in `$`, which matches before a final newline: /v1/items/13306%0A was item 13306.
         return _grpc_error(grpc.StatusCode.INVALID_ARGUMENT, f"path: must not hold control characters, got {path[:80]!r}")
@@ -156,6 +163,10 @@ def _refusal(request: Request, max_body_bytes: int) -> JSONResponse | None:
         refused = _grpc_error(grpc.StatusCode.INVALID_ARGUMENT, "send Content-Length or Transfer-Encoding, not both")
         refused.headers["Connection"] = "close"
         return refused
+    for name in ("content-type", "content-encoding"):
+        if len(given := request.headers.getlist(name)) > 1:
+            # The gateway read the first, so a body declared gzip by the second was read as JSON; a proxy may take the other.
+            return _grpc_error(grpc.StatusCode.INVALID_ARGUMENT, f"{name}: given {len(given)} times; send it once (it says how to read the body)")
     if (encoding := request.headers.get("content-encoding", "identity").strip().lower()) != "identity":
         return _error(415, grpc.StatusCode.INVALID_ARGUMENT, f"content-encoding: {encoding[:40]!r} is not accepted; send the body uncompressed")
     if (problem := request_id_problem(request.headers.getlist(REQUEST_ID_HEADER))) is not None:
@@ -344,9 +355,8 @@ def create_app(
     @app.middleware("http")
     async def request_id_and_metrics(request: Request, call_next):
         started = time.perf_counter()
-        _origin_form(request.scope)
-        labels = _labels(app, request.scope)
         refusal, held = _refusal(request, body_limits.max_body_bytes), 0
+        labels = _labels(app, request.scope)  # after _refusal, which reads an absolute-form target as its path
         if refusal is None and drain.draining and labels[1] not in ANSWERED_WHILE_DRAINING:
             refusal = _error(503, grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
             refusal.headers["Retry-After"] = "1"

@@ -1,15 +1,17 @@
 """Reading a JSON request body into its model, off the event loop when it is large.
 
 FastAPI would parse and validate a body on the event loop: a 16 MiB body of small JSON values held it for
-about 6 s (every other HTTP caller and /health waited) and took 270 MiB to refuse. Here a body up to
-`INLINE_BODY_BYTES` is read on the loop, and a larger one in a worker thread, one large body at a time, so
-memory stays bounded by one body however many callers send one. Values are read as protobuf's JSON mapping
+about 6 s (every other HTTP caller and /health waited) and took 270 MiB to refuse. Here a small body is read and
+converted on the loop, and any other in a worker thread, one at a time, so memory stays bounded by one body however
+many callers send one. Small is counted in bytes and in JSON values: converting a body costs per value (pydantic,
+then protobuf's ParseDict: ~70 µs each), so 256 KB of empty items held the loop 5.8 s. Values are read as protobuf's JSON mapping
 reads them (schema.py): numbers from numbers or numeric strings, never from true/false, and `"relevant": "no"`
 never means false.
 """
 
 import asyncio
 import json
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
@@ -21,6 +23,9 @@ from pydantic import BaseModel, ValidationError
 from whisperlite.core.item_fields import RepeatedKey, object_without_repeated_keys
 
 INLINE_BODY_BYTES = 256 * 1024
+# Most commas a body read on the loop holds: each JSON value past an object's or array's first follows one (a comma
+# in a text counts too, which only sends that body to the thread). 200 values cost ~15 ms.
+INLINE_BODY_COMMAS = 200
 UTF8_BOM = b"\xef\xbb\xbf"
 JSON_MEDIA_TYPES = ("application/json",)
 
@@ -48,6 +53,8 @@ def validation_message(problems: Iterable[dict], skip: int = 0) -> str:
         reason = problem["msg"]
         if problem["type"] == "json_invalid":
             reason = f"not valid JSON ({problem['ctx']['error'] if 'ctx' in problem else reason})"
+        elif problem["type"] == "too_long":  # an upstream's per-call limit (schema.py), in the services' words
+            reason = f"at most {problem['ctx']['max_length']} values, got {problem['ctx']['actual_length']}"
         parts.append(f"{location}: {reason}")
     return "; ".join(parts)
 
@@ -73,10 +80,32 @@ def _refuse_repeated_keys(raw: bytes) -> None:
     "query": "boots"} searched boots, while a proxy or a log reader may have read the first. Refused, naming it."""
     try:
         json.loads(raw, object_pairs_hook=object_without_repeated_keys)
-    except RepeatedKey as error:
-        raise invalid(f"{error.key}: given more than once in one JSON object; send each field once") from None
+    except RepeatedKey:
+        raise invalid(f"{_repeated_key_path(raw)}: given more than once in one JSON object; send each field once") from None
     except (ValueError, RecursionError):  # what pydantic took and Python's json cannot read (a 5,000-digit number)
         pass
+
+
+def _repeated_key_path(raw: bytes) -> str | None:
+    """Where the body repeats a key, as the services name fields (`filter.min_price`, `items[2].title`): the hook
+    above sees each object alone, so a refused body is read once more with every object kept as its pairs."""
+
+    def find(value: object, path: str) -> str | None:
+        if isinstance(value, tuple):  # an object, as its (key, value) pairs; a JSON array is a list
+            keys = Counter(key for key, _ in value)
+            if (repeated := next((key for key, count in keys.items() if count > 1), None)) is not None:
+                return path + repeated
+            children = [(f"{path}{key}.", child) for key, child in value]
+        elif isinstance(value, list):
+            children = [(f"{path.removesuffix('.')}[{index}].", child) for index, child in enumerate(value)]
+        else:
+            return None
+        for child_path, child in children:
+            if (found := find(child, child_path)) is not None:
+                return found
+        return None
+
+    return find(json.loads(raw, object_pairs_hook=tuple), "")
 
 
 class BodyBudget:
@@ -118,7 +147,7 @@ class BodyReader:
                 415, grpc.StatusCode.INVALID_ARGUMENT,
                 f"content-type: must be application/json, got {content_type[:60]!r} (curl -d sends a form: add -H 'content-type: application/json')",
             )  # fmt: skip
-        if len(raw) <= INLINE_BODY_BYTES:
+        if len(raw) <= INLINE_BODY_BYTES and raw.count(b",") <= INLINE_BODY_COMMAS:
             value = parse(model, raw, convert)
         else:
             async with self._large:

@@ -2,30 +2,56 @@
 
 FastAPI derives the OpenAPI schema from these models; `PROTO_OF` pairs each model with the message it
 mirrors, and tests/test_gateway_api.py compares the schema's field names with the proto descriptors so
-the two cannot drift. Values are checked here only for their JSON type: the services validate the rest,
-so an HTTP caller gets exactly the message a gRPC caller gets.
+the two cannot drift. Values are checked here only for their JSON type, and lists for their length against the
+upstreams' per-call limits: the services validate the rest, so an HTTP caller gets exactly the message a gRPC
+caller gets.
 """
 
 import math
+import re
 from typing import Annotated, Literal
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 
 from whisperlite.v1 import catalog_pb2, common_pb2, ranker_pb2
 
+# The upstreams' per-call limits on lists, checked by pydantic before it reads a list's values: a body past one was
+# converted whole before the upstream refused it (85,000 empty items, a 256 KB body: 5.8 s of CPU on the event loop,
+# without a token). A service may not import another's constants (tests/test_architecture.py): each names its source.
+MAX_RECENT_ITEMS = 50  # the ranker's RankerLimits.max_recent_items
+MAX_FILTER_VALUES = 1000  # the catalog's MAX_FILTER_VALUES (services/catalog/filters.py)
+# The catalog's default --max-batch: a catalog started with a larger one takes larger batches over gRPC
+# (`whisperlite catalog import`), one with a smaller one refuses them itself.
+MAX_UPSERT_ITEMS = 1000
 
-def _not_true_or_false(value: object) -> object:
-    if isinstance(value, bool):  # JSON's true/false is no number, though Python's bool is an int
-        raise ValueError("expected a number, got true/false")
-    return value
+# A number given as a string, as proto3's JSON mapping writes one: JSON's own number grammar. Protobuf's Python
+# parser took whatever int() and float() take, so "1_0" was 10 and " 2 " and "+2" were 2.
+JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+NON_FINITE_WORDS = ("NaN", "Infinity", "-Infinity")
 
 
-# Numbers as protobuf's JSON mapping reads them: a JSON number (3, 3.0) or a numeric string ("3", "19.99"), never
-# true/false. Strings and booleans take only their own JSON type (bool fields are StrictBool where they occur).
-ProtoInt = Annotated[int, BeforeValidator(_not_true_or_false)]
-ProtoFloat = Annotated[float, BeforeValidator(_not_true_or_false)]
+def _proto_json_number(examples: tuple[str, ...], words: tuple[str, ...] = ()):
+    """A check that a value is a JSON number or a string proto3's JSON mapping reads as one (`words` too), never
+    true/false (JSON's true/false is no number, though Python's bool is an int)."""
+    examples = ", ".join(f'"{example}"' for example in examples)
+
+    def check(value: object) -> object:
+        if isinstance(value, bool):
+            raise ValueError("expected a number, got true/false")
+        if isinstance(value, str) and not (JSON_NUMBER.fullmatch(value) or value in words):
+            raise ValueError(f"expected a number, or a string of one as JSON writes it ({examples}), got {value[:40]!r}")
+        return value
+
+    return check
+
+
+# Numbers as protobuf's JSON mapping reads them: a JSON number (3, 3.0) or a numeric string ("3", "19.99"; for floats
+# "NaN" and "Infinity" too), never true/false. Strings and booleans take only their own JSON type (StrictBool).
+ProtoInt = Annotated[int, BeforeValidator(_proto_json_number(("10", "-3")))]
+ProtoFloat = Annotated[float, BeforeValidator(_proto_json_number(("19.99", "-2.5e3", *NON_FINITE_WORDS), NON_FINITE_WORDS))]
+RecentItemIds = Annotated[list[str], Field(max_length=MAX_RECENT_ITEMS)]
 
 
 class ProtoModel(BaseModel):
@@ -35,11 +61,11 @@ class ProtoModel(BaseModel):
 
 class ItemFilter(ProtoModel):
     categories: list[str] = Field(
-        default_factory=list, description="keep only items whose category is one of these (exact match); each must contain a visible character"
+        default_factory=list, max_length=MAX_FILTER_VALUES, description="keep only items whose category is one of these (exact match); each must contain a visible character"
     )
     min_price: ProtoFloat | None = Field(None, description="keep only items with a price at least this")
     max_price: ProtoFloat | None = Field(None, description="keep only items with a price at most this")
-    exclude_item_ids: list[str] = Field(default_factory=list, description="never return these item ids")
+    exclude_item_ids: list[str] = Field(default_factory=list, max_length=MAX_FILTER_VALUES, description="never return these item ids")
 
 
 class Item(ProtoModel):
@@ -58,8 +84,8 @@ class RecommendRequest(ProtoModel):
     query: str = Field("", description="what the user typed; non-blank, bounded length")
     top_k: ProtoInt = Field(0, description="number of items wanted: 1 to the ranker's cap")
     filter: ItemFilter | None = None
-    recent_item_ids: list[str] = Field(default_factory=list, description="items the user looked at recently, newest last")
-    include_history_items: bool = Field(
+    recent_item_ids: RecentItemIds = Field(default_factory=list, description="items the user looked at recently, newest last")
+    include_history_items: StrictBool = Field(
         False, description="false: a known user's stored history items (their purchases) are left out, as evaluate ranks; true: they may come back"
     )
 
@@ -82,7 +108,7 @@ class RecommendResponse(ProtoModel):
 
 
 class UpsertItemsRequest(ProtoModel):
-    items: list[Item]
+    items: list[Item] = Field(max_length=MAX_UPSERT_ITEMS)
 
 
 class UpsertItemsResponse(ProtoModel):

@@ -12,7 +12,7 @@ import random
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from whisperlite.services.gateway.judgements import POSITIONS, JudgementStore, ShownItem, ShownList
-from whisperlite.services.gateway.schema import ItemFilter, ProtoInt, RecommendRequest, to_proto
+from whisperlite.services.gateway.schema import ItemFilter, ProtoInt, RecentItemIds, RecommendRequest, to_proto
 from whisperlite.services.gateway.upstream import Metadata, Upstream
 from whisperlite.v1 import ranker_pb2
 
@@ -23,7 +23,7 @@ class ComparisonRequest(BaseModel):
     query: str = ""
     top_k: ProtoInt = 10
     filter: ItemFilter | None = None
-    recent_item_ids: list[str] = Field(default_factory=list)
+    recent_item_ids: RecentItemIds = Field(default_factory=list)
 
 
 class JudgementRequest(BaseModel):

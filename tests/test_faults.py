@@ -341,6 +341,7 @@ def test_a_frozen_catalog_turns_the_ranker_not_serving_and_back_while_it_keeps_a
     with grpc.insecure_channel(ranker.address) as channel:
         stub = ranker_pb2_grpc.RankerServiceStub(channel)
         stub.Recommend(request, timeout=30)
+        searches_answered = metric(catalog, "grpc_server_handled_total", grpc_method="SearchBatch", grpc_code="OK")
         os.kill(catalog.process.pid, signal.SIGSTOP)
         try:
             # Before the health checks trip (no sooner than the probe timeout and an interval, 0.8 s), a caller with a
@@ -364,6 +365,10 @@ def test_a_frozen_catalog_turns_the_ranker_not_serving_and_back_while_it_keeps_a
             os.kill(catalog.process.pid, signal.SIGCONT)
         up_after = wait_for(lambda: ranker_follows_its_dependency(ranker, serving=True), timeout=10)
         assert ranker_dependency_health(ranker) == {"query-encoder": "SERVING", "catalog": "SERVING"}
+        time.sleep(0.5)
+        # The search of the caller who left at 0.5 s carried that deadline and was cancelled with it: the catalog did
+        # not run it once thawed (it went out with the ranker's own 5 s and was answered OK, to nobody).
+        assert metric(catalog, "grpc_server_handled_total", grpc_method="SearchBatch", grpc_code="OK") == searches_answered
         assert len(stub.Recommend(request, timeout=30).items) == 3
     log = ranker.log()
     assert re.search(r'"message": "dependency down.*catalog at localhost:\d+: health check failed: DEADLINE_EXCEEDED', log), log[-3000:]

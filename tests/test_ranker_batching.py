@@ -140,10 +140,73 @@ async def test_a_call_queued_behind_hanging_batches_fails_within_its_own_wait():
     assert loop.time() - queued_at < 0.45  # its own 0.3 s, not the 0.15 s left of the batch ahead plus 0.3 s
     with pytest.raises(Unavailable):
         await first
-    assert hanging.batches == [[1]]  # the queued call never went out: it had left before a slot freed
+    # The first batch was cancelled when its one caller left (at 0.3 s), which freed its slot for the queued call.
+    assert hanging.batches == [[1], [2]]
     hanging.release.set()
     await asyncio.sleep(0.05)
     assert await coalescer.call(3) == 6  # the hanging batch came back: calls flow again
+
+
+async def test_a_batch_nobody_waits_for_is_cancelled_and_its_slot_freed():
+    """A caller's deadline passing (the ranker's handler cancelled) used to leave its batch running downstream to the
+    client's own timeout, holding one of the few batch slots; a batch with a caller still waiting goes on."""
+    hanging = Doubler()
+    hanging.release.clear()
+    cancelled: list[list[int]] = []
+
+    async def run_batch(numbers: list[int]) -> list[int]:
+        try:
+            return await hanging(numbers)
+        except asyncio.CancelledError:
+            cancelled.append(numbers)
+            raise
+
+    coalescer = Coalescer(run_batch, max_batch=8, max_concurrent=1)
+    alone = asyncio.ensure_future(coalescer.call(1))
+    await asyncio.sleep(0.05)
+    shared = [asyncio.ensure_future(coalescer.call(n)) for n in (2, 3)]  # queued behind the one slot
+    await asyncio.sleep(0.05)
+    assert hanging.batches == [[1]]
+    alone.cancel()
+    await asyncio.sleep(0.05)
+    assert cancelled == [[1]] and hanging.batches == [[1], [2, 3]]  # the slot went at once to the queued calls
+    shared[0].cancel()
+    await asyncio.sleep(0.05)
+    assert cancelled == [[1]]  # 3 still waits for the batch it shares with 2
+    hanging.release.set()
+    assert await shared[1] == 6
+
+
+async def test_a_batch_ends_by_the_latest_of_its_callers_deadlines():
+    from whisperlite.core.request_context import bind_deadline, current_deadline
+
+    seen: list[float | None] = []
+    release = asyncio.Event()
+
+    async def run_batch(numbers: list[int]) -> list[int]:
+        seen.append(current_deadline())
+        await release.wait()
+        return numbers
+
+    coalescer = Coalescer(run_batch, max_batch=8, max_concurrent=1)
+
+    async def call_by(deadline: float | None, n: int) -> int:
+        bind_deadline(deadline)  # as the server interceptor does, in this call's own task
+        return await coalescer.call(n)
+
+    async def batch_behind_one(deadlines: list[float | None]) -> None:
+        release.clear()
+        first = asyncio.ensure_future(call_by(100.0, 0))
+        await asyncio.sleep(0.01)
+        queued = [asyncio.ensure_future(call_by(deadline, n)) for n, deadline in enumerate(deadlines, start=1)]
+        await asyncio.sleep(0.01)
+        release.set()
+        await asyncio.gather(first, *queued)
+
+    await batch_behind_one([50.0, 200.0, 120.0])
+    await batch_behind_one([50.0, None])
+    # the lone call's deadline, the queued batch's latest; a batch with a caller that set none is bounded by nothing
+    assert seen == [100.0, 200.0, 100.0, None]
 
 
 def test_limits_must_be_positive():

@@ -1,13 +1,15 @@
-"""The request id (x-request-id) of the call being served, for logs and downstream calls.
+"""The request id (x-request-id) and the deadline of the call being served, for logs and downstream calls.
 
-A server interceptor binds it from the caller's metadata (or mints one; an id given twice or breaking the rule is
+A server interceptor binds the id from the caller's metadata (or mints one; an id given twice or breaking the rule is
 refused); the internal clients send it on every downstream call, so one id names the whole request in every
-service's logs.
+service's logs. It binds the caller's deadline too, and the internal clients' calls end with it: a dependency stops
+working for a caller who has given up instead of running on to the client's own timeout.
 """
 
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from collections.abc import Iterable, Sequence
 from contextvars import ContextVar, Token
@@ -20,6 +22,11 @@ REQUEST_ID = re.compile(rf"[\x21-\x7e]{{1,{MAX_REQUEST_ID_CHARS}}}")  # "orders/
 REQUEST_ID_RULE = f"must be 1 to {MAX_REQUEST_ID_CHARS} visible ASCII characters (no spaces)"
 
 _request_id: ContextVar[str] = ContextVar("whisperlite_request_id", default="")
+# When the caller of the call being served stops waiting, in time.monotonic() seconds (None: it set no deadline).
+_deadline: ContextVar[float | None] = ContextVar("whisperlite_deadline", default=None)
+# A downstream call is never given less than this: gRPC fails a zero or negative timeout before sending anything, and
+# a caller whose deadline has passed is answered by its own server's timer.
+MIN_DOWNSTREAM_SECONDS = 0.001
 
 
 def current_request_id() -> str:
@@ -49,6 +56,32 @@ def bind_request_id(metadata: Iterable[tuple[str, str]] | None) -> tuple[str, To
 
 def reset_request_id(token: Token) -> None:
     _request_id.reset(token)
+
+
+def bind_deadline(deadline: float | None) -> Token:
+    """Binds the deadline (time.monotonic() seconds, None: none) the current context's downstream calls end by."""
+    return _deadline.set(deadline)
+
+
+def deadline_from_now(time_remaining: float | None) -> float | None:
+    """A server's time_remaining() as a deadline for bind_deadline."""
+    return None if time_remaining is None else time.monotonic() + time_remaining
+
+
+def current_deadline() -> float | None:
+    return _deadline.get()
+
+
+def reset_deadline(token: Token) -> None:
+    _deadline.reset(token)
+
+
+def downstream_timeout(timeout_seconds: float) -> float:
+    """A downstream call's timeout: the client's own, cut to what is left of the current caller's deadline."""
+    deadline = _deadline.get()
+    if deadline is None:
+        return timeout_seconds
+    return max(MIN_DOWNSTREAM_SECONDS, min(timeout_seconds, deadline - time.monotonic()))
 
 
 def outgoing_metadata() -> tuple[tuple[str, str], ...]:

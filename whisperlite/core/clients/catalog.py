@@ -50,7 +50,7 @@ class CatalogClient(DownstreamClient):
         raised as such (the caller decides how long to wait)."""
         request = catalog_pb2.GetStatsRequest()
         return await call_when_ready(
-            lambda wait: self._stub.GetStats(request, timeout=self._timeout, metadata=outgoing_metadata(), wait_for_ready=wait),
+            lambda wait: self._stub.GetStats(request, timeout=self._call_timeout(), metadata=outgoing_metadata(), wait_for_ready=wait),
             self._service, "GetStats",
         )  # fmt: skip
 
@@ -58,7 +58,7 @@ class CatalogClient(DownstreamClient):
         """Upserts (idempotent: items are replaced by id); waits for a catalog not reachable yet. Returns the count written."""
         request = catalog_pb2.UpsertItemsRequest(items=items)
         response = await call_when_ready(
-            lambda wait: self._stub.UpsertItems(request, timeout=self._timeout, metadata=outgoing_metadata(), wait_for_ready=wait),
+            lambda wait: self._stub.UpsertItems(request, timeout=self._call_timeout(), metadata=outgoing_metadata(), wait_for_ready=wait),
             self._service, "UpsertItems",
         )  # fmt: skip
         return response.upserted_count
@@ -82,7 +82,7 @@ class CatalogClient(DownstreamClient):
         if self._batch_search:
             request = catalog_pb2.SearchBatchRequest(searches=[search.request(vectors) for search in searches])
             try:
-                response = await self._stub.SearchBatch(request, timeout=self._timeout, metadata=outgoing_metadata())
+                response = await self._stub.SearchBatch(request, timeout=self._call_timeout(), metadata=outgoing_metadata())
                 return [_candidates(part) for part in response.responses]
             except grpc.aio.AioRpcError as error:
                 if error.code() != grpc.StatusCode.UNIMPLEMENTED:
@@ -92,7 +92,7 @@ class CatalogClient(DownstreamClient):
 
     async def _search_one(self, search: CandidateSearch, vectors: bool) -> list[Candidate]:
         try:
-            response = await self._stub.Search(search.request(vectors), timeout=self._timeout, metadata=outgoing_metadata())
+            response = await self._stub.Search(search.request(vectors), timeout=self._call_timeout(), metadata=outgoing_metadata())
         except grpc.aio.AioRpcError as error:
             raise downstream_error(self._service, "Search", error) from None
         return _candidates(response)
@@ -108,7 +108,7 @@ class CatalogClient(DownstreamClient):
     async def _get_items(self, item_ids: list[str], include_vectors: bool) -> catalog_pb2.GetItemsResponse:
         request = catalog_pb2.GetItemsRequest(item_ids=item_ids, include_vectors=include_vectors)
         try:
-            return await self._stub.GetItems(request, timeout=self._timeout, metadata=outgoing_metadata())
+            return await self._stub.GetItems(request, timeout=self._call_timeout(), metadata=outgoing_metadata())
         except grpc.aio.AioRpcError as error:
             raise downstream_error(self._service, "GetItems", error) from None
 

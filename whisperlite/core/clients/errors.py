@@ -21,6 +21,7 @@ from typing import TypeVar
 import grpc
 
 from whisperlite.core.errors import RETRY_AFTER_KEY, FailedPrecondition, InvalidArgument, ResponseTooLarge, ServiceError, Unavailable
+from whisperlite.core.request_context import downstream_timeout
 
 T = TypeVar("T")
 
@@ -46,6 +47,10 @@ class DownstreamClient:
     @property
     def timeout_seconds(self) -> float:
         return self._timeout
+
+    def _call_timeout(self) -> float:
+        """This call's timeout: the client's, or less when the caller being served will stop waiting sooner."""
+        return downstream_timeout(self._timeout)
 
 
 async def call_when_ready(call: Callable[[bool], Awaitable[T]], service: str, method: str) -> T:

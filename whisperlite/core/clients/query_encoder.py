@@ -41,7 +41,7 @@ class QueryEncoderClient(DownstreamClient):
     async def model(self) -> EncoderModel:
         request = query_encoder_pb2.GetModelInfoRequest()
         info = await call_when_ready(
-            lambda wait: self._stub.GetModelInfo(request, timeout=self._timeout, metadata=outgoing_metadata(), wait_for_ready=wait),
+            lambda wait: self._stub.GetModelInfo(request, timeout=self._call_timeout(), metadata=outgoing_metadata(), wait_for_ready=wait),
             self._service, "GetModelInfo",
         )  # fmt: skip
         return EncoderModel(info.model_name, info.dimension, info.max_text_chars, info.max_inputs)
@@ -50,7 +50,7 @@ class QueryEncoderClient(DownstreamClient):
         """`priority` BULK for background work (item embedding) that must not delay interactive queries."""
         try:
             response = await self._stub.Embed(
-                query_encoder_pb2.EmbedRequest(texts=list(texts)), timeout=self._timeout,
+                query_encoder_pb2.EmbedRequest(texts=list(texts)), timeout=self._call_timeout(),
                 metadata=(*outgoing_metadata(), (PRIORITY_METADATA_KEY, priority)),
             )  # fmt: skip
         except grpc.aio.AioRpcError as error:

@@ -11,7 +11,9 @@ from grpc._cython.cygrpc import ExecuteBatchError  # grpc.aio's own error for a 
 from prometheus_client import Counter, Histogram
 
 from whisperlite.core.errors import RETRY_AFTER_KEY, InvalidArgument, ResourceExhausted, ServiceError
-from whisperlite.core.request_context import REQUEST_ID_KEY, bind_request_id, reset_request_id
+from whisperlite.core.request_context import (
+    REQUEST_ID_KEY, bind_deadline, bind_request_id, deadline_from_now, reset_deadline, reset_request_id,
+)
 from whisperlite.services.common.admission import Admission, LoadShed
 
 log = logging.getLogger("whisperlite.rpc")
@@ -107,8 +109,9 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
             start = time.perf_counter()
             code = grpc.StatusCode.OK
             # Every log line of this call, and every downstream call, carries the request id; the
-            # caller gets it back in the response headers.
+            # caller gets it back in the response headers. Downstream calls end with the caller's deadline.
             request_id, bound, unusable_id = bind_request_id(context.invocation_metadata())
+            deadline_bound = bind_deadline(deadline_from_now(context.time_remaining()))
             shed = False
             try:
                 if unusable_id is not None:  # refused before admission: it holds no slot a served call could use
@@ -167,6 +170,7 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
                         "rpc",
                         extra={"grpc_method": handler_call_details.method, "grpc_code": code.name, "duration_ms": round(elapsed * 1e3, 3)},
                     )
+                reset_deadline(deadline_bound)
                 reset_request_id(bound)
 
         return grpc.unary_unary_rpc_method_handler(

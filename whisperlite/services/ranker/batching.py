@@ -11,6 +11,9 @@ its members ask (INVALID_ARGUMENT: one member's input; RESOURCE_EXHAUSTED with n
 over the message limit, which their answers together may pass where each alone would not) is halved
 until each refusal is one member's own, so each caller gets the answer its own call would have had;
 any other error (UNAVAILABLE...) is every member's.
+
+A batch's downstream call ends by the latest of its callers' deadlines, and a batch none of its callers waits for any
+more is cancelled: a dependency does no work for callers who have gone, and the batch's slot is free at once.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 from whisperlite.core.errors import InvalidArgument, ResponseTooLarge, Unavailable
+from whisperlite.core.request_context import bind_deadline, current_deadline
 
 Q = TypeVar("Q")
 R = TypeVar("R")
@@ -44,13 +48,14 @@ class Coalescer(Generic[Q, R]):
         self._max_concurrent = max_concurrent
         self._wait_seconds = wait_seconds
         self._name = name
-        self._waiting: collections.deque[tuple[Q, asyncio.Future[R]]] = collections.deque()
+        # Calls not sent yet: the query, its answer to be, its caller's deadline (time.monotonic(); None: none).
+        self._waiting: collections.deque[tuple[Q, asyncio.Future[R], float | None]] = collections.deque()
         # The batches out, with their calls (the event loop keeps only weak references to tasks).
         self._batches: dict[asyncio.Task, list[asyncio.Future[R]]] = {}
 
     async def call(self, query: Q) -> R:
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        self._waiting.append((query, future))
+        self._waiting.append((query, future, current_deadline()))
         self._dispatch()
         try:
             # A caller that gives up (or times out here) cancels its future; its batch goes on for the others.
@@ -61,28 +66,35 @@ class Coalescer(Generic[Q, R]):
             raise Unavailable(
                 f"{self._name}: no answer within {self._wait_seconds:g} s (--deadline-seconds), the wait for the batches ahead included"
             ) from None
+        finally:
+            self._cancel_unwanted_batches()
 
     def _dispatch(self) -> None:
         while self._waiting and len(self._batches) < self._max_concurrent:
             batch = []
             while self._waiting and len(batch) < self._max_batch:
-                query, future = self._waiting.popleft()
+                query, future, deadline = self._waiting.popleft()
                 if not future.done():
-                    batch.append((query, future))
+                    batch.append((query, future, deadline))
             if not batch:
                 return
             task = asyncio.create_task(self._run(batch))
-            self._batches[task] = [future for _, future in batch]
+            self._batches[task] = [future for _, future, _ in batch]
             task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task) -> None:
         self._batches.pop(task, None)
         self._dispatch()
 
+    def _cancel_unwanted_batches(self) -> None:
+        for task, futures in self._batches.items():
+            if all(future.done() for future in futures):
+                task.cancel()
+
     def fail_all(self, error: Exception) -> None:
-        """Fails every call waiting or out with `error` (their dependency is known to be down). Batches out go on
-        until their own deadline; whatever they answer is dropped."""
-        for _, future in self._waiting:
+        """Fails every call waiting or out with `error` (their dependency is known to be down); the batches out, which
+        nobody waits for any more, are cancelled."""
+        for _, future, _ in self._waiting:
             if not future.done():
                 future.set_exception(error)
         self._waiting.clear()
@@ -90,15 +102,18 @@ class Coalescer(Generic[Q, R]):
             for future in futures:
                 if not future.done():
                     future.set_exception(error)
+        self._cancel_unwanted_batches()
 
-    async def _run(self, batch: list[tuple[Q, asyncio.Future[R]]]) -> None:
+    async def _run(self, batch: list[tuple[Q, asyncio.Future[R], float | None]]) -> None:
+        deadlines = [deadline for _, _, deadline in batch]
+        bind_deadline(None if None in deadlines else max(deadlines))  # this task's own context: its downstream call's
         try:
-            results = await self._answers([query for query, _ in batch])
-        except asyncio.CancelledError:  # shutting down: nobody waits for an answer that will not come
-            for _, future in batch:
+            results = await self._answers([query for query, _, _ in batch])
+        except asyncio.CancelledError:  # shutting down, or every caller has gone: no answer will come
+            for _, future, _ in batch:
                 future.cancel()
             raise
-        for (_, future), result in zip(batch, results, strict=True):
+        for (_, future, _), result in zip(batch, results, strict=True):
             if future.done():
                 continue
             if isinstance(result, BaseException):

@@ -1,6 +1,7 @@
 """The Recommend use case: encode the request, personalize it, fetch candidates, re-score them."""
 
 import asyncio
+import contextvars
 import logging
 import re
 import time
@@ -15,6 +16,7 @@ from whisperlite.core.clients.query_encoder import QueryEncoderClient
 from whisperlite.core.item_fields import MAX_ID_CHARS, has_control_characters, item_id_problem
 from whisperlite.core.text import has_visible_characters
 from whisperlite.core.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, ServiceError, Unavailable
+from whisperlite.core.request_context import bind_deadline
 from whisperlite.core.personalization import TASTE_NONE, PersonalizationModel, PersonalizedQuery, text_plus_history_query
 from whisperlite.services.ranker.metrics import (
     MODEL_REQUESTS,
@@ -298,7 +300,11 @@ class Recommender:
         if len(self._shadow_tasks) >= self._max_shadow_in_flight:
             SHADOW_OUTCOMES.labels(call.candidate.version, "skipped").inc()
             return
-        task = asyncio.create_task(self._shadow(call))
+        # Without the caller's deadline (the request id kept): the caller has its answer, and the shadow's calls are
+        # bounded by the clients' --deadline-seconds as any background call is.
+        context = contextvars.copy_context()
+        context.run(bind_deadline, None)
+        task = asyncio.create_task(self._shadow(call), context=context)
         self._shadow_tasks.add(task)  # the event loop keeps only weak references to tasks
         task.add_done_callback(self._shadow_tasks.discard)
 

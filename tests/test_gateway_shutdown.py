@@ -1,5 +1,7 @@
-"""The gateway's SIGTERM: requests in flight are answered, new ones get 503 with Retry-After, exit code 0."""
+"""The gateway's signals. SIGTERM: requests in flight are answered, new ones get 503 with Retry-After, exit code 0.
+SIGHUP: re-reads the token file, never stops the gateway."""
 
+import signal
 import threading
 import time
 
@@ -53,3 +55,18 @@ def test_sigterm_answers_what_is_in_flight_refuses_the_rest_with_503_and_exits_0
     assert "200" in [outcome for at, outcome in outcomes if at < signalled]
     assert "503" in after, after[:20]  # the drain answered while it waited for the requests in flight
     assert not [outcome for _, outcome in outcomes if outcome.startswith("dropped")], after
+
+
+def test_sighup_without_a_token_file_leaves_the_gateway_serving(tmp_path, text_only_ranker, catalog_service):
+    """It ended the process (SIGHUP's default action): 6 requests in flight dropped, and `up` counted a crash."""
+    gateway = start_gateway(tmp_path / "logs", text_only_ranker.address, catalog_service.address, tmp_path / "state")
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{gateway.port}", timeout=30) as client:
+            for _ in range(3):
+                gateway.process.send_signal(signal.SIGHUP)
+                time.sleep(0.3)
+                assert gateway.process.poll() is None, gateway.log()[-3000:]
+                assert client.post("/v1/recommend", json={"query": "a warm wool coat", "top_k": 3}).status_code == 200
+        assert "SIGHUP: no --auth-tokens-file to re-read" in gateway.log()
+    finally:
+        gateway.stop()

@@ -212,8 +212,16 @@ async def run(args: argparse.Namespace) -> None:
         security=upstream_security(args), probes=probes,
     )
     tokens = study_tokens(args)
-    if tokens is not None:
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, tokens.reload)
+
+    def reload_tokens() -> None:
+        if tokens is not None:
+            tokens.reload()
+        else:
+            log.info("SIGHUP: no --auth-tokens-file to re-read")
+
+    # Always handled: SIGHUP's default action ends the process, and a token rotation signals every service of a stack
+    # (`docker compose kill -s HUP`); the gateway without a token file died of it, dropping the requests in flight.
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_tokens)
     store = JudgementStore.in_folder(args.state_dir) if args.study == "on" else None
     drain = Drain()
     suggested = tuple(user.strip() for user in args.suggested_users.split(",") if user.strip())

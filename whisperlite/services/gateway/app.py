@@ -459,9 +459,11 @@ def create_app(
     async def health():
         if drain.draining:
             return JSONResponse({"status": "NOT_SERVING", "reason": SHUTTING_DOWN}, status_code=503)
-        upstreams = await upstream.health()
+        upstreams, down = await upstream.health()
         serving = all(status == "SERVING" for status in upstreams.values())
         report = {"status": "SERVING" if serving else "NOT_SERVING", "upstreams": upstreams}
+        if down:
+            report["down"] = down
         if upstreams[RANKER.name] == "NOT_SERVING":  # it answered: say which of its dependencies it waits for
             dependencies = await upstream.ranker_dependencies()
             if dependencies:

@@ -127,11 +127,15 @@ class Upstream:
             )
         )
 
-    async def health(self) -> dict[str, str]:
-        """Each upstream's gRPC health status name (SERVING, NOT_SERVING, or the error code that stood in for one)."""
-        names = list(self._health)
-        statuses = await asyncio.gather(*(self._check(*self._health[name]) for name in names))
-        return dict(zip(names, statuses))
+    async def health(self) -> tuple[dict[str, str], dict[str, str]]:
+        """Each upstream's gRPC health status name (SERVING, NOT_SERVING, or the error code that stood in for one), and
+        why, for those the gateway's own checks have found down: those are UNAVAILABLE at once, not checked again (a
+        frozen upstream held every /health for the 2 s check timeout, past a readiness probe's default 1 s)."""
+        known_down = {name: str(refusal) for name in self._health if (refusal := self.outages.refusal(name)) is not None}
+        names = [name for name in self._health if name not in known_down]
+        statuses = dict(zip(names, await asyncio.gather(*(self._check(*self._health[name]) for name in names))))
+        statuses |= {name: grpc.StatusCode.UNAVAILABLE.name for name in known_down}
+        return {name: statuses[name] for name in self._health}, known_down
 
     async def ranker_dependencies(self) -> dict[str, str]:
         """Each of the ranker's dependencies as the ranker's own checks find it (its `dependency/<service>` health names),

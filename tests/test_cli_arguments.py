@@ -22,7 +22,8 @@ def whisperlite(*args: str, timeout: float = 120) -> subprocess.CompletedProcess
         (["recommend", "--query", "boots", "-k", "0"], 2, "argument -k: must be at least 1, got 0"),
         (["catalog", "import", "pyproject.toml", "--batch-size", "0"], 2, "argument --batch-size: must be at least 1, got 0"),
         (["recommend", "--query", "boots", "--request-id", "two words", "--ranker", "127.0.0.1:1"], 1, "error: request_id: must be 1 to 128"),
-        (["recommend", "--query", "boots", "-k", "99999999999", "--ranker", "127.0.0.1:1"], 1, "error: Value out of range"),
+        (["recommend", "--query", "boots", "-k", "99999999999", "--ranker", "127.0.0.1:1"], 2, "argument -k: must be at most 2147483647, got 99999999999"),
+        (["recommend", "--query", "boots\udcff", "--ranker", "127.0.0.1:1"], 2, "argument --query: not UTF-8 text (byte 0xff at character 6)"),
         (["model", "--ranker", "127.0.0.1:1", "traffic", "--percent", "50"], 1, "traffic: --percent and --shadow need --candidate VERSION"),
         (["model", "--ranker", "127.0.0.1:1", "traffic", "--clear", "--candidate", "v1"], 1, "traffic: --clear takes no other flag"),
         (["evaluate", "--all", "--data", ".", "--data-root", "/nonexistent"], 2, "give --data or --all, not both"),
@@ -37,7 +38,7 @@ def whisperlite(*args: str, timeout: float = 120) -> subprocess.CompletedProcess
         (["recommend", "--query", "boots", "--timeout", "-1"], 2, "argument --timeout: must be a positive number of seconds, got '-1'"),
     ],
     ids=[
-        "negative-retries", "zero-batch", "zero-k", "zero-import-batch", "request-id-with-a-space", "k-past-int32", "percent-without-candidate",
+        "negative-retries", "zero-batch", "zero-k", "zero-import-batch", "request-id-with-a-space", "k-past-int32", "query-not-utf8", "percent-without-candidate",
         "clear-and-candidate", "all-and-data", "no-methods", "token-not-ascii", "ca-not-pem",
         "port-offset-past-65535", "model-timeout-zero", "model-timeout-nan", "model-timeout-after-the-action",
         "model-ranker-after-the-action-wins", "recommend-timeout-negative",
@@ -82,6 +83,9 @@ def test_a_command_pointed_at_another_service_says_so(encoder_service):
     done = whisperlite("catalog", "count", "--catalog", encoder_service.address)
     assert done.returncode == 1
     assert f"({encoder_service.address} does not serve the catalog's API: is it another service's address?)" in done.stderr
+    done = whisperlite("recommend", "--query", "boots", "--ranker", encoder_service.address)
+    assert done.returncode == 1
+    assert f"({encoder_service.address} does not serve the ranker's API: is it another service's address?)" in done.stderr
 
 
 def test_a_reader_that_leaves_early_gets_no_traceback():

@@ -10,7 +10,9 @@ from pathlib import Path
 
 from whisperlite.core.topology import BY_NAME, CATALOG, MAX_PORT, RANKER, SERVICES
 from whisperlite.shell import model_admin
-from whisperlite.shell.client_flags import add_client_flags, add_client_security_flags, at_least, client_security, seconds
+from whisperlite.shell.client_flags import (
+    add_client_flags, add_client_security_flags, at_least, call_failed, client_security, seconds, utf8_text,
+)
 
 # Commands whose modules import pandas or torch are registered only when asked for (or for --help),
 # so quick commands such as `health`, which containers run every few seconds, start fast.
@@ -73,7 +75,7 @@ def _recommend(args: argparse.Namespace) -> None:
             )
         except grpc.RpcError as error:
             hint = " (if the ranker speaks TLS, pass --tls-ca-file)" if error.code() == grpc.StatusCode.UNAVAILABLE and not args.tls_ca_file else ""
-            raise SystemExit(f"{error.code().name}: {error.details()}{hint}") from None
+            raise SystemExit(f"{call_failed(error, args.ranker, 'ranker').code}{hint}") from None
         except ValueError as error:  # refused by the client before any call: a --request-id with spaces, -k past int32...
             raise SystemExit(f"error: {error}") from None
     if args.json:
@@ -185,13 +187,13 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     ingest.set_defaults(func=_ingest)
 
     recommend = commands.add_parser("recommend", help="ask the ranker for recommendations")
-    recommend.add_argument("--user", default="", help="user id (unknown users get text-only results)")
-    recommend.add_argument("--query", required=True, help="what the user typed")
-    recommend.add_argument("-k", type=at_least(1), default=10, help="number of items")
-    recommend.add_argument("--category", action="append", help="keep only this category (repeatable)")
+    recommend.add_argument("--user", type=utf8_text, default="", help="user id (unknown users get text-only results)")
+    recommend.add_argument("--query", type=utf8_text, required=True, help="what the user typed")
+    recommend.add_argument("-k", type=at_least(1, INT32_MAX), default=10, help="number of items")
+    recommend.add_argument("--category", type=utf8_text, action="append", help="keep only this category (repeatable)")
     recommend.add_argument("--min-price", type=float)
     recommend.add_argument("--max-price", type=float)
-    recommend.add_argument("--recent", action="append", help="recently viewed item id (repeatable)")
+    recommend.add_argument("--recent", type=utf8_text, action="append", help="recently viewed item id (repeatable)")
     recommend.add_argument(
         "--include-history", action="store_true",
         help="let the user's own history items (their purchases the model knows) come back; left out by default",
@@ -216,6 +218,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+INT32_MAX = 2**31 - 1  # top_k is a proto int32: past it the call failed in protobuf ("Value out of range"), the flag unnamed
 BUILTINS = {"serve", "up", "ingest", "recommend", "health", "model"}
 # gRPC target names other than host:port (https://github.com/grpc/grpc/blob/master/doc/naming.md)
 GRPC_TARGET_SCHEMES = ("unix:", "unix-abstract:", "vsock:", "dns:", "ipv4:", "ipv6:")

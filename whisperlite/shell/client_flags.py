@@ -98,6 +98,19 @@ def at_least(minimum: int, at_most: int | None = None):
     return parse
 
 
+def utf8_text(text: str) -> str:
+    """An argparse type: text that is UTF-8, refused by argparse naming the flag. Python reads argv's other bytes as
+    lone surrogates, which fail deep in the call ("'utf-8' codec can't encode character '\\udcff'"), naming nothing."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        byte = text[error.start].encode("utf-8", "surrogateescape")
+        raise argparse.ArgumentTypeError(
+            f"not UTF-8 text (byte 0x{byte.hex()} at character {error.start + 1}); set a UTF-8 locale or re-encode it"
+        ) from None
+    return text
+
+
 def call_failed(error, address: str, service: str) -> SystemExit:
     """A failed call as the command's one-line exit, with the likely cause where gRPC's own words name none."""
     import grpc

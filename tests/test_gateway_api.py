@@ -231,6 +231,9 @@ def test_an_id_with_a_slash_and_unknown_routes(http, gateway_items):
         # Protobuf's JSON parser refused the floats with "use quoted "NaN" instead", which the caller had done.
         ("POST", "/v1/recommend", {"query": "boots", "top_k": 1, "filter": {"min_price": "NaN"}}, {}, 400, "filter.min_price: must be a finite number, got nan"),
         ("POST", "/v1/recommend", {"query": "boots", "top_k": 1, "filter": {"max_price": "-Infinity"}}, {}, 400, "filter.max_price: must be a finite number, got -inf"),
+        # no price is negative: the range matched nothing and answered 200 with no items
+        ("POST", "/v1/recommend", {"query": "boots", "top_k": 1, "filter": {"min_price": -5, "max_price": -1}}, {}, 400,
+         "filter.min_price: must be at least 0 (prices are never negative), got -5"),
         ("POST", "/v1/recommend", b'{"query": "boots", "top_k": 1}', {"content-type": "application/json", "content-encoding": "gzip"}, 415,
          "content-encoding: 'gzip' is not accepted; send the body uncompressed"),
         # The first header won: a body the second one declared gzip was read as JSON.
@@ -257,7 +260,7 @@ def test_an_id_with_a_slash_and_unknown_routes(http, gateway_items):
     ids=[
         "comparison-id-past-int64", "rank-past-int64", "relevant-as-a-word", "top-k-as-a-bool", "query-as-a-number", "cut-json",
         "not-utf8", "form-body", "authorization-not-ascii", "authorization-too-long", "item-id-too-long", "path-not-utf8",
-        "nan-as-text", "minus-infinity-as-text", "compressed-body", "content-encoding-twice", "content-type-twice",
+        "nan-as-text", "minus-infinity-as-text", "negative-price-range", "compressed-body", "content-encoding-twice", "content-type-twice",
         "bool-as-a-word", "bool-as-a-number", "int-with-underscore", "int-with-spaces", "int-with-plus", "float-with-underscore",
         "item-price-with-underscore", "too-many-recent-items", "too-many-excluded-ids", "too-many-items",
     ],

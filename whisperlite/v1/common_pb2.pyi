@@ -107,9 +107,9 @@ class ItemFilter(_message.Message):
     MAX_PRICE_FIELD_NUMBER: _builtins.int
     EXCLUDE_ITEM_IDS_FIELD_NUMBER: _builtins.int
     min_price: _builtins.float
-    """Keep only items with a price at least this."""
+    """Keep only items with a price at least this (finite, >= 0: no price is negative)."""
     max_price: _builtins.float
-    """Keep only items with a price at most this."""
+    """Keep only items with a price at most this (finite, >= 0)."""
     @_builtins.property
     def categories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Keep only items whose category is one of these (exact match); each must contain a visible character

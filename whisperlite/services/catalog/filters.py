@@ -66,6 +66,8 @@ def filter_from_proto(message: common_pb2.ItemFilter | None) -> SearchFilter:
             value = getattr(message, name)
             if not math.isfinite(value):
                 raise InvalidArgument(f"filter.{name}: must be a finite number, got {value}")
+            if value < 0:  # no price is (upserts refuse one): a negative bound is a sign mistake, not a filter
+                raise InvalidArgument(f"filter.{name}: must be at least 0 (prices are never negative), got {value:g}")
             bounds[name] = float(value)
     low, high = bounds.get("min_price"), bounds.get("max_price")
     if low is not None and high is not None and low > high:

@@ -12,8 +12,9 @@ with the same code but no gRPC, the reference each ratio is taken against:
   pipeline batched (64 requests per encoder call, one matrix search).
 * Recommend, new request texts (every call misses the encoder's cache) and repeated texts (a
   pool of texts warmed first: the encoder answers from its cache), each for a user the model
-  knows and for an unknown one (text-only path); the sweep gives accepted calls/s, p50, p99,
-  refusals (RESOURCE_EXHAUSTED: admission control shed them; a refused caller waits the server's
+  knows and for an unknown one (text-only path), and repeated texts for the known user with their
+  history served (`include_history_items`: what leaving it out, the default, costs); the sweep
+  gives accepted calls/s, p50, p99, refusals (RESOURCE_EXHAUSTED: admission control shed them; a refused caller waits the server's
   retry-after-ms hint) and other failures.
 * CatalogService.Search alone (top 10 without vectors, and the ranker's call) and
   QueryEncoderService.Embed alone (one new text per call).
@@ -50,6 +51,7 @@ from whisperlite.v1 import catalog_pb2, catalog_pb2_grpc, query_encoder_pb2, que
 
 TOP_K = 10
 CANDIDATES = 50  # the ranker's default --candidates
+HISTORY_SERVED = "Recommend, repeated texts, known user, history served (include_history_items)"
 REPEATED_POOL = 32  # distinct texts behind the "repeated" load: all in the encoder's cache after warm-up
 MAX_MESSAGE_BYTES = 64 << 20
 ENCODER_CALLERS = 32  # the issue's encoder figure
@@ -226,7 +228,8 @@ def personalize_and_search(model: PersonalizationModel, query_vectors: np.ndarra
             np.argsort(-scores, kind="stable")[:TOP_K]
 
 
-async def remote(args, user: str, probe_vector: list[float]) -> dict[str, list[Level]]:
+async def remote(args, user: str, probe_vector: list[float]) -> tuple[dict[str, list[Level]], int]:
+    """Every workload's levels, and of the repeated texts how many the known user's history changed the answer to."""
     options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
     async with (
         grpc.aio.insecure_channel(args.ranker, options=options) as ranker_channel,
@@ -237,14 +240,21 @@ async def remote(args, user: str, probe_vector: list[float]) -> dict[str, list[L
         catalog = catalog_pb2_grpc.CatalogServiceStub(catalog_channel)
         encoder = query_encoder_pb2_grpc.QueryEncoderServiceStub(encoder_channel)
         pool = queries(REPEATED_POOL, offset=0)
+        changed_by_history = 0
         for text in pool:  # the repeated texts are in the encoder's cache before any level runs
-            await ranker.Recommend(ranker_pb2.RecommendRequest(user_id=user, query=text, top_k=TOP_K), timeout=30)
+            left_out = await ranker.Recommend(ranker_pb2.RecommendRequest(user_id=user, query=text, top_k=TOP_K), timeout=30)
+            served = await ranker.Recommend(
+                ranker_pb2.RecommendRequest(user_id=user, query=text, top_k=TOP_K, include_history_items=True), timeout=30
+            )
+            # Leaving the user's history out costs a GetItems only where their history reached the top k.
+            changed_by_history += [found.item.item_id for found in left_out.items] != [found.item.item_id for found in served.items]
         fresh = itertools.count(int(time.time()) % 90_000 * 1000)  # texts no earlier run sent either (runs a minute apart)
 
-        def recommend(user_id: str, repeated: bool) -> Callable[[int, int], Awaitable]:
+        def recommend(user_id: str, repeated: bool, include_history_items: bool = False) -> Callable[[int, int], Awaitable]:
             def call(worker: int, n: int) -> Awaitable:
                 text = pool[(worker + n) % len(pool)] if repeated else fresh_text(next(fresh))
-                return ranker.Recommend(ranker_pb2.RecommendRequest(user_id=user_id, query=text, top_k=TOP_K), timeout=30)
+                request = ranker_pb2.RecommendRequest(user_id=user_id, query=text, top_k=TOP_K, include_history_items=include_history_items)
+                return ranker.Recommend(request, timeout=30)
             return call
 
         def embed(worker: int, n: int) -> Awaitable:
@@ -259,6 +269,7 @@ async def remote(args, user: str, probe_vector: list[float]) -> dict[str, list[L
             "Recommend, new texts, unknown user": recommend("", repeated=False),
             "Recommend, repeated texts, known user": recommend(user, repeated=True),
             "Recommend, repeated texts, unknown user": recommend("", repeated=True),
+            HISTORY_SERVED: recommend(user, repeated=True, include_history_items=True),
             f"Search top {TOP_K}, no vectors": search(TOP_K, False),
             f"Search top {CANDIDATES} with vectors (the ranker's call)": search(CANDIDATES, True),
         }
@@ -268,10 +279,10 @@ async def remote(args, user: str, probe_vector: list[float]) -> dict[str, list[L
         results["Embed, one new text"] = [
             await closed_loop(embed, callers, args.seconds, args.processes) for callers in sorted({1, ENCODER_CALLERS})
         ]
-        return results
+        return results, changed_by_history
 
 
-def print_report(args, machine: str, reference: dict, results: dict[str, list[Level]]) -> None:
+def print_report(args, machine: str, reference: dict, results: dict[str, list[Level]], changed_by_history: int) -> None:
     print(f"\n{machine}; {args.seconds:g} s per level, closed-loop grpc.aio callers; refused callers wait the server's retry hint\n")
     print("In-process reference (same code, no gRPC), measured in this run:\n")
     print(f"- MiniLM batch-64: {reference['batch64']:.0f} texts/s; batch-1: {reference['batch1']:.0f} texts/s "
@@ -299,6 +310,8 @@ def print_report(args, machine: str, reference: dict, results: dict[str, list[Le
     idle = at("Recommend, new texts, known user", 1)
     encoder_32 = at("Embed, one new text", ENCODER_CALLERS)
     search_call = at(f"Search top {CANDIDATES} with vectors (the ranker's call)", 1)
+    history_left_out, history_served = peak("Recommend, repeated texts, known user"), peak(HISTORY_SERVED)
+    history_idle_left_out, history_idle_served = at("Recommend, repeated texts, known user", 1), at(HISTORY_SERVED, 1)
     rows = [
         ("Recommend saturation, new texts / in-process pipeline batched", f"{new_known.rate:.0f} rps at {new_known.callers} / {reference['pipeline_batched']:.0f}",
          new_known.rate / reference["pipeline_batched"], ">= 0.5"),
@@ -314,6 +327,11 @@ def print_report(args, machine: str, reference: dict, results: dict[str, list[Le
          at("Embed, one new text", 1).rate / reference["batch1"], ""),
         (f"Search top {CANDIDATES} with vectors p50 / in-process search + score p50", f"{search_call.ms(50):.2f} / {reference['search_score_p50_ms']:.2f} ms",
          search_call.ms(50) / reference["search_score_p50_ms"], ""),
+        ("Known user, repeated texts, history left out / served: saturation",
+         f"{history_left_out.rate:.0f} / {history_served.rate:.0f} rps ({changed_by_history} of {REPEATED_POOL} texts' top {TOP_K} held history)",
+         history_left_out.rate / history_served.rate, ""),
+        ("Known user, repeated texts, history left out / served: idle p50", f"{history_idle_left_out.ms(50):.1f} / {history_idle_served.ms(50):.1f} ms",
+         history_idle_left_out.ms(50) / history_idle_served.ms(50), "<= 1.10 (issue 13's ranker p50 bound)"),
     ]
     print("\n| ratio | figures | ratio | target |\n|---|---|---|---|")
     for name, figures, ratio, target in rows:
@@ -352,9 +370,9 @@ def main() -> None:
     item_ids, items = catalog_vectors(args.catalog)
     reference = in_process(encoder, model, item_ids, items, user, args.repeats) | {"items": len(items)}
     probe = encoder.encode_texts(["a light summer dress"])[0].tolist()
-    results = asyncio.run(remote(args, user, probe))
+    results, changed_by_history = asyncio.run(remote(args, user, probe))
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
-    print_report(args, machine, reference, results)
+    print_report(args, machine, reference, results, changed_by_history)
 
 
 if __name__ == "__main__":

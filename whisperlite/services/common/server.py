@@ -20,6 +20,10 @@ from whisperlite.services.common.tracing import stop_tracing
 log = logging.getLogger("whisperlite.server")
 
 MAX_CONNECTION_AGE_MS = 5 * 60 * 1000
+# How long a drained server goes on refusing new calls with UNAVAILABLE before gRPC's stop(), which ends the calls it
+# has received but not started with a bare CANCELLED: a caller that sent one as the last call in flight was answered
+# (a health check, the next call of a client that does not watch health) met stop() instead.
+DRAINED_SETTLE_SECONDS = 0.3
 
 # (add_XServicer_to_server, servicer, full service name)
 ServicerBinding = tuple[Callable[[Any, grpc.aio.Server], None], Any, str]
@@ -163,6 +167,7 @@ async def serve(
         await health_servicer.enter_graceful_shutdown()
         draining_since = loop.time()
         await admitted.drain(grace_seconds)
+        await asyncio.sleep(max(0.0, min(DRAINED_SETTLE_SECONDS, grace_seconds - (loop.time() - draining_since))))
         # stop() refuses new RPCs at once and cancels those still running after what is left of the grace period.
         await server.stop(max(0.0, grace_seconds - (loop.time() - draining_since)))
         if shutdown is not None:

@@ -273,11 +273,7 @@ def _parser_error(path: Path, error: pd.errors.ParserError) -> str:
 
 def _line_of_record(path: Path, index: int) -> int:
     """The line CSV record `index` starts on (the header is record 0; a blank line is a record, as pandas counts)."""
-    with path.open(newline="", encoding="utf-8-sig") as file:
-        records = csv.reader(file)
-        for _ in itertools.islice(records, index):
-            pass
-        return records.line_num + 1
+    return next(itertools.islice(_rows_with_lines(path), index, None), (index + 1, []))[0]
 
 
 def _too_many_fields(fields: int, header_fields: int) -> str:

@@ -67,7 +67,8 @@ class Coalescer(Generic[Q, R]):
                 f"{self._name}: no answer within {self._wait_seconds:g} s (--deadline-seconds), the wait for the batches ahead included"
             ) from None
         finally:
-            self._cancel_unwanted_batches()
+            if future.cancelled():  # this caller left: its batch may now be nobody's (an answered one has ended)
+                self._cancel_unwanted_batches()
 
     def _dispatch(self) -> None:
         while self._waiting and len(self._batches) < self._max_concurrent:

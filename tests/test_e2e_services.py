@@ -192,6 +192,9 @@ def test_unknown_user_with_recent_items_takes_the_recent_items_path(ranker, inge
         # These selected the items stored without a category, or none.
         ({"query": "boots", "top_k": 5, "filter": common_pb2.ItemFilter(categories=["Shoes", ""])}, "filter.categories[1]: is empty"),
         ({"query": "boots", "top_k": 5, "filter": common_pb2.ItemFilter(categories=[" \t "])}, "filter.categories[0]: ' \\t ' has no visible"),
+        # These excluded nothing and said nothing.
+        ({"query": "boots", "top_k": 5, "filter": common_pb2.ItemFilter(exclude_item_ids=["b1", ""])}, "filter.exclude_item_ids[1]: must not be empty"),
+        ({"query": "boots", "top_k": 5, "filter": common_pb2.ItemFilter(exclude_item_ids=["\u200b "])}, "filter.exclude_item_ids[0]: must contain a visible"),
     ],
 )
 def test_ranker_rejects_bad_requests(ranker, ingested, request_fields, field):

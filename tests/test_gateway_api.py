@@ -110,6 +110,7 @@ def test_a_request_id_sent_twice_is_refused(http):
         {"query": "boots", "top_k": 5, "filter": {"min_price": 50, "max_price": 10}},
         {"query": "boots", "top_k": 5, "recent_item_ids": [""]},
         {"query": "boots", "top_k": 5, "filter": {"categories": ["watches", "   "]}},
+        {"query": "boots", "top_k": 5, "filter": {"exclude_item_ids": [""]}},
     ],
 )
 def test_bad_input_gets_the_grpc_status_and_message(http, ranker, body):

@@ -7,7 +7,8 @@ Caller text never becomes expression syntax. Two ways of passing values, chosen 
   written as a double-quoted literal with `\\` and `"` escaped. Values holding control characters are
   never written at all: the catalog refuses them on upsert (milvus-lite cannot parse an escaped newline),
   so such a value cannot match and is dropped from the filter instead.
-A category that names none (empty, or only spaces or invisible characters) is refused: see filter_from_proto.
+A category or an excluded id that names none (empty, or only spaces or invisible characters) is refused: see
+filter_from_proto.
 A value no item can have is dropped like the others, and one longer than any stored value (a category over
 MAX_CATEGORY_CHARS, an excluded id over MAX_ID_CHARS) is dropped before any per-character work on it: a filter of
 1,000 categories of 5,000 zero-width spaces and an "a" (15 MB) held the event loop for 1.6 s per search.
@@ -22,7 +23,7 @@ from typing import Any
 
 from whisperlite.services.catalog.items import can_be_stored_category, can_be_stored_id
 from whisperlite.core.errors import InvalidArgument
-from whisperlite.core.item_fields import MAX_CATEGORY_CHARS, MAX_ID_CHARS, category_problem
+from whisperlite.core.item_fields import MAX_CATEGORY_CHARS, MAX_ID_CHARS, category_problem, item_id_problem
 from whisperlite.core.text import has_visible_characters
 from whisperlite.v1 import common_pb2
 
@@ -60,6 +61,13 @@ def filter_from_proto(message: common_pb2.ItemFilter | None) -> SearchFilter:
         # A too-long one is dropped unread, even if it would name none.
         if len(category) <= MAX_CATEGORY_CHARS and invisible.issuperset(category) and (problem := category_problem(category)) is not None:
             raise InvalidArgument(f"filter.categories[{index}]: {problem} (send no categories to keep every category)")
+    excluded_ids = list(message.exclude_item_ids)
+    invisible_in_ids = _invisible_characters(item_id for item_id in excluded_ids if len(item_id) <= MAX_ID_CHARS)
+    for index, item_id in enumerate(excluded_ids):
+        # Refused like such a category: "" (a form's empty field, a join of nothing) excluded nothing and said nothing,
+        # so a caller who meant to exclude an item never learnt that the id was lost on the way.
+        if len(item_id) <= MAX_ID_CHARS and invisible_in_ids.issuperset(item_id):
+            raise InvalidArgument(f"filter.exclude_item_ids[{index}]: {item_id_problem(item_id)} (send no ids to exclude nothing)")
     bounds = {}
     for name in ("min_price", "max_price"):
         if message.HasField(name):
@@ -77,7 +85,7 @@ def filter_from_proto(message: common_pb2.ItemFilter | None) -> SearchFilter:
         min_price=low,
         max_price=high,
         # An id over MAX_ID_CHARS is not in the catalog (upserts refuse it): excluding it excludes nothing.
-        exclude_item_ids=tuple(dict.fromkeys(item_id for item_id in message.exclude_item_ids if len(item_id) <= MAX_ID_CHARS)),
+        exclude_item_ids=tuple(dict.fromkeys(item_id for item_id in excluded_ids if len(item_id) <= MAX_ID_CHARS)),
     )
 
 

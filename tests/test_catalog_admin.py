@@ -629,3 +629,17 @@ def test_import_and_delete_messages_name_the_thing_at_fault(catalog, admin_catal
     assert deleted.returncode == 1 and f"{tmp_path / 'ids.txt'} line 3 ('{'x' * 39}... (302 characters)): at most 256" in deleted.stderr
     got = cli("get", "l-1", "x" * 300, "--catalog", admin_catalog.address, check=False)
     assert got.returncode == 1 and "item id 2 of the command line (" in got.stderr and "item_ids[" not in got.stderr
+
+
+def test_get_prints_a_titles_control_characters_escaped_in_json_that_reads_back_to_the_title(catalog, admin_catalog):
+    """JSON escapes C0 but leaves DEL and C1 raw: U+009B is a terminal's CSI, so `get` printed a title that drove the
+    terminal (here: recoloured it red)."""
+    from whisperlite.core.clients.types import Item
+
+    title = "Boots \x9b31mRED\x9b0m \x1b[2J\x7f café"
+    catalog.upsert([Item(item_id="c1-1", title=title, attributes={"note\x85": "x\x9c"})])
+    printed = cli("get", "c1-1", "--catalog", admin_catalog.address).stdout
+    assert not re.search("[\x00-\x09\x0b-\x1f\x7f-\x9f]", printed), repr(printed)
+    (item,) = [json.loads(line) for line in printed.splitlines()]
+    assert item["title"] == title and item["attributes"] == {"note\x85": "x\x9c"}
+    assert "café" in printed  # non-ASCII text stays readable

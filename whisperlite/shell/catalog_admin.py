@@ -32,6 +32,7 @@ from whisperlite.core.item_fields import (
     parse_vector, shown,
 )
 from whisperlite.shell.client_flags import at_least, call_failed
+from whisperlite.shell.terminal import terminal_json
 
 FORMATS = ("csv", "jsonl", "parquet")
 EXPORT_COLUMNS = ("item_id", "title", "text", "category", "price", "image_uri", "attributes")
@@ -790,7 +791,7 @@ def _get(args) -> None:
                 raise _ids_call_failed(error, batch, given, args.catalog) from None
             for item in found.items:
                 row = _export_row(item, args.vectors)
-                print(json.dumps(row, ensure_ascii=False))
+                print(terminal_json(row))
             missing += found.missing_item_ids
     _not_found(missing)
 

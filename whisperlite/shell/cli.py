@@ -2,14 +2,13 @@
 
 import argparse
 import importlib
-import json
 import os
 import sys
-import unicodedata
 from pathlib import Path
 
 from whisperlite.core.topology import BY_NAME, CATALOG, MAX_PORT, RANKER, SERVICES
 from whisperlite.shell import model_admin
+from whisperlite.shell.terminal import terminal_json, terminal_safe
 from whisperlite.shell.client_flags import (
     add_client_flags, add_client_security_flags, at_least, call_failed, client_security, seconds, utf8_text,
 )
@@ -79,29 +78,22 @@ def _recommend(args: argparse.Namespace) -> None:
         except ValueError as error:  # refused by the client before any call: a --request-id with spaces, -k past int32...
             raise SystemExit(f"error: {error}") from None
     if args.json:
-        print(json.dumps(dataclasses.asdict(result), indent=2, ensure_ascii=False))
+        print(terminal_json(dataclasses.asdict(result), indent=2))
         return
     print(f"model {result.model_version or '(none: text only)'}  path {result.path}  request {result.request_id}")
     for rank, scored in enumerate(result.items, 1):
         print(
             f"{rank:>3}. {scored.score:7.3f}  (query {scored.query_match:.3f}, taste {scored.personal_affinity:.3f})  "
-            f"[{_terminal_safe(scored.item.item_id)}] {_shown_name(scored.item.title, scored.item.text)}"
+            f"[{terminal_safe(scored.item.item_id)}] {_shown_name(scored.item.title, scored.item.text)}"
         )
 
 
 def _shown_name(title: str, text: str, chars: int = 80) -> str:
     """An item's title, or the start of its text for an item that has none (it showed as nothing), safe to print."""
     if title.strip():
-        return _terminal_safe(title)
+        return terminal_safe(title)
     start = " ".join(text.split())
-    return _terminal_safe(start if len(start) <= chars else start[: chars - 1] + "…")
-
-
-def _terminal_safe(text: str) -> str:
-    """`text` with its control characters written as repr writes them (\\x1b, \\r): a catalog stores its owner's text
-    as given, and printed raw, an escape sequence in a title cleared the screen or recoloured it, and a carriage return
-    overwrote the line with other output. (--json is safe: JSON escapes them.)"""
-    return "".join(repr(char)[1:-1] if unicodedata.category(char) == "Cc" else char for char in text)
+    return terminal_safe(start if len(start) <= chars else start[: chars - 1] + "…")
 
 
 def _health(args: argparse.Namespace) -> None:

@@ -451,6 +451,35 @@ def test_an_oversized_request_is_413_naming_the_limit(http):
     assert response.json()["error"]["code"] == "RESOURCE_EXHAUSTED" and "(--max-message-bytes)" in response.json()["error"]["message"]
 
 
+def test_a_long_string_is_sized_and_refused_without_holding_other_callers(gateway_url):
+    """protobuf's ParseDict scanned a 50 MB query for lone surrogates, holding the GIL: 5 s to the 413 while every other
+    caller, /health/liveness included, waited as long; a shorter one held them for its scan and then went upstream."""
+    for text_bytes, status, words in ((40 * 1024 * 1024, 413, "(--max-message-bytes)"), (8 * 1024 * 1024, 400, "query: at most")):
+        raw = b'{"query": "' + b"a" * text_bytes + b'", "top_k": 3}'
+        answer, _, slowest = _liveness_while(
+            gateway_url, lambda: httpx.post(f"{gateway_url}/v1/recommend", content=raw, headers={"content-type": "application/json"}, timeout=60)
+        )
+        assert answer.status_code == status and words in answer.json()["error"]["message"], answer.text[:300]
+        assert slowest < 0.5, (text_bytes, slowest)
+
+
+def test_long_strings_reach_the_proto_where_parse_dict_would_put_them():
+    """Strings past LONG_STRING_CHARS skip ParseDict: in a field, a nested message, a list and a map (key or value)."""
+    from google.protobuf import json_format
+
+    from whisperlite.services.gateway.schema import LONG_STRING_CHARS, RecommendRequest, UpsertItemsRequest, to_proto
+    from whisperlite.v1 import catalog_pb2, ranker_pb2
+
+    long_text, other = "é" * (LONG_STRING_CHARS + 1), "z" * (LONG_STRING_CHARS * 2)
+    request = {"query": long_text, "top_k": 3, "filter": {"categories": ["a", other, "b"], "exclude_item_ids": [other], "min_price": 1.5},
+               "recent_item_ids": ["r", long_text]}  # fmt: skip
+    assert to_proto(RecommendRequest(**request)) == json_format.ParseDict(request, ranker_pb2.RecommendRequest())
+    items = {"items": [{"item_id": "i", "title": "short", "text": long_text, "attributes": {other: "v", "k": long_text, "s": "t"}},
+                       {"item_id": other, "vector": [0.5, float("nan")]}]}  # fmt: skip
+    expected = json_format.ParseDict({"items": [items["items"][0], {"item_id": other, "vector": [0.5, "NaN"]}]}, catalog_pb2.UpsertItemsRequest())
+    assert to_proto(UpsertItemsRequest(**items)) == expected
+
+
 def test_a_body_over_the_gateway_limit_is_refused_unread(tmp_path, gateway_ranker, gateway_catalog):
     from tests.servers import start_gateway
 

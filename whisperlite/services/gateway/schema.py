@@ -127,22 +127,56 @@ PROTO_OF: dict[type[ProtoModel], type[Message]] = {
 }
 
 
+# ParseDict scans each string for a lone surrogate with a regex that holds the GIL (~70 ns a character): one 50 MB
+# query held every gateway caller, /health included, 5 s before its 413. Strings longer than this are set on the message
+# directly instead; pydantic's JSON parser has refused a lone surrogate already, and protobuf refuses one when set.
+LONG_STRING_CHARS = 4096
+
+# Where a long string goes in the message: field names, list indexes and map keys from the top.
+Path = tuple[str | int, ...]
+
+
 def to_proto(model: ProtoModel) -> Message:
     """The proto message a JSON body stands for (raises json_format.ParseError, e.g. an int32 out of range)."""
-    return json_format.ParseDict(_non_finite_as_text(model.model_dump(exclude_none=True)), PROTO_OF[type(model)]())
+    long_strings: list[tuple[Path, str]] = []
+    message = json_format.ParseDict(_for_parse_dict(model.model_dump(exclude_none=True), (), long_strings), PROTO_OF[type(model)]())
+    for path, text in long_strings:
+        _set_string(message, path, text)
+    return message
 
 
-def _non_finite_as_text(value: object) -> object:
-    """NaN and the infinities as protobuf's JSON mapping spells them: ParseDict refuses the floats themselves with a
-    message that asks for exactly what the caller sent ("use quoted "NaN" instead"), while the service, given the
-    value, says why it is refused ("must be a finite number, got nan")."""
+def _for_parse_dict(value: object, path: Path, long_strings: list[tuple[Path, str]]) -> object:
+    """`value` as ParseDict should read it: NaN and the infinities spelt as protobuf's JSON mapping spells them (ParseDict
+    refuses the floats themselves with a message that asks for exactly what the caller sent, "use quoted "NaN" instead",
+    while the service, given the value, says why it is refused: "must be a finite number, got nan"), and every long string
+    taken out into `long_strings` (an empty string holds its place in a list)."""
     if isinstance(value, float) and not math.isfinite(value):
         return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
     if isinstance(value, dict):
-        return {key: _non_finite_as_text(item) for key, item in value.items()}
+        kept = {}
+        for key, item in value.items():
+            if len(key) > LONG_STRING_CHARS or (isinstance(item, str) and len(item) > LONG_STRING_CHARS):  # a map's key too
+                long_strings.append(((*path, key), item))
+            else:
+                kept[key] = _for_parse_dict(item, (*path, key), long_strings)
+        return kept
     if isinstance(value, list):
-        return [_non_finite_as_text(item) for item in value]
+        if any(isinstance(item, str) and len(item) > LONG_STRING_CHARS for item in value):
+            long_strings.extend(((*path, index), item) for index, item in enumerate(value) if len(item) > LONG_STRING_CHARS)
+            return [item if len(item) <= LONG_STRING_CHARS else "" for item in value]
+        return [_for_parse_dict(item, (*path, index), long_strings) for index, item in enumerate(value)]
     return value
+
+
+def _set_string(message: Message, path: Path, text: str) -> None:
+    *parents, last = path
+    target = message
+    for step in parents:
+        target = target[step] if isinstance(step, int) else getattr(target, step)
+    if isinstance(target, Message):
+        setattr(target, last, text)
+    else:  # a repeated string field (by index) or a map field (by key)
+        target[last] = text
 
 
 def from_proto(message: Message) -> dict:

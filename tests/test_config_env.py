@@ -23,6 +23,8 @@ def parser_with(module: str, **env: str):
         (QUERY_ENCODER, "QUERY_ENCODER_BACKEND", "bert", "must be one of minilm, clip, got 'bert'"),
         (GATEWAY, "GATEWAY_STUDY", "yes", "must be one of on, off, got 'yes'"),
         (GATEWAY, "GATEWAY_PORT", "80a", "must be an integer, got '80a'"),
+        (GATEWAY, "GATEWAY_PORT", "99999", "must be a port from 0 to 65535, got 99999"),  # it bound the socket to 34463
+        (CATALOG, "CATALOG_METRICS_PORT", "-1", "must be a port from 0 to 65535, got -1"),
         (GATEWAY, "GATEWAY_BLIND", "maybe", "must be true or false, got 'maybe'"),
         (RANKER, "RANKER_DEADLINE_SECONDS", "ten", "must be a number, got 'ten'"),
     ],

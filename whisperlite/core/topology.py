@@ -14,6 +14,20 @@ DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 # Request metadata a service takes (headers: the token, trace context, request id, gRPC's own), past it refused.
 MAX_METADATA_BYTES = 16 * 1024
 MAX_PORT = 65535
+# gRPC target names other than host:port (https://github.com/grpc/grpc/blob/master/doc/naming.md): no port of ours to check
+GRPC_TARGET_SCHEMES = ("unix:", "unix-abstract:", "vsock:", "dns:", "ipv4:", "ipv6:")
+
+
+def check_address(address: str) -> str:
+    """A service address as given, or ValueError when it is no host:port with a port from 1 to MAX_PORT. gRPC takes
+    the port modulo 65536 and dials that: "localhost:116288" reached a catalog on 50752, "localhost:-14784" too.
+    Target names of another scheme (unix:/run/catalog.sock, dns:///host:port) are gRPC's to read and pass as given."""
+    if address.startswith(GRPC_TARGET_SCHEMES) or "/" in address:
+        return address
+    port = address.rpartition(":")[2] if ":" in address else ""
+    if not (port.isascii() and port.isdigit() and 0 < int(port) <= MAX_PORT):
+        raise ValueError(f"{address!r}: expected host:port with a port from 1 to {MAX_PORT}")
+    return address
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,12 @@ import os
 
 from whisperlite.core.client_security import ENV_CA_FILE, ENV_CERT_FILE, ENV_KEY_FILE, ENV_TOKEN, ENV_TOKEN_FILE, ClientSecurity
 from whisperlite.core.clients.connection import ClientOptions, check_timeout
+from whisperlite.core.topology import check_address
+
+# The flags naming the service a command calls. Checked here, where every such command builds its security before
+# any call: gRPC dialled a port past 65535 modulo 65536 (`catalog count --catalog localhost:116288` counted the
+# catalog on 50752 and exited 0).
+ADDRESS_FLAGS = ("catalog", "ranker")
 
 
 def add_client_security_flags(parser: argparse.ArgumentParser, token: bool = True, defaults: bool = True) -> None:
@@ -33,7 +39,14 @@ def add_client_security_flags(parser: argparse.ArgumentParser, token: bool = Tru
 
 
 def client_security(args: argparse.Namespace) -> ClientSecurity:
-    """The ClientSecurity those flags describe; unreadable files stop the command before any call."""
+    """The ClientSecurity those flags describe; unreadable files, and a service address that is no host:port, stop the
+    command before any call."""
+    for flag in ADDRESS_FLAGS:
+        try:
+            if hasattr(args, flag):
+                check_address(getattr(args, flag))
+        except ValueError as error:
+            raise SystemExit(f"--{flag}: {error}") from None
     try:
         security = ClientSecurity(
             ca_file=args.tls_ca_file,

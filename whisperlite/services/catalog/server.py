@@ -27,6 +27,7 @@ from whisperlite.services.common.config import (
     env_int,
     env_str,
     probe_settings,
+    service_address,
 )
 from whisperlite.services.common.logs import configure_logging
 from whisperlite.services.common.security import ServerSecurity
@@ -117,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     encoder = parser.add_argument_group("query encoder")
     encoder.add_argument(
-        "--query-encoder-addr", default=env_str(QUERY_ENCODER.address_env, QUERY_ENCODER.local_address),
+        "--query-encoder-addr", type=service_address, default=env_str(QUERY_ENCODER.address_env, QUERY_ENCODER.local_address),
         help=f"query encoder that embeds items upserted without a vector; empty: vectors are required (env {QUERY_ENCODER.address_env})",
     )
     encoder.add_argument(

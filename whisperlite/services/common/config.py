@@ -4,7 +4,7 @@ import argparse
 import os
 
 from whisperlite.core.client_security import ENV_CA_FILE, ClientSecurity
-from whisperlite.core.topology import DEFAULT_MAX_MESSAGE_BYTES, Service
+from whisperlite.core.topology import DEFAULT_MAX_MESSAGE_BYTES, MAX_PORT, Service, check_address
 from whisperlite.services.common.admission import AdmissionLimits
 from whisperlite.services.common.probing import ProbeSettings
 from whisperlite.services.common.tls import check_certificate_file
@@ -22,6 +22,36 @@ def env_int(name: str, default: int) -> int:
         return int(value)
     except ValueError:
         raise SystemExit(f"environment variable {name} must be an integer, got {value!r}") from None
+
+
+def env_port(name: str, default: int) -> int:
+    """A port flag's default from the environment: 0 (any free port, or off) to MAX_PORT. gRPC binds a larger one
+    modulo 65536 (CATALOG_PORT=99999 listened on 34463)."""
+    value = env_int(name, default)
+    if not 0 <= value <= MAX_PORT:
+        raise SystemExit(f"environment variable {name} must be a port from 0 to {MAX_PORT}, got {value}")
+    return value
+
+
+def port_number(text: str) -> int:
+    """An argparse type: a port to listen on, 0 to MAX_PORT (0: any free one, or off where the flag says so), refused
+    by argparse naming the flag; `--port 99999` listened on 34463."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port from 0 to {MAX_PORT}, got {text!r}") from None
+    if not 0 <= value <= MAX_PORT:
+        raise argparse.ArgumentTypeError(f"expected a port from 0 to {MAX_PORT}, got {value}")
+    return value
+
+
+def service_address(text: str) -> str:
+    """An argparse type: the address of a service this one calls (its default from the environment passes here too),
+    refused naming the flag; gRPC dialled "localhost:99999" on 34463. Empty: the flag's "none"."""
+    try:
+        return check_address(text) if text else text
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def env_float(name: str, default: float) -> float:
@@ -61,11 +91,11 @@ def add_server_flags(parser: argparse.ArgumentParser, service: Service) -> None:
         "--host", default=env_str(f"{prefix}_HOST", "127.0.0.1"),
         help=f"bind address; loopback by default, [::] or 0.0.0.0 to be reachable from other hosts (env {prefix}_HOST)",
     )
-    group.add_argument("--port", type=int, default=env_int(f"{prefix}_PORT", port), help=f"gRPC port (env {prefix}_PORT)")
+    group.add_argument("--port", type=port_number, default=env_port(f"{prefix}_PORT", port), help=f"gRPC port (env {prefix}_PORT)")
     group.add_argument(
         "--metrics-port",
-        type=int,
-        default=env_int(f"{prefix}_METRICS_PORT", metrics_port),
+        type=port_number,
+        default=env_port(f"{prefix}_METRICS_PORT", metrics_port),
         help=f"Prometheus /metrics HTTP port, 0 disables it (env {prefix}_METRICS_PORT)",
     )
     group.add_argument(

@@ -11,7 +11,9 @@ import uvicorn
 
 from whisperlite.core.topology import CATALOG, DEFAULT_MAX_MESSAGE_BYTES, GATEWAY, RANKER
 from whisperlite.services.common.auth import TokenFileError, TokenStore
-from whisperlite.services.common.config import add_probe_flags, env_bool, env_choice, env_float, env_int, env_str, probe_settings
+from whisperlite.services.common.config import (
+    add_probe_flags, env_bool, env_choice, env_float, env_int, env_port, env_str, port_number, probe_settings, service_address,
+)
 from whisperlite.services.common.logs import configure_logging
 from whisperlite.services.common.security import is_loopback
 from whisperlite.services.common.tls import check_certificate_file
@@ -38,11 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"bind address; loopback by default, [::] or 0.0.0.0 to be reachable from other hosts (env {PREFIX}_HOST)",
     )
     parser.add_argument(
-        "--port", type=int, default=env_int(f"{PREFIX}_PORT", GATEWAY.port), help=f"HTTP port of the API, the page and /metrics (env {PREFIX}_PORT)"
+        "--port", type=port_number, default=env_port(f"{PREFIX}_PORT", GATEWAY.port), help=f"HTTP port of the API, the page and /metrics (env {PREFIX}_PORT)"
     )
-    parser.add_argument("--ranker-addr", default=env_str(RANKER.address_env, RANKER.local_address), help=f"ranker address (env {RANKER.address_env})")
+    parser.add_argument("--ranker-addr", type=service_address, default=env_str(RANKER.address_env, RANKER.local_address), help=f"ranker address (env {RANKER.address_env})")
     parser.add_argument(
-        "--catalog-addr", default=env_str(CATALOG.address_env, CATALOG.local_address), help=f"catalog address (env {CATALOG.address_env})"
+        "--catalog-addr", type=service_address, default=env_str(CATALOG.address_env, CATALOG.local_address), help=f"catalog address (env {CATALOG.address_env})"
     )
     parser.add_argument(
         "--state-dir",

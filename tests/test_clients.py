@@ -215,6 +215,9 @@ def test_the_recommend_command_prints_the_typed_result_and_sends_the_request_id(
     }  # fmt: skip
     text = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=True, timeout=120).stdout
     assert "request cli-req-1" in text and "[cli-boots] Brown suede boots" in text
+    session = subprocess.run([*command, "--recent", "cli-boots", "--recent", "cli-gone"], cwd=REPO, capture_output=True, text=True, check=True, timeout=120)
+    assert "path recent_items" in session.stdout
+    assert session.stderr.strip() == "not in the catalog, left out of the taste: --recent cli-gone"
     refused = subprocess.run([*command[:-2], "--timeout", "60", "--max-attempts", "9"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert refused.returncode != 0 and "max_attempts: must be between 1 and 5" in refused.stderr
 

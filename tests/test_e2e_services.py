@@ -168,6 +168,21 @@ def test_unknown_user_with_recent_items_takes_the_recent_items_path(ranker, inge
     assert all(r.personal_affinity != 0.0 for r in response.items)
     # Taste pulls towards the recent items: a dress-heavy history surfaces dresses for an open request.
     assert sum(r.item.category == "Dresses" for r in response.items) >= 2
+    assert list(response.missing_recent_item_ids) == []
+
+
+def test_recent_items_the_catalog_lacks_are_named_in_the_answer(ranker, ingested):
+    """They were dropped without a word: a deleted item, or an id with a stray space, answered exactly as if the caller
+    had not sent it, and a session of only such ids fell back to the text alone."""
+    dresses = [item.item_id for item in ingested if item.category == "Dresses"][:2]
+    asked = [dresses[0], "no-such-item", dresses[1] + " ", dresses[1], "no-such-item"]
+    response = ranker.Recommend(ranker_pb2.RecommendRequest(user_id="new-user", query="something for a party", top_k=5, recent_item_ids=asked), timeout=30)
+    assert list(response.missing_recent_item_ids) == ["no-such-item", dresses[1] + " "]
+    known_only = ranker.Recommend(ranker_pb2.RecommendRequest(user_id="new-user", query="something for a party", top_k=5, recent_item_ids=dresses), timeout=30)
+    assert [r.item.item_id for r in response.items] == [r.item.item_id for r in known_only.items]
+    assert response.path == ranker_pb2.PERSONALIZATION_PATH_RECENT_ITEMS
+    alone = ranker.Recommend(ranker_pb2.RecommendRequest(query="something for a party", top_k=5, recent_item_ids=["no-such-item"]), timeout=30)
+    assert (alone.path, list(alone.missing_recent_item_ids)) == (ranker_pb2.PERSONALIZATION_PATH_TEXT_ONLY, ["no-such-item"])
 
 
 @pytest.mark.parametrize(
@@ -181,6 +196,7 @@ def test_unknown_user_with_recent_items_takes_the_recent_items_path(ranker, inge
         ({"query": "boots", "top_k": 100_000}, "top_k"),
         ({"query": "boots", "top_k": 5, "filter": common_pb2.ItemFilter(min_price=50, max_price=10)}, "price"),
         ({"query": "boots", "top_k": 5, "recent_item_ids": [""]}, "recent_item_ids"),
+        ({"query": "boots", "top_k": 5, "user_id": "\u200b "}, "user_id: must contain a visible character"),
         # These were answered OK: a query that embeds as the empty text, and an id no catalog can hold, ignored.
         ({"query": "\x00", "top_k": 5}, "query: must contain a visible character"),
         ({"query": "\u200b\u200b", "top_k": 5}, "query: must contain a visible character"),
@@ -198,7 +214,7 @@ def test_unknown_user_with_recent_items_takes_the_recent_items_path(ranker, inge
     ],
 )
 def test_ranker_rejects_bad_requests(ranker, ingested, request_fields, field):
-    code, details = _status(ranker.Recommend, ranker_pb2.RecommendRequest(user_id="u", **request_fields))
+    code, details = _status(ranker.Recommend, ranker_pb2.RecommendRequest(**{"user_id": "u", **request_fields}))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert field in details and "searches[" not in details
 

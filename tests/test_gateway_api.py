@@ -76,6 +76,9 @@ def test_recommend_over_http_answers_what_grpc_answers(http, ranker, gateway_ite
     assert data["path"] == "PERSONALIZATION_PATH_TEXT_ONLY"
     assert all(i["item"]["price"] <= 45.0 for i in data["items"])
     assert data["items"][0]["item"]["category"] == "watches"
+    assert data["missing_recent_item_ids"] == []
+    session = http.post("/v1/recommend", json={"query": "a watch", "top_k": 3, "recent_item_ids": [gateway_items[0]["item_id"], "gw-gone"]})
+    assert session.status_code == 200 and session.json()["missing_recent_item_ids"] == ["gw-gone"], session.text
 
 
 def test_a_request_id_is_minted_when_the_caller_sends_none(http, gateway_items):

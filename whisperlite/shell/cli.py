@@ -81,6 +81,9 @@ def _recommend(args: argparse.Namespace) -> None:
         print(terminal_json(dataclasses.asdict(result), indent=2))
         return
     print(f"model {result.model_version or '(none: text only)'}  path {result.path}  request {result.request_id}")
+    if result.missing_recent_item_ids:
+        missing = ", ".join(terminal_safe(item_id) for item_id in result.missing_recent_item_ids)
+        print(f"not in the catalog, left out of the taste: --recent {missing}", file=sys.stderr)
     for rank, scored in enumerate(result.items, 1):
         print(
             f"{rank:>3}. {scored.score:7.3f}  (query {scored.query_match:.3f}, taste {scored.personal_affinity:.3f})  "

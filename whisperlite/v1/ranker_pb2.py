@@ -25,21 +25,21 @@ _sym_db = _symbol_database.Default()
 from whisperlite.v1 import common_pb2 as whisperlite_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bwhisperlite/v1/ranker.proto\x12\x0ewhisperlite.v1\x1a\x1bwhisperlite/v1/common.proto\"\xa5\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12*\n\x06\x66ilter\x18\x04 \x01(\x0b\x32\x1a.whisperlite.v1.ItemFilter\x12\x17\n\x0frecent_item_ids\x18\x05 \x03(\t\x12\x1d\n\x15include_history_items\x18\x06 \x01(\x08\"t\n\x0fRecommendedItem\x12\"\n\x04item\x18\x01 \x01(\x0b\x32\x14.whisperlite.v1.Item\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x13\n\x0bquery_match\x18\x03 \x01(\x02\x12\x19\n\x11personal_affinity\x18\x04 \x01(\x02\"\xa1\x01\n\x11RecommendResponse\x12.\n\x05items\x18\x01 \x03(\x0b\x32\x1f.whisperlite.v1.RecommendedItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x31\n\x04path\x18\x04 \x01(\x0e\x32#.whisperlite.v1.PersonalizationPath*\xaf\x01\n\x13PersonalizationPath\x12$\n PERSONALIZATION_PATH_UNSPECIFIED\x10\x00\x12\'\n#PERSONALIZATION_PATH_USER_EMBEDDING\x10\x01\x12%\n!PERSONALIZATION_PATH_RECENT_ITEMS\x10\x02\x12\"\n\x1ePERSONALIZATION_PATH_TEXT_ONLY\x10\x03\x32\x61\n\rRankerService\x12P\n\tRecommend\x12 .whisperlite.v1.RecommendRequest\x1a!.whisperlite.v1.RecommendResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bwhisperlite/v1/ranker.proto\x12\x0ewhisperlite.v1\x1a\x1bwhisperlite/v1/common.proto\"\xa5\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12*\n\x06\x66ilter\x18\x04 \x01(\x0b\x32\x1a.whisperlite.v1.ItemFilter\x12\x17\n\x0frecent_item_ids\x18\x05 \x03(\t\x12\x1d\n\x15include_history_items\x18\x06 \x01(\x08\"t\n\x0fRecommendedItem\x12\"\n\x04item\x18\x01 \x01(\x0b\x32\x14.whisperlite.v1.Item\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x13\n\x0bquery_match\x18\x03 \x01(\x02\x12\x19\n\x11personal_affinity\x18\x04 \x01(\x02\"\xc2\x01\n\x11RecommendResponse\x12.\n\x05items\x18\x01 \x03(\x0b\x32\x1f.whisperlite.v1.RecommendedItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x31\n\x04path\x18\x04 \x01(\x0e\x32#.whisperlite.v1.PersonalizationPath\x12\x1f\n\x17missing_recent_item_ids\x18\x05 \x03(\t*\xaf\x01\n\x13PersonalizationPath\x12$\n PERSONALIZATION_PATH_UNSPECIFIED\x10\x00\x12\'\n#PERSONALIZATION_PATH_USER_EMBEDDING\x10\x01\x12%\n!PERSONALIZATION_PATH_RECENT_ITEMS\x10\x02\x12\"\n\x1ePERSONALIZATION_PATH_TEXT_ONLY\x10\x03\x32\x61\n\rRankerService\x12P\n\tRecommend\x12 .whisperlite.v1.RecommendRequest\x1a!.whisperlite.v1.RecommendResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'whisperlite.v1.ranker_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PERSONALIZATIONPATH']._serialized_start=527
-  _globals['_PERSONALIZATIONPATH']._serialized_end=702
+  _globals['_PERSONALIZATIONPATH']._serialized_start=560
+  _globals['_PERSONALIZATIONPATH']._serialized_end=735
   _globals['_RECOMMENDREQUEST']._serialized_start=77
   _globals['_RECOMMENDREQUEST']._serialized_end=242
   _globals['_RECOMMENDEDITEM']._serialized_start=244
   _globals['_RECOMMENDEDITEM']._serialized_end=360
   _globals['_RECOMMENDRESPONSE']._serialized_start=363
-  _globals['_RECOMMENDRESPONSE']._serialized_end=524
-  _globals['_RANKERSERVICE']._serialized_start=704
-  _globals['_RANKERSERVICE']._serialized_end=801
+  _globals['_RECOMMENDRESPONSE']._serialized_end=557
+  _globals['_RANKERSERVICE']._serialized_start=737
+  _globals['_RANKERSERVICE']._serialized_end=834
 # @@protoc_insertion_point(module_scope)

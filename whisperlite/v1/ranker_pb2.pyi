@@ -152,6 +152,7 @@ class RecommendResponse(_message.Message):
     MODEL_VERSION_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     PATH_FIELD_NUMBER: _builtins.int
+    MISSING_RECENT_ITEM_IDS_FIELD_NUMBER: _builtins.int
     model_version: _builtins.str
     """Version of the personalization model used; empty when no trained model is loaded."""
     request_id: _builtins.str
@@ -162,6 +163,13 @@ class RecommendResponse(_message.Message):
     def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecommendedItem]:
         """Items ordered by descending score."""
 
+    @_builtins.property
+    def missing_recent_item_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The request's recent_item_ids that the catalog does not hold (deleted since they were viewed, or mistyped),
+        each once, in request order: the taste was built without them. Empty when the ranker read none of the recent
+        items' vectors (no recent_item_ids, or a model without a taste).
+        """
+
     def __init__(
         self,
         *,
@@ -169,10 +177,11 @@ class RecommendResponse(_message.Message):
         model_version: _builtins.str = ...,
         request_id: _builtins.str = ...,
         path: Global___PersonalizationPath.ValueType = ...,
+        missing_recent_item_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "model_version", b"model_version", "path", b"path", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "missing_recent_item_ids", b"missing_recent_item_ids", "model_version", b"model_version", "path", b"path", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -23,6 +23,12 @@ class Candidate:
 
 
 @dataclass(frozen=True)
+class ItemVectors:
+    vectors: np.ndarray  # one row per id the catalog holds, in the order asked (0 x 0 when it holds none)
+    missing_item_ids: tuple[str, ...]  # the ids it does not hold, each once, in the order asked
+
+
+@dataclass(frozen=True)
 class CandidateSearch:
     vector: np.ndarray
     top_k: int
@@ -112,16 +118,18 @@ class CatalogClient(DownstreamClient):
         except grpc.aio.AioRpcError as error:
             raise downstream_error(self._service, "GetItems", error) from None
 
-    async def vectors(self, item_ids: list[str]) -> np.ndarray:
-        """Vectors of the ids the catalog knows, one row per id asked for, in that order (unknown ids skipped).
+    async def vectors(self, item_ids: list[str]) -> ItemVectors:
+        """Vectors of the ids the catalog knows, one row per id asked for, in that order, and the ids it lacks.
 
         GetItems answers each id once: a session that came back to an item ("a", "b", "a") must keep "a" as its
         newest item and count it twice, so the rows are laid out from the ids asked for, not from the answer."""
-        by_id = {item.item_id: item for item in await self.items(list(dict.fromkeys(item_ids)))}
+        asked = list(dict.fromkeys(item_ids))
+        by_id = {item.item_id: item for item in await self.items(asked)}
         known = [item_id for item_id in item_ids if item_id in by_id]
+        missing = tuple(item_id for item_id in asked if item_id not in by_id)
         if not known:
-            return np.zeros((0, 0), dtype=np.float32)
-        return np.stack([np.asarray(by_id[item_id].vector, dtype=np.float32) for item_id in known])
+            return ItemVectors(np.zeros((0, 0), dtype=np.float32), missing)
+        return ItemVectors(np.stack([np.asarray(by_id[item_id].vector, dtype=np.float32) for item_id in known]), missing)
 
 
 def _candidates(response: catalog_pb2.SearchResponse) -> list[Candidate]:

@@ -34,6 +34,7 @@ class Recommendation:
     model_version: str  # empty when the ranker serves text-only results
     request_id: str  # the ranker's x-request-id for this call: quote it when asking about a result
     path: str  # "user_embedding", "recent_items" or "text_only"
+    missing_recent_item_ids: list[str] = field(default_factory=list)  # recent ids the catalog lacks: left out of the taste
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,7 @@ def recommendation_from_proto(response: ranker_pb2.RecommendResponse) -> Recomme
         model_version=response.model_version,
         request_id=response.request_id,
         path=_PATH_NAMES.get(response.path, "unspecified"),
+        missing_recent_item_ids=list(response.missing_recent_item_ids),
     )
 
 

@@ -105,6 +105,10 @@ class RecommendResponse(ProtoModel):
     model_version: str = Field(description="personalization model version; empty when no trained model is loaded")
     request_id: str
     path: PersonalizationPath = Field(description="which evidence personalized this response")
+    missing_recent_item_ids: list[str] = Field(
+        default_factory=list,
+        description="recent_item_ids the catalog does not hold (deleted, or mistyped), left out of the taste; empty when none were read",
+    )
 
 
 class UpsertItemsRequest(ProtoModel):

@@ -85,6 +85,7 @@ class Recommendations:
     items: list[ScoredItem]
     path: str
     model_version: str
+    missing_recent_item_ids: tuple[str, ...] = ()  # recent ids the catalog does not hold: the taste left them out
 
 
 @dataclass(frozen=True)
@@ -201,6 +202,8 @@ class Recommender:
             raise InvalidArgument(f"user_id: at most {MAX_ID_CHARS} characters, got {len(user_id)}")
         if has_control_characters(user_id):  # no user id of a dataset holds one: the user was served as a stranger
             raise InvalidArgument("user_id: must not contain control characters (newline, tab, ...)")
+        if user_id and not has_visible_characters(user_id):  # served as a stranger, as a mistyped id is, without a word
+            raise InvalidArgument("user_id: must contain a visible character, not only spaces or invisible (format) characters (send none for a shopper without an id)")
         if len(recent_item_ids) > limits.max_recent_items:
             raise InvalidArgument(f"recent_item_ids: at most {limits.max_recent_items} ids, got {len(recent_item_ids)}")
         for index, item_id in enumerate(recent_item_ids):
@@ -262,7 +265,7 @@ class Recommender:
                 query_vector = await self._embeds.call(text)
 
         with _stage("personalize", current):
-            recent_vectors = await self._recent_vectors(model, user_id, recent_item_ids)
+            recent_vectors, missing_recent_ids = await self._recent_vectors(model, user_id, recent_item_ids)
             # A sequence part reads the recent items by id: such a request is personalized on its own.
             session = bool(recent_item_ids) and model is not None and model.sequence is not None
             if model is not None and recent_vectors is None and not session:
@@ -285,16 +288,18 @@ class Recommender:
                 query_vector=query_vector, user_id=user_id, recent_item_ids=recent_item_ids,
                 recent_vectors=recent_vectors, item_filter=item_filter, top_k=top_k, include_history_items=include_history_items,
             ))
-        return Recommendations(items=items, path=personalized.path, model_version=version)
+        return Recommendations(items=items, path=personalized.path, model_version=version, missing_recent_item_ids=missing_recent_ids)
 
-    async def _recent_vectors(self, model: PersonalizationModel | None, user_id: str, recent_item_ids: list[str]) -> np.ndarray | None:
-        """The recent items' vectors in request order (most recent last), ids the catalog lacks skipped: they
-        join a known user's stored history and are an unknown user's whole taste. A model without a taste
-        reads none (its sequence part reads the ids)."""
+    async def _recent_vectors(
+        self, model: PersonalizationModel | None, user_id: str, recent_item_ids: list[str]
+    ) -> tuple[np.ndarray | None, tuple[str, ...]]:
+        """The recent items' vectors in request order (most recent last; None when there are none), and the ids the
+        catalog lacks, which are left out: the vectors join a known user's stored history and are an unknown user's
+        whole taste. A model without a taste reads none (its sequence part reads the ids)."""
         if not recent_item_ids or (model is not None and model.taste_mode == TASTE_NONE):
-            return None
+            return None, ()
         fetched = await self._from_catalog(lambda: self._catalog.vectors(list(recent_item_ids)))
-        return fetched if len(fetched) else None
+        return (fetched.vectors if len(fetched.vectors) else None), fetched.missing_item_ids
 
     def _start_shadow(self, call: ShadowCall) -> None:
         if len(self._shadow_tasks) >= self._max_shadow_in_flight:
@@ -315,7 +320,7 @@ class Recommender:
         try:
             recent_vectors = call.recent_vectors
             if recent_vectors is None:  # the live model reads no user signal; the candidate may
-                recent_vectors = await self._recent_vectors(candidate, call.user_id, call.recent_item_ids)
+                recent_vectors, _ = await self._recent_vectors(candidate, call.user_id, call.recent_item_ids)
             personalized = self._personalize(candidate, call.query_vector, call.user_id, call.recent_item_ids, recent_vectors)
             found = await self._search(candidate, call.query_vector, personalized, call.top_k, call.item_filter)
             left_out = _left_out(candidate, call.user_id, call.include_history_items)

@@ -48,4 +48,5 @@ class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
             model_version=result.model_version,
             request_id=request_id,
             path=_PATHS[result.path],
+            missing_recent_item_ids=result.missing_recent_item_ids,
         )

@@ -109,6 +109,17 @@ def test_upsert_get_search_delete_round_trip(stub, stocked):
     assert stub.GetStats(catalog_pb2.GetStatsRequest(), timeout=10).item_count == 5
 
 
+def test_a_price_of_minus_zero_is_stored_and_read_back_as_zero(stub, stocked):
+    """-0.0 passed the price check (it is not < 0) and was stored, and read back, as -0.0."""
+    free = common_pb2.Item(item_id="free", title="Free sample", price=-0.0, vector=vec(1, 1))
+    stub.UpsertItems(catalog_pb2.UpsertItemsRequest(items=[free]), timeout=30)
+    try:
+        got = stub.GetItems(catalog_pb2.GetItemsRequest(item_ids=["free"]), timeout=10).items[0]
+        assert got.HasField("price") and math.copysign(1.0, got.price) == 1.0, got.price
+    finally:
+        stub.DeleteItems(catalog_pb2.DeleteItemsRequest(item_ids=["free"]), timeout=10)
+
+
 def test_filters_over_grpc(stub, stocked):
     assert search_ids(stub, vec(1, 0), categories=["Dresses"]) == ["gown", "dress"]
     assert search_ids(stub, vec(1, 0), min_price=50) == ["boots", "sneakers"]
@@ -245,6 +256,9 @@ def test_bad_searches_are_invalid_argument(stub, stocked, request_, field):
         (common_pb2.Item(item_id="\u200b", vector=vec(1)), "items[1].item_id: must contain a visible character"),
         (common_pb2.Item(item_id="x", title="a\x00b", vector=vec(1)), "items[1].title: must not contain a NUL character"),
         (common_pb2.Item(item_id="x", text="a\x00b", vector=vec(1)), "items[1].text: must not contain a NUL character"),
+        # An attribute without a name was stored: none could ask for it back.
+        (common_pb2.Item(item_id="x", title="t", attributes={"": "x"}, vector=vec(1)), "items[1].attributes: '': a name must not be empty, nor only spaces or invisible (format) characters"),
+        (common_pb2.Item(item_id="x", title="t", attributes={"\u200b ": "x"}, vector=vec(1)), "items[1].attributes: '\\u200b ': a name must not be empty"),
     ],
 )
 def test_bad_upserts_change_nothing(stub, stocked, bad, field):

@@ -99,7 +99,7 @@ def parse_price(value: object) -> float | None:
         raise ValueError("must be a finite number >= 0, got an integer too large for a float") from None
     if not math.isfinite(price) or price < 0:
         raise ValueError(f"must be a finite number >= 0, got {shown(value)}")
-    return price
+    return price + 0.0  # -0.0 passes `< 0` and was stored, and read back, as -0.0: every zero is +0.0
 
 
 # The largest float32: a vector travels as float32, so a larger value would arrive as inf.
@@ -208,6 +208,8 @@ def field_problem(title: str, text: str, category: str, image_uri: str, attribut
     if not all(is_unicode_text(key) and is_unicode_text(value) for key, value in attributes.items()):
         return "attributes", NOT_UNICODE
     for key, value in attributes.items():
+        if not has_visible_characters(key):  # {"": "x"} was stored: an attribute no one can name to read it back
+            return "attributes", f"{shown(key)}: a name must not be empty, nor only spaces or invisible (format) characters"
         for part, written in (("name", key), ("value", value)):
             if "\x00" in written:
                 return "attributes", f"{shown(key)}: its {part} {NO_NUL}"

@@ -7,14 +7,13 @@ leaves the store untouched. Messages name the item's index and field ("items[3].
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from whisperlite.core.item_fields import (
-    MAX_CATEGORY_CHARS, MAX_ID_CHARS, category_problem, field_problem, has_control_characters, item_id_problem,
+    MAX_CATEGORY_CHARS, MAX_ID_CHARS, category_problem, field_problem, has_control_characters, item_id_problem, parse_price,
 )
 from whisperlite.core.errors import InvalidArgument
 from whisperlite.core.text import has_visible_characters
@@ -101,10 +100,11 @@ def record_from_proto(item: common_pb2.Item, index: int, dimension: int) -> Item
     if (found := field_problem(item.title, item.text, item.category, item.image_uri, attributes)) is not None:
         raise InvalidArgument(f"{where}.{found[0]}: {found[1]}")
     price = None
-    if item.HasField("price"):
-        if not math.isfinite(item.price) or item.price < 0:
-            raise InvalidArgument(f"{where}.price: must be a finite number >= 0, got {item.price}")
-        price = float(item.price)
+    if item.HasField("price"):  # the dataset files' rule (a -0.0 is stored as 0.0)
+        try:
+            price = parse_price(item.price)
+        except ValueError as error:
+            raise InvalidArgument(f"{where}.price: {error}") from None
     vector = None
     if len(item.vector):
         vector = validate_vector(item.vector, dimension, f"{where}.vector")

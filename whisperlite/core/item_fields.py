@@ -208,11 +208,11 @@ def field_problem(title: str, text: str, category: str, image_uri: str, attribut
     if not all(is_unicode_text(key) and is_unicode_text(value) for key, value in attributes.items()):
         return "attributes", NOT_UNICODE
     for key, value in attributes.items():
-        if not has_visible_characters(key):  # {"": "x"} was stored: an attribute no one can name to read it back
-            return "attributes", f"{shown(key)}: a name must not be empty, nor only spaces or invisible (format) characters"
         for part, written in (("name", key), ("value", value)):
             if "\x00" in written:
                 return "attributes", f"{shown(key)}: its {part} {NO_NUL}"
+        if not has_visible_characters(key):  # {"": "x"} was stored: an attribute no one can name to read it back
+            return "attributes", f"{shown(key)}: a name must not be empty, nor only spaces or invisible (format) characters"
     if len(json.dumps(attributes, ensure_ascii=False).encode()) > MAX_ATTRIBUTES_BYTES:
         return "attributes", f"must encode to at most {MAX_ATTRIBUTES_BYTES} bytes of JSON"
     return None

@@ -194,6 +194,15 @@ def test_get_item_and_a_missing_item(http, gateway_items):
     assert missing.json() == {"error": {"code": "NOT_FOUND", "message": "item_id: 'no-such-item' is not in the catalog"}}
 
 
+def test_query_strings_are_refused_in_the_error_shape_and_the_page_s_own_address_is_not_the_api_s(http, gateway_items):
+    """The /v1 routes read their query strings as strictly as bodies; the page's address carries ?comparison=ID."""
+    twice = http.get("/v1/items/gw-boots-0?include_vectors=false&include_vectors=true")
+    assert twice.status_code == 400
+    assert twice.json() == {"error": {"code": "INVALID_ARGUMENT", "message": "include_vectors: given 2 times; send it once"}}
+    assert http.get("/v1/items/gw-boots-0?include_vectors=false").json()["vector"] == []
+    assert http.get("/?comparison=1").status_code == 200
+
+
 def test_an_id_with_a_slash_and_unknown_routes(http, gateway_items):
     assert http.post("/v1/items", json={"items": [{"item_id": "gw/with/slashes", "title": "Striped silk scarf"}]}).status_code == 200
     assert http.get("/v1/items/gw/with/slashes").json()["title"] == "Striped silk scarf"
@@ -253,13 +262,29 @@ def test_an_id_with_a_slash_and_unknown_routes(http, gateway_items):
         ("POST", "/v1/recommend", {"query": "boots", "top_k": " 2 "}, {}, 400, "got ' 2 '"),
         ("POST", "/v1/recommend", {"query": "boots", "top_k": "+2"}, {}, 400, "got '+2'"),
         ("POST", "/v1/recommend", {"query": "boots", "top_k": 1, "filter": {"max_price": "1_000"}}, {}, 400, "filter.max_price: Value error, expected a number"),
-        ("POST", "/v1/items", {"items": [{"item_id": "gw-lax-price", "price": "1_0"}]}, {}, 400, "items.0.price: Value error, expected a number"),
+        ("POST", "/v1/items", {"items": [{"item_id": "gw-lax-price", "price": "1_0"}]}, {}, 400, "items[0].price: Value error, expected a number"),
         # Past an upstream's per-call limit: refused before the body is converted.
         ("POST", "/v1/recommend", {"query": "boots", "top_k": 1, "recent_item_ids": ["gw-boots-0"] * 51}, {}, 400,
          "recent_item_ids: at most 50 values, got 51"),
         ("POST", "/v1/recommend", {"query": "boots", "top_k": 1, "filter": {"exclude_item_ids": ["x"] * 1001}}, {}, 400,
          "filter.exclude_item_ids: at most 1000 values, got 1001"),
         ("POST", "/v1/items", {"items": [{}] * 1001}, {}, 400, "items: at most 1000 values, got 1001"),
+        # Query strings and path integers as strict as bodies: the last of a repeated parameter won, a misspelt one was
+        # dropped, yes/1/on were true, and comparisons/%201, /+1 and /01 were comparison 1.
+        ("GET", "/v1/items/gw-boots-0?include_vectors=true&include_vectors=false", None, {}, 400, "include_vectors: given 2 times; send it once"),
+        ("GET", "/v1/items/gw-boots-0?include_vector=true", None, {}, 400,
+         "include_vector: not a query parameter of /v1/items/{item_id}; it takes include_vectors"),
+        ("GET", "/v1/items/gw-boots-0?include_vectors=yes", None, {}, 400, "include_vectors: must be true or false, got 'yes'"),
+        ("GET", "/v1/items/gw-boots-0?include_vectors=1", None, {}, 400, "include_vectors: must be true or false, got '1'"),
+        ("GET", "/v1/items/gw-boots-0?include_vectors", None, {}, 400, "include_vectors: must be true or false, got ''"),
+        ("GET", "/v1/study/users?user_id=u1", None, {}, 400, "user_id: not a query parameter of /v1/study/users; it takes none"),
+        ("POST", "/v1/recommend?top_k=5", {"query": "boots", "top_k": 1}, {}, 400, "top_k: not a query parameter of /v1/recommend; it takes none"),
+        ("GET", "/v1/study/comparisons/%201", None, {}, 400,
+         "comparison_id: Value error, expected a whole number as JSON writes it (1, 42), got ' 1'"),
+        ("GET", "/v1/study/comparisons/+1", None, {}, 400, "comparison_id: Value error, expected a whole number as JSON writes it (1, 42), got '+1'"),
+        ("GET", "/v1/study/comparisons/01", None, {}, 400, "comparison_id: Value error, expected a whole number as JSON writes it (1, 42), got '01'"),
+        ("PUT", "/v1/study/comparisons/1_0/judgements", {"position": "left", "rank": 1, "relevant": True}, {}, 400,
+         "comparison_id: Value error, expected a whole number as JSON writes it (1, 42), got '1_0'"),
     ],
     ids=[
         "comparison-id-past-int64", "rank-past-int64", "relevant-as-a-word", "top-k-as-a-bool", "query-as-a-number", "cut-json",
@@ -267,6 +292,9 @@ def test_an_id_with_a_slash_and_unknown_routes(http, gateway_items):
         "nan-as-text", "minus-infinity-as-text", "negative-price-range", "compressed-body", "content-encoding-twice", "content-type-twice",
         "bool-as-a-word", "bool-as-a-number", "int-with-underscore", "int-with-spaces", "int-with-plus", "float-with-underscore",
         "item-price-with-underscore", "too-many-recent-items", "too-many-excluded-ids", "too-many-items",
+        "query-parameter-twice", "query-parameter-misspelt", "query-bool-as-a-word", "query-bool-as-a-number", "query-bool-without-a-value",
+        "query-parameter-of-a-route-with-none", "query-parameter-beside-a-body", "path-int-with-a-space", "path-int-with-plus",
+        "path-int-with-a-leading-zero", "path-int-with-underscore",
     ],
 )
 def test_hostile_requests_get_a_precise_answer_with_a_request_id(gateway_url, method, path, body, headers, status, message):

@@ -16,7 +16,7 @@ from typing import Annotated, Any, TypeVar
 
 import grpc
 import prometheus_client
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi import Path as PathParameter
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
@@ -38,6 +38,7 @@ from whisperlite.services.gateway.browsers import (
 )
 from whisperlite.services.gateway.bodies import BodyBudget, BodyReader, Refused, invalid, validation_message
 from whisperlite.services.gateway.judgements import POSITIONS, JudgementStore, NotShown, UnknownComparison
+from whisperlite.services.gateway.parameters import JsonInteger, check_query
 from whisperlite.services.gateway.shutdown import SHUTTING_DOWN, Drain
 from whisperlite.services.gateway.schema import (
     Item,
@@ -350,6 +351,7 @@ def create_app(
         summary="HTTP/JSON over the ranker's and catalog's gRPC contracts, and the relevance-judgement page.",
         version="v1",
         redirect_slashes=False,  # "/v1/recommend/" is a 404 naming the path, not an empty 307
+        dependencies=[Depends(check_query)],  # query strings as strict as bodies: an unknown, repeated or lax one is a 400
     )
 
     @app.middleware("http")
@@ -556,7 +558,7 @@ STUDY_OFF = (
     "started with --study on"
 )
 # Comparison ids are SQLite rowids: a larger number is refused as a parameter instead of overflowing the store.
-ComparisonId = Annotated[int, PathParameter(ge=1, le=MAX_INT64)]
+ComparisonId = Annotated[JsonInteger, PathParameter(ge=1, le=MAX_INT64)]
 
 
 def json_body(model: type[BaseModel]) -> dict:

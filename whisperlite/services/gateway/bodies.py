@@ -49,7 +49,9 @@ def validation_message(problems: Iterable[dict], skip: int = 0) -> str:
     `skip` drops leading location parts (FastAPI's first says where a parameter came from: path, query string)."""
     parts = []
     for problem in problems:
-        location = ".".join(str(part) for part in problem["loc"][skip:]) or "body"
+        # A list index as the services write it, items[0].price: joined with dots it read items.0.price.
+        location = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in problem["loc"][skip:]).removeprefix(".")
+        location = location or "body"
         reason = problem["msg"]
         if problem["type"] == "json_invalid":
             reason = f"not valid JSON ({problem['ctx']['error'] if 'ctx' in problem else reason})"

@@ -5,6 +5,7 @@ import concurrent.futures
 import contextlib
 import csv
 import json
+import math
 import os
 import re
 import signal
@@ -583,6 +584,25 @@ def test_a_vector_cell_that_is_no_array_of_finite_numbers_is_a_row_error(catalog
     typed = cli("import", str(tmp_path / "typed.jsonl"), "--catalog", admin_catalog.address, check=False)
     assert typed.returncode == 1
     assert "vector: must be an array of numbers or null, got a string" in error_report(tmp_path / "typed.jsonl.import-errors.jsonl")[1]["error"]
+
+
+def test_a_row_the_catalog_refuses_is_reported_by_its_column_not_its_index_in_the_call(catalog, admin_catalog, tmp_path):
+    """The report's entry for row 3 said "items[0].vector: ...": the index of the item in the one-item call sent again,
+    which is no row of the file. A price of -0.0 is stored as 0.0 (it came back -0.0)."""
+    dimension = catalog.stats().dimension
+    good = json.dumps(vector_of(dimension, 5))
+    source = tmp_path / "embedded.csv"
+    source.write_text(f'sku,name,cost,emb\ne-1,Boots,-0.0,"{good}"\ne-2,Shoes,5,"[1.0, 2.0]"\ne-3,Socks,2,"{good}"\n')
+    result = cli(
+        "import", str(source), "--catalog", admin_catalog.address, "--id-column", "sku", "--title-column", "name",
+        "--price-column", "cost", "--vector-column", "emb", check=False,
+    )
+    assert "imported 2 items" in result.stdout and "1 rows refused" in result.stdout, result.stdout + result.stderr
+    assert error_report(tmp_path / "embedded.csv.import-errors.jsonl") == {
+        2: {"row": 2, "item_id": "e-2", "error": f"emb: must have {dimension} values (the catalog's dimension), got 2"},
+    }
+    price = catalog.get(["e-1"]).items[0].price
+    assert price == 0.0 and math.copysign(1.0, price) == 1.0
 
 
 def test_nul_in_an_attribute_is_refused_naming_the_attribute(catalog, admin_catalog, tmp_path):

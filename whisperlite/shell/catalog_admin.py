@@ -394,11 +394,25 @@ def _entry_row(entry: str) -> float:
         return math.inf
 
 
-def _refusal(error: Exception) -> str | None:
+# How the catalog names an item of an upsert: by its index in the call, and the field at fault.
+ITEM_IN_CALL = re.compile(r"items\[\d+\](?:\.(\w+))?: ")
+
+
+def _refusal(error: Exception, mapping: ColumnMapping) -> str | None:
     """Why the catalog (INVALID_ARGUMENT: it validates the whole request before writing) or the client (an item
-    that cannot be put in a message) refused an upsert; None for a failure that is not the items' fault."""
+    that cannot be put in a message) refused an upsert; None for a failure that is not the items' fault.
+
+    The catalog's "items[0].vector: ..." named the item's index in the call that was refused, which is no row of the
+    file: written as the rows' own errors are, naming the column ("vector: ..."), beside the entry's row."""
     if isinstance(error, grpc.RpcError):
-        return error.details() if error.code() == grpc.StatusCode.INVALID_ARGUMENT else None
+        if error.code() != grpc.StatusCode.INVALID_ARGUMENT:
+            return None
+        details = error.details()
+        if (found := ITEM_IN_CALL.match(details)) is None:
+            return details
+        field = found[1]
+        column = (getattr(mapping, field, "") or field) if field else ""
+        return f"{column}: {details[found.end():]}" if column else details[found.end():]
     return f"cannot be sent: {error}"
 
 
@@ -426,7 +440,9 @@ class _BatchSize:
         return limit
 
 
-def _upsert_batch(client: CatalogAdminClient, batch: list[tuple[int, Item]], errors: _ErrorLog, size: _BatchSize) -> tuple[int, int]:
+def _upsert_batch(
+    client: CatalogAdminClient, batch: list[tuple[int, Item]], errors: _ErrorLog, size: _BatchSize, mapping: ColumnMapping,
+) -> tuple[int, int]:
     """Upserts a batch whole; when it is refused for its length, in parts the catalog takes; when it is refused
     otherwise, item by item, so only the bad rows are reported and the rest are written. Any other failure (the
     catalog down past the client's retries) stops the import with the checkpoint at the last complete batch.
@@ -434,21 +450,21 @@ def _upsert_batch(client: CatalogAdminClient, batch: list[tuple[int, Item]], err
     try:
         return client.upsert([item for _, item in batch]).upserted, 0
     except (grpc.RpcError, ValueError, TypeError) as error:
-        if (why := _refusal(error)) is None:
+        if (why := _refusal(error, mapping)) is None:
             raise
         if len(batch) == 1:
             number, item = batch[0]
             errors.write(number, item.item_id, why)
             return 0, 1
         if isinstance(error, grpc.RpcError) and (limit := size.over_limit(client, len(batch))) is not None:
-            parts = [_upsert_batch(client, batch[start : start + limit], errors, size) for start in range(0, len(batch), limit)]
+            parts = [_upsert_batch(client, batch[start : start + limit], errors, size, mapping) for start in range(0, len(batch), limit)]
             return sum(upserted for upserted, _ in parts), sum(failed for _, failed in parts)
     upserted = failed = 0
     for number, item in batch:
         try:
             upserted += client.upsert([item]).upserted
         except (grpc.RpcError, ValueError, TypeError) as error:
-            if (why := _refusal(error)) is None:
+            if (why := _refusal(error, mapping)) is None:
                 raise
             errors.write(number, item.item_id, why)
             failed += 1
@@ -478,7 +494,7 @@ def import_file(
     size = _BatchSize(batch_size, catalog)
 
     def flush() -> None:
-        upserted, failed = _upsert_batch(client, batch, errors, size)
+        upserted, failed = _upsert_batch(client, batch, errors, size, mapping)
         checkpoint.upserted += upserted
         checkpoint.failed += failed
         checkpoint.rows_done = last_row

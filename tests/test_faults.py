@@ -33,7 +33,7 @@ from whisperlite.core.clients.health import is_serving
 from whisperlite.core.clients.query_encoder import PRIORITY_METADATA_KEY
 from whisperlite.core.topology import RANKER_DEPENDENCIES, dependency_health_name
 from whisperlite.services.common.probing import ProbeSettings
-from whisperlite.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2, query_encoder_pb2, ranker_pb2, ranker_pb2_grpc
+from whisperlite.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2, model_admin_pb2, model_admin_pb2_grpc, query_encoder_pb2, ranker_pb2, ranker_pb2_grpc
 
 DIMENSION = 384  # the session encoder's MiniLM
 # The ranker's recovery target is 0.5 s after its dependency is SERVING; the margin absorbs a
@@ -617,8 +617,19 @@ def test_overload_is_refused_quickly_and_the_accepted_calls_succeed(tmp_path, en
                         trailers[n] = dict(error.trailing_metadata() or ())
                         return error.code(), time.monotonic() - started
 
+                async def operator() -> list[str]:
+                    """An operator who lists and rolls back versions while the ranker sheds load: the step that must
+                    work then was refused RESOURCE_EXHAUSTED like any Recommend."""
+                    admin = model_admin_pb2_grpc.ModelAdminServiceStub(channel)
+                    await asyncio.sleep(0.05)  # the queue is full by now
+                    listed = await admin.ListModels(model_admin_pb2.ListModelsRequest(), timeout=10)
+                    traffic = await admin.GetTraffic(model_admin_pb2.GetTrafficRequest(), timeout=10)
+                    return [type(listed).__name__, type(traffic).__name__]
+
                 await channel.channel_ready()
-                return await asyncio.gather(*(one(n) for n in range(48)))
+                *outcomes, operated = await asyncio.gather(*(one(n) for n in range(48)), operator())
+                assert operated == ["ListModelsResponse", "GetTrafficResponse"]
+                return outcomes
 
         trailers: dict[int, dict] = {}
         outcomes = asyncio.run(burst())

@@ -62,8 +62,10 @@ def _deadline_passed(context: grpc.aio.ServicerContext) -> bool:
 
 
 def without_admission(behavior):
-    """Marks a handler that answers at once without work (a refused token): it takes no admission slot, so a flood of
-    refused calls cannot shed a legitimate caller's, nor be told RESOURCE_EXHAUSTED instead of why it was refused."""
+    """Marks a handler admission must not shed. One that answers at once without work (a refused token): it takes no
+    admission slot, so a flood of refused calls cannot shed a legitimate caller's, nor be told RESOURCE_EXHAUSTED
+    instead of why it was refused. And an operator's control call (a model rollback), which must get through exactly
+    when the service is overloaded: it was refused like any Recommend."""
     behavior.whisperlite_without_admission = True
     return behavior
 

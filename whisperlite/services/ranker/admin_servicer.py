@@ -2,6 +2,7 @@
 
 import asyncio
 
+from whisperlite.services.common.interceptors import without_admission
 from whisperlite.services.ranker.models import (
     STATE_AVAILABLE,
     STATE_CANDIDATE,
@@ -36,13 +37,18 @@ def _traffic_proto(traffic: Traffic) -> model_admin_pb2.Traffic:
 
 
 class ModelAdminServicer(model_admin_pb2_grpc.ModelAdminServiceServicer):
+    """Every call bypasses admission control: rolling back a version that overloads the ranker must not wait behind
+    the Recommends it slows (it answers PERMISSION_DENIED without the admin scope all the same)."""
+
     def __init__(self, registry: ModelRegistry):
         self._registry = registry
 
+    @without_admission
     async def ListModels(self, request, context) -> model_admin_pb2.ListModelsResponse:
         entries = await asyncio.to_thread(self._registry.list_models)
         return model_admin_pb2.ListModelsResponse(models=[_version_proto(entry) for entry in entries])
 
+    @without_admission
     async def LoadModel(self, request, context) -> model_admin_pb2.LoadModelResponse:
         model, previous = await asyncio.to_thread(self._registry.load, request.version)
         entries = await asyncio.to_thread(self._registry.list_models)
@@ -54,11 +60,13 @@ class ModelAdminServicer(model_admin_pb2_grpc.ModelAdminServiceServicer):
         loaded.error = ""
         return model_admin_pb2.LoadModelResponse(model=loaded, previous_version=previous)
 
+    @without_admission
     async def SetTraffic(self, request, context) -> model_admin_pb2.SetTrafficResponse:
         traffic = await asyncio.to_thread(
             self._registry.set_traffic, request.candidate_version, request.candidate_percent, request.shadow
         )
         return model_admin_pb2.SetTrafficResponse(traffic=_traffic_proto(traffic))
 
+    @without_admission
     async def GetTraffic(self, request, context) -> model_admin_pb2.GetTrafficResponse:
         return model_admin_pb2.GetTrafficResponse(traffic=_traffic_proto(self._registry.get_traffic()))

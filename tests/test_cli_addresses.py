@@ -7,7 +7,7 @@ import socket
 import pytest
 
 from tests.test_cli_arguments import whisperlite
-from whisperlite.core.topology import CATALOG, GATEWAY
+from whisperlite.core.topology import CATALOG, GATEWAY, RANKER
 
 
 @pytest.fixture
@@ -56,6 +56,8 @@ def test_an_address_without_a_port_from_1_to_65535_is_refused(address):
         (GATEWAY, ["--port", "65536"], "argument --port: expected a port from 0 to 65535, got 65536"),
         (GATEWAY, ["--ranker-addr", "localhost:-14784"], "argument --ranker-addr: 'localhost:-14784': expected host:port with a port from 1 to 65535"),
         (GATEWAY, ["--catalog-addr", "localhost"], "argument --catalog-addr: 'localhost': expected host:port with a port from 1 to 65535"),
+        (RANKER, ["--catalog-addr", "localhost:116288"], "argument --catalog-addr: 'localhost:116288': expected host:port with a port from 1 to 65535"),
+        (RANKER, ["--query-encoder-addr", "localhost:0"], "argument --query-encoder-addr: 'localhost:0': expected host:port with a port from 1 to 65535"),
     ],
 )
 def test_a_service_refuses_a_port_it_would_wrap_naming_the_flag(service, args, message, capsys):

@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from whisperlite.core.topology import BY_NAME, CATALOG, MAX_PORT, RANKER, SERVICES
+from whisperlite.core.topology import BY_NAME, CATALOG, MAX_PORT, RANKER, SERVICES, check_address
 from whisperlite.shell import model_admin
 from whisperlite.shell.terminal import terminal_json, terminal_safe
 from whisperlite.shell.client_flags import (
@@ -107,10 +107,10 @@ def _health(args: argparse.Namespace) -> None:
 
         serving, status = http_health_status(args.address, args.timeout)
     else:
-        port = args.address.rpartition(":")[2]
-        plain = "/" not in args.address and not args.address.startswith(GRPC_TARGET_SCHEMES)  # host:port, not unix:...
-        if plain and not (port.isdigit() and 0 < int(port) <= MAX_PORT):  # gRPC would wrap 111539 to 46003
-            raise SystemExit(f"{args.address}: expected host:port with a port from 1 to {MAX_PORT}")
+        try:
+            check_address(args.address)
+        except ValueError as error:
+            raise SystemExit(str(error)) from None
         from whisperlite.core.clients.health import health_status
 
         serving, status = health_status(args.address, args.service, args.timeout, security=client_security(args))
@@ -215,8 +215,6 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 INT32_MAX = 2**31 - 1  # top_k is a proto int32: past it the call failed in protobuf ("Value out of range"), the flag unnamed
 BUILTINS = {"serve", "up", "ingest", "recommend", "health", "model"}
-# gRPC target names other than host:port (https://github.com/grpc/grpc/blob/master/doc/naming.md)
-GRPC_TARGET_SCHEMES = ("unix:", "unix-abstract:", "vsock:", "dns:", "ipv4:", "ipv6:")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,7 +15,7 @@ from whisperlite.core.topology import CATALOG, QUERY_ENCODER, RANKER
 from whisperlite.core.vector_space import require_same_encoder
 from whisperlite.services.common.config import (
     add_downstream_flags, add_probe_flags, add_server_flags, admission_limits, downstream_security, env_float, env_int, env_str,
-    probe_settings,
+    probe_settings, service_address,
 )
 from whisperlite.services.common.logs import configure_logging
 from whisperlite.services.common.security import ServerSecurity
@@ -43,11 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_downstream_flags(parser, RANKER)
     parser.add_argument(
         "--query-encoder-addr",
+        type=service_address,
         default=env_str(QUERY_ENCODER.address_env, QUERY_ENCODER.local_address),
         help=f"query encoder address; a DNS name with several replicas is balanced round-robin (env {QUERY_ENCODER.address_env})",
     )
     parser.add_argument(
-        "--catalog-addr", default=env_str(CATALOG.address_env, CATALOG.local_address), help=f"catalog address (env {CATALOG.address_env})"
+        "--catalog-addr", type=service_address, default=env_str(CATALOG.address_env, CATALOG.local_address), help=f"catalog address (env {CATALOG.address_env})"
     )
     parser.add_argument(
         "--model-dir",

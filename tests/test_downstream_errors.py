@@ -4,7 +4,7 @@ import grpc
 import pytest
 
 from whisperlite.core.clients.errors import CredentialsRefused, downstream_error
-from whisperlite.core.errors import RETRY_AFTER_KEY, FailedPrecondition, InvalidArgument, ResponseTooLarge, Unavailable
+from whisperlite.core.errors import RETRY_AFTER_KEY, DownstreamBusy, FailedPrecondition, InvalidArgument, ResponseTooLarge, Unavailable
 
 METHOD = "/probe.Probe/Call"
 
@@ -31,8 +31,9 @@ async def refusal(code: grpc.StatusCode, details: str, trailer: tuple = ()) -> g
 @pytest.mark.parametrize(
     ("code", "trailer", "kind", "status"),
     [
-        # A busy service says when to retry: the caller may, later.
-        (grpc.StatusCode.RESOURCE_EXHAUSTED, ((RETRY_AFTER_KEY, "250"),), Unavailable, grpc.StatusCode.UNAVAILABLE),
+        # A busy service says when to retry: the caller may, later (the ranker reports it as its own overload).
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, ((RETRY_AFTER_KEY, "250"),), DownstreamBusy, grpc.StatusCode.UNAVAILABLE),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, (), DownstreamBusy, grpc.StatusCode.UNAVAILABLE),
         # No hint: an answer over a message limit. A retry fails alike, so the caller hears it must ask for less.
         (grpc.StatusCode.RESOURCE_EXHAUSTED, (), ResponseTooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),
         (grpc.StatusCode.INVALID_ARGUMENT, (), InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
@@ -47,3 +48,5 @@ async def test_a_downstream_refusal_becomes_the_error_its_cause_calls_for(code, 
     error = downstream_error("catalog at host:1", "SearchBatch", await refusal(code, "the response would be too large", trailer))
     assert type(error) is kind and error.code == status
     assert "the response would be too large" in str(error)
+    if kind is DownstreamBusy:
+        assert error.retry_after_ms == (250 if trailer else None)

@@ -331,7 +331,7 @@ def test_catalog_killed_under_writes_and_recommends_loses_no_acknowledged_write_
     assert recovery < RECOVERY_LIMIT_SECONDS
 
 
-def test_a_frozen_catalog_turns_the_ranker_not_serving_and_back_while_it_keeps_answering(stack):
+def test_a_frozen_catalog_turns_the_ranker_not_serving_and_back_while_it_keeps_answering(stack, encoder_service):
     """SIGSTOP: connections stay open and nothing answers, the case a refused connection does not cover. Once the
     ranker's health checks find the catalog down, a call that needs it fails at once instead of holding an admission
     slot for the whole deadline (every such call used to wait 5 s)."""
@@ -361,6 +361,13 @@ def test_a_frozen_catalog_turns_the_ranker_not_serving_and_back_while_it_keeps_a
             assert re.match(r"catalog at localhost:\d+: health check failed: DEADLINE_EXCEEDED.* \(down for [\d.]+ s by the ranker's "
                             r"health checks: not called until it answers again\)", failed.value.details()), failed.value.details()
             assert failed_within < 1.0, failed_within
+            # A new text too, before its Embed: every Recommend needs the catalog, and each one embedded first (0.2-2 s
+            # under load, holding an admission slot), so callers behind it heard RESOURCE_EXHAUSTED, not the outage.
+            embeds = metric(encoder_service, "grpc_server_handled_total", grpc_method="Embed", grpc_code="OK")
+            with pytest.raises(grpc.RpcError) as new_text:
+                stub.Recommend(ranker_pb2.RecommendRequest(user_id="u", query="a text never embedded before", top_k=3), timeout=30)
+            assert new_text.value.code() == grpc.StatusCode.UNAVAILABLE and "catalog at localhost" in new_text.value.details()
+            assert metric(encoder_service, "grpc_server_handled_total", grpc_method="Embed", grpc_code="OK") == embeds
         finally:
             os.kill(catalog.process.pid, signal.SIGCONT)
         up_after = wait_for(lambda: ranker_follows_its_dependency(ranker, serving=True), timeout=10)
@@ -594,6 +601,45 @@ def test_a_heavy_legal_bulk_embed_does_not_starve_recommend(encoder_service, tex
     assert len(during) >= 5, "too few Recommend calls finished during the bulk embed to judge"
     # The ranker's 5 s downstream deadline failed 21 of 29 calls before budgeted batches.
     assert set(during) == {grpc.StatusCode.OK}, load.failures[:5]
+
+
+def test_a_busy_encoder_is_the_rankers_overload_with_a_retry_hint_not_an_outage(tmp_path):
+    """An encoder that sheds (or answers past the deadline) is alive: the ranker said UNAVAILABLE, which gRPC clients'
+    retry policies retry at once, into a dependency that could not keep up, and its health stayed SERVING meanwhile."""
+    encoder = start_service("query-encoder", tmp_path / "logs", "--max-in-flight", "1", "--max-queued", "0")
+    catalog = ranker = None
+    try:
+        catalog, ranker = start_catalog_and_ranker(tmp_path, encoder.address, 20)
+        long_texts = [(f"bulk {i}: a long flowing summer dress with floral print, pockets and a belt. " * 30)[:1985] for i in range(256)]
+        bulk_done = threading.Event()
+
+        def bulk_embed() -> None:  # holds the encoder's one in-flight slot for seconds
+            with grpc.insecure_channel(encoder.address, options=[("grpc.max_receive_message_length", 64 << 20)]) as channel:
+                stub = channel.unary_unary(
+                    "/whisperlite.v1.QueryEncoderService/Embed",
+                    request_serializer=query_encoder_pb2.EmbedRequest.SerializeToString,
+                    response_deserializer=query_encoder_pb2.EmbedResponse.FromString,
+                )
+                stub(query_encoder_pb2.EmbedRequest(texts=long_texts), timeout=600)
+            bulk_done.set()
+
+        threading.Thread(target=bulk_embed, daemon=True).start()
+        time.sleep(0.5)
+        with grpc.insecure_channel(ranker.address) as channel:
+            stub = ranker_pb2_grpc.RankerServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.Recommend(ranker_pb2.RecommendRequest(user_id="u", query="a text the encoder has not embedded", top_k=3), timeout=30)
+        assert not bulk_done.is_set(), "the bulk Embed ended before the Recommend: the encoder was never busy"
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, refused.value.details()
+        assert re.match(r"overloaded: query encoder at localhost:\d+: Embed failed: RESOURCE_EXHAUSTED: server overloaded.*busy, not down",
+                        refused.value.details()), refused.value.details()
+        assert 10 <= int(dict(refused.value.trailing_metadata())["retry-after-ms"]) <= 5000
+        assert health_status(ranker.address) == health_pb2.HealthCheckResponse.SERVING
+        bulk_done.wait(600)
+    finally:
+        for service in (ranker, catalog, encoder):
+            if service is not None:
+                service.stop()
 
 
 def test_overload_is_refused_quickly_and_the_accepted_calls_succeed(tmp_path, encoder_service, catalog_service):

@@ -36,6 +36,17 @@ class Unavailable(ServiceError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class DownstreamBusy(Unavailable):
+    """A dependency gave no answer in time, or shed the call, while it may well be alive: busy rather than down. Still
+    UNAVAILABLE for what only asks whether an answer came (health, outage tracking); told apart where a service reports
+    overload to its own caller (the ranker: RESOURCE_EXHAUSTED with a retry hint, not an outage to retry into at once).
+    `retry_after_ms`: the dependency's own hint, when it gave one."""
+
+    def __init__(self, message: str, retry_after_ms: int | None = None):
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
+
+
 class DeadlineExceeded(ServiceError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 

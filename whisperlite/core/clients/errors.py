@@ -2,7 +2,8 @@
 
 - INVALID_ARGUMENT stays the caller's fault: the caller's own input was refused downstream.
 - UNAVAILABLE, DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED with a retry hint (a busy service) may pass:
-  UNAVAILABLE, so the caller retries later.
+  UNAVAILABLE, so the caller retries later; the last two as DownstreamBusy (connected, but slow or shedding), which
+  a service may report to its caller as its own overload.
 - RESOURCE_EXHAUSTED without one (an answer over a message limit: the request asks too much) stays
   RESOURCE_EXHAUSTED with its message: a retry fails the same way, so the caller must ask for less.
 - UNAUTHENTICATED and PERMISSION_DENIED (this service's own token refused) are UNAVAILABLE too, naming
@@ -20,7 +21,9 @@ from typing import TypeVar
 
 import grpc
 
-from whisperlite.core.errors import RETRY_AFTER_KEY, FailedPrecondition, InvalidArgument, ResponseTooLarge, ServiceError, Unavailable
+from whisperlite.core.errors import (
+    RETRY_AFTER_KEY, DownstreamBusy, FailedPrecondition, InvalidArgument, ResponseTooLarge, ServiceError, Unavailable,
+)
 from whisperlite.core.request_context import downstream_timeout
 
 T = TypeVar("T")
@@ -98,8 +101,11 @@ def downstream_error(service: str, method: str, error: grpc.RpcError) -> Service
         return InvalidArgument(details or f"{service} rejected the request")
     if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
         return CredentialsRefused(service, method, f"{code.name}: {details}")
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and retry_after_seconds(error) is None:
+    retry_after = retry_after_seconds(error)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and retry_after is None:
         return ResponseTooLarge(f"{service}: {method} refused: {details}")
+    if code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED):  # connected, and slow or shedding
+        return DownstreamBusy(f"{service}: {method} failed: {code.name}: {details}", None if retry_after is None else round(retry_after * 1e3))
     kind = Unavailable if code in TRANSIENT else FailedPrecondition
     return kind(f"{service}: {method} failed: {code.name}: {details}")
 

@@ -23,7 +23,7 @@ import collections
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
-from whisperlite.core.errors import InvalidArgument, ResponseTooLarge, Unavailable
+from whisperlite.core.errors import DownstreamBusy, InvalidArgument, ResponseTooLarge
 from whisperlite.core.request_context import bind_deadline, current_deadline
 
 Q = TypeVar("Q")
@@ -36,7 +36,7 @@ class Coalescer(Generic[Q, R]):
         wait_seconds: float | None = None, name: str = "batch",
     ):  # fmt: skip
         """`wait_seconds` bounds a call from its arrival, the wait for the batches ahead of it included (None:
-        unbounded); a call past it fails Unavailable naming `name`, e.g. "catalog at ...: SearchBatch"."""
+        unbounded); a call past it fails DownstreamBusy naming `name`, e.g. "catalog at ...: SearchBatch"."""
         if max_batch < 1:
             raise ValueError(f"max_batch: must be >= 1, got {max_batch}")
         if max_concurrent < 1:
@@ -63,7 +63,7 @@ class Coalescer(Generic[Q, R]):
         except TimeoutError:
             # Without this bound a call queued behind batches that hang (a frozen dependency) would wait for
             # them to time out and then for its own batch: twice the dependency's deadline.
-            raise Unavailable(
+            raise DownstreamBusy(
                 f"{self._name}: no answer within {self._wait_seconds:g} s (--deadline-seconds), the wait for the batches ahead included"
             ) from None
         finally:

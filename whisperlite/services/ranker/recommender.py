@@ -15,7 +15,7 @@ from whisperlite.core.clients.catalog import Candidate, CandidateSearch, Catalog
 from whisperlite.core.clients.query_encoder import QueryEncoderClient
 from whisperlite.core.item_fields import MAX_ID_CHARS, has_control_characters, item_id_problem
 from whisperlite.core.text import has_visible_characters
-from whisperlite.core.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, ServiceError, Unavailable
+from whisperlite.core.errors import DeadlineExceeded, DownstreamBusy, FailedPrecondition, InvalidArgument, ServiceError, Unavailable
 from whisperlite.core.request_context import bind_deadline
 from whisperlite.core.personalization import TASTE_NONE, PersonalizationModel, PersonalizedQuery, text_plus_history_query
 from whisperlite.services.ranker.metrics import (
@@ -29,6 +29,7 @@ from whisperlite.services.ranker.metrics import (
 )
 from whisperlite.services.ranker.batching import Coalescer
 from whisperlite.services.ranker.models import ModelRegistry
+from whisperlite.services.common.admission import LoadShed
 from whisperlite.services.common.outages import Outages
 from whisperlite.services.ranker.dependency_watch import CATALOG, QUERY_ENCODER
 from whisperlite.services.ranker.query_cache import QueryVectorCache
@@ -78,6 +79,10 @@ class ScoredItem:
     score: float
     query_match: float
     personal_affinity: float
+
+
+# The retry hint of a call refused because a dependency was busy and gave none of its own: about one batch's wait.
+BUSY_RETRY_AFTER_MS = 1000
 
 
 @dataclass(frozen=True)
@@ -239,6 +244,14 @@ class Recommender:
         try:
             async with asyncio.timeout(_answer_within(time_remaining)) as limit:
                 return await self._recommend(user_id, query, top_k, item_filter, recent_item_ids, include_history_items, current)
+        except DownstreamBusy as busy:
+            # Connected, and slow or shedding: the ranker is overloaded through it. UNAVAILABLE told callers (and the
+            # retry policies of gRPC clients) to try again at once, into a dependency that could not keep up.
+            raise LoadShed(
+                f"overloaded: {busy}; the dependency answers its health checks, so it is busy, not down: retry after the "
+                "retry-after-ms trailer's delay or at another replica",
+                busy.retry_after_ms or BUSY_RETRY_AFTER_MS,
+            ) from None
         except TimeoutError:
             if not limit.expired():
                 raise
@@ -255,6 +268,9 @@ class Recommender:
         if traffic is None:
             raise Unavailable("ranker is starting: the personalization model is not loaded yet")
         text = self.validate(user_id, query, top_k, recent_item_ids)
+        # Every Recommend searches the catalog: while it is known down, refused before the Embed, which held an
+        # admission slot 0.2-2 s under load, so the callers queued behind heard RESOURCE_EXHAUSTED, not the outage.
+        self._outages.check(CATALOG)
         started = time.perf_counter()
         route = traffic.route(user_id)
         model = route.model

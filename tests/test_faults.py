@@ -733,6 +733,35 @@ def test_ingest_retries_through_a_catalog_restart_and_says_where_it_resumed(tmp_
         catalog.stop()
 
 
+def test_catalog_import_retries_through_a_catalog_restart_and_imports_every_row(tmp_path, encoder_service):
+    """It stopped at the first UNAVAILABLE of a catalog restarting ("Stream removed (Socket closed)", no catalog named),
+    leaving the rest to a rerun by hand."""
+    source = tmp_path / "items.jsonl"
+    source.write_text("".join(json.dumps({"item_id": f"im{n}", "title": f"wool scarf {n}"}) + "\n" for n in range(300)))
+    catalog = start_catalog(tmp_path / "logs", tmp_path / "store", encoder_service.address)
+    command = [sys.executable, "-m", "whisperlite", "catalog", "import", str(source), "--catalog", catalog.address, "--batch-size", "10"]
+    importing = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        channel, stub = catalog_stub(catalog.address)
+        wait_for(lambda: stub.GetStats(catalog_pb2.GetStatsRequest(), timeout=30).item_count >= 30, timeout=120, interval=0.2)
+        channel.close()
+        catalog.process.kill()
+        catalog.process.wait()
+        time.sleep(1.0)  # long enough for a batch to fail
+        catalog = restart_on_same_port(catalog, tmp_path / "logs", "--data-dir", str(tmp_path / "store"), "--query-encoder-addr", encoder_service.address)
+        output, errors = importing.communicate(timeout=300)
+        assert importing.returncode == 0, output + errors
+        assert f"imported 300 items into the catalog at {catalog.address}" in output, output
+        assert re.search(rf"catalog at {re.escape(catalog.address)}: UNAVAILABLE: .*; retry 1/8 in 0\.5 s", errors), errors
+        assert "answered again after" in errors and "Traceback" not in errors, errors
+        channel, stub = catalog_stub(catalog.address)
+        assert stub.GetStats(catalog_pb2.GetStatsRequest(), timeout=30).item_count == 300
+        channel.close()
+    finally:
+        importing.kill()
+        catalog.stop()
+
+
 def test_ingest_to_a_catalog_nobody_serves_fails_within_seconds_saying_why(tmp_path):
     """Each upsert waited for a connection up to its 300 s deadline, silently: with the retries, ~46 minutes."""
     data = tmp_path / "data"

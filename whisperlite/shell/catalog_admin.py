@@ -15,6 +15,7 @@ import math
 import os
 import re
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from tqdm import tqdm
 
 from whisperlite.core.progress import bar_disabled
 from whisperlite.core.clients.catalog_admin import CatalogAdminClient
+from whisperlite.core.clients.errors import retry_after_seconds
 from whisperlite.core.clients.types import Item
 from whisperlite.core.item_fields import (
     RepeatedKey, attribute_value, field_problem, item_id_problem, object_without_repeated_keys, parse_attributes, parse_price,
@@ -416,6 +418,44 @@ def _refusal(error: Exception, mapping: ColumnMapping) -> str | None:
     return f"cannot be sent: {error}"
 
 
+# A batch the catalog did not answer (restarting, its store reopening, shedding load, past the deadline) is sent again:
+# upserts replace items by id, so a batch written twice is written once. The waits double up to 30 s and sum to about
+# 1.5 minutes: a restart and its store reopening fit. `whisperlite ingest` waits the same way.
+DEFAULT_RETRIES = 8
+FIRST_RETRY_WAIT_SECONDS = 0.5
+MAX_RETRY_WAIT_SECONDS = 30.0
+
+
+def _is_transient(error: grpc.RpcError) -> bool:
+    code = error.code()
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return retry_after_seconds(error) is not None  # without a hint: an answer over a limit, the same each time
+    return code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def _upsert(client: CatalogAdminClient, items: list[Item], address: str) -> int:
+    """Upserts `items`, again after a transient failure, up to DEFAULT_RETRIES times, each retry said on stderr: the
+    import gave up at the first UNAVAILABLE of a catalog restarting, with gRPC's words alone ("Stream removed")."""
+    wait = FIRST_RETRY_WAIT_SECONDS
+    for attempt in range(DEFAULT_RETRIES + 1):
+        try:
+            upserted = client.upsert(items).upserted
+        except grpc.RpcError as error:
+            if attempt == DEFAULT_RETRIES or not _is_transient(error):
+                raise
+            tqdm.write(
+                f"catalog at {address}: {error.code().name}: {error.details()}; retry {attempt + 1}/{DEFAULT_RETRIES} in {wait:g} s",
+                file=sys.stderr,
+            )  # fmt: skip
+            time.sleep(wait)
+            wait = min(wait * 2, MAX_RETRY_WAIT_SECONDS)
+            continue
+        if attempt:
+            tqdm.write(f"catalog at {address}: answered again after {attempt} retr{'y' if attempt == 1 else 'ies'}", file=sys.stderr)
+        return upserted
+    raise AssertionError("unreachable")
+
+
 @dataclass
 class _BatchSize:
     """Items per upsert: --batch-size, until the catalog refuses a batch over its own --max-batch. That refusal used to
@@ -444,11 +484,12 @@ def _upsert_batch(
     client: CatalogAdminClient, batch: list[tuple[int, Item]], errors: _ErrorLog, size: _BatchSize, mapping: ColumnMapping,
 ) -> tuple[int, int]:
     """Upserts a batch whole; when it is refused for its length, in parts the catalog takes; when it is refused
-    otherwise, item by item, so only the bad rows are reported and the rest are written. Any other failure (the
-    catalog down past the client's retries) stops the import with the checkpoint at the last complete batch.
+    otherwise, item by item, so only the bad rows are reported and the rest are written. A transient failure is
+    retried (_upsert); any other, or one past the retries, stops the import with the checkpoint at the last complete
+    batch.
     Returns (upserted, failed)."""
     try:
-        return client.upsert([item for _, item in batch]).upserted, 0
+        return _upsert(client, [item for _, item in batch], size.catalog), 0
     except (grpc.RpcError, ValueError, TypeError) as error:
         if (why := _refusal(error, mapping)) is None:
             raise
@@ -462,7 +503,7 @@ def _upsert_batch(
     upserted = failed = 0
     for number, item in batch:
         try:
-            upserted += client.upsert([item]).upserted
+            upserted += _upsert(client, [item], size.catalog)
         except (grpc.RpcError, ValueError, TypeError) as error:
             if (why := _refusal(error, mapping)) is None:
                 raise

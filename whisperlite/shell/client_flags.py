@@ -131,4 +131,7 @@ def call_failed(error, address: str, service: str) -> SystemExit:
     hint = ""
     if error.code() == grpc.StatusCode.UNIMPLEMENTED:
         hint = f" ({address} does not serve the {service}'s API: is it another service's address?)"
+    elif error.code() == grpc.StatusCode.UNAVAILABLE and address not in (error.details() or ""):
+        # gRPC's own words name no service ("Stream removed (Socket closed)", "failed to connect to all addresses").
+        hint = f" (the {service} at {address} gave no answer: is it running, or restarting? run the command again once it serves)"
     return SystemExit(f"{error.code().name}: {error.details()}{hint}")

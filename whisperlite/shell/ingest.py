@@ -15,19 +15,15 @@ from whisperlite.core.client_security import PLAINTEXT, ClientSecurity
 from whisperlite.core.clients.catalog import CatalogClient
 from whisperlite.core.clients.types import item_to_proto
 from whisperlite.core.dataset import first_row_of_each_item, read_items
-from whisperlite.shell.catalog_admin import ColumnMapping, RowError, row_to_item
+from whisperlite.shell.catalog_admin import (  # a failed batch is retried as `catalog import` retries one
+    DEFAULT_RETRIES, FIRST_RETRY_WAIT_SECONDS, MAX_RETRY_WAIT_SECONDS, ColumnMapping, RowError, row_to_item,
+)
 from whisperlite.core.errors import Unavailable
 from whisperlite.v1 import common_pb2
 
 # Each upsert carries this many items; the catalog embeds those without vectors in the same call,
 # so the batch also bounds the encoder work behind one deadline.
 DEFAULT_BATCH_SIZE = 256
-# A batch that failed with a transient error (the catalog restarting, overloaded, a deadline) is
-# sent again: upserts replace items by id, so a batch written twice is written once. The waits
-# double up to 30 s and sum to about 1.5 minutes: a restart and its store reopening fit.
-DEFAULT_RETRIES = 8
-FIRST_RETRY_WAIT_SECONDS = 0.5
-MAX_RETRY_WAIT_SECONDS = 30.0
 # How long ingest waits to reach the catalog at all (a catalog just started binds its port within seconds).
 CONNECT_SECONDS = 15.0
 # Ids per GetItems when looking for the items a catalog lacks (the catalog's default --max-batch).

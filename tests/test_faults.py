@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from concurrent import futures
 from pathlib import Path
 
@@ -703,16 +704,12 @@ def test_overload_is_refused_quickly_and_the_accepted_calls_succeed(tmp_path, en
 # ---- ingest --------------------------------------------------------------------------------------
 
 
-def test_ingest_retries_through_a_catalog_restart_and_says_where_it_resumed(tmp_path, encoder_service):
-    data = tmp_path / "data"
-    data.mkdir()
-    rows = ["item_id,title,text,category,image_path"] + [f"i{n},wool scarf {n},a warm scarf number {n},scarves," for n in range(300)]
-    (data / "items.csv").write_text("\n".join(rows) + "\n")
-    catalog = start_catalog(tmp_path / "logs", tmp_path / "store", encoder_service.address)
-    ingest = subprocess.Popen(
-        [sys.executable, "-m", "whisperlite", "ingest", "--data", str(data), "--catalog", catalog.address, "--batch-size", "10"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+def _written_through_a_catalog_restart(tmp_path, encoder_address: str, command: Callable[[str], list[str]]) -> tuple[int, str, str, str]:
+    """Runs `command(catalog address)`, which writes 300 items, kills the catalog once 30 are in and starts it again on
+    the same port; checks all 300 are there in the end. Returns the command's exit code, stdout and stderr, and the
+    catalog's address."""
+    catalog = start_catalog(tmp_path / "logs", tmp_path / "store", encoder_address)
+    writer = subprocess.Popen(command(catalog.address), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         channel, stub = catalog_stub(catalog.address)
         wait_for(lambda: stub.GetStats(catalog_pb2.GetStatsRequest(), timeout=30).item_count >= 30, timeout=120, interval=0.2)
@@ -720,17 +717,30 @@ def test_ingest_retries_through_a_catalog_restart_and_says_where_it_resumed(tmp_
         catalog.process.kill()
         catalog.process.wait()
         time.sleep(1.0)  # long enough for a batch to fail
-        catalog = restart_on_same_port(catalog, tmp_path / "logs", "--data-dir", str(tmp_path / "store"), "--query-encoder-addr", encoder_service.address)
-        output, _ = ingest.communicate(timeout=300)
-        assert ingest.returncode == 0, output
-        assert "upserted 300 items" in output
-        assert "resumed from item" in output and "Traceback" not in output, output
+        catalog = restart_on_same_port(catalog, tmp_path / "logs", "--data-dir", str(tmp_path / "store"), "--query-encoder-addr", encoder_address)
+        output, errors = writer.communicate(timeout=300)
         channel, stub = catalog_stub(catalog.address)
-        assert stub.GetStats(catalog_pb2.GetStatsRequest(), timeout=30).item_count == 300
+        assert stub.GetStats(catalog_pb2.GetStatsRequest(), timeout=30).item_count == 300, output + errors
         channel.close()
+        return writer.returncode, output, errors, catalog.address
     finally:
-        ingest.kill()
+        writer.kill()
         catalog.stop()
+
+
+def test_ingest_retries_through_a_catalog_restart_and_says_where_it_resumed(tmp_path, encoder_service):
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = ["item_id,title,text,category,image_path"] + [f"i{n},wool scarf {n},a warm scarf number {n},scarves," for n in range(300)]
+    (data / "items.csv").write_text("\n".join(rows) + "\n")
+    code, output, errors, _ = _written_through_a_catalog_restart(
+        tmp_path, encoder_service.address,
+        lambda address: [sys.executable, "-m", "whisperlite", "ingest", "--data", str(data), "--catalog", address, "--batch-size", "10"],
+    )
+    output += errors
+    assert code == 0, output
+    assert "upserted 300 items" in output
+    assert "resumed from item" in output and "Traceback" not in output, output
 
 
 def test_catalog_import_retries_through_a_catalog_restart_and_imports_every_row(tmp_path, encoder_service):
@@ -738,28 +748,14 @@ def test_catalog_import_retries_through_a_catalog_restart_and_imports_every_row(
     leaving the rest to a rerun by hand."""
     source = tmp_path / "items.jsonl"
     source.write_text("".join(json.dumps({"item_id": f"im{n}", "title": f"wool scarf {n}"}) + "\n" for n in range(300)))
-    catalog = start_catalog(tmp_path / "logs", tmp_path / "store", encoder_service.address)
-    command = [sys.executable, "-m", "whisperlite", "catalog", "import", str(source), "--catalog", catalog.address, "--batch-size", "10"]
-    importing = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        channel, stub = catalog_stub(catalog.address)
-        wait_for(lambda: stub.GetStats(catalog_pb2.GetStatsRequest(), timeout=30).item_count >= 30, timeout=120, interval=0.2)
-        channel.close()
-        catalog.process.kill()
-        catalog.process.wait()
-        time.sleep(1.0)  # long enough for a batch to fail
-        catalog = restart_on_same_port(catalog, tmp_path / "logs", "--data-dir", str(tmp_path / "store"), "--query-encoder-addr", encoder_service.address)
-        output, errors = importing.communicate(timeout=300)
-        assert importing.returncode == 0, output + errors
-        assert f"imported 300 items into the catalog at {catalog.address}" in output, output
-        assert re.search(rf"catalog at {re.escape(catalog.address)}: UNAVAILABLE: .*; retry 1/8 in 0\.5 s", errors), errors
-        assert "answered again after" in errors and "Traceback" not in errors, errors
-        channel, stub = catalog_stub(catalog.address)
-        assert stub.GetStats(catalog_pb2.GetStatsRequest(), timeout=30).item_count == 300
-        channel.close()
-    finally:
-        importing.kill()
-        catalog.stop()
+    code, output, errors, address = _written_through_a_catalog_restart(
+        tmp_path, encoder_service.address,
+        lambda address: [sys.executable, "-m", "whisperlite", "catalog", "import", str(source), "--catalog", address, "--batch-size", "10"],
+    )
+    assert code == 0, output + errors
+    assert f"imported 300 items into the catalog at {address}" in output, output
+    assert re.search(rf"catalog at {re.escape(address)}: UNAVAILABLE: .*; retry 1/8 in 0\.5 s", errors), errors
+    assert "answered again after" in errors and "Traceback" not in errors, errors
 
 
 def test_ingest_to_a_catalog_nobody_serves_fails_within_seconds_saying_why(tmp_path):

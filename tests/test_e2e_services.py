@@ -324,3 +324,35 @@ def test_ingest_keeps_the_first_row_of_a_repeated_id_as_training_does(tmp_path, 
         assert stored.title == trained_on == "Capezio ultra soft transition tight"
     finally:  # the catalog is shared with other modules' tests
         catalog.DeleteItems(catalog_pb2.DeleteItemsRequest(item_ids=["ingest-dup", "ingest-other"]), timeout=30)
+
+
+def test_ingest_describes_items_by_their_reviews_as_training_does(tmp_path, catalog_service, catalog, ingested):
+    """A dataset whose items.csv has no descriptions (item_text_source train_requests: yelp, womens_ecommerce_clothing)
+    trains on items described by their reviews, but ingest loaded items.csv as written, so the catalog ranked titles
+    alone ("Yelp business <id>") against a model trained on the reviews."""
+    from whisperlite.core.dataset import load_dataset
+    from whisperlite.core.item_text import item_text, items_with_request_text
+    from whisperlite.shell.ingest import ingest
+    from whisperlite.trainer.split import temporal_split
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "dataset.json").write_text('{"name": "reviews", "item_text_source": "train_requests"}')
+    (data / "items.csv").write_text("item_id,title,text\nrev-1,Business one,\nrev-2,Business two,\n")
+    (data / "interactions.csv").write_text(
+        "user_id,item_id,timestamp,request\n"
+        "u1,rev-1,1,Great tacos and friendly staff\nu1,rev-2,2,Slow service but good coffee\nu1,rev-1,3,Tacos again\n"
+        "u2,rev-2,4,Lovely patio for coffee\n"
+    )
+    dataset = load_dataset(data)
+    trained = items_with_request_text(dataset.items, temporal_split(dataset, 3).train).set_index("item_id")["text"]
+    try:
+        assert ingest(data, catalog_service.address) == 2
+        stored = {item.item_id: item for item in catalog.GetItems(catalog_pb2.GetItemsRequest(item_ids=["rev-1", "rev-2"]), timeout=30).items}
+        assert stored["rev-1"].text == "Great tacos and friendly staff Tacos again"
+        assert stored["rev-2"].text == "Slow service but good coffee Lovely patio for coffee"
+        # What training embedded, or that and the later reviews evaluation held out (u1's last one here).
+        assert trained["rev-1"] == "Great tacos and friendly staff" and item_text("Business one", stored["rev-1"].text).startswith(
+            item_text("Business one", trained["rev-1"]))
+    finally:  # the catalog is shared with other modules' tests
+        catalog.DeleteItems(catalog_pb2.DeleteItemsRequest(item_ids=["rev-1", "rev-2"]), timeout=30)

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from whisperlite.core.item_text import items_with_request_text
 from whisperlite.core.item_fields import MAX_ID_CHARS, field_problem, item_id_problem, parse_attributes, parse_price
 from whisperlite.core.text import has_visible_characters
 
@@ -400,6 +401,21 @@ def first_row_of_each_item(listed: pd.DataFrame, directory: Path) -> pd.DataFram
         log.warning("%s: %d rows repeat an item_id listed above them (e.g. %s); the first row of each id is kept",
                     directory / ITEMS_FILE, len(repeated), _examples(repeated))
     return items
+
+
+def items_to_serve(data_dir: str | os.PathLike) -> pd.DataFrame:
+    """The items a catalog is loaded with (`ingest`, `up --data`): items.csv's first row of each id, and for a dataset
+    whose items are described by what users wrote (`item_text_source: train_requests`) each item's text built from
+    the written requests, oldest first, as training builds it. Every request may describe an item once it serves:
+    only evaluation must keep held-out ones out. Training's texts hold the same opening words (its train rows are each
+    item's oldest), so the served vector is the trained one's or a fuller one. Loaded as written, such items were
+    their titles alone ("Yelp business <id>", a clothing class name): 1,206 items of womens_ecommerce_clothing were
+    27 distinct catalog texts, and the model ranked vectors unlike those it was trained and evaluated on."""
+    directory = Path(data_dir)
+    items = first_row_of_each_item(read_items(directory), directory)
+    if read_info(directory).get("item_text_source") != ITEM_TEXT_TRAIN_REQUESTS:
+        return items
+    return items_with_request_text(items, read_interactions(directory))
 
 
 def load_dataset(data_dir: str | os.PathLike) -> Dataset:

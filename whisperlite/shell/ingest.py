@@ -14,7 +14,7 @@ from whisperlite.core.channels import create_channel
 from whisperlite.core.client_security import PLAINTEXT, ClientSecurity
 from whisperlite.core.clients.catalog import CatalogClient
 from whisperlite.core.clients.types import item_to_proto
-from whisperlite.core.dataset import first_row_of_each_item, read_items
+from whisperlite.core.dataset import items_to_serve
 from whisperlite.shell.catalog_admin import (  # a failed batch is retried as `catalog import` retries one
     DEFAULT_RETRIES, FIRST_RETRY_WAIT_SECONDS, MAX_RETRY_WAIT_SECONDS, ColumnMapping, RowError, row_to_item,
 )
@@ -129,8 +129,9 @@ def ingest(
     failed with a transient error `retries` times with backoff. Returns the number written; a token without the
     `write` scope fails the first batch with PERMISSION_DENIED."""
     try:
-        # The first row of a repeated id, as training keeps it: the catalog must hold the item the model learned.
-        items = first_row_of_each_item(read_items(data_dir), Path(data_dir))
+        # The first row of a repeated id, as training keeps it, and the text training gave items described by reviews:
+        # the catalog must hold the items the model learned.
+        items = items_to_serve(data_dir)
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(str(error)) from None
     return asyncio.run(_upsert_all(items, catalog_addr, batch_size, timeout_seconds, retries, security, missing_only))

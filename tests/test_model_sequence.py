@@ -175,5 +175,29 @@ def test_auto_records_its_choice_and_ships_the_part_only_below_weight_one(experi
     assert record["sasrec"]["epochs"] == 1
     best = max(s["validation"]["recall@10"] for s in record["selection"])
     chosen = next(s for s in record["selection"] if s["text_weight"] == record["text_weight"])
-    assert chosen["validation"]["recall@10"] == best
+    if record["sign_test"] is not None and record["sign_test"]["p"] >= 0.05:  # the best fused weight's gain: chance
+        assert record["text_weight"] == 1.0
+    else:
+        assert chosen["validation"]["recall@10"] == best
     assert record["shipped"] == (record["text_weight"] < 1.0) == (model.sequence is not None)
+
+
+def test_no_sequence_part_without_two_train_items_in_order(caplog):
+    """Users of three interactions keep one train item each: SASRec trained on nothing (loss 0), its random part won
+    one validation case of 150, was shipped, and reordered every served answer."""
+    experiment = sequence_experiment(n_users=150, length=3)
+    with caplog.at_level("INFO", logger="whisperlite.trainer.train"):
+        model = train_model(experiment, NETWORK.replace(sequence="auto"), progress=False).model
+    assert model.sequence is None and "sequence" not in model.manifest["metrics"]
+    assert "no sequence part: no user has two train items in order to learn from" in caplog.text
+
+
+@pytest.mark.parametrize(("gained", "lost", "ships"), [(1, 0, False), (12, 8, False), (20, 2, True), (0, 0, False)])
+def test_a_fused_weight_ships_only_when_its_validation_gain_is_beyond_chance(gained, lost, ships):
+    from whisperlite.trainer.sequential import SHIP_SIGNIFICANCE, _sign_test
+
+    fused = np.array([1] * gained + [0] * lost + [1, 0] * 50, dtype=np.float32)  # the ties count for neither
+    alone = np.array([0] * gained + [1] * lost + [1, 0] * 50, dtype=np.float32)
+    test = _sign_test(fused, alone)
+    assert (test["gained"], test["lost"]) == (gained, lost)
+    assert (test["p"] < SHIP_SIGNIFICANCE) == ships

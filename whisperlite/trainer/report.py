@@ -165,6 +165,8 @@ def write_results_doc(reports: dict, skipped: dict, out_root: Path, docs_path: P
         sequence = details.get("whisperlite", {}).get("sequence")
         if sequence:
             chosen = ", ".join(f"{s['text_weight']}: {s['validation']['recall@10']:.4f}" for s in sequence["selection"])
+            if test := sequence.get("sign_test"):  # the best fused weight against the network alone
+                chosen += f"; the best fused weight against 1.0: +{test['gained']} / -{test['lost']} cases, sign test p {test['p']}"
             lines.append(
                 f"- whisperlite's sequence part (SASRec, best epoch {sequence['sasrec']['best_epoch']} of {sequence['sasrec']['epochs']}, "
                 f"{sequence['seconds']} s): text weight {sequence['text_weight']} chosen on validation Recall@10 ({chosen}); "

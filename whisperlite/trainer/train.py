@@ -333,11 +333,20 @@ def train_model(experiment: Experiment, config: TrainConfig, name: str | None = 
         )
     result = _train_network(experiment, config, name, progress)
     model = result.model
-    if model is not None and (config.sequence == "on" or (config.sequence == "auto" and has_validation(experiment))):
+    wanted = config.sequence == "on" or (config.sequence == "auto" and has_validation(experiment))
+    if model is not None and wanted and not has_sequences(experiment):
+        # SASRec would see no pair of items in order: trained on nothing (loss 0), it won a validation case by chance.
+        log.log(logging.WARNING if config.sequence == "on" else logging.INFO,
+                "%s: no sequence part: no user has two train items in order to learn from", name)
+    elif model is not None and wanted:
         sasrec = SASRecConfig(max_epochs=config.sequence_epochs, validation_cases=config.validation_cases, seed=config.seed,
                               device=config.device)
         model.manifest["metrics"]["sequence"] = fit_sequence_part(model, experiment, sasrec, progress, forced=config.sequence == "on")
     return result
+
+
+def has_sequences(experiment: Experiment) -> bool:
+    return any(len(items) >= 2 for items in experiment.split.history)
 
 
 def has_validation(experiment: Experiment) -> bool:

@@ -222,7 +222,7 @@ def test_evaluate_says_what_is_wrong_with_its_out_and_model_before_any_work(tmp_
     broken.mkdir()
     (broken / "manifest.json").write_text('{"version": ')
     for extra, message in (
-        (["--out", str(a_file)], f"error: --out {a_file}: not a directory this user can write"),
+        (["--out", str(a_file)], f"error: --out {a_file}: cannot write there (File exists)"),
         (["--out", str(tmp_path / "out"), "--models-out", str(a_file / "models")], "error: --models-out"),
         (["--out", str(tmp_path / "out"), "--model", str(broken)], f"error: --model {broken}: cannot be loaded"),
     ):

@@ -7,6 +7,7 @@ import argparse
 import logging
 import os
 import sys
+import tempfile
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -122,13 +123,16 @@ def _setup_logging() -> None:
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def _can_hold_a_directory(path: Path) -> bool:
-    """A directory to write in: `path`, or the nearest existing folder above it, where the missing ones are created."""
-    while not path.exists():
-        if path.parent == path:
-            return False
-        path = path.parent
-    return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
+def _unwritable(path: Path) -> str | None:
+    """Why the command cannot write under `path`, found by creating it (and the folders missing above it) and a file in
+    it, or None: os.access answered yes to root for /proc, and the trained model was lost to a traceback at the end."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        return error.strerror or str(error)
+    return None
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -140,8 +144,8 @@ def _run_train(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if not _can_hold_a_directory(Path(args.out)):  # said now, not as a traceback once training is done (9 minutes on the demo data)
-        print(f"error: --out {args.out}: not a directory this user can write, nor one it can create", file=sys.stderr)
+    if (problem := _unwritable(Path(args.out))) is not None:  # said now, not as a traceback once training is done (9 minutes on the demo data)
+        print(f"error: --out {args.out}: cannot write there ({problem})", file=sys.stderr)
         return 2
     distributed = init_distributed()
     import torch.distributed as dist
@@ -160,7 +164,11 @@ def _run_train(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     result = train_model(experiment, config, name=args.name or experiment.dataset.name, progress=not args.quiet)
     if rank == 0:
-        directory = save_model_dir(result, args.out)
+        try:
+            directory = save_model_dir(result, args.out)
+        except OSError as error:  # writable at the start, not now (a full disk)
+            print(f"error: --out {args.out}: the trained model could not be saved: {error}", file=sys.stderr)
+            return 1
         metrics = result.model.manifest["metrics"]["validation"]
         validation = ("validation " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())) if metrics else "no validation cases, the last epoch kept"
         print(f"trained {result.model.version} in {time.perf_counter() - started:.1f}s (best epoch {result.best_epoch}): {validation}")
@@ -192,8 +200,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         return 2
     # Said now, not as a traceback once the methods have trained.
     for flag, path in (("--out", args.out or ("docs/results" if args.all else "")), ("--models-out", args.models_out)):
-        if path and not _can_hold_a_directory(Path(path)):
-            print(f"error: {flag} {path}: not a directory this user can write, nor one it can create", file=sys.stderr)
+        if path and (problem := _unwritable(Path(path))) is not None:
+            print(f"error: {flag} {path}: cannot write there ({problem})", file=sys.stderr)
             return 2
     if args.all:
         from whisperlite.trainer.report import evaluate_all

@@ -94,12 +94,20 @@ def test_blank_timestamps_read_as_zero_and_numbers_in_any_notation(tmp_path):
         ({"items.csv": "item_id,title,price\n1,Red dress,-5\n2,Shirt,\n"}, "items.csv line 2: price: must be a finite number >= 0, got '-5'"),
         ({"items.csv": 'item_id,title,attributes\n1,Red dress,"{""size"": ""M""}"\n2,Shirt,red\n'}, "items.csv line 3: attributes: not a JSON object: Expecting value"),
         ({"items.csv": f"item_id,title\n1,Red dress\n2,{'long ' * 300}\n"}, "items.csv line 3: title: must be at most 1024 characters, got 1500"),
+        # These trained users the ranker refuses to serve, or read a second column as `title.1` and dropped it.
+        ({"interactions.csv": 'user_id,item_id,timestamp\nu1,1,1\n"u\t2",2,2\n'},
+         "interactions.csv line 3: user_id 'u\\t2' holds a control character (tab, newline, ...), which the services refuse in an id"),
+        ({"interactions.csv": "user_id,item_id,timestamp\nu1,1,1\n\u200b,2,2\n"},
+         "interactions.csv line 3: user_id '\\u200b' has no visible character, which the services refuse in an id"),
+        ({"items.csv": "item_id,title,text,title\n1,Red dress,x,y\n"},
+         "items.csv: the header names the column(s) 'title' more than once: rename them so each column has one name"),
     ],
     ids=[
         "info-not-an-object", "info-not-json", "ragged-row", "ragged-row-after-a-value-over-lines", "unclosed-quote", "no-item-id", "no-item-text", "blank-user", "infinite-time",
         "time-past-int64", "row-cut-before-its-timestamp", "user-id-too-long", "item-id-too-long", "name-not-a-string",
         "every-item-id-with-spaces", "line-after-a-value-over-lines", "item-id-with-an-apostrophe", "item-id-with-a-tab", "first-row-with-an-extra-field",
-        "price-with-a-decimal-comma", "negative-price", "attributes-not-json", "title-too-long",
+        "price-with-a-decimal-comma", "negative-price", "attributes-not-json", "title-too-long", "user-id-with-a-tab",
+        "user-id-invisible", "column-named-twice",
     ],
 )
 def test_a_broken_file_is_refused_naming_it(tmp_path, files, message):

@@ -28,7 +28,11 @@ import numpy as np
 import pandas as pd
 
 from whisperlite.core.item_text import items_with_request_text
-from whisperlite.core.item_fields import MAX_ID_CHARS, field_problem, item_id_problem, parse_attributes, parse_price
+from whisperlite.core.item_fields import (
+    MAX_ID_CHARS, field_problem, item_id_problem, parse_attributes, parse_price, repeated_columns_problem, shown,
+)
+
+CONTROL_CHARACTERS = r"[\x00-\x1f\x7f]"
 from whisperlite.core.text import has_visible_characters
 
 log = logging.getLogger(__name__)
@@ -236,6 +240,7 @@ def _read_csv(path: Path, **options) -> pd.DataFrame:
     """pandas' reader, its errors (a ragged row, an open quote, bytes that are not UTF-8) naming the file and, for
     bytes that are not UTF-8, the line."""
     _refuse_other_separators(path)
+    _refuse_repeated_columns(path)
     try:
         frame = pd.read_csv(path, **options)
     except UnicodeDecodeError as error:
@@ -253,6 +258,16 @@ def _read_csv(path: Path, **options) -> pd.DataFrame:
             warnings.simplefilter("ignore", pd.errors.ParserWarning)  # the dropped fields are empty: checked above
             frame = pd.read_csv(path, index_col=False, **options)
     return frame
+
+
+def _refuse_repeated_columns(path: Path) -> None:
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            header = next(csv.reader(handle), [])
+    except (UnicodeDecodeError, csv.Error):  # pandas says it, naming the line
+        return
+    if (problem := repeated_columns_problem(header)) is not None:
+        raise ValueError(f"{path}: {problem}")
 
 
 # pandas' tokenizer numbers CSV records, not file lines ("line" from 1, "row" from 0 with the header as row 0): a
@@ -324,9 +339,20 @@ def _line_of_row(path: Path, row: int) -> int:
 
 
 def _check_ids(path: Path, frame: pd.DataFrame, column: str) -> None:
-    _refuse_first(path, frame[column].str.strip().eq("").to_numpy(), lambda _: f"{column} is empty")
-    lengths = frame[column].str.len()
+    ids = frame[column]
+    _refuse_first(path, ids.str.strip().eq("").to_numpy(), lambda _: f"{column} is empty")
+    lengths = ids.str.len()
     _refuse_first(path, (lengths > MAX_ID_CHARS).to_numpy(), lambda row: f"{column} is {lengths.iloc[row]} characters, more than {MAX_ID_CHARS}")
+    if column != "user_id":  # an item id meets the catalog's whole rule (item_id_problem) where items are read
+        return
+    # The ranker refuses such a user id, so a model trained on one had users it could never serve. Only ids without
+    # an ASCII letter or digit are classified character by character: a dataset's 250,000 ids are not.
+    _refuse_first(path, ids.str.contains(CONTROL_CHARACTERS).to_numpy(),
+                  lambda row: f"{column} {shown(ids.iloc[row])} holds a control character (tab, newline, ...), which the services refuse in an id")
+    unusual = ~ids.str.contains(r"[0-9A-Za-z]")
+    invisible = np.zeros(len(ids), dtype=bool)
+    invisible[unusual.to_numpy()] = [not has_visible_characters(value) for value in ids[unusual]]
+    _refuse_first(path, invisible, lambda row: f"{column} {shown(ids.iloc[row])} has no visible character, which the services refuse in an id")
 
 
 def _timestamps(path: Path, values: pd.Series) -> pd.Series:

@@ -20,6 +20,15 @@ from whisperlite.core.text import has_visible_characters
 MAX_ID_CHARS = 256
 
 
+def repeated_columns_problem(header: list[str]) -> str | None:
+    """Why a file's header cannot be read by name, or None: a column named twice (pandas renamed the second `title.1`
+    and read on, so a dataset's items took the first and the second was dropped without a word)."""
+    repeated = sorted(name for name, count in Counter(header).items() if count > 1 and name)
+    if repeated:
+        return f"the header names the column(s) {', '.join(map(repr, repeated))} more than once: rename them so each column has one name"
+    return None
+
+
 def has_control_characters(value: str) -> bool:
     return any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value)
 

@@ -16,7 +16,6 @@ import os
 import re
 import sys
 import time
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -31,7 +30,7 @@ from whisperlite.core.clients.errors import retry_after_seconds
 from whisperlite.core.clients.types import Item
 from whisperlite.core.item_fields import (
     RepeatedKey, attribute_value, field_problem, item_id_problem, object_without_repeated_keys, parse_attributes, parse_price,
-    parse_vector, shown,
+    parse_vector, repeated_columns_problem, shown,
 )
 from whisperlite.shell.client_flags import at_least, call_failed
 from whisperlite.shell.terminal import terminal_json
@@ -169,13 +168,6 @@ def row_to_item(row: dict, mapping: ColumnMapping, *, typed: bool = False, trim:
 CSV_FIELD_CHARS = 1 << 24
 
 
-def _header_problem(header: list[str]) -> str | None:
-    repeated = sorted(name for name, count in Counter(header).items() if count > 1 and name)
-    if repeated:
-        return f"the header names the column(s) {', '.join(map(repr, repeated))} more than once: rename them so each column has one name"
-    return None
-
-
 def read_rows(path: Path, file_format: str) -> Iterator[tuple[int, dict | RowError]]:
     """(row number from 1, in JSONL its line; the row as a dict) for every data row; a row that cannot be read (a CSV
     row of the wrong width, a field past CSV_FIELD_CHARS, a JSONL line that is not a JSON object) comes as a RowError,
@@ -211,7 +203,7 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, dict | RowError]]:
     with path.open(newline="", encoding="utf-8-sig", errors="strict") as handle:
         reader = _csv_reader(handle)
         header = next(reader, [])
-        if (problem := _header_problem(header)) is not None:
+        if (problem := repeated_columns_problem(header)) is not None:
             raise ValueError(problem)
         number = 0
         while True:
@@ -748,7 +740,7 @@ def _check_file(path: Path, file_format: str, mapping: ColumnMapping) -> None:
 
 
 def _check_names(path: Path, names: list[str], mapping: ColumnMapping) -> None:
-    if (problem := _header_problem(names)) is not None:
+    if (problem := repeated_columns_problem(names)) is not None:
         raise SystemExit(f"{path}: {problem}")
     if mapping.item_id not in names:
         raise SystemExit(f"{path}: no column {mapping.item_id!r} (--id-column); its columns are {', '.join(names)[:300]}")

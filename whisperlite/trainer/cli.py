@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -125,13 +126,19 @@ def _setup_logging() -> None:
 
 def _unwritable(path: Path) -> str | None:
     """Why the command cannot write under `path`, found by creating it (and the folders missing above it) and a file in
-    it, or None: os.access answered yes to root for /proc, and the trained model was lost to a traceback at the end."""
+    it, or None: os.access answered yes to root for /proc, and the trained model was lost to a traceback at the end.
+    The folders this made are removed again: a run refused later leaves nothing behind."""
+    missing = [folder for folder in (path, *path.parents) if not folder.exists()]
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path):
             pass
     except OSError as error:
         return error.strerror or str(error)
+    finally:
+        for folder in missing:  # deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
     return None
 
 

@@ -1,6 +1,8 @@
 """`whisperlite train` / `evaluate` on small subsets of real prepared data with the real MiniLM encoder."""
 
 import json
+import re
+import shutil
 import subprocess
 import sys
 
@@ -178,6 +180,21 @@ def test_evaluate_cli_with_a_given_model(amazon, cache_dir, tmp_path):
         )
         assert refused.returncode == 2, refused.stderr[-2000:]
         assert "error: model: trained with split settings" in refused.stderr
+
+    # Other data: refused before anything is embedded (it came after every text was, ~2 minutes on a probe's set).
+    other = tmp_path / "other-data"
+    shutil.copytree(amazon, other)
+    first_row = (other / "interactions.csv").read_text().splitlines()[1].split(",")
+    with (other / "interactions.csv").open("a") as handle:
+        handle.write(f"{first_row[0]},{first_row[1]},4000000000,\n")  # one more interaction: another data hash
+    fresh_cache = tmp_path / "fresh-cache"
+    refused = subprocess.run(
+        [sys.executable, "-m", "whisperlite.trainer", "evaluate", "--model", str(models), "--out", str(tmp_path / "refused"),
+         "--methods", "whisperlite", *common[2:], "--data", str(other), "--cache-dir", str(fresh_cache)],
+        cwd=REPO, timeout=600, capture_output=True, text=True,
+    )
+    assert refused.returncode == 2 and re.search(r"error: model: trained on data \w+ but .*other-data hashes to \w+", refused.stderr), refused.stderr[-2000:]
+    assert not list(fresh_cache.rglob("*.npy"))
 
 
 def test_evaluate_cli_rejects_unknown_methods(amazon, tmp_path):

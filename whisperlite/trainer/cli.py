@@ -240,6 +240,10 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         print(f"error: --model {args.model}: cannot be loaded: {type(err).__name__}: {err}", file=sys.stderr)
         return 2
     try:
+        if model is not None and (given := _data_hash_if_readable(args.data)) not in (None, model.manifest.get("data_hash")):
+            # Said before any text is embedded (evaluate checks again, with the split): it came after ~2 minutes.
+            raise ValueError(f"model: trained on data {model.manifest.get('data_hash')} but {args.data} hashes to {given}; "
+                             "its user table may hold test interactions")
         experiment = _experiment(args, args.data, require_test_cases=True)
         evaluate(experiment, args.out, model=model, config=config, methods=methods, keep_seen=args.keep_seen,
                  models_out=args.models_out, progress=not args.quiet)
@@ -247,6 +251,16 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def _data_hash_if_readable(data_dir: str) -> str | None:
+    """None where the files cannot be read: reading the dataset then says why, naming them."""
+    from whisperlite.core.dataset import data_hash
+
+    try:
+        return data_hash(data_dir)
+    except OSError:
+        return None
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -502,11 +502,14 @@ def _examples(values: pd.Series, count: int = 3) -> str:
 def _near_misses(unknown_ids: pd.Series, item_ids: pd.Series) -> str:
     """What the unknown ids would have matched, read less exactly: ids are read as written, so these stay unmatched."""
     known, hints = set(item_ids), []
+    explained = pd.Series(False, index=unknown_ids.index)
     for how, normal in (("once spaces around them are stripped", str.strip),
                         ("once leading zeros are ignored (ids read as numbers by a spreadsheet?)", lambda i: i.strip().lstrip("0") or "0")):
         normalized = {normal(i) for i in known}
-        matching = int(unknown_ids.map(lambda i, n=normal, s=normalized: n(i) in s).sum())
-        if matching:
+        # Only those the simpler reading above did not explain: " 7412" matched both, and was said to be both.
+        matches = unknown_ids.map(lambda i, n=normal, s=normalized: n(i) in s) & ~explained
+        explained |= matches
+        if matching := int(matches.sum()):
             hints.append(f"{matching} of them match an item {how}")
     return "; " + "; ".join(hints) + ": ids are read exactly as written" if hints else ""
 

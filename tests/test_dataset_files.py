@@ -237,3 +237,10 @@ def test_evaluate_says_what_is_wrong_with_its_out_and_model_before_any_work(tmp_
         done = subprocess.run([sys.executable, "-m", "whisperlite", "evaluate", "--data", str(data), "--quiet", *extra],
                               cwd=REPO, timeout=300, capture_output=True, text=True)
         assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]
+
+
+def test_a_dataset_given_as_the_current_folder_is_named_after_it(tmp_path, monkeypatch):
+    """`--data .` named the dataset "": log lines read ": 1375 items" and the model version fell back to model-<time>."""
+    data = write(tmp_path / "shop-data", ITEMS, "user_id,item_id,timestamp\nu1,1,1\nu1,2,2\n")
+    monkeypatch.chdir(data)
+    assert load_dataset(".").name == "shop-data"

@@ -486,7 +486,7 @@ def load_dataset(data_dir: str | os.PathLike) -> Dataset:
                     "empty for a simulated request", directory / INTERACTIONS_FILE, int(placeholders.sum()),
                     _examples(interactions["request"][placeholders]))
     return Dataset(
-        name=info.get("name") or directory.name,
+        name=info.get("name") or directory.resolve().name,  # `--data .` named it ""
         directory=directory,
         items=items,
         interactions=interactions.reset_index(drop=True),

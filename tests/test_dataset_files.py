@@ -244,3 +244,11 @@ def test_a_dataset_given_as_the_current_folder_is_named_after_it(tmp_path, monke
     data = write(tmp_path / "shop-data", ITEMS, "user_id,item_id,timestamp\nu1,1,1\nu1,2,2\n")
     monkeypatch.chdir(data)
     assert load_dataset(".").name == "shop-data"
+
+
+def test_a_dataset_of_another_format_version_is_read_with_a_warning(tmp_path, caplog):
+    data = write(tmp_path / "data", ITEMS, "user_id,item_id,timestamp\nu1,1,1\nu1,2,2\n")
+    (data / "dataset.json").write_text('{"format_version": 99}')
+    with caplog.at_level("WARNING"):
+        load_dataset(data)
+    assert "dataset.json: format_version 99: this WhisperLite reads format 1; the files are read as that format" in caplog.text

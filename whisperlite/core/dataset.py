@@ -395,6 +395,10 @@ def read_info(data_dir: str | os.PathLike) -> dict:
         info["name"] = str(name)  # {"name": 2024}: a name, written as a number
     elif name is not None and not isinstance(name, str):
         raise ValueError(f"{path}: 'name' must be a string, got {name!r}")
+    version = info.get("format_version")
+    if version is not None and version != FORMAT_VERSION:  # a later format may mean what this reader does not know
+        log.warning("%s: format_version %r: this WhisperLite reads format %d; the files are read as that format",
+                    path, version, FORMAT_VERSION)
     source = info.get("item_text_source")
     if source is not None and source not in (ITEM_TEXT_METADATA, ITEM_TEXT_TRAIN_REQUESTS):
         log.warning("%s: item_text_source %r is neither %r nor %r: items.csv's text is used as written (%r)",

@@ -324,6 +324,30 @@ def test_a_request_framed_both_ways_is_refused_and_its_connection_closed(gateway
     assert received.count(b"HTTP/1.1 ") == 1, "the pipelined request behind it was not answered: the connection closed"
 
 
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"POST /v1/recommend HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
+        b"POST /v1/recommend HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcd",
+        b"POST /v1/recommend HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"GET /health/liveness HTTP/1.1\r\n\r\n",  # no Host
+    ],
+    ids=["negative-content-length", "content-length-twice", "bad-chunk-size", "no-host"],
+)
+def test_a_request_that_is_not_valid_http_gets_the_json_error_with_a_request_id(gateway, head):
+    """uvicorn answered these "Invalid HTTP request received." in plain text, without a request id or security headers."""
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=30) as sock:
+        sock.sendall(head)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    answer = httpx.Response(400, content=received.partition(b"\r\n\r\n")[2])
+    assert received.startswith(b"HTTP/1.1 400 "), received[:200]
+    assert b"\r\ncontent-type: application/json\r\n" in received and re.search(rb"\r\nx-request-id: [0-9a-f]{32}\r\n", received)
+    assert b"\r\nx-content-type-options: nosniff\r\n" in received.lower()
+    assert answer.json()["error"]["code"] == "INVALID_ARGUMENT" and "not valid HTTP/1.1" in answer.json()["error"]["message"]
+
+
 def test_range_errors_on_the_page_s_files_come_in_the_error_shape(http):
     """Starlette answered these in plain text (or nothing, for 416), unlike every other failure."""
     for headers, status, message in (

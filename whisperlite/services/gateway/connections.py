@@ -3,19 +3,28 @@ held a connection, and its file descriptor, for as long as it liked (each byte a
 timer). Here a request's headers must be complete within --header-timeout-seconds of the connection opening or of
 the previous answer on it; past that the client gets 408 and the connection is closed, as nginx's
 client_header_timeout does. A request whose headers came is not timed here: its body has --body-timeout-seconds.
+
+The same protocol answers a request that is not valid HTTP/1.1 (a negative or repeated Content-Length, a bad chunk
+size, no Host) in the gateway's JSON error shape with its security headers and a request id: uvicorn wrote
+"Invalid HTTP request received." as plain text, a shape no client of the API parses and no log can be matched with.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 
 import grpc
 import prometheus_client
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from whisperlite.services.gateway.browsers import SECURITY_HEADERS
+from whisperlite.core.request_context import REQUEST_ID_KEY
 from whisperlite.services.gateway.status import error_body
+
+NOT_HTTP = ("the request is not valid HTTP/1.1 (its request line, a header, Host, Content-Length or Transfer-Encoding "
+            "framing): send it as an HTTP client library writes it")
 
 HEADER_TIMEOUTS = prometheus_client.Counter(
     "whisperlite_gateway_header_timeouts_total", "Connections closed with 408 because a request's headers came too slowly."
@@ -37,6 +46,15 @@ def header_deadline_protocol(header_timeout_seconds: float) -> type[H11Protocol]
     class HeaderDeadlineProtocol(H11Protocol):
         _header_timer: asyncio.TimerHandle | None = None
         _bytes_since_armed = 0
+
+        def send_400_response(self, msg: str) -> None:
+            refusal = json.dumps(error_body(grpc.StatusCode.INVALID_ARGUMENT, NOT_HTTP)).encode()
+            lines = [
+                "HTTP/1.1 400 Bad Request", "content-type: application/json", f"content-length: {len(refusal)}", "connection: close",
+                f"{REQUEST_ID_KEY}: {uuid.uuid4().hex}", *(f"{name.lower()}: {value}" for name, value in SECURITY_HEADERS.items()),
+            ]
+            self.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode() + refusal)
+            self.transport.close()
 
         def data_received(self, data: bytes) -> None:
             self._bytes_since_armed += len(data)

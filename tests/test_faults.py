@@ -636,6 +636,10 @@ def test_a_busy_encoder_is_the_rankers_overload_with_a_retry_hint_not_an_outage(
                         refused.value.details()), refused.value.details()
         assert 10 <= int(dict(refused.value.trailing_metadata())["retry-after-ms"]) <= 5000
         assert health_status(ranker.address) == health_pb2.HealthCheckResponse.SERVING
+        # Not admission's shedding, which logs a summary instead: this refusal has its own line, as any other call.
+        lines = [json.loads(line) for line in ranker.log().splitlines() if line.startswith("{")]
+        assert any(line["message"] == "rpc" and line["grpc_method"].endswith("/Recommend") and line["grpc_code"] == "RESOURCE_EXHAUSTED"
+                   for line in lines)
         bulk_done.wait(600)
     finally:
         for service in (ranker, catalog, encoder):

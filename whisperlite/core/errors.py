@@ -27,6 +27,15 @@ class ResourceExhausted(ServiceError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class Overloaded(ResourceExhausted):
+    """A call refused for the load, to be retried after `retry_after_ms` (the RETRY_AFTER_KEY trailer): the service is
+    busy, or a dependency it needs is."""
+
+    def __init__(self, message: str, retry_after_ms: int):
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
+
+
 class ResponseTooLarge(ResourceExhausted):
     """A downstream service's answer would pass a message limit: what was asked is too large, and asking again
     gets the same refusal (a busy service's RESOURCE_EXHAUSTED carries a retry hint instead)."""

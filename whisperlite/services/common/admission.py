@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from prometheus_client import Counter, Gauge
 
-from whisperlite.core.errors import ResourceExhausted, Unavailable
+from whisperlite.core.errors import Overloaded, Unavailable
 from whisperlite.services.common.logs import ThrottledWarning
 
 IN_FLIGHT = Gauge("whisperlite_admission_in_flight", "Calls running past admission control.", ["grpc_service"])
@@ -41,12 +41,8 @@ SHED_LOG_INTERVAL_SECONDS = 10.0
 MIN_RETRY_AFTER_MS = 10
 
 
-class LoadShed(ResourceExhausted):
+class LoadShed(Overloaded):
     """A call refused by admission control, with the retry hint its RETRY_AFTER_KEY trailer carries."""
-
-    def __init__(self, message: str, retry_after_ms: int):
-        super().__init__(message)
-        self.retry_after_ms = retry_after_ms
 
 
 @dataclass(frozen=True)

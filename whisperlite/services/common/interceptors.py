@@ -10,7 +10,7 @@ from google.protobuf.message import DecodeError
 from grpc._cython.cygrpc import ExecuteBatchError  # grpc.aio's own error for a failed send; no public name
 from prometheus_client import Counter, Histogram
 
-from whisperlite.core.errors import RETRY_AFTER_KEY, InvalidArgument, ResourceExhausted, ServiceError
+from whisperlite.core.errors import RETRY_AFTER_KEY, InvalidArgument, Overloaded, ResourceExhausted, ServiceError
 from whisperlite.core.request_context import (
     REQUEST_ID_KEY, bind_deadline, bind_request_id, deadline_from_now, reset_deadline, reset_request_id,
 )
@@ -135,8 +135,8 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
                     raise asyncio.CancelledError from None
                 code = error.code
                 trailer = ((REQUEST_ID_KEY, request_id),)
-                if isinstance(error, LoadShed):
-                    shed = True  # admission logs a summary; a line per refusal would add load where it hurts
+                if isinstance(error, Overloaded):
+                    shed = isinstance(error, LoadShed)  # admission logs a summary; a line per refusal would add load where it hurts
                     trailer += ((RETRY_AFTER_KEY, str(error.retry_after_ms)),)
                 if isinstance(request, MalformedRequest):
                     log.warning("malformed request", extra={"grpc_method": handler_call_details.method, "reason": request.reason})

@@ -15,7 +15,9 @@ from whisperlite.core.clients.catalog import Candidate, CandidateSearch, Catalog
 from whisperlite.core.clients.query_encoder import QueryEncoderClient
 from whisperlite.core.item_fields import MAX_ID_CHARS, has_control_characters, item_id_problem
 from whisperlite.core.text import has_visible_characters
-from whisperlite.core.errors import DeadlineExceeded, DownstreamBusy, FailedPrecondition, InvalidArgument, ServiceError, Unavailable
+from whisperlite.core.errors import (
+    DeadlineExceeded, DownstreamBusy, FailedPrecondition, InvalidArgument, Overloaded, ServiceError, Unavailable,
+)
 from whisperlite.core.request_context import bind_deadline
 from whisperlite.core.personalization import TASTE_NONE, PersonalizationModel, PersonalizedQuery, text_plus_history_query
 from whisperlite.services.ranker.metrics import (
@@ -29,7 +31,6 @@ from whisperlite.services.ranker.metrics import (
 )
 from whisperlite.services.ranker.batching import Coalescer
 from whisperlite.services.ranker.models import ModelRegistry
-from whisperlite.services.common.admission import LoadShed
 from whisperlite.services.common.outages import Outages
 from whisperlite.services.ranker.dependency_watch import CATALOG, QUERY_ENCODER
 from whisperlite.services.ranker.query_cache import QueryVectorCache
@@ -247,7 +248,7 @@ class Recommender:
         except DownstreamBusy as busy:
             # Connected, and slow or shedding: the ranker is overloaded through it. UNAVAILABLE told callers (and the
             # retry policies of gRPC clients) to try again at once, into a dependency that could not keep up.
-            raise LoadShed(
+            raise Overloaded(
                 f"overloaded: {busy}; the dependency answers its health checks, so it is busy, not down: retry after the "
                 "retry-after-ms trailer's delay or at another replica",
                 busy.retry_after_ms or BUSY_RETRY_AFTER_MS,

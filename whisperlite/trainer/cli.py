@@ -186,7 +186,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from whisperlite.trainer.evaluate import METHODS, evaluate
+    from whisperlite.trainer.evaluate import METHODS, check_model_data, evaluate
 
     _setup_logging()
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
@@ -240,10 +240,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         print(f"error: --model {args.model}: cannot be loaded: {type(err).__name__}: {err}", file=sys.stderr)
         return 2
     try:
-        if model is not None and (given := _data_hash_if_readable(args.data)) not in (None, model.manifest.get("data_hash")):
-            # Said before any text is embedded (evaluate checks again, with the split): it came after ~2 minutes.
-            raise ValueError(f"model: trained on data {model.manifest.get('data_hash')} but {args.data} hashes to {given}; "
-                             "its user table may hold test interactions")
+        if model is not None and (given := _data_hash_if_readable(args.data)) is not None:
+            check_model_data(model, args.data, given)  # before any text is embedded (it came after ~2 minutes); again with the split
         experiment = _experiment(args, args.data, require_test_cases=True)
         evaluate(experiment, args.out, model=model, config=config, methods=methods, keep_seen=args.keep_seen,
                  models_out=args.models_out, progress=not args.quiet)

@@ -108,14 +108,19 @@ def markdown_table(methods: dict[str, dict[str, float]], highlight_best: bool = 
     return "\n".join(lines)
 
 
+def check_model_data(model: PersonalizationModel, directory: object, data_hash: str) -> None:
+    """ValueError when `model` was trained on other data than `directory`'s (`data_hash`)."""
+    if model.manifest.get("data_hash") != data_hash:
+        raise ValueError(
+            f"model: trained on data {model.manifest.get('data_hash')} but {directory} hashes to {data_hash}; "
+            "its user table may hold test interactions"
+        )
+
+
 def _check_model_fits(model: PersonalizationModel, experiment: Experiment) -> None:
     """A given model must come from this data, split and encoder: otherwise its stored tastes may hold
     the very interactions it is tested on, or live in another vector space."""
-    if model.manifest.get("data_hash") != experiment.dataset.data_hash:
-        raise ValueError(
-            f"model: trained on data {model.manifest.get('data_hash')} but {experiment.dataset.directory} "
-            f"hashes to {experiment.dataset.data_hash}; its user table may hold test interactions"
-        )
+    check_model_data(model, experiment.dataset.directory, experiment.dataset.data_hash)
     split = {"min_interactions": experiment.split.min_interactions, "request_seed": experiment.request_seed}
     trained = model.manifest.get("config", {}).get("split")
     if trained != split:

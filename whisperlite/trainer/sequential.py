@@ -83,15 +83,16 @@ class SASRec:
         optimizer = torch.optim.Adam(self.network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         generator = torch.Generator().manual_seed(config.seed)
         best = (-1.0, 0, None, {})
+        validating = len(experiment.split.validation) > 0
         for epoch in range(1, config.max_epochs + 1):
             loss = self._epoch(inputs, targets, optimizer, generator, f"sasrec epoch {epoch}", progress)
             metrics = validation_metrics(self, experiment, config.validation_cases)
             self.history_rows.append({"epoch": epoch, "train_loss": loss, **{f"val_{k}": v for k, v in metrics.items()}})
-            if len(experiment.split.validation):
+            if validating:
                 log.info("sasrec epoch %d: loss %.4f, validation recall@10 %.4f", epoch, loss, metrics["recall@10"])
             else:  # it read "validation recall@10 0.0000", a score of nothing
                 log.info("sasrec epoch %d: loss %.4f (no validation cases: the last epoch is kept)", epoch, loss)
-            if metrics["recall@10"] > best[0] or not len(experiment.split.validation):  # nothing to choose on: the last
+            if metrics["recall@10"] > best[0] or not validating:  # nothing to choose on: the last
                 best = (metrics["recall@10"], epoch, copy.deepcopy(self.network.state_dict()), metrics)
             if epoch - best[1] >= config.patience:
                 break

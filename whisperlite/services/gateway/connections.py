@@ -31,29 +31,30 @@ HEADER_TIMEOUTS = prometheus_client.Counter(
 )
 
 
+def _closing_answer(status: str, code: grpc.StatusCode, message: str, *headers: str) -> bytes:
+    """A whole HTTP/1.1 answer written on the transport, below the app: the JSON error, the security headers, and
+    `connection: close`."""
+    body = json.dumps(error_body(code, message)).encode()
+    head = [
+        f"HTTP/1.1 {status}", "content-type: application/json", f"content-length: {len(body)}", "connection: close", *headers,
+        *(f"{name.lower()}: {value}" for name, value in SECURITY_HEADERS.items()),
+    ]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
 def header_deadline_protocol(header_timeout_seconds: float) -> type[H11Protocol]:
     """uvicorn's HTTP/1.1 protocol with that deadline (uvicorn.Config(http=...) takes the class)."""
     if not 0 < header_timeout_seconds <= 3600:  # NaN too
         raise ValueError(f"header_timeout_seconds: must be between 0 and 3600, got {header_timeout_seconds}")
     message = f"request headers did not arrive within {header_timeout_seconds:g} s (--header-timeout-seconds)"
-    body = json.dumps(error_body(grpc.StatusCode.DEADLINE_EXCEEDED, message)).encode()
-    head = [
-        "HTTP/1.1 408 Request Timeout", "content-type: application/json", f"content-length: {len(body)}", "connection: close",
-        *(f"{name.lower()}: {value}" for name, value in SECURITY_HEADERS.items()),
-    ]
-    answer = ("\r\n".join(head) + "\r\n\r\n").encode() + body
+    answer = _closing_answer("408 Request Timeout", grpc.StatusCode.DEADLINE_EXCEEDED, message)
 
     class HeaderDeadlineProtocol(H11Protocol):
         _header_timer: asyncio.TimerHandle | None = None
         _bytes_since_armed = 0
 
         def send_400_response(self, msg: str) -> None:
-            refusal = json.dumps(error_body(grpc.StatusCode.INVALID_ARGUMENT, NOT_HTTP)).encode()
-            lines = [
-                "HTTP/1.1 400 Bad Request", "content-type: application/json", f"content-length: {len(refusal)}", "connection: close",
-                f"{REQUEST_ID_KEY}: {uuid.uuid4().hex}", *(f"{name.lower()}: {value}" for name, value in SECURITY_HEADERS.items()),
-            ]
-            self.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode() + refusal)
+            self.transport.write(_closing_answer("400 Bad Request", grpc.StatusCode.INVALID_ARGUMENT, NOT_HTTP, f"{REQUEST_ID_KEY}: {uuid.uuid4().hex}"))
             self.transport.close()
 
         def data_received(self, data: bytes) -> None:

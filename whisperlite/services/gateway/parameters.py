@@ -59,5 +59,8 @@ def check_query(request: Request) -> None:
     for name, value in pairs:
         if declared[name] is bool and value not in BOOLEANS:
             raise invalid(f"{name}: must be true or false, got {value[:40]!r}")
-        if declared[name] is int and not JSON_INTEGER.fullmatch(value):
-            raise invalid(f"{name}: expected a whole number as JSON writes it (1, 42), got {value[:40]!r}")
+        if declared[name] is int:
+            try:
+                _json_integer(value)
+            except ValueError as error:
+                raise invalid(f"{name}: {error}") from None

@@ -108,7 +108,21 @@ def parse_price(value: object) -> float | None:
         raise ValueError("must be a finite number >= 0, got an integer too large for a float") from None
     if not math.isfinite(price) or price < 0:
         raise ValueError(f"must be a finite number >= 0, got {shown(value)}")
+    if price == 0.0 and _is_nonzero(value):
+        raise ValueError(
+            f"must be a finite number >= 0 that a float can hold, got {shown(value)}, nearer 0 than the smallest float "
+            "(about 5e-324): it would be stored as 0.0"
+        )
     return price + 0.0  # -0.0 passes `< 0` and was stored, and read back, as -0.0: every zero is +0.0
+
+
+def _is_nonzero(value: object) -> bool:
+    """Whether the number written is not zero, read exactly: float() reads "1e-400" as 0.0, and an item priced 1e-400
+    was stored free. Decimal reads the forms float() reads (spaces, "_", other scripts' digits)."""
+    try:
+        return Decimal(value) != 0
+    except (ArithmeticError, TypeError, ValueError):  # NumPy integers and float32, which float() reads exactly
+        return False
 
 
 # The largest float32: a vector travels as float32, so a larger value would arrive as inf.

@@ -14,6 +14,9 @@ Three sources of words, in order of preference:
   the attributes generic words of the title;
 - no category: the type is the title's head noun, the attributes other generic title words.
 
+A title in a script written without spaces (Chinese, Japanese, Thai) is one "word" to this analysis; where it gives
+no product word, the request is the title's leading characters, at most `UNSEGMENTED_REQUEST_CHARACTERS` of them.
+
 Which title words are generic is learnt from the catalog (:class:`TitleVocabulary`): a word is
 generic when it appears in titles of at least ``min_brands`` different brands and rarely opens
 a title. Brand names ("Invicta", "Skechers") open most of the titles they appear in, and
@@ -25,9 +28,11 @@ Everything is seeded: :func:`fill_missing_requests` gives every (user, item) pai
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import re
+import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -42,8 +47,15 @@ from whisperlite.core.text import clean_text
 
 log = logging.getLogger(__name__)
 
-# Letters and digits of any script ("plissée", "連衣裙"): an ASCII-only pattern cut "crème" into "cr" and "me".
-_TOKEN = re.compile(r"[^\W_]+(?:['\-][^\W_]+)*'?")
+# Scripts written without spaces between words (Thai, Lao, Myanmar, Khmer, kana, Han): there a "word" found between
+# spaces and punctuation is a whole phrase ("女士夏季碎花连衣裙"), which the title analysis cannot split.
+_UNSEGMENTED_SCRIPT = re.compile(
+    "[\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u19e0-\u19ff\u3005-\u3007\u3040-\u30ff\u31f0-\u31ff"
+    "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f\U00020000-\U0003ffff]+"
+)
+# At most this many characters of such a phrase make a request (combining marks not counted): a product title's
+# words run together, and a request is a few words ("女士夏季碎花连衣裙", women's summer floral dress, is 9).
+UNSEGMENTED_REQUEST_CHARACTERS = 10
 # Where a title's main phrase ends and colour, size, pack count or materials begin.
 _MAIN_PHRASE_END = re.compile(r",|\s[-\u2013\u2014]\s|\(|\[|\||;|\s(?:with|for|w/|featuring|by|in)\s", re.I)
 _SENTENCE_END = re.compile(r"[.!?\n]\s")
@@ -79,9 +91,26 @@ FILLER_WORDS = frozenset(
 )
 
 
+@functools.cache
+def _token_pattern() -> re.Pattern[str]:
+    """Letters and digits of any script with their combining marks ("plissée", "連衣裙", "ผู้หญิง"): an ASCII-only
+    pattern cut "crème" into "cr" and "me", and one without the marks cut Thai and Devanagari words at every vowel
+    sign. Python's re has no class for marks, so it is built once from the Unicode database, over planes 0, 1 and 14
+    (the planes that hold combining marks), when first needed: the scan takes some 50 ms."""
+    mark_ranges: list[list[int]] = []  # as ranges: a class of the 2,400 marks one by one tokenized 5x slower
+    for code in (c for c in [*range(0x20000), *range(0xE0000, 0xE1000)] if unicodedata.category(chr(c))[0] == "M"):
+        if mark_ranges and mark_ranges[-1][1] == code - 1:
+            mark_ranges[-1][1] = code
+        else:
+            mark_ranges.append([code, code])
+    marks = "".join(f"{re.escape(chr(first))}-{re.escape(chr(last))}" for first, last in mark_ranges)
+    word = rf"\w[\w{marks}]*"  # \w holds "_", which tokenize turns into a space first
+    return re.compile(rf"{word}(?:['\-]{word})*'?")
+
+
 def tokenize(text: str) -> list[str]:
     """Lower-case word tokens; hyphenated words ("t-shirt") and possessives ("men's") stay whole."""
-    return _TOKEN.findall(clean_text(text).lower().replace("\u2019", "'"))
+    return _token_pattern().findall(clean_text(text).lower().replace("\u2019", "'").replace("_", " "))
 
 
 _DIGIT = re.compile(r"\d")
@@ -218,20 +247,40 @@ def _generic_tokens(text: str, vocabulary: TitleVocabulary | None) -> list[str]:
     return [t for t in tokens if vocabulary.is_generic(t)]
 
 
+def _leading_characters(text: str, count: int) -> str:
+    """The first ``count`` characters of ``text``, each with its combining marks (a Thai vowel sign stays on its
+    consonant)."""
+    characters = 0
+    for index, char in enumerate(text):
+        if unicodedata.category(char)[0] != "M":
+            if characters == count:
+                return text[:index]
+            characters += 1
+    return text
+
+
+def _bounded(word: str) -> str:
+    """A request word cut to `UNSEGMENTED_REQUEST_CHARACTERS` when it is a phrase of a script written without spaces."""
+    return _leading_characters(word, UNSEGMENTED_REQUEST_CHARACTERS) if _UNSEGMENTED_SCRIPT.search(word) else word
+
+
+def _first_unsegmented_run(title: str) -> str | None:
+    """The title's first run of a script written without spaces, lower-cased as tokens are (digits, Latin brand names
+    and punctuation around it left out: "【ZARA】2023夏季新款连衣裙" gives "夏季新款连衣裙")."""
+    run = _UNSEGMENTED_SCRIPT.search(clean_text(title).lower())
+    return run.group() if run else None
+
+
 def _decade(title: str) -> tuple[str, ...]:
     """("1990s",) for a "Toy Story (1995)" title, else ()."""
     year = _MOVIE_YEAR.search(title)
     return (f"{year.group(1)[:3]}0s",) if year else ()
 
 
-def _dedupe(words: Iterable[str], exclude: Iterable[str] = ()) -> tuple[str, ...]:
-    seen = set(exclude)
-    out = []
-    for w in words:
-        if w not in seen:
-            seen.add(w)
-            out.append(w)
-    return tuple(out)
+def _attributes(title_words: Iterable[str], product_type_words: Iterable[str]) -> tuple[str, ...]:
+    """The title words other than the product type's, `_bounded`, each once, in title order."""
+    excluded = {_bounded(w) for w in product_type_words}
+    return tuple(dict.fromkeys(w for w in map(_bounded, title_words) if w not in excluded))
 
 
 def request_parts(title: str, category: str = "", vocabulary: TitleVocabulary | None = None) -> RequestParts:
@@ -247,20 +296,22 @@ def request_parts(title: str, category: str = "", vocabulary: TitleVocabulary | 
     title_words = _generic_tokens(title, vocabulary)
     if facets:
         leaf = _PATH_SEP.split(facets[0])[-1].lower()
-        return RequestParts(product_type=leaf, attributes=_dedupe(title_words, exclude=tokenize(leaf)))
+        return RequestParts(product_type=leaf, attributes=_attributes(title_words, tokenize(leaf)))
 
     main_phrase = _main_phrase_tokens(title)
     product_type = vocabulary.product_type(main_phrase) if vocabulary is not None else None
     if product_type is None:
         # No head noun recognised: the last generic word of the title; failing that (a title
         # of brand-only words, "iPlay Just Born Sunhat") the main phrase's last word after the
-        # brand; failing that (a title that is a brand and model codes) "item", never a brand.
+        # brand; failing that, a title in a script written without spaces ("女士夏季碎花连衣裙", one
+        # "word" taken for the brand) is asked for by its leading characters; failing that (a title
+        # that is a brand and model codes) "item", never a brand.
         main_words = [t for t in main_phrase[1:] if _is_product_word(t) and t not in AUDIENCE_WORDS]
         generic = [t for t in title_words if t not in AUDIENCE_WORDS]
         pool = (main_words or generic) if vocabulary is None else (generic or main_words)
         pool = pool or title_words
-        product_type = pool[-1] if pool else NO_PRODUCT_WORD
-    return RequestParts(product_type=product_type, attributes=_dedupe(title_words, exclude=product_type.split()))
+        product_type = pool[-1] if pool else _first_unsegmented_run(title) or NO_PRODUCT_WORD
+    return RequestParts(product_type=_bounded(product_type), attributes=_attributes(title_words, product_type.split()))
 
 
 def compose_request(parts: RequestParts, rng: random.Random | np.random.Generator, max_attributes: int = 2) -> str:

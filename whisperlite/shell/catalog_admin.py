@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from whisperlite.core.progress import bar_disabled
 from whisperlite.core.clients.catalog_admin import CatalogAdminClient
-from whisperlite.core.clients.errors import retry_after_seconds
+from whisperlite.core.clients.errors import RetrySchedule, downstream_error, is_transient
 from whisperlite.core.clients.types import Item
 from whisperlite.core.item_fields import (
     RepeatedKey, attribute_value, field_problem, item_id_problem, object_without_repeated_keys, parse_attributes, parse_price,
@@ -410,42 +410,30 @@ def _refusal(error: Exception, mapping: ColumnMapping) -> str | None:
     return f"cannot be sent: {error}"
 
 
-# A batch the catalog did not answer (restarting, its store reopening, shedding load, past the deadline) is sent again:
-# upserts replace items by id, so a batch written twice is written once. The waits double up to 30 s and sum to about
-# 1.5 minutes: a restart and its store reopening fit. `whisperlite ingest` waits the same way.
-DEFAULT_RETRIES = 8
-FIRST_RETRY_WAIT_SECONDS = 0.5
-MAX_RETRY_WAIT_SECONDS = 30.0
-
-
-def _is_transient(error: grpc.RpcError) -> bool:
-    code = error.code()
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return retry_after_seconds(error) is not None  # without a hint: an answer over a limit, the same each time
-    return code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-
-
 def _upsert(client: CatalogAdminClient, items: list[Item], address: str) -> int:
-    """Upserts `items`, again after a transient failure, up to DEFAULT_RETRIES times, each retry said on stderr: the
-    import gave up at the first UNAVAILABLE of a catalog restarting, with gRPC's words alone ("Stream removed")."""
-    wait = FIRST_RETRY_WAIT_SECONDS
-    for attempt in range(DEFAULT_RETRIES + 1):
+    """Upserts `items`, again after a transient failure (`is_transient`, waits of `RetrySchedule`: as `whisperlite
+    ingest` retries a batch), each retry said on stderr: the import gave up at the first UNAVAILABLE of a catalog
+    restarting, with gRPC's words alone ("Stream removed"). Upserts replace items by id, so a batch written twice is
+    written once."""
+    schedule = RetrySchedule()
+    while True:
         try:
             upserted = client.upsert(items).upserted
         except grpc.RpcError as error:
-            if attempt == DEFAULT_RETRIES or not _is_transient(error):
+            failure = downstream_error(f"catalog at {address}", "UpsertItems", error)
+            if not is_transient(failure) or (wait := schedule.next_wait(failure)) is None:
                 raise
             tqdm.write(
-                f"catalog at {address}: {error.code().name}: {error.details()}; retry {attempt + 1}/{DEFAULT_RETRIES} in {wait:g} s",
+                f"catalog at {address}: {error.code().name}: {error.details()}; retry {schedule.retried}/{schedule.retries} in {wait:g} s",
                 file=sys.stderr,
             )  # fmt: skip
             time.sleep(wait)
-            wait = min(wait * 2, MAX_RETRY_WAIT_SECONDS)
             continue
-        if attempt:
-            tqdm.write(f"catalog at {address}: answered again after {attempt} retr{'y' if attempt == 1 else 'ies'}", file=sys.stderr)
+        if schedule.retried:
+            tqdm.write(
+                f"catalog at {address}: answered again after {schedule.retried} retr{'y' if schedule.retried == 1 else 'ies'}", file=sys.stderr,
+            )  # fmt: skip
         return upserted
-    raise AssertionError("unreachable")
 
 
 @dataclass

@@ -13,12 +13,11 @@ from whisperlite.core.progress import Progress
 from whisperlite.core.channels import create_channel
 from whisperlite.core.client_security import PLAINTEXT, ClientSecurity
 from whisperlite.core.clients.catalog import CatalogClient
+from whisperlite.core.clients.errors import DEFAULT_RETRIES, CredentialsRefused, RetrySchedule, is_transient
 from whisperlite.core.clients.types import item_to_proto
 from whisperlite.core.dataset import items_to_serve
-from whisperlite.shell.catalog_admin import (  # a failed batch is retried as `catalog import` retries one
-    DEFAULT_RETRIES, FIRST_RETRY_WAIT_SECONDS, MAX_RETRY_WAIT_SECONDS, ColumnMapping, RowError, row_to_item,
-)
-from whisperlite.core.errors import Unavailable
+from whisperlite.shell.catalog_admin import ColumnMapping, RowError, row_to_item
+from whisperlite.core.errors import ServiceError, Unavailable
 from whisperlite.v1 import common_pb2
 
 # Each upsert carries this many items; the catalog embeds those without vectors in the same call,
@@ -52,26 +51,28 @@ def _batches(items: pd.DataFrame, batch_size: int) -> Iterator[list[common_pb2.I
 async def _upsert_with_retries(
     catalog: CatalogClient, reach: Callable[[], Awaitable[None]], batch: list[common_pb2.Item], first: int, retries: int, progress: Progress
 ) -> int:
-    """Upserts one batch (items first.. of the dataset), again after a transient failure, up to `retries` times.
-    A retry first reaches the catalog again (`reach`, CONNECT_SECONDS at most): an upsert waits for a connection for
-    its whole deadline, so a catalog that died mid-ingest kept each retry silent for 300 s."""
-    wait = FIRST_RETRY_WAIT_SECONDS
-    for attempt in range(retries + 1):
+    """Upserts one batch (items first.. of the dataset), again after a transient failure (`is_transient`, waits of
+    `RetrySchedule`: as `catalog import` retries a batch), up to `retries` times. A retry first reaches the catalog again
+    (`reach`, CONNECT_SECONDS at most): an upsert waits for a connection for its whole deadline, so a catalog that died
+    mid-ingest kept each retry silent for 300 s."""
+    batch_name = f"items {first}-{first + len(batch) - 1}"
+    schedule = RetrySchedule(retries)
+    while True:
         try:
-            if attempt:
+            if schedule.retried:
                 await reach()
             written = await catalog.upsert(batch)
-        except Unavailable as error:
-            if attempt == retries:
-                raise Unavailable(f"items {first}-{first + len(batch) - 1} failed {retries + 1} times, giving up: {error}") from None
-            progress.write(f"ingest: items {first}-{first + len(batch) - 1} failed ({error}); retry {attempt + 1}/{retries} in {wait:g} s")
+        except ServiceError as error:
+            if not is_transient(error):
+                raise  # a refused token or item, a deployment fault: sent again, it meets the same answer
+            if (wait := schedule.next_wait(error)) is None:
+                raise Unavailable(f"{batch_name} failed {retries + 1} times, giving up: {error}") from None
+            progress.write(f"ingest: {batch_name} failed ({error}); retry {schedule.retried}/{retries} in {wait:g} s")
             await asyncio.sleep(wait)
-            wait = min(wait * 2, MAX_RETRY_WAIT_SECONDS)
             continue
-        if attempt:
-            progress.write(f"ingest: resumed from item {first} after {attempt} retr{'y' if attempt == 1 else 'ies'}")
+        if schedule.retried:
+            progress.write(f"ingest: resumed from item {first} after {schedule.retried} retr{'y' if schedule.retried == 1 else 'ies'}")
         return written
-    raise AssertionError("unreachable")
 
 
 async def _reach(channel: grpc.aio.Channel, catalog_addr: str) -> None:
@@ -134,4 +135,7 @@ def ingest(
         items = items_to_serve(data_dir)
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(str(error)) from None
-    return asyncio.run(_upsert_all(items, catalog_addr, batch_size, timeout_seconds, retries, security, missing_only))
+    try:
+        return asyncio.run(_upsert_all(items, catalog_addr, batch_size, timeout_seconds, retries, security, missing_only))
+    except CredentialsRefused as error:  # its message is for a service's operator, naming --downstream-token-file
+        raise SystemExit(f"{error.refusal} (the catalog at {catalog_addr} refused the token this ingest sent)") from None

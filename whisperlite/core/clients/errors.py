@@ -10,6 +10,9 @@
   the token: the caller is not at fault, and the service's health turns NOT_SERVING (ranker).
 - Anything else (UNIMPLEMENTED: an address that points at another service; FAILED_PRECONDITION;
   INTERNAL...) is a deployment fault no retry fixes: FAILED_PRECONDITION.
+
+Which of those errors a caller may retry (`is_transient`), and after how long (`RetrySchedule`), is decided here too:
+`catalog import` and `ingest` retry their upserts by them.
 """
 
 from __future__ import annotations
@@ -30,6 +33,11 @@ T = TypeVar("T")
 
 # How long a timed-out call's follow-up, which asks the channel why it is not connected, may take.
 WHY_NOT_CONNECTED_SECONDS = 2.0
+# A call that failed transiently is made again after waits that double up to 30 s and sum to about 1.5 minutes over
+# 8 retries: a service's restart and its store reopening fit.
+DEFAULT_RETRIES = 8
+FIRST_RETRY_WAIT_SECONDS = 0.5
+MAX_RETRY_WAIT_SECONDS = 30.0
 # A downstream's CANCELLED is the downstream's doing (this process's own cancellations raise CancelledError): a server
 # stopping ends calls it had received but not started so. Another try, or replica, may answer.
 TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED})
@@ -110,6 +118,34 @@ def downstream_error(service: str, method: str, error: grpc.RpcError) -> Service
     return kind(f"{service}: {method} failed: {code.name}: {details}")
 
 
+def is_transient(error: ServiceError) -> bool:
+    """Whether the same call, made again a little later, may succeed: the downstream was unreachable, stopping, slow or
+    shedding load (`downstream_error`'s Unavailable and DownstreamBusy). A refused token is Unavailable to this
+    service's own caller, but no wait makes it good."""
+    return isinstance(error, Unavailable) and not isinstance(error, CredentialsRefused)
+
+
+class RetrySchedule:
+    """The waits before each of up to `retries` retries of a call that failed transiently: doubling from
+    FIRST_RETRY_WAIT_SECONDS up to MAX_RETRY_WAIT_SECONDS, and no shorter than a busy service's retry hint, which
+    is honoured up to that maximum too (a hint of an hour must not stall a command)."""
+
+    def __init__(self, retries: int = DEFAULT_RETRIES):
+        self.retries = retries
+        self.retried = 0
+        self._backoff = FIRST_RETRY_WAIT_SECONDS
+
+    def next_wait(self, error: ServiceError) -> float | None:
+        """Seconds to wait before the next retry after `error`, which counts as made; None once the retries are spent."""
+        if self.retried == self.retries:
+            return None
+        self.retried += 1
+        wait, self._backoff = self._backoff, min(self._backoff * 2, MAX_RETRY_WAIT_SECONDS)
+        if isinstance(error, DownstreamBusy) and error.retry_after_ms is not None:
+            return min(max(wait, error.retry_after_ms / 1e3), MAX_RETRY_WAIT_SECONDS)
+        return wait
+
+
 async def wait_until_ready(call: Callable[[], Awaitable[T]], wait_seconds: float, on_wait: Callable[[str], None] | None = None) -> T:
     """`await call()`, again while it raises Unavailable (a service still starting or loading), for
     up to `wait_seconds`; then the last Unavailable is raised, saying how long it waited."""
@@ -117,9 +153,9 @@ async def wait_until_ready(call: Callable[[], Awaitable[T]], wait_seconds: float
     while True:
         try:
             return await call()
-        except CredentialsRefused:
-            raise  # waiting does not make a refused token good: stop start-up now, saying so
         except Unavailable as error:
+            if not is_transient(error):
+                raise  # waiting does not make a refused token good: stop start-up now, saying so
             waited = time.monotonic() - started
             if waited >= wait_seconds:
                 raise Unavailable(f"not ready after {waited:.0f} s: {error}") from None

@@ -271,26 +271,27 @@ def test_rows_the_reader_cannot_take_or_of_wrong_json_types_are_row_errors_and_t
         '{"item_id": 0.1e1, "title": "Boots"}',
         '{"item_id": "j-str", "title": "Boots", "price": "12"}',
         '{"item_id": "j-twice", "title": "Boots", "title": "Shoes"}',
-        '{"item_id": "j-2", "title": "Blue shirt", "price": 12.5, "attributes": {"size": 42, "tags": ["a"]}}',
+        '{"item_id": "j-2", "title": "Blue shirt", "price": 12.5, "attributes": {"size": 42, "tags": ["a"], "tiny": 1e-400}}',
+        '{"item_id": "j-tiny", "title": "Boots", "price": 1e-400}',  # json.loads read it as 0.0: the item was stored free
     ]
     source = tmp_path / "odd.jsonl"
     source.write_text("\n".join(lines) + "\n")
     result = cli("import", str(source), "--catalog", admin_catalog.address, "--batch-size", "5")
-    assert "imported 2 items" in result.stdout and "10 rows refused" in result.stdout and "Traceback" not in result.stderr
+    assert "imported 2 items" in result.stdout and "11 rows refused" in result.stdout and "Traceback" not in result.stderr
     report = error_report(tmp_path / "odd.jsonl.import-errors.jsonl")
     expected = {
         2: "price: must be a finite number >= 0", 3: "nested too deeply", 4: "item_id: must be Unicode text",
         5: "title: must be Unicode text", 6: "price: must be a number or null, got true/false",
         7: "text: must be a string, got an object", 8: "title: must be a string, got a number (42)",
         9: "item_id: must be a string, got a number", 10: "price: must be a number or null, got a string ('12')",
-        11: "key 'title' appears twice",
+        11: "key 'title' appears twice", 13: "price: must be a finite number >= 0 that a float can hold",
     }  # fmt: skip
     assert sorted(report) == sorted(expected)
     for row, why in expected.items():
         assert why in report[row]["error"], (row, report[row])
     assert report[6]["item_id"] == "j-bool" and report[4]["item_id"] == "j-\ud800"
     assert sorted(item.item_id for item in catalog.iter_items()) == ["j-1", "j-2"]
-    assert catalog.get(["j-2"]).items[0].attributes == {"size": "42", "tags": '["a"]'}  # other JSON values as their JSON
+    assert catalog.get(["j-2"]).items[0].attributes == {"size": "42", "tags": '["a"]', "tiny": "1E-400"}  # other JSON values as their JSON
 
     strict = cli("import", str(source), "--catalog", admin_catalog.address, "--strict", check=False)
     assert strict.returncode == 1 and "imported 2 items" in strict.stdout

@@ -177,6 +177,8 @@ def attribute_value(value: object) -> str:
     """An attribute as stored: text as it is, any other value as its JSON (42 -> "42", true -> "true")."""
     if isinstance(value, str):
         return value
+    if isinstance(value, Decimal):  # a JSON number kept exact by its reader (1e-400): its exact value ("1E-400"), not 0.0
+        return str(value)
     try:
         return json.dumps(value)
     except (TypeError, ValueError, RecursionError):  # a Parquet timestamp or bytes, a nesting past the encoder's depth

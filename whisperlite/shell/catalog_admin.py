@@ -228,6 +228,13 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, dict | RowError]]:
                 yield number, dict(zip(header, record))
 
 
+def _json_number(text: str) -> float | Decimal:
+    """A JSON number as a float, unless it is written non-zero and reads as 0.0 ("1e-400"): then its exact value, so
+    that the price check refuses it as it refuses the same text in a CSV cell instead of storing the item free."""
+    number = float(text)
+    return Decimal(text) if number == 0.0 and Decimal(text) != 0 else number
+
+
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict | RowError]]:
     """A row's number is its line: counting only the lines that hold a row, the error report's row 17 was line 19."""
     with path.open(encoding="utf-8-sig") as handle:
@@ -235,7 +242,7 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict | RowError]]:
             if not line.strip():
                 continue
             try:
-                row = json.loads(line, object_pairs_hook=object_without_repeated_keys)
+                row = json.loads(line, object_pairs_hook=object_without_repeated_keys, parse_float=_json_number)
             except json.JSONDecodeError as error:
                 yield number, RowError(f"not valid JSON: {error.msg} (column {error.colno})")
                 continue
@@ -678,9 +685,14 @@ def _import(args) -> None:
                 checkpoint_path=checkpoint, errors_path=errors, restart=args.restart,
             )  # fmt: skip
         except grpc.RpcError as error:
+            again = (  # a refused token fails the same way until it is changed
+                "run the same command again with a token the catalog accepts"
+                if error.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+                else "run the same command again"
+            )
             done = (
-                f"the rows done so far are in {checkpoint}: run the same command again to resume" if checkpoint.is_file()
-                else "no row was done yet: run the same command again"
+                f"the rows done so far are in {checkpoint}: {again} to resume" if checkpoint.is_file()
+                else f"no row was done yet: {again}"
             )  # it said a checkpoint held them when the first batch had failed and none was written
             raise SystemExit(f"{error.code().name}: {error.details()}\nstopped; {done}") from None
         except (ValueError, OSError) as error:  # a file that is not of its --format, or changed since it was checked

@@ -171,7 +171,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     ingest.add_argument("--catalog", default=CATALOG.local_address, help="catalog address")
     ingest.add_argument("--batch-size", type=at_least(1), default=256, help="items per upsert call")
     ingest.add_argument(
-        "--retries", type=at_least(0), default=8, help="times a batch that failed with UNAVAILABLE (a catalog restarting) is sent again, with backoff"
+        "--retries", type=at_least(0), default=8, help="times a batch that failed for a passing reason (a catalog restarting or busy) is sent again, with backoff; a refused token is not"
     )
     ingest.add_argument(
         "--missing-only", action="store_true",

@@ -37,6 +37,7 @@ from whisperlite.services.gateway.browsers import (
     add_security_headers,
 )
 from whisperlite.services.gateway.bodies import BodyBudget, BodyReader, Refused, invalid, validation_message
+from whisperlite.services.gateway.connections import CONNECTION_ANSWER
 from whisperlite.services.gateway.judgements import POSITIONS, JudgementStore, NotShown, UnknownComparison
 from whisperlite.services.gateway.parameters import JsonInteger, check_query
 from whisperlite.services.gateway.shutdown import SHUTTING_DOWN, Drain
@@ -377,6 +378,10 @@ def create_app(
                 response = _grpc_error(grpc.StatusCode.INTERNAL, f"the gateway failed: {type(error).__name__}; see its log")
             finally:
                 budget.give(held)
+        if (answered := request.scope.get(CONNECTION_ANSWER)) is not None:
+            # connections.py answered this request while it was being read (a head or a body chunk over a limit): this
+            # answer goes nowhere, and the count and the log line carry the one the client got.
+            response, request_id = Response(status_code=answered[0]), answered[1]
         response.headers[REQUEST_ID_HEADER] = request_id
         if drain.draining:  # a connection kept alive past the drain would carry a request into uvicorn's close
             response.headers["Connection"] = "close"

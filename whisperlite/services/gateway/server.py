@@ -19,7 +19,7 @@ from whisperlite.services.common.security import is_loopback
 from whisperlite.services.common.tls import check_certificate_file
 from whisperlite.services.gateway.app import BodyLimits, create_app
 from whisperlite.services.gateway.browsers import cors_origins
-from whisperlite.services.gateway.connections import header_deadline_protocol
+from whisperlite.services.gateway.connections import MAX_REQUEST_HEAD_BYTES, gateway_protocol
 from whisperlite.services.gateway.judgements import JudgementStore
 from whisperlite.services.gateway.shutdown import Drain, DrainingServer
 from whisperlite.core.client_security import ENV_CA_FILE, ClientSecurity
@@ -205,7 +205,7 @@ async def run(args: argparse.Namespace) -> None:
     try:
         body_limits = BodyLimits(args.max_body_bytes, args.max_buffered_body_bytes, args.body_timeout_seconds)
         origins = cors_origins(args.cors_origins)
-        protocol = header_deadline_protocol(args.header_timeout_seconds)
+        protocol = gateway_protocol(args.header_timeout_seconds, body_limits.max_body_bytes)
         probes = probe_settings(args, "upstream")
     except ValueError as error:
         raise SystemExit(f"{GATEWAY.name}: {error}") from None
@@ -232,7 +232,10 @@ async def run(args: argparse.Namespace) -> None:
         cors_origins=origins, tokens=tokens, drain=drain, access_log=args.access_log,
     )
     sock = listening_socket(args.host, args.port)
-    config = uvicorn.Config(app, http=protocol, log_config=None, access_log=False, timeout_graceful_shutdown=args.grace_seconds)
+    config = uvicorn.Config(
+        app, http=protocol, log_config=None, access_log=False, timeout_graceful_shutdown=args.grace_seconds,
+        h11_max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES,  # the head limit the protocol's 414 and 431 name
+    )
     judgements = str(store.path) if store is not None else "none (--study off)"
     log.info("listening", extra={"service": GATEWAY.name, "http_port": args.port, "judgements": judgements, "blind": args.blind})
     # SIGTERM/SIGINT: new requests get 503 while those in flight finish (within --grace-seconds), then uvicorn stops

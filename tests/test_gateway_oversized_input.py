@@ -1,6 +1,7 @@
 """Oversized HTTP input, sent as raw bytes over loopback to a real gateway: a body announced over --max-body-bytes (by its
 Content-Length or by a chunk-size line) and a request head over the gateway's head limit are answered at once, in the
-JSON error shape with a request id, and the connection is closed without a reset; the gateway keeps serving.
+JSON error shape with a request id, and the connection is closed without a reset; the gateway keeps serving. Every
+answer the connection writes itself (these, 400 for invalid HTTP, 408) carries the security headers of the app's answers.
 
 The gateway here has no upstreams: every answer under test is its own.
 """
@@ -14,10 +15,12 @@ import time
 import httpx
 import pytest
 
+from whisperlite.services.gateway.browsers import NOTHING_POLICY
 from whisperlite.services.gateway.connections import MAX_REQUEST_HEAD_BYTES
 from tests.servers import free_port, launch_gateway
 
 MAX_BODY_BYTES = 1000
+HEADER_TIMEOUT_SECONDS = 3  # long enough for the heads sent below in 1 KiB pieces on a loaded machine
 ONE_MB = 1024 * 1024
 
 
@@ -25,7 +28,8 @@ ONE_MB = 1024 * 1024
 def gateway(tmp_path_factory):
     nowhere = f"127.0.0.1:{free_port()}"  # no ranker or catalog: the gateway answers these requests itself
     state = tmp_path_factory.mktemp("state")
-    service = launch_gateway(tmp_path_factory.mktemp("logs"), nowhere, nowhere, state, "--max-body-bytes", str(MAX_BODY_BYTES))
+    service = launch_gateway(tmp_path_factory.mktemp("logs"), nowhere, nowhere, state, "--max-body-bytes", str(MAX_BODY_BYTES),
+                             "--header-timeout-seconds", str(HEADER_TIMEOUT_SECONDS))
     deadline = time.monotonic() + 120
     while True:
         try:
@@ -59,7 +63,7 @@ def _refusal(received: bytes) -> tuple[int, dict[str, str], dict]:
     """(status, headers, JSON body) of a raw answer."""
     head, _, body = received.partition(b"\r\n\r\n")
     status_line, *lines = head.decode("latin-1").split("\r\n")
-    headers = dict(line.lower().split(": ", 1) for line in lines)
+    headers = {name.lower(): value for name, value in (line.split(": ", 1) for line in lines)}
     return int(status_line.split(" ")[1]), headers, json.loads(body)
 
 
@@ -177,3 +181,28 @@ def test_the_head_limit_holds_however_the_head_arrives(gateway, in_pieces):
                     time.sleep(0.001)
             received, closed, _ = _answer_until_closed(sock, within_seconds=10.0)
         assert received.startswith(f"HTTP/1.1 {status} ".encode()) and closed, (header_bytes, received[:300])
+
+
+@pytest.mark.parametrize(
+    ("sent", "status"),
+    [
+        (b"POST /v1/recommend HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n", 400),
+        (b"GET /health/liveness HTTP/1.1\r\nHost: x\r\nX-Slow: a", 408),  # the head never ends
+        (CHUNKED_HEAD + b"FFFFFFF\r\n", 413),
+        (b"GET /health/liveness?q=" + b"a" * ONE_MB + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+        (b"GET /health/liveness HTTP/1.1\r\nHost: x\r\nX-Junk: " + b"a" * ONE_MB + b"\r\n\r\n", 431),
+    ],
+    ids=["invalid-http", "header-timeout", "chunk-over-the-limit", "request-line-too-long", "headers-too-large"],
+)
+def test_the_connection_s_own_answers_carry_the_api_s_security_headers(gateway, sent, status):
+    """Written below the app, they had nosniff, X-Frame-Options, Referrer-Policy and COOP but no Content-Security-Policy,
+    which every other answer that is not a page has (docs/security.md)."""
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=30) as sock:
+        sock.sendall(sent)
+        received, _, _ = _answer_until_closed(sock, within_seconds=HEADER_TIMEOUT_SECONDS + 10.0)
+    assert received.startswith(f"HTTP/1.1 {status} ".encode()), received[:300]
+    _, headers, _ = _refusal(received)
+    assert headers["content-security-policy"] == NOTHING_POLICY
+    assert (headers["x-content-type-options"], headers["x-frame-options"], headers["referrer-policy"], headers["cross-origin-opener-policy"]) == (
+        "nosniff", "DENY", "no-referrer", "same-origin",
+    )

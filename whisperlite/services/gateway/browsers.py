@@ -25,6 +25,9 @@ PAGE_POLICY = (
     "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
 NOTHING_POLICY = "default-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+PAGE_HEADERS = {**SECURITY_HEADERS, "Content-Security-Policy": PAGE_POLICY}
+# Every answer that is no page: the app's, and those the connection writes below the app (connections.py).
+API_ANSWER_HEADERS = {**SECURITY_HEADERS, "Content-Security-Policy": NOTHING_POLICY}
 SWAGGER_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc"})
 # A page on another origin (a shop's front end) calling /v1 from the browser: what it may send and read.
 CORS_METHODS = ("GET", "HEAD", "POST", "PUT")
@@ -34,11 +37,14 @@ CORS_MAX_AGE_SECONDS = 600
 
 
 def add_security_headers(path: str, response: Response) -> None:
-    for name, value in SECURITY_HEADERS.items():
+    if path in SWAGGER_PATHS:
+        headers = SECURITY_HEADERS
+    elif path == "/" or path.startswith("/static/"):
+        headers = PAGE_HEADERS
+    else:
+        headers = API_ANSWER_HEADERS
+    for name, value in headers.items():
         response.headers.setdefault(name, value)
-    if path not in SWAGGER_PATHS:
-        page = path == "/" or path.startswith("/static/")
-        response.headers.setdefault("Content-Security-Policy", PAGE_POLICY if page else NOTHING_POLICY)
 
 
 def cors_origins(value: str) -> tuple[str, ...]:

@@ -39,7 +39,7 @@ import prometheus_client
 from h11._readers import ChunkedReader
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from whisperlite.services.gateway.browsers import SECURITY_HEADERS
+from whisperlite.services.gateway.browsers import API_ANSWER_HEADERS
 from whisperlite.core.request_context import REQUEST_ID_KEY
 from whisperlite.services.gateway.status import error_body
 
@@ -61,13 +61,13 @@ HEADER_TIMEOUTS = prometheus_client.Counter(
 
 
 def _closing_answer(status: HTTPStatus, code: grpc.StatusCode, message: str, request_id: str) -> bytes:
-    """A whole HTTP/1.1 answer written on the transport, below the app: the JSON error, the security headers, the
-    request id and `connection: close`."""
+    """A whole HTTP/1.1 answer written on the transport, below the app: the JSON error, the security headers of the
+    app's answers that are no page, the request id and `connection: close`."""
     body = json.dumps(error_body(code, message)).encode()
     head = [
         f"HTTP/1.1 {status.value} {status.phrase}", "content-type: application/json", f"content-length: {len(body)}",
         "connection: close", f"{REQUEST_ID_KEY}: {request_id}",
-        *(f"{name.lower()}: {value}" for name, value in SECURITY_HEADERS.items()),
+        *(f"{name.lower()}: {value}" for name, value in API_ANSWER_HEADERS.items()),
     ]  # fmt: skip
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 

@@ -236,8 +236,8 @@ def test_an_id_with_a_slash_and_unknown_routes(http, gateway_items):
         ("POST", "/v1/recommend", b'{"query": "boots", "top_k"', {}, 400, "body: not valid JSON (EOF while parsing"),
         ("POST", "/v1/recommend", b'{"query": "\xff", "top_k": 1}', {}, 400, "body: not valid JSON"),
         ("POST", "/v1/recommend", b"query=boots", {"content-type": "application/x-www-form-urlencoded"}, 415, "content-type: must be application/json"),
-        ("POST", "/v1/recommend", {"query": "boots", "top_k": 1}, {"authorization": b"Bearer \xff\x7f"}, 401, "authorization: must be 1 to 7168 printable ASCII"),
-        ("POST", "/v1/recommend", {"query": "boots", "top_k": 1}, {"authorization": "Bearer " + "t" * 20_000}, 401, "got 20007 characters"),
+        ("POST", "/v1/recommend", {"query": "boots", "top_k": 1}, {"authorization": b"Bearer \xff\x7f"}, 401, "authorization: a non-ASCII character at position 8 of 9"),
+        ("POST", "/v1/recommend", {"query": "boots", "top_k": 1}, {"authorization": "Bearer " + "t" * 20_000}, 401, "authorization: at most 7168 characters, got 20007"),
         ("GET", "/v1/items/" + "x" * 300, None, {}, 400, "item_id: at most 256 characters, got 300"),
         # uvicorn read these bytes as U+FFFD, so /v1/items/a%ff and /v1/items/a%fe were one item.
         ("GET", "/v1/items/a%ff", None, {}, 400, "path: its %-escapes are not UTF-8 (invalid start byte at byte 11)"),

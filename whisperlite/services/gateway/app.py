@@ -59,7 +59,7 @@ log = logging.getLogger("whisperlite.gateway")
 # limit (MAX_METADATA_BYTES) with the rest of the call's metadata, tracestate and request id at their longest (past
 # it gRPC answers RESOURCE_EXHAUSTED, which HTTP callers would retry as a 429).
 MAX_AUTHORIZATION_CHARS = 7168
-AUTHORIZATION = re.compile(rf"[\x20-\x7e]{{1,{MAX_AUTHORIZATION_CHARS}}}")
+NOT_PRINTABLE_ASCII = re.compile(r"[^\x20-\x7e]")
 CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
 # W3C trace context, forwarded so that an HTTP request's trace goes on in the ranker and catalog.
 TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
@@ -102,18 +102,32 @@ def _metadata(request: Request) -> list[tuple[str, str]]:
     if len(sent := request.headers.getlist("authorization")) > 1:  # gRPC refuses two as malformed: which one would count?
         raise Refused(401, grpc.StatusCode.UNAUTHENTICATED, f"authorization: sent {len(sent)} times; send one header")
     if authorization := request.headers.get("authorization"):  # an empty one says nothing: not sent on
-        if not AUTHORIZATION.fullmatch(authorization):
-            raise Refused(
-                401, grpc.StatusCode.UNAUTHENTICATED,
-                f"authorization: must be 1 to {MAX_AUTHORIZATION_CHARS} printable ASCII characters (Bearer <token>), "
-                f"got {len(authorization)} characters",
-            )  # fmt: skip
+        if (problem := _authorization_problem(authorization)) is not None:
+            raise Refused(401, grpc.StatusCode.UNAUTHENTICATED, problem)
         metadata.append(("authorization", authorization))
     if (traceparent := request.headers.get("traceparent")) is not None and TRACEPARENT.fullmatch(traceparent):
         metadata.append(("traceparent", traceparent))
         if (tracestate := request.headers.get("tracestate")) is not None and TRACESTATE.fullmatch(tracestate):
             metadata.append(("tracestate", tracestate))
     return metadata
+
+
+def _authorization_problem(authorization: str) -> str | None:
+    """Why gRPC metadata cannot carry this Authorization header, or None: its length, or its first character that is
+    not printable ASCII, by kind and position. The header is a credential: it is never echoed."""
+    if len(authorization) > MAX_AUTHORIZATION_CHARS:
+        return f"authorization: at most {MAX_AUTHORIZATION_CHARS} characters, got {len(authorization)}"
+    if (unprintable := NOT_PRINTABLE_ASCII.search(authorization)) is None:
+        return None
+    # Starlette reads header bytes as Latin-1, one character each: all before this one are ASCII, so the position is
+    # the same in bytes and in the characters the caller wrote.
+    if unprintable[0] == "\t":
+        kind = "a tab"
+    elif CONTROL_CHARACTER.fullmatch(unprintable[0]):
+        kind = "a control character"
+    else:
+        kind = "a non-ASCII character"
+    return f"authorization: {kind} at position {unprintable.start() + 1} of {len(authorization)}; must be printable ASCII (Bearer <token>)"
 
 
 def _origin_form(scope: dict) -> str | None:

@@ -103,7 +103,13 @@ def issue(ca: KeyPair, common_name: str, hosts: list[str], days: int = 825) -> K
 
 
 def new_token() -> str:
-    return secrets.token_urlsafe(32)
+    """32 random bytes in URL-safe base64 (43 characters), never starting with "-": a command line reads such a token,
+    given as `--token VALUE`, as a flag ("argument --token: expected one argument"). One that does (1 in 64) is drawn
+    again, which leaves 255.98 of its 256 bits of entropy."""
+    token = secrets.token_urlsafe(32)
+    while token.startswith("-"):
+        token = secrets.token_urlsafe(32)
+    return token
 
 
 def _load(cert_path: Path, key_path: Path) -> KeyPair:

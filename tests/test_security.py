@@ -196,21 +196,43 @@ def test_a_certificate_outside_its_dates_stops_start_up_and_is_not_reloaded(secu
     assert service.process.wait(60) != 0
     assert message in service.log() and "Traceback" not in service.log()
 
+    _assert_reload_refused(secure_catalog, pki, stale, message)
+
+
+def _assert_reload_refused(secure_catalog, pki, pair: KeyPair, reason: str) -> None:
+    """Writes `pair` over the catalog's certificate files and sends SIGHUP: the reload must be refused for `reason`
+    while the pair in force keeps serving new connections. The files are put back after."""
     served = _served_certificate(secure_catalog.port, pki.path("ca.pem"))
     originals = {name: (pki.directory / name).read_bytes() for name in ("server.pem", "server-key.pem")}
     try:
         refusals = secure_catalog.log().count("certificates not reloaded")
-        stale.write(pki.directory / "server.pem", pki.directory / "server-key.pem")
+        pair.write(pki.directory / "server.pem", pki.directory / "server-key.pem")
         secure_catalog.process.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 30
         while secure_catalog.log().count("certificates not reloaded") == refusals:
             assert _served_certificate(secure_catalog.port, pki.path("ca.pem")) == served  # the old pair keeps serving
-            assert time.monotonic() < deadline, "the stale pair was neither refused nor logged within 30 s"
+            assert time.monotonic() < deadline, "the pair was neither refused nor logged within 30 s"
             time.sleep(0.2)
-        assert _stats(secure_catalog, pki).item_count >= 5
+        assert reason in secure_catalog.log().split("certificates not reloaded")[-1]
+        assert _served_certificate(secure_catalog.port, pki.path("ca.pem")) == served
+        assert _stats(secure_catalog, pki).item_count >= 5  # a new connection, with the pair in force
     finally:
         for name, content in originals.items():
             (pki.directory / name).write_bytes(content)
+
+
+@pytest.mark.parametrize(
+    ("successor", "reason"),
+    [
+        (lambda pki: issue(pki.ca, "another host", ["evil.example"]), "does not name 127.0.0.1, ::1, localhost"),
+        (lambda pki: issue(new_ca("another CA"), "catalog", LOCAL), "is issued by CN=another CA,O=WhisperLite development"),
+    ],
+    ids=["another-hosts-certificate", "another-cas-certificate"],
+)
+def test_a_certificate_its_clients_would_refuse_is_not_reloaded(secure_catalog, pki, successor, reason):
+    """A valid pair that names other hosts, or comes from a CA the clients do not trust, was logged "certificates
+    reloaded" and served: every new connection then failed its handshake (300 failed Recommends in 9 s in a probe)."""
+    _assert_reload_refused(secure_catalog, pki, successor(pki), reason)
 
 
 # ---- TLS -----------------------------------------------------------------------------------------

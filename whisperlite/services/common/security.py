@@ -29,7 +29,11 @@ class ServerSecurity:
         try:
             tokens = TokenStore(args.auth_tokens_file) if args.auth_tokens_file else None
             certificates = (
-                ReloadingCertificates(CertificateFiles(args.tls_cert_file, args.tls_key_file, args.tls_client_ca_file))
+                ReloadingCertificates(
+                    CertificateFiles(
+                        args.tls_cert_file, args.tls_key_file, args.tls_client_ca_file, getattr(args, "tls_ca_file", "")
+                    )
+                )
                 if args.tls_cert_file
                 else None
             )

@@ -38,6 +38,34 @@ def configure_logging(level: str = "INFO", service: str | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    grpc_core = logging.getLogger(GRPC_CORE_LOGGER)
+    if not any(isinstance(present, UndecodableMetadataFilter) for present in grpc_core.filters):  # configured again
+        grpc_core.addFilter(UndecodableMetadataFilter())
+
+
+# gRPC's Cython layer logs, at ERROR with a traceback, every request metadata value that is not UTF-8, the value
+# itself in the message: a bearer token with one stray byte was written to the log in full, two lines per call, by
+# anyone who reached the port (the call itself is refused UNAUTHENTICATED by the auth interceptor).
+GRPC_CORE_LOGGER = "grpc._cython.cygrpc"
+UNDECODABLE_METADATA = "Invalid encoding on"
+
+
+class UndecodableMetadataFilter(logging.Filter):
+    """Drops gRPC's lines that quote a metadata value it cannot decode; says how many there were instead, at most one
+    WARNING per interval and never the value."""
+
+    def __init__(self):
+        super().__init__()
+        self._summary = ThrottledWarning(
+            logging.getLogger("whisperlite.server"),
+            "request metadata values that are not UTF-8 were left out of the log (gRPC quotes them, tokens included)",
+        )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith(UNDECODABLE_METADATA):
+            return True
+        self._summary.record("metadata value not UTF-8")
+        return False
 
 
 class ThrottledWarning:

@@ -7,6 +7,8 @@ that call carry the request id the caller sent, which also comes back in the res
 """
 
 import json
+import signal
+import socket
 import threading
 import time
 from concurrent import futures
@@ -181,3 +183,34 @@ def test_tracing_is_off_unless_an_exporter_is_named(monkeypatch):
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "zipkin-please")
     with pytest.raises(SystemExit, match="otlp, console and none"):
         tracing.start_tracing("test")
+
+
+def test_a_collector_that_never_answers_holds_shutdown_for_seconds_only(tmp_path):
+    """A collector that accepts connections and never replies (a black hole) held each service's exit for the
+    exporter's 10 s timeout per queued batch: `up` killed the ranker after its 15 s wait. Now the spans left at
+    shutdown get FLUSH_AT_SHUTDOWN_SECONDS and are dropped, saying so."""
+    black_hole = socket.create_server(("127.0.0.1", 0))  # the kernel accepts; nobody reads or answers
+    try:
+        env = {
+            "OTEL_TRACES_EXPORTER": "otlp",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{black_hole.getsockname()[1]}",
+            "OTEL_EXPORTER_OTLP_INSECURE": "true",
+            "OTEL_BSP_SCHEDULE_DELAY": "100",  # ms: the first export is stuck before the shutdown
+        }
+        catalog = start_service(
+            CATALOG.name, tmp_path / "logs", "--data-dir", str(tmp_path / "store"), "--query-encoder-addr", "",
+            "--dimension", "4", "--encoder-model", "test-vectors", env=env,
+        )  # fmt: skip
+        with CatalogAdminClient(catalog.address, timeout_seconds=60) as admin:
+            for _ in range(20):
+                admin.stats()
+        time.sleep(0.5)
+        started = time.monotonic()
+        catalog.process.send_signal(signal.SIGTERM)
+        code = catalog.process.wait(30)
+        took = time.monotonic() - started
+        assert code == 0, catalog.log()[-3000:]
+        assert took < tracing.FLUSH_AT_SHUTDOWN_SECONDS + 4, f"exit took {took:.1f} s"
+        assert "spans not exported at shutdown were dropped" in catalog.log() and '"stopped"' in catalog.log()
+    finally:
+        black_hole.close()

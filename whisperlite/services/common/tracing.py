@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
@@ -60,7 +61,23 @@ def start_tracing(service_name: str) -> bool:
     return True
 
 
-def stop_tracing() -> None:
-    """Exports the spans still batched (at shutdown)."""
-    if _provider is not None:
-        _provider.shutdown()
+# What the spans still batched at shutdown get to reach the collector. One that accepts connections and never answers
+# held each service's exit for a 10 s export timeout per queued batch: `up` killed the ranker after its 15 s wait,
+# past compose's and Kubernetes' 30 s grace with a backlog.
+FLUSH_AT_SHUTDOWN_SECONDS = 2.0
+
+
+def stop_tracing(timeout_seconds: float = FLUSH_AT_SHUTDOWN_SECONDS) -> None:
+    """Exports the spans still batched (at shutdown), for `timeout_seconds` at most; what is left is dropped."""
+    if _provider is None:
+        return
+    # The SDK's shutdown waits up to 30 s for its worker and then for the exporter: it runs in a daemon thread, left
+    # behind when the time is up (the process is exiting).
+    flushing = threading.Thread(target=_provider.shutdown, name="tracing-shutdown", daemon=True)
+    flushing.start()
+    flushing.join(timeout_seconds)
+    if flushing.is_alive():
+        log.warning(
+            "spans not exported at shutdown were dropped: the exporter did not finish in time",
+            extra={"timeout_seconds": timeout_seconds},
+        )

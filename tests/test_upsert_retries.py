@@ -16,8 +16,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.servers import REPO
-from tests.test_security import pki, secure_catalog  # noqa: F401 (fixtures: a catalog over TLS with a tokens file)
+from tests.servers import REPO, free_port
+from tests.test_security import mtls_catalog, pki, secure_catalog  # noqa: F401 (fixtures: catalogs over TLS, one with a tokens file, one requiring client certificates)
 from whisperlite.core.clients.errors import (
     DEFAULT_RETRIES, MAX_RETRY_WAIT_SECONDS, CredentialsRefused, RetrySchedule, is_transient, wait_until_ready,
 )
@@ -122,6 +122,45 @@ def test_a_transient_refusal_is_sent_again_after_the_same_wait_by_both_commands(
     assert exit_code == 0, output
     assert f"{code.name}: refused as the test asked" in output and f"; retry 1/{DEFAULT_RETRIES} in {first_wait} s" in output, output
     assert "after 1 retry" in output and "Traceback" not in output, output
+
+
+# ---- a catalog that requires a client certificate -----------------------------------------------------------------
+
+MTLS_HINT = "(if the catalog requires client certificates (mTLS), pass --tls-cert-file and --tls-key-file)"
+
+
+def test_an_import_without_the_client_certificate_a_catalog_requires_says_it_may_be_wanted(mtls_catalog, pki, tmp_path):  # noqa: F811
+    """gRPC says only "Socket closed": the catalog closes the connection after the TLS handshake, as a server going
+    away would, so the upsert is still retried (about 1.5 minutes); every retry and the final failure named no cause."""
+    token_file = tmp_path / "token"
+    token_file.write_text(pki.tokens["writer"] + "\n")
+    flags = ["--tls-ca-file", pki.path("ca.pem"), "--token-file", str(token_file)]
+    code, output, _ = _run(_command("import", mtls_catalog.address, tmp_path, *flags))
+    assert code == 1, output
+    retries = [line for line in output.splitlines() if "; retry " in line]
+    assert len(retries) == DEFAULT_RETRIES and all("Socket closed " + MTLS_HINT in line for line in retries), output
+    assert f"Socket closed {MTLS_HINT}\nstopped; no row was done yet" in output, output
+    # As the hint says: with the client certificate, the import goes through (with vectors: this catalog has no encoder).
+    with_vectors = tmp_path / "with-vectors.jsonl"
+    with_vectors.write_text("".join(json.dumps({"item_id": f"v{n}", "title": "scarf", "vector": [1.0, 0.5, 0.25, 0.125]}) + "\n" for n in range(ITEMS)))
+    client_certificate = ["--tls-cert-file", pki.path("client.pem"), "--tls-key-file", pki.path("client-key.pem")]
+    code, output, _ = _run([sys.executable, "-m", "whisperlite", "catalog", "import", str(with_vectors), "--catalog", mtls_catalog.address,
+                            *flags, *client_certificate])  # fmt: skip
+    assert code == 0 and f"imported {ITEMS} items" in output, output
+
+
+@pytest.mark.parametrize("name", ["count", "get", "delete", "export"])
+def test_every_catalog_command_without_the_client_certificate_a_catalog_requires_says_it_may_be_wanted(mtls_catalog, pki, tmp_path, name):  # noqa: F811
+    arguments = {"get": ["i0"], "delete": ["i0"], "export": [str(tmp_path / "items.jsonl")]}.get(name, [])
+    flags = ["--catalog", mtls_catalog.address, "--tls-ca-file", pki.path("ca.pem")]
+    code, output, _ = _run([sys.executable, "-m", "whisperlite", "catalog", name, *arguments, *flags])
+    assert code == 1 and "UNAVAILABLE" in output and MTLS_HINT in output, output
+
+
+def test_a_catalog_not_listening_is_not_blamed_on_a_client_certificate(pki):  # noqa: F811
+    nowhere = f"127.0.0.1:{free_port()}"
+    code, output, _ = _run([sys.executable, "-m", "whisperlite", "catalog", "count", "--catalog", nowhere, "--tls-ca-file", pki.path("ca.pem")])
+    assert code == 1 and "Connection refused" in output and "mTLS" not in output, output
 
 
 # ---- the decision and the schedule, without a server --------------------------------------------------------------

@@ -32,7 +32,7 @@ from whisperlite.core.item_fields import (
     RepeatedKey, attribute_value, field_problem, item_id_problem, object_without_repeated_keys, parse_attributes, parse_price,
     parse_vector, repeated_columns_problem, shown,
 )
-from whisperlite.shell.client_flags import at_least, call_failed
+from whisperlite.shell.client_flags import at_least, call_failed, client_certificate_hint
 from whisperlite.shell.terminal import terminal_json
 
 FORMATS = ("csv", "jsonl", "parquet")
@@ -430,8 +430,9 @@ def _upsert(client: CatalogAdminClient, items: list[Item], address: str) -> int:
             failure = downstream_error(f"catalog at {address}", "UpsertItems", error)
             if not is_transient(failure) or (wait := schedule.next_wait(failure)) is None:
                 raise
+            hint = client_certificate_hint(error, client.options.security, "catalog")
             tqdm.write(
-                f"catalog at {address}: {error.code().name}: {error.details()}; retry {schedule.retried}/{schedule.retries} in {wait:g} s",
+                f"catalog at {address}: {error.code().name}: {error.details()}{hint}; retry {schedule.retried}/{schedule.retries} in {wait:g} s",
                 file=sys.stderr,
             )  # fmt: skip
             time.sleep(wait)
@@ -694,7 +695,8 @@ def _import(args) -> None:
                 f"the rows done so far are in {checkpoint}: {again} to resume" if checkpoint.is_file()
                 else f"no row was done yet: {again}"
             )  # it said a checkpoint held them when the first batch had failed and none was written
-            raise SystemExit(f"{error.code().name}: {error.details()}\nstopped; {done}") from None
+            hint = client_certificate_hint(error, client.options.security, "catalog")
+            raise SystemExit(f"{error.code().name}: {error.details()}{hint}\nstopped; {done}") from None
         except (ValueError, OSError) as error:  # a file that is not of its --format, or changed since it was checked
             if isinstance(error, OSError) and error.filename is not None and Path(error.filename) != path:
                 # the error report or the checkpoint: it was blamed on the file being imported
@@ -805,10 +807,10 @@ def _item_ids(args) -> dict[str, str]:
 _REFUSED_ID = re.compile(r"^item_ids\[(\d+)\]")
 
 
-def _ids_call_failed(error: grpc.RpcError, batch: list[str], given: dict[str, str], address: str) -> SystemExit:
+def _ids_call_failed(error: grpc.RpcError, batch: list[str], given: dict[str, str], client: CatalogAdminClient) -> SystemExit:
     """call_failed, with an id the catalog refused named by where it was given ("ids.txt line 7"): its index in one
     call of a batch ("item_ids[2]") was no line of anything."""
-    failed = call_failed(error, address, "catalog")
+    failed = call_failed(error, client.address, "catalog", client.options.security)
     refused = _REFUSED_ID.match(error.details() or "")
     if error.code() != grpc.StatusCode.INVALID_ARGUMENT or refused is None or int(refused[1]) >= len(batch):
         return failed
@@ -837,7 +839,7 @@ def _get(args) -> None:
             try:
                 found = client.get(batch, include_vectors=args.vectors)
             except grpc.RpcError as error:
-                raise _ids_call_failed(error, batch, given, args.catalog) from None
+                raise _ids_call_failed(error, batch, given, client) from None
             for item in found.items:
                 row = _export_row(item, args.vectors)
                 print(terminal_json(row))
@@ -855,7 +857,7 @@ def _delete(args) -> None:
                 result = client.delete_items(batch)
             except grpc.RpcError as error:
                 done = f" ({deleted} deleted before this call)" if deleted else ""
-                raise SystemExit(str(_ids_call_failed(error, batch, given, args.catalog)) + done) from None
+                raise SystemExit(str(_ids_call_failed(error, batch, given, client)) + done) from None
             deleted += result.deleted_count
             missing += result.missing_item_ids
             # The batch's ids are distinct: what neither count covers, a catalog older than the field did not name.
@@ -869,7 +871,7 @@ def _count(args) -> None:
         try:
             print(client.stats().item_count)
         except grpc.RpcError as error:
-            raise call_failed(error, args.catalog, "catalog") from None
+            raise call_failed(error, args.catalog, "catalog", client.options.security) from None
 
 
 def _export(args) -> None:
@@ -880,7 +882,8 @@ def _export(args) -> None:
         try:
             written = export_file(client, path, detect_format(path, args.format), args.page_size, vectors=args.vectors)
         except grpc.RpcError as error:
-            raise SystemExit(f"{error.code().name}: {error.details()}\nexport stopped; {path} is unchanged") from None
+            hint = client_certificate_hint(error, client.options.security, "catalog")
+            raise SystemExit(f"{error.code().name}: {error.details()}{hint}\nexport stopped; {path} is unchanged") from None
         except OSError as error:
             raise SystemExit(f"{path}: cannot write: {error.strerror}") from None
     print(f"exported {written} items to {args.file}")

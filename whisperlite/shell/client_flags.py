@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 
 from whisperlite.core.client_security import ENV_CA_FILE, ENV_CERT_FILE, ENV_KEY_FILE, ENV_TOKEN, ENV_TOKEN_FILE, ClientSecurity
 from whisperlite.core.clients.connection import ClientOptions, check_timeout
@@ -124,13 +125,37 @@ def utf8_text(text: str) -> str:
     return text
 
 
-def call_failed(error, address: str, service: str) -> SystemExit:
-    """A failed call as the command's one-line exit, with the likely cause where gRPC's own words name none."""
+# gRPC's words for a connection the server closed while it was set up ("connections to all backends failing; last
+# error: UNAVAILABLE: ipv4:127.0.0.1:50052: Socket closed"; "failed to connect to all addresses; ..." with one
+# address). A server that requires client certificates (mTLS) closes so the connection of a client that presents none,
+# after a TLS 1.3 handshake the client took for done: no alert says why, and a server going away while a client
+# connects reads the same, so such a failure is still retried (catalog import), with client_certificate_hint. A
+# connection dropped during a call reads "Stream removed": no certificate's fault.
+CLOSED_WHILE_CONNECTING = re.compile(r"last error: .*Socket closed")
+
+
+def client_certificate_hint(error, security: ClientSecurity | None, service: str) -> str:
+    """The likely cause of a call over TLS without a client certificate whose connection the server closed while it
+    was set up (`CLOSED_WHILE_CONNECTING`), to append to gRPC's words; else ""."""
+    import grpc
+
+    if security is None or error.code() != grpc.StatusCode.UNAVAILABLE or not security.ca_file or security.cert_file:
+        return ""
+    if not CLOSED_WHILE_CONNECTING.search(error.details() or ""):
+        return ""
+    return f" (if the {service} requires client certificates (mTLS), pass --tls-cert-file and --tls-key-file)"
+
+
+def call_failed(error, address: str, service: str, security: ClientSecurity | None = None) -> SystemExit:
+    """A failed call as the command's one-line exit, with the likely cause where gRPC's own words name none; with the
+    command's `security`, a client certificate the server may require is among the causes."""
     import grpc
 
     hint = ""
     if error.code() == grpc.StatusCode.UNIMPLEMENTED:
         hint = f" ({address} does not serve the {service}'s API: is it another service's address?)"
+    elif certificate := client_certificate_hint(error, security, service):
+        hint = certificate
     elif error.code() == grpc.StatusCode.UNAVAILABLE and address not in (error.details() or ""):
         # gRPC's own words name no service ("Stream removed (Socket closed)", "failed to connect to all addresses").
         hint = f" (the {service} at {address} gave no answer: is it running, or restarting? run the command again once it serves)"

@@ -11,11 +11,13 @@ import sys
 import numpy as np
 import pytest
 import torch
+from prometheus_client import REGISTRY
 
 from tests.fixtures_model import train_tiny_version
+from tests.fixtures_permissions import command_prefix_denied, locked
 from tests.servers import REPO
 from whisperlite.core.errors import FailedPrecondition, InvalidArgument, NotFound
-from whisperlite.core.model_versions import MANIFEST
+from whisperlite.core.model_versions import MANIFEST, resolve_version_dir
 from whisperlite.core.personalization import WEIGHTS, PersonalizationModel
 from whisperlite.services.ranker.admin_servicer import _version_proto
 from whisperlite.shell.model_admin import previous_version
@@ -380,3 +382,159 @@ def test_a_text_only_ranker_picks_up_its_first_model(trained, tmp_path, contract
     shutil.copytree(trained[0], models / trained[0].name)
     assert registry.poll() == _version(trained[0])
     assert registry.traffic.route("u1").model.version == _version(trained[0])
+
+
+def _refused_loads() -> float:
+    return REGISTRY.get_sample_value("whisperlite_ranker_model_loads_total", {"outcome": "refused"}) or 0.0
+
+
+# What a ranker run as a non-root user does with its model folder: start-up, the watcher, ListModels, a rollback, and
+# `up`'s look at the newest version.
+_AS_A_RANKER_THAT_MAY_NOT_READ_IT = """
+import json, sys
+import numpy as np
+from prometheus_client import REGISTRY
+from whisperlite.core.model_versions import resolve_version_dir
+from whisperlite.services.ranker.models import ModelRegistry, ServingContract
+
+models, encoder, dimension, probe, older = sys.argv[1:]
+registry = ModelRegistry(models)
+live = registry.start(ServingContract(encoder, int(dimension), np.load(probe))).version
+for _ in range(3):
+    registry.poll()
+    registry.verify_listed()
+listed = {entry.directory.name: [entry.state, entry.error] for entry in registry.list_models()}
+rolled_back = registry.load(older)[0].version
+print(json.dumps({"live": live, "listed": listed, "rolled_back": rolled_back,
+                  "newest_for_up": resolve_version_dir(models).name,
+                  "refused_loads": REGISTRY.get_sample_value("whisperlite_ranker_model_loads_total", {"outcome": "refused"})}))
+"""
+
+
+def test_a_folder_the_ranker_may_not_read_is_refused_and_every_other_version_serves(trained, tmp_path, contract):
+    """Run as a non-root user (k8s `runAsUser`), one `chmod 000` folder in --model-dir raised PermissionError out of
+    every scan of it: ListModels and LoadModel failed, so did every poll, and a restart exited with a traceback."""
+    models = tmp_path / "models"
+    models.mkdir()
+    older, newer = (shutil.copytree(version, models / version.name) for version in trained)
+    np.save(tmp_path / "probe.npy", contract.probe_query)
+    with locked(_copy_as(trained[1], models, "tiny-locked", "2999-01-01T00:00:00+00:00")) as folder:  # newest: tried first
+        command = [
+            *command_prefix_denied(folder), sys.executable, "-c", _AS_A_RANKER_THAT_MAY_NOT_READ_IT,
+            str(models), ENCODER, str(DIM), str(tmp_path / "probe.npy"), _version(older),
+        ]
+        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout)
+    assert (seen["live"], seen["rolled_back"], seen["newest_for_up"]) == (_version(newer), _version(older), newer.name)
+    state, error = seen["listed"]["tiny-locked"]
+    assert state == STATE_REFUSED and "manifest.json cannot be read: PermissionError" in error and "Permission denied" in error
+    assert {name: state for name, (state, _) in seen["listed"].items()} == {
+        older.name: STATE_AVAILABLE, newer.name: STATE_LIVE, "tiny-locked": STATE_REFUSED,
+    }
+    assert seen["refused_loads"] == 1  # once, not at every poll
+
+
+def test_a_link_to_nothing_or_a_manifest_that_is_no_file_is_refused_and_the_rest_serves(trained, tmp_path, contract):
+    """Each was passed over without a word, though it stands where a version goes (a version linked in from a volume
+    that is not mounted): reading one version may fail in any way, and refuses that version only."""
+    models = tmp_path / "models"
+    models.mkdir()
+    good = shutil.copytree(trained[0], models / trained[0].name)
+    (models / "tiny-linked").symlink_to(tmp_path / "not-mounted" / "tiny-linked")
+    (models / "tiny-looped").symlink_to(models / "tiny-looped")
+    (models / "tiny-manifest-is-a-folder" / MANIFEST).mkdir(parents=True)
+    (models / "README").write_text("a plain file is no version")
+    refused_before = _refused_loads()
+    registry = _started(models, contract)
+    for _ in range(3):
+        assert registry.poll() is None
+        assert registry.verify_listed() == []
+    listed = {entry.directory.name: (entry.state, entry.error) for entry in registry.list_models()}
+    assert listed.pop(good.name) == (STATE_LIVE, "")
+    assert {name: state for name, (state, _) in listed.items()} == dict.fromkeys(
+        ["tiny-linked", "tiny-looped", "tiny-manifest-is-a-folder"], STATE_REFUSED
+    )
+    assert "cannot be read: FileNotFoundError" in listed["tiny-linked"][1]
+    assert "Too many levels of symbolic links" in listed["tiny-looped"][1]
+    assert "cannot be read: IsADirectoryError" in listed["tiny-manifest-is-a-folder"][1]
+    assert _refused_loads() - refused_before == 3
+    assert resolve_version_dir(models) == good
+
+
+def _copy_keeping_version(source, models, directory_name: str, created: str):
+    """A copy of a version in another directory under the same version name (a backup, a second `cp -r`)."""
+    target = shutil.copytree(source, models / directory_name)
+    manifest = json.loads((target / MANIFEST).read_text())
+    (target / MANIFEST).write_text(json.dumps({**manifest, "created": created}))
+    return target
+
+
+def test_a_newer_copy_under_a_version_name_leaves_the_name_with_the_original(trained, tmp_path, contract):
+    """`model load`, `rollback` and `traffic --candidate` met the copy first (the newest under that name) and refused it
+    for sharing the name: the original could not be loaded any more."""
+    models = tmp_path / "models"
+    models.mkdir()
+    older, newer = (shutil.copytree(version, models / version.name) for version in trained)
+    registry = _started(models, contract)
+    registry.load(_version(older))
+    copy = _copy_keeping_version(newer, models, "tiny-copy", "2999-01-01T00:00:00+00:00")
+    assert registry.poll() is None  # not promoted, though newer than anything seen
+
+    assert registry.set_traffic(_version(newer), 10.0, shadow=False).candidate_version == _version(newer)
+    model, previous = registry.load(_version(newer))
+    assert (model.version, previous) == (_version(newer), _version(older))
+    listed = {entry.directory: entry for entry in registry.list_models()}
+    assert listed[newer].state == STATE_LIVE
+    assert listed[copy].state == STATE_REFUSED
+    assert f"is also the version of {newer}, which keeps that name" in listed[copy].error, listed[copy].error
+
+
+def test_an_older_copy_of_the_live_version_is_refused_and_never_listed_live(trained, tmp_path, contract):
+    """A backup dropped beside the live version was listed as a second live row and never checked; and the live
+    version itself was refused for sharing its name with the backup, which blocked rolling back to it."""
+    models = tmp_path / "models"
+    models.mkdir()
+    older, newer = (shutil.copytree(version, models / version.name) for version in trained)
+    registry = _started(models, contract)
+    refused_before = _refused_loads()
+    backup = _copy_keeping_version(newer, models, "tiny-backup", "2000-01-01T00:00:00+00:00")
+    for _ in range(3):
+        assert registry.poll() is None
+        assert registry.verify_listed() == []  # the live version is not refused over the backup
+    listed = registry.list_models()
+    assert [entry.directory for entry in listed if entry.state == STATE_LIVE] == [newer]
+    (refused,) = [entry for entry in listed if entry.directory == backup]
+    assert refused.state == STATE_REFUSED and f"is also the version of {newer}" in refused.error, refused.error
+    assert _refused_loads() - refused_before == 1
+
+    registry.load(_version(older))
+    assert registry.load(_version(newer))[0].version == _version(newer)  # the rollback to it
+
+
+def test_at_a_restart_a_version_name_found_twice_goes_to_the_directory_named_after_it(trained, tmp_path, contract):
+    """Which directory came first cannot be known after a restart. `whisperlite train` names a version's directory
+    after its version, so that one keeps the name; when none is named so, none serves it until one is."""
+    models = tmp_path / "models"
+    models.mkdir()
+    older, original = (shutil.copytree(version, models / version.name) for version in trained)
+    name = _version(original)
+    copy = _copy_keeping_version(original, models, "a-copy", "2999-01-01T00:00:00+00:00")  # newer, and first by name
+    registry = ModelRegistry(models)
+    assert registry.start(contract).version == name
+    states = {entry.directory: entry.state for entry in registry.list_models()}
+    assert states == {older: STATE_AVAILABLE, original: STATE_LIVE, copy: STATE_REFUSED}
+
+    renamed = original.rename(models / "b-copy")
+    registry = ModelRegistry(models)
+    assert registry.start(contract).version == _version(older)
+    listed = {entry.directory: (entry.state, entry.error) for entry in registry.list_models()}
+    assert listed[copy][0] == listed[renamed][0] == STATE_REFUSED
+    assert f"is also the version of {renamed}, and none of these directories is named {name!r}" in listed[copy][1]
+    with pytest.raises(FailedPrecondition, match=f"none of these directories is named .*; still serving {_version(older)}"):
+        registry.load(name)
+
+    restored = renamed.rename(models / name)  # what the refusal asks for: no restart needed
+    assert registry.load(name)[0].version == name
+    states = {entry.directory: entry.state for entry in registry.list_models()}
+    assert states == {older: STATE_AVAILABLE, restored: STATE_LIVE, copy: STATE_REFUSED}

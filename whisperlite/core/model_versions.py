@@ -18,9 +18,9 @@ MANIFEST = "manifest.json"
 def resolve_version_dir(path: str | Path) -> Path:
     """A directory holding manifest.json, or the newest (by manifest `created`) child whose manifest reads.
 
-    A child whose manifest does not read (a half-written copy, a stray folder) cannot say how new it is: it is skipped,
-    logged at ERROR, rather than stopping a restart for good with a version older than the one it served (ValueError
-    naming each when none reads)."""
+    A child whose manifest does not read (a half-written copy, a stray folder, a folder it may not read) cannot say how
+    new it is: it is skipped, logged at ERROR, rather than stopping a restart for good with a version older than the
+    one it served (ValueError naming each when none reads)."""
     path = Path(path)
     if (path / MANIFEST).is_file():
         return path
@@ -43,8 +43,22 @@ def resolve_version_dir(path: str | Path) -> Path:
 
 
 def version_dirs(parent: str | Path) -> list[Path]:
-    """The version directories (children holding manifest.json) of a model folder."""
-    return [child for child in Path(parent).iterdir() if (child / MANIFEST).is_file()]
+    """The version directories of a model folder: children holding a manifest.json, and children that cannot be
+    looked into (a folder without read permission, a link to nothing, an I/O error).
+
+    Reading the manifest of one of the latter fails with the reason, so it is refused like a broken version: one such
+    child used to raise out of this scan and take every version down with it (PermissionError from is_file())."""
+    return [child for child in Path(parent).iterdir() if _may_hold_a_version(child)]
+
+
+def _may_hold_a_version(child: Path) -> bool:
+    try:
+        (child / MANIFEST).lstat()  # a manifest of any kind: one that is no file or does not read is refused, not ignored
+        return True
+    except (FileNotFoundError, NotADirectoryError):  # a plain file, a folder without a manifest: not a version
+        return child.is_symlink() and not child.exists()  # a link whose target is gone or not mounted
+    except OSError:
+        return True
 
 
 MAX_VERSION_CHARS = 256

@@ -52,7 +52,8 @@ class ModelAdminServicer(model_admin_pb2_grpc.ModelAdminServiceServicer):
     async def LoadModel(self, request, context) -> model_admin_pb2.LoadModelResponse:
         model, previous = await asyncio.to_thread(self._registry.load, request.version)
         entries = await asyncio.to_thread(self._registry.list_models)
-        entry = next((e for e in entries if e.version == model.version), None)
+        # Not a refused copy under the same name: the directory that holds the name is the one loaded.
+        entry = next((e for e in entries if e.version == model.version and e.state != STATE_REFUSED), None)
         loaded = _version_proto(entry) if entry else model_admin_pb2.ModelVersion(version=model.version)
         # What this call did: made it live. A concurrent call may have swapped it out since, which the
         # listing would show (GetTraffic says what serves now).

@@ -136,6 +136,45 @@ def validate(model: PersonalizationModel, contract: ServingContract) -> None:
         raise FailedPrecondition(f"model {model.version}: smoke scoring of {who} gave NaN or inf scores")
 
 
+@dataclass(frozen=True)
+class _Scan:
+    """One look at the model folder: each version directory's manifest or why it cannot be read, and each directory
+    refused because another directory holds its version name."""
+
+    directories: list[Path]
+    manifests: dict[Path, dict]
+    unreadable: dict[Path, str]
+    duplicates: dict[Path, str]
+
+    def named(self) -> list[Path]:
+        """The directories that hold their version name: the only ones loaded, promoted or listed under it."""
+        return [d for d in self.directories if d in self.manifests and d not in self.duplicates]
+
+
+def _holder_among(name: str, directories: list[Path]) -> Path | None:
+    """Which of the directories claiming a version name, all found at once (at a restart), holds it.
+
+    Which one came first cannot be known then, and modification times say little (`cp -a` and `rsync -a` keep them).
+    `whisperlite train` names a version's directory after its version, and no two directories of one folder share a
+    name: so the one named after it holds it, and when none is, none does (serving either might serve the wrong weights)."""
+    if len(directories) == 1:
+        return directories[0]
+    return next((directory for directory in directories if directory.name == name), None)
+
+
+def _duplicate_reason(directory: Path, name: str, holder: Path | None, claimants: list[Path]) -> str:
+    if holder is not None:
+        return (
+            f"model {directory} cannot be loaded: its version {name!r} is also the version of {holder}, which keeps that "
+            "name: give this one another `version` in its manifest.json"
+        )
+    others = ", ".join(str(other) for other in sorted(claimants) if other != directory)
+    return (
+        f"model {directory} cannot be loaded: its version {name!r} is also the version of {others}, and none of these "
+        f"directories is named {name!r}: rename the one that should serve it so, or give the others another `version`"
+    )
+
+
 def _fingerprint(directory: Path) -> tuple:
     """Changes whenever a file of the version is written: a refused version is retried once it changes."""
     try:
@@ -160,8 +199,12 @@ class ModelRegistry:
         self._refused: dict[Path, tuple[tuple, str]] = {}
         # The newest (created, directory name) seen: only a version newer than it is ever promoted by the watcher.
         self._newest_seen: tuple[str, str] | None = None
-        # directory -> fingerprint of an unreadable manifest already reported: reported again once it changes
-        self._unreadable: dict[Path, tuple] = {}
+        # directory -> (reason, fingerprint) of a refusal found by scanning (its manifest does not read, its version
+        # name is held by another directory) already logged and counted: reported again once it changes
+        self._scan_refusals: dict[Path, tuple[str, tuple]] = {}
+        # version name -> the directory that holds it (see _assign_names); its own lock, as listing takes no other
+        self._holders: dict[str, Path] = {}
+        self._names_lock = threading.Lock()
         # directory -> fingerprint when it last loaded and passed validation: not loaded again until it changes
         self._verified: dict[Path, tuple] = {}
 
@@ -181,15 +224,15 @@ class ModelRegistry:
         """
         with self._lock:
             self._contract = contract
-            directories = self._directories()
-            if not directories:
+            scan = self._scan()
+            if not scan.directories:
                 log.warning("no trained model: serving text-only results", extra={"model_dir": str(self.model_dir)})
                 self._swap(Traffic())
                 return None
-            readable, refusals = self._readable()
-            readable.sort(reverse=True)
-            self._newest_seen = readable[0][0] if readable else None
-            for _, directory in readable:
+            keys = {directory: newest_first_key(manifest, directory) for directory, manifest in scan.manifests.items()}
+            self._newest_seen = max(keys.values(), default=None)
+            refusals = [*scan.unreadable.values(), *scan.duplicates.values()]
+            for directory in sorted(scan.named(), key=keys.get, reverse=True):
                 try:
                     model = self._load_validated(directory)
                 except FailedPrecondition as error:
@@ -197,7 +240,7 @@ class ModelRegistry:
                     continue
                 self._swap(Traffic(live=model))
                 return model
-            if directories == [self.model_dir]:  # --model-dir names one version
+            if scan.directories == [self.model_dir]:  # --model-dir names one version
                 raise FailedPrecondition(refusals[0])
             raise FailedPrecondition(f"model {self.model_dir} cannot be loaded: no version under it serves: " + "; ".join(refusals))
 
@@ -210,7 +253,9 @@ class ModelRegistry:
         with self._lock:
             if self._traffic is None:
                 return None
-            newer = [(key, directory) for key, directory in self._readable()[0] if self._newest_seen is None or key > self._newest_seen]
+            scan = self._scan()
+            keyed = [(newest_first_key(scan.manifests[directory], directory), directory) for directory in scan.named()]
+            newer = [(key, directory) for key, directory in keyed if self._newest_seen is None or key > self._newest_seen]
             # Newest first; a refused one (until its files change) does not hide a good one written after the last seen.
             for key, directory in sorted(newer, reverse=True):
                 refused = self._refused.get(directory)
@@ -234,19 +279,15 @@ class ModelRegistry:
         memory) until a `model load` or rollback met it. A version is dropped from memory once checked.
         """
         refused = []
-        for directory in self._directories():
+        scan = self._scan()
+        for directory in scan.named():
             fingerprint = _fingerprint(directory)
             with self._lock:
                 if self._traffic is None:
                     return refused
                 tried = self._refused.get(directory, ((),))[0] == fingerprint or self._verified.get(directory) == fingerprint
                 serving = {self._traffic.live_version, self._traffic.candidate_version} - {""}
-            if tried:
-                continue
-            try:
-                if str(read_manifest(directory).get("version", directory.name)) in serving:
-                    continue
-            except (OSError, ValueError):  # listed as refused by its manifest already
+            if tried or scan.manifests[directory]["version"] in serving:
                 continue
             try:
                 self._checked(directory)  # loaded outside the lock: requests and admin calls go on meanwhile
@@ -266,17 +307,18 @@ class ModelRegistry:
 
     def list_models(self) -> list[ModelEntry]:
         traffic = self._started()
-        entries = []
-        for directory in self._directories():
-            try:
-                manifest = read_manifest(directory)
-            except (OSError, ValueError) as error:
-                entries.append(ModelEntry(version=directory.name, directory=directory, state=STATE_REFUSED,
-                                          error=f"{MANIFEST} cannot be read: {type(error).__name__}: {error}"))
-                continue
-            version = str(manifest.get("version", directory.name))
+        scan = self._scan()
+        entries = [
+            ModelEntry(version=directory.name, directory=directory, state=STATE_REFUSED, error=reason)
+            for directory, reason in scan.unreadable.items()
+        ]
+        for directory, manifest in scan.manifests.items():
+            version = manifest["version"]
             refused = self._refused.get(directory)
-            if refused is not None:  # first: a second directory under the live version's name is refused, not live
+            # A duplicate first: a second directory under the live version's name is refused, not a second live row.
+            if directory in scan.duplicates:
+                state, error = STATE_REFUSED, scan.duplicates[directory]
+            elif refused is not None:
                 state, error = STATE_REFUSED, refused[1]
             elif version == traffic.live_version:
                 state, error = STATE_LIVE, ""
@@ -289,9 +331,9 @@ class ModelRegistry:
                 encoder=str(manifest.get("encoder", "")), dimension=_int(manifest.get("dimension")),
                 users=_int(manifest.get("n_users")), state=state, error=error,
             ))
-        listed = {entry.version for entry in entries}
+        held_on_disk = {scan.manifests[directory]["version"] for directory in scan.named()}
         for model, state in ((traffic.live, STATE_LIVE), (traffic.candidate, STATE_CANDIDATE)):
-            if model is not None and model.version not in listed:
+            if model is not None and model.version not in held_on_disk:
                 # Its directory was removed: it serves from memory until replaced, and rollback still needs to see it.
                 manifest = model.manifest
                 entries.append(ModelEntry(
@@ -369,17 +411,24 @@ class ModelRegistry:
             if self._traffic is None:  # start-up: an older version is tried next
                 log.error("model version refused at start-up", extra={"model_dir": str(directory), "reason": str(error)})
                 raise
-            kept = self._traffic.live_version or "text-only results"
-            log.error("model version refused", extra={"model_dir": str(directory), "reason": str(error), "still_serving": kept})
-            raise FailedPrecondition(f"{error}; still serving {kept}") from None
+            log.error("model version refused", extra={"model_dir": str(directory), "reason": str(error), "still_serving": self._kept()})
+            raise self._still_serving(str(error)) from None
         self._passed(directory, fingerprint)
+        with self._names_lock:
+            # The caller serves it next: its name stays with this directory even if a scan meanwhile saw it gone.
+            self._holders[model.version] = directory
         MODEL_LOADS.labels("loaded").inc()
         return model
+
+    def _kept(self) -> str:
+        return self._traffic.live_version or "text-only results"
+
+    def _still_serving(self, reason: str) -> FailedPrecondition:
+        return FailedPrecondition(f"{reason}; still serving {self._kept()}")
 
     def _checked(self, directory: Path) -> PersonalizationModel:
         """`directory` loaded and checked fit to serve: FailedPrecondition saying why not."""
         model = load_version(directory)
-        self._require_unique_name(model.version, directory)
         validate(model, self._contract)
         return model
 
@@ -391,27 +440,17 @@ class ModelRegistry:
         self._refused.pop(directory, None)
         self._verified[directory] = fingerprint
 
-    def _require_unique_name(self, version: str, directory: Path) -> None:
-        """Responses, metrics and admin calls name a version by its manifest's `version`: two directories under one
-        name would put two sets of weights behind it, and `model load` could reach only one."""
-        for other in self._directories():
-            if other == directory:
-                continue
-            try:
-                same = str(read_manifest(other).get("version", other.name)) == version
-            except (OSError, ValueError):
-                continue
-            if same:
-                raise FailedPrecondition(
-                    f"model {directory} cannot be loaded: its version {version!r} is also the version of {other}: "
-                    "give one of them another `version` in its manifest.json"
-                )
-
     def _find(self, version: str, field: str = "version") -> Path:
-        """The directory of `version`; NotFound names the request's `field` that asked for it."""
-        for entry in self.list_models():
-            if entry.version == version:
-                return entry.directory
+        """The directory holding `version`; FailedPrecondition when only refused directories go by that name (their
+        version held by another, or a manifest that does not read), NotFound naming the request's `field` when none."""
+        scan = self._scan()
+        for directory in scan.named():
+            if scan.manifests[directory]["version"] == version:
+                return directory
+        refusals = [reason for directory, reason in scan.duplicates.items() if scan.manifests[directory]["version"] == version]
+        refusals += [reason for directory, reason in scan.unreadable.items() if directory.name == version]
+        if refusals:
+            raise self._still_serving(refusals[0])
         shown = version if len(version) <= 80 else f"{version[:80]}... ({len(version)} characters)"
         raise NotFound(f"{field}: no version {shown!r} under {self.model_dir} (ListModels shows what is there)")
 
@@ -420,23 +459,56 @@ class ModelRegistry:
             return [self.model_dir]
         return version_dirs(self.model_dir) if self.model_dir.is_dir() else []
 
-    def _readable(self) -> tuple[list[tuple[tuple[str, str], Path]], list[str]]:
-        """(newest_first_key, directory) of each version whose manifest reads, and why each other one does not; an
-        unreadable one is logged and counted refused once (again when its files change), and listed as refused."""
-        readable, unreadable = [], []
-        for directory in self._directories():
+    def _scan(self) -> _Scan:
+        """Reads every version's manifest and decides which directory holds each version name."""
+        directories = self._directories()
+        manifests, unreadable = {}, {}
+        for directory in directories:
             try:
-                readable.append((newest_first_key(read_manifest(directory), directory), directory))
-                self._unreadable.pop(directory, None)
-            except (OSError, ValueError) as error:
-                reason = f"{directory}: {MANIFEST}: {type(error).__name__}: {error}"
-                unreadable.append(reason)
-                fingerprint = _fingerprint(directory)
-                if self._unreadable.get(directory) != fingerprint:
-                    self._unreadable[directory] = fingerprint
-                    MODEL_LOADS.labels("refused").inc()
-                    log.error("model version refused", extra={"model_dir": str(directory), "reason": reason})
-        return readable, unreadable
+                manifests[directory] = read_manifest(directory)
+            except (OSError, ValueError) as error:  # a folder it may not read, a link to nothing: that version only
+                unreadable[directory] = f"model {directory}: {MANIFEST} cannot be read: {type(error).__name__}: {error}"
+        with self._names_lock:
+            duplicates = self._assign_names(manifests, unreadable)
+            self._report_once({**unreadable, **duplicates})
+        return _Scan(directories, manifests, unreadable, duplicates)
+
+    def _assign_names(self, manifests: dict[Path, dict], unreadable: dict[Path, str]) -> dict[Path, str]:
+        """Decides which directory holds each version name; returns each other directory claiming one, with why it is
+        refused.
+
+        A name stays with the directory that held it while that directory is there (even while its manifest does not
+        read, as in a rewrite), and with a serving version even once its directory is gone: a copy dropped in later,
+        older or newer, must neither take the name nor refuse the original. A name met in several directories at once
+        (a restart) is decided by `_holder_among`."""
+        claims: dict[str, list[Path]] = {}
+        for directory, manifest in manifests.items():
+            claims.setdefault(manifest["version"], []).append(directory)
+        traffic = self._traffic
+        serving = {traffic.live_version, traffic.candidate_version} - {""} if traffic is not None else set()
+        holders = {name: self._holders[name] for name in serving if name in self._holders}
+        duplicates = {}
+        for name, claimants in claims.items():
+            holder = self._holders.get(name)
+            if name not in holders and holder not in claimants and holder not in unreadable:
+                holder = _holder_among(name, claimants)
+            if holder is not None:
+                holders[name] = holder
+            for directory in claimants:
+                if directory != holder:
+                    duplicates[directory] = _duplicate_reason(directory, name, holder, claimants)
+        self._holders = holders
+        return duplicates
+
+    def _report_once(self, refusals: dict[Path, str]) -> None:
+        """Logs and counts each refusal a scan finds once, and again when its reason or its files change."""
+        reported = {}
+        for directory, reason in refusals.items():
+            reported[directory] = (reason, _fingerprint(directory))
+            if self._scan_refusals.get(directory) != reported[directory]:
+                MODEL_LOADS.labels("refused").inc()
+                log.error("model version refused", extra={"model_dir": str(directory), "reason": reason})
+        self._scan_refusals = reported
 
 
 def _int(value) -> int:

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from whisperlite.core.progress import bar_disabled
 from whisperlite.core.clients.catalog_admin import CatalogAdminClient
-from whisperlite.core.clients.errors import RetrySchedule, downstream_error, is_transient
+from whisperlite.core.clients.errors import DEFAULT_RETRIES, RetrySchedule, downstream_error, is_transient
 from whisperlite.core.clients.types import Item
 from whisperlite.core.item_fields import (
     RepeatedKey, attribute_value, field_problem, item_id_problem, object_without_repeated_keys, parse_attributes, parse_price,
@@ -417,12 +417,12 @@ def _refusal(error: Exception, mapping: ColumnMapping) -> str | None:
     return f"cannot be sent: {error}"
 
 
-def _upsert(client: CatalogAdminClient, items: list[Item], address: str) -> int:
+def _upsert(client: CatalogAdminClient, items: list[Item], address: str, retries: int) -> int:
     """Upserts `items`, again after a transient failure (`is_transient`, waits of `RetrySchedule`: as `whisperlite
     ingest` retries a batch), each retry said on stderr: the import gave up at the first UNAVAILABLE of a catalog
     restarting, with gRPC's words alone ("Stream removed"). Upserts replace items by id, so a batch written twice is
     written once."""
-    schedule = RetrySchedule()
+    schedule = RetrySchedule(retries)
     while True:
         try:
             upserted = client.upsert(items).upserted
@@ -469,7 +469,7 @@ class _BatchSize:
 
 
 def _upsert_batch(
-    client: CatalogAdminClient, batch: list[tuple[int, Item]], errors: _ErrorLog, size: _BatchSize, mapping: ColumnMapping,
+    client: CatalogAdminClient, batch: list[tuple[int, Item]], errors: _ErrorLog, size: _BatchSize, mapping: ColumnMapping, retries: int,
 ) -> tuple[int, int]:
     """Upserts a batch whole; when it is refused for its length, in parts the catalog takes; when it is refused
     otherwise, item by item, so only the bad rows are reported and the rest are written. A transient failure is
@@ -477,7 +477,7 @@ def _upsert_batch(
     batch.
     Returns (upserted, failed)."""
     try:
-        return _upsert(client, [item for _, item in batch], size.catalog), 0
+        return _upsert(client, [item for _, item in batch], size.catalog, retries), 0
     except (grpc.RpcError, ValueError, TypeError) as error:
         if (why := _refusal(error, mapping)) is None:
             raise
@@ -486,12 +486,12 @@ def _upsert_batch(
             errors.write(number, item.item_id, why)
             return 0, 1
         if isinstance(error, grpc.RpcError) and (limit := size.over_limit(client, len(batch))) is not None:
-            parts = [_upsert_batch(client, batch[start : start + limit], errors, size, mapping) for start in range(0, len(batch), limit)]
+            parts = [_upsert_batch(client, batch[start : start + limit], errors, size, mapping, retries) for start in range(0, len(batch), limit)]
             return sum(upserted for upserted, _ in parts), sum(failed for _, failed in parts)
     upserted = failed = 0
     for number, item in batch:
         try:
-            upserted += _upsert(client, [item], size.catalog)
+            upserted += _upsert(client, [item], size.catalog, retries)
         except (grpc.RpcError, ValueError, TypeError) as error:
             if (why := _refusal(error, mapping)) is None:
                 raise
@@ -512,6 +512,7 @@ def import_file(
     errors_path: Path,
     restart: bool = False,
     progress: bool = True,
+    retries: int = DEFAULT_RETRIES,
 ) -> ImportReport:
     """Imports every row after the checkpoint's; `catalog` is the address the client calls (a checkpoint is kept for
     one catalog)."""
@@ -523,7 +524,7 @@ def import_file(
     size = _BatchSize(batch_size, catalog)
 
     def flush() -> None:
-        upserted, failed = _upsert_batch(client, batch, errors, size, mapping)
+        upserted, failed = _upsert_batch(client, batch, errors, size, mapping, retries)
         checkpoint.upserted += upserted
         checkpoint.failed += failed
         checkpoint.rows_done = last_row
@@ -683,7 +684,7 @@ def _import(args) -> None:
         try:
             report = import_file(
                 client, path, file_format=file_format, mapping=mapping, catalog=args.catalog, batch_size=args.batch_size,
-                checkpoint_path=checkpoint, errors_path=errors, restart=args.restart,
+                checkpoint_path=checkpoint, errors_path=errors, restart=args.restart, retries=args.retries,
             )  # fmt: skip
         except grpc.RpcError as error:
             again = (  # a refused token fails the same way until it is changed
@@ -924,6 +925,11 @@ def register(commands) -> None:
     importer.add_argument("--errors", type=Path, help="per-row error report, JSON lines (default FILE.import-errors.jsonl)")
     importer.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and import from the first row")
     importer.add_argument("--strict", action="store_true", help="exit 1 when any row was refused")
+    importer.add_argument(
+        "--retries", type=at_least(0), default=DEFAULT_RETRIES,
+        help=f"times a batch that failed for a passing reason (a catalog restarting or busy) is sent again, with backoff "
+        f"(default {DEFAULT_RETRIES}, about 1.5 minutes in all); a refused token is not",
+    )
 
     getter = action("get", "print items by id as JSON lines", _get)
     getter.add_argument("--vectors", action="store_true", help="include each item's vector")

@@ -159,6 +159,12 @@ def test_every_catalog_command_without_the_client_certificate_a_catalog_requires
     assert code == 1 and "UNAVAILABLE" in output and MTLS_HINT in output, output
 
 
+def test_an_ingest_without_the_client_certificate_a_catalog_requires_says_it_may_be_wanted(mtls_catalog, pki, tmp_path):  # noqa: F811
+    """ingest fails when it cannot reach the catalog (15 s), with gRPC's words alone ("Socket closed")."""
+    code, output, _ = _run(_command("ingest", mtls_catalog.address, tmp_path, "--tls-ca-file", pki.path("ca.pem")))
+    assert code == 1 and "not reachable within" in output and MTLS_HINT in output, output
+
+
 def test_a_catalog_not_listening_is_not_blamed_on_a_client_certificate(pki):  # noqa: F811
     nowhere = f"127.0.0.1:{free_port()}"
     code, output, _ = _run([sys.executable, "-m", "whisperlite", "catalog", "count", "--catalog", nowhere, "--tls-ca-file", pki.path("ca.pem")])

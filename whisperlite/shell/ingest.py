@@ -17,6 +17,7 @@ from whisperlite.core.clients.errors import DEFAULT_RETRIES, CredentialsRefused,
 from whisperlite.core.clients.types import item_to_proto
 from whisperlite.core.dataset import items_to_serve
 from whisperlite.shell.catalog_admin import ColumnMapping, RowError, row_to_item
+from whisperlite.shell.client_flags import client_certificate_hint
 from whisperlite.core.errors import ServiceError, Unavailable
 from whisperlite.v1 import common_pb2
 
@@ -75,7 +76,7 @@ async def _upsert_with_retries(
         return written
 
 
-async def _reach(channel: grpc.aio.Channel, catalog_addr: str) -> None:
+async def _reach(channel: grpc.aio.Channel, catalog_addr: str, security: ClientSecurity) -> None:
     """Fails within CONNECT_SECONDS when no connection to the catalog can be made (nothing listens, a TLS mismatch),
     naming why: an upsert waits for a connection up to its whole deadline, and with the retries that was ~46 minutes
     of silence. A catalog that answers, even "still opening its store", is reached: the upserts' retries wait for it."""
@@ -85,7 +86,8 @@ async def _reach(channel: grpc.aio.Channel, catalog_addr: str) -> None:
         try:  # the channel's last failure, which a call that does not wait reports
             await channel.unary_unary("/grpc.health.v1.Health/Check")(b"", timeout=2.0)
         except grpc.aio.AioRpcError as error:
-            raise Unavailable(f"catalog at {catalog_addr}: not reachable within {CONNECT_SECONDS:g} s: {error.details()}") from None
+            hint = client_certificate_hint(error, security, "catalog")
+            raise Unavailable(f"catalog at {catalog_addr}: not reachable within {CONNECT_SECONDS:g} s: {error.details()}{hint}") from None
 
 
 async def _lacking(catalog: CatalogClient, items: pd.DataFrame) -> pd.DataFrame:
@@ -103,13 +105,13 @@ async def _upsert_all(
     written = 0
     channel = create_channel(catalog_addr, security=security)
     try:
-        await _reach(channel, catalog_addr)
+        await _reach(channel, catalog_addr, security)
         catalog = CatalogClient(channel, timeout_seconds, catalog_addr)
         if missing_only:
             items = await _lacking(catalog, items)
         with Progress(len(items), "ingest", "item") as progress:
             for batch in _batches(items, batch_size):
-                written += await _upsert_with_retries(catalog, lambda: _reach(channel, catalog_addr), batch, written, retries, progress)
+                written += await _upsert_with_retries(catalog, lambda: _reach(channel, catalog_addr, security), batch, written, retries, progress)
                 progress.update(len(batch))
     finally:
         await channel.close()

@@ -26,7 +26,7 @@ log = logging.getLogger("whisperlite.auth")
 
 RECOMMEND, WRITE, ADMIN = "recommend", "write", "admin"
 SCOPES = frozenset({RECOMMEND, WRITE, ADMIN})
-# Shorter tokens are guessable; `python -c "import secrets; print(secrets.token_urlsafe(32))"` makes a good one.
+# Shorter tokens are guessable; `python -c "import secrets; print(secrets.token_hex(32))"` makes a good one (hex: never a leading "-", which a --token flag would read as another flag).
 MIN_TOKEN_CHARS = 16
 
 # Services every caller may use without a token.

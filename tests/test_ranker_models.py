@@ -3,6 +3,7 @@ and the user-hash traffic split."""
 
 import asyncio
 import json
+import logging
 from pathlib import Path
 import shutil
 import subprocess
@@ -371,6 +372,28 @@ def _copy_with_users(source, target):
     ids = json.loads((target / "user_ids.json").read_text())
     (target / "user_ids.json").write_text(json.dumps([f"renamed-{uid}" for uid in ids]))
     return target
+
+
+def test_a_version_that_knows_few_of_the_live_users_is_served_with_a_warning(trained, tmp_path, contract, caplog):
+    """Such a version passes every check of its own (its users are simply others), and every shopper the live version
+    knew got answers without their history, with nothing in the log."""
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copytree(trained[0], models / trained[0].name)
+    registry = _started(models, contract)
+    caplog.set_level(logging.WARNING, logger="whisperlite.ranker")
+    retrained = shutil.copytree(trained[1], models / trained[1].name)  # the same users, other weights
+    assert registry.poll() == _version(retrained)
+    assert "knows few of the live version's users" not in caplog.text
+    strangers = _copy_with_users(trained[0], models / "strangers")
+    manifest = json.loads((strangers / MANIFEST).read_text())
+    (strangers / MANIFEST).write_text(json.dumps({**manifest, "version": "strangers", "created": "2999-01-01T00:00:00+00:00"}))
+    assert registry.poll() == "strangers"  # served: the warning is for the operator, who may have meant it
+    (warning,) = [record for record in caplog.records if "knows few of the live version's users" in record.getMessage()]
+    assert (warning.version, warning.role, warning.live_users_known) == ("strangers", "live", 0)
+    assert warning.live_users == registry.load(_version(retrained))[0].n_users > 0
+    registry.set_traffic("strangers", 10.0, shadow=False)
+    assert [record.role for record in caplog.records if "knows few" in record.getMessage()] == ["live", "live", "candidate"]
 
 
 def test_a_text_only_ranker_picks_up_its_first_model(trained, tmp_path, contract):

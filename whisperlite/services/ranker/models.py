@@ -375,6 +375,7 @@ class ModelRegistry:
                 traffic.candidate if candidate_version == traffic.candidate_version
                 else self._load_validated(self._find(candidate_version, "candidate_version"))
             )
+            _warn_if_users_lost(traffic.live, candidate, "candidate")
             self._swap(replace(traffic, candidate=candidate, candidate_percent=float(candidate_percent), shadow=bool(shadow)))
             log.info("traffic split set", extra={"candidate_version": candidate.version, "candidate_percent": candidate_percent, "shadow": shadow})
             return self._traffic
@@ -388,6 +389,7 @@ class ModelRegistry:
     def _promote(self, model: PersonalizationModel) -> str:
         traffic = self._traffic
         previous = traffic.live_version
+        _warn_if_users_lost(traffic.live, model, "live")
         if model.version == traffic.candidate_version:  # promoting the candidate ends its split
             self._swap(Traffic(live=model))
         else:
@@ -509,6 +511,25 @@ class ModelRegistry:
                 MODEL_LOADS.labels("refused").inc()
                 log.error("model version refused", extra={"model_dir": str(directory), "reason": reason})
         self._scan_refusals = reported
+
+
+# A version that knows fewer than this share of the users the live one knows was most likely trained on other data (a
+# dataset's versions side by side, user ids rewritten by an export): every other shopper gets answers without their
+# history, which no check of the version itself can see.
+USERS_KEPT_WARNING = 0.5
+
+
+def _warn_if_users_lost(live: PersonalizationModel | None, model: PersonalizationModel, role: str) -> None:
+    if live is None or live.user_ids is model.user_ids or not live.n_users:  # shared index: the same users
+        return
+    known = sum(model.user_row(user_id) >= 0 for user_id in live.user_ids)
+    if known < USERS_KEPT_WARNING * live.n_users:
+        log.warning(
+            "the new version knows few of the live version's users: the others get answers without their history",
+            extra={"version": model.version, "role": role, "live_version": live.version, "live_users_known": known,
+                   "live_users": live.n_users, "data_hash": model.manifest.get("data_hash"),
+                   "live_data_hash": live.manifest.get("data_hash")},
+        )  # fmt: skip
 
 
 def _int(value) -> int:

@@ -5,12 +5,18 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
+from concurrent import futures
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import grpc
 
 from whisperlite.core.client_security import PLAINTEXT, ClientSecurity
 from whisperlite.core.clients.health import wait_until_serving
 from whisperlite.shell.http_health import wait_until_http_serving
+from whisperlite.v1 import catalog_pb2_grpc
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -115,3 +121,16 @@ def start_gateway(log_dir: Path, ranker_address: str, catalog_address: str, stat
         gateway.stop()
         raise RuntimeError(f"gateway did not become healthy:\n{gateway.log()[-3000:]}")
     return gateway
+
+
+@contextmanager
+def serving_catalog(servicer: catalog_pb2_grpc.CatalogServiceServicer) -> Iterator[str]:
+    """A stand-in catalog (a servicer that plays an older or failing catalog) on a loopback port; yields its address."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    catalog_pb2_grpc.add_CatalogServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(None)

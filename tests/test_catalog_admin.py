@@ -20,7 +20,7 @@ import grpc
 import pyarrow.parquet as pq
 import pytest
 
-from tests.servers import REPO, start_catalog
+from tests.servers import REPO, serving_catalog, start_catalog
 from whisperlite.core.clients.catalog_admin import CatalogAdminClient
 from whisperlite.v1 import catalog_pb2_grpc
 
@@ -474,14 +474,8 @@ def older_catalog(address: str):
             "UpsertItems": forward("UpsertItems"), "GetStats": forward("GetStats", "max_batch"),
             "DeleteItems": forward("DeleteItems", "missing_item_ids"),
         })  # fmt: skip
-        server = grpc.server(concurrent.futures.ThreadPoolExecutor(4))
-        catalog_pb2_grpc.add_CatalogServiceServicer_to_server(older(), server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        server.start()
-        try:
-            yield f"127.0.0.1:{port}"
-        finally:
-            server.stop(None)
+        with serving_catalog(older()) as stand_in:
+            yield stand_in
 
 
 def test_import_and_delete_still_work_against_a_catalog_older_than_the_fields_they_use(catalog, admin_catalog, tmp_path):

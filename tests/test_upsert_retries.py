@@ -8,15 +8,12 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from concurrent import futures
-from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
 import pytest
 
-from tests.servers import REPO, free_port
+from tests.servers import REPO, free_port, serving_catalog
 from tests.test_security import mtls_catalog, pki, secure_catalog  # noqa: F401 (fixtures: catalogs over TLS, one with a tokens file, one requiring client certificates)
 from whisperlite.core.clients.errors import (
     DEFAULT_RETRIES, MAX_RETRY_WAIT_SECONDS, CredentialsRefused, RetrySchedule, is_transient, wait_until_ready,
@@ -92,18 +89,6 @@ class RefusesTheFirstUpsert(catalog_pb2_grpc.CatalogServiceServicer):
         return catalog_pb2.UpsertItemsResponse(upserted_count=len(request.items))
 
 
-@contextmanager
-def serving(catalog: RefusesTheFirstUpsert) -> Iterator[str]:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    catalog_pb2_grpc.add_CatalogServiceServicer_to_server(catalog, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        server.stop(None)
-
-
 @pytest.mark.parametrize("name", COMMANDS)
 @pytest.mark.parametrize(
     ("code", "trailer", "first_wait"),
@@ -117,7 +102,7 @@ def serving(catalog: RefusesTheFirstUpsert) -> Iterator[str]:
 )
 def test_a_transient_refusal_is_sent_again_after_the_same_wait_by_both_commands(tmp_path, name, code, trailer, first_wait):
     catalog = RefusesTheFirstUpsert(code, trailer)
-    with serving(catalog) as address:
+    with serving_catalog(catalog) as address:
         exit_code, output, _ = _run(_command(name, address, tmp_path))
     assert exit_code == 0, output
     assert f"{code.name}: refused as the test asked" in output and f"; retry 1/{DEFAULT_RETRIES} in {first_wait} s" in output, output
